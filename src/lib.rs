@@ -1,0 +1,18 @@
+//! mailsafe's backup library: keeps a live SQLite database safe on an object
+//! store.
+//!
+//! Data flows top to bottom:
+//! db pages ([`snapshot`]) → packed objects and manifests ([`format`]) →
+//! [`store::ObjectStore`] (S3 or a local directory). [`restore`] walks the same
+//! path upwards; [`watch`], [`cron`] and [`retention`] schedule and prune.
+
+pub mod cron;
+pub mod error;
+pub mod format;
+pub mod restore;
+pub mod retention;
+pub mod snapshot;
+pub mod store;
+pub mod watch;
+
+pub use error::Error;

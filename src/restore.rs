@@ -1,0 +1,1 @@
+//! restore (to be written).

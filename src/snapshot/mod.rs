@@ -1,0 +1,1 @@
+//! Consistent page reads (to be written).

@@ -1,0 +1,1 @@
+//! Object stores (to be written).
