@@ -1,41 +1,341 @@
 //! Command-line interface: the subcommands, their flags (each also read from a
 //! `MAILSAFE_*` or Mailpit `MP_*` environment variable), and dispatch.
+//!
+//! This is binary code: it may use `anyhow` and add `.context()`; the library
+//! modules it calls return typed errors (see `mailsafe::Error`).
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 
 /// Keeps a live SQLite database safe on S3, and runs a Mailpit-compatible mail
 /// catcher.
 #[derive(Debug, Parser)]
 #[command(name = "mailsafe", version, about)]
 pub struct Args {
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(long, global = true, env = "MAILSAFE_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+    /// The subcommand to run.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// `2026-11-29T09:00:00Z INFO message key=value`.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the mail catcher (SMTP + HTTP API + web UI).
-    Serve,
+    /// Run the mail catcher (SMTP + HTTP API + web UI), optionally with
+    /// restore-on-start and continuous backup to a replica.
+    Serve(ServeArgs),
+    /// Take one consistent, incremental snapshot of a database.
+    Snapshot(SnapshotArgs),
+    /// Restore the newest (or a chosen) snapshot, verified, to a path.
+    Restore(RestoreArgs),
+    /// List the snapshots in a replica.
+    Snapshots(SnapshotsArgs),
+    /// Check everything a restore would check, without installing anything.
+    Verify(VerifyArgs),
+    /// Watch a database and upload a snapshot within about a second of every
+    /// change (the Kubernetes sidecar).
+    Watch(WatchArgs),
+    /// Scheduled snapshots with retention and garbage collection.
+    Cron(CronArgs),
+    /// Apply retention and garbage-collect unreferenced objects.
+    Prune(PruneArgs),
+}
+
+/// Where the replica lives.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct ReplicaArgs {
+    /// Replica URL: `s3://bucket/prefix` or `file:///path`.
+    #[arg(long, env = "MAILSAFE_REPLICA")]
+    pub replica: String,
+    /// S3 endpoint for S3-compatible stores (path-style addressing is used
+    /// with a custom endpoint). Defaults to `AWS_ENDPOINT_URL_S3` /
+    /// `AWS_ENDPOINT_URL`.
+    #[arg(long, env = "MAILSAFE_ENDPOINT")]
+    pub endpoint: Option<String>,
+}
+
+/// Retention policy flags, shared by `cron` and `prune` (like restic's
+/// `forget`).
+#[derive(Debug, Clone, Default, ClapArgs)]
+pub struct RetentionArgs {
+    /// Keep the N newest snapshots.
+    #[arg(long, env = "MAILSAFE_KEEP_LAST")]
+    pub keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last N hours.
+    #[arg(long, env = "MAILSAFE_KEEP_HOURLY")]
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N days.
+    #[arg(long, env = "MAILSAFE_KEEP_DAILY")]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest snapshot of each of the last N ISO weeks.
+    #[arg(long, env = "MAILSAFE_KEEP_WEEKLY")]
+    pub keep_weekly: Option<u32>,
+    /// Objects unreferenced by any kept snapshot are deleted only once older
+    /// than this, so a snapshot being uploaded concurrently is never broken.
+    #[arg(long, env = "MAILSAFE_GC_GRACE", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub gc_grace: std::time::Duration,
+}
+
+/// `mailsafe serve`.
+#[derive(Debug, ClapArgs)]
+pub struct ServeArgs {
+    /// SQLite database file of the catcher.
+    #[arg(long, env = "MP_DATABASE", default_value = "mailsafe.db")]
+    pub db: PathBuf,
+    /// SMTP listen address.
+    #[arg(long, env = "MP_SMTP_BIND_ADDR", default_value = "0.0.0.0:1025")]
+    pub smtp: String,
+    /// HTTP (API and web UI) listen address.
+    #[arg(long, env = "MP_UI_BIND_ADDR", default_value = "0.0.0.0:8025")]
+    pub listen: String,
+    /// Replica URL: when set, restore on start if the db is missing, and back
+    /// up continuously while running.
+    #[arg(long, env = "MAILSAFE_REPLICA")]
+    pub replica: Option<String>,
+    /// S3 endpoint (see `snapshot --help`).
+    #[arg(long, env = "MAILSAFE_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// How long shutdown may take, final snapshot included.
+    #[arg(long, env = "MAILSAFE_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: std::time::Duration,
+}
+
+/// `mailsafe snapshot`.
+#[derive(Debug, ClapArgs)]
+pub struct SnapshotArgs {
+    /// The SQLite database to back up.
+    #[arg(long, env = "MAILSAFE_DB")]
+    pub db: PathBuf,
+    #[command(flatten)]
+    pub replica: ReplicaArgs,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How thoroughly a restored image is checked by SQLite.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum IntegrityCheck {
+    /// `PRAGMA quick_check`.
+    Quick,
+    /// `PRAGMA integrity_check`.
+    Full,
+    /// Skip SQLite's check (object and image hashes are still verified).
+    None,
+}
+
+/// `mailsafe restore`.
+#[derive(Debug, ClapArgs)]
+pub struct RestoreArgs {
+    /// The database path the backup belongs to; also the restore target
+    /// unless `--output` is given.
+    #[arg(long, env = "MAILSAFE_DB")]
+    pub db: PathBuf,
+    #[command(flatten)]
+    pub replica: ReplicaArgs,
+    /// Restore this snapshot id instead of the newest.
+    #[arg(long, conflicts_with = "at")]
+    pub snapshot: Option<String>,
+    /// Restore the newest snapshot taken at or before this RFC 3339 time.
+    #[arg(long)]
+    pub at: Option<String>,
+    /// Write the restored database here instead of `--db`.
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+    /// Do nothing (exit 0) if the target database already exists.
+    #[arg(long, env = "MAILSAFE_IF_DB_NOT_EXISTS")]
+    pub if_db_not_exists: bool,
+    /// Do nothing (exit 0) if the replica has no snapshot.
+    #[arg(long, env = "MAILSAFE_IF_REPLICA_EXISTS")]
+    pub if_replica_exists: bool,
+    /// Replace an existing database at the target.
+    #[arg(long)]
+    pub force: bool,
+    /// SQLite check run on the restored image before it is installed.
+    #[arg(long, default_value = "quick")]
+    pub integrity_check: IntegrityCheck,
+    /// Concurrent downloads.
+    #[arg(long, default_value_t = 8)]
+    pub parallelism: usize,
+}
+
+/// `mailsafe snapshots`.
+#[derive(Debug, ClapArgs)]
+pub struct SnapshotsArgs {
+    #[command(flatten)]
+    pub replica: ReplicaArgs,
+    /// Print the list as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `mailsafe verify`.
+#[derive(Debug, ClapArgs)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub replica: ReplicaArgs,
+    /// Verify this snapshot instead of the newest.
+    #[arg(long)]
+    pub snapshot: Option<String>,
+    /// Verify every snapshot in the replica.
+    #[arg(long, conflicts_with = "snapshot")]
+    pub all: bool,
+    /// SQLite check run on the rebuilt image.
+    #[arg(long, default_value = "quick")]
+    pub integrity_check: IntegrityCheck,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `mailsafe watch`.
+#[derive(Debug, ClapArgs)]
+pub struct WatchArgs {
+    /// The SQLite database to watch (it may not exist yet).
+    #[arg(long, env = "MAILSAFE_DB")]
+    pub db: PathBuf,
+    #[command(flatten)]
+    pub replica: ReplicaArgs,
+    /// Serve `/metrics` and `/healthz` on this address.
+    #[arg(long, env = "MAILSAFE_LISTEN")]
+    pub listen: Option<String>,
+    /// Quiet time after the last change before a snapshot is taken.
+    #[arg(long, env = "MAILSAFE_DEBOUNCE", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub debounce: std::time::Duration,
+    /// Longest delay between a change and its snapshot, however busy the db.
+    #[arg(long, env = "MAILSAFE_MAX_DELAY", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub max_delay: std::time::Duration,
+    /// How long the final snapshot on SIGTERM may take.
+    #[arg(long, env = "MAILSAFE_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: std::time::Duration,
+    /// `/healthz` fails when a change has waited longer than this.
+    #[arg(long, env = "MAILSAFE_HEALTH_MAX_LAG", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub health_max_lag: std::time::Duration,
+}
+
+/// `mailsafe cron`.
+#[derive(Debug, ClapArgs)]
+pub struct CronArgs {
+    /// The SQLite database to back up.
+    #[arg(long, env = "MAILSAFE_DB")]
+    pub db: PathBuf,
+    #[command(flatten)]
+    pub replica: ReplicaArgs,
+    /// Standard 5-field cron expression, evaluated in UTC.
+    #[arg(long, env = "MAILSAFE_SCHEDULE", required_unless_present = "once")]
+    pub schedule: Option<String>,
+    /// Run one round (snapshot if changed, retention, GC) and exit.
+    #[arg(long, conflicts_with = "schedule")]
+    pub once: bool,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+}
+
+/// `mailsafe prune`.
+#[derive(Debug, ClapArgs)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub replica: ReplicaArgs,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+    /// Print what would be deleted, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs the parsed command.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    init_logging(args.log_format);
     match args.command {
-        Command::Serve => {
-            let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(mailsafe_catcher::run(
-                mailsafe_catcher::Config::default(),
-                async {
-                    let _ = tokio::signal::ctrl_c().await;
-                },
-            ))?;
-            Ok(())
-        }
+        Command::Serve(a) => serve(a),
+        Command::Snapshot(a) => snapshot(a),
+        Command::Restore(a) => restore(a),
+        Command::Snapshots(a) => snapshots(a),
+        Command::Verify(a) => verify(a),
+        Command::Watch(a) => watch(a),
+        Command::Cron(a) => cron(a),
+        Command::Prune(a) => prune(a),
     }
 }
 
-/// Maps an error to the documented exit code (README, "Exit codes").
+/// Logs go to stderr so that `--json` output on stdout stays parseable.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MAILSAFE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = mailsafe_catcher::Config {
+        database: args.db,
+        smtp_bind: args.smtp,
+        http_bind: args.listen,
+    };
+    runtime()?.block_on(mailsafe_catcher::run(config, async {
+        let _ = tokio::signal::ctrl_c().await;
+    }))?;
+    Ok(())
+}
+
+fn snapshot(_args: SnapshotArgs) -> anyhow::Result<()> {
+    anyhow::bail!("snapshot: not implemented yet")
+}
+
+fn restore(_args: RestoreArgs) -> anyhow::Result<()> {
+    anyhow::bail!("restore: not implemented yet")
+}
+
+fn snapshots(_args: SnapshotsArgs) -> anyhow::Result<()> {
+    anyhow::bail!("snapshots: not implemented yet")
+}
+
+fn verify(_args: VerifyArgs) -> anyhow::Result<()> {
+    anyhow::bail!("verify: not implemented yet")
+}
+
+fn watch(_args: WatchArgs) -> anyhow::Result<()> {
+    anyhow::bail!("watch: not implemented yet")
+}
+
+fn cron(_args: CronArgs) -> anyhow::Result<()> {
+    anyhow::bail!("cron: not implemented yet")
+}
+
+fn prune(_args: PruneArgs) -> anyhow::Result<()> {
+    anyhow::bail!("prune: not implemented yet")
+}
+
+/// Maps an error to the documented exit code (README, "Exit codes"): usage
+/// errors exit 2 through clap before we get here.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     err.chain()
         .find_map(|e| e.downcast_ref::<mailsafe::Error>())
