@@ -14,7 +14,12 @@ use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 #[command(name = "mailsafe", version, about)]
 pub struct Args {
     /// Log format: human-readable text or one JSON object per line.
-    #[arg(long, global = true, env = "MAILSAFE_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "MAILSAFE_LOG_FORMAT",
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
     /// The subcommand to run.
     #[command(subcommand)]

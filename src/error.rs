@@ -1,7 +1,12 @@
 //! Error policy of the backup library.
 //!
 //! Every error names the key, path or address involved, and maps to one of the
-//! documented exit codes (see [`Error::exit_code`]).
+//! documented exit codes (see [`Error::exit_code`]): 2 usage, 3 no backup
+//! found, 4 verification failed, 1 anything else.
+
+use std::path::PathBuf;
+
+use crate::store::StoreError;
 
 /// Errors of the backup library.
 #[derive(Debug, thiserror::Error)]
@@ -9,22 +14,85 @@ pub enum Error {
     /// No snapshot matched (empty replica, unknown id, nothing before `--at`).
     #[error("no backup found: {0}")]
     NoBackup(String),
-    /// A downloaded object or the restored image failed verification.
+    /// A downloaded object or the restored image failed verification. The
+    /// message names the key (or snapshot) that failed.
     #[error("backup failed verification: {0}")]
     Verification(String),
-    /// Anything else: I/O, object store, SQLite.
+    /// The caller asked for something that cannot work (a malformed time, a
+    /// bad option value) and should fix the command line.
+    #[error("invalid arguments: {0}")]
+    Usage(String),
+    /// A local file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// SQLite refused or failed on a database file.
+    #[error("{path}: {source}")]
+    Sqlite {
+        /// The database file involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: rusqlite::Error,
+    },
+    /// The object store failed (unreachable endpoint, wrong credentials,
+    /// missing bucket); the message names the endpoint, bucket or key.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Anything else, with a message that names what was involved.
     #[error("{0}")]
     Other(String),
 }
 
 impl Error {
-    /// The process exit code documented in the README: 3 no backup found,
-    /// 4 verification failed, 1 anything else.
+    /// The process exit code documented in the README: 2 usage, 3 no backup
+    /// found, 4 verification failed, 1 anything else.
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::NoBackup(_) => 3,
             Error::Verification(_) => 4,
-            Error::Other(_) => 1,
+            Error::Usage(_) => 2,
+            Error::Io { .. } | Error::Sqlite { .. } | Error::Store(_) | Error::Other(_) => 1,
         }
+    }
+
+    /// An [`Error::Io`] for `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// An [`Error::Sqlite`] for `path`.
+    pub fn sqlite(path: impl Into<PathBuf>, source: rusqlite::Error) -> Self {
+        Error::Sqlite {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_match_the_documented_table() {
+        assert_eq!(Error::NoBackup("x".into()).exit_code(), 3);
+        assert_eq!(Error::Verification("x".into()).exit_code(), 4);
+        assert_eq!(Error::Usage("x".into()).exit_code(), 2);
+        assert_eq!(Error::Other("x".into()).exit_code(), 1);
+        let io = Error::io("/nope", std::io::Error::other("boom"));
+        assert_eq!(io.exit_code(), 1);
+        assert!(io.to_string().contains("/nope"), "{io}");
+        let store = Error::from(StoreError::NotFound {
+            key: "chunks/ab".into(),
+        });
+        assert_eq!(store.exit_code(), 1);
+        assert!(store.to_string().contains("chunks/ab"), "{store}");
     }
 }
