@@ -176,3 +176,366 @@ pub struct DeltaHeader {
     /// Number of pages in the pack.
     pub pages: u32,
 }
+
+/// Pages per chunk for a database of `page_size`: chunks are about
+/// [`CHUNK_BYTES`] so that one changed row rewrites a small object, yet a
+/// large db is not millions of objects.
+pub fn chunk_pages(page_size: u32) -> u32 {
+    (CHUNK_BYTES / page_size.max(1)).max(1)
+}
+
+/// Number of chunks of an image of `page_count` pages (the last may be
+/// partial).
+pub fn chunk_count(page_size: u32, page_count: u32) -> u32 {
+    page_count.div_ceil(chunk_pages(page_size))
+}
+
+/// sha256 of `bytes`, as raw bytes.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// sha256 of `bytes`, as lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(sha256(bytes))
+}
+
+/// Parses a 64-digit hex sha256 (as stored in manifests) back to bytes.
+pub fn parse_sha256(hex_digest: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_digest, &mut out).ok()?;
+    Some(out)
+}
+
+/// The [`DbInfo::image_sha256`] of an image: sha256 over `page_size` (u32 BE),
+/// `page_count` (u32 BE) and each chunk's raw sha256 in order. Hashing chunk
+/// digests rather than the bytes lets an incremental snapshot update it from
+/// the changed chunks alone, yet any changed byte still changes it.
+pub fn image_digest(page_size: u32, page_count: u32, chunk_sha256: &[[u8; 32]]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(page_size.to_be_bytes());
+    h.update(page_count.to_be_bytes());
+    for c in chunk_sha256 {
+        h.update(c);
+    }
+    hex::encode(h.finalize())
+}
+
+/// A new snapshot id for a snapshot taken at `time`:
+/// `YYYYMMDDTHHMMSS.mmmZ-<8 hex>`. The random suffix keeps two writers that
+/// snapshot in the same millisecond from colliding; the time prefix makes keys
+/// sort in snapshot order.
+pub fn new_snapshot_id(time: chrono::DateTime<chrono::Utc>) -> String {
+    format!(
+        "{}-{:08x}",
+        time.format("%Y%m%dT%H%M%S%.3fZ"),
+        rand::random::<u32>()
+    )
+}
+
+/// The time encoded in a snapshot id, if it is well formed.
+pub fn snapshot_id_time(id: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let (time, suffix) = id.split_once('-')?;
+    if suffix.len() != 8 || !suffix.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    chrono::NaiveDateTime::parse_from_str(time, "%Y%m%dT%H%M%S%.3fZ")
+        .ok()
+        .map(|t| t.and_utc())
+}
+
+/// The snapshot id of a `manifests/<id>.json` key, if `key` is one.
+pub fn manifest_id(key: &str) -> Option<&str> {
+    key.strip_prefix(MANIFESTS)?.strip_suffix(".json")
+}
+
+/// Why a stored object could not be decoded. Every variant names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    /// Not valid JSON, or not a manifest of this shape.
+    #[error("{key}: not a valid mailsafe manifest: {reason}")]
+    BadManifest {
+        /// Key of the manifest.
+        key: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A manifest of another format or a version this build does not know.
+    #[error(
+        "{key}: unsupported manifest format {format:?} version {version} (this build reads {FORMAT_NAME:?} version {FORMAT_VERSION}); upgrade mailsafe"
+    )]
+    UnsupportedVersion {
+        /// Key of the manifest.
+        key: String,
+        /// The `format` field found.
+        format: String,
+        /// The `version` field found.
+        version: u64,
+    },
+    /// A delta pack that does not decode.
+    #[error("{key}: corrupt delta pack: {reason}")]
+    BadDelta {
+        /// Key of the delta pack.
+        key: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+impl From<FormatError> for crate::Error {
+    fn from(e: FormatError) -> Self {
+        crate::Error::Verification(e.to_string())
+    }
+}
+
+impl Manifest {
+    /// Parses the manifest stored at `key`, checking its format name and
+    /// version first so that a manifest from a newer mailsafe is refused with a
+    /// clear message instead of being misread.
+    pub fn from_json(key: &str, bytes: &[u8]) -> Result<Manifest, FormatError> {
+        #[derive(Deserialize)]
+        struct Head {
+            format: Option<String>,
+            version: Option<u64>,
+        }
+        let bad = |reason: String| FormatError::BadManifest {
+            key: key.to_string(),
+            reason,
+        };
+        let head: Head = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+        let format = head.format.unwrap_or_default();
+        let version = head.version.unwrap_or(0);
+        if format != FORMAT_NAME || version != u64::from(FORMAT_VERSION) {
+            return Err(FormatError::UnsupportedVersion {
+                key: key.to_string(),
+                format,
+                version,
+            });
+        }
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+        if manifest_id(key).is_some_and(|id| id != m.id) {
+            return Err(bad(format!("its id {:?} does not match its key", m.id)));
+        }
+        if m.chunk_pages == 0 || !(512..=65536).contains(&m.db.page_size) {
+            return Err(bad(format!(
+                "impossible page_size {} / chunk_pages {}",
+                m.db.page_size, m.chunk_pages
+            )));
+        }
+        Ok(m)
+    }
+
+    /// Serialises the manifest as stored (pretty JSON: manifests are small and
+    /// meant to be readable with `aws s3 cp … -`).
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("a manifest always serialises")
+    }
+
+    /// Whether this is a base manifest (lists every chunk itself).
+    pub fn is_base(&self) -> bool {
+        self.base == self.id
+    }
+}
+
+/// Size in bytes of an uncompressed delta pack header.
+pub const DELTA_HEADER_LEN: usize = 8 + 12;
+
+/// Writes the uncompressed delta pack header; the caller then writes each
+/// page with [`encode_delta_page`]. Streaming (rather than building the pack
+/// in memory) keeps the snapshot writer's memory bounded.
+pub fn encode_delta_header(h: &DeltaHeader, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    out.write_all(DELTA_MAGIC)?;
+    out.write_all(&h.page_size.to_be_bytes())?;
+    out.write_all(&h.page_count.to_be_bytes())?;
+    out.write_all(&h.pages.to_be_bytes())
+}
+
+/// Writes one page entry of a delta pack.
+pub fn encode_delta_page(
+    pgno: u32,
+    page: &[u8],
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    out.write_all(&pgno.to_be_bytes())?;
+    out.write_all(page)
+}
+
+/// Builds a whole uncompressed delta pack in memory (tests and small packs).
+/// Every page must be `page_size` bytes.
+pub fn encode_delta(page_size: u32, page_count: u32, pages: &[(u32, &[u8])]) -> Vec<u8> {
+    let h = DeltaHeader {
+        page_size,
+        page_count,
+        pages: pages.len() as u32,
+    };
+    let mut out = Vec::with_capacity(DELTA_HEADER_LEN + pages.len() * (4 + page_size as usize));
+    encode_delta_header(&h, &mut out).expect("writing to a Vec cannot fail");
+    for (pgno, page) in pages {
+        assert_eq!(page.len(), page_size as usize, "delta page of wrong size");
+        encode_delta_page(*pgno, page, &mut out).expect("writing to a Vec cannot fail");
+    }
+    out
+}
+
+/// The `(pgno, page bytes)` entries of a decoded delta pack, in pack order.
+pub type DeltaPages<'a> = Vec<(u32, &'a [u8])>;
+
+/// Decodes an uncompressed delta pack stored at `key`: its header and each
+/// `(pgno, page)` in pack order. Checks the magic, that the length matches
+/// the header exactly, and that page numbers are in `1..=page_count`.
+pub fn decode_delta<'a>(
+    key: &str,
+    bytes: &'a [u8],
+) -> Result<(DeltaHeader, DeltaPages<'a>), FormatError> {
+    let bad = |reason: String| FormatError::BadDelta {
+        key: key.to_string(),
+        reason,
+    };
+    if bytes.len() < DELTA_HEADER_LEN || &bytes[..8] != DELTA_MAGIC {
+        return Err(bad("missing MSDELTA1 header".into()));
+    }
+    let u32_at = |o: usize| u32::from_be_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
+    let h = DeltaHeader {
+        page_size: u32_at(8),
+        page_count: u32_at(12),
+        pages: u32_at(16),
+    };
+    if !(512..=65536).contains(&h.page_size) || !h.page_size.is_power_of_two() {
+        return Err(bad(format!("impossible page size {}", h.page_size)));
+    }
+    let entry = 4 + h.page_size as usize;
+    let want = (h.pages as usize)
+        .checked_mul(entry)
+        .and_then(|n| n.checked_add(DELTA_HEADER_LEN));
+    if want != Some(bytes.len()) {
+        return Err(bad(format!(
+            "{} bytes, header says {} pages of {} bytes",
+            bytes.len(),
+            h.pages,
+            h.page_size
+        )));
+    }
+    let mut pages = Vec::with_capacity(h.pages as usize);
+    for i in 0..h.pages as usize {
+        let o = DELTA_HEADER_LEN + i * entry;
+        let pgno = u32_at(o);
+        if pgno == 0 || pgno > h.page_count {
+            return Err(bad(format!(
+                "page number {pgno} outside 1..={}",
+                h.page_count
+            )));
+        }
+        pages.push((pgno, &bytes[o + 4..o + entry]));
+    }
+    Ok((h, pages))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_pages_covers_every_page_size() {
+        assert_eq!(chunk_pages(4096), 64);
+        assert_eq!(chunk_pages(512), 512);
+        assert_eq!(chunk_pages(65536), 4);
+        assert_eq!(chunk_count(4096, 0), 0);
+        assert_eq!(chunk_count(4096, 64), 1);
+        assert_eq!(chunk_count(4096, 65), 2);
+    }
+
+    #[test]
+    fn image_digest_depends_on_every_input() {
+        let a = [1u8; 32];
+        let b = [2u8; 32];
+        let d = image_digest(4096, 2, &[a, b]);
+        assert_ne!(d, image_digest(4096, 2, &[b, a]));
+        assert_ne!(d, image_digest(4096, 3, &[a, b]));
+        assert_ne!(d, image_digest(1024, 2, &[a, b]));
+        assert_eq!(d, image_digest(4096, 2, &[a, b]));
+        assert_eq!(d.len(), 64);
+    }
+
+    #[test]
+    fn snapshot_ids_sort_by_time_and_round_trip() {
+        let t1 = chrono::DateTime::parse_from_rfc3339("2026-11-29T09:59:59.999Z")
+            .unwrap()
+            .to_utc();
+        let t2 = t1 + chrono::Duration::milliseconds(1);
+        let (a, b) = (new_snapshot_id(t1), new_snapshot_id(t2));
+        assert!(a.starts_with("20261129T095959.999Z-"), "{a}");
+        assert!(a < b, "{a} !< {b}");
+        assert_eq!(snapshot_id_time(&a), Some(t1));
+        assert_eq!(snapshot_id_time("nonsense"), None);
+        assert_eq!(manifest_id(&manifest_key(&a)), Some(a.as_str()));
+    }
+
+    #[test]
+    fn delta_round_trip_and_corruption() {
+        let p1 = vec![7u8; 512];
+        let p2 = vec![9u8; 512];
+        let pack = encode_delta(512, 5, &[(5, &p1), (1, &p2)]);
+        let (h, pages) = decode_delta("deltas/x", &pack).unwrap();
+        assert_eq!(
+            h,
+            DeltaHeader {
+                page_size: 512,
+                page_count: 5,
+                pages: 2
+            }
+        );
+        assert_eq!(pages, vec![(5, &p1[..]), (1, &p2[..])]);
+        let err = decode_delta("deltas/x", &pack[..pack.len() - 1]).unwrap_err();
+        assert!(err.to_string().contains("deltas/x"), "{err}");
+        let mut beyond = pack.clone();
+        beyond[12..16].copy_from_slice(&4u32.to_be_bytes());
+        assert!(decode_delta("deltas/x", &beyond).is_err());
+    }
+
+    fn sample_manifest() -> Manifest {
+        Manifest {
+            format: FORMAT_NAME.into(),
+            version: FORMAT_VERSION,
+            id: "20261129T095959.999Z-0000abcd".into(),
+            created: chrono::Utc::now(),
+            parent: None,
+            db: DbInfo {
+                page_size: 4096,
+                page_count: 1,
+                image_sha256: "00".repeat(32),
+            },
+            chunk_pages: 64,
+            base: "20261129T095959.999Z-0000abcd".into(),
+            chunks: vec![],
+            deltas: vec![],
+            chunk_overrides: Default::default(),
+            source: SourcePosition::default(),
+            stats: SnapshotStats::default(),
+        }
+    }
+
+    #[test]
+    fn manifest_round_trip_and_version_check() {
+        let m = sample_manifest();
+        let key = manifest_key(&m.id);
+        assert_eq!(Manifest::from_json(&key, &m.to_json()).unwrap(), m);
+
+        let mut v: serde_json::Value = serde_json::from_slice(&m.to_json()).unwrap();
+        v["version"] = 99.into();
+        let err = Manifest::from_json(&key, &serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(matches!(
+            err,
+            FormatError::UnsupportedVersion { version: 99, .. }
+        ));
+        assert!(err.to_string().contains(&key), "{err}");
+
+        let err = Manifest::from_json(&key, b"{\"format\": \"other\"}").unwrap_err();
+        assert!(matches!(err, FormatError::UnsupportedVersion { .. }));
+        let err = Manifest::from_json(&key, b"not json").unwrap_err();
+        assert!(err.to_string().contains(&key), "{err}");
+        let err = Manifest::from_json("manifests/other.json", &m.to_json()).unwrap_err();
+        assert!(err.to_string().contains("does not match"), "{err}");
+    }
+}
