@@ -1,16 +1,20 @@
 //! Where backups live: the [`ObjectStore`] trait and its two implementations,
-//! S3 (`s3://bucket/prefix`, on aws-sdk-s3) and a local directory
-//! (`file:///path`).
+//! S3 (`s3://bucket/prefix`, on aws-sdk-s3, see [`s3`]) and a local directory
+//! (`file:///path`, see [`fs`]). [`open`] picks one from a replica URL.
 //!
 //! Keys passed to a store are relative to the replica's prefix; the store adds
 //! the prefix. Stores never log or return credentials.
+
+pub mod fs;
+pub mod s3;
 
 use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-/// Metadata of one stored object, as returned by [`ObjectStore::list`].
+/// Metadata of one stored object, as returned by [`ObjectStore::list`] and
+/// [`ObjectStore::head`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {
     /// Key relative to the replica prefix.
@@ -19,6 +23,12 @@ pub struct ObjectMeta {
     pub size: u64,
     /// Last modification time, when the store reports one.
     pub last_modified: Option<chrono::DateTime<chrono::Utc>>,
+    /// An opaque version tag that changes whenever the object is replaced
+    /// (the S3 ETag, or inode/size/mtime for files), for
+    /// [`ObjectStore::put_if_match`]. `None` when the store did not report one
+    /// (S3 listings do, but callers should use `head` before a conditional
+    /// replace).
+    pub etag: Option<String>,
 }
 
 /// Errors of an object store. Each names the key, bucket, path or endpoint.
@@ -36,9 +46,62 @@ pub enum StoreError {
         /// The key that exists.
         key: String,
     },
+    /// A conditional replace found a different version than expected (someone
+    /// else replaced or deleted it since it was read).
+    #[error("object changed since it was read: {key}")]
+    PreconditionFailed {
+        /// The key whose version did not match.
+        key: String,
+    },
+    /// The replica URL could not be understood.
+    #[error("invalid replica URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The bucket does not exist at that endpoint.
+    #[error("bucket {bucket:?} does not exist at {endpoint}")]
+    NoSuchBucket {
+        /// The bucket name.
+        bucket: String,
+        /// The endpoint asked.
+        endpoint: String,
+    },
+    /// The store refused the credentials or denied access.
+    #[error("access denied to bucket {bucket:?} at {endpoint}: {detail}")]
+    AccessDenied {
+        /// The bucket name.
+        bucket: String,
+        /// The endpoint asked.
+        endpoint: String,
+        /// The store's error code and message (never the credentials).
+        detail: String,
+    },
+    /// The endpoint could not be reached (connection refused, DNS, timeout),
+    /// even after retries.
+    #[error("cannot reach {endpoint} (bucket {bucket:?}): {detail}")]
+    Unreachable {
+        /// The bucket name.
+        bucket: String,
+        /// The endpoint asked.
+        endpoint: String,
+        /// What failed.
+        detail: String,
+    },
     /// Anything else, with a message that names what was involved.
     #[error("{0}")]
     Other(String),
+}
+
+impl StoreError {
+    /// Whether trying the same operation again later may succeed (network,
+    /// throttling, server errors), as opposed to errors that need a human
+    /// (bad URL, credentials, missing bucket or object).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unreachable { .. } | StoreError::Other(_))
+    }
 }
 
 /// A flat key/value object store (S3 semantics). Implementations are cheap to
@@ -55,13 +118,100 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<(), StoreError>;
     /// Reads a whole object.
     async fn get(&self, key: &str) -> Result<Bytes, StoreError>;
-    /// Reads the bytes `range` of an object.
+    /// Reads the bytes `range` of an object. A range reaching past the end
+    /// returns the bytes up to the end.
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError>;
     /// Lists every object whose key starts with `prefix`, sorted by key.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
     /// Deletes an object; deleting a missing object is not an error.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// Size, time and version tag of one object, or
+    /// [`StoreError::NotFound`].
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError>;
+    /// Replaces `key` with `body` only if its current version tag is `etag`
+    /// (from [`ObjectStore::head`]); otherwise returns
+    /// [`StoreError::PreconditionFailed`] (or [`StoreError::NotFound`] if it
+    /// is gone). Returns the new version tag. This is the compare-and-swap a
+    /// lease needs.
+    async fn put_if_match(&self, key: &str, body: Bytes, etag: &str) -> Result<String, StoreError>;
 }
 
 /// A shared handle to any object store.
 pub type DynStore = Arc<dyn ObjectStore>;
+
+/// Opens the store a replica URL names: `s3://bucket[/prefix]` or
+/// `file:///path`. `endpoint` overrides the S3 endpoint (else
+/// `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`, else AWS); it is ignored for
+/// `file://`. Nothing is contacted yet: a wrong endpoint, credentials or
+/// bucket show up as errors of the first operation.
+pub async fn open(url: &str, endpoint: Option<&str>) -> Result<DynStore, StoreError> {
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(StoreError::InvalidUrl {
+                url: url.into(),
+                reason: "no bucket name after s3://".into(),
+            });
+        }
+        let store = s3::S3Store::new(bucket, prefix, endpoint).await?;
+        Ok(Arc::new(store))
+    } else if let Some(path) = url.strip_prefix("file://") {
+        if path.is_empty() {
+            return Err(StoreError::InvalidUrl {
+                url: url.into(),
+                reason: "no path after file://".into(),
+            });
+        }
+        Ok(Arc::new(fs::FsStore::new(path)))
+    } else {
+        Err(StoreError::InvalidUrl {
+            url: url.into(),
+            reason: "expected s3://bucket/prefix or file:///path".into(),
+        })
+    }
+}
+
+/// Checks that a key is safe to map onto a path or an S3 key under a
+/// prefix: not empty, no leading `/`, no empty, `.` or `..` components, no
+/// NUL. Keys come from our own code, but also from listings of a bucket that
+/// may be hostile, and must never escape the replica.
+pub(crate) fn check_key(key: &str) -> Result<(), StoreError> {
+    let bad = key.is_empty()
+        || key.starts_with('/')
+        || key.contains('\0')
+        || key.contains('\\')
+        || key
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..");
+    if bad {
+        Err(StoreError::Other(format!("invalid object key {key:?}")))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_that_could_escape_are_refused() {
+        for bad in [
+            "", "/a", "a//b", "../x", "a/../b", "a/./b", "a/", "a\0b", "a\\b",
+        ] {
+            assert!(check_key(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["a", "a/b", "manifests/0001.json", "chunks/ab/cd.zst", "..a"] {
+            assert!(check_key(good).is_ok(), "{good:?} refused");
+        }
+    }
+
+    #[tokio::test]
+    async fn open_rejects_unknown_schemes_and_empty_parts() {
+        for url in ["/tmp/x", "s3://", "s3:///prefix", "file://", "gs://b/p"] {
+            let err = open(url, None).await.unwrap_err();
+            assert!(matches!(err, StoreError::InvalidUrl { .. }), "{url}: {err}");
+            assert!(err.to_string().contains(url), "{err}");
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! A replica in a local directory (`file:///path`): one file per object,
+//! keys map to relative paths.
+//!
+//! Writes are atomic and durable: the body goes to a temp file in the target
+//! directory, is fsynced, then renamed into place and the directory fsynced,
+//! so a crash leaves either the old object or the new one, never a torn file.
+//! Temp files start with [`TMP_PREFIX`] and are never listed.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use super::{ObjectMeta, ObjectStore, StoreError, check_key};
+
+/// Name prefix of in-flight temp files; such files are skipped by `list`.
+pub const TMP_PREFIX: &str = ".mailsafe-tmp-";
+
+/// A store rooted at a local directory. The directory is created on the first
+/// write.
+#[derive(Debug, Clone)]
+pub struct FsStore {
+    root: PathBuf,
+}
+
+impl FsStore {
+    /// A store rooted at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
+        check_key(key)?;
+        Ok(self.root.join(key))
+    }
+
+    fn io_err(&self, what: &str, path: &Path, err: std::io::Error) -> StoreError {
+        StoreError::Other(format!("{what} {}: {err}", path.display()))
+    }
+}
+
+/// Runs blocking file I/O off the async executor.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Other(format!("file store task failed: {e}")))?
+}
+
+/// The version tag of a file: a replace always creates a new inode (temp file
+/// + rename), so inode, size and mtime together change on every write.
+fn etag_of(meta: &fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "{:x}-{:x}-{:x}.{:x}",
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    )
+}
+
+fn meta_of(key: String, meta: &fs::Metadata) -> ObjectMeta {
+    ObjectMeta {
+        key,
+        size: meta.len(),
+        last_modified: meta
+            .modified()
+            .ok()
+            .map(chrono::DateTime::<chrono::Utc>::from),
+        etag: Some(etag_of(meta)),
+    }
+}
+
+/// Writes `body` to a fresh temp file next to `path`, fsynced. Returns the
+/// temp path; the caller renames or links it into place.
+fn write_temp(path: &Path, body: &[u8]) -> std::io::Result<PathBuf> {
+    let dir = path.parent().expect("object paths have a parent");
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!("{TMP_PREFIX}{:016x}", rand::random::<u64>()));
+    let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+    let res = file.write_all(body).and_then(|()| file.sync_all());
+    if let Err(e) = res {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(tmp)
+}
+
+/// Makes a rename or link in `dir` durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for FsStore {
+    fn describe(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+
+    async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        let this = self.clone();
+        blocking(move || {
+            let tmp =
+                write_temp(&path, &body).map_err(|e| this.io_err("cannot write", &path, e))?;
+            if let Err(e) = fs::rename(&tmp, &path) {
+                let _ = fs::remove_file(&tmp);
+                return Err(this.io_err("cannot write", &path, e));
+            }
+            sync_dir(path.parent().unwrap()).map_err(|e| this.io_err("cannot sync", &path, e))
+        })
+        .await
+    }
+
+    async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        let key = key.to_string();
+        let this = self.clone();
+        blocking(move || {
+            if path.exists() {
+                return Err(StoreError::AlreadyExists { key });
+            }
+            let tmp =
+                write_temp(&path, &body).map_err(|e| this.io_err("cannot write", &path, e))?;
+            // link(2) fails if the target exists, unlike rename: this makes the
+            // create-if-absent atomic even against other processes.
+            let linked = fs::hard_link(&tmp, &path);
+            let _ = fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => sync_dir(path.parent().unwrap())
+                    .map_err(|e| this.io_err("cannot sync", &path, e)),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    Err(StoreError::AlreadyExists { key })
+                }
+                Err(e) => Err(this.io_err("cannot write", &path, e)),
+            }
+        })
+        .await
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        let path = self.path(key)?;
+        let key = key.to_string();
+        let this = self.clone();
+        blocking(move || match fs::read(&path) {
+            Ok(v) => Ok(Bytes::from(v)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(StoreError::NotFound { key }),
+            Err(e) => Err(this.io_err("cannot read", &path, e)),
+        })
+        .await
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+        let path = self.path(key)?;
+        let key = key.to_string();
+        let this = self.clone();
+        blocking(move || {
+            let mut file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    return Err(StoreError::NotFound { key });
+                }
+                Err(e) => return Err(this.io_err("cannot read", &path, e)),
+            };
+            let len = range.end.saturating_sub(range.start);
+            let mut buf = Vec::with_capacity(len.min(64 << 20) as usize);
+            file.seek(SeekFrom::Start(range.start))
+                .and_then(|_| file.take(len).read_to_end(&mut buf))
+                .map_err(|e| this.io_err("cannot read", &path, e))?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        let root = self.root.clone();
+        let prefix = prefix.to_string();
+        let this = self.clone();
+        blocking(move || {
+            let mut out = Vec::new();
+            let mut stack = vec![(root.clone(), String::new())];
+            while let Some((dir, rel)) = stack.pop() {
+                let entries = match fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    // A missing root is an empty replica, not an error.
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(this.io_err("cannot list", &dir, e)),
+                };
+                for entry in entries {
+                    let entry = entry.map_err(|e| this.io_err("cannot list", &dir, e))?;
+                    let name = entry.file_name();
+                    let Some(name) = name.to_str() else { continue };
+                    if name.starts_with(TMP_PREFIX) {
+                        continue;
+                    }
+                    let key = format!("{rel}{name}");
+                    let ft = entry
+                        .file_type()
+                        .map_err(|e| this.io_err("cannot list", &dir, e))?;
+                    if ft.is_dir() {
+                        let sub = format!("{key}/");
+                        // Only descend where keys under `prefix` can be.
+                        if sub.starts_with(&prefix) || prefix.starts_with(&sub) {
+                            stack.push((entry.path(), sub));
+                        }
+                    } else if ft.is_file() && key.starts_with(&prefix) {
+                        let meta = entry
+                            .metadata()
+                            .map_err(|e| this.io_err("cannot stat", &entry.path(), e))?;
+                        out.push(meta_of(key, &meta));
+                    }
+                }
+            }
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        let this = self.clone();
+        blocking(move || match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(this.io_err("cannot delete", &path, e)),
+        })
+        .await
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        let path = self.path(key)?;
+        let key = key.to_string();
+        let this = self.clone();
+        blocking(move || match fs::metadata(&path) {
+            Ok(m) if m.is_file() => Ok(meta_of(key, &m)),
+            Ok(_) => Err(StoreError::NotFound { key }),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(StoreError::NotFound { key }),
+            Err(e) => Err(this.io_err("cannot stat", &path, e)),
+        })
+        .await
+    }
+
+    async fn put_if_match(&self, key: &str, body: Bytes, etag: &str) -> Result<String, StoreError> {
+        let path = self.path(key)?;
+        let key = key.to_string();
+        let etag = etag.to_string();
+        let this = self.clone();
+        blocking(move || {
+            // Check, write, re-check, rename: the window between the last
+            // check and the rename is microseconds. A local directory has no
+            // true compare-and-swap; leases on file:// replicas are meant for
+            // one host.
+            let current = |key: &str| match fs::metadata(&path) {
+                Ok(m) => Ok(etag_of(&m)),
+                Err(e) if e.kind() == ErrorKind::NotFound => Err(StoreError::NotFound {
+                    key: key.to_string(),
+                }),
+                Err(e) => Err(this.io_err("cannot stat", &path, e)),
+            };
+            if current(&key)? != etag {
+                return Err(StoreError::PreconditionFailed { key });
+            }
+            let tmp =
+                write_temp(&path, &body).map_err(|e| this.io_err("cannot write", &path, e))?;
+            let res = match current(&key) {
+                Ok(now) if now == etag => {
+                    fs::rename(&tmp, &path).map_err(|e| this.io_err("cannot write", &path, e))
+                }
+                Ok(_) => Err(StoreError::PreconditionFailed { key: key.clone() }),
+                Err(e) => Err(e),
+            };
+            if res.is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+            res?;
+            sync_dir(path.parent().unwrap()).map_err(|e| this.io_err("cannot sync", &path, e))?;
+            current(&key)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn round_trip_list_range_delete_and_conditionals() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::new(dir.path().join("replica"));
+        assert!(
+            store.list("").await.unwrap().is_empty(),
+            "missing root lists empty"
+        );
+
+        store
+            .put("a/b/one", Bytes::from_static(b"hello world"))
+            .await
+            .unwrap();
+        store.put("a/two", Bytes::from_static(b"2")).await.unwrap();
+        store.put("z", Bytes::from_static(b"zz")).await.unwrap();
+        assert_eq!(&store.get("a/b/one").await.unwrap()[..], b"hello world");
+        assert_eq!(
+            &store.get_range("a/b/one", 6..11).await.unwrap()[..],
+            b"world"
+        );
+        assert_eq!(
+            &store.get_range("a/b/one", 6..100).await.unwrap()[..],
+            b"world"
+        );
+
+        let keys: Vec<_> = store
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
+        assert_eq!(keys, ["a/b/one", "a/two", "z"]);
+        let keys: Vec<_> = store
+            .list("a/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
+        assert_eq!(keys, ["a/b/one", "a/two"]);
+        let keys: Vec<_> = store
+            .list("a/t")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
+        assert_eq!(keys, ["a/two"]);
+
+        let err = store
+            .put_if_absent("z", Bytes::from_static(b"x"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err}");
+        assert_eq!(&store.get("z").await.unwrap()[..], b"zz");
+        store
+            .put_if_absent("new", Bytes::from_static(b"n"))
+            .await
+            .unwrap();
+
+        let tag = store.head("z").await.unwrap().etag.unwrap();
+        let tag2 = store
+            .put_if_match("z", Bytes::from_static(b"v2"), &tag)
+            .await
+            .unwrap();
+        assert_ne!(tag, tag2);
+        let err = store
+            .put_if_match("z", Bytes::from_static(b"v3"), &tag)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::PreconditionFailed { .. }),
+            "{err}"
+        );
+        assert_eq!(&store.get("z").await.unwrap()[..], b"v2");
+
+        store.delete("z").await.unwrap();
+        store.delete("z").await.unwrap();
+        assert!(matches!(
+            store.get("z").await,
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(matches!(
+            store.head("z").await,
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(store.get("../escape").await.is_err());
+        // No temp files are left behind or listed.
+        let names: Vec<_> = fs::read_dir(dir.path().join("replica"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| !n.to_string_lossy().starts_with(TMP_PREFIX)),
+            "{names:?}"
+        );
+    }
+}
