@@ -668,3 +668,25 @@ fn assert_service_reaches(docs: &[Value], c: &Value, ports: &[&str]) {
         assert_eq!(&labels[k], v, "Service selector {k} does not match the pod");
     }
 }
+
+/// The image builds with `cargo build --locked`: that fails when Cargo.lock
+/// is out of date with the manifests, which no other build here notices
+/// (they update the lock file silently).
+#[test]
+fn lock_file_is_current_for_the_locked_image_build() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        // `tree` resolves for this platform only, so it needs nothing that
+        // is not already downloaded.
+        .args(["tree", "--locked", "--offline", "--depth=0"])
+        .arg("--manifest-path")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "Cargo.lock needs an update, so the Dockerfile's --locked build would fail:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
