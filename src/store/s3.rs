@@ -44,7 +44,7 @@ const PART_CONCURRENCY: usize = 4;
 /// one-shot command with a wrong endpoint fails in reasonable time.
 const DEFAULT_MAX_ATTEMPTS: u32 = 8;
 /// Attempts to read a whole object whose body is cut off mid-way.
-const BODY_ATTEMPTS: u32 = 4;
+const BODY_ATTEMPTS: u32 = 6;
 
 /// A store in an S3 bucket under a key prefix.
 #[derive(Debug, Clone)]
@@ -374,7 +374,7 @@ impl S3Store {
                 }
                 Err(_) => {}
             }
-            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
         }
     }
 }
