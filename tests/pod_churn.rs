@@ -627,12 +627,14 @@ fn churn(variant: Variant) {
 
 /// deployment.yaml: restore initContainer, watch sidecar, catcher.
 #[test]
+#[ignore = "waits for restore (issue 3), watch and serve --replica (issue 4), the catcher (issue 2); run with --ignored"]
 fn sidecar_pods_lose_no_acknowledged_email() {
     churn(Variant::Sidecar);
 }
 
 /// single-container.yaml: `serve --replica` alone.
 #[test]
+#[ignore = "waits for restore (issue 3), watch and serve --replica (issue 4), the catcher (issue 2); run with --ignored"]
 fn single_container_pods_lose_no_acknowledged_email() {
     churn(Variant::SingleContainer);
 }
