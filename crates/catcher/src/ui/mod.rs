@@ -1,1 +1,237 @@
-//! ui (to be written).
+//! The web UI: a single page (plain HTML, CSS and JavaScript, no build step)
+//! that talks to the `/api/v1` endpoints and the `/api/events` websocket.
+//!
+//! The assets are compiled into the binary with `include_str!`, so building
+//! needs neither npm nor the network, and a running catcher never reads its UI
+//! from disk. [`router`] serves the page at `/` and the assets under `/ui/`.
+//!
+//! Security: mail is hostile input. The page itself is served with a strict
+//! Content-Security-Policy (scripts only from our own origin, no inline
+//! script), and the JavaScript renders every message field with
+//! `textContent`, never as markup. A message's HTML body is shown in an
+//! `<iframe sandbox>` without `allow-scripts` or `allow-same-origin`, built
+//! from `srcdoc` with its own CSP that blocks scripts, and remote content
+//! unless the user asks for it.
+
+use std::sync::OnceLock;
+
+use axum::Router;
+use axum::extract::Path;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use sha2::{Digest, Sha256};
+
+/// The page's Content-Security-Policy.
+///
+/// - `script-src 'self'`: no inline script, no `eval`, nothing remote, so even
+///   markup that slipped into the DOM could not run code.
+/// - `img-src` allows remote images because the message preview inherits this
+///   policy (srcdoc frames do) and the user may opt in to remote images there;
+///   the preview's own, stricter policy blocks them by default.
+/// - `style-src 'unsafe-inline'` for the same reason: mail HTML is styled
+///   inline, and the preview inherits this policy.
+/// - `frame-ancestors 'none'`: the UI cannot be framed (clickjacking).
+pub const CSP: &str = "default-src 'self'; script-src 'self'; \
+    style-src 'self' 'unsafe-inline' http: https:; \
+    img-src 'self' data: blob: http: https:; font-src 'self' data: http: https:; \
+    connect-src 'self' ws: wss:; frame-src 'self'; object-src 'none'; \
+    base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// One embedded file: URL name, media type, content.
+struct Asset {
+    name: &'static str,
+    content_type: &'static str,
+    body: &'static str,
+}
+
+/// Every file the UI needs. `index.html` is served at `/`, the others under
+/// `/ui/{name}`.
+const ASSETS: &[Asset] = &[
+    Asset {
+        name: "index.html",
+        content_type: "text/html; charset=utf-8",
+        body: include_str!("assets/index.html"),
+    },
+    Asset {
+        name: "app.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("assets/app.js"),
+    },
+    Asset {
+        name: "app.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_str!("assets/app.css"),
+    },
+    Asset {
+        name: "favicon.svg",
+        content_type: "image/svg+xml",
+        body: include_str!("assets/favicon.svg"),
+    },
+];
+
+/// The routes of the web UI: `/` (the page) and `/ui/{file}` (its assets).
+///
+/// Merge it with the API router; it needs no state because everything it
+/// shows comes from the API at run time.
+pub fn router() -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/ui/{file}", get(asset))
+}
+
+/// `GET /`: the single page.
+async fn index(headers: HeaderMap) -> Response {
+    serve(&ASSETS[0], &headers)
+}
+
+/// `GET /ui/{file}`: an embedded asset, 404 for anything else.
+async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Response {
+    match ASSETS.iter().find(|a| a.name == file) {
+        Some(a) => serve(a, &headers),
+        None => (StatusCode::NOT_FOUND, "not found").into_response(),
+    }
+}
+
+/// Answers with the asset, or `304 Not Modified` when the browser already has
+/// this version. `no-cache` makes the browser revalidate each time, so a new
+/// binary's UI shows up on the next load while unchanged files cost a 304.
+fn serve(asset: &Asset, headers: &HeaderMap) -> Response {
+    let etag = etag(asset);
+    let fresh = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    let mut res = if fresh {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        asset.body.into_response()
+    };
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(asset.content_type),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    if asset.name == "index.html" {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CSP),
+        );
+        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    }
+    res
+}
+
+/// A strong ETag per asset: a hash of its content, computed once.
+fn etag(asset: &Asset) -> &'static str {
+    static TAGS: OnceLock<Vec<String>> = OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        ASSETS
+            .iter()
+            .map(|a| {
+                let digest = Sha256::digest(a.body.as_bytes());
+                format!("\"{}\"", hex::encode(&digest[..8]))
+            })
+            .collect()
+    });
+    let i = ASSETS
+        .iter()
+        .position(|a| a.name == asset.name)
+        .unwrap_or(0);
+    &tags[i]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Serves the UI router on a free loopback port, as the catcher does.
+    async fn start() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router()).await.unwrap() });
+        format!("http://{addr}")
+    }
+
+    fn client() -> reqwest::Client {
+        reqwest::Client::builder().no_proxy().build().unwrap()
+    }
+
+    #[tokio::test]
+    async fn index_is_served_with_a_strict_csp() {
+        let base = start().await;
+        let res = client().get(format!("{base}/")).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        let h = res.headers().clone();
+        assert_eq!(h[header::CONTENT_TYPE], "text/html; charset=utf-8");
+        let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(csp.contains("script-src 'self';"), "{csp}");
+        assert!(!csp.contains("unsafe-eval"), "{csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert_eq!(h[header::X_FRAME_OPTIONS], "DENY");
+        let body = res.text().await.unwrap();
+        assert!(body.contains(r#"<script src="/ui/app.js""#));
+        // No inline script: the CSP would block it, and it would be a hole.
+        assert!(!body.contains("<script>"), "inline script in index.html");
+    }
+
+    #[tokio::test]
+    async fn assets_have_their_media_types() {
+        let base = start().await;
+        for (path, ty) in [
+            ("/ui/app.js", "text/javascript; charset=utf-8"),
+            ("/ui/app.css", "text/css; charset=utf-8"),
+            ("/ui/favicon.svg", "image/svg+xml"),
+        ] {
+            let res = client().get(format!("{base}{path}")).send().await.unwrap();
+            assert_eq!(res.status(), 200, "{path}");
+            assert_eq!(res.headers()[header::CONTENT_TYPE], ty, "{path}");
+            assert_eq!(res.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+            assert!(!res.bytes().await.unwrap().is_empty(), "{path} is empty");
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_assets_and_traversal_are_404() {
+        let base = start().await;
+        for path in ["/ui/nope.js", "/ui/..%2Fmod.rs", "/ui/index.htm"] {
+            let res = client().get(format!("{base}{path}")).send().await.unwrap();
+            assert_eq!(res.status(), 404, "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn etag_revalidation_answers_304() {
+        let base = start().await;
+        let url = format!("{base}/ui/app.js");
+        let first = client().get(&url).send().await.unwrap();
+        let tag = first.headers()[header::ETAG].to_str().unwrap().to_owned();
+        let again = client()
+            .get(&url)
+            .header(header::IF_NONE_MATCH, &tag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 304);
+        assert!(again.bytes().await.unwrap().is_empty());
+        let other = client()
+            .get(&url)
+            .header(header::IF_NONE_MATCH, "\"stale\"")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(other.status(), 200);
+    }
+}

@@ -1,0 +1,916 @@
+// mailsafe web UI: mailbox list, message view, search, tags, live updates.
+//
+// Plain JavaScript, no build step. Every piece of mail data reaches the DOM
+// through textContent or attribute setters, never innerHTML: subjects, names
+// and snippets are attacker-controlled. A message's HTML body is shown only
+// inside a sandboxed srcdoc iframe (no allow-scripts, no allow-same-origin)
+// that carries its own Content-Security-Policy.
+//
+// State lives in the URL (?q=search&start=offset&m=messageID) so that
+// searches and messages can be bookmarked, reloaded and navigated with the
+// browser's back button.
+'use strict';
+
+(() => {
+  const PAGE = 50;
+  const $ = (id) => document.getElementById(id);
+
+  const state = {
+    q: '',
+    start: 0,
+    open: null,          // ID of the open message, or null for the list
+    messages: [],        // the current page of MessageSummary
+    total: 0,            // messages matching the current list/search
+    mailboxTotal: 0,     // whole mailbox
+    unread: 0,           // whole mailbox unread
+    selected: new Set(),
+    cursor: 0,           // index in messages of the keyboard cursor
+    message: null,       // the open Message
+    tab: 'html',
+    remote: false,       // load remote content in the open message
+    statsSeen: false,    // the server sends "stats" events: trust them for counts
+    listSeq: 0,          // guards against out-of-order list responses
+  };
+
+  // ---------- helpers ----------
+
+  function el(tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    if (attrs) {
+      for (const [k, v] of Object.entries(attrs)) {
+        if (v === undefined || v === null || v === false) continue;
+        if (k === 'class') e.className = v;
+        else if (k === 'text') e.textContent = v;
+        else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+        else e.setAttribute(k, v === true ? '' : v);
+      }
+    }
+    for (const c of children) {
+      if (c === null || c === undefined || c === false) continue;
+      e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return e;
+  }
+
+  class ApiError extends Error {
+    constructor(status, msg) { super(msg); this.status = status; }
+  }
+
+  async function api(method, path, body) {
+    const opts = { method, headers: {} };
+    if (body !== undefined) {
+      opts.headers['Content-Type'] = 'application/json';
+      opts.body = JSON.stringify(body);
+    }
+    const res = await fetch(path, opts);
+    const type = res.headers.get('Content-Type') || '';
+    if (!res.ok) {
+      const text = await res.text().catch(() => '');
+      throw new ApiError(res.status, `${method} ${path}: ${res.status} ${text.slice(0, 200)}`);
+    }
+    if (type.includes('application/json')) return res.json();
+    return res.text();
+  }
+
+  let toastTimer = 0;
+  function toast(msg) {
+    const t = $('toast');
+    t.textContent = msg;
+    t.hidden = false;
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => { t.hidden = true; }, 4000);
+  }
+
+  function fail(e) {
+    console.error(e);
+    toast(e && e.message ? e.message : String(e));
+  }
+
+  function fmtAddr(a) {
+    if (!a) return '';
+    if (a.Name && a.Address) return `${a.Name} <${a.Address}>`;
+    return a.Name || a.Address || '';
+  }
+
+  function fmtAddrs(list) {
+    return (list || []).map(fmtAddr).join(', ');
+  }
+
+  function fmtSize(n) {
+    if (!n && n !== 0) return '';
+    if (n < 1024) return `${n} B`;
+    if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} kB`;
+    return `${(n / 1024 / 1024).toFixed(1)} MB`;
+  }
+
+  function fmtTime(iso) {
+    const d = new Date(iso);
+    if (isNaN(d)) return '';
+    const now = new Date();
+    if (d.toDateString() === now.toDateString()) {
+      return d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+    }
+    if (d.getFullYear() === now.getFullYear()) {
+      return d.toLocaleDateString([], { month: 'short', day: 'numeric' });
+    }
+    return d.toLocaleDateString();
+  }
+
+  // A tag name as a search term: quoted when it holds spaces or quotes.
+  function tagTerm(t) {
+    return /[\s"]/.test(t) ? `tag:"${t.replace(/"/g, '')}"` : `tag:${t}`;
+  }
+
+  function partURL(id, part) {
+    return `/api/v1/message/${encodeURIComponent(id)}/part/${encodeURIComponent(part)}`;
+  }
+
+  // ---------- URL state ----------
+
+  function readURL() {
+    const p = new URLSearchParams(location.search);
+    state.q = (p.get('q') || '').trim();
+    state.start = Math.max(0, parseInt(p.get('start') || '0', 10) || 0);
+    state.open = p.get('m') || null;
+  }
+
+  function urlFor(q, start, open) {
+    const p = new URLSearchParams();
+    if (q) p.set('q', q);
+    if (start) p.set('start', String(start));
+    if (open) p.set('m', open);
+    const s = p.toString();
+    return s ? `/?${s}` : '/';
+  }
+
+  function go(q, start, open, replace) {
+    const url = urlFor(q, start, open);
+    if (url !== location.pathname + location.search) {
+      history[replace ? 'replaceState' : 'pushState'](null, '', url);
+    }
+    route();
+  }
+
+  async function route() {
+    const prevQ = state.q, prevStart = state.start;
+    readURL();
+    $('q').value = state.q;
+    $('q-clear').hidden = !state.q;
+    document.body.classList.remove('side-open');
+    markNav();
+    if (state.open) {
+      showMessageView(true);
+      await openMessage(state.open);
+      // Keep the list behind the message current, for j/k and "Back".
+      if (!state.messages.length || prevQ !== state.q || prevStart !== state.start) {
+        loadList().catch(fail);
+      }
+    } else {
+      showMessageView(false);
+      state.message = null;
+      await loadList();
+    }
+  }
+
+  function showMessageView(on) {
+    $('list-view').hidden = on;
+    $('message-view').hidden = !on;
+    if (!on) $('pane').replaceChildren();
+  }
+
+  // ---------- counts and title ----------
+
+  function renderCounts() {
+    document.title = state.unread > 0 ? `(${state.unread}) mailsafe` : 'mailsafe';
+    $('inbox-unread').textContent = state.unread > 0 ? String(state.unread) : '';
+    $('total-line').textContent = `${state.mailboxTotal} message${state.mailboxTotal === 1 ? '' : 's'}, ${state.unread} unread`;
+    const from = state.total ? state.start + 1 : 0;
+    const to = Math.min(state.start + state.messages.length, state.total);
+    $('page-info').textContent = state.total ? `${from}–${to} of ${state.total}` : '';
+    $('prev').disabled = state.start <= 0;
+    $('next').disabled = state.start + PAGE >= state.total;
+  }
+
+  function markNav() {
+    for (const a of document.querySelectorAll('.nav-item, .tag-nav a')) {
+      a.classList.toggle('active', (a.dataset.q || '') === state.q);
+    }
+  }
+
+  // ---------- list ----------
+
+  async function loadList() {
+    const seq = ++state.listSeq;
+    const path = state.q
+      ? `/api/v1/search?query=${encodeURIComponent(state.q)}&start=${state.start}&limit=${PAGE}`
+      : `/api/v1/messages?start=${state.start}&limit=${PAGE}`;
+    let data;
+    try {
+      data = await api('GET', path);
+    } catch (e) {
+      if (seq !== state.listSeq) return;
+      state.messages = [];
+      state.total = 0;
+      renderList();
+      $('empty').textContent = e.status === 400 ? `Invalid search: ${e.message}` : `Could not load messages: ${e.message}`;
+      $('empty').hidden = false;
+      return;
+    }
+    if (seq !== state.listSeq) return;
+    state.messages = data.messages || [];
+    state.total = data.messages_count ?? data.count ?? data.total ?? state.messages.length;
+    if (!state.q) state.total = data.total ?? state.total;
+    state.mailboxTotal = data.total ?? state.mailboxTotal;
+    state.unread = data.unread ?? state.unread;
+    if (Array.isArray(data.tags)) renderTags(data.tags);
+    const ids = new Set(state.messages.map((m) => m.ID));
+    for (const id of [...state.selected]) if (!ids.has(id)) state.selected.delete(id);
+    state.cursor = Math.min(state.cursor, Math.max(0, state.messages.length - 1));
+    if (state.open) {
+      const i = state.messages.findIndex((m) => m.ID === state.open);
+      if (i >= 0) state.cursor = i;
+    }
+    // Past the last page (e.g. after deleting its messages): go back one page.
+    if (!state.messages.length && state.start > 0 && state.total > 0) {
+      go(state.q, Math.max(0, state.start - PAGE), state.open, true);
+      return;
+    }
+    renderList();
+  }
+
+  function renderSearchInfo() {
+    const info = $('search-info');
+    if (!state.q) { info.hidden = true; return; }
+    info.hidden = false;
+    info.replaceChildren(
+      `${state.total} result${state.total === 1 ? '' : 's'} for `,
+      el('strong', { text: state.q }), ' ',
+      el('a', { href: '/', onclick: (e) => { e.preventDefault(); go('', 0, null); } }, 'clear'),
+    );
+  }
+
+  function rowFor(m, i) {
+    const tags = (m.Tags || []).map((t) => el('span', { class: 'tag' }, t));
+    const check = el('input', {
+      type: 'checkbox',
+      class: 'check',
+      'aria-label': 'Select',
+      checked: state.selected.has(m.ID),
+      onclick: (e) => { e.stopPropagation(); },
+      onchange: (e) => { toggleSelect(m.ID, e.target.checked); },
+    });
+    const from = m.From ? (m.From.Name || m.From.Address) : '';
+    const li = el('li', {
+      'data-id': m.ID,
+      role: 'option',
+      class: [m.Read ? 'read' : 'unread', state.selected.has(m.ID) ? 'selected' : '', i === state.cursor ? 'cursor' : ''].join(' ').trim(),
+      'aria-selected': state.selected.has(m.ID) ? 'true' : 'false',
+      title: m.From ? fmtAddr(m.From) : '',
+    },
+      check,
+      el('span', { class: 'from' }, from || '(no sender)'),
+      el('span', { class: 'body' },
+        ...tags,
+        el('span', { class: 'subject' }, m.Subject || '(no subject)'),
+        el('span', { class: 'snippet' }, m.Snippet || ''),
+      ),
+      el('span', { class: 'time', title: new Date(m.Created).toLocaleString() },
+        fmtTime(m.Created),
+        m.Attachments > 0 ? el('span', { class: 'clip', title: `${m.Attachments} attachment${m.Attachments === 1 ? '' : 's'}`, 'aria-label': 'has attachments' }, '📎') : null,
+      ),
+    );
+    li.addEventListener('click', (e) => {
+      if (e.shiftKey || e.ctrlKey || e.metaKey) { toggleSelect(m.ID); return; }
+      state.cursor = state.messages.findIndex((x) => x.ID === m.ID);
+      go(state.q, state.start, m.ID);
+    });
+    return li;
+  }
+
+  function renderList() {
+    const ul = $('messages');
+    ul.replaceChildren(...state.messages.map(rowFor));
+    const empty = $('empty');
+    empty.hidden = state.messages.length > 0;
+    if (!state.messages.length) {
+      empty.textContent = state.q ? 'No messages match this search.' : 'No messages yet. Send mail to the SMTP port and it appears here.';
+    }
+    renderSearchInfo();
+    renderSelection();
+    renderCounts();
+  }
+
+  function renderSelection() {
+    const n = state.selected.size;
+    const all = $('select-all');
+    all.checked = n > 0 && n === state.messages.length;
+    all.indeterminate = n > 0 && n < state.messages.length;
+    $('btn-read').textContent = n ? 'Mark read' : 'Mark all read';
+    $('btn-unread').disabled = n === 0;
+    $('btn-delete').disabled = n === 0;
+    $('bulk-tag').disabled = n === 0;
+    $('btn-delete-all').textContent = state.q ? 'Delete all results' : 'Delete all';
+    $('btn-delete-all').disabled = state.total === 0;
+  }
+
+  function toggleSelect(id, on) {
+    const want = on === undefined ? !state.selected.has(id) : on;
+    if (want) state.selected.add(id); else state.selected.delete(id);
+    const li = $('messages').querySelector(`li[data-id="${CSS.escape(id)}"]`);
+    if (li) {
+      li.classList.toggle('selected', want);
+      li.setAttribute('aria-selected', want ? 'true' : 'false');
+      li.querySelector('input.check').checked = want;
+    }
+    renderSelection();
+  }
+
+  function moveCursor(delta) {
+    if (!state.messages.length) return;
+    state.cursor = Math.max(0, Math.min(state.messages.length - 1, state.cursor + delta));
+    const rows = $('messages').children;
+    for (let i = 0; i < rows.length; i++) rows[i].classList.toggle('cursor', i === state.cursor);
+    const row = rows[state.cursor];
+    if (row) row.scrollIntoView({ block: 'nearest' });
+  }
+
+  // IDs an action applies to: the selection, else the keyboard cursor.
+  function targetIDs() {
+    if (state.selected.size) return [...state.selected];
+    const m = state.messages[state.cursor];
+    return m ? [m.ID] : [];
+  }
+
+  async function setRead(ids, read) {
+    if (ids && ids.length) {
+      await api('PUT', '/api/v1/messages', { IDs: ids, Read: read });
+      for (const m of state.messages) if (ids.includes(m.ID)) m.Read = read;
+    } else if (state.q) {
+      await api('PUT', '/api/v1/messages', { Search: state.q, Read: read });
+      await loadList();
+      return;
+    } else {
+      await api('PUT', '/api/v1/messages', { Read: read });
+      for (const m of state.messages) m.Read = read;
+    }
+    if (!state.statsSeen) await refreshCounts();
+    renderList();
+  }
+
+  async function deleteIDs(ids) {
+    if (!ids.length) return;
+    await api('DELETE', '/api/v1/messages', { IDs: ids });
+    removeLocal(ids);
+    if (!state.statsSeen) await refreshCounts();
+    // Refill the page from the server so it stays PAGE long.
+    loadList().catch(fail);
+  }
+
+  function removeLocal(ids) {
+    const gone = new Set(ids);
+    const before = state.messages.length;
+    const cursorID = state.messages[state.cursor] && state.messages[state.cursor].ID;
+    state.messages = state.messages.filter((m) => !gone.has(m.ID));
+    const removed = before - state.messages.length;
+    state.total = Math.max(0, state.total - removed);
+    for (const id of ids) state.selected.delete(id);
+    if (cursorID && gone.has(cursorID)) {
+      state.cursor = Math.min(state.cursor, Math.max(0, state.messages.length - 1));
+    }
+    return removed;
+  }
+
+  async function deleteAll() {
+    const what = state.q ? `all ${state.total} messages matching "${state.q}"` : `all ${state.total} messages`;
+    if (!confirm(`Delete ${what}? This cannot be undone.`)) return;
+    if (state.q) {
+      await api('DELETE', `/api/v1/search?query=${encodeURIComponent(state.q)}`);
+    } else {
+      await api('DELETE', '/api/v1/messages', {});
+    }
+    state.selected.clear();
+    await loadList();
+    await refreshCounts();
+  }
+
+  async function refreshCounts() {
+    try {
+      const d = await api('GET', '/api/v1/messages?limit=1');
+      state.mailboxTotal = d.total ?? state.mailboxTotal;
+      state.unread = d.unread ?? state.unread;
+      renderCounts();
+    } catch (e) { /* counts are cosmetic; the next event corrects them */ }
+  }
+
+  // ---------- tags ----------
+
+  let knownTags = [];
+  function renderTags(tags) {
+    knownTags = tags.slice().sort((a, b) => a.localeCompare(b));
+    const box = $('tags');
+    box.replaceChildren(...knownTags.map((t) => {
+      const q = tagTerm(t);
+      return el('a', {
+        href: urlFor(q, 0, null),
+        'data-q': q,
+        onclick: (e) => { e.preventDefault(); go(q, 0, null); },
+      }, el('span', { class: 'tag' }, t));
+    }));
+    if (!knownTags.length) box.append(el('p', { class: 'muted small', text: 'No tags' }));
+    markNav();
+  }
+
+  let tagsTimer = 0;
+  function refreshTagsSoon() {
+    clearTimeout(tagsTimer);
+    tagsTimer = setTimeout(() => {
+      api('GET', '/api/v1/tags').then((t) => { if (Array.isArray(t)) renderTags(t); }).catch(() => {});
+    }, 200);
+  }
+
+  async function setTags(id, tags) {
+    await api('PUT', '/api/v1/tags', { IDs: [id], Tags: tags });
+    applyUpdate({ ID: id, Tags: tags });
+    refreshTagsSoon();
+  }
+
+  async function addTagToIDs(ids, tag) {
+    for (const id of ids) {
+      const m = state.messages.find((x) => x.ID === id) || (state.message && state.message.ID === id ? state.message : null);
+      const cur = m ? (m.Tags || []) : [];
+      if (!cur.includes(tag)) await setTags(id, [...cur, tag]);
+    }
+  }
+
+  // ---------- message view ----------
+
+  async function openMessage(id) {
+    $('msg-gone').hidden = true;
+    $('msg').hidden = false;
+    let m;
+    try {
+      m = await api('GET', `/api/v1/message/${encodeURIComponent(id)}`);
+    } catch (e) {
+      if (state.open !== id) return;
+      if (e.status === 404) { showGone(); return; }
+      fail(e);
+      return;
+    }
+    if (state.open !== id) return; // the user moved on meanwhile
+    state.message = m;
+    // Opening marks the message read (the API does so on GET); mirror it.
+    const summary = state.messages.find((x) => x.ID === id);
+    if (summary && !summary.Read) {
+      summary.Read = true;
+      if (!state.statsSeen) state.unread = Math.max(0, state.unread - 1);
+      renderCounts();
+    }
+    state.remote = false;
+    $('remote').checked = false;
+    renderMessage();
+    selectTab(m.HTML ? 'html' : 'text');
+  }
+
+  function showGone() {
+    $('msg-gone').hidden = false;
+    $('msg').hidden = true;
+    state.message = null;
+  }
+
+  function renderMessage() {
+    const m = state.message;
+    $('msg-subject').textContent = m.Subject || '(no subject)';
+    document.title = `${m.Subject || '(no subject)'} – ${state.unread > 0 ? `(${state.unread}) ` : ''}mailsafe`;
+    const meta = $('msg-meta');
+    const rows = [
+      ['From', fmtAddr(m.From)],
+      ['To', fmtAddrs(m.To)],
+      ['Cc', fmtAddrs(m.Cc)],
+      ['Bcc', fmtAddrs(m.Bcc)],
+      ['Reply-To', fmtAddrs(m.ReplyTo)],
+      ['Date', m.Date ? new Date(m.Date).toLocaleString() : ''],
+      ['Size', fmtSize(m.Size)],
+    ];
+    meta.replaceChildren();
+    for (const [k, v] of rows) {
+      if (!v) continue;
+      meta.append(el('dt', { text: k }), el('dd', { text: v }));
+    }
+    renderMsgTags();
+    const att = $('msg-attachments');
+    att.replaceChildren(...(m.Attachments || []).map((a) => el('li', null,
+      el('a', {
+        href: partURL(m.ID, a.PartID),
+        download: a.FileName || `part-${a.PartID}`,
+        title: `${a.ContentType || ''} ${fmtSize(a.Size)}`,
+      }, `📎 ${a.FileName || `part ${a.PartID}`} (${fmtSize(a.Size)})`),
+    )));
+    const dl = $('msg-download');
+    dl.href = `/api/v1/message/${encodeURIComponent(m.ID)}/raw`;
+    dl.setAttribute('download', `${m.ID}.eml`);
+    $('tab-html').disabled = !m.HTML;
+    $('tab-text').disabled = !m.Text && !!m.HTML;
+    const i = state.messages.findIndex((x) => x.ID === m.ID);
+    $('msg-newer').disabled = i <= 0;
+    $('msg-older').disabled = i < 0 || i >= state.messages.length - 1;
+  }
+
+  function renderMsgTags() {
+    const m = state.message;
+    const box = $('msg-tags');
+    box.replaceChildren(...(m.Tags || []).map((t) => el('span', { class: 'tag' }, t,
+      el('button', {
+        type: 'button',
+        'aria-label': `Remove tag ${t}`,
+        title: 'Remove tag',
+        onclick: () => setTags(m.ID, (m.Tags || []).filter((x) => x !== t)).catch(fail),
+      }, '×'),
+    )));
+  }
+
+  function selectTab(tab) {
+    state.tab = tab;
+    for (const b of document.querySelectorAll('.tabs [role=tab]')) {
+      b.setAttribute('aria-selected', b.dataset.tab === tab ? 'true' : 'false');
+    }
+    renderPane().catch(fail);
+  }
+
+  // Remote references in mail HTML: http(s) or protocol-relative URLs in
+  // attributes or CSS. Only decides whether to offer the opt-in toggle; the
+  // CSP does the actual blocking.
+  const REMOTE_RE = /(?:src|href|background|srcset|poster)\s*=\s*["']?\s*(?:https?:)?\/\/|url\(\s*["']?\s*(?:https?:)?\/\//i;
+
+  // The document put into the preview iframe: our CSP first, so it covers
+  // everything the mail contains.
+  function previewDoc(m, remote) {
+    const origin = location.origin;
+    const ext = remote ? ' http: https:' : '';
+    const csp = [
+      "default-src 'none'",
+      "script-src 'none'",
+      `img-src ${origin} data: cid:${ext}`,
+      `style-src 'unsafe-inline'${ext}`,
+      `font-src data:${ext}`,
+      `media-src ${origin} data:${ext}`,
+      "form-action 'none'",
+      "base-uri 'none'",
+    ].join('; ');
+    const head = `<meta http-equiv="Content-Security-Policy" content="${csp}">` +
+      '<meta name="referrer" content="no-referrer"><base target="_blank">';
+    let html = inlineCIDs(m, m.HTML || '');
+    const doctype = html.match(/^\s*(<!doctype[^>]*>)/i);
+    if (doctype) return doctype[1] + head + html.slice(doctype[0].length);
+    return head + html;
+  }
+
+  // Rewrites cid: references to the API's part URLs, so inline images show.
+  function inlineCIDs(m, html) {
+    const map = new Map();
+    for (const a of [...(m.Inline || []), ...(m.Attachments || [])]) {
+      if (a.ContentID) map.set(a.ContentID.replace(/^<|>$/g, '').toLowerCase(), a.PartID);
+    }
+    if (!map.size) return html;
+    return html.replace(/cid:([^"'\s)>]+)/gi, (all, ref) => {
+      let key = ref;
+      try { key = decodeURIComponent(ref); } catch (e) { /* keep as is */ }
+      const part = map.get(key.toLowerCase());
+      return part ? location.origin + partURL(m.ID, part) : all;
+    });
+  }
+
+  async function renderPane() {
+    const m = state.message;
+    if (!m) return;
+    const pane = $('pane');
+    const tab = state.tab;
+    const hasRemote = !!m.HTML && REMOTE_RE.test(m.HTML);
+    $('remote-toggle').hidden = !(tab === 'html' && hasRemote);
+    $('remote-note').hidden = !(tab === 'html' && hasRemote && !state.remote);
+    if (tab === 'html') {
+      const frame = el('iframe', {
+        id: 'preview',
+        title: 'Message HTML',
+        // No allow-scripts, no allow-same-origin: the mail runs no code and
+        // gets an opaque origin, so it cannot reach the API or this page.
+        // Popups let links open in a new tab, outside the sandbox.
+        sandbox: 'allow-popups allow-popups-to-escape-sandbox',
+        referrerpolicy: 'no-referrer',
+      });
+      frame.srcdoc = previewDoc(m, state.remote);
+      pane.replaceChildren(frame);
+    } else if (tab === 'text') {
+      pane.replaceChildren(el('pre', { id: 'text-body' }, ...linkify(m.Text || '')));
+    } else if (tab === 'headers') {
+      pane.replaceChildren(el('p', { class: 'muted', text: 'Loading…' }));
+      const h = await api('GET', `/api/v1/message/${encodeURIComponent(m.ID)}/headers`);
+      if (state.tab !== 'headers' || state.message !== m) return;
+      const table = el('table', { class: 'headers', id: 'headers-table' });
+      for (const k of Object.keys(h).sort()) {
+        for (const v of h[k]) table.append(el('tr', null, el('td', { text: k }), el('td', { text: v })));
+      }
+      pane.replaceChildren(table);
+    } else if (tab === 'raw') {
+      pane.replaceChildren(el('p', { class: 'muted', text: 'Loading…' }));
+      const raw = await api('GET', `/api/v1/message/${encodeURIComponent(m.ID)}/raw`);
+      if (state.tab !== 'raw' || state.message !== m) return;
+      const LIMIT = 1 << 20;
+      const text = typeof raw === 'string' ? raw : JSON.stringify(raw);
+      const pre = el('pre', { id: 'raw-body' }, text.length > LIMIT ? text.slice(0, LIMIT) : text);
+      pane.replaceChildren(pre);
+      if (text.length > LIMIT) pane.append(el('p', { class: 'muted', text: 'Showing the first 1 MiB; download the .eml for the rest.' }));
+    }
+  }
+
+  // Plain text with http(s) links made clickable, as DOM nodes.
+  function linkify(text) {
+    const out = [];
+    const re = /\bhttps?:\/\/[^\s<>"')\]]+/g;
+    let last = 0;
+    let mm;
+    while ((mm = re.exec(text)) && out.length < 2000) {
+      out.push(text.slice(last, mm.index));
+      out.push(el('a', { href: mm[0], target: '_blank', rel: 'noopener noreferrer' }, mm[0]));
+      last = mm.index + mm[0].length;
+    }
+    out.push(text.slice(last));
+    return out;
+  }
+
+  function openRelative(delta) {
+    const i = state.messages.findIndex((x) => x.ID === state.open);
+    const j = i + delta;
+    if (i < 0 || j < 0 || j >= state.messages.length) return;
+    state.cursor = j;
+    go(state.q, state.start, state.messages[j].ID, true);
+  }
+
+  function backToList() {
+    go(state.q, state.start, null);
+  }
+
+  // ---------- live updates ----------
+
+  function applyUpdate(d) {
+    const m = state.messages.find((x) => x.ID === d.ID);
+    if (m) {
+      if (typeof d.Read === 'boolean') m.Read = d.Read;
+      if (Array.isArray(d.Tags)) m.Tags = d.Tags;
+      const li = $('messages').querySelector(`li[data-id="${CSS.escape(d.ID)}"]`);
+      if (li) li.replaceWith(rowFor(m, state.messages.indexOf(m)));
+    }
+    if (state.message && state.message.ID === d.ID) {
+      if (Array.isArray(d.Tags)) { state.message.Tags = d.Tags; renderMsgTags(); }
+    }
+  }
+
+  let pendingNew = [];
+  let newScheduled = false;
+  let refreshTimer = 0;
+
+  function onNew(summary) {
+    if (!state.statsSeen) {
+      state.mailboxTotal++;
+      if (!summary.Read) state.unread++;
+    }
+    if ((summary.Tags || []).length) refreshTagsSoon();
+    if (state.q) {
+      // Only the server knows whether it matches the search: ask again, once
+      // per burst.
+      clearTimeout(refreshTimer);
+      refreshTimer = setTimeout(() => loadList().catch(fail), 150);
+      renderCounts();
+      return;
+    }
+    if (state.start > 0) {
+      // Older pages shift by one; the user sees the new count and can go back.
+      state.total++;
+      renderCounts();
+      return;
+    }
+    pendingNew.push(summary);
+    if (!newScheduled) {
+      newScheduled = true;
+      // One DOM update per frame however fast mail arrives.
+      requestAnimationFrame(flushNew);
+    }
+  }
+
+  function flushNew() {
+    newScheduled = false;
+    const batch = pendingNew;
+    pendingNew = [];
+    const have = new Set(state.messages.map((m) => m.ID));
+    const fresh = batch.filter((m) => !have.has(m.ID)).reverse();
+    if (!fresh.length) { renderCounts(); return; }
+    state.messages = [...fresh, ...state.messages].slice(0, PAGE);
+    state.total += fresh.length;
+    // Keep the keyboard cursor on the message it was on.
+    state.cursor = Math.min(state.cursor + fresh.length, state.messages.length - 1);
+    renderList();
+  }
+
+  function onEvent(ev) {
+    const d = ev.Data;
+    switch (ev.Type) {
+      case 'new':
+        if (d && d.ID) onNew(d);
+        break;
+      case 'stats':
+        if (d) {
+          state.statsSeen = true;
+          if (typeof d.Total === 'number') state.mailboxTotal = d.Total;
+          if (typeof d.Unread === 'number') state.unread = d.Unread;
+          if (!state.q && typeof d.Total === 'number') state.total = d.Total;
+          renderCounts();
+          if (state.message) document.title = `${state.message.Subject || '(no subject)'} – ${state.unread > 0 ? `(${state.unread}) ` : ''}mailsafe`;
+        }
+        break;
+      case 'update':
+        if (d && d.ID) {
+          applyUpdate(d);
+          if (Array.isArray(d.Tags)) refreshTagsSoon();
+          if (!state.statsSeen && typeof d.Read === 'boolean') refreshCountsSoon();
+        }
+        break;
+      case 'delete':
+        if (d && d.ID) {
+          if (removeLocal([d.ID])) renderList();
+          if (state.open === d.ID) showGone();
+          if (!state.statsSeen) refreshCountsSoon();
+          refillSoon();
+        }
+        break;
+      case 'prune':
+      case 'truncate':
+        state.selected.clear();
+        if (state.open && ev.Type === 'truncate') showGone();
+        loadList().catch(fail);
+        refreshTagsSoon();
+        if (!state.statsSeen) refreshCountsSoon();
+        break;
+      default:
+        break;
+    }
+  }
+
+  let countsTimer = 0;
+  function refreshCountsSoon() {
+    clearTimeout(countsTimer);
+    countsTimer = setTimeout(refreshCounts, 200);
+  }
+
+  let refillTimer = 0;
+  function refillSoon() {
+    clearTimeout(refillTimer);
+    refillTimer = setTimeout(() => loadList().catch(fail), 300);
+  }
+
+  let ws = null;
+  let retry = 0;
+  function connect() {
+    const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    const sock = new WebSocket(`${proto}//${location.host}/api/events`);
+    ws = sock;
+    sock.onopen = () => {
+      const wasDown = retry > 0;
+      retry = 0;
+      $('conn').classList.add('live');
+      $('conn').title = 'Live updates: connected';
+      // Events sent while we were away are lost: catch up once.
+      if (wasDown) { loadList().catch(fail); refreshCounts(); }
+    };
+    sock.onmessage = (e) => {
+      let ev;
+      try { ev = JSON.parse(e.data); } catch (err) { return; }
+      if (ev && typeof ev === 'object') onEvent(ev);
+    };
+    sock.onclose = () => {
+      if (ws !== sock) return;
+      $('conn').classList.remove('live');
+      $('conn').title = 'Live updates: reconnecting…';
+      // Back off 250 ms, 500 ms, 1 s … up to 5 s, so a restarting server is
+      // found again quickly without a reconnect storm.
+      const delay = Math.min(5000, 250 * 2 ** retry);
+      retry++;
+      setTimeout(connect, delay);
+    };
+    sock.onerror = () => { /* onclose follows and reconnects */ };
+  }
+
+  // ---------- wiring ----------
+
+  function bind() {
+    $('search').addEventListener('submit', (e) => {
+      e.preventDefault();
+      const q = $('q').value.trim();
+      state.selected.clear();
+      go(q, 0, null);
+      $('q').blur();
+    });
+    $('q').addEventListener('input', () => { $('q-clear').hidden = !$('q').value; });
+    $('q-clear').addEventListener('click', () => { $('q').value = ''; go('', 0, null); });
+    $('home').addEventListener('click', (e) => { e.preventDefault(); state.selected.clear(); go('', 0, null); });
+    for (const a of document.querySelectorAll('.nav-item')) {
+      a.addEventListener('click', (e) => { e.preventDefault(); state.selected.clear(); go(a.dataset.q || '', 0, null); });
+    }
+    $('menu').addEventListener('click', () => document.body.classList.toggle('side-open'));
+    $('select-all').addEventListener('change', (e) => {
+      for (const m of state.messages) toggleSelect(m.ID, e.target.checked);
+    });
+    $('btn-read').addEventListener('click', () => setRead(state.selected.size ? [...state.selected] : null, true).catch(fail));
+    $('btn-unread').addEventListener('click', () => setRead([...state.selected], false).catch(fail));
+    $('btn-delete').addEventListener('click', () => deleteIDs([...state.selected]).catch(fail));
+    $('btn-delete-all').addEventListener('click', () => deleteAll().catch(fail));
+    $('bulk-tag').addEventListener('keydown', (e) => {
+      if (e.key !== 'Enter') return;
+      const t = e.target.value.trim();
+      if (!t) return;
+      e.target.value = '';
+      addTagToIDs([...state.selected], t).catch(fail);
+    });
+    $('prev').addEventListener('click', () => go(state.q, Math.max(0, state.start - PAGE), null));
+    $('next').addEventListener('click', () => go(state.q, state.start + PAGE, null));
+    $('back').addEventListener('click', backToList);
+    $('msg-unread').addEventListener('click', () => {
+      if (!state.message) return;
+      setRead([state.message.ID], false).then(backToList).catch(fail);
+    });
+    $('msg-delete').addEventListener('click', () => deleteOpen().catch(fail));
+    $('msg-newer').addEventListener('click', () => openRelative(-1));
+    $('msg-older').addEventListener('click', () => openRelative(1));
+    for (const b of document.querySelectorAll('.tabs [role=tab]')) {
+      b.addEventListener('click', () => selectTab(b.dataset.tab));
+    }
+    $('remote').addEventListener('change', (e) => { state.remote = e.target.checked; renderPane().catch(fail); });
+    $('msg-tag-input').addEventListener('keydown', (e) => {
+      if (e.key !== 'Enter' || !state.message) return;
+      const t = e.target.value.trim();
+      if (!t) return;
+      e.target.value = '';
+      const cur = state.message.Tags || [];
+      if (!cur.includes(t)) setTags(state.message.ID, [...cur, t]).catch(fail);
+    });
+    $('help-link').addEventListener('click', (e) => { e.preventDefault(); $('help').showModal(); });
+    window.addEventListener('popstate', () => route().catch(fail));
+    document.addEventListener('keydown', onKey);
+  }
+
+  async function deleteOpen() {
+    const id = state.open;
+    if (!id) return;
+    const i = state.messages.findIndex((x) => x.ID === id);
+    await api('DELETE', '/api/v1/messages', { IDs: [id] });
+    removeLocal([id]);
+    // Go on to the next message, as mail clients do; back to the list at the end.
+    const next = state.messages[Math.min(i, state.messages.length - 1)];
+    if (i >= 0 && next) go(state.q, state.start, next.ID, true);
+    else go(state.q, state.start, null, true);
+  }
+
+  function onKey(e) {
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    const t = e.target;
+    if (t && (t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.isContentEditable)) {
+      if (e.key === 'Escape') t.blur();
+      return;
+    }
+    if ($('help').open) return;
+    const inMessage = !$('message-view').hidden;
+    const k = e.key;
+    let handled = true;
+    if (k === '/') { $('q').focus(); $('q').select(); }
+    else if (k === '?') $('help').showModal();
+    else if (inMessage) {
+      if (k === 'j') openRelative(1);
+      else if (k === 'k') openRelative(-1);
+      else if (k === 'Escape' || k === 'Backspace') backToList();
+      else if (k === 'Delete' || k === '#') deleteOpen().catch(fail);
+      else if (k === 'u' && state.message) setRead([state.message.ID], false).then(backToList).catch(fail);
+      else if (k === '1') selectTab('html');
+      else if (k === '2') selectTab('text');
+      else if (k === '3') selectTab('headers');
+      else if (k === '4') selectTab('raw');
+      else handled = false;
+    } else {
+      const cur = state.messages[state.cursor];
+      if (k === 'j' || k === 'ArrowDown') moveCursor(1);
+      else if (k === 'k' || k === 'ArrowUp') moveCursor(-1);
+      else if ((k === 'Enter' || k === 'o') && cur) go(state.q, state.start, cur.ID);
+      else if (k === 'x' && cur) toggleSelect(cur.ID);
+      else if (k === 'X') { const on = state.selected.size !== state.messages.length; for (const m of state.messages) toggleSelect(m.ID, on); }
+      else if (k === 'Delete' || k === '#') deleteIDs(targetIDs()).catch(fail);
+      else if (k === 'r') setRead(targetIDs(), true).catch(fail);
+      else if (k === 'u') setRead(targetIDs(), false).catch(fail);
+      else if (k === 'n' && !$('next').disabled) $('next').click();
+      else if (k === 'p' && !$('prev').disabled) $('prev').click();
+      else if (k === 'Escape') { if (state.selected.size) { for (const id of [...state.selected]) toggleSelect(id, false); } else if (state.q) go('', 0, null); else handled = false; }
+      else handled = false;
+    }
+    if (handled) e.preventDefault();
+  }
+
+  bind();
+  route().catch(fail);
+  connect();
+})();
