@@ -270,13 +270,12 @@
       check,
       el('span', { class: 'from' }, from || '(no sender)'),
       el('span', { class: 'body' },
-        ...tags,
-        el('span', { class: 'subject' }, m.Subject || '(no subject)'),
+        el('span', { class: 'subject-line' }, ...tags, el('span', { class: 'subject' }, m.Subject || '(no subject)')),
         el('span', { class: 'snippet' }, m.Snippet || ''),
       ),
       el('span', { class: 'time', title: new Date(m.Created).toLocaleString() },
         fmtTime(m.Created),
-        m.Attachments > 0 ? el('span', { class: 'clip', title: `${m.Attachments} attachment${m.Attachments === 1 ? '' : 's'}`, 'aria-label': 'has attachments' }, '📎') : null,
+        m.Attachments > 0 ? el('span', { class: 'clip', title: `${m.Attachments} attachment${m.Attachments === 1 ? '' : 's'}`, role: 'img', 'aria-label': 'has attachments' }) : null,
       ),
     );
     li.addEventListener('click', (e) => {
@@ -503,7 +502,7 @@
         href: partURL(m.ID, a.PartID),
         download: a.FileName || `part-${a.PartID}`,
         title: `${a.ContentType || ''} ${fmtSize(a.Size)}`,
-      }, `📎 ${a.FileName || `part ${a.PartID}`} (${fmtSize(a.Size)})`),
+      }, el('span', { class: 'clip' }), `${a.FileName || `part ${a.PartID}`} (${fmtSize(a.Size)})`),
     )));
     const dl = $('msg-download');
     dl.href = `/api/v1/message/${encodeURIComponent(m.ID)}/raw`;
