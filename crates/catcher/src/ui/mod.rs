@@ -38,6 +38,59 @@ pub const CSP: &str = "default-src 'self'; script-src 'self'; \
     connect-src 'self' ws: wss:; frame-src 'self'; object-src 'none'; \
     base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
+/// The policy put on every response that carries a message's own content
+/// (`/view/{ID}.html`, `/view/{ID}.txt`, `/api/v1/message/{ID}/part/…`,
+/// `/api/v1/message/{ID}/raw`).
+///
+/// Those are served from the UI's origin, so a browser that opens one (a
+/// middle-click on an attachment, a test tool visiting `/view/latest.html`)
+/// would otherwise run the mail's scripts with access to the API. `sandbox`
+/// without `allow-scripts` and `allow-same-origin` runs no script and gives
+/// the document an opaque origin; the fetch directives keep it from loading
+/// anything but the message's own parts and inline data.
+pub const UNTRUSTED_CSP: &str = "sandbox allow-popups allow-popups-to-escape-sandbox; \
+    default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; font-src data:; \
+    media-src 'self' data:; form-action 'none'; base-uri 'none'; frame-ancestors 'self'";
+
+/// Whether `path` serves content taken from a message (see [`UNTRUSTED_CSP`]).
+fn is_untrusted(path: &str) -> bool {
+    if path.starts_with("/view/") {
+        return true;
+    }
+    match path.strip_prefix("/api/v1/message/") {
+        Some(rest) => match rest.split_once('/') {
+            Some((_id, tail)) => tail == "raw" || tail.starts_with("part/"),
+            None => false,
+        },
+        None => false,
+    }
+}
+
+/// Middleware for the whole HTTP router (UI and API): puts
+/// [`UNTRUSTED_CSP`] and `nosniff` on every response that carries message
+/// content, so no route serves mail HTML that can run script in our origin.
+///
+/// Use as `router.layer(axum::middleware::from_fn(ui::protect_message_content))`.
+pub async fn protect_message_content(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let untrusted = is_untrusted(req.uri().path());
+    let mut res = next.run(req).await;
+    if untrusted {
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(UNTRUSTED_CSP),
+        );
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+    }
+    res
+}
+
 /// One embedded file: URL name, media type, content.
 struct Asset {
     name: &'static str,
@@ -210,6 +263,67 @@ mod tests {
             let res = client().get(format!("{base}{path}")).send().await.unwrap();
             assert_eq!(res.status(), 404, "{path}");
         }
+    }
+
+    #[test]
+    fn message_content_paths_are_recognised() {
+        for p in [
+            "/view/abc.html",
+            "/view/latest.txt",
+            "/api/v1/message/abc/part/2",
+            "/api/v1/message/abc/part/2/thumb",
+            "/api/v1/message/abc/raw",
+        ] {
+            assert!(is_untrusted(p), "{p}");
+        }
+        for p in [
+            "/",
+            "/ui/app.js",
+            "/api/v1/messages",
+            "/api/v1/message/abc",
+            "/api/v1/message/abc/headers",
+            "/api/events",
+        ] {
+            assert!(!is_untrusted(p), "{p}");
+        }
+    }
+
+    #[tokio::test]
+    async fn message_content_gets_the_sandbox_policy() {
+        // A stand-in for the API's routes: the middleware only looks at paths.
+        let app = Router::new()
+            .route(
+                "/view/{file}",
+                get(|| async { "<script>alert(1)</script>" }),
+            )
+            .route("/api/v1/messages", get(|| async { "{}" }))
+            .merge(router())
+            .layer(axum::middleware::from_fn(protect_message_content));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+        let res = client()
+            .get(format!("{base}/view/x.html"))
+            .send()
+            .await
+            .unwrap();
+        let csp = res.headers()[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap();
+        assert!(csp.starts_with("sandbox "), "{csp}");
+        assert!(!csp.contains("allow-scripts") && !csp.contains("allow-same-origin"));
+        assert_eq!(res.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+
+        let api = client()
+            .get(format!("{base}/api/v1/messages"))
+            .send()
+            .await
+            .unwrap();
+        assert!(api.headers().get(header::CONTENT_SECURITY_POLICY).is_none());
+        // The page keeps its own policy, not the sandbox.
+        let page = client().get(format!("{base}/")).send().await.unwrap();
+        assert_eq!(page.headers()[header::CONTENT_SECURITY_POLICY], CSP);
     }
 
     #[tokio::test]
