@@ -181,7 +181,7 @@
   // ---------- counts and title ----------
 
   function renderCounts() {
-    document.title = state.unread > 0 ? `(${state.unread}) mailsafe` : 'mailsafe';
+    updateTitle();
     $('inbox-unread').textContent = state.unread > 0 ? String(state.unread) : '';
     $('total-line').textContent = `${state.mailboxTotal} message${state.mailboxTotal === 1 ? '' : 's'}, ${state.unread} unread`;
     const from = state.total ? state.start + 1 : 0;
@@ -189,6 +189,13 @@
     $('page-info').textContent = state.total ? `${from}–${to} of ${state.total}` : '';
     $('prev').disabled = state.start <= 0;
     $('next').disabled = state.start + PAGE >= state.total;
+  }
+
+  // "(unread) [subject – ]mailsafe": the count first, so it shows in a narrow tab.
+  function updateTitle() {
+    const count = state.unread > 0 ? `(${state.unread}) ` : '';
+    const m = state.open && state.message;
+    document.title = `${count}${m ? `${m.Subject || '(no subject)'} – ` : ''}mailsafe`;
   }
 
   function markNav() {
@@ -479,7 +486,7 @@
   function renderMessage() {
     const m = state.message;
     $('msg-subject').textContent = m.Subject || '(no subject)';
-    document.title = `${m.Subject || '(no subject)'} – ${state.unread > 0 ? `(${state.unread}) ` : ''}mailsafe`;
+    updateTitle();
     const meta = $('msg-meta');
     const rows = [
       ['From', fmtAddr(m.From)],
@@ -722,7 +729,6 @@
           if (typeof d.Unread === 'number') state.unread = d.Unread;
           if (!state.q && typeof d.Total === 'number') state.total = d.Total;
           renderCounts();
-          if (state.message) document.title = `${state.message.Subject || '(no subject)'} – ${state.unread > 0 ? `(${state.unread}) ` : ''}mailsafe`;
         }
         break;
       case 'update':
