@@ -1,0 +1,129 @@
+//! Schema migrations for the catcher's tables.
+//!
+//! Every table and index name carries the tenant prefix so several tenants can
+//! share one db file. Applied versions are recorded in `{prefix}schemas`, so a
+//! newer binary upgrades an older db in place and never re-runs a step.
+
+use rusqlite::{Connection, params};
+
+use super::StorageError;
+
+/// One migration step: a version label and the SQL that brings the schema to
+/// it. `{p}` in the SQL is replaced by the tenant prefix.
+struct Migration {
+    version: &'static str,
+    sql: &'static str,
+}
+
+/// The ordered list of migrations. Append only: never edit a released step.
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: "1.0.0",
+    sql: r#"
+CREATE TABLE IF NOT EXISTS {p}mailbox (
+    Seq         INTEGER PRIMARY KEY,
+    ID          TEXT    NOT NULL UNIQUE,
+    MessageID   TEXT    NOT NULL DEFAULT '',
+    Subject     TEXT    NOT NULL DEFAULT '',
+    FromJSON    TEXT    NOT NULL DEFAULT '{}',
+    ToJSON      TEXT    NOT NULL DEFAULT '[]',
+    CcJSON      TEXT    NOT NULL DEFAULT '[]',
+    BccJSON     TEXT    NOT NULL DEFAULT '[]',
+    ReplyToJSON TEXT    NOT NULL DEFAULT '[]',
+    Size        INTEGER NOT NULL DEFAULT 0,
+    Attachments INTEGER NOT NULL DEFAULT 0,
+    Inline      INTEGER NOT NULL DEFAULT 0,
+    Snippet     TEXT    NOT NULL DEFAULT '',
+    Read        INTEGER NOT NULL DEFAULT 0,
+    Created     INTEGER NOT NULL,
+    Username    TEXT    NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS {p}mailbox_created ON {p}mailbox (Created);
+CREATE INDEX IF NOT EXISTS {p}mailbox_read ON {p}mailbox (Read, Seq);
+CREATE INDEX IF NOT EXISTS {p}mailbox_messageid ON {p}mailbox (MessageID);
+CREATE INDEX IF NOT EXISTS {p}mailbox_size ON {p}mailbox (Size);
+CREATE TABLE IF NOT EXISTS {p}mailbox_data (
+    id  INTEGER PRIMARY KEY,
+    Raw BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {p}tags (
+    id   INTEGER PRIMARY KEY,
+    Name TEXT NOT NULL UNIQUE COLLATE NOCASE
+);
+CREATE TABLE IF NOT EXISTS {p}message_tags (
+    msg INTEGER NOT NULL,
+    tag INTEGER NOT NULL,
+    PRIMARY KEY (msg, tag)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS {p}message_tags_tag ON {p}message_tags (tag, msg);
+CREATE VIRTUAL TABLE IF NOT EXISTS {p}search USING fts5 (
+    Subject, FromText, ToText, CcText, BccText, ReplyToText, MessageID, Body,
+    tokenize = 'trigram'
+);
+CREATE TABLE IF NOT EXISTS {p}counts (
+    k      INTEGER PRIMARY KEY CHECK (k = 0),
+    Total  INTEGER NOT NULL,
+    Unread INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO {p}counts (k, Total, Unread) VALUES (0, 0, 0);
+CREATE TRIGGER IF NOT EXISTS {p}mailbox_ai AFTER INSERT ON {p}mailbox BEGIN
+    UPDATE {p}counts SET Total = Total + 1, Unread = Unread + (NEW.Read = 0) WHERE k = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS {p}mailbox_ad AFTER DELETE ON {p}mailbox BEGIN
+    UPDATE {p}counts SET Total = Total - 1, Unread = Unread - (OLD.Read = 0) WHERE k = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS {p}mailbox_au AFTER UPDATE OF Read ON {p}mailbox
+WHEN OLD.Read != NEW.Read BEGIN
+    UPDATE {p}counts SET Unread = Unread + (NEW.Read = 0) - (OLD.Read = 0) WHERE k = 0;
+END;
+"#,
+}];
+
+/// Turns `MP_TENANT_ID` into a table-name prefix: characters outside
+/// `[A-Za-z0-9_]` become `_`, and a non-empty result gets a trailing `_`.
+pub fn tenant_prefix(tenant: &str) -> String {
+    let t = tenant.trim();
+    if t.is_empty() {
+        return String::new();
+    }
+    let mut p: String = t
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    p.push('_');
+    p
+}
+
+/// Applies every migration not yet recorded for this tenant.
+pub fn migrate(conn: &mut Connection, prefix: &str) -> Result<(), StorageError> {
+    let tx = conn.transaction()?;
+    tx.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS {prefix}schemas (Version TEXT PRIMARY KEY, Created INTEGER NOT NULL)"
+    ))?;
+    for m in MIGRATIONS {
+        let done: bool = tx.query_row(
+            &format!("SELECT EXISTS (SELECT 1 FROM {prefix}schemas WHERE Version = ?1)"),
+            params![m.version],
+            |r| r.get(0),
+        )?;
+        if done {
+            continue;
+        }
+        tx.execute_batch(&m.sql.replace("{p}", prefix))
+            .map_err(|e| StorageError::Migration {
+                version: m.version.to_string(),
+                source: e,
+            })?;
+        tx.execute(
+            &format!("INSERT INTO {prefix}schemas (Version, Created) VALUES (?1, ?2)"),
+            params![m.version, super::now_ms()],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}

@@ -1,0 +1,560 @@
+//! The single writer: group commit of everything that changes the db.
+//!
+//! Jobs arrive on a channel. The writer takes the first, drains whatever else
+//! is already queued, runs them all in one transaction (each inside its own
+//! savepoint so one failure does not sink the batch), commits once, and only
+//! then answers each caller and publishes their events. Pruning by count
+//! happens in the same transaction as the inserts that made it necessary;
+//! pruning by age runs on a timer.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, params};
+use tokio::sync::{broadcast, oneshot};
+
+use super::parse::{self, Parsed};
+use super::search::clean;
+use super::{Event, NewMessage, StorageError, StoreOptions, new_id, now_ms};
+
+/// Most jobs committed in one transaction; bounds the latency of a batch.
+const MAX_BATCH: usize = 2000;
+/// Mailpit sends at most four `stats` events a second.
+const STATS_INTERVAL: Duration = Duration::from_millis(250);
+/// How often messages past `max_age` are looked for.
+const AGE_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What a job may touch while it runs inside the batch transaction.
+pub struct Ctx {
+    /// Table-name prefix of the tenant.
+    pub prefix: String,
+    /// Events to publish once the batch commits.
+    pub events: Vec<Event>,
+    /// Whether totals changed (a `stats` event is due).
+    pub counts_changed: bool,
+    /// Number of messages inserted in this batch (count pruning is due).
+    pub inserted: usize,
+}
+
+/// A unit of work for the writer.
+pub trait Job: Send {
+    /// Runs inside the batch transaction.
+    fn apply(&mut self, conn: &Connection, ctx: &mut Ctx) -> Result<(), StorageError>;
+    /// Delivers the outcome once the batch has committed (or failed).
+    fn finish(self: Box<Self>, result: Result<(), StorageError>);
+}
+
+struct FnJob<T, F> {
+    f: Option<F>,
+    out: Option<T>,
+    reply: oneshot::Sender<Result<T, StorageError>>,
+}
+
+impl<T, F> Job for FnJob<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection, &mut Ctx) -> Result<T, StorageError> + Send + 'static,
+{
+    fn apply(&mut self, conn: &Connection, ctx: &mut Ctx) -> Result<(), StorageError> {
+        let f = self.f.take().ok_or(StorageError::Closed)?;
+        self.out = Some(f(conn, ctx)?);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, result: Result<(), StorageError>) {
+        let this = *self;
+        let msg = match (result, this.out) {
+            (Ok(()), Some(out)) => Ok(out),
+            (Ok(()), None) => Err(StorageError::Closed),
+            (Err(e), _) => Err(e),
+        };
+        // The caller may have gone away (client disconnected): nothing to do.
+        let _ = this.reply.send(msg);
+    }
+}
+
+/// Wraps a closure as a writer job answering on `reply`.
+pub fn fn_job<T, F>(f: F, reply: oneshot::Sender<Result<T, StorageError>>) -> Box<dyn Job>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection, &mut Ctx) -> Result<T, StorageError> + Send + 'static,
+{
+    Box::new(FnJob {
+        f: Some(f),
+        out: None,
+        reply,
+    })
+}
+
+/// A message parsed and compressed, ready for the writer.
+pub struct Prepared {
+    parsed: Parsed,
+    compressed: Vec<u8>,
+    size: i64,
+    username: String,
+    created: i64,
+    extra_tags: Vec<String>,
+}
+
+impl Prepared {
+    /// Parses and compresses `msg` (CPU work kept off the writer thread).
+    pub fn new(msg: NewMessage, level: i32) -> Result<Prepared, StorageError> {
+        let parsed = parse::parse(&msg.raw);
+        let compressed = zstd::bulk::compress(&msg.raw, level)?;
+        Ok(Prepared {
+            parsed,
+            size: msg.raw.len() as i64,
+            compressed,
+            username: msg.username.unwrap_or_default(),
+            created: now_ms(),
+            extra_tags: Vec::new(),
+        })
+    }
+
+    /// Adds tags on top of those from `X-Tags` (e.g. from the send API).
+    pub fn with_tags(mut self, tags: &[String]) -> Self {
+        self.extra_tags.extend(tags.iter().cloned());
+        self
+    }
+}
+
+fn addrs_text(a: &[parse::Address]) -> String {
+    a.iter()
+        .map(|a| {
+            if a.name.is_empty() {
+                format!("<{}>", a.address)
+            } else {
+                format!("{} <{}>", a.name, a.address)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Inserts one prepared message; returns its ID.
+pub fn insert(conn: &Connection, ctx: &mut Ctx, p: Prepared) -> Result<String, StorageError> {
+    let pre = &ctx.prefix;
+    let id = new_id();
+    let pp = &p.parsed;
+    conn.prepare_cached(&format!(
+        "INSERT INTO {pre}mailbox (ID, MessageID, Subject, FromJSON, ToJSON, CcJSON, BccJSON, ReplyToJSON, \
+         Size, Attachments, Inline, Snippet, Read, Created, Username) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13, ?14)"
+    ))?
+    .execute(params![
+        id,
+        pp.message_id,
+        pp.subject,
+        j(&pp.from),
+        j(&pp.to),
+        j(&pp.cc),
+        j(&pp.bcc),
+        j(&pp.reply_to),
+        p.size,
+        pp.attachments,
+        pp.inline,
+        pp.snippet,
+        p.created,
+        p.username,
+    ])?;
+    let rowid = conn.last_insert_rowid();
+    conn.prepare_cached(&format!(
+        "INSERT INTO {pre}mailbox_data (id, Raw) VALUES (?1, ?2)"
+    ))?
+    .execute(params![rowid, p.compressed])?;
+    let from_text = addrs_text(std::slice::from_ref(&pp.from));
+    conn.prepare_cached(&format!(
+        "INSERT INTO {pre}search (rowid, Subject, FromText, ToText, CcText, BccText, ReplyToText, MessageID, Body) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+    ))?
+    .execute(params![
+        rowid,
+        clean(&pp.subject),
+        clean(&from_text),
+        clean(&addrs_text(&pp.to)),
+        clean(&addrs_text(&pp.cc)),
+        clean(&addrs_text(&pp.bcc)),
+        clean(&addrs_text(&pp.reply_to)),
+        clean(&pp.message_id),
+        clean(&pp.body_text),
+    ])?;
+    let mut tags: Vec<String> = Vec::new();
+    for t in pp.tags.iter().chain(p.extra_tags.iter()) {
+        let t = parse::clean_tag(t);
+        if !t.is_empty() && !tags.iter().any(|x| x.eq_ignore_ascii_case(&t)) {
+            tags.push(t);
+        }
+    }
+    let tags = add_tags(conn, pre, rowid, &tags)?;
+    ctx.inserted += 1;
+    ctx.counts_changed = true;
+    let summary = super::query::MessageSummary {
+        id: id.clone(),
+        message_id: pp.message_id.clone(),
+        read: false,
+        from: pp.from.clone(),
+        to: pp.to.clone(),
+        cc: pp.cc.clone(),
+        bcc: pp.bcc.clone(),
+        reply_to: pp.reply_to.clone(),
+        subject: pp.subject.clone(),
+        created: super::query::rfc3339_ms(p.created),
+        username: p.username.clone(),
+        tags,
+        size: p.size as u64,
+        attachments: pp.attachments,
+        snippet: pp.snippet.clone(),
+    };
+    ctx.events.push(Event {
+        kind: "new",
+        data: serde_json::to_value(&summary).unwrap_or(serde_json::Value::Null),
+    });
+    Ok(id)
+}
+
+/// JSON for an address column (serialising plain structs cannot fail).
+fn j<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+/// Attaches tags (created if new) to message row `rowid`; returns the tag
+/// names as stored (existing tags keep their original capitalisation).
+pub fn add_tags(
+    conn: &Connection,
+    pre: &str,
+    rowid: i64,
+    tags: &[String],
+) -> Result<Vec<String>, StorageError> {
+    let mut names = Vec::with_capacity(tags.len());
+    for t in tags {
+        conn.prepare_cached(&format!(
+            "INSERT OR IGNORE INTO {pre}tags (Name) VALUES (?1)"
+        ))?
+        .execute(params![t])?;
+        let (tid, name): (i64, String) = conn
+            .prepare_cached(&format!("SELECT id, Name FROM {pre}tags WHERE Name = ?1"))?
+            .query_row(params![t], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        conn.prepare_cached(&format!(
+            "INSERT OR IGNORE INTO {pre}message_tags (msg, tag) VALUES (?1, ?2)"
+        ))?
+        .execute(params![rowid, tid])?;
+        names.push(name);
+    }
+    Ok(names)
+}
+
+/// Deletes the messages with these row ids from every table; returns their
+/// IDs. Unused tags are removed too.
+pub fn delete_rows(
+    conn: &Connection,
+    pre: &str,
+    rows: &[i64],
+) -> Result<Vec<String>, StorageError> {
+    let mut ids = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(500) {
+        let ph = vec!["?"; chunk.len()].join(",");
+        let args = rusqlite::params_from_iter(chunk.iter());
+        let mut st = conn.prepare(&format!(
+            "DELETE FROM {pre}mailbox WHERE Seq IN ({ph}) RETURNING ID"
+        ))?;
+        let got = st
+            .query_map(args, |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        ids.extend(got);
+        for table in ["mailbox_data", "search"] {
+            let col = if table == "search" { "rowid" } else { "id" };
+            conn.execute(
+                &format!("DELETE FROM {pre}{table} WHERE {col} IN ({ph})"),
+                rusqlite::params_from_iter(chunk.iter()),
+            )?;
+        }
+        conn.execute(
+            &format!("DELETE FROM {pre}message_tags WHERE msg IN ({ph})"),
+            rusqlite::params_from_iter(chunk.iter()),
+        )?;
+    }
+    if !rows.is_empty() {
+        prune_unused_tags(conn, pre)?;
+    }
+    Ok(ids)
+}
+
+/// Removes tags no message uses any more.
+pub fn prune_unused_tags(conn: &Connection, pre: &str) -> Result<(), StorageError> {
+    conn.execute(
+        &format!(
+            "DELETE FROM {pre}tags WHERE NOT EXISTS \
+             (SELECT 1 FROM {pre}message_tags mt WHERE mt.tag = {pre}tags.id)"
+        ),
+        [],
+    )?;
+    Ok(())
+}
+
+/// Deletes the oldest messages beyond `max`; returns how many went.
+fn prune_count(conn: &Connection, pre: &str, max: u64) -> Result<usize, StorageError> {
+    let cutoff: Option<i64> = conn
+        .prepare_cached(&format!(
+            "SELECT Seq FROM {pre}mailbox ORDER BY Seq DESC LIMIT 1 OFFSET ?1"
+        ))?
+        .query_row(params![max as i64 - 1], |r| r.get(0))
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })?;
+    let Some(cutoff) = cutoff else { return Ok(0) };
+    let rows: Vec<i64> = conn
+        .prepare_cached(&format!("SELECT Seq FROM {pre}mailbox WHERE Seq < ?1"))?
+        .query_map(params![cutoff], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(delete_rows(conn, pre, &rows)?.len())
+}
+
+/// Deletes messages received before `cutoff_ms`; returns how many went.
+fn prune_age(conn: &Connection, pre: &str, cutoff_ms: i64) -> Result<usize, StorageError> {
+    let rows: Vec<i64> = conn
+        .prepare_cached(&format!("SELECT Seq FROM {pre}mailbox WHERE Created < ?1"))?
+        .query_map(params![cutoff_ms], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(delete_rows(conn, pre, &rows)?.len())
+}
+
+/// Reads the O(1) totals kept by triggers: (total, unread).
+pub fn counts(conn: &Connection, pre: &str) -> Result<(u64, u64), StorageError> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT Total, Unread FROM {pre}counts WHERE k = 0"
+        ))?
+        .query_row([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?.max(0) as u64,
+                r.get::<_, i64>(1)?.max(0) as u64,
+            ))
+        })?)
+}
+
+/// The writer thread's state.
+pub struct Writer {
+    conn: Connection,
+    path: PathBuf,
+    prefix: String,
+    opts: StoreOptions,
+    events: broadcast::Sender<Event>,
+    last_stats: Option<Instant>,
+    stats_due: bool,
+    next_age_prune: Instant,
+}
+
+impl Writer {
+    /// Wraps the write connection.
+    pub fn new(
+        conn: Connection,
+        path: PathBuf,
+        prefix: String,
+        opts: StoreOptions,
+        events: broadcast::Sender<Event>,
+    ) -> Self {
+        Writer {
+            conn,
+            path,
+            prefix,
+            opts,
+            events,
+            last_stats: None,
+            stats_due: false,
+            next_age_prune: Instant::now(),
+        }
+    }
+
+    /// Serves jobs until every sender is gone.
+    pub fn run(mut self, rx: Receiver<Box<dyn Job>>) {
+        loop {
+            self.housekeeping();
+            let wait = self
+                .next_deadline()
+                .saturating_duration_since(Instant::now());
+            let first = match rx.recv_timeout(wait) {
+                Ok(j) => j,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(j) => batch.push(j),
+                    Err(_) => break,
+                }
+            }
+            self.run_batch(batch);
+        }
+        // Leave a tidy WAL behind for whoever opens the file next.
+        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let mut d = if self.opts.max_age.is_some() {
+            self.next_age_prune
+        } else {
+            Instant::now() + Duration::from_secs(3600)
+        };
+        if self.stats_due {
+            let s = self
+                .last_stats
+                .map(|t| t + STATS_INTERVAL)
+                .unwrap_or_else(Instant::now);
+            d = d.min(s);
+        }
+        d
+    }
+
+    fn housekeeping(&mut self) {
+        let now = Instant::now();
+        if let Some(age) = self.opts.max_age
+            && now >= self.next_age_prune
+        {
+            self.next_age_prune = now + AGE_PRUNE_INTERVAL;
+            let cutoff = now_ms() - age.as_millis() as i64;
+            let pre = self.prefix.clone();
+            let r = self.in_tx(|conn| prune_age(conn, &pre, cutoff));
+            match r {
+                Ok(n) if n > 0 => {
+                    tracing::info!(pruned = n, "pruned messages older than max age");
+                    self.publish(Event {
+                        kind: "prune",
+                        data: serde_json::Value::Null,
+                    });
+                    self.stats_due = true;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "age pruning failed"),
+            }
+        }
+        if self.stats_due
+            && self
+                .last_stats
+                .is_none_or(|t| now.duration_since(t) >= STATS_INTERVAL)
+        {
+            self.send_stats();
+        }
+    }
+
+    fn in_tx<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        match f(&self.conn) {
+            Ok(v) => match self.conn.execute_batch("COMMIT") {
+                Ok(()) => Ok(v),
+                Err(e) => {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    Err(e.into())
+                }
+            },
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    fn send_stats(&mut self) {
+        self.stats_due = false;
+        self.last_stats = Some(Instant::now());
+        if self.events.receiver_count() == 0 {
+            return;
+        }
+        if let Ok((total, unread)) = counts(&self.conn, &self.prefix) {
+            self.publish(Event {
+                kind: "stats",
+                data: serde_json::json!({
+                    "Total": total,
+                    "Unread": unread,
+                    "Version": env!("CARGO_PKG_VERSION"),
+                }),
+            });
+        }
+    }
+
+    fn publish(&self, e: Event) {
+        // No subscribers is normal (no browser open).
+        let _ = self.events.send(e);
+    }
+
+    fn run_batch(&mut self, mut batch: Vec<Box<dyn Job>>) {
+        let mut ctx = Ctx {
+            prefix: self.prefix.clone(),
+            events: Vec::new(),
+            counts_changed: false,
+            inserted: 0,
+        };
+        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            let reason = e.to_string();
+            for j in batch {
+                j.finish(Err(StorageError::Commit {
+                    path: self.path.clone(),
+                    reason: reason.clone(),
+                }));
+            }
+            return;
+        }
+        let mut results: Vec<Result<(), StorageError>> = Vec::with_capacity(batch.len());
+        for job in batch.iter_mut() {
+            let mark = ctx.events.len();
+            let (ins, changed) = (ctx.inserted, ctx.counts_changed);
+            if let Err(e) = self.conn.execute_batch("SAVEPOINT job") {
+                results.push(Err(e.into()));
+                continue;
+            }
+            match job.apply(&self.conn, &mut ctx) {
+                Ok(()) => {
+                    let _ = self.conn.execute_batch("RELEASE job");
+                    results.push(Ok(()));
+                }
+                Err(e) => {
+                    let _ = self.conn.execute_batch("ROLLBACK TO job; RELEASE job");
+                    ctx.events.truncate(mark);
+                    ctx.inserted = ins;
+                    ctx.counts_changed = changed;
+                    results.push(Err(e));
+                }
+            }
+        }
+        let mut pruned = 0;
+        if ctx.inserted > 0 && self.opts.max_messages > 0 {
+            match prune_count(&self.conn, &self.prefix, self.opts.max_messages) {
+                Ok(n) => pruned = n,
+                Err(e) => tracing::warn!(error = %e, "count pruning failed"),
+            }
+        }
+        if let Err(e) = self.conn.execute_batch("COMMIT") {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            let reason = e.to_string();
+            tracing::error!(db = %self.path.display(), error = %reason, "batch commit failed");
+            for j in batch {
+                j.finish(Err(StorageError::Commit {
+                    path: self.path.clone(),
+                    reason: reason.clone(),
+                }));
+            }
+            return;
+        }
+        for (j, r) in batch.into_iter().zip(results) {
+            j.finish(r);
+        }
+        for e in ctx.events.drain(..) {
+            self.publish(e);
+        }
+        if pruned > 0 {
+            self.publish(Event {
+                kind: "prune",
+                data: serde_json::Value::Null,
+            });
+        }
+        if ctx.counts_changed || pruned > 0 {
+            self.stats_due = true;
+        }
+    }
+}
