@@ -1,1 +1,9 @@
-//! smtp (to be written).
+//! The catcher's SMTP server.
+//!
+//! [`proto`] is the protocol as a sans-IO state machine (bytes in, events
+//! out; fuzzed by `fuzz/`), [`auth`] holds SMTP AUTH credentials, and
+//! [`server`] drives sessions over tokio TCP/TLS and hands each message to
+//! the store, answering 250 only once it is durable.
+
+pub mod auth;
+pub mod proto;
