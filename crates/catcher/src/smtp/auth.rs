@@ -121,8 +121,7 @@ impl Credentials {
         let Some(stored) = self.users.get(user) else {
             return false;
         };
-        if stored.starts_with("$2a$") || stored.starts_with("$2b$") || stored.starts_with("$2y$")
-        {
+        if stored.starts_with("$2a$") || stored.starts_with("$2b$") || stored.starts_with("$2y$") {
             return bcrypt::verify(password, stored).unwrap_or(false);
         }
         constant_time_eq(stored.as_bytes(), password.as_bytes())

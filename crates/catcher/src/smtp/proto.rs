@@ -396,6 +396,7 @@ impl Session {
                 let start = self.pos;
                 let end = self.buf.len();
                 self.pos = end;
+                self.progress += 1;
                 let skip = usize::from(self.data_line_start && self.buf[start] == b'.');
                 self.data_line_start = false;
                 self.keep_data(start + skip, end);
@@ -484,7 +485,8 @@ impl Session {
             b"NOOP" => self.push(Reply::new(250, "2.0.0 Ok")),
             b"QUIT" => {
                 self.phase = Phase::Closed;
-                self.pending.push_back(Event::Close(Reply::new(221, "2.0.0 Bye")));
+                self.pending
+                    .push_back(Event::Close(Reply::new(221, "2.0.0 Bye")));
             }
             b"VRFY" => {
                 if arg.is_empty() {
@@ -665,7 +667,10 @@ impl Session {
             return self.push(Reply::new(503, "5.5.1 Already authenticated"));
         }
         if self.mail_from.is_some() {
-            return self.push(Reply::new(503, "5.5.1 AUTH not allowed during a transaction"));
+            return self.push(Reply::new(
+                503,
+                "5.5.1 AUTH not allowed during a transaction",
+            ));
         }
         let (mech, initial) = split_verb(arg);
         let initial = trim(initial);
@@ -753,6 +758,81 @@ impl Session {
     }
 }
 
+/// Drives a session with arbitrary input and checks its invariants; shared
+/// by the cargo-fuzz target (`fuzz/`) and a randomized unit test so the
+/// same checks run in CI without a nightly toolchain.
+///
+/// The first bytes choose the configuration and how the input is split
+/// into reads; the rest is the client's byte stream. Panics on any broken
+/// invariant: a reply that is not one well-formed SMTP reply, a kept
+/// message larger than the limit, or a buffer that grows without bound.
+#[doc(hidden)]
+pub fn fuzz_session(input: &[u8]) {
+    let Some((&knobs, rest)) = input.split_first() else {
+        return;
+    };
+    let Some((&chunk, stream)) = rest.split_first() else {
+        return;
+    };
+    let auth = match knobs & 3 {
+        0 => AuthPolicy::None,
+        1 => AuthPolicy::AcceptAny,
+        _ => AuthPolicy::Users(Arc::new(
+            Credentials::parse("u:p").expect("static credentials parse"),
+        )),
+    };
+    let limits = Arc::new(Limits {
+        max_message_size: 64,
+        max_recipients: 3,
+        max_line_length: 32,
+        starttls: knobs & 4 != 0,
+        require_tls: knobs & 8 != 0,
+        auth,
+        auth_allow_insecure: knobs & 16 != 0,
+        ..Limits::default()
+    });
+    let mut session = Session::new(limits.clone(), knobs & 32 != 0);
+    let chunk = usize::from(chunk).max(1);
+    let check = |reply: &Reply| {
+        assert!((200..600).contains(&reply.code), "{reply:?}");
+        assert!(!reply.lines.is_empty());
+        for line in &reply.lines {
+            assert!(!line.contains(['\r', '\n']), "{reply:?}");
+        }
+    };
+    for piece in stream.chunks(chunk) {
+        session.feed(piece);
+        while let Some(event) = session.next_event() {
+            match event {
+                Event::Reply(r) => check(&r),
+                Event::Deliver(envelope) => {
+                    assert!(envelope.data.len() <= limits.max_message_size);
+                    assert!(!envelope.rcpt_to.is_empty());
+                    assert!(envelope.rcpt_to.len() <= limits.max_recipients);
+                    let outcome = if envelope.data.len() % 2 == 0 {
+                        Ok("id".to_string())
+                    } else {
+                        Err("fail\r\n".to_string())
+                    };
+                    session.delivered(outcome);
+                }
+                Event::StartTls(r) => {
+                    check(&r);
+                    session.tls_established();
+                }
+                Event::Close(r) => {
+                    check(&r);
+                    return;
+                }
+            }
+            assert!(session.data.len() <= limits.max_message_size);
+        }
+        // Everything complete was consumed; what is left is at most one
+        // partial line (command) or a possible terminator (data).
+        assert!(session.buf.len() - session.pos <= limits.max_line_length.max(chunk));
+    }
+}
+
 fn verify(creds: &Credentials, user: &[u8], pass: &[u8]) -> bool {
     match (std::str::from_utf8(user), std::str::from_utf8(pass)) {
         (Ok(u), Ok(p)) => creds.verify(u, p),
@@ -804,7 +884,10 @@ fn parse_path(s: &[u8]) -> Option<(String, Vec<&[u8]>)> {
             None => (s, &[][..]),
         }
     };
-    if addr.iter().any(|&b| b < 0x20 || b == 0x7f || b == b'<' || b == b'>' || b == b' ') {
+    if addr
+        .iter()
+        .any(|&b| b < 0x20 || b == 0x7f || b == b'<' || b == b'>' || b == b' ')
+    {
         return None;
     }
     // Drop an obsolete source route (`@a,@b:user@c`).
@@ -890,7 +973,9 @@ mod tests {
         );
         assert_eq!(
             codes,
-            vec![503, 250, 503, 503, 500, 501, 250, 503, 503, 501, 250, 501, 252, 502, 214]
+            vec![
+                503, 250, 503, 503, 500, 501, 250, 503, 503, 501, 250, 501, 252, 502, 214
+            ]
         );
     }
 
@@ -955,7 +1040,9 @@ mod tests {
         let mut s = session(limits.clone());
         let plain = BASE64.encode(b"\0alice\0secret");
         let bad = BASE64.encode(b"\0alice\0wrong");
-        let input = format!("EHLO c\r\nMAIL FROM:<a@x>\r\nAUTH PLAIN {bad}\r\nAUTH PLAIN\r\n{plain}\r\nAUTH PLAIN {plain}\r\nMAIL FROM:<a@x>\r\n");
+        let input = format!(
+            "EHLO c\r\nMAIL FROM:<a@x>\r\nAUTH PLAIN {bad}\r\nAUTH PLAIN\r\n{plain}\r\nAUTH PLAIN {plain}\r\nMAIL FROM:<a@x>\r\n"
+        );
         let (codes, _) = run(&mut s, input.as_bytes());
         assert_eq!(codes, vec![250, 530, 535, 334, 235, 503, 250]);
         assert_eq!(s.username.as_deref(), Some("alice"));
@@ -985,13 +1072,22 @@ mod tests {
         };
         assert!(ehlo.lines.contains(&"STARTTLS".to_string()));
         assert!(!ehlo.lines.iter().any(|l| l.starts_with("AUTH")));
-        assert!(matches!(s.next_event(), Some(Event::Reply(Reply { code: 530, .. }))));
-        assert!(matches!(s.next_event(), Some(Event::StartTls(Reply { code: 220, .. }))));
+        assert!(matches!(
+            s.next_event(),
+            Some(Event::Reply(Reply { code: 530, .. }))
+        ));
+        assert!(matches!(
+            s.next_event(),
+            Some(Event::StartTls(Reply { code: 220, .. }))
+        ));
         // The pipelined NOOP sent in clear must be thrown away.
         assert_eq!(s.next_event(), None);
         s.tls_established();
         assert_eq!(s.next_event(), None);
-        let (codes, _) = run(&mut s, b"MAIL FROM:<a@x>\r\nEHLO c\r\nAUTH PLAIN AGEAYg==\r\n");
+        let (codes, _) = run(
+            &mut s,
+            b"MAIL FROM:<a@x>\r\nEHLO c\r\nAUTH PLAIN AGEAYg==\r\n",
+        );
         assert_eq!(codes, vec![503, 250, 235]);
     }
 
@@ -1017,5 +1113,39 @@ mod tests {
             lines: vec!["a".into(), "b".into()],
         };
         assert_eq!(r.to_bytes(), b"250-a\r\n250 b\r\n");
+    }
+    #[test]
+    fn random_input_keeps_invariants() {
+        use rand::{Rng, SeedableRng};
+        let words: [&[u8]; 16] = [
+            b"EHLO x\r\n",
+            b"MAIL FROM:<a@b>\r\n",
+            b"RCPT TO:<c@d>\r\n",
+            b"DATA\r\n",
+            b".\r\n",
+            b"..\r\n",
+            b"AUTH PLAIN\r\n",
+            b"AUTH LOGIN dQ==\r\n",
+            b"AHUAcA==\r\n",
+            b"STARTTLS\r\n",
+            b"RSET\r\n",
+            b"\r\n",
+            b"\0",
+            b"\n",
+            b"xxxxxxxxxxxxxxxxxxxxx",
+            b"QUIT\r\n",
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5321);
+        for _ in 0..20_000 {
+            let mut input = vec![rng.random::<u8>(), rng.random::<u8>()];
+            for _ in 0..rng.random_range(0..40) {
+                if rng.random_bool(0.8) {
+                    input.extend_from_slice(words[rng.random_range(0..words.len())]);
+                } else {
+                    input.push(rng.random());
+                }
+            }
+            fuzz_session(&input);
+        }
     }
 }
