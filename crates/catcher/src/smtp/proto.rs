@@ -572,7 +572,7 @@ impl Session {
         for param in params {
             let (key, value) = match param.iter().position(|&b| b == b'=') {
                 Some(i) => (&param[..i], Some(&param[i + 1..])),
-                None => (&param[..], None),
+                None => (param, None),
             };
             if key.eq_ignore_ascii_case(b"SIZE") {
                 let size = value
