@@ -1,1 +1,0 @@
-//! restore (to be written).

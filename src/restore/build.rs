@@ -1,0 +1,399 @@
+//! Step two of a restore: execute a [`RestorePlan`] into a local file.
+//!
+//! Chunks are downloaded `parallelism` at a time, each identical chunk once,
+//! and written at their page offsets; delta packs are downloaded ahead in
+//! parallel but applied strictly in order. Every stored object's sha256 and
+//! size, every chunk's content sha256, and finally the whole image's digest
+//! are checked. Memory stays bounded by `parallelism` objects in flight: the
+//! image itself only ever lives in the file.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use sha2::{Digest, Sha256};
+
+use super::plan::{RestorePlan, missing_is_broken};
+use crate::Error;
+use crate::format::{self, ChunkRef, ObjectRef};
+use crate::store::ObjectStore;
+
+/// How the image is built.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Objects downloaded concurrently.
+    pub parallelism: usize,
+    /// Advanced by stored bytes as objects arrive; hidden when not on a
+    /// terminal.
+    pub progress: indicatif::ProgressBar,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        Self {
+            parallelism: 8,
+            progress: indicatif::ProgressBar::hidden(),
+        }
+    }
+}
+
+/// What building the image downloaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BuildStats {
+    /// Objects downloaded.
+    pub objects: u64,
+    /// Stored bytes downloaded.
+    pub bytes: u64,
+    /// Size of the rebuilt image in bytes.
+    pub db_size: u64,
+}
+
+/// The file being built, shared by the blocking writers.
+struct Target {
+    file: File,
+    path: PathBuf,
+}
+
+impl Target {
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), Error> {
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// Rebuilds the image of `plan` into `file` (at `path`, for messages), which
+/// must be empty, and checks it against the manifest's image digest.
+pub async fn build_image(
+    store: &dyn ObjectStore,
+    plan: &RestorePlan,
+    file: File,
+    path: &Path,
+    opts: &BuildOptions,
+) -> Result<BuildStats, Error> {
+    let m = &plan.manifest;
+    let page_size = u64::from(m.db.page_size);
+    let chunk_pages = u64::from(m.chunk_pages);
+    let base_pages = u64::from(plan.base_page_count);
+    let target = Arc::new(Target {
+        file,
+        path: path.to_path_buf(),
+    });
+    // The file starts as a sparse image of the base's size: chunks that are
+    // all zeros need no write at all, which keeps sparse dbs cheap.
+    target
+        .file
+        .set_len(base_pages * page_size)
+        .map_err(|e| Error::io(path, e))?;
+    opts.progress.set_length(plan.download_bytes());
+
+    // Where each distinct chunk goes.
+    let mut placements: HashMap<&str, Vec<u64>> = HashMap::new();
+    for (i, c) in plan.chunks.iter().enumerate() {
+        placements.entry(&c.sha256).or_default().push(i as u64);
+    }
+    let chunk_len = |pages: u64, i: u64| pages.saturating_sub(i * chunk_pages).min(chunk_pages) * page_size;
+
+    let mut stats = BuildStats::default();
+    let par = opts.parallelism.max(1);
+    let snapshot = m.id.as_str();
+    let chunk_results: Vec<u64> = futures::stream::iter(plan.unique_chunks())
+        .map(|c| {
+            let indices = placements[c.sha256.as_str()].clone();
+            let target = target.clone();
+            let progress = opts.progress.clone();
+            async move {
+                let key = format::chunk_key(&c.sha256);
+                let stored = store
+                    .get(&key)
+                    .await
+                    .map_err(|e| missing_is_broken(e, snapshot))?;
+                let n = stored.len() as u64;
+                let c = c.clone();
+                let lens: Vec<(u64, u64)> = indices
+                    .iter()
+                    .map(|&i| (i, chunk_len(base_pages, i)))
+                    .collect();
+                tokio::task::spawn_blocking(move || {
+                    let content = open_chunk(&stored, &c, &key, lens[0].1)?;
+                    if content.iter().all(|&b| b == 0) {
+                        return Ok(());
+                    }
+                    for (i, len) in lens {
+                        if len != content.len() as u64 {
+                            return Err(Error::Verification(format!(
+                                "{key}: {} bytes but chunk {i} of the image is {len} bytes",
+                                content.len()
+                            )));
+                        }
+                        target.write_at(&content, i * chunk_pages * page_size)?;
+                    }
+                    Ok(())
+                })
+                .await
+                .map_err(|e| Error::Other(format!("restore worker failed: {e}")))??;
+                progress.inc(n);
+                Ok::<u64, Error>(n)
+            }
+        })
+        .buffer_unordered(par)
+        .try_collect()
+        .await?;
+    stats.objects += chunk_results.len() as u64;
+    stats.bytes += chunk_results.iter().sum::<u64>();
+
+    // Deltas: fetched ahead in parallel, applied one after the other.
+    let mut dirty: BTreeSet<u64> = BTreeSet::new();
+    let mut deltas = futures::stream::iter(plan.deltas.iter())
+        .map(|d| async move {
+            let stored = store
+                .get(&d.key)
+                .await
+                .map_err(|e| missing_is_broken(e, snapshot))?;
+            Ok::<(&ObjectRef, Bytes), Error>((d, stored))
+        })
+        .buffered(par);
+    while let Some(next) = deltas.next().await {
+        let (d, stored) = next?;
+        let n = stored.len() as u64;
+        let d = d.clone();
+        let target = target.clone();
+        let page_size = m.db.page_size;
+        let touched = tokio::task::spawn_blocking(move || apply_delta(&stored, &d, &target, page_size))
+            .await
+            .map_err(|e| Error::Other(format!("restore worker failed: {e}")))??;
+        dirty.extend(touched.into_iter().map(|pgno| (u64::from(pgno) - 1) / chunk_pages));
+        stats.objects += 1;
+        stats.bytes += n;
+        opts.progress.inc(n);
+    }
+
+    let pages = u64::from(m.db.page_count);
+    stats.db_size = pages * page_size;
+    target
+        .file
+        .set_len(stats.db_size)
+        .map_err(|e| Error::io(path, e))?;
+
+    // The image digest, from the verified chunk hashes where the chunk is
+    // untouched and by reading back only the chunks the deltas changed.
+    let plan2 = plan.clone();
+    let target2 = target.clone();
+    tokio::task::spawn_blocking(move || check_image(&plan2, &target2, &dirty))
+        .await
+        .map_err(|e| Error::Other(format!("restore worker failed: {e}")))??;
+    Ok(stats)
+}
+
+/// Checks a stored chunk and returns its content: stored size and sha256,
+/// then zstd (bounded to `len` bytes, so a hostile object cannot balloon),
+/// then the content sha256 that names it.
+fn open_chunk(stored: &[u8], c: &ChunkRef, key: &str, len: u64) -> Result<Vec<u8>, Error> {
+    check_stored(stored, &c.stored_sha256, c.stored_size, key)?;
+    let content = zstd::bulk::decompress(stored, len as usize)
+        .map_err(|e| Error::Verification(format!("{key}: cannot decompress: {e}")))?;
+    if content.len() as u64 != len {
+        return Err(Error::Verification(format!(
+            "{key}: decompresses to {} bytes, expected {len}",
+            content.len()
+        )));
+    }
+    let got = hex::encode(Sha256::digest(&content));
+    if got != c.sha256 {
+        return Err(Error::Verification(format!(
+            "{key}: content sha256 is {got}, not the one it is named by"
+        )));
+    }
+    Ok(content)
+}
+
+/// Checks a stored object's size and sha256 against the manifest.
+fn check_stored(stored: &[u8], sha256: &str, size: u64, key: &str) -> Result<(), Error> {
+    if stored.len() as u64 != size {
+        return Err(Error::Verification(format!(
+            "{key}: stored object is {} bytes, the manifest says {size} (truncated or replaced)",
+            stored.len()
+        )));
+    }
+    let got = hex::encode(Sha256::digest(stored));
+    if got != sha256 {
+        return Err(Error::Verification(format!(
+            "{key}: stored bytes have sha256 {got}, the manifest says {sha256} (corrupted)"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a stored delta pack and writes its pages into the image, streaming
+/// (one page in memory). Returns the page numbers it wrote.
+fn apply_delta(stored: &[u8], d: &ObjectRef, target: &Target, page_size: u32) -> Result<Vec<u32>, Error> {
+    let key = d.key.as_str();
+    check_stored(stored, &d.sha256, d.size, key)?;
+    let bad = |why: String| Error::Verification(format!("{key}: {why}"));
+    let mut r = zstd::stream::read::Decoder::new(stored)
+        .map_err(|e| bad(format!("cannot decompress: {e}")))?;
+    let mut header = [0u8; 20];
+    r.read_exact(&mut header)
+        .map_err(|e| bad(format!("cannot read the delta header: {e}")))?;
+    if &header[..8] != format::DELTA_MAGIC {
+        return Err(bad("not a delta pack (bad magic)".into()));
+    }
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    let (ps, page_count, n) = (be(&header[8..12]), be(&header[12..16]), be(&header[16..20]));
+    if ps != page_size {
+        return Err(bad(format!("page size {ps}, the snapshot's is {page_size}")));
+    }
+    if n > page_count {
+        return Err(bad(format!("{n} pages in a {page_count}-page db")));
+    }
+    let mut touched = Vec::with_capacity(n.min(1 << 16) as usize);
+    let mut page = vec![0u8; page_size as usize];
+    let mut pgno = [0u8; 4];
+    for i in 0..n {
+        r.read_exact(&mut pgno)
+            .and_then(|_| r.read_exact(&mut page))
+            .map_err(|e| bad(format!("page {i} of {n}: {e}")))?;
+        let p = u32::from_be_bytes(pgno);
+        if p == 0 || p > page_count {
+            return Err(bad(format!("page number {p} outside 1..={page_count}")));
+        }
+        target.write_at(&page, u64::from(p - 1) * u64::from(page_size))?;
+        touched.push(p);
+    }
+    if r.read(&mut pgno).map_err(|e| bad(format!("cannot decompress: {e}")))? != 0 {
+        return Err(bad("trailing bytes after the last page".into()));
+    }
+    Ok(touched)
+}
+
+/// Computes the digest of the rebuilt image and compares it with the
+/// manifest's; on a mismatch names the first chunk that differs.
+fn check_image(plan: &RestorePlan, target: &Target, dirty: &BTreeSet<u64>) -> Result<(), Error> {
+    let m = &plan.manifest;
+    let page_size = u64::from(m.db.page_size);
+    let chunk_pages = u64::from(m.chunk_pages);
+    let pages = u64::from(m.db.page_count);
+    let base_pages = u64::from(plan.base_page_count);
+    let chunk_len = |pages: u64, i: u64| pages.saturating_sub(i * chunk_pages).min(chunk_pages) * page_size;
+    let n = pages.div_ceil(chunk_pages);
+    let mut hashes: Vec<[u8; 32]> = Vec::with_capacity(n as usize);
+    let mut buf = Vec::new();
+    for i in 0..n {
+        let len = chunk_len(pages, i);
+        let reuse = (i as usize) < plan.chunks.len() && !dirty.contains(&i) && len == chunk_len(base_pages, i);
+        let h = if reuse {
+            decode_hex32(&plan.chunks[i as usize].sha256)
+        } else {
+            buf.resize(len as usize, 0);
+            target
+                .file
+                .read_exact_at(&mut buf, i * chunk_pages * page_size)
+                .map_err(|e| Error::io(&target.path, e))?;
+            Sha256::digest(&buf).into()
+        };
+        hashes.push(h);
+    }
+    let got = image_digest(m.db.page_size, m.db.page_count, &hashes);
+    if got == m.db.image_sha256 {
+        return Ok(());
+    }
+    // Name the first chunk that differs from what the manifest expects.
+    let expected = |i: usize| {
+        m.chunk_overrides
+            .get(&(i as u32))
+            .map(String::as_str)
+            .or_else(|| plan.chunks.get(i).map(|c| c.sha256.as_str()))
+    };
+    let first = hashes
+        .iter()
+        .enumerate()
+        .find(|(i, h)| expected(*i).is_some_and(|e| e != hex::encode(h)))
+        .map(|(i, _)| {
+            let first_page = i as u64 * chunk_pages + 1;
+            format!(
+                " (first difference in chunk {i}, pages {first_page}..={})",
+                (first_page + chunk_pages - 1).min(pages)
+            )
+        })
+        .unwrap_or_default();
+    Err(Error::Verification(format!(
+        "{}: the rebuilt image has digest {got}, the manifest says {}{first}",
+        format::manifest_key(&m.id),
+        m.db.image_sha256
+    )))
+}
+
+fn decode_hex32(s: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    // Hashes were validated as 64 hex digits when the manifest was parsed.
+    hex::decode_to_slice(s, &mut out).unwrap_or_default();
+    out
+}
+
+/// The image digest as defined in [`format::DbInfo::image_sha256`].
+pub(crate) fn image_digest(page_size: u32, page_count: u32, chunk_hashes: &[[u8; 32]]) -> String {
+    let mut h = Sha256::new();
+    h.update(page_size.to_be_bytes());
+    h.update(page_count.to_be_bytes());
+    for c in chunk_hashes {
+        h.update(c);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Which SQLite check runs on a rebuilt image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IntegrityCheck {
+    /// `PRAGMA quick_check`.
+    #[default]
+    Quick,
+    /// `PRAGMA integrity_check`.
+    Full,
+    /// No SQLite check (hashes are still verified).
+    None,
+}
+
+/// Runs the SQLite check on the rebuilt image at `path`. The file is opened
+/// `immutable`, so SQLite creates no `-wal`/`-shm` next to it and never
+/// writes to it.
+pub fn sqlite_check(path: &Path, check: IntegrityCheck, snapshot: &str) -> Result<(), Error> {
+    let pragma = match check {
+        IntegrityCheck::None => return Ok(()),
+        IntegrityCheck::Quick => "quick_check",
+        IntegrityCheck::Full => "integrity_check",
+    };
+    let raw = path.to_string_lossy();
+    let mut uri = String::from("file:");
+    for ch in raw.chars() {
+        match ch {
+            '%' => uri.push_str("%25"),
+            '?' => uri.push_str("%3f"),
+            '#' => uri.push_str("%23"),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str("?immutable=1");
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+        | rusqlite::OpenFlags::SQLITE_OPEN_URI
+        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = rusqlite::Connection::open_with_flags(&uri, flags).map_err(|e| Error::sqlite(path, e))?;
+    let result: Result<Vec<String>, rusqlite::Error> = conn
+        .prepare(&format!("PRAGMA {pragma}(20)"))
+        .and_then(|mut st| st.query_map([], |row| row.get::<_, String>(0))?.collect());
+    match result {
+        Ok(rows) if rows == ["ok"] => Ok(()),
+        Ok(rows) => Err(Error::Verification(format!(
+            "snapshot {snapshot}: PRAGMA {pragma} failed on the rebuilt image: {}",
+            rows.join("; ")
+        ))),
+        Err(e) => Err(Error::Verification(format!(
+            "snapshot {snapshot}: the rebuilt image is not a readable SQLite database ({pragma}: {e})"
+        ))),
+    }
+}

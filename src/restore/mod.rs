@@ -1,0 +1,307 @@
+//! Restore, verify and list snapshots: the read side of the replica format.
+//!
+//! A restore is planned, then executed, then installed, each step in its own
+//! module:
+//! 1. [`plan`]: pick the snapshot (newest, by id, or the newest at or before
+//!    a time), read and check its manifest and its base's, and list the
+//!    objects with their sizes and hashes;
+//! 2. [`build`]: download them in parallel into a temp file, checking every
+//!    object's stored sha256, every chunk's content sha256 and the whole
+//!    image's digest, then run SQLite's own check;
+//! 3. [`install`]: fsync, drop stale `-wal`/`-shm`, rename atomically, fsync
+//!    the directory.
+//!
+//! `verify` runs steps 1 and 2 into a scratch file and installs nothing. On
+//! any failure the target is untouched and the temp file is removed.
+
+pub mod build;
+pub mod install;
+pub mod plan;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+
+pub use build::{BuildOptions, BuildStats, IntegrityCheck};
+pub use install::TargetState;
+pub use plan::{Pick, RestorePlan};
+
+use crate::Error;
+use crate::store::ObjectStore;
+
+/// What `restore` should do.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Which snapshot.
+    pub pick: Pick,
+    /// Where the database goes.
+    pub target: PathBuf,
+    /// Exit successfully without doing anything if the target exists.
+    pub if_db_not_exists: bool,
+    /// Exit successfully without doing anything if the replica is empty.
+    pub if_replica_exists: bool,
+    /// Replace an existing database.
+    pub force: bool,
+    /// SQLite check on the rebuilt image before it is installed.
+    pub integrity_check: IntegrityCheck,
+    /// Concurrent downloads.
+    pub parallelism: usize,
+    /// Show a progress bar (only ever drawn when stderr is a terminal).
+    pub progress: bool,
+}
+
+impl RestoreOptions {
+    /// Defaults for restoring the newest snapshot to `target`.
+    pub fn new(target: impl Into<PathBuf>) -> Self {
+        Self {
+            pick: Pick::Latest,
+            target: target.into(),
+            if_db_not_exists: false,
+            if_replica_exists: false,
+            force: false,
+            integrity_check: IntegrityCheck::Quick,
+            parallelism: 8,
+            progress: false,
+        }
+    }
+}
+
+/// A restored or verified snapshot.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RestoreReport {
+    /// The snapshot's id.
+    pub snapshot: String,
+    /// When the snapshot was taken.
+    pub created: DateTime<Utc>,
+    /// Where it was installed (`None` for `verify`).
+    pub target: Option<PathBuf>,
+    /// What was downloaded and rebuilt.
+    #[serde(flatten)]
+    pub stats: BuildStats,
+    /// The SQLite check that passed.
+    pub integrity_check: IntegrityCheck,
+    /// Wall time in seconds.
+    pub seconds: f64,
+}
+
+/// How a restore ended.
+#[derive(Debug, Clone)]
+pub enum RestoreOutcome {
+    /// The snapshot was verified and installed.
+    Restored(RestoreReport),
+    /// `--if-db-not-exists` and the target exists: nothing done.
+    SkippedDbExists,
+    /// `--if-replica-exists` and the replica has no snapshot: nothing done.
+    SkippedNoReplica,
+}
+
+fn progress_bar(enabled: bool) -> indicatif::ProgressBar {
+    if !enabled || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Restores a snapshot to `opts.target`, verified, atomically.
+pub async fn restore(store: &dyn ObjectStore, opts: &RestoreOptions) -> Result<RestoreOutcome, Error> {
+    let started = Instant::now();
+    let target = opts.target.as_path();
+    let state = install::inspect(target)?;
+    match state {
+        TargetState::Database | TargetState::NotSqlite if opts.if_db_not_exists => {
+            tracing::info!(target = %target.display(), "database exists, skipping restore (--if-db-not-exists)");
+            return Ok(RestoreOutcome::SkippedDbExists);
+        }
+        TargetState::NotSqlite => {
+            return Err(Error::Other(format!(
+                "{} exists and is not an SQLite database; refusing to replace it (move it away first)",
+                target.display()
+            )));
+        }
+        TargetState::Database if !opts.force => {
+            return Err(Error::Other(format!(
+                "{} already exists; pass --force to replace it (or --if-db-not-exists to keep it)",
+                target.display()
+            )));
+        }
+        _ => {}
+    }
+    let id = match plan::pick_id(store, &opts.pick).await {
+        Ok(id) => id,
+        Err(Error::NoBackup(why)) if opts.if_replica_exists && plan::list_ids(store).await?.is_empty() => {
+            tracing::info!(replica = %store.describe(), "no snapshot in the replica, skipping restore (--if-replica-exists): {why}");
+            return Ok(RestoreOutcome::SkippedNoReplica);
+        }
+        Err(e) => return Err(e),
+    };
+    let plan = plan::plan(store, &id).await?;
+    tracing::info!(
+        snapshot = %id,
+        objects = plan.objects(),
+        bytes = plan.download_bytes(),
+        target = %target.display(),
+        "restoring"
+    );
+    let tmp = install::temp_next_to(target)?;
+    let tmp_path = tmp.path().to_path_buf();
+    let file = tmp.as_file().try_clone().map_err(|e| Error::io(&tmp_path, e))?;
+    let build_opts = BuildOptions {
+        parallelism: opts.parallelism,
+        progress: progress_bar(opts.progress),
+    };
+    let stats = build::build_image(store, &plan, file, &tmp_path, &build_opts).await?;
+    build_opts.progress.finish_and_clear();
+    run_check(&tmp_path, opts.integrity_check, &id).await?;
+    let replace = opts.force || state == TargetState::Empty;
+    install::install(tmp, target, replace)?;
+    let report = RestoreReport {
+        snapshot: id,
+        created: plan.manifest.created,
+        target: Some(target.to_path_buf()),
+        stats,
+        integrity_check: opts.integrity_check,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    tracing::info!(
+        snapshot = %report.snapshot,
+        target = %target.display(),
+        db_size = report.stats.db_size,
+        downloaded_bytes = report.stats.bytes,
+        seconds = report.seconds,
+        "restored"
+    );
+    Ok(RestoreOutcome::Restored(report))
+}
+
+async fn run_check(path: &Path, check: IntegrityCheck, id: &str) -> Result<(), Error> {
+    let (path, id) = (path.to_path_buf(), id.to_string());
+    tokio::task::spawn_blocking(move || build::sqlite_check(&path, check, &id))
+        .await
+        .map_err(|e| Error::Other(format!("integrity check worker failed: {e}")))?
+}
+
+/// Checks everything a restore of snapshot `id` would check, rebuilding the
+/// image in a scratch file under the system temp dir that is removed after.
+pub async fn verify_id(
+    store: &dyn ObjectStore,
+    id: &str,
+    check: IntegrityCheck,
+    parallelism: usize,
+) -> Result<RestoreReport, Error> {
+    let started = Instant::now();
+    let plan = plan::plan(store, id).await?;
+    let tmp = tempfile::Builder::new()
+        .prefix("mailsafe-verify-")
+        .tempfile()
+        .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    let file = tmp.as_file().try_clone().map_err(|e| Error::io(tmp.path(), e))?;
+    let opts = BuildOptions {
+        parallelism,
+        ..BuildOptions::default()
+    };
+    let stats = build::build_image(store, &plan, file, tmp.path(), &opts).await?;
+    run_check(tmp.path(), check, id).await?;
+    Ok(RestoreReport {
+        snapshot: id.to_string(),
+        created: plan.manifest.created,
+        target: None,
+        stats,
+        integrity_check: check,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Verifies the picked snapshot.
+pub async fn verify(
+    store: &dyn ObjectStore,
+    pick: &Pick,
+    check: IntegrityCheck,
+    parallelism: usize,
+) -> Result<RestoreReport, Error> {
+    let id = plan::pick_id(store, pick).await?;
+    verify_id(store, &id, check, parallelism).await
+}
+
+/// Verifies every snapshot, oldest first, and returns each one's outcome; a
+/// store failure (not a broken snapshot) stops early. An empty replica is
+/// [`Error::NoBackup`].
+pub async fn verify_all(
+    store: &dyn ObjectStore,
+    check: IntegrityCheck,
+    parallelism: usize,
+) -> Result<Vec<(String, Result<RestoreReport, Error>)>, Error> {
+    let ids = plan::list_ids(store).await?;
+    if ids.is_empty() {
+        return Err(Error::NoBackup(format!("no snapshot in {}", store.describe())));
+    }
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        match verify_id(store, &id, check, parallelism).await {
+            Err(Error::Store(e)) => return Err(Error::Store(e)),
+            r => out.push((id, r)),
+        }
+    }
+    Ok(out)
+}
+
+/// One row of `mailsafe snapshots`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SnapshotInfo {
+    /// Snapshot id.
+    pub id: String,
+    /// When it was taken.
+    pub created: Option<DateTime<Utc>>,
+    /// `base` or `incremental`.
+    pub kind: Option<&'static str>,
+    /// Its base snapshot.
+    pub base: Option<String>,
+    /// Database size in bytes.
+    pub db_size: Option<u64>,
+    /// Stored bytes of every object the snapshot needs.
+    pub stored_bytes: Option<u64>,
+    /// Bytes the snapshot uploaded.
+    pub new_bytes: Option<u64>,
+    /// Why the manifest could not be read, if it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Lists every snapshot, oldest first. Unreadable manifests are listed with
+/// their error rather than hidden.
+pub async fn list_snapshots(store: &dyn ObjectStore, parallelism: usize) -> Result<Vec<SnapshotInfo>, Error> {
+    let all = plan::load_all(store, parallelism).await?;
+    Ok(all
+        .into_iter()
+        .map(|(id, m)| match m {
+            Ok(m) => SnapshotInfo {
+                kind: Some(if m.base == m.id { "base" } else { "incremental" }),
+                created: Some(m.created),
+                base: Some(m.base),
+                db_size: Some(u64::from(m.db.page_size) * u64::from(m.db.page_count)),
+                stored_bytes: Some(m.stats.stored_bytes),
+                new_bytes: Some(m.stats.new_bytes),
+                error: None,
+                id,
+            },
+            Err(e) => SnapshotInfo {
+                created: plan::id_time(&id),
+                kind: None,
+                base: None,
+                db_size: None,
+                stored_bytes: None,
+                new_bytes: None,
+                error: Some(e.to_string()),
+                id,
+            },
+        })
+        .collect())
+}
+

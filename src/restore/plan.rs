@@ -1,0 +1,323 @@
+//! Step one of a restore: pick the snapshot and gather everything needed to
+//! rebuild it (its manifest, its base manifest, the list of objects with their
+//! sizes and hashes), checking that the manifests are well formed before a
+//! single data byte is downloaded.
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+
+use crate::Error;
+use crate::format::{self, ChunkRef, Manifest, ObjectRef};
+use crate::store::{ObjectStore, StoreError};
+
+/// Which snapshot to restore or verify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pick {
+    /// The newest snapshot in the replica.
+    Latest,
+    /// The snapshot with this id.
+    Id(String),
+    /// The newest snapshot taken at or before this time.
+    At(DateTime<Utc>),
+}
+
+impl Pick {
+    /// Builds a pick from the `--snapshot` / `--at` flags; a malformed time is
+    /// a usage error.
+    pub fn from_flags(snapshot: Option<&str>, at: Option<&str>) -> Result<Self, Error> {
+        match (snapshot, at) {
+            (Some(id), _) => Ok(Pick::Id(id.to_string())),
+            (None, Some(at)) => DateTime::parse_from_rfc3339(at)
+                .map(|t| Pick::At(t.with_timezone(&Utc)))
+                .map_err(|e| {
+                    Error::Usage(format!(
+                        "--at {at:?} is not an RFC 3339 time (e.g. 2026-11-29T09:00:00Z): {e}"
+                    ))
+                }),
+            (None, None) => Ok(Pick::Latest),
+        }
+    }
+}
+
+/// Everything needed to rebuild one snapshot's image, with the hashes to check
+/// it against.
+#[derive(Debug, Clone)]
+pub struct RestorePlan {
+    /// The snapshot being restored.
+    pub manifest: Manifest,
+    /// The base snapshot's chunks, in page order (the manifest's own when it
+    /// is a base).
+    pub chunks: Vec<ChunkRef>,
+    /// Page count of the base image the chunks describe.
+    pub base_page_count: u32,
+    /// Delta packs to apply on top of the chunks, in order.
+    pub deltas: Vec<ObjectRef>,
+}
+
+impl RestorePlan {
+    /// Distinct objects to download (identical chunks are fetched once).
+    pub fn objects(&self) -> usize {
+        self.unique_chunks().len() + self.deltas.len()
+    }
+
+    /// Stored bytes to download.
+    pub fn download_bytes(&self) -> u64 {
+        self.unique_chunks()
+            .iter()
+            .map(|c| c.stored_size)
+            .chain(self.deltas.iter().map(|d| d.size))
+            .sum()
+    }
+
+    /// The distinct chunks, each once, in first-use order.
+    pub(crate) fn unique_chunks(&self) -> Vec<&ChunkRef> {
+        let mut seen = std::collections::HashSet::new();
+        self.chunks
+            .iter()
+            .filter(|c| seen.insert(c.sha256.as_str()))
+            .collect()
+    }
+}
+
+/// The time encoded in a snapshot id (`YYYYMMDDTHHMMSS.mmmZ-<hex>`), or
+/// `None` for a key that is not a snapshot id.
+pub fn id_time(id: &str) -> Option<DateTime<Utc>> {
+    let (stamp, _) = id.split_once('Z')?;
+    NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%S%.f")
+        .ok()
+        .map(|t| t.and_utc())
+}
+
+/// Ids of every snapshot in the replica, oldest first. Keys under
+/// `manifests/` that are not `<id>.json` are ignored.
+pub async fn list_ids(store: &dyn ObjectStore) -> Result<Vec<String>, Error> {
+    let mut ids: Vec<String> = store
+        .list(format::MANIFESTS)
+        .await?
+        .into_iter()
+        .filter_map(|meta| {
+            let id = meta
+                .key
+                .strip_prefix(format::MANIFESTS)?
+                .strip_suffix(".json")?;
+            (!id.is_empty() && !id.contains('/')).then(|| id.to_string())
+        })
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// Resolves `pick` against the replica's snapshot ids.
+pub async fn pick_id(store: &dyn ObjectStore, pick: &Pick) -> Result<String, Error> {
+    let ids = list_ids(store).await?;
+    let where_ = store.describe();
+    match pick {
+        Pick::Latest => ids
+            .last()
+            .cloned()
+            .ok_or_else(|| Error::NoBackup(format!("no snapshot in {where_}"))),
+        Pick::Id(id) => {
+            if ids.iter().any(|i| i == id) {
+                Ok(id.clone())
+            } else {
+                Err(Error::NoBackup(format!("no snapshot {id:?} in {where_}")))
+            }
+        }
+        Pick::At(at) => ids
+            .iter()
+            .rev()
+            .find(|id| id_time(id).is_some_and(|t| t <= *at))
+            .cloned()
+            .ok_or_else(|| {
+                Error::NoBackup(format!(
+                    "no snapshot taken at or before {} in {where_}",
+                    at.to_rfc3339()
+                ))
+            }),
+    }
+}
+
+/// Maps a missing object to a verification failure (a snapshot that names an
+/// object the replica does not have is a broken backup), other store errors
+/// through unchanged.
+pub(crate) fn missing_is_broken(err: StoreError, snapshot: &str) -> Error {
+    match err {
+        StoreError::NotFound { key } => Error::Verification(format!(
+            "object {key} needed by snapshot {snapshot} is missing"
+        )),
+        other => Error::Store(other),
+    }
+}
+
+/// Parses and checks one manifest: it must be a mailsafe manifest of a known
+/// version whose id matches its key, with sane sizes.
+pub fn parse_manifest(bytes: &[u8], key: &str) -> Result<Manifest, Error> {
+    let bad = |why: String| Error::Verification(format!("{key}: {why}"));
+    // Check the envelope first so that a manifest of a newer version gets a
+    // clear "unknown version" rather than a field-level parse error.
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        format: Option<String>,
+        version: Option<u32>,
+    }
+    let env: Envelope = serde_json::from_slice(bytes)
+        .map_err(|e| bad(format!("not a mailsafe manifest (not JSON: {e})")))?;
+    if env.format.as_deref() != Some(format::FORMAT_NAME) {
+        return Err(bad(format!(
+            "not a mailsafe manifest (format is {:?}, expected {:?})",
+            env.format.unwrap_or_default(),
+            format::FORMAT_NAME
+        )));
+    }
+    match env.version {
+        Some(v) if v == format::FORMAT_VERSION => {}
+        Some(v) => {
+            return Err(bad(format!(
+                "manifest of unknown format version {v} (this build reads version {}); upgrade mailsafe",
+                format::FORMAT_VERSION
+            )));
+        }
+        None => return Err(bad("manifest has no format version".into())),
+    }
+    let m: Manifest = serde_json::from_slice(bytes)
+        .map_err(|e| bad(format!("malformed manifest: {e}")))?;
+    if format::manifest_key(&m.id) != key {
+        return Err(bad(format!("manifest names snapshot {:?}, not its key", m.id)));
+    }
+    let ps = m.db.page_size;
+    if !(512..=65536).contains(&ps) || !ps.is_power_of_two() {
+        return Err(bad(format!("invalid page size {ps}")));
+    }
+    if m.chunk_pages == 0 {
+        return Err(bad("chunk_pages is 0".into()));
+    }
+    let hex64 = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex64(&m.db.image_sha256) {
+        return Err(bad("image_sha256 is not a sha256".into()));
+    }
+    for c in &m.chunks {
+        if !hex64(&c.sha256) || !hex64(&c.stored_sha256) {
+            return Err(bad(format!("chunk {:?} has a malformed hash", c.sha256)));
+        }
+    }
+    for d in &m.deltas {
+        if !hex64(&d.sha256) || !d.key.starts_with(format::DELTAS) || d.key.contains("..") {
+            return Err(bad(format!("delta {:?} is malformed", d.key)));
+        }
+    }
+    if m.base == m.id {
+        let want = u64::from(m.db.page_count).div_ceil(u64::from(m.chunk_pages));
+        if m.chunks.len() as u64 != want || !m.deltas.is_empty() {
+            return Err(bad(format!(
+                "base manifest lists {} chunks and {} deltas for {} pages of {} per chunk",
+                m.chunks.len(),
+                m.deltas.len(),
+                m.db.page_count,
+                m.chunk_pages
+            )));
+        }
+    } else if !m.chunks.is_empty() {
+        return Err(bad("incremental manifest lists chunks".into()));
+    }
+    Ok(m)
+}
+
+/// Downloads and parses the manifest of snapshot `id`.
+pub async fn load_manifest(store: &dyn ObjectStore, id: &str) -> Result<Manifest, Error> {
+    let key = format::manifest_key(id);
+    let bytes = store.get(&key).await.map_err(|e| missing_is_broken(e, id))?;
+    parse_manifest(&bytes, &key)
+}
+
+/// Builds the plan for snapshot `id`: its manifest and, for an incremental
+/// snapshot, its base's chunk list.
+pub async fn plan(store: &dyn ObjectStore, id: &str) -> Result<RestorePlan, Error> {
+    let manifest = load_manifest(store, id).await?;
+    if manifest.base == manifest.id {
+        return Ok(RestorePlan {
+            chunks: manifest.chunks.clone(),
+            base_page_count: manifest.db.page_count,
+            deltas: Vec::new(),
+            manifest,
+        });
+    }
+    let base = load_manifest(store, &manifest.base).await?;
+    let base_key = format::manifest_key(&base.id);
+    if base.base != base.id {
+        return Err(Error::Verification(format!(
+            "{base_key}: base of snapshot {id} is itself incremental"
+        )));
+    }
+    if base.db.page_size != manifest.db.page_size || base.chunk_pages != manifest.chunk_pages {
+        return Err(Error::Verification(format!(
+            "{base_key}: page size or chunk size differs from snapshot {id}"
+        )));
+    }
+    Ok(RestorePlan {
+        chunks: base.chunks.clone(),
+        base_page_count: base.db.page_count,
+        deltas: manifest.deltas.clone(),
+        manifest,
+    })
+}
+
+/// Downloads every manifest, `parallelism` at a time, oldest first. A
+/// manifest that fails to parse is returned as an error in its slot so that a
+/// listing can show it without hiding the others.
+pub async fn load_all(
+    store: &dyn ObjectStore,
+    parallelism: usize,
+) -> Result<Vec<(String, Result<Manifest, Error>)>, Error> {
+    let ids = list_ids(store).await?;
+    let out = futures::stream::iter(ids)
+        .map(|id| async move {
+            let m = load_manifest(store, &id).await;
+            match m {
+                // A store failure other than a missing object (throttling,
+                // network) fails the whole listing rather than one row.
+                Err(Error::Store(e)) => Err(Error::Store(e)),
+                m => Ok((id, m)),
+            }
+        })
+        .buffered(parallelism.max(1))
+        .try_collect()
+        .await?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_time_reads_the_sortable_stamp() {
+        let t = id_time("20261129T094800.123Z-0badf00d").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-11-29T09:48:00.123+00:00");
+        assert_eq!(id_time("garbage"), None);
+    }
+
+    #[test]
+    fn pick_rejects_a_malformed_time_as_usage() {
+        let err = Pick::from_flags(None, Some("yesterday")).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("yesterday"));
+    }
+
+    #[test]
+    fn parse_manifest_names_the_key_and_refuses_unknown_versions() {
+        let key = "manifests/x.json";
+        for (body, want) in [
+            (&b"\x00\x01garbage"[..], "not JSON"),
+            (br#"{"hello":1}"#, "not a mailsafe manifest"),
+            (
+                br#"{"format":"mailsafe-manifest","version":99}"#,
+                "unknown format version 99",
+            ),
+        ] {
+            let err = parse_manifest(body, key).unwrap_err();
+            assert_eq!(err.exit_code(), 4, "{err}");
+            let msg = err.to_string();
+            assert!(msg.contains(key) && msg.contains(want), "{msg}");
+        }
+    }
+}
