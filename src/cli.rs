@@ -315,16 +315,162 @@ fn snapshot(_args: SnapshotArgs) -> anyhow::Result<()> {
     anyhow::bail!("snapshot: not implemented yet")
 }
 
-fn restore(_args: RestoreArgs) -> anyhow::Result<()> {
-    anyhow::bail!("restore: not implemented yet")
+/// Opens the replica of `restore`, `snapshots` and `verify`.
+async fn open_replica(r: &ReplicaArgs) -> anyhow::Result<mailsafe::store::DynStore> {
+    use anyhow::Context;
+    mailsafe::store::open(&r.replica, r.endpoint.as_deref())
+        .await
+        .map_err(mailsafe::Error::from)
+        .with_context(|| format!("cannot open replica {}", r.replica))
 }
 
-fn snapshots(_args: SnapshotsArgs) -> anyhow::Result<()> {
-    anyhow::bail!("snapshots: not implemented yet")
+fn integrity(check: IntegrityCheck) -> mailsafe::restore::IntegrityCheck {
+    match check {
+        IntegrityCheck::Quick => mailsafe::restore::IntegrityCheck::Quick,
+        IntegrityCheck::Full => mailsafe::restore::IntegrityCheck::Full,
+        IntegrityCheck::None => mailsafe::restore::IntegrityCheck::None,
+    }
 }
 
-fn verify(_args: VerifyArgs) -> anyhow::Result<()> {
-    anyhow::bail!("verify: not implemented yet")
+fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use mailsafe::restore::{Pick, RestoreOptions};
+    let pick = Pick::from_flags(args.snapshot.as_deref(), args.at.as_deref())?;
+    let target = args.output.clone().unwrap_or_else(|| args.db.clone());
+    let opts = RestoreOptions {
+        pick,
+        target: target.clone(),
+        if_db_not_exists: args.if_db_not_exists,
+        if_replica_exists: args.if_replica_exists,
+        force: args.force,
+        integrity_check: integrity(args.integrity_check),
+        parallelism: args.parallelism.max(1),
+        progress: true,
+    };
+    runtime()?.block_on(async {
+        let store = open_replica(&args.replica).await?;
+        mailsafe::restore::restore(&*store, &opts)
+            .await
+            .with_context(|| {
+                format!(
+                    "restore from {} to {} failed",
+                    args.replica.replica,
+                    target.display()
+                )
+            })?;
+        Ok(())
+    })
+}
+
+fn snapshots(args: SnapshotsArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    runtime()?.block_on(async {
+        let store = open_replica(&args.replica).await?;
+        let list = mailsafe::restore::list_snapshots(&*store, 16)
+            .await
+            .with_context(|| format!("cannot list snapshots of {}", args.replica.replica))?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&list)?);
+            return Ok(());
+        }
+        let bytes = |b: Option<u64>| {
+            b.map(|b| indicatif::HumanBytes(b).to_string())
+                .unwrap_or_else(|| "-".into())
+        };
+        println!(
+            "{:<30} {:<24} {:<11} {:>11} {:>11} {:>11}",
+            "ID", "TIME", "KIND", "DB SIZE", "STORED", "NEW"
+        );
+        for s in &list {
+            let time = s
+                .created
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                .unwrap_or_default();
+            println!(
+                "{:<30} {:<24} {:<11} {:>11} {:>11} {:>11}",
+                s.id,
+                time,
+                s.kind.unwrap_or("unreadable"),
+                bytes(s.db_size),
+                bytes(s.stored_bytes),
+                bytes(s.new_bytes)
+            );
+            if let Some(e) = &s.error {
+                println!("  error: {e}");
+            }
+        }
+        Ok(())
+    })
+}
+
+fn verify(args: VerifyArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use mailsafe::restore::Pick;
+    let check = integrity(args.integrity_check);
+    let parallelism = 8;
+    runtime()?.block_on(async {
+        let store = open_replica(&args.replica).await?;
+        let what = &args.replica.replica;
+        if !args.all {
+            let pick = Pick::from_flags(args.snapshot.as_deref(), None)?;
+            let report = mailsafe::restore::verify(&*store, &pick, check, parallelism)
+                .await
+                .with_context(|| format!("verify of {what} failed"))?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "ok {} ({} objects, {} downloaded, image {})",
+                    report.snapshot,
+                    report.stats.objects,
+                    indicatif::HumanBytes(report.stats.bytes),
+                    indicatif::HumanBytes(report.stats.db_size)
+                );
+            }
+            return Ok(());
+        }
+        let results = mailsafe::restore::verify_all(&*store, check, parallelism)
+            .await
+            .with_context(|| format!("verify of {what} failed"))?;
+        let failed: Vec<&str> = results
+            .iter()
+            .filter(|(_, r)| r.is_err())
+            .map(|(id, _)| id.as_str())
+            .collect();
+        if args.json {
+            let rows: Vec<serde_json::Value> = results
+                .iter()
+                .map(|(id, r)| match r {
+                    Ok(rep) => serde_json::json!({"snapshot": id, "ok": true, "report": rep}),
+                    Err(e) => {
+                        serde_json::json!({"snapshot": id, "ok": false, "error": e.to_string()})
+                    }
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        } else {
+            for (id, r) in &results {
+                match r {
+                    Ok(rep) => println!(
+                        "ok     {id} (image {})",
+                        indicatif::HumanBytes(rep.stats.db_size)
+                    ),
+                    Err(e) => println!("FAILED {id}: {e}"),
+                }
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(mailsafe::Error::Verification(format!(
+                "{} of {} snapshots in {what} failed: {}",
+                failed.len(),
+                results.len(),
+                failed.join(", ")
+            ))
+            .into())
+        }
+    })
 }
 
 fn watch(_args: WatchArgs) -> anyhow::Result<()> {

@@ -22,21 +22,22 @@ pub enum Error {
     /// bad option value) and should fix the command line.
     #[error("invalid arguments: {0}")]
     Usage(String),
-    /// A local file operation failed.
-    #[error("{path}: {source}")]
+    /// A local file operation failed. (The cause is part of the message, not
+    /// a `source()`, so that `{:#}` chains do not print it twice.)
+    #[error("{path}: {error}")]
     Io {
         /// The file or directory involved.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// SQLite refused or failed on a database file.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Sqlite {
         /// The database file involved.
         path: PathBuf,
         /// The underlying error.
-        source: rusqlite::Error,
+        error: rusqlite::Error,
     },
     /// The object store failed (unreachable endpoint, wrong credentials,
     /// missing bucket); the message names the endpoint, bucket or key.
@@ -60,18 +61,18 @@ impl Error {
     }
 
     /// An [`Error::Io`] for `path`.
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
 
     /// An [`Error::Sqlite`] for `path`.
-    pub fn sqlite(path: impl Into<PathBuf>, source: rusqlite::Error) -> Self {
+    pub fn sqlite(path: impl Into<PathBuf>, error: rusqlite::Error) -> Self {
         Error::Sqlite {
             path: path.into(),
-            source,
+            error,
         }
     }
 }

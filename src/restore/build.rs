@@ -97,7 +97,8 @@ pub async fn build_image(
     for (i, c) in plan.chunks.iter().enumerate() {
         placements.entry(&c.sha256).or_default().push(i as u64);
     }
-    let chunk_len = |pages: u64, i: u64| pages.saturating_sub(i * chunk_pages).min(chunk_pages) * page_size;
+    let chunk_len =
+        |pages: u64, i: u64| pages.saturating_sub(i * chunk_pages).min(chunk_pages) * page_size;
 
     let mut stats = BuildStats::default();
     let par = opts.parallelism.max(1);
@@ -164,10 +165,15 @@ pub async fn build_image(
         let d = d.clone();
         let target = target.clone();
         let page_size = m.db.page_size;
-        let touched = tokio::task::spawn_blocking(move || apply_delta(&stored, &d, &target, page_size))
-            .await
-            .map_err(|e| Error::Other(format!("restore worker failed: {e}")))??;
-        dirty.extend(touched.into_iter().map(|pgno| (u64::from(pgno) - 1) / chunk_pages));
+        let touched =
+            tokio::task::spawn_blocking(move || apply_delta(&stored, &d, &target, page_size))
+                .await
+                .map_err(|e| Error::Other(format!("restore worker failed: {e}")))??;
+        dirty.extend(
+            touched
+                .into_iter()
+                .map(|pgno| (u64::from(pgno) - 1) / chunk_pages),
+        );
         stats.objects += 1;
         stats.bytes += n;
         opts.progress.inc(n);
@@ -231,7 +237,12 @@ fn check_stored(stored: &[u8], sha256: &str, size: u64, key: &str) -> Result<(),
 
 /// Checks a stored delta pack and writes its pages into the image, streaming
 /// (one page in memory). Returns the page numbers it wrote.
-fn apply_delta(stored: &[u8], d: &ObjectRef, target: &Target, page_size: u32) -> Result<Vec<u32>, Error> {
+fn apply_delta(
+    stored: &[u8],
+    d: &ObjectRef,
+    target: &Target,
+    page_size: u32,
+) -> Result<Vec<u32>, Error> {
     let key = d.key.as_str();
     check_stored(stored, &d.sha256, d.size, key)?;
     let bad = |why: String| Error::Verification(format!("{key}: {why}"));
@@ -246,7 +257,9 @@ fn apply_delta(stored: &[u8], d: &ObjectRef, target: &Target, page_size: u32) ->
     let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
     let (ps, page_count, n) = (be(&header[8..12]), be(&header[12..16]), be(&header[16..20]));
     if ps != page_size {
-        return Err(bad(format!("page size {ps}, the snapshot's is {page_size}")));
+        return Err(bad(format!(
+            "page size {ps}, the snapshot's is {page_size}"
+        )));
     }
     if n > page_count {
         return Err(bad(format!("{n} pages in a {page_count}-page db")));
@@ -265,7 +278,10 @@ fn apply_delta(stored: &[u8], d: &ObjectRef, target: &Target, page_size: u32) ->
         target.write_at(&page, u64::from(p - 1) * u64::from(page_size))?;
         touched.push(p);
     }
-    if r.read(&mut pgno).map_err(|e| bad(format!("cannot decompress: {e}")))? != 0 {
+    if r.read(&mut pgno)
+        .map_err(|e| bad(format!("cannot decompress: {e}")))?
+        != 0
+    {
         return Err(bad("trailing bytes after the last page".into()));
     }
     Ok(touched)
@@ -279,13 +295,16 @@ fn check_image(plan: &RestorePlan, target: &Target, dirty: &BTreeSet<u64>) -> Re
     let chunk_pages = u64::from(m.chunk_pages);
     let pages = u64::from(m.db.page_count);
     let base_pages = u64::from(plan.base_page_count);
-    let chunk_len = |pages: u64, i: u64| pages.saturating_sub(i * chunk_pages).min(chunk_pages) * page_size;
+    let chunk_len =
+        |pages: u64, i: u64| pages.saturating_sub(i * chunk_pages).min(chunk_pages) * page_size;
     let n = pages.div_ceil(chunk_pages);
     let mut hashes: Vec<[u8; 32]> = Vec::with_capacity(n as usize);
     let mut buf = Vec::new();
     for i in 0..n {
         let len = chunk_len(pages, i);
-        let reuse = (i as usize) < plan.chunks.len() && !dirty.contains(&i) && len == chunk_len(base_pages, i);
+        let reuse = (i as usize) < plan.chunks.len()
+            && !dirty.contains(&i)
+            && len == chunk_len(base_pages, i);
         let h = if reuse {
             decode_hex32(&plan.chunks[i as usize].sha256)
         } else {
@@ -298,7 +317,7 @@ fn check_image(plan: &RestorePlan, target: &Target, dirty: &BTreeSet<u64>) -> Re
         };
         hashes.push(h);
     }
-    let got = image_digest(m.db.page_size, m.db.page_count, &hashes);
+    let got = format::image_digest(m.db.page_size, m.db.page_count, &hashes);
     if got == m.db.image_sha256 {
         return Ok(());
     }
@@ -329,21 +348,8 @@ fn check_image(plan: &RestorePlan, target: &Target, dirty: &BTreeSet<u64>) -> Re
 }
 
 fn decode_hex32(s: &str) -> [u8; 32] {
-    let mut out = [0u8; 32];
     // Hashes were validated as 64 hex digits when the manifest was parsed.
-    hex::decode_to_slice(s, &mut out).unwrap_or_default();
-    out
-}
-
-/// The image digest as defined in [`format::DbInfo::image_sha256`].
-pub(crate) fn image_digest(page_size: u32, page_count: u32, chunk_hashes: &[[u8; 32]]) -> String {
-    let mut h = Sha256::new();
-    h.update(page_size.to_be_bytes());
-    h.update(page_count.to_be_bytes());
-    for c in chunk_hashes {
-        h.update(c);
-    }
-    hex::encode(h.finalize())
+    format::parse_sha256(s).unwrap_or_default()
 }
 
 /// Which SQLite check runs on a rebuilt image.
@@ -382,7 +388,8 @@ pub fn sqlite_check(path: &Path, check: IntegrityCheck, snapshot: &str) -> Resul
     let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
         | rusqlite::OpenFlags::SQLITE_OPEN_URI
         | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = rusqlite::Connection::open_with_flags(&uri, flags).map_err(|e| Error::sqlite(path, e))?;
+    let conn =
+        rusqlite::Connection::open_with_flags(&uri, flags).map_err(|e| Error::sqlite(path, e))?;
     let result: Result<Vec<String>, rusqlite::Error> = conn
         .prepare(&format!("PRAGMA {pragma}(20)"))
         .and_then(|mut st| st.query_map([], |row| row.get::<_, String>(0))?.collect());

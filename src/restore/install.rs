@@ -93,7 +93,9 @@ pub fn install(tmp: tempfile::NamedTempFile, target: &Path, replace: bool) -> Re
         let mut side = target.as_os_str().to_owned();
         side.push(suffix);
         match std::fs::remove_file(&side) {
-            Ok(()) => tracing::info!(path = %Path::new(&side).display(), "removed stale file of the restore target"),
+            Ok(()) => {
+                tracing::info!(path = %Path::new(&side).display(), "removed stale file of the restore target")
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(side, e)),
         }

@@ -111,7 +111,10 @@ fn progress_bar(enabled: bool) -> indicatif::ProgressBar {
 }
 
 /// Restores a snapshot to `opts.target`, verified, atomically.
-pub async fn restore(store: &dyn ObjectStore, opts: &RestoreOptions) -> Result<RestoreOutcome, Error> {
+pub async fn restore(
+    store: &dyn ObjectStore,
+    opts: &RestoreOptions,
+) -> Result<RestoreOutcome, Error> {
     let started = Instant::now();
     let target = opts.target.as_path();
     let state = install::inspect(target)?;
@@ -136,7 +139,9 @@ pub async fn restore(store: &dyn ObjectStore, opts: &RestoreOptions) -> Result<R
     }
     let id = match plan::pick_id(store, &opts.pick).await {
         Ok(id) => id,
-        Err(Error::NoBackup(why)) if opts.if_replica_exists && plan::list_ids(store).await?.is_empty() => {
+        Err(Error::NoBackup(why))
+            if opts.if_replica_exists && plan::list_ids(store).await?.is_empty() =>
+        {
             tracing::info!(replica = %store.describe(), "no snapshot in the replica, skipping restore (--if-replica-exists): {why}");
             return Ok(RestoreOutcome::SkippedNoReplica);
         }
@@ -152,7 +157,10 @@ pub async fn restore(store: &dyn ObjectStore, opts: &RestoreOptions) -> Result<R
     );
     let tmp = install::temp_next_to(target)?;
     let tmp_path = tmp.path().to_path_buf();
-    let file = tmp.as_file().try_clone().map_err(|e| Error::io(&tmp_path, e))?;
+    let file = tmp
+        .as_file()
+        .try_clone()
+        .map_err(|e| Error::io(&tmp_path, e))?;
     let build_opts = BuildOptions {
         parallelism: opts.parallelism,
         progress: progress_bar(opts.progress),
@@ -202,7 +210,10 @@ pub async fn verify_id(
         .prefix("mailsafe-verify-")
         .tempfile()
         .map_err(|e| Error::io(std::env::temp_dir(), e))?;
-    let file = tmp.as_file().try_clone().map_err(|e| Error::io(tmp.path(), e))?;
+    let file = tmp
+        .as_file()
+        .try_clone()
+        .map_err(|e| Error::io(tmp.path(), e))?;
     let opts = BuildOptions {
         parallelism,
         ..BuildOptions::default()
@@ -240,7 +251,10 @@ pub async fn verify_all(
 ) -> Result<Vec<(String, Result<RestoreReport, Error>)>, Error> {
     let ids = plan::list_ids(store).await?;
     if ids.is_empty() {
-        return Err(Error::NoBackup(format!("no snapshot in {}", store.describe())));
+        return Err(Error::NoBackup(format!(
+            "no snapshot in {}",
+            store.describe()
+        )));
     }
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
@@ -276,13 +290,20 @@ pub struct SnapshotInfo {
 
 /// Lists every snapshot, oldest first. Unreadable manifests are listed with
 /// their error rather than hidden.
-pub async fn list_snapshots(store: &dyn ObjectStore, parallelism: usize) -> Result<Vec<SnapshotInfo>, Error> {
+pub async fn list_snapshots(
+    store: &dyn ObjectStore,
+    parallelism: usize,
+) -> Result<Vec<SnapshotInfo>, Error> {
     let all = plan::load_all(store, parallelism).await?;
     Ok(all
         .into_iter()
         .map(|(id, m)| match m {
             Ok(m) => SnapshotInfo {
-                kind: Some(if m.base == m.id { "base" } else { "incremental" }),
+                kind: Some(if m.base == m.id {
+                    "base"
+                } else {
+                    "incremental"
+                }),
                 created: Some(m.created),
                 base: Some(m.base),
                 db_size: Some(u64::from(m.db.page_size) * u64::from(m.db.page_count)),
@@ -304,4 +325,3 @@ pub async fn list_snapshots(store: &dyn ObjectStore, parallelism: usize) -> Resu
         })
         .collect())
 }
-

@@ -3,7 +3,7 @@
 //! sizes and hashes), checking that the manifests are well formed before a
 //! single data byte is downloaded.
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::Error;
@@ -79,13 +79,10 @@ impl RestorePlan {
     }
 }
 
-/// The time encoded in a snapshot id (`YYYYMMDDTHHMMSS.mmmZ-<hex>`), or
-/// `None` for a key that is not a snapshot id.
+/// The time encoded in a snapshot id, or `None` for a key that is not a
+/// snapshot id.
 pub fn id_time(id: &str) -> Option<DateTime<Utc>> {
-    let (stamp, _) = id.split_once('Z')?;
-    NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%S%.f")
-        .ok()
-        .map(|t| t.and_utc())
+    format::snapshot_id_time(id)
 }
 
 /// Ids of every snapshot in the replica, oldest first. Keys under
@@ -96,10 +93,7 @@ pub async fn list_ids(store: &dyn ObjectStore) -> Result<Vec<String>, Error> {
         .await?
         .into_iter()
         .filter_map(|meta| {
-            let id = meta
-                .key
-                .strip_prefix(format::MANIFESTS)?
-                .strip_suffix(".json")?;
+            let id = format::manifest_id(&meta.key)?;
             (!id.is_empty() && !id.contains('/')).then(|| id.to_string())
         })
         .collect();
@@ -153,37 +147,7 @@ pub(crate) fn missing_is_broken(err: StoreError, snapshot: &str) -> Error {
 /// version whose id matches its key, with sane sizes.
 pub fn parse_manifest(bytes: &[u8], key: &str) -> Result<Manifest, Error> {
     let bad = |why: String| Error::Verification(format!("{key}: {why}"));
-    // Check the envelope first so that a manifest of a newer version gets a
-    // clear "unknown version" rather than a field-level parse error.
-    #[derive(serde::Deserialize)]
-    struct Envelope {
-        format: Option<String>,
-        version: Option<u32>,
-    }
-    let env: Envelope = serde_json::from_slice(bytes)
-        .map_err(|e| bad(format!("not a mailsafe manifest (not JSON: {e})")))?;
-    if env.format.as_deref() != Some(format::FORMAT_NAME) {
-        return Err(bad(format!(
-            "not a mailsafe manifest (format is {:?}, expected {:?})",
-            env.format.unwrap_or_default(),
-            format::FORMAT_NAME
-        )));
-    }
-    match env.version {
-        Some(v) if v == format::FORMAT_VERSION => {}
-        Some(v) => {
-            return Err(bad(format!(
-                "manifest of unknown format version {v} (this build reads version {}); upgrade mailsafe",
-                format::FORMAT_VERSION
-            )));
-        }
-        None => return Err(bad("manifest has no format version".into())),
-    }
-    let m: Manifest = serde_json::from_slice(bytes)
-        .map_err(|e| bad(format!("malformed manifest: {e}")))?;
-    if format::manifest_key(&m.id) != key {
-        return Err(bad(format!("manifest names snapshot {:?}, not its key", m.id)));
-    }
+    let m = Manifest::from_json(key, bytes)?;
     let ps = m.db.page_size;
     if !(512..=65536).contains(&ps) || !ps.is_power_of_two() {
         return Err(bad(format!("invalid page size {ps}")));
@@ -225,7 +189,10 @@ pub fn parse_manifest(bytes: &[u8], key: &str) -> Result<Manifest, Error> {
 /// Downloads and parses the manifest of snapshot `id`.
 pub async fn load_manifest(store: &dyn ObjectStore, id: &str) -> Result<Manifest, Error> {
     let key = format::manifest_key(id);
-    let bytes = store.get(&key).await.map_err(|e| missing_is_broken(e, id))?;
+    let bytes = store
+        .get(&key)
+        .await
+        .map_err(|e| missing_is_broken(e, id))?;
     parse_manifest(&bytes, &key)
 }
 
@@ -307,11 +274,11 @@ mod tests {
     fn parse_manifest_names_the_key_and_refuses_unknown_versions() {
         let key = "manifests/x.json";
         for (body, want) in [
-            (&b"\x00\x01garbage"[..], "not JSON"),
-            (br#"{"hello":1}"#, "not a mailsafe manifest"),
+            (&b"\x00\x01garbage"[..], "not a valid mailsafe manifest"),
+            (br#"{"hello":1}"#, "unsupported manifest format"),
             (
                 br#"{"format":"mailsafe-manifest","version":99}"#,
-                "unknown format version 99",
+                "version 99",
             ),
         ] {
             let err = parse_manifest(body, key).unwrap_err();
