@@ -13,8 +13,7 @@
 //! from `srcdoc` with its own CSP that blocks scripts, and remote content
 //! unless the user asks for it.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use axum::Router;
 use axum::extract::Path;
@@ -89,103 +88,6 @@ pub async fn protect_message_content(
             HeaderValue::from_static("nosniff"),
         );
     }
-    res
-}
-
-/// Decides whether a user name and password are valid.
-pub type VerifyFn = dyn Fn(&str, &str) -> bool + Send + Sync;
-
-/// HTTP Basic authentication for the UI and the API (Mailpit's `MP_UI_AUTH`
-/// / `MP_UI_AUTH_FILE`). The check itself is a function so that the same
-/// credential store as SMTP AUTH (plain or bcrypt passwords) can be used.
-#[derive(Clone)]
-pub struct BasicAuth {
-    verify: Arc<VerifyFn>,
-    /// SHA-256 of `user:password` pairs that passed. bcrypt costs tens of
-    /// milliseconds by design, and the UI sends a request per click plus one
-    /// per message opened: checking each from scratch would make the UI slow
-    /// and the server easy to load. Only digests are kept, never passwords.
-    passed: Arc<Mutex<HashSet<[u8; 32]>>>,
-}
-
-impl std::fmt::Debug for BasicAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("BasicAuth")
-    }
-}
-
-/// How many verified credential digests are remembered; past that the cache
-/// starts over (a bound, so guessing cannot grow memory: only successes are
-/// cached anyway).
-const AUTH_CACHE_MAX: usize = 256;
-
-impl BasicAuth {
-    /// Accepts a request when `verify(user, password)` is true.
-    pub fn new(verify: impl Fn(&str, &str) -> bool + Send + Sync + 'static) -> Self {
-        Self {
-            verify: Arc::new(verify),
-            passed: Arc::default(),
-        }
-    }
-
-    /// Checks an `Authorization` header value.
-    async fn check(&self, header: Option<&HeaderValue>) -> bool {
-        let Some((user, pass)) = header.and_then(parse_basic) else {
-            return false;
-        };
-        let digest: [u8; 32] = Sha256::digest(format!("{user}:{pass}").as_bytes()).into();
-        if self.passed.lock().is_ok_and(|p| p.contains(&digest)) {
-            return true;
-        }
-        let verify = self.verify.clone();
-        // bcrypt is slow on purpose: keep it off the async workers.
-        let ok = tokio::task::spawn_blocking(move || verify(&user, &pass))
-            .await
-            .unwrap_or(false);
-        if ok && let Ok(mut p) = self.passed.lock() {
-            if p.len() >= AUTH_CACHE_MAX {
-                p.clear();
-            }
-            p.insert(digest);
-        }
-        ok
-    }
-}
-
-/// `Basic base64(user:password)` → (user, password).
-fn parse_basic(v: &HeaderValue) -> Option<(String, String)> {
-    use base64::Engine as _;
-    let v = v.to_str().ok()?;
-    let (scheme, b64) = v.trim().split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .ok()?;
-    let text = String::from_utf8(raw).ok()?;
-    let (u, p) = text.split_once(':')?;
-    Some((u.to_owned(), p.to_owned()))
-}
-
-/// Middleware: answers `401` with a Basic challenge unless the request
-/// carries valid credentials. Browsers then ask once and resend them with
-/// every request of the page, the websocket included.
-///
-/// Use as `router.layer(axum::middleware::from_fn_with_state(auth, ui::require_basic_auth))`.
-pub async fn require_basic_auth(
-    axum::extract::State(auth): axum::extract::State<BasicAuth>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if auth.check(req.headers().get(header::AUTHORIZATION)).await {
-        return next.run(req).await;
-    }
-    let mut res = (StatusCode::UNAUTHORIZED, "authentication required\n").into_response();
-    res.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Basic realm=\"mailsafe\", charset=\"UTF-8\""),
-    );
     res
 }
 
@@ -422,60 +324,6 @@ mod tests {
         // The page keeps its own policy, not the sandbox.
         let page = client().get(format!("{base}/")).send().await.unwrap();
         assert_eq!(page.headers()[header::CONTENT_SECURITY_POLICY], CSP);
-    }
-
-    #[tokio::test]
-    async fn basic_auth_guards_every_route() {
-        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counted = calls.clone();
-        let auth = BasicAuth::new(move |u, p| {
-            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            u == "ann" && p == "s3cr:et"
-        });
-        let app = Router::new()
-            .route("/api/v1/messages", get(|| async { "{}" }))
-            .merge(router())
-            .layer(axum::middleware::from_fn_with_state(
-                auth,
-                require_basic_auth,
-            ));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-
-        for path in ["/", "/ui/app.js", "/api/v1/messages"] {
-            let res = client().get(format!("{base}{path}")).send().await.unwrap();
-            assert_eq!(res.status(), 401, "{path}");
-            let challenge = res.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
-            assert!(challenge.starts_with("Basic realm="), "{challenge}");
-        }
-        let wrong = client()
-            .get(format!("{base}/api/v1/messages"))
-            .basic_auth("ann", Some("nope"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(wrong.status(), 401);
-        let garbage = client()
-            .get(format!("{base}/api/v1/messages"))
-            .header(header::AUTHORIZATION, "Basic !!!not-base64")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(garbage.status(), 401);
-        // A password may itself contain ':' (only the first one splits).
-        for _ in 0..3 {
-            let ok = client()
-                .get(format!("{base}/api/v1/messages"))
-                .basic_auth("ann", Some("s3cr:et"))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(ok.status(), 200);
-        }
-        // The wrong password and one success were checked; the repeats came
-        // from the cache.
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
