@@ -30,6 +30,7 @@
     remote: false,       // load remote content in the open message
     statsSeen: false,    // the server sends "stats" events: trust them for counts
     listSeq: 0,          // guards against out-of-order list responses
+    label: '',           // MP_LABEL, to tell several catchers apart
   };
 
   // ---------- helpers ----------
@@ -195,7 +196,7 @@
   function updateTitle() {
     const count = state.unread > 0 ? `(${state.unread}) ` : '';
     const m = state.open && state.message;
-    document.title = `${count}${m ? `${m.Subject || '(no subject)'} – ` : ''}mailsafe`;
+    document.title = `${count}${m ? `${m.Subject || '(no subject)'} – ` : ''}${state.label ? `${state.label} – ` : ''}mailsafe`;
   }
 
   function markNav() {
@@ -915,7 +916,23 @@
     if (handled) e.preventDefault();
   }
 
+  // Server-side UI settings (Mailpit's /api/v1/webui): a label, and whether
+  // "Delete all" is hidden. Optional: the UI works the same without them.
+  async function loadSettings() {
+    try {
+      const w = await api('GET', '/api/v1/webui');
+      if (w && w.Label) {
+        state.label = String(w.Label);
+        $('label').textContent = state.label;
+        $('label').hidden = false;
+        updateTitle();
+      }
+      if (w && w.HideDeleteAllButton) $('btn-delete-all').hidden = true;
+    } catch (e) { /* older servers: defaults */ }
+  }
+
   bind();
   route().catch(fail);
   connect();
+  loadSettings();
 })();
