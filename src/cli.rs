@@ -115,6 +115,56 @@ pub struct ServeArgs {
     /// How long shutdown may take, final snapshot included.
     #[arg(long, env = "MAILSAFE_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: std::time::Duration,
+    /// Tenant ID: prefixes every table so several catchers can share a db.
+    #[arg(long, env = "MP_TENANT_ID", default_value = "")]
+    pub tenant_id: String,
+    /// Keep at most this many messages, pruning the oldest (0 = unlimited).
+    #[arg(long, env = "MP_MAX_MESSAGES", default_value_t = 500)]
+    pub max_messages: u64,
+    /// Prune messages older than this (e.g. `36h`, `7d`).
+    #[arg(long, env = "MP_MAX_AGE", value_parser = humantime::parse_duration)]
+    pub max_age: Option<std::time::Duration>,
+    /// Largest accepted message, in MB.
+    #[arg(long, env = "MP_MAX_MESSAGE_SIZE", default_value_t = 50)]
+    pub max_message_size: usize,
+    /// Most recipients per message; more are refused with 452.
+    #[arg(long, env = "MP_SMTP_MAX_RECIPIENTS", default_value_t = 100)]
+    pub smtp_max_recipients: usize,
+    /// SMTP AUTH users, space-separated `user:password` pairs (passwords may
+    /// be bcrypt hashes). Makes authentication mandatory.
+    #[arg(long, env = "MP_SMTP_AUTH", hide_env_values = true)]
+    pub smtp_auth: Option<String>,
+    /// File of `user:password` lines (htpasswd style, bcrypt allowed).
+    #[arg(long, env = "MP_SMTP_AUTH_FILE")]
+    pub smtp_auth_file: Option<PathBuf>,
+    /// Offer SMTP AUTH and accept any username and password.
+    #[arg(long, env = "MP_SMTP_AUTH_ACCEPT_ANY")]
+    pub smtp_auth_accept_any: bool,
+    /// Allow AUTH PLAIN/LOGIN on connections without TLS.
+    #[arg(long, env = "MP_SMTP_AUTH_ALLOW_INSECURE")]
+    pub smtp_auth_allow_insecure: bool,
+    /// PEM certificate for SMTP STARTTLS (or implicit TLS).
+    #[arg(long, env = "MP_SMTP_TLS_CERT")]
+    pub smtp_tls_cert: Option<PathBuf>,
+    /// PEM private key for SMTP TLS.
+    #[arg(long, env = "MP_SMTP_TLS_KEY")]
+    pub smtp_tls_key: Option<PathBuf>,
+    /// Refuse MAIL until the client has issued STARTTLS.
+    #[arg(long, env = "MP_SMTP_REQUIRE_STARTTLS")]
+    pub smtp_require_starttls: bool,
+    /// Implicit TLS (SMTPS): TLS from the first byte, as Mailpit's
+    /// `MP_SMTP_REQUIRE_TLS`.
+    #[arg(long, env = "MP_SMTP_REQUIRE_TLS")]
+    pub smtp_require_tls: bool,
+    /// Same as `--smtp-require-tls`.
+    #[arg(long, env = "MP_SMTP_TLS_IMPLICIT")]
+    pub smtp_tls_implicit: bool,
+    /// Most concurrent SMTP connections; more are refused with 421.
+    #[arg(long, env = "MAILSAFE_SMTP_MAX_CONNECTIONS", default_value_t = 1000)]
+    pub smtp_max_connections: usize,
+    /// Close SMTP connections that make no progress for this long.
+    #[arg(long, env = "MAILSAFE_SMTP_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub smtp_idle_timeout: std::time::Duration,
 }
 
 /// `mailsafe snapshot`.
@@ -299,15 +349,91 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = mailsafe_catcher::Config {
-        database: args.db,
-        smtp_bind: args.smtp,
-        http_bind: args.listen,
+/// Maps `serve`'s flags and `MP_*` variables onto the catcher's config.
+fn catcher_config(args: &ServeArgs) -> anyhow::Result<mailsafe_catcher::Config> {
+    use anyhow::Context;
+    use mailsafe_catcher::smtp::{AuthPolicy, Credentials};
+    let mut users = Credentials::default();
+    if let Some(list) = &args.smtp_auth {
+        users.extend(Credentials::parse(list)?);
+    }
+    if let Some(path) = &args.smtp_auth_file {
+        users.extend(Credentials::from_file(path)?);
+    }
+    let smtp_auth = if !users.is_empty() {
+        AuthPolicy::Users(std::sync::Arc::new(users))
+    } else if args.smtp_auth_accept_any {
+        AuthPolicy::AcceptAny
+    } else if args.smtp_auth.is_some() || args.smtp_auth_file.is_some() {
+        anyhow::bail!("SMTP auth is configured but lists no users");
+    } else {
+        AuthPolicy::None
     };
-    runtime()?.block_on(mailsafe_catcher::run(config, async {
+    let max_message_size = args
+        .max_message_size
+        .checked_mul(1024 * 1024)
+        .context("--max-message-size is too large")?;
+    Ok(mailsafe_catcher::Config {
+        database: args.db.clone(),
+        smtp_bind: args.smtp.clone(),
+        http_bind: args.listen.clone(),
+        tenant: args.tenant_id.clone(),
+        max_messages: args.max_messages,
+        max_age: args.max_age,
+        max_message_size,
+        smtp_max_recipients: args.smtp_max_recipients,
+        smtp_auth,
+        smtp_auth_allow_insecure: args.smtp_auth_allow_insecure,
+        smtp_tls_cert: args.smtp_tls_cert.clone(),
+        smtp_tls_key: args.smtp_tls_key.clone(),
+        smtp_require_starttls: args.smtp_require_starttls,
+        smtp_implicit_tls: args.smtp_require_tls || args.smtp_tls_implicit,
+        smtp_max_connections: args.smtp_max_connections,
+        smtp_idle_timeout: args.smtp_idle_timeout,
+        shutdown_timeout: args.shutdown_timeout,
+    })
+}
+
+/// Completes on SIGINT or SIGTERM (what Kubernetes sends before killing).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
         let _ = tokio::signal::ctrl_c().await;
-    }))?;
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let config = catcher_config(&args)?;
+    let db = config.database.display().to_string();
+    runtime()?.block_on(async {
+        let catcher = mailsafe_catcher::Catcher::bind(config)
+            .await
+            .with_context(|| format!("cannot start the catcher on {db}"))?;
+        tracing::info!(
+            smtp = %catcher.smtp_addr(),
+            http = %catcher.http_addr(),
+            db = %db,
+            "mailsafe catcher running"
+        );
+        catcher.run(shutdown_signal()).await?;
+        anyhow::Ok(())
+    })?;
     Ok(())
 }
 

@@ -1,7 +1,11 @@
 //! Catcher configuration, named after Mailpit's settings so that the same
-//! `MP_*` environment works for both.
+//! `MP_*` environment works for both (the binary maps flags and env vars
+//! onto this struct; the library never reads the environment itself).
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::smtp::AuthPolicy;
 
 /// Everything the catcher needs to start.
 #[derive(Debug, Clone)]
@@ -12,6 +16,37 @@ pub struct Config {
     pub smtp_bind: String,
     /// HTTP listen address (`MP_UI_BIND_ADDR`).
     pub http_bind: String,
+    /// Tenant whose tables this instance uses (`MP_TENANT_ID`).
+    pub tenant: String,
+    /// Keep at most this many messages, 0 = unlimited (`MP_MAX_MESSAGES`).
+    pub max_messages: u64,
+    /// Prune messages older than this (`MP_MAX_AGE`).
+    pub max_age: Option<Duration>,
+    /// Largest accepted message in bytes (`MP_MAX_MESSAGE_SIZE` is in MB).
+    pub max_message_size: usize,
+    /// Most recipients per message (`MP_SMTP_MAX_RECIPIENTS`).
+    pub smtp_max_recipients: usize,
+    /// SMTP AUTH: off, accept anything, or a set of users (`MP_SMTP_AUTH`,
+    /// `MP_SMTP_AUTH_FILE`, `MP_SMTP_AUTH_ACCEPT_ANY`).
+    pub smtp_auth: AuthPolicy,
+    /// Allow AUTH PLAIN/LOGIN without TLS (`MP_SMTP_AUTH_ALLOW_INSECURE`).
+    pub smtp_auth_allow_insecure: bool,
+    /// PEM certificate for STARTTLS / implicit TLS (`MP_SMTP_TLS_CERT`).
+    pub smtp_tls_cert: Option<PathBuf>,
+    /// PEM private key (`MP_SMTP_TLS_KEY`).
+    pub smtp_tls_key: Option<PathBuf>,
+    /// Refuse MAIL until the client has done STARTTLS
+    /// (`MP_SMTP_REQUIRE_STARTTLS`).
+    pub smtp_require_starttls: bool,
+    /// Speak TLS from the first byte, SMTPS style (`MP_SMTP_REQUIRE_TLS`,
+    /// as in Mailpit, or `MP_SMTP_TLS_IMPLICIT`).
+    pub smtp_implicit_tls: bool,
+    /// Most concurrent SMTP connections; more get 421.
+    pub smtp_max_connections: usize,
+    /// Close SMTP connections idle this long.
+    pub smtp_idle_timeout: Duration,
+    /// How long shutdown waits for SMTP transactions in flight.
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for Config {
@@ -20,6 +55,20 @@ impl Default for Config {
             database: PathBuf::from("mailsafe.db"),
             smtp_bind: "0.0.0.0:1025".into(),
             http_bind: "0.0.0.0:8025".into(),
+            tenant: String::new(),
+            max_messages: 500,
+            max_age: None,
+            max_message_size: 50 * 1024 * 1024,
+            smtp_max_recipients: 100,
+            smtp_auth: AuthPolicy::None,
+            smtp_auth_allow_insecure: false,
+            smtp_tls_cert: None,
+            smtp_tls_key: None,
+            smtp_require_starttls: false,
+            smtp_implicit_tls: false,
+            smtp_max_connections: 1000,
+            smtp_idle_timeout: Duration::from_secs(300),
+            shutdown_timeout: Duration::from_secs(10),
         }
     }
 }

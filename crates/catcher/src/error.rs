@@ -11,4 +11,16 @@ pub enum Error {
         /// Why binding failed.
         source: std::io::Error,
     },
+    /// The configuration is inconsistent.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The message store could not be opened.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    /// The SMTP server could not start.
+    #[error(transparent)]
+    Smtp(#[from] crate::smtp::server::ServerError),
+    /// The HTTP server failed.
+    #[error("HTTP server failed: {0}")]
+    Http(std::io::Error),
 }

@@ -3,7 +3,8 @@
 //! updates.
 //!
 //! Data flows `smtp` → `storage` (the one trait seam: where messages live) →
-//! `api` / `ui`. [`run`] wires them together; `mailsafe serve` calls it.
+//! `api` / `ui`. [`Catcher`] binds everything and [`Catcher::run`] serves it;
+//! [`run`] does both for `mailsafe serve`.
 
 pub mod api;
 pub mod config;
@@ -12,17 +13,132 @@ pub mod smtp;
 pub mod storage;
 pub mod ui;
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
 pub use config::Config;
 pub use error::Error;
+
+use smtp::{Limits, ServerOptions, SmtpServer};
+use storage::{Store, StoreOptions};
 
 /// Runs the catcher until `shutdown` completes, then stops accepting SMTP,
 /// lets open sessions finish, and returns once every acknowledged message is
 /// committed.
-pub async fn run(
-    config: Config,
-    shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), Error> {
-    let _ = config;
-    shutdown.await;
-    Ok(())
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+    Catcher::bind(config).await?.run(shutdown).await
+}
+
+/// A catcher whose store is open and whose listeners are bound, so callers
+/// (tests, `serve --replica`) can learn the real addresses before serving.
+pub struct Catcher {
+    store: Store,
+    smtp: SmtpServer,
+    http: tokio::net::TcpListener,
+    shutdown_timeout: Duration,
+}
+
+impl Catcher {
+    /// Opens the database and binds the SMTP and HTTP addresses.
+    pub async fn bind(config: Config) -> Result<Self, Error> {
+        let store_options = StoreOptions {
+            tenant: config.tenant.clone(),
+            max_messages: config.max_messages,
+            max_age: config.max_age,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(&config.database, store_options)?;
+        let tls = match (&config.smtp_tls_cert, &config.smtp_tls_key) {
+            (Some(cert), Some(key)) => Some(smtp::server::load_tls(cert, key)?),
+            (None, None) => None,
+            _ => {
+                return Err(Error::Config(
+                    "MP_SMTP_TLS_CERT and MP_SMTP_TLS_KEY must be set together".into(),
+                ));
+            }
+        };
+        if tls.is_none() && (config.smtp_implicit_tls || config.smtp_require_starttls) {
+            return Err(Error::Config(
+                "SMTP TLS is required but MP_SMTP_TLS_CERT/MP_SMTP_TLS_KEY are not set".into(),
+            ));
+        }
+        let options = ServerOptions {
+            limits: Limits {
+                max_message_size: config.max_message_size,
+                max_recipients: config.smtp_max_recipients,
+                require_tls: config.smtp_require_starttls,
+                auth: config.smtp_auth.clone(),
+                auth_allow_insecure: config.smtp_auth_allow_insecure,
+                ..Limits::default()
+            },
+            tls,
+            implicit_tls: config.smtp_implicit_tls,
+            max_connections: config.smtp_max_connections,
+            idle_timeout: config.smtp_idle_timeout,
+            drain_timeout: config.shutdown_timeout,
+        };
+        let smtp = SmtpServer::bind(&config.smtp_bind, options, store.clone()).await?;
+        let http = tokio::net::TcpListener::bind(&config.http_bind)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: config.http_bind.clone(),
+                source,
+            })?;
+        Ok(Self {
+            store,
+            smtp,
+            http,
+            shutdown_timeout: config.shutdown_timeout,
+        })
+    }
+
+    /// The SMTP address actually bound.
+    pub fn smtp_addr(&self) -> SocketAddr {
+        self.smtp
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The HTTP address actually bound.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The message store (shared with the API).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Serves SMTP and HTTP until `shutdown` completes. SMTP stops first
+    /// (sessions in a transaction may finish it), then HTTP; the store is
+    /// dropped last, after every acknowledged message was committed.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let router = http_router(&self.store);
+        let http = axum::serve(self.http, router).with_graceful_shutdown(stopped(stop_rx.clone()));
+        let http = tokio::spawn(async move { http.await });
+        let smtp = tokio::spawn(self.smtp.run(stopped(stop_rx)));
+        shutdown.await;
+        tracing::info!("shutting down: SMTP first, then HTTP");
+        let _ = stop_tx.send(true);
+        let _ = smtp.await;
+        // Open HTTP streams (websockets) must not hold the process forever.
+        match tokio::time::timeout(self.shutdown_timeout, http).await {
+            Ok(Ok(Err(source))) => Err(Error::Http(source)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The HTTP side: Mailpit's `/api/v1` and the web UI on one router.
+fn http_router(store: &Store) -> axum::Router {
+    // The API router joins here once `api::router(store)` exists.
+    let _ = store;
+    ui::router()
 }

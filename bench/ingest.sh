@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# SMTP ingest benchmark: Postfix's smtp-source (10 sessions, 4 KiB messages,
+# 20k messages) against mailsafe and against maildev (npm) in one run, on
+# this machine. Prints msgs/s for each and writes them to bench/RESULTS.md
+# (section "SMTP ingest").
+#
+# Durability: mailsafe answers 250 only after the message's transaction is
+# committed with SQLite synchronous=FULL in WAL mode (an fsync per commit),
+# and concurrent sessions share commits (group commit), so every message the
+# benchmark counts as sent is on disk. maildev keeps mail in memory/files
+# without fsync, so the comparison favours maildev.
+#
+# Usage: bench/ingest.sh            (MESSAGES=20000 SESSIONS=10 SIZE=4096)
+#        MAILDEV_MESSAGES=2000 bench/ingest.sh   (shorter maildev run; msgs/s
+#        is a rate, so a smaller count still measures it)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+MESSAGES="${MESSAGES:-20000}"
+SESSIONS="${SESSIONS:-10}"
+SIZE="${SIZE:-4096}"
+MAILDEV_MESSAGES="${MAILDEV_MESSAGES:-$MESSAGES}"
+
+log() { echo "[ingest] $*" >&2; }
+
+command -v smtp-source >/dev/null 2>&1 || bash scripts/setup.sh
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+wait_port() {
+  for _ in $(seq 1 200); do
+    if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  log "nothing listens on port $1"; return 1
+}
+
+# Runs smtp-source against port $1 with $2 messages; prints msgs/s.
+blast() {
+  local port=$1 count=$2 start end
+  start=$(date +%s.%N)
+  smtp-source -s "$SESSIONS" -l "$SIZE" -m "$count" -c \
+    -f sender@example.com -t rcpt@example.com "127.0.0.1:$port" >/dev/null
+  end=$(date +%s.%N)
+  python3 -c "print(f'{$count/($end-$start):.0f}')"
+}
+
+log "building mailsafe (release)"
+cargo build --release --bin mailsafe >&2
+bin="$root/target/release/mailsafe"
+
+smtp_port=$(free_port); http_port=$(free_port)
+MP_MAX_MESSAGES=0 "$bin" serve --db "$work/bench.db" \
+  --smtp "127.0.0.1:$smtp_port" --listen "127.0.0.1:$http_port" 2>"$work/mailsafe.log" &
+pids+=($!)
+wait_port "$smtp_port"
+log "mailsafe: $MESSAGES messages, $SESSIONS sessions, $SIZE bytes"
+mailsafe_rate=$(blast "$smtp_port" "$MESSAGES")
+stored=$(curl -s "http://127.0.0.1:$http_port/api/v1/messages?limit=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"])' 2>/dev/null || echo "?")
+if [ "$stored" = "?" ]; then
+  stored=$(sqlite3 "$work/bench.db" "select count(*) from mailbox" 2>/dev/null || echo "?")
+fi
+log "mailsafe: $mailsafe_rate msgs/s, $stored stored"
+rss_kb=$(awk '/VmHWM/{print $2}' "/proc/${pids[0]}/status" 2>/dev/null || echo "?")
+
+log "installing maildev under bench/node_modules"
+if [ ! -x bench/node_modules/.bin/maildev ]; then
+  (cd bench && npm install --no-audit --no-fund --silent --no-save maildev >&2)
+fi
+md_smtp=$(free_port); md_web=$(free_port)
+bench/node_modules/.bin/maildev --ip 127.0.0.1 --smtp "$md_smtp" --web "$md_web" --silent >"$work/maildev.log" 2>&1 &
+pids+=($!)
+wait_port "$md_smtp"
+log "maildev: $MAILDEV_MESSAGES messages"
+maildev_rate=$(blast "$md_smtp" "$MAILDEV_MESSAGES")
+log "maildev: $maildev_rate msgs/s"
+maildev_version=$(node -p 'require("./bench/node_modules/maildev/package.json").version' 2>/dev/null || echo "?")
+
+ratio=$(python3 -c "print(f'{$mailsafe_rate/max($maildev_rate,1):.1f}')")
+cores=$(nproc)
+section=$(cat <<EOF
+## SMTP ingest
+
+\`bench/ingest.sh\`, $(date -u +%Y-%m-%d), $cores cores: Postfix \`smtp-source -s $SESSIONS -l $SIZE\`,
+messages acknowledged with 250 per second (mailsafe: each one committed to SQLite, synchronous=FULL, WAL, group commit).
+
+| server | messages | msgs/s |
+|---|---|---|
+| mailsafe | $MESSAGES ($stored stored, peak RSS ${rss_kb} KiB) | $mailsafe_rate |
+| maildev $maildev_version (npm) | $MAILDEV_MESSAGES | $maildev_rate |
+
+mailsafe / maildev: **${ratio}x** (targets: ≥ 20x and ≥ 2,000 msgs/s).
+EOF
+)
+python3 - "$section" <<'PY'
+import re, sys, pathlib
+section = sys.argv[1].rstrip() + "\n"
+p = pathlib.Path("bench/RESULTS.md")
+text = p.read_text() if p.exists() else "# Benchmark results\n"
+pattern = re.compile(r"^## SMTP ingest\n.*?(?=^## |\Z)", re.S | re.M)
+if pattern.search(text):
+    text = pattern.sub(lambda _: section + "\n", text)
+else:
+    text = text.rstrip() + "\n\n" + section
+p.write_text(text)
+PY
+echo "$section"

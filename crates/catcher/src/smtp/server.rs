@@ -1,0 +1,386 @@
+//! The SMTP server: accepts TCP connections (optionally with implicit TLS),
+//! drives one [`Session`] per connection, upgrades on STARTTLS, and hands
+//! every message to the [`Store`], answering 250 only after the store says
+//! the message is durable.
+//!
+//! Defences against hostile clients live here, where the clock and sockets
+//! are: a cap on concurrent connections (extra ones get 421 and are closed),
+//! an idle timeout that only progress resets (a complete line, or message
+//! content), a write timeout, and fixed-size read buffers.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, timeout};
+use tokio_rustls::TlsAcceptor;
+
+use super::proto::{Event, Limits, Reply, Session};
+use crate::storage::{NewMessage, Store};
+
+/// Bytes read from a socket at a time; with the session's own bounded
+/// buffers this caps per-connection memory apart from the message itself.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// How the server runs, beyond the protocol limits.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Protocol limits and offered features.
+    pub limits: Limits,
+    /// Certificate and key for STARTTLS / implicit TLS.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Speak TLS from the first byte (SMTPS, port 465 style) instead of
+    /// offering STARTTLS.
+    pub implicit_tls: bool,
+    /// Most connections served at once; more are refused with 421.
+    pub max_connections: usize,
+    /// Close a connection that makes no progress for this long.
+    pub idle_timeout: Duration,
+    /// On shutdown, how long sessions may take to finish the transaction
+    /// they are in.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            tls: None,
+            implicit_tls: false,
+            max_connections: 1000,
+            idle_timeout: Duration::from_secs(300),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Errors setting up the SMTP server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The listen address could not be bound.
+    #[error("cannot listen for SMTP on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The TLS certificate or key could not be loaded.
+    #[error("cannot load SMTP TLS {what} from {path}: {reason}")]
+    Tls {
+        /// `certificate` or `key`.
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Loads a PEM certificate chain and private key into a rustls server
+/// configuration.
+pub fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, ServerError> {
+    let tls_err = |what, path: &Path, reason: String| ServerError::Tls {
+        what,
+        path: path.display().to_string(),
+        reason,
+    };
+    let cert_pem = std::fs::read(cert).map_err(|e| tls_err("certificate", cert, e.to_string()))?;
+    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_err("certificate", cert, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(tls_err("certificate", cert, "no certificate found".into()));
+    }
+    let key_pem = std::fs::read(key).map_err(|e| tls_err("key", key, e.to_string()))?;
+    let private = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| tls_err("key", key, e.to_string()))?
+        .ok_or_else(|| tls_err("key", key, "no private key found".into()))?;
+    // Name the provider explicitly: several rustls users in the workspace
+    // may enable more than one, and then the implicit default panics.
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_err("certificate", cert, e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, private)
+        .map_err(|e| tls_err("key", key, e.to_string()))?;
+    Ok(Arc::new(config))
+}
+
+/// A bound SMTP server, ready to [`run`](SmtpServer::run).
+pub struct SmtpServer {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    drain_timeout: Duration,
+}
+
+/// What every session task needs.
+struct Shared {
+    limits: Arc<Limits>,
+    tls: Option<TlsAcceptor>,
+    implicit_tls: bool,
+    idle_timeout: Duration,
+    max_connections: usize,
+    connections: Arc<Semaphore>,
+    store: Store,
+}
+
+impl SmtpServer {
+    /// Binds `addr` (use port 0 for a free port).
+    pub async fn bind(
+        addr: &str,
+        mut options: ServerOptions,
+        store: Store,
+    ) -> Result<Self, ServerError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: addr.to_owned(),
+                source,
+            })?;
+        options.limits.starttls = options.tls.is_some() && !options.implicit_tls;
+        let max_connections = options.max_connections.max(1);
+        let shared = Shared {
+            limits: Arc::new(options.limits),
+            tls: options.tls.map(TlsAcceptor::from),
+            implicit_tls: options.implicit_tls,
+            idle_timeout: options.idle_timeout,
+            max_connections,
+            connections: Arc::new(Semaphore::new(max_connections)),
+            store,
+        };
+        Ok(Self {
+            listener,
+            shared: Arc::new(shared),
+            drain_timeout: options.drain_timeout,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes; then stops accepting, tells idle
+    /// sessions goodbye (421), lets sessions inside a transaction finish it
+    /// (up to the drain timeout), and returns. Every message answered 250
+    /// was committed before its answer, so nothing acknowledged is lost.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut sessions = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => self.admit(stream, peer, &mut sessions, &stop_rx),
+                    Err(e) => {
+                        // Usually EMFILE: back off instead of spinning.
+                        tracing::warn!(error = %e, "SMTP accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        drop(self.listener);
+        let _ = stop_tx.send(true);
+        let drained = timeout(self.drain_timeout, async {
+            while sessions.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                sessions = sessions.len(),
+                "SMTP sessions still open after the drain timeout; closing them"
+            );
+            sessions.shutdown().await;
+        }
+    }
+
+    fn admit(
+        &self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        sessions: &mut JoinSet<()>,
+        stop: &watch::Receiver<bool>,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = self.shared.connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, max = self.shared.max_connections, "SMTP connection refused: too many connections");
+            // Answer in a detached task so a client that does not read
+            // cannot stall the accept loop.
+            tokio::spawn(async move {
+                let reply = Reply {
+                    code: 421,
+                    lines: vec!["4.7.0 Too many connections, try again later".into()],
+                };
+                let _ = timeout(Duration::from_secs(5), stream.write_all(&reply.to_bytes())).await;
+            });
+            return;
+        };
+        let shared = self.shared.clone();
+        let stop = stop.clone();
+        sessions.spawn(async move {
+            let _permit = permit;
+            if let Err(e) = serve_connection(stream, &shared, stop).await {
+                tracing::debug!(%peer, error = %e, "SMTP connection ended");
+            }
+        });
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    shared: &Shared,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; READ_CHUNK];
+    if shared.implicit_tls {
+        let Some(acceptor) = &shared.tls else {
+            return Ok(());
+        };
+        let mut tls = timeout(shared.idle_timeout, acceptor.accept(stream))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        let mut session = Session::new(shared.limits.clone(), true);
+        write(&mut tls, &session.greeting().to_bytes(), shared).await?;
+        drive(&mut tls, &mut session, shared, &mut stop, &mut buf).await?;
+        return Ok(());
+    }
+    let mut plain = stream;
+    let mut session = Session::new(shared.limits.clone(), false);
+    write(&mut plain, &session.greeting().to_bytes(), shared).await?;
+    match drive(&mut plain, &mut session, shared, &mut stop, &mut buf).await? {
+        Outcome::Closed => Ok(()),
+        Outcome::StartTls => {
+            let Some(acceptor) = &shared.tls else {
+                return Ok(());
+            };
+            let mut tls = timeout(shared.idle_timeout, acceptor.accept(plain))
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??;
+            session.tls_established();
+            match drive(&mut tls, &mut session, shared, &mut stop, &mut buf).await? {
+                Outcome::Closed | Outcome::StartTls => Ok(()),
+            }
+        }
+    }
+}
+
+/// Why [`drive`] returned.
+enum Outcome {
+    /// The session is over (QUIT, EOF, timeout or shutdown).
+    Closed,
+    /// The client asked for STARTTLS and was told to go ahead.
+    StartTls,
+}
+
+async fn write<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+    shared: &Shared,
+) -> io::Result<()> {
+    // A client that stops reading must not pin the session forever.
+    timeout(shared.idle_timeout, async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    })
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "SMTP write timed out"))?
+}
+
+/// Runs the session over `stream` until it closes or asks for TLS.
+async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    session: &mut Session,
+    shared: &Shared,
+    stop: &mut watch::Receiver<bool>,
+    buf: &mut [u8],
+) -> io::Result<Outcome> {
+    let mut out = Vec::with_capacity(1024);
+    let mut last_progress = session.progress();
+    let mut deadline = Instant::now() + shared.idle_timeout;
+    let mut stopping = *stop.borrow();
+    loop {
+        // Answer everything the input so far allows; with PIPELINING this
+        // batches a whole group of replies into one write.
+        while let Some(event) = session.next_event() {
+            match event {
+                Event::Reply(reply) => reply.write_to(&mut out),
+                Event::Deliver(envelope) => {
+                    let size = envelope.data.len();
+                    let outcome = shared
+                        .store
+                        .insert(NewMessage {
+                            raw: envelope.data,
+                            mail_from: envelope.mail_from,
+                            rcpt_to: envelope.rcpt_to,
+                            username: envelope.username,
+                        })
+                        .await;
+                    match &outcome {
+                        Ok(id) => tracing::debug!(id = %id, size, "message stored"),
+                        Err(e) => tracing::error!(error = %e, size, "storing a message failed"),
+                    }
+                    session.delivered(outcome.map_err(|e| e.to_string()));
+                }
+                Event::StartTls(reply) => {
+                    reply.write_to(&mut out);
+                    write(stream, &out, shared).await?;
+                    return Ok(Outcome::StartTls);
+                }
+                Event::Close(reply) => {
+                    reply.write_to(&mut out);
+                    write(stream, &out, shared).await?;
+                    return Ok(Outcome::Closed);
+                }
+            }
+        }
+        if stopping && !session.in_transaction() {
+            Reply {
+                code: 421,
+                lines: vec!["4.3.2 Service shutting down, try again later".into()],
+            }
+            .write_to(&mut out);
+            write(stream, &out, shared).await?;
+            return Ok(Outcome::Closed);
+        }
+        if !out.is_empty() {
+            write(stream, &out, shared).await?;
+            out.clear();
+        }
+        if session.progress() != last_progress {
+            last_progress = session.progress();
+            deadline = Instant::now() + shared.idle_timeout;
+        }
+        tokio::select! {
+            read = stream.read(buf) => {
+                let n = read?;
+                if n == 0 {
+                    return Ok(Outcome::Closed);
+                }
+                session.feed(&buf[..n]);
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                session.timeout_reply().write_to(&mut out);
+                let _ = write(stream, &out, shared).await;
+                return Ok(Outcome::Closed);
+            }
+            changed = stop.changed(), if !stopping => {
+                // A dropped sender also means the server is going away.
+                stopping = changed.is_err() || *stop.borrow();
+            }
+        }
+    }
+}
