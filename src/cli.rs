@@ -278,6 +278,17 @@ pub struct WatchArgs {
     /// `/healthz` fails when a change has waited longer than this.
     #[arg(long, env = "MAILSAFE_HEALTH_MAX_LAG", default_value = "60s", value_parser = humantime::parse_duration)]
     pub health_max_lag: std::time::Duration,
+    /// Lifetime of the replica's single-writer lease. It is renewed only
+    /// before a write, so an idle watcher makes no request for it; a second
+    /// writer waits until the lease is released or this long after its last
+    /// renewal.
+    #[arg(long, env = "MAILSAFE_LEASE_TTL", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub lease_ttl: std::time::Duration,
+    /// Detect changes by polling the db files every this often instead of
+    /// inotify (for file systems without inotify; used automatically when
+    /// inotify fails).
+    #[arg(long, env = "MAILSAFE_POLL_INTERVAL", value_parser = humantime::parse_duration)]
+    pub poll_interval: Option<std::time::Duration>,
 }
 
 /// `mailsafe cron`.
@@ -599,16 +610,132 @@ fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     })
 }
 
-fn watch(_args: WatchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("watch: not implemented yet")
+/// Resolves once SIGTERM or SIGINT arrives. The handlers are installed
+/// here, before anything starts, so an early signal is not fatal.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use anyhow::Context;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!("{name} received; shutting down");
+    })
 }
 
-fn cron(_args: CronArgs) -> anyhow::Result<()> {
-    anyhow::bail!("cron: not implemented yet")
+/// Opens the replica's store.
+async fn open_store(replica: &ReplicaArgs) -> anyhow::Result<mailsafe::store::DynStore> {
+    use anyhow::Context;
+    mailsafe::store::open(&replica.replica, replica.endpoint.as_deref())
+        .await
+        .with_context(|| format!("cannot open replica {}", replica.replica))
 }
 
-fn prune(_args: PruneArgs) -> anyhow::Result<()> {
-    anyhow::bail!("prune: not implemented yet")
+fn retention_policy(r: &RetentionArgs) -> mailsafe::retention::Policy {
+    mailsafe::retention::Policy {
+        keep_last: r.keep_last,
+        keep_hourly: r.keep_hourly,
+        keep_daily: r.keep_daily,
+        keep_weekly: r.keep_weekly,
+    }
+}
+
+fn watch(args: WatchArgs) -> anyhow::Result<()> {
+    use mailsafe::watch::{self, WatchConfig, metrics};
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let shutdown = shutdown_signal()?;
+        let m = metrics::Metrics::new();
+        let store = metrics::MeteredStore::wrap(open_store(&args.replica).await?, m.clone());
+        if let Some(listen) = &args.listen {
+            watch::serve_http(listen, m.clone(), args.health_max_lag).await?;
+        }
+        let mut config = WatchConfig::new(&args.db);
+        config.debounce = args.debounce;
+        config.max_delay = args.max_delay;
+        config.shutdown_timeout = args.shutdown_timeout;
+        config.lease_ttl = args.lease_ttl;
+        if let Some(p) = args.poll_interval {
+            config.poll_interval = p;
+            config.force_poll = true;
+        }
+        watch::run(config, store, m, shutdown).await?;
+        Ok(())
+    })
+}
+
+fn cron(args: CronArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use mailsafe::cron::{self, RoundConfig, Schedule};
+    let schedule = args.schedule.as_deref().map(Schedule::parse).transpose()?;
+    let config = RoundConfig {
+        policy: retention_policy(&args.retention),
+        gc_grace: args.retention.gc_grace,
+        lease_ttl: std::time::Duration::from_secs(120),
+    };
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let shutdown = shutdown_signal()?;
+        let store = open_store(&args.replica).await?;
+        match schedule {
+            Some(s) => cron::scheduled(&args.db, store, &s, &config, shutdown).await?,
+            None => {
+                if !args.db.exists() {
+                    return Err(anyhow::anyhow!(
+                        "database {} does not exist; nothing to back up",
+                        args.db.display()
+                    ));
+                }
+                let mut snapshotter = mailsafe::snapshot::Snapshotter::new(&args.db, store.clone());
+                cron::round(&mut snapshotter, &store, &config)
+                    .await
+                    .with_context(|| format!("cron round for {}", args.db.display()))?;
+            }
+        }
+        Ok(())
+    })
+}
+
+fn prune(args: PruneArgs) -> anyhow::Result<()> {
+    let policy = retention_policy(&args.retention);
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        let store = open_store(&args.replica).await?;
+        if policy.is_empty() {
+            tracing::warn!("no --keep-* rule given: every snapshot is kept; only unreferenced objects are collected");
+        }
+        anyhow::Ok(
+            mailsafe::retention::prune(store.as_ref(), &policy, args.retention.gc_grace, args.dry_run)
+                .await?,
+        )
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let verb = if report.dry_run { "would forget" } else { "forgot" };
+    for d in &report.snapshots {
+        let what = if d.keep {
+            format!("keep    ({})", d.reasons.join(", "))
+        } else if report.kept_as_base.contains(&d.id) {
+            "keep    (base of a kept snapshot)".to_string()
+        } else {
+            "forget".to_string()
+        };
+        println!("{}  {}  {what}", d.id, d.created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    }
+    println!(
+        "{verb} {} snapshot(s); {} {} unreferenced object(s), {} bytes; {} unreferenced object(s) younger than the grace period kept",
+        report.forgotten.len(),
+        if report.dry_run { "would delete" } else { "deleted" },
+        report.deleted_objects.len(),
+        report.deleted_bytes,
+        report.young_unreferenced
+    );
+    Ok(())
 }
 
 /// Maps an error to the documented exit code (README, "Exit codes"): usage

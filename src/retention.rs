@@ -1,1 +1,434 @@
-//! retention (to be written).
+//! Retention ("which snapshots to keep", like restic's `forget`) and garbage
+//! collection ("which objects nothing needs any more").
+//!
+//! Keeping a snapshot keeps everything it needs to restore: its manifest, its
+//! base manifest and the base's chunks, and every delta pack it lists (see
+//! [`crate::format`]). Forgetting a snapshot deletes only its manifest; its
+//! delta pack usually stays, because later incremental manifests list it too.
+//!
+//! GC deletes an object only when no kept manifest references it **and** it
+//! is older than a grace period. A snapshot being written uploads its chunks
+//! and deltas first and its manifest last, so for a while its new objects are
+//! referenced by nothing; the grace period is what keeps GC away from them.
+//! The newest snapshot is always kept whatever the policy says, so the chain
+//! a concurrent writer builds on is never collected; and the manifests are
+//! listed again right before deleting, so one that appeared meanwhile still
+//! protects what it references.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, Timelike, Utc};
+use serde::Serialize;
+
+use crate::Error;
+use crate::format::{self, Manifest};
+use crate::store::ObjectStore;
+
+/// Which snapshots to keep. Every rule counts from the newest snapshot
+/// backwards; a snapshot kept by any rule is kept. With no rule at all,
+/// everything is kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    /// Keep the N newest snapshots.
+    pub keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last N hours that have one.
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N days that have one.
+    pub keep_daily: Option<u32>,
+    /// Keep the newest snapshot of each of the last N ISO weeks that have one.
+    pub keep_weekly: Option<u32>,
+}
+
+impl Policy {
+    /// Whether no rule is set (then nothing is forgotten).
+    pub fn is_empty(&self) -> bool {
+        self.keep_last.is_none()
+            && self.keep_hourly.is_none()
+            && self.keep_daily.is_none()
+            && self.keep_weekly.is_none()
+    }
+}
+
+/// The verdict on one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    /// Snapshot id.
+    pub id: String,
+    /// When it was taken.
+    pub created: DateTime<Utc>,
+    /// Whether it is kept.
+    pub keep: bool,
+    /// The rules that keep it (`last`, `hourly`, `daily`, `weekly`,
+    /// `newest`, `no-policy`).
+    pub reasons: Vec<&'static str>,
+}
+
+/// Applies `policy` to `snapshots` (any order). Returns one decision per
+/// snapshot, newest first.
+pub fn decide(policy: &Policy, snapshots: &[(String, DateTime<Utc>)]) -> Vec<Decision> {
+    let mut sorted: Vec<&(String, DateTime<Utc>)> = snapshots.iter().collect();
+    // Newest first; ids break ties (they sort by time too).
+    sorted.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+
+    type Bucket = fn(&DateTime<Utc>) -> (i32, u32, u32, u32);
+    let rules: [(&'static str, Option<u32>, Bucket); 4] = [
+        ("last", policy.keep_last, |_| (0, 0, 0, 0)),
+        ("hourly", policy.keep_hourly, |t| {
+            (t.year(), t.ordinal(), t.hour(), 0)
+        }),
+        ("daily", policy.keep_daily, |t| (t.year(), t.ordinal(), 0, 0)),
+        ("weekly", policy.keep_weekly, |t| {
+            let w = t.iso_week();
+            (w.year(), w.week(), 0, 0)
+        }),
+    ];
+    let mut left: Vec<u32> = rules.iter().map(|r| r.1.unwrap_or(0)).collect();
+    let mut last_bucket: Vec<Option<(i32, u32, u32, u32)>> = vec![None; rules.len()];
+
+    sorted
+        .iter()
+        .enumerate()
+        .map(|(i, (id, created))| {
+            let mut reasons = Vec::new();
+            if policy.is_empty() {
+                reasons.push("no-policy");
+            }
+            for (r, (name, _, bucket)) in rules.iter().enumerate() {
+                if left[r] == 0 {
+                    continue;
+                }
+                // keep-last: every snapshot is a bucket of its own.
+                let b = if r == 0 {
+                    None
+                } else {
+                    Some(bucket(created))
+                };
+                if b.is_none() || b != last_bucket[r] {
+                    left[r] -= 1;
+                    last_bucket[r] = b;
+                    reasons.push(*name);
+                }
+            }
+            if i == 0 && reasons.is_empty() {
+                reasons.push("newest");
+            }
+            Decision {
+                id: id.clone(),
+                created: *created,
+                keep: !reasons.is_empty(),
+                reasons,
+            }
+        })
+        .collect()
+}
+
+/// What [`prune`] did (or, with `dry_run`, would do).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PruneReport {
+    /// Whether nothing was deleted because this was a dry run.
+    pub dry_run: bool,
+    /// Every snapshot's verdict, newest first.
+    pub snapshots: Vec<Decision>,
+    /// Snapshot ids forgotten (manifests deleted).
+    pub forgotten: Vec<String>,
+    /// Manifests of forgotten snapshots kept because a kept snapshot is
+    /// built on them (bases).
+    pub kept_as_base: Vec<String>,
+    /// Unreferenced objects deleted.
+    pub deleted_objects: Vec<String>,
+    /// Their total size in bytes.
+    pub deleted_bytes: u64,
+    /// Unreferenced objects left alone because they are younger than the
+    /// grace period (a snapshot may be uploading them).
+    pub young_unreferenced: u64,
+    /// Objects still referenced by a kept snapshot.
+    pub referenced_objects: u64,
+}
+
+fn store_err(store: &dyn ObjectStore, what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Other(format!("{what} in {}: {e}", store.describe()))
+}
+
+/// Snapshot id of a manifest key, if it is one.
+fn manifest_id(key: &str) -> Option<&str> {
+    key.strip_prefix(format::MANIFESTS)?.strip_suffix(".json")
+}
+
+/// Reads every manifest. Unreadable ones are returned by key in the second
+/// list: GC must then not trust its reference set.
+async fn load_manifests(
+    store: &dyn ObjectStore,
+) -> Result<(BTreeMap<String, Manifest>, Vec<String>), Error> {
+    let list = store
+        .list(format::MANIFESTS)
+        .await
+        .map_err(|e| store_err(store, "listing manifests/", e))?;
+    let mut manifests = BTreeMap::new();
+    let mut bad = Vec::new();
+    for meta in list {
+        let Some(id) = manifest_id(&meta.key) else {
+            continue;
+        };
+        let body = match store.get(&meta.key).await {
+            Ok(b) => b,
+            // Deleted since the listing (another prune): not a snapshot.
+            Err(crate::store::StoreError::NotFound { .. }) => continue,
+            Err(e) => return Err(store_err(store, &format!("reading {}", meta.key), e)),
+        };
+        match serde_json::from_slice::<Manifest>(&body) {
+            Ok(m) if m.format == format::FORMAT_NAME && m.id == id => {
+                manifests.insert(id.to_string(), m);
+            }
+            _ => bad.push(meta.key.clone()),
+        }
+    }
+    Ok((manifests, bad))
+}
+
+/// Every object key the manifests `ids` need, base manifests included.
+fn references(manifests: &BTreeMap<String, Manifest>, ids: &BTreeSet<String>) -> HashSet<String> {
+    let mut refs = HashSet::new();
+    for id in ids {
+        let Some(m) = manifests.get(id) else { continue };
+        refs.insert(format::manifest_key(&m.id));
+        refs.insert(format::manifest_key(&m.base));
+        for d in &m.deltas {
+            refs.insert(d.key.clone());
+        }
+        if let Some(base) = manifests.get(&m.base) {
+            for c in &base.chunks {
+                refs.insert(format::chunk_key(&c.sha256));
+            }
+        }
+    }
+    refs
+}
+
+/// Forgets the snapshots `policy` does not keep, then deletes objects no kept
+/// snapshot references that are older than `grace`. With `dry_run`, deletes
+/// nothing and reports what it would delete.
+pub async fn prune(
+    store: &dyn ObjectStore,
+    policy: &Policy,
+    grace: Duration,
+    dry_run: bool,
+) -> Result<PruneReport, Error> {
+    let (manifests, bad) = load_manifests(store).await?;
+    let listed: Vec<(String, DateTime<Utc>)> = manifests
+        .values()
+        .map(|m| (m.id.clone(), m.created))
+        .collect();
+    let decisions = decide(policy, &listed);
+    let kept: BTreeSet<String> = decisions
+        .iter()
+        .filter(|d| d.keep)
+        .map(|d| d.id.clone())
+        .collect();
+    // A kept incremental snapshot needs its base manifest.
+    let needed: BTreeSet<String> = kept
+        .iter()
+        .flat_map(|id| {
+            let base = manifests.get(id).map(|m| m.base.clone());
+            std::iter::once(id.clone()).chain(base)
+        })
+        .collect();
+    for id in &needed {
+        if !manifests.contains_key(id) {
+            return Err(Error::Verification(format!(
+                "snapshot {} is built on base {id}, whose manifest {} is missing from {}; \
+                 refusing to prune a replica that is already broken",
+                kept.iter()
+                    .find(|k| manifests.get(*k).is_some_and(|m| &m.base == id))
+                    .map(String::as_str)
+                    .unwrap_or("?"),
+                format::manifest_key(id),
+                store.describe()
+            )));
+        }
+    }
+    let mut report = PruneReport {
+        dry_run,
+        kept_as_base: needed.difference(&kept).cloned().collect(),
+        forgotten: manifests
+            .keys()
+            .filter(|id| !needed.contains(*id))
+            .cloned()
+            .collect(),
+        snapshots: decisions,
+        ..PruneReport::default()
+    };
+
+    // Forget first: once a manifest is gone nobody can pick that snapshot,
+    // and only then can its objects become garbage.
+    if !dry_run {
+        for id in &report.forgotten {
+            let key = format::manifest_key(id);
+            store
+                .delete(&key)
+                .await
+                .map_err(|e| store_err(store, &format!("deleting {key}"), e))?;
+        }
+    }
+
+    if !bad.is_empty() {
+        tracing::warn!(
+            replica = %store.describe(),
+            unreadable = ?bad,
+            "some manifests cannot be read; skipping garbage collection so that nothing they might reference is deleted"
+        );
+        return Ok(report);
+    }
+
+    let mut refs = references(&manifests, &needed);
+    let mut candidates = Vec::new();
+    for prefix in [format::CHUNKS, format::DELTAS] {
+        let list = store
+            .list(prefix)
+            .await
+            .map_err(|e| store_err(store, &format!("listing {prefix}"), e))?;
+        candidates.extend(list);
+    }
+    // A snapshot may have committed its manifest while we listed: whatever
+    // a manifest we did not see references is protected too.
+    let (again, bad_again) = load_manifests(store).await?;
+    if !bad_again.is_empty() {
+        return Ok(report);
+    }
+    let new_ids: BTreeSet<String> = again
+        .keys()
+        .filter(|id| !manifests.contains_key(*id))
+        .cloned()
+        .collect();
+    refs.extend(references(&again, &new_ids));
+
+    let now = Utc::now();
+    let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+    for meta in candidates {
+        if refs.contains(&meta.key) {
+            report.referenced_objects += 1;
+            continue;
+        }
+        // An object of unknown age might be brand new: keep it.
+        let old = meta.last_modified.is_some_and(|t| now - t > grace);
+        if !old {
+            report.young_unreferenced += 1;
+            continue;
+        }
+        if !dry_run {
+            store
+                .delete(&meta.key)
+                .await
+                .map_err(|e| store_err(store, &format!("deleting {}", meta.key), e))?;
+        }
+        report.deleted_bytes += meta.size;
+        report.deleted_objects.push(meta.key);
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn snaps(times: &[&str]) -> Vec<(String, DateTime<Utc>)> {
+        times
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (format!("s{i:02}"), at(t)))
+            .collect()
+    }
+
+    fn kept(policy: Policy, s: &[(String, DateTime<Utc>)]) -> Vec<String> {
+        let mut k: Vec<String> = decide(&policy, s)
+            .into_iter()
+            .filter(|d| d.keep)
+            .map(|d| d.id)
+            .collect();
+        k.sort();
+        k
+    }
+
+    #[test]
+    fn no_policy_keeps_everything() {
+        let s = snaps(&["2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z"]);
+        assert_eq!(kept(Policy::default(), &s), vec!["s00", "s01"]);
+    }
+
+    #[test]
+    fn keep_last_keeps_the_n_newest() {
+        let s = snaps(&[
+            "2026-11-01T00:00:00Z",
+            "2026-11-01T00:05:00Z",
+            "2026-11-01T00:10:00Z",
+            "2026-11-01T00:15:00Z",
+        ]);
+        let p = Policy {
+            keep_last: Some(2),
+            ..Policy::default()
+        };
+        assert_eq!(kept(p, &s), vec!["s02", "s03"]);
+    }
+
+    #[test]
+    fn hourly_keeps_the_newest_of_each_hour() {
+        let s = snaps(&[
+            "2026-11-01T10:05:00Z",
+            "2026-11-01T10:55:00Z", // newest of 10h
+            "2026-11-01T11:10:00Z",
+            "2026-11-01T11:20:00Z", // newest of 11h
+            "2026-11-01T12:00:00Z", // newest of 12h
+        ]);
+        let p = Policy {
+            keep_hourly: Some(2),
+            ..Policy::default()
+        };
+        assert_eq!(kept(p, &s), vec!["s03", "s04"]);
+        let p = Policy {
+            keep_hourly: Some(10),
+            ..Policy::default()
+        };
+        assert_eq!(kept(p, &s), vec!["s01", "s03", "s04"]);
+    }
+
+    #[test]
+    fn rules_combine_like_restic() {
+        let s = snaps(&[
+            "2026-10-20T09:00:00Z", // week 43
+            "2026-10-27T09:00:00Z", // week 44
+            "2026-11-02T09:00:00Z", // week 45 (Mon)
+            "2026-11-03T09:00:00Z",
+            "2026-11-03T18:00:00Z",
+            "2026-11-04T08:00:00Z",
+            "2026-11-04T08:30:00Z",
+        ]);
+        let p = Policy {
+            keep_last: Some(1),
+            keep_daily: Some(2),
+            keep_weekly: Some(3),
+            ..Policy::default()
+        };
+        // last: s06; daily: s06 (11-04), s04 (11-03); weekly: s06 (w45),
+        // s01 (w44), s00 (w43).
+        assert_eq!(kept(p, &s), vec!["s00", "s01", "s04", "s06"]);
+        let d = decide(&p, &s);
+        assert_eq!(d[0].id, "s06");
+        assert_eq!(d[0].reasons, vec!["last", "daily", "weekly"]);
+    }
+
+    #[test]
+    fn the_newest_is_kept_even_by_a_zero_policy() {
+        let s = snaps(&["2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z"]);
+        let p = Policy {
+            keep_last: Some(0),
+            ..Policy::default()
+        };
+        let d = decide(&p, &s);
+        assert_eq!(kept(p, &s), vec!["s01"]);
+        assert_eq!(d[0].reasons, vec!["newest"]);
+    }
+}

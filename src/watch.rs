@@ -1,1 +1,0 @@
-//! watch (to be written).

@@ -1,0 +1,511 @@
+//! What the watcher exposes on `--listen`: `/metrics` (Prometheus text format,
+//! written by hand: a dozen counters do not justify a metrics framework) and
+//! `/healthz`.
+//!
+//! Object-store traffic is counted by [`MeteredStore`], a decorator around any
+//! [`ObjectStore`], so that "idle means zero requests" is something the
+//! watcher itself can show rather than something we only claim.
+
+use std::fmt::Write as _;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::store::{DynStore, ObjectMeta, ObjectStore, StoreError};
+
+/// Object-store operations, as counted in `mailsafe_store_requests_total{op}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `put` and `put_if_absent`.
+    Put,
+    /// `get` and `get_range`.
+    Get,
+    /// `list` (one call, however many pages the store needed).
+    List,
+    /// `delete`.
+    Delete,
+}
+
+impl Op {
+    const ALL: [Op; 4] = [Op::Put, Op::Get, Op::List, Op::Delete];
+
+    fn name(self) -> &'static str {
+        match self {
+            Op::Put => "put",
+            Op::Get => "get",
+            Op::List => "list",
+            Op::Delete => "delete",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Counters of one operation.
+#[derive(Debug, Default)]
+struct OpCounters {
+    requests: AtomicU64,
+    bytes: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// Mutable state that is not a plain counter.
+#[derive(Debug, Default)]
+struct State {
+    /// When the oldest change not yet in the replica was seen; `None` when
+    /// the replica is up to date.
+    pending_since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Wall-clock time of the last successful snapshot (uploaded or found
+    /// unchanged).
+    last_success: Option<chrono::DateTime<chrono::Utc>>,
+    /// Id of the newest snapshot this process uploaded.
+    last_snapshot_id: Option<String>,
+    /// The last error, for `/healthz` and logs.
+    last_error: Option<String>,
+    /// Whether this process holds the replica's writer lease.
+    lease_held: bool,
+}
+
+/// Everything `/metrics` and `/healthz` report. Shared between the watch
+/// loop, the metered store and the HTTP server.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    ops: [OpCounters; 4],
+    snapshots_uploaded: AtomicU64,
+    snapshots_unchanged: AtomicU64,
+    snapshot_errors: AtomicU64,
+    snapshot_bytes: AtomicU64,
+    change_events: AtomicU64,
+    /// Microseconds the last snapshot took.
+    last_duration_us: AtomicU64,
+    state: Mutex<State>,
+}
+
+impl Metrics {
+    /// New, all-zero metrics.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the plain data inside
+        // half-updated in a way that matters for reporting.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts one object-store request of `op` that moved `bytes` bytes.
+    pub fn record_request(&self, op: Op, bytes: u64, ok: bool) {
+        let c = &self.ops[op.index()];
+        c.requests.fetch_add(1, Ordering::Relaxed);
+        c.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if !ok {
+            c.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Total object-store requests so far, all operations.
+    pub fn total_requests(&self) -> u64 {
+        self.ops
+            .iter()
+            .map(|c| c.requests.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Object-store requests of one operation so far.
+    pub fn requests(&self, op: Op) -> u64 {
+        self.ops[op.index()].requests.load(Ordering::Relaxed)
+    }
+
+    /// Records that a change of the database was seen at `at`. Only the
+    /// oldest pending change matters for lag, so later ones keep it.
+    pub fn record_change(&self, at: chrono::DateTime<chrono::Utc>) {
+        self.change_events.fetch_add(1, Ordering::Relaxed);
+        let mut s = self.state();
+        if s.pending_since.is_none() {
+            s.pending_since = Some(at);
+        }
+    }
+
+    /// When the oldest change not yet uploaded was seen.
+    pub fn pending_since(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.state().pending_since
+    }
+
+    /// Records a successful snapshot whose read transaction started at
+    /// `started`: every change seen before that instant is now in the replica.
+    pub fn record_success(
+        &self,
+        started: chrono::DateTime<chrono::Utc>,
+        id: Option<&str>,
+        bytes: u64,
+        took: Duration,
+    ) {
+        match id {
+            Some(_) => self.snapshots_uploaded.fetch_add(1, Ordering::Relaxed),
+            None => self.snapshots_unchanged.fetch_add(1, Ordering::Relaxed),
+        };
+        self.snapshot_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.last_duration_us
+            .store(took.as_micros() as u64, Ordering::Relaxed);
+        let mut s = self.state();
+        s.last_success = Some(chrono::Utc::now());
+        if let Some(id) = id {
+            s.last_snapshot_id = Some(id.to_string());
+        }
+        s.last_error = None;
+        // Changes seen after the snapshot started may not be in it; the watch
+        // loop records them again, so clearing here never hides one.
+        if s.pending_since.is_some_and(|p| p <= started) {
+            s.pending_since = None;
+        }
+    }
+
+    /// Forgets the pending change: the loop re-records any change it still
+    /// has to upload right after.
+    pub fn clear_pending(&self) {
+        self.state().pending_since = None;
+    }
+
+    /// Records a failed snapshot attempt.
+    pub fn record_error(&self, message: &str) {
+        self.snapshot_errors.fetch_add(1, Ordering::Relaxed);
+        self.state().last_error = Some(message.to_string());
+    }
+
+    /// Records whether the writer lease is held.
+    pub fn set_lease_held(&self, held: bool) {
+        self.state().lease_held = held;
+    }
+
+    /// Successful snapshots that uploaded something.
+    pub fn snapshots_uploaded(&self) -> u64 {
+        self.snapshots_uploaded.load(Ordering::Relaxed)
+    }
+
+    /// The newest snapshot id this process uploaded.
+    pub fn last_snapshot_id(&self) -> Option<String> {
+        self.state().last_snapshot_id.clone()
+    }
+
+    /// Wall-clock time of the last successful snapshot.
+    pub fn last_success(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.state().last_success
+    }
+
+    /// Seconds the oldest pending change has waited (0 when up to date).
+    pub fn lag_seconds(&self, now: chrono::DateTime<chrono::Utc>) -> f64 {
+        self.pending_since()
+            .map(|p| (now - p).num_milliseconds().max(0) as f64 / 1000.0)
+            .unwrap_or(0.0)
+    }
+
+    /// Health verdict: `Err(reason)` when a change has waited longer than
+    /// `max_lag`.
+    pub fn health(&self, max_lag: Duration) -> Result<String, String> {
+        let now = chrono::Utc::now();
+        let lag = self.lag_seconds(now);
+        let s = self.state();
+        if lag > max_lag.as_secs_f64() {
+            let err = s.last_error.as_deref().unwrap_or("none");
+            return Err(format!(
+                "changes waiting {lag:.1}s for upload (limit {}s); last error: {err}\n",
+                max_lag.as_secs_f64()
+            ));
+        }
+        Ok(format!("ok lag={lag:.3}s\n"))
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let now = chrono::Utc::now();
+        let mut out = String::with_capacity(2048);
+        let mut metric = |name: &str, kind: &str, help: &str, lines: Vec<(String, String)>| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (labels, value) in lines {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        let (last_success, lease_held) = {
+            let s = self.state();
+            (s.last_success, s.lease_held)
+        };
+        metric(
+            "mailsafe_last_success_timestamp_seconds",
+            "gauge",
+            "Unix time of the last successful snapshot (0 if none yet).",
+            vec![(
+                String::new(),
+                last_success
+                    .map(|t| format!("{:.3}", t.timestamp_millis() as f64 / 1000.0))
+                    .unwrap_or_else(|| "0".into()),
+            )],
+        );
+        metric(
+            "mailsafe_replication_lag_seconds",
+            "gauge",
+            "Age of the oldest database change not yet in the replica (0 when up to date).",
+            vec![(String::new(), format!("{:.3}", self.lag_seconds(now)))],
+        );
+        metric(
+            "mailsafe_snapshots_total",
+            "counter",
+            "Snapshot attempts that succeeded, by whether anything was uploaded.",
+            vec![
+                (
+                    "{result=\"uploaded\"}".into(),
+                    self.snapshots_uploaded.load(Ordering::Relaxed).to_string(),
+                ),
+                (
+                    "{result=\"unchanged\"}".into(),
+                    self.snapshots_unchanged.load(Ordering::Relaxed).to_string(),
+                ),
+            ],
+        );
+        metric(
+            "mailsafe_snapshot_errors_total",
+            "counter",
+            "Snapshot attempts that failed (each is retried).",
+            vec![(
+                String::new(),
+                self.snapshot_errors.load(Ordering::Relaxed).to_string(),
+            )],
+        );
+        metric(
+            "mailsafe_snapshot_uploaded_bytes_total",
+            "counter",
+            "Bytes uploaded by snapshots, manifests included.",
+            vec![(
+                String::new(),
+                self.snapshot_bytes.load(Ordering::Relaxed).to_string(),
+            )],
+        );
+        metric(
+            "mailsafe_last_snapshot_duration_seconds",
+            "gauge",
+            "How long the last successful snapshot took.",
+            vec![(
+                String::new(),
+                format!(
+                    "{:.6}",
+                    self.last_duration_us.load(Ordering::Relaxed) as f64 / 1e6
+                ),
+            )],
+        );
+        metric(
+            "mailsafe_change_events_total",
+            "counter",
+            "File-system change events seen on the database and its -wal/-journal.",
+            vec![(
+                String::new(),
+                self.change_events.load(Ordering::Relaxed).to_string(),
+            )],
+        );
+        let per_op = |f: fn(&OpCounters) -> u64| {
+            Op::ALL
+                .iter()
+                .map(|op| {
+                    (
+                        format!("{{op=\"{}\"}}", op.name()),
+                        f(&self.ops[op.index()]).to_string(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        metric(
+            "mailsafe_store_requests_total",
+            "counter",
+            "Object-store requests, by operation.",
+            per_op(|c| c.requests.load(Ordering::Relaxed)),
+        );
+        metric(
+            "mailsafe_store_bytes_total",
+            "counter",
+            "Object-store payload bytes (sent for put, received for get), by operation.",
+            per_op(|c| c.bytes.load(Ordering::Relaxed)),
+        );
+        metric(
+            "mailsafe_store_errors_total",
+            "counter",
+            "Object-store requests that failed, by operation.",
+            per_op(|c| c.errors.load(Ordering::Relaxed)),
+        );
+        metric(
+            "mailsafe_lease_held",
+            "gauge",
+            "1 while this process holds the replica's single-writer lease.",
+            vec![(String::new(), u8::from(lease_held).to_string())],
+        );
+        out
+    }
+}
+
+/// An [`ObjectStore`] that counts every request into [`Metrics`] and
+/// otherwise passes it through unchanged.
+#[derive(Debug)]
+pub struct MeteredStore {
+    inner: DynStore,
+    metrics: Arc<Metrics>,
+}
+
+impl MeteredStore {
+    /// Wraps `inner`, counting into `metrics`.
+    pub fn wrap(inner: DynStore, metrics: Arc<Metrics>) -> DynStore {
+        Arc::new(Self { inner, metrics })
+    }
+
+    fn count<T>(&self, op: Op, bytes: u64, r: &Result<T, StoreError>) {
+        // A conditional write that finds the object there, or a read of a
+        // missing key, is an answer, not a failure of the store.
+        let ok = matches!(
+            r,
+            Ok(_) | Err(StoreError::NotFound { .. }) | Err(StoreError::AlreadyExists { .. })
+        );
+        self.metrics.record_request(op, bytes, ok);
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for MeteredStore {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+        let n = body.len() as u64;
+        let r = self.inner.put(key, body).await;
+        self.count(Op::Put, n, &r);
+        r
+    }
+
+    async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+        let n = body.len() as u64;
+        let r = self.inner.put_if_absent(key, body).await;
+        self.count(Op::Put, n, &r);
+        r
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        let r = self.inner.get(key).await;
+        let n = r.as_ref().map(|b| b.len() as u64).unwrap_or(0);
+        self.count(Op::Get, n, &r);
+        r
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+        let r = self.inner.get_range(key, range).await;
+        let n = r.as_ref().map(|b| b.len() as u64).unwrap_or(0);
+        self.count(Op::Get, n, &r);
+        r
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        let r = self.inner.list(prefix).await;
+        self.count(Op::List, 0, &r);
+        r
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let r = self.inner.delete(key).await;
+        self.count(Op::Delete, 0, &r);
+        r
+    }
+}
+
+/// The `/metrics` + `/healthz` router.
+pub fn router(metrics: Arc<Metrics>, health_max_lag: Duration) -> axum::Router {
+    use axum::http::{StatusCode, header};
+    use axum::routing::get;
+    let m1 = metrics.clone();
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = m1.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        m.render(),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/healthz",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    match m.health(health_max_lag) {
+                        Ok(body) => (StatusCode::OK, body),
+                        Err(body) => (StatusCode::SERVICE_UNAVAILABLE, body),
+                    }
+                }
+            }),
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_clears_only_for_changes_before_the_snapshot_started() {
+        let m = Metrics::new();
+        let t0 = chrono::Utc::now();
+        m.record_change(t0);
+        // A snapshot that started before the change does not cover it.
+        m.record_success(
+            t0 - chrono::Duration::milliseconds(5),
+            Some("a"),
+            10,
+            Duration::ZERO,
+        );
+        assert_eq!(m.pending_since(), Some(t0));
+        m.record_success(
+            t0 + chrono::Duration::milliseconds(5),
+            Some("b"),
+            10,
+            Duration::ZERO,
+        );
+        assert_eq!(m.pending_since(), None);
+        assert_eq!(m.snapshots_uploaded(), 2);
+        assert_eq!(m.last_snapshot_id().as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn health_fails_past_max_lag_and_names_the_last_error() {
+        let m = Metrics::new();
+        assert!(m.health(Duration::from_secs(1)).is_ok());
+        m.record_change(chrono::Utc::now() - chrono::Duration::seconds(10));
+        m.record_error("put chunks/ab: connection refused");
+        let err = m.health(Duration::from_secs(5)).unwrap_err();
+        assert!(err.contains("connection refused"), "{err}");
+        assert!(m.health(Duration::from_secs(60)).is_ok());
+    }
+
+    #[test]
+    fn render_has_every_metric_and_per_op_counts() {
+        let m = Metrics::new();
+        m.record_request(Op::Put, 100, true);
+        m.record_request(Op::Put, 50, false);
+        m.record_request(Op::List, 0, true);
+        let text = m.render();
+        assert!(text.contains("mailsafe_store_requests_total{op=\"put\"} 2\n"));
+        assert!(text.contains("mailsafe_store_bytes_total{op=\"put\"} 150\n"));
+        assert!(text.contains("mailsafe_store_errors_total{op=\"put\"} 1\n"));
+        assert!(text.contains("mailsafe_store_requests_total{op=\"list\"} 1\n"));
+        assert!(text.contains("mailsafe_last_success_timestamp_seconds 0\n"));
+        assert_eq!(m.total_requests(), 3);
+        // Every sample line belongs to a declared metric.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(text.contains(&format!("# TYPE {name} ")), "{line}");
+        }
+    }
+}

@@ -1,0 +1,504 @@
+//! The `watch` sidecar: upload a snapshot within about a second of every
+//! committed change, and nothing at all while the database is idle.
+//!
+//! One loop owns everything: change signals come from [`changes`] (inotify,
+//! or a local poll), are debounced (a snapshot starts once the db has been
+//! quiet for `debounce`, or `max_delay` after the first unsaved change,
+//! whichever comes first), and each snapshot goes through the engine's
+//! [`Snapshotter`]. The object store is touched only to write a snapshot (and,
+//! before a write, the [`lease`] when it needs renewing): no timer in this
+//! module talks to the store, which is what makes idle free.
+//!
+//! Failures are retried with exponential backoff. A snapshot always reads the
+//! database as it is *now*, so a later success covers everything committed
+//! during an outage: nothing committed is skipped, it is only late. State
+//! changes (replica unreachable, reachable again, lease lost) are logged once,
+//! not once per retry.
+//!
+//! On shutdown the loop takes one final snapshot (retrying until
+//! `shutdown_timeout`), releases the lease, and returns; if it could not
+//! upload, the error says which changes are missing from the replica.
+
+pub mod changes;
+pub mod lease;
+pub mod metrics;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::snapshot::{SnapshotReport, Snapshotter};
+use crate::store::DynStore;
+use changes::Changes;
+use lease::{Ensured, Lease, LeaseError};
+use metrics::Metrics;
+
+/// Settings of the watch loop.
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    /// The database to watch (may not exist yet).
+    pub db: PathBuf,
+    /// Quiet time after the last change before a snapshot starts.
+    pub debounce: Duration,
+    /// Longest delay between a change and the start of its snapshot.
+    pub max_delay: Duration,
+    /// How long the final snapshot on shutdown may take, retries included.
+    pub shutdown_timeout: Duration,
+    /// Poll period when inotify is unavailable (or forced).
+    pub poll_interval: Duration,
+    /// Poll even where inotify works.
+    pub force_poll: bool,
+    /// Lifetime of the writer lease (see [`lease`]).
+    pub lease_ttl: Duration,
+    /// Longest wait between two retries while the store fails.
+    pub max_backoff: Duration,
+}
+
+impl WatchConfig {
+    /// The documented defaults for `db`.
+    pub fn new(db: impl Into<PathBuf>) -> Self {
+        Self {
+            db: db.into(),
+            debounce: Duration::from_millis(250),
+            max_delay: Duration::from_secs(1),
+            shutdown_timeout: Duration::from_secs(25),
+            poll_interval: Duration::from_millis(250),
+            force_poll: false,
+            lease_ttl: Duration::from_secs(120),
+            max_backoff: Duration::from_secs(15),
+        }
+    }
+}
+
+/// How the loop ended.
+#[derive(Debug, Clone, Default)]
+pub struct WatchOutcome {
+    /// The newest snapshot this process uploaded, if any.
+    pub last_snapshot: Option<String>,
+    /// Snapshots uploaded by this process.
+    pub snapshots: u64,
+}
+
+/// When the next snapshot is due, given the first and the last change not
+/// yet uploaded: `debounce` after the last, but never later than
+/// `max_delay` after the first.
+pub fn due_at(first: Instant, last: Instant, debounce: Duration, max_delay: Duration) -> Instant {
+    (last + debounce).min(first + max_delay)
+}
+
+/// The retry delay after `failures` consecutive failures: 0.5 s doubling,
+/// capped at `max`.
+pub fn backoff(failures: u32, max: Duration) -> Duration {
+    let base = Duration::from_millis(500);
+    base.saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(max)
+}
+
+/// Changes seen but not yet in the replica.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    first: Instant,
+    first_wall: chrono::DateTime<chrono::Utc>,
+    last: Instant,
+}
+
+/// Converts a monotonic instant in the past to wall-clock time.
+fn wall(at: Instant) -> chrono::DateTime<chrono::Utc> {
+    let ago = Instant::now().saturating_duration_since(at);
+    chrono::Utc::now() - chrono::Duration::from_std(ago).unwrap_or_default()
+}
+
+/// The state of the loop that survives between snapshots.
+struct Loop {
+    config: WatchConfig,
+    store: DynStore,
+    metrics: Arc<Metrics>,
+    snapshotter: Snapshotter,
+    lease: Option<Lease>,
+    pending: Option<Pending>,
+    /// Consecutive failed attempts; 0 when healthy.
+    failures: u32,
+    /// When the next attempt may start after a failure.
+    retry_at: Option<Instant>,
+    /// The lease holder we last reported being blocked by, to log once.
+    blocked_by: Option<String>,
+    outcome: WatchOutcome,
+}
+
+/// Runs the watch loop on `config.db`, writing to `store` (wrap it in
+/// [`metrics::MeteredStore`] to have requests counted), until `shutdown`
+/// completes; then takes the final snapshot and returns.
+pub async fn run(
+    config: WatchConfig,
+    store: DynStore,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<WatchOutcome, crate::Error> {
+    let mut changes = Changes::start(&config.db, config.poll_interval, config.force_poll);
+    tracing::info!(
+        db = %config.db.display(),
+        replica = %store.describe(),
+        detection = changes.mode,
+        "watching"
+    );
+    tokio::pin!(shutdown);
+    let mut lp = Loop {
+        snapshotter: Snapshotter::new(&config.db, store.clone()),
+        config,
+        store,
+        metrics,
+        lease: None,
+        pending: None,
+        failures: 0,
+        retry_at: None,
+        blocked_by: None,
+        outcome: WatchOutcome::default(),
+    };
+
+    // The catcher (or any app) may create the db after we start.
+    if !lp.config.db.exists() {
+        tracing::info!(db = %lp.config.db.display(), "database does not exist yet; waiting for it");
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => {
+                    tracing::info!("stopped before the database appeared; nothing to upload");
+                    return Ok(lp.outcome);
+                }
+                _ = changes.next() => {}
+                // Covers a directory that inotify could not watch because it
+                // did not exist yet (then the poller runs anyway).
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            if lp.config.db.exists() {
+                break;
+            }
+        }
+    }
+    // Whatever happened while we were not watching must be uploaded.
+    lp.mark(Instant::now());
+
+    loop {
+        let due = lp.pending.map(|p| {
+            let at = due_at(p.first, p.last, lp.config.debounce, lp.config.max_delay);
+            lp.retry_at.map_or(at, |r| r.max(at))
+        });
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            Some(seen) = changes.next() => lp.mark(seen),
+            _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                changes.drain();
+                let shut = lp.attempt(None, &mut shutdown).await;
+                if shut {
+                    break;
+                }
+            }
+        }
+    }
+    lp.finish(&mut changes).await
+}
+
+impl Loop {
+    /// Records a change seen at `seen`.
+    fn mark(&mut self, seen: Instant) {
+        let wall_seen = wall(seen);
+        self.metrics.record_change(wall_seen);
+        match &mut self.pending {
+            Some(p) => p.last = p.last.max(seen),
+            None => {
+                self.pending = Some(Pending {
+                    first: seen,
+                    first_wall: wall_seen,
+                    last: seen,
+                })
+            }
+        }
+    }
+
+    /// One snapshot attempt. With a `deadline` (shutdown), gives up when it
+    /// passes. Returns true if `shutdown` fired meanwhile (the attempt was
+    /// still completed, bounded by the shutdown timeout).
+    async fn attempt<F: Future<Output = ()>>(
+        &mut self,
+        deadline: Option<Instant>,
+        shutdown: &mut std::pin::Pin<&mut F>,
+    ) -> bool {
+        let started = Instant::now();
+        let started_wall = chrono::Utc::now();
+        let pending = self.pending.take();
+        let mut shut = false;
+        let shutdown_timeout = self.config.shutdown_timeout;
+        let result = {
+            let fut = self.lease_then_snapshot();
+            tokio::pin!(fut);
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d, &mut fut).await.unwrap_or_else(|_| {
+                    Err(Failure::Store("timed out before the snapshot finished".into()))
+                }),
+                None => {
+                    tokio::select! {
+                        r = &mut fut => r,
+                        _ = shutdown.as_mut() => {
+                            shut = true;
+                            let d = Instant::now() + shutdown_timeout;
+                            tokio::time::timeout_at(d, &mut fut).await.unwrap_or_else(|_| {
+                                Err(Failure::Store("timed out before the snapshot finished".into()))
+                            })
+                        }
+                    }
+                }
+            }
+        };
+        match result {
+            Ok(report) => {
+                self.metrics.record_success(
+                    started_wall,
+                    report.id.as_deref(),
+                    report.uploaded_bytes,
+                    started.elapsed(),
+                );
+                if let Some(id) = &report.id {
+                    self.outcome.snapshots += 1;
+                    self.outcome.last_snapshot = Some(id.clone());
+                    tracing::debug!(
+                        id,
+                        bytes = report.uploaded_bytes,
+                        objects = report.uploaded_objects,
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "snapshot uploaded"
+                    );
+                }
+                if self.failures > 0 {
+                    tracing::info!(
+                        replica = %self.store.describe(),
+                        failed_attempts = self.failures,
+                        "replica reachable again; caught up"
+                    );
+                }
+                self.failures = 0;
+                self.retry_at = None;
+                self.blocked_by = None;
+            }
+            Err(failure) => {
+                // Put the changes back: they are still not in the replica.
+                if let Some(p) = pending {
+                    self.pending = Some(match self.pending {
+                        Some(q) => Pending {
+                            first: p.first,
+                            first_wall: p.first_wall,
+                            last: q.last.max(p.last),
+                        },
+                        None => p,
+                    });
+                    self.metrics.record_change(p.first_wall);
+                }
+                self.failures += 1;
+                let delay = backoff(self.failures, self.config.max_backoff);
+                self.retry_at = Some(Instant::now() + delay);
+                self.metrics.record_error(&failure.to_string());
+                match &failure {
+                    Failure::Busy(holder) => {
+                        if self.blocked_by.as_deref() != Some(holder.as_str()) {
+                            tracing::warn!("{failure}; not writing, retrying until it is free");
+                            self.blocked_by = Some(holder.clone());
+                        }
+                    }
+                    Failure::Store(_) => {
+                        if self.failures == 1 {
+                            tracing::warn!(
+                                replica = %self.store.describe(),
+                                "snapshot failed, retrying with backoff (up to {:?}): {failure}",
+                                self.config.max_backoff
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        shut
+    }
+
+    /// Makes sure we hold the lease, then snapshots.
+    async fn lease_then_snapshot(&mut self) -> Result<SnapshotReport, Failure> {
+        match &mut self.lease {
+            None => {
+                let lease = Lease::try_acquire(self.store.clone(), self.config.lease_ttl).await?;
+                tracing::info!(epoch = lease.epoch(), "took the replica's writer lease");
+                self.metrics.set_lease_held(true);
+                self.lease = Some(lease);
+                // Another process may have written since this snapshotter
+                // was created: start from what the replica says.
+                self.snapshotter = Snapshotter::new(&self.config.db, self.store.clone());
+            }
+            Some(lease) => match lease.ensure().await {
+                Ok(Ensured::Continued) | Ok(Ensured::Retaken { others_wrote: false }) => {}
+                Ok(Ensured::Retaken { others_wrote: true }) => {
+                    tracing::info!(
+                        epoch = lease.epoch(),
+                        "retook the writer lease after another process held it; continuing from the replica's newest snapshot"
+                    );
+                    self.snapshotter = Snapshotter::new(&self.config.db, self.store.clone());
+                }
+                Err(e) => {
+                    self.metrics.set_lease_held(false);
+                    return Err(e.into());
+                }
+            },
+        }
+        self.metrics.set_lease_held(true);
+        self.snapshotter
+            .snapshot()
+            .await
+            .map_err(|e| Failure::Store(e.to_string()))
+    }
+
+    /// The final snapshot and lease release, after shutdown was asked for.
+    async fn finish(mut self, changes: &mut Changes) -> Result<WatchOutcome, crate::Error> {
+        let deadline = Instant::now() + self.config.shutdown_timeout;
+        // A commit made just before the signal may still be on its way
+        // through inotify.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        while let Ok(Some(seen)) = tokio::time::timeout(Duration::ZERO, changes.next()).await {
+            self.mark(seen);
+        }
+        let never_succeeded = self.metrics.last_success().is_none();
+        if self.pending.is_some() || never_succeeded || self.failures > 0 {
+            if self.pending.is_none() {
+                self.mark(Instant::now());
+            }
+            tracing::info!("shutting down: taking the final snapshot");
+            let never = std::future::pending::<()>();
+            tokio::pin!(never);
+            loop {
+                changes.drain();
+                self.attempt(Some(deadline), &mut never).await;
+                if self.failures == 0 {
+                    break;
+                }
+                let next = self.retry_at.unwrap_or_else(Instant::now);
+                if next >= deadline {
+                    break;
+                }
+                tokio::time::sleep_until(next).await;
+            }
+        }
+        if let Some(lease) = &mut self.lease {
+            match lease.release().await {
+                Ok(()) => tracing::info!(epoch = lease.epoch(), "released the writer lease"),
+                Err(e) => tracing::warn!("could not release the writer lease (it expires by itself): {e}"),
+            }
+            self.metrics.set_lease_held(false);
+        }
+        if let Some(p) = self.pending {
+            let last = self
+                .metrics
+                .last_snapshot_id()
+                .map(|id| format!("the newest snapshot in the replica from this process is {id}"))
+                .unwrap_or_else(|| "this process uploaded no snapshot".into());
+            let since = p.first_wall.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            return Err(crate::Error::Other(format!(
+                "shutdown: could not upload the final snapshot of {} to {} within {:?}: every change \
+                 committed since {since} is NOT in the replica ({last}); last error: {}",
+                self.config.db.display(),
+                self.store.describe(),
+                self.config.shutdown_timeout,
+                self.metrics
+                    .health(Duration::ZERO)
+                    .err()
+                    .unwrap_or_default()
+                    .trim_end()
+            )));
+        }
+        tracing::info!(
+            snapshots = self.outcome.snapshots,
+            last = self.outcome.last_snapshot.as_deref().unwrap_or("-"),
+            "everything committed is in the replica; exiting"
+        );
+        Ok(self.outcome)
+    }
+}
+
+/// Why an attempt failed.
+#[derive(Debug)]
+enum Failure {
+    /// Another process holds the lease (its description).
+    Busy(String),
+    /// The store or the snapshot failed.
+    Store(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Busy(s) | Failure::Store(s) => f.write_str(s),
+        }
+    }
+}
+
+impl From<LeaseError> for Failure {
+    fn from(e: LeaseError) -> Self {
+        match e {
+            LeaseError::Busy { .. } => Failure::Busy(e.to_string()),
+            LeaseError::Store { .. } => Failure::Store(e.to_string()),
+        }
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `listen` in the background. Returns
+/// the bound address (useful with port 0).
+pub async fn serve_http(
+    listen: &str,
+    metrics: Arc<Metrics>,
+    health_max_lag: Duration,
+) -> Result<std::net::SocketAddr, crate::Error> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| crate::Error::Other(format!("cannot listen on {listen}: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| crate::Error::Other(format!("cannot listen on {listen}: {e}")))?;
+    let app = metrics::router(metrics, health_max_lag);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("metrics server on {addr} stopped: {e}");
+        }
+    });
+    tracing::info!(%addr, "serving /metrics and /healthz");
+    Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn due_is_debounced_but_bounded_by_max_delay() {
+        let t0 = Instant::now();
+        let d = Duration::from_millis(250);
+        let m = Duration::from_secs(1);
+        // A single change: debounce after it.
+        assert_eq!(due_at(t0, t0, d, m), t0 + d);
+        // Changes keep coming: never later than max_delay after the first.
+        assert_eq!(
+            due_at(t0, t0 + Duration::from_millis(900), d, m),
+            t0 + m
+        );
+        assert_eq!(
+            due_at(t0, t0 + Duration::from_millis(500), d, m),
+            t0 + Duration::from_millis(750)
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let max = Duration::from_secs(15);
+        assert_eq!(backoff(1, max), Duration::from_millis(500));
+        assert_eq!(backoff(2, max), Duration::from_secs(1));
+        assert_eq!(backoff(4, max), Duration::from_secs(4));
+        assert_eq!(backoff(10, max), max);
+        assert_eq!(backoff(100, max), max);
+    }
+}
