@@ -716,7 +716,11 @@ fn prune(args: PruneArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    let verb = if report.dry_run { "would forget" } else { "forgot" };
+    let verb = if report.dry_run {
+        "would forget"
+    } else {
+        "forgot"
+    };
     for d in &report.snapshots {
         let what = if d.keep {
             format!("keep    ({})", d.reasons.join(", "))
@@ -725,12 +729,20 @@ fn prune(args: PruneArgs) -> anyhow::Result<()> {
         } else {
             "forget".to_string()
         };
-        println!("{}  {}  {what}", d.id, d.created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        println!(
+            "{}  {}  {what}",
+            d.id,
+            d.created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
     }
     println!(
         "{verb} {} snapshot(s); {} {} unreferenced object(s), {} bytes; {} unreferenced object(s) younger than the grace period kept",
         report.forgotten.len(),
-        if report.dry_run { "would delete" } else { "deleted" },
+        if report.dry_run {
+            "would delete"
+        } else {
+            "deleted"
+        },
         report.deleted_objects.len(),
         report.deleted_bytes,
         report.young_unreferenced

@@ -9,7 +9,7 @@
 //! | `manifests/<id>.json` | one immutable [`Manifest`] per snapshot, written last (the commit point) |
 //! | `chunks/<sha256>` | zstd of [`Manifest::chunk_pages`] consecutive pages; named by the sha256 of the *uncompressed* bytes, so identical content is stored once |
 //! | `deltas/<id>` | zstd of a delta pack: the pages one snapshot changed (see [`DeltaHeader`]) |
-//! | `lease.json` | the single-writer lease (see `watch`) |
+//! | `lease/<epoch>.json` | the single-writer lease, one object per epoch (see `watch::lease`) |
 //!
 //! Snapshot ids are `YYYYMMDDTHHMMSS.mmmZ-<8 hex>` (UTC), so keys sort by time
 //! and a listing of `manifests/` is already in snapshot order.
@@ -36,8 +36,8 @@ pub const MANIFESTS: &str = "manifests/";
 pub const CHUNKS: &str = "chunks/";
 /// Key prefix of delta packs.
 pub const DELTAS: &str = "deltas/";
-/// Key of the writer lease.
-pub const LEASE_KEY: &str = "lease.json";
+/// Key prefix of the writer lease epochs (`lease/<epoch, 20 digits>.json`).
+pub const LEASE_PREFIX: &str = "lease/";
 
 /// Key of the manifest of snapshot `id`.
 pub fn manifest_key(id: &str) -> String {

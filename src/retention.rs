@@ -77,7 +77,9 @@ pub fn decide(policy: &Policy, snapshots: &[(String, DateTime<Utc>)]) -> Vec<Dec
         ("hourly", policy.keep_hourly, |t| {
             (t.year(), t.ordinal(), t.hour(), 0)
         }),
-        ("daily", policy.keep_daily, |t| (t.year(), t.ordinal(), 0, 0)),
+        ("daily", policy.keep_daily, |t| {
+            (t.year(), t.ordinal(), 0, 0)
+        }),
         ("weekly", policy.keep_weekly, |t| {
             let w = t.iso_week();
             (w.year(), w.week(), 0, 0)
@@ -99,11 +101,7 @@ pub fn decide(policy: &Policy, snapshots: &[(String, DateTime<Utc>)]) -> Vec<Dec
                     continue;
                 }
                 // keep-last: every snapshot is a bucket of its own.
-                let b = if r == 0 {
-                    None
-                } else {
-                    Some(bucket(created))
-                };
+                let b = if r == 0 { None } else { Some(bucket(created)) };
                 if b.is_none() || b != last_bucket[r] {
                     left[r] -= 1;
                     last_bucket[r] = b;

@@ -46,15 +46,17 @@ fn watched_names(db: &Path) -> Vec<std::ffi::OsString> {
     vec![name, wal, journal]
 }
 
-/// Whether an event kind can mean new data; pure reads and opens cannot.
+/// Whether an event kind can mean new data. Opens, reads and closes cannot;
+/// neither can metadata changes (SQLite running as root `fchown`s the `-wal`
+/// on every open, read-only connections included), and every commit writes
+/// data, so nothing is lost by ignoring them.
 fn is_write_kind(kind: &notify::EventKind) -> bool {
     use notify::EventKind;
-    use notify::event::{AccessKind, AccessMode};
-    match kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) => false,
-        _ => true,
-    }
+    use notify::event::ModifyKind;
+    !matches!(
+        kind,
+        EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(_))
+    )
 }
 
 impl Changes {
@@ -150,7 +152,10 @@ fn fingerprint(path: &Path) -> Fingerprint {
 
 async fn poll(db: PathBuf, every: Duration, tx: mpsc::UnboundedSender<Instant>) {
     let dir = db.parent().map(Path::to_path_buf).unwrap_or_default();
-    let paths: Vec<PathBuf> = watched_names(&db).into_iter().map(|n| dir.join(n)).collect();
+    let paths: Vec<PathBuf> = watched_names(&db)
+        .into_iter()
+        .map(|n| dir.join(n))
+        .collect();
     let mut last: Vec<Fingerprint> = paths.iter().map(|p| fingerprint(p)).collect();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -179,7 +184,11 @@ mod tests {
 
     async fn expect_quiet(c: &mut Changes, what: &str) {
         let r = tokio::time::timeout(Duration::from_millis(400), c.next()).await;
-        assert!(r.is_err(), "unexpected change signal after {what} ({})", c.mode);
+        assert!(
+            r.is_err(),
+            "unexpected change signal after {what} ({})",
+            c.mode
+        );
     }
 
     async fn sees_creation_writes_and_ignores_other_files(force_poll: bool) {

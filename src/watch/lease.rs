@@ -26,8 +26,9 @@ use serde::{Deserialize, Serialize};
 use crate::store::{DynStore, StoreError};
 
 /// Key prefix of the lease epochs.
-pub const LEASE_PREFIX: &str = "lease/";
-/// Clock difference between hosts that the lease tolerates.
+pub const LEASE_PREFIX: &str = crate::format::LEASE_PREFIX;
+/// Clock difference between hosts that the lease tolerates (a quarter of
+/// the TTL when that is less, so that short test TTLs stay short).
 const SKEW: Duration = Duration::from_secs(5);
 
 /// Errors of the lease.
@@ -86,7 +87,9 @@ impl LeaseRecord {
 
     /// Whether a process other than the holder may take over now.
     fn is_free(&self, now: chrono::DateTime<chrono::Utc>) -> bool {
-        self.released || now > self.expires + chrono::Duration::from_std(SKEW).unwrap_or_default()
+        let ttl = (self.expires - self.acquired).to_std().unwrap_or_default();
+        let skew = SKEW.min(ttl / 4);
+        self.released || now > self.expires + chrono::Duration::from_std(skew).unwrap_or_default()
     }
 }
 
@@ -238,7 +241,9 @@ impl Lease {
             let newest = self.newest().await?;
             let next = match &newest {
                 None => 1,
-                Some((epoch, Some(rec))) if rec.owner == self.owner || rec.is_free(chrono::Utc::now()) => {
+                Some((epoch, Some(rec)))
+                    if rec.owner == self.owner || rec.is_free(chrono::Utc::now()) =>
+                {
                     epoch + 1
                 }
                 Some((epoch, Some(rec))) => {
@@ -343,5 +348,110 @@ impl Lease {
             .map_err(|e| self.err(e))?;
         self.valid_until = Instant::now();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::watch::metrics::{MeteredStore, Metrics};
+
+    async fn store(dir: &std::path::Path) -> DynStore {
+        crate::store::open(&format!("file://{}", dir.display()), None)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_second_writer_is_refused_until_the_first_releases() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path()).await;
+        let mut a = Lease::try_acquire(s.clone(), Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(a.epoch(), 1);
+        let err = Lease::try_acquire(s.clone(), Duration::from_secs(60))
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, LeaseError::Busy { epoch: 1, .. }), "{msg}");
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
+        a.release().await.unwrap();
+        let b = Lease::try_acquire(s.clone(), Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(b.epoch(), 2);
+        // Older epochs are cleaned up: only the newest object remains.
+        let keys: Vec<String> = s
+            .list(LEASE_PREFIX)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
+        assert_eq!(keys, vec![epoch_key(2)]);
+    }
+
+    #[tokio::test]
+    async fn an_idle_holder_makes_no_request_and_backs_off_after_a_takeover() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Metrics::new();
+        let s = MeteredStore::wrap(store(dir.path()).await, m.clone());
+        let ttl = Duration::from_millis(400);
+        let mut a = Lease::try_acquire(s.clone(), ttl).await.unwrap();
+        let before = m.total_requests();
+        assert_eq!(a.ensure().await.unwrap(), Ensured::Continued);
+        assert_eq!(m.total_requests(), before, "a fresh lease needs no request");
+        // Idle past the TTL (and the skew others allow): B takes over.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let mut b = Lease::try_acquire(s.clone(), Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(b.epoch(), 2);
+        // A learns it before writing, and does not write.
+        assert!(matches!(
+            a.ensure().await,
+            Err(LeaseError::Busy { epoch: 2, .. })
+        ));
+        // Releasing A's lapsed lease must not touch B's.
+        a.release().await.unwrap();
+        assert!(Lease::try_acquire(s.clone(), ttl).await.is_err());
+        b.release().await.unwrap();
+        // A comes back, and is told that someone else wrote meanwhile.
+        assert_eq!(
+            a.ensure().await.unwrap(),
+            Ensured::Retaken { others_wrote: true }
+        );
+        assert_eq!(a.epoch(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_lapsed_lease_nobody_took_is_simply_retaken() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path()).await;
+        let mut a = Lease::try_acquire(s.clone(), Duration::from_millis(200))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(
+            a.ensure().await.unwrap(),
+            Ensured::Retaken {
+                others_wrote: false
+            }
+        );
+        assert_eq!(a.epoch(), 2);
+    }
+
+    #[tokio::test]
+    async fn racing_takeovers_have_exactly_one_winner() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path()).await;
+        let attempts = (0..8).map(|_| Lease::try_acquire(s.clone(), Duration::from_secs(60)));
+        let results = futures::future::join_all(attempts).await;
+        let winners = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(winners, 1, "{results:?}");
     }
 }

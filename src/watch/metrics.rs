@@ -20,7 +20,7 @@ use crate::store::{DynStore, ObjectMeta, ObjectStore, StoreError};
 /// Object-store operations, as counted in `mailsafe_store_requests_total{op}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
-    /// `put` and `put_if_absent`.
+    /// `put`, `put_if_absent` and `put_if_match`.
     Put,
     /// `get` and `get_range`.
     Get,
@@ -28,10 +28,12 @@ pub enum Op {
     List,
     /// `delete`.
     Delete,
+    /// `head`.
+    Head,
 }
 
 impl Op {
-    const ALL: [Op; 4] = [Op::Put, Op::Get, Op::List, Op::Delete];
+    const ALL: [Op; 5] = [Op::Put, Op::Get, Op::List, Op::Delete, Op::Head];
 
     fn name(self) -> &'static str {
         match self {
@@ -39,6 +41,7 @@ impl Op {
             Op::Get => "get",
             Op::List => "list",
             Op::Delete => "delete",
+            Op::Head => "head",
         }
     }
 
@@ -76,7 +79,7 @@ struct State {
 /// loop, the metered store and the HTTP server.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    ops: [OpCounters; 4],
+    ops: [OpCounters; 5],
     snapshots_uploaded: AtomicU64,
     snapshots_unchanged: AtomicU64,
     snapshot_errors: AtomicU64,
@@ -365,7 +368,10 @@ impl MeteredStore {
         // missing key, is an answer, not a failure of the store.
         let ok = matches!(
             r,
-            Ok(_) | Err(StoreError::NotFound { .. }) | Err(StoreError::AlreadyExists { .. })
+            Ok(_)
+                | Err(StoreError::NotFound { .. })
+                | Err(StoreError::AlreadyExists { .. })
+                | Err(StoreError::PreconditionFailed { .. })
         );
         self.metrics.record_request(op, bytes, ok);
     }
@@ -414,6 +420,19 @@ impl ObjectStore for MeteredStore {
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let r = self.inner.delete(key).await;
         self.count(Op::Delete, 0, &r);
+        r
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        let r = self.inner.head(key).await;
+        self.count(Op::Head, 0, &r);
+        r
+    }
+
+    async fn put_if_match(&self, key: &str, body: Bytes, etag: &str) -> Result<String, StoreError> {
+        let n = body.len() as u64;
+        let r = self.inner.put_if_match(key, body, etag).await;
+        self.count(Op::Put, n, &r);
         r
     }
 }

@@ -235,9 +235,13 @@ impl Loop {
             let fut = self.lease_then_snapshot();
             tokio::pin!(fut);
             match deadline {
-                Some(d) => tokio::time::timeout_at(d, &mut fut).await.unwrap_or_else(|_| {
-                    Err(Failure::Store("timed out before the snapshot finished".into()))
-                }),
+                Some(d) => tokio::time::timeout_at(d, &mut fut)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Failure::Store(
+                            "timed out before the snapshot finished".into(),
+                        ))
+                    }),
                 None => {
                     tokio::select! {
                         r = &mut fut => r,
@@ -334,7 +338,10 @@ impl Loop {
                 self.snapshotter = Snapshotter::new(&self.config.db, self.store.clone());
             }
             Some(lease) => match lease.ensure().await {
-                Ok(Ensured::Continued) | Ok(Ensured::Retaken { others_wrote: false }) => {}
+                Ok(Ensured::Continued)
+                | Ok(Ensured::Retaken {
+                    others_wrote: false,
+                }) => {}
                 Ok(Ensured::Retaken { others_wrote: true }) => {
                     tracing::info!(
                         epoch = lease.epoch(),
@@ -388,7 +395,9 @@ impl Loop {
         if let Some(lease) = &mut self.lease {
             match lease.release().await {
                 Ok(()) => tracing::info!(epoch = lease.epoch(), "released the writer lease"),
-                Err(e) => tracing::warn!("could not release the writer lease (it expires by itself): {e}"),
+                Err(e) => {
+                    tracing::warn!("could not release the writer lease (it expires by itself): {e}")
+                }
             }
             self.metrics.set_lease_held(false);
         }
@@ -398,7 +407,9 @@ impl Loop {
                 .last_snapshot_id()
                 .map(|id| format!("the newest snapshot in the replica from this process is {id}"))
                 .unwrap_or_else(|| "this process uploaded no snapshot".into());
-            let since = p.first_wall.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            let since = p
+                .first_wall
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
             return Err(crate::Error::Other(format!(
                 "shutdown: could not upload the final snapshot of {} to {} within {:?}: every change \
                  committed since {since} is NOT in the replica ({last}); last error: {}",
@@ -482,10 +493,7 @@ mod tests {
         // A single change: debounce after it.
         assert_eq!(due_at(t0, t0, d, m), t0 + d);
         // Changes keep coming: never later than max_delay after the first.
-        assert_eq!(
-            due_at(t0, t0 + Duration::from_millis(900), d, m),
-            t0 + m
-        );
+        assert_eq!(due_at(t0, t0 + Duration::from_millis(900), d, m), t0 + m);
         assert_eq!(
             due_at(t0, t0 + Duration::from_millis(500), d, m),
             t0 + Duration::from_millis(750)
