@@ -1,1 +1,165 @@
-//! api (to be written).
+//! The HTTP API, compatible with Mailpit's `/api/v1` (same paths, methods,
+//! parameters and JSON field names), plus `/view/{ID}.html|.txt`, `/livez`,
+//! `/readyz` and the `/api/events` websocket.
+//!
+//! Every handler reads or changes the store and nothing else; errors map to
+//! Mailpit's answers: 404 `404 page not found` for unknown IDs, 400 with a
+//! plain-text message for malformed input.
+
+mod auth;
+mod events;
+mod handlers;
+mod send;
+mod swagger;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+
+use crate::storage::{StorageError, Store};
+
+pub use auth::{AuthError, Credentials};
+
+/// Settings of the HTTP API.
+#[derive(Debug, Clone)]
+pub struct ApiOptions {
+    /// Largest request body accepted, in bytes (413 above it). The send API
+    /// carries base64 attachments, so this is larger than the message limit.
+    pub max_body: usize,
+    /// Optional label shown by the web UI (`MP_LABEL`).
+    pub label: String,
+    /// Basic auth for the API (`MP_UI_AUTH` / `MP_UI_AUTH_FILE`); `/livez`
+    /// and `/readyz` stay open for Kubernetes probes. Layer the same value
+    /// over the UI router.
+    pub auth: Option<crate::ui::BasicAuth>,
+}
+
+impl Default for ApiOptions {
+    fn default() -> Self {
+        Self {
+            max_body: 70 * 1024 * 1024,
+            label: String::new(),
+            auth: None,
+        }
+    }
+}
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub store: Store,
+    pub opts: Arc<ApiOptions>,
+}
+
+/// The API's routes over `store`. Merge the UI router into it (or it into
+/// the UI's); basic auth, when configured, guards every API route but the
+/// probes.
+pub fn router(store: Store, opts: ApiOptions) -> Router {
+    let auth = opts.auth.clone();
+    let max_body = opts.max_body;
+    let state = AppState {
+        store,
+        opts: Arc::new(opts),
+    };
+    use handlers as h;
+    let r = Router::new()
+        .route(
+            "/api/v1/messages",
+            get(h::list).put(h::set_read).delete(h::delete_messages),
+        )
+        .route("/api/v1/search", get(h::search).delete(h::delete_search))
+        .route("/api/v1/message/{id}", get(h::message))
+        .route("/api/v1/message/{id}/headers", get(h::headers))
+        .route("/api/v1/message/{id}/raw", get(h::raw))
+        .route("/api/v1/message/{id}/part/{part}", get(h::part))
+        .route("/api/v1/message/{id}/part/{part}/thumb", get(h::part_thumb))
+        .route("/api/v1/message/{id}/release", post(h::release))
+        .route("/api/v1/message/{id}/html-check", get(h::not_enabled))
+        .route("/api/v1/message/{id}/link-check", get(h::not_enabled))
+        .route("/api/v1/message/{id}/sa-check", get(h::not_enabled))
+        .route("/api/v1/tags", get(h::tags).put(h::set_tags))
+        .route(
+            "/api/v1/tags/{tag}",
+            put(h::rename_tag).delete(h::delete_tag),
+        )
+        .route("/api/v1/info", get(h::info))
+        .route("/api/v1/webui", get(h::webui))
+        .route("/api/v1/chaos", get(h::chaos).put(h::chaos))
+        .route("/api/v1/send", post(send::send))
+        .route("/api/v1/swagger.json", get(swagger::swagger))
+        .route("/view/{file}", get(h::view))
+        .route("/api/events", get(events::websocket))
+        .with_state(state.clone())
+        .layer(DefaultBodyLimit::max(max_body));
+    let r = match auth {
+        Some(a) => r.layer(axum::middleware::from_fn_with_state(
+            a,
+            crate::ui::require_basic_auth,
+        )),
+        None => r,
+    };
+    let probes = Router::new()
+        .route("/livez", get(h::live))
+        .route("/readyz", get(h::ready))
+        .with_state(state);
+    r.merge(probes)
+}
+
+/// An API failure, rendered the way Mailpit renders it.
+#[derive(Debug)]
+pub(crate) enum ApiError {
+    /// 404 `404 page not found`.
+    NotFound,
+    /// 400 with a plain-text message.
+    Bad(String),
+    /// 400 with `{"Error": message}` (the send API's error shape).
+    BadJson(String),
+    /// 500: the store failed.
+    Internal(String),
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::NotFound(_) => ApiError::NotFound,
+            StorageError::Invalid(m) => ApiError::Bad(m),
+            e => {
+                tracing::error!(error = %e, "storage error in API");
+                ApiError::Internal(e.to_string())
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body, json) = match self {
+            ApiError::NotFound => (
+                StatusCode::NOT_FOUND,
+                "404 page not found".to_string(),
+                false,
+            ),
+            ApiError::Bad(m) => (StatusCode::BAD_REQUEST, m, false),
+            ApiError::BadJson(m) => (
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "Error": m }).to_string(),
+                true,
+            ),
+            ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m, false),
+        };
+        let mut res = (status, body).into_response();
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(if json {
+                "application/json"
+            } else {
+                "text/plain; charset=utf-8"
+            }),
+        );
+        res
+    }
+}

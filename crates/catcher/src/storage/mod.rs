@@ -17,6 +17,7 @@ pub mod search;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -144,6 +145,7 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     events: broadcast::Sender<Event>,
     started: std::time::Instant,
+    counters: Arc<Counters>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -191,7 +193,54 @@ pub(crate) fn new_id() -> String {
         .collect()
 }
 
+/// A random 24-character token for MIME boundaries and Message-IDs.
+pub fn new_boundary() -> String {
+    use rand::Rng;
+    rand::rng()
+        .sample_iter(&rand::distr::Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect()
+}
+
+/// Counters since the store was opened (for `/api/v1/info`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RuntimeStats {
+    /// Messages stored.
+    pub accepted: u64,
+    /// Bytes of messages stored.
+    pub accepted_size: u64,
+    /// Messages the SMTP server rejected (reported via [`Store::note_rejected`]).
+    pub rejected: u64,
+    /// Messages deleted or pruned.
+    pub deleted: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    accepted: AtomicU64,
+    accepted_size: AtomicU64,
+    rejected: AtomicU64,
+    pub(crate) deleted: AtomicU64,
+}
+
 impl Store {
+    /// Counters since the store was opened.
+    pub fn runtime_stats(&self) -> RuntimeStats {
+        let c = &self.inner.counters;
+        RuntimeStats {
+            accepted: c.accepted.load(Ordering::Relaxed),
+            accepted_size: c.accepted_size.load(Ordering::Relaxed),
+            rejected: c.rejected.load(Ordering::Relaxed),
+            deleted: c.deleted.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Records that the SMTP server refused a message (shown in `/api/v1/info`).
+    pub fn note_rejected(&self) {
+        self.inner.counters.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Opens (creating if needed) the database at `path`, applies pending
     /// migrations for the tenant, and starts the writer thread.
     pub fn open(path: &Path, opts: StoreOptions) -> Result<Store, StorageError> {
@@ -206,12 +255,14 @@ impl Store {
         }
         let (events, _) = broadcast::channel(1024);
         let (jobs, rx) = std::sync::mpsc::channel::<Box<dyn Job>>();
+        let counters = Arc::new(Counters::default());
         let w = writer::Writer::new(
             wconn,
             path.to_path_buf(),
             prefix.clone(),
             opts.clone(),
             events.clone(),
+            counters.clone(),
         );
         std::thread::Builder::new()
             .name("mailsafe-store-writer".into())
@@ -226,6 +277,7 @@ impl Store {
                 readers: Mutex::new(readers),
                 events,
                 started: std::time::Instant::now(),
+                counters,
             }),
         })
     }
@@ -268,8 +320,14 @@ impl Store {
         } else {
             writer::Prepared::new(msg, level)?
         };
-        self.write(move |conn, ctx| writer::insert(conn, ctx, prepared))
-            .await
+        let size = prepared.size();
+        let id = self
+            .write(move |conn, ctx| writer::insert(conn, ctx, prepared))
+            .await?;
+        let c = &self.inner.counters;
+        c.accepted.fetch_add(1, Ordering::Relaxed);
+        c.accepted_size.fetch_add(size, Ordering::Relaxed);
+        Ok(id)
     }
 
     /// Runs `f` inside the writer's next batch transaction and returns its

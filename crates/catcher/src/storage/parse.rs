@@ -315,10 +315,13 @@ fn part_paths(m: &mail_parser::Message<'_>) -> Vec<String> {
     paths
 }
 
+/// A part as (MIME path, index into `Message::parts`).
+type PartRef = (String, usize);
+
 /// Splits non-body parts into (attachments, inline), each as
 /// (part path, part index). A part is inline when its disposition says so, or
 /// when it has a Content-ID and no disposition (a `multipart/related` image).
-fn classify_parts(m: &mail_parser::Message<'_>) -> (Vec<(String, usize)>, Vec<(String, usize)>) {
+fn classify_parts(m: &mail_parser::Message<'_>) -> (Vec<PartRef>, Vec<PartRef>) {
     let paths = part_paths(m);
     let mut atts = Vec::new();
     let mut inl = Vec::new();
@@ -426,7 +429,7 @@ pub fn detail(raw: &[u8]) -> Detail {
         .and_then(|d| chrono::DateTime::parse_from_rfc3339(&d.to_rfc3339()).ok());
     let header_text = |name: &str| -> String {
         m.header_raw(name.to_string())
-            .map(|s| collapse_ws(s))
+            .map(collapse_ws)
             .unwrap_or_default()
     };
     Detail {

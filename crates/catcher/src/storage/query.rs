@@ -316,12 +316,12 @@ fn unsubscribe_links(h: &str) -> (Vec<String>, String) {
 impl Store {
     /// Totals of the mailbox: (total, unread).
     pub async fn counts(&self) -> Result<(u64, u64), StorageError> {
-        self.read(|c, pre| counts(c, pre)).await
+        self.read(counts).await
     }
 
     /// Every tag, sorted.
     pub async fn tags(&self) -> Result<Vec<String>, StorageError> {
-        self.read(|c, pre| all_tags(c, pre)).await
+        self.read(all_tags).await
     }
 
     /// Every tag with the number of messages carrying it.
@@ -622,6 +622,7 @@ impl Store {
     pub async fn delete_all(&self) -> Result<(), StorageError> {
         self.write(move |c, ctx| {
             let pre = ctx.prefix.clone();
+            ctx.deleted += counts(c, &pre)?.0 as usize;
             c.execute_batch(&format!(
                 "DELETE FROM {pre}mailbox; DELETE FROM {pre}mailbox_data; DELETE FROM {pre}search; \
                  DELETE FROM {pre}message_tags; DELETE FROM {pre}tags; \
@@ -787,6 +788,7 @@ fn push_delete_events(ctx: &mut writer::Ctx, ids: &[String]) {
     if ids.is_empty() {
         return;
     }
+    ctx.deleted += ids.len();
     ctx.counts_changed = true;
     for id in ids {
         ctx.events.push(Event {

@@ -363,7 +363,7 @@ mod tests {
         let plus2 = parse_tz("+02:00");
         assert_eq!(
             parse_date("2024-01-02", plus2),
-            Some(1704153600000 - 7200_000)
+            Some(1704153600000 - 7_200_000)
         );
         assert_eq!(parse_date("nonsense", utc), None);
     }

@@ -35,6 +35,8 @@ pub struct Ctx {
     pub counts_changed: bool,
     /// Number of messages inserted in this batch (count pruning is due).
     pub inserted: usize,
+    /// Number of messages deleted in this batch.
+    pub deleted: usize,
 }
 
 /// A unit of work for the writer.
@@ -99,8 +101,41 @@ pub struct Prepared {
 
 impl Prepared {
     /// Parses and compresses `msg` (CPU work kept off the writer thread).
-    pub fn new(msg: NewMessage, level: i32) -> Result<Prepared, StorageError> {
-        let parsed = parse::parse(&msg.raw);
+    pub fn new(mut msg: NewMessage, level: i32) -> Result<Prepared, StorageError> {
+        let mut parsed = parse::parse(&msg.raw);
+        // Like Mailpit: envelope recipients the headers do not name (e.g.
+        // frameworks that leave Bcc out of the headers) are recorded as Bcc.
+        let known: Vec<String> = parsed
+            .to
+            .iter()
+            .chain(&parsed.cc)
+            .chain(&parsed.bcc)
+            .map(|a| a.address.to_lowercase())
+            .collect();
+        let mut missing: Vec<String> = Vec::new();
+        for r in &msg.rcpt_to {
+            let r = r.trim().trim_matches(|c| c == '<' || c == '>');
+            let l = r.to_lowercase();
+            if !r.is_empty()
+                && !known.contains(&l)
+                && !missing.iter().any(|m| m.to_lowercase() == l)
+            {
+                missing.push(r.to_string());
+            }
+        }
+        if !missing.is_empty() {
+            if parsed.bcc.is_empty() {
+                let mut raw = format!("Bcc: {}\r\n", missing.join(", ")).into_bytes();
+                raw.extend_from_slice(&msg.raw);
+                msg.raw = raw;
+            }
+            parsed
+                .bcc
+                .extend(missing.into_iter().map(|address| parse::Address {
+                    name: String::new(),
+                    address,
+                }));
+        }
         let compressed = zstd::bulk::compress(&msg.raw, level)?;
         Ok(Prepared {
             parsed,
@@ -110,6 +145,11 @@ impl Prepared {
             created: now_ms(),
             extra_tags: Vec::new(),
         })
+    }
+
+    /// Raw size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size as u64
     }
 
     /// Adds tags on top of those from `X-Tags` (e.g. from the send API).
@@ -342,6 +382,7 @@ pub struct Writer {
     prefix: String,
     opts: StoreOptions,
     events: broadcast::Sender<Event>,
+    counters: std::sync::Arc<super::Counters>,
     last_stats: Option<Instant>,
     stats_due: bool,
     next_age_prune: Instant,
@@ -355,6 +396,7 @@ impl Writer {
         prefix: String,
         opts: StoreOptions,
         events: broadcast::Sender<Event>,
+        counters: std::sync::Arc<super::Counters>,
     ) -> Self {
         Writer {
             conn,
@@ -362,6 +404,7 @@ impl Writer {
             prefix,
             opts,
             events,
+            counters,
             last_stats: None,
             stats_due: false,
             next_age_prune: Instant::now(),
@@ -420,6 +463,9 @@ impl Writer {
             let r = self.in_tx(|conn| prune_age(conn, &pre, cutoff));
             match r {
                 Ok(n) if n > 0 => {
+                    self.counters
+                        .deleted
+                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                     tracing::info!(pruned = n, "pruned messages older than max age");
                     self.publish(Event {
                         kind: "prune",
@@ -489,6 +535,7 @@ impl Writer {
             events: Vec::new(),
             counts_changed: false,
             inserted: 0,
+            deleted: 0,
         };
         if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
             let reason = e.to_string();
@@ -541,6 +588,10 @@ impl Writer {
             }
             return;
         }
+        self.counters.deleted.fetch_add(
+            (ctx.deleted + pruned) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         for (j, r) in batch.into_iter().zip(results) {
             j.finish(r);
         }

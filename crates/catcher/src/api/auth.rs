@@ -1,0 +1,149 @@
+//! Credentials for HTTP basic auth (`MP_UI_AUTH`, `MP_UI_AUTH_FILE`).
+//!
+//! Either plain pairs (`MP_UI_AUTH="user:pass user2:pass2"`) or an htpasswd
+//! file with bcrypt hashes. The middleware that enforces them is
+//! [`crate::ui::require_basic_auth`] (shared by UI and API); this module only
+//! knows how to check a user name and password.
+
+use std::path::Path;
+
+use axum::http::{HeaderMap, header};
+use base64::Engine;
+
+/// Problems reading auth configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The htpasswd file could not be read.
+    #[error("cannot read auth file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A credential entry is not `user:secret`.
+    #[error("invalid auth entry {entry:?} in {origin}: expected user:password")]
+    Entry {
+        /// The entry, with the secret removed.
+        entry: String,
+        /// Where it came from (env var or file).
+        origin: String,
+    },
+    /// No credentials were given.
+    #[error("no credentials in {0}")]
+    Empty(String),
+}
+
+#[derive(Clone)]
+enum Secret {
+    Plain(String),
+    Bcrypt(String),
+}
+
+/// A set of accepted users and their passwords or bcrypt hashes.
+#[derive(Clone)]
+pub struct Credentials {
+    users: Vec<(String, Secret)>,
+}
+
+impl std::fmt::Debug for Credentials {
+    // Never print secrets, not even hashes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({} users)", self.users.len())
+    }
+}
+
+impl Credentials {
+    fn from_entries<'a>(
+        entries: impl Iterator<Item = &'a str>,
+        origin: &str,
+    ) -> Result<Self, AuthError> {
+        let mut users = Vec::new();
+        for e in entries {
+            let e = e.trim();
+            if e.is_empty() || e.starts_with('#') {
+                continue;
+            }
+            let Some((u, p)) = e.split_once(':') else {
+                return Err(AuthError::Entry {
+                    entry: e.chars().take(32).collect(),
+                    origin: origin.into(),
+                });
+            };
+            if u.is_empty() {
+                return Err(AuthError::Entry {
+                    entry: format!("{u}:***"),
+                    origin: origin.into(),
+                });
+            }
+            let secret = if p.starts_with("$2a$") || p.starts_with("$2b$") || p.starts_with("$2y$")
+            {
+                Secret::Bcrypt(p.to_string())
+            } else {
+                Secret::Plain(p.to_string())
+            };
+            users.push((u.to_string(), secret));
+        }
+        if users.is_empty() {
+            return Err(AuthError::Empty(origin.into()));
+        }
+        Ok(Credentials { users })
+    }
+
+    /// Parses `MP_UI_AUTH`: space-separated `user:password` pairs.
+    pub fn from_pairs(s: &str) -> Result<Self, AuthError> {
+        Self::from_entries(s.split_whitespace(), "MP_UI_AUTH")
+    }
+
+    /// Reads an htpasswd file (`user:$2y$...` bcrypt lines, or plain).
+    pub fn from_file(path: &Path) -> Result<Self, AuthError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_entries(text.lines(), &path.display().to_string())
+    }
+
+    /// The UI's basic-auth middleware state, checking against these users.
+    pub fn into_basic_auth(self) -> crate::ui::BasicAuth {
+        crate::ui::BasicAuth::new(move |u, p| self.check(u, p))
+    }
+
+    /// Checks a user name and password.
+    pub fn check(&self, user: &str, pass: &str) -> bool {
+        self.users.iter().any(|(u, s)| {
+            u == user
+                && match s {
+                    Secret::Plain(p) => constant_eq(p.as_bytes(), pass.as_bytes()),
+                    Secret::Bcrypt(h) => bcrypt::verify(pass, h).unwrap_or(false),
+                }
+        })
+    }
+}
+
+fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Decodes the `Authorization: Basic` header into (user, password).
+fn credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, b64) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    let s = String::from_utf8(raw).ok()?;
+    let (u, p) = s.split_once(':')?;
+    Some((u.to_string(), p.to_string()))
+}
+
+/// The basic-auth user of a request, if any (recorded as `Username`).
+pub fn basic_user(headers: &HeaderMap) -> Option<String> {
+    credentials(headers).map(|(u, _)| u)
+}

@@ -1,0 +1,461 @@
+//! Handlers of the Mailpit-compatible endpoints.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use super::{ApiError, AppState};
+
+type Params = Query<HashMap<String, String>>;
+
+/// `start`/`limit` as Mailpit reads them (defaults 0 and 50); a value that is
+/// not an integer is a 400.
+fn start_limit(q: &HashMap<String, String>) -> Result<(u64, u64), ApiError> {
+    let num = |name: &str| -> Result<Option<i64>, ApiError> {
+        match q.get(name).map(|s| s.trim()) {
+            None | Some("") => Ok(None),
+            Some(s) => s
+                .parse::<i64>()
+                .map(Some)
+                .map_err(|_| ApiError::Bad(format!("invalid {name}: {s:?} is not an integer"))),
+        }
+    };
+    let start = num("start")?.unwrap_or(0).max(0) as u64;
+    let limit = match num("limit")? {
+        Some(n) if n >= 0 => n as u64,
+        _ => 50,
+    };
+    Ok((start, limit))
+}
+
+/// Parses a JSON body; an empty body counts as `{}`. Go's decoder (which
+/// Mailpit clients were written against) matches field names
+/// case-insensitively, so lookups below do too.
+fn json_body(body: &Bytes) -> Result<Value, ApiError> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(Value::Object(Default::default()));
+    }
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::Bad(format!("invalid JSON body: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::Bad(
+            "invalid JSON body: expected an object".into(),
+        ));
+    }
+    Ok(v)
+}
+
+/// Case-insensitive field lookup in a JSON object.
+pub(crate) fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    v.as_object()?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_null())
+}
+
+/// A field that must be an array of strings when present.
+pub(crate) fn string_list(v: &Value, name: &str) -> Result<Vec<String>, ApiError> {
+    match field(v, name) {
+        None => Ok(Vec::new()),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| {
+                x.as_str().map(str::to_string).ok_or_else(|| {
+                    ApiError::Bad(format!("invalid JSON body: {name} must hold strings"))
+                })
+            })
+            .collect(),
+        Some(_) => Err(ApiError::Bad(format!(
+            "invalid JSON body: {name} must be an array of strings"
+        ))),
+    }
+}
+
+fn ok_text() -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "ok").into_response()
+}
+
+/// `GET /api/v1/messages`
+pub async fn list(State(s): State<AppState>, Query(q): Params) -> Result<Response, ApiError> {
+    let (start, limit) = start_limit(&q)?;
+    Ok(Json(s.store.list(start, limit).await?).into_response())
+}
+
+/// `PUT /api/v1/messages`: set read status by IDs, by search, or for all.
+pub async fn set_read(
+    State(s): State<AppState>,
+    Query(q): Params,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let v = json_body(&body)?;
+    let ids = string_list(&v, "IDs")?;
+    let read = match field(&v, "Read") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(ApiError::Bad(
+                "invalid JSON body: Read must be a boolean".into(),
+            ));
+        }
+    };
+    let search = field(&v, "Search")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    if !ids.is_empty() {
+        s.store.set_read(ids, read).await?;
+    } else if !search.is_empty() {
+        let tz = q.get("tz").cloned().unwrap_or_default();
+        s.store.set_read_search(&search, &tz, read).await?;
+    } else {
+        s.store.set_read(Vec::new(), read).await?;
+    }
+    Ok(ok_text())
+}
+
+/// `DELETE /api/v1/messages`: by IDs, or everything when none are given.
+pub async fn delete_messages(State(s): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let v = json_body(&body)?;
+    let ids = string_list(&v, "IDs")?;
+    if ids.is_empty() {
+        s.store.delete_all().await?;
+    } else {
+        s.store.delete(ids).await?;
+    }
+    Ok(ok_text())
+}
+
+fn query_of(q: &HashMap<String, String>) -> Result<String, ApiError> {
+    let query = q.get("query").map(|s| s.trim()).unwrap_or_default();
+    if query.is_empty() {
+        return Err(ApiError::Bad("no search query".into()));
+    }
+    if query.len() > 4096 {
+        return Err(ApiError::Bad(
+            "search query too long (over 4096 bytes)".into(),
+        ));
+    }
+    Ok(query.to_string())
+}
+
+/// `GET /api/v1/search`
+pub async fn search(State(s): State<AppState>, Query(q): Params) -> Result<Response, ApiError> {
+    let query = query_of(&q)?;
+    let (start, limit) = start_limit(&q)?;
+    let tz = q.get("tz").cloned().unwrap_or_default();
+    Ok(Json(s.store.search(&query, &tz, start, limit).await?).into_response())
+}
+
+/// `DELETE /api/v1/search`
+pub async fn delete_search(
+    State(s): State<AppState>,
+    Query(q): Params,
+) -> Result<Response, ApiError> {
+    let query = query_of(&q)?;
+    let tz = q.get("tz").cloned().unwrap_or_default();
+    s.store.delete_search(&query, &tz).await?;
+    Ok(ok_text())
+}
+
+/// `GET /api/v1/message/{ID}` (marks the message read).
+pub async fn message(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(s.store.message(&id).await?).into_response())
+}
+
+/// `GET /api/v1/message/{ID}/headers`
+pub async fn headers(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(s.store.headers(&id).await?).into_response())
+}
+
+/// `GET /api/v1/message/{ID}/raw`
+pub async fn raw(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let raw = s.store.raw(&id).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], raw).into_response())
+}
+
+/// Part IDs are dotted numbers (`2`, `1.2.3`); anything else cannot name a
+/// part, so it is a 404 before the message is even read.
+fn valid_part_id(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 64
+        && p.split('.')
+            .all(|n| !n.is_empty() && n.len() <= 4 && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A `filename` for Content-Disposition that cannot break out of the header.
+fn safe_filename(name: &str) -> String {
+    name.chars()
+        .filter(|c| !c.is_control() && *c != '"' && *c != '\\' && *c != '/')
+        .collect()
+}
+
+async fn part_response(s: &AppState, id: &str, part: &str) -> Result<Response, ApiError> {
+    if !valid_part_id(part) {
+        return Err(ApiError::NotFound);
+    }
+    let p = s.store.part(id, part).await?;
+    let mut res = p.data.into_response();
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&p.content_type)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    let name = safe_filename(&p.file_name);
+    if !name.is_empty() {
+        let v = format!(
+            "filename=\"{}\"",
+            name.chars()
+                .map(|c| if c.is_ascii() { c } else { '_' })
+                .collect::<String>()
+        );
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(header::CONTENT_DISPOSITION, v);
+        }
+    }
+    Ok(res)
+}
+
+/// `GET /api/v1/message/{ID}/part/{PartID}`
+pub async fn part(
+    State(s): State<AppState>,
+    Path((id, part)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    part_response(&s, &id, &part).await
+}
+
+/// `GET /api/v1/message/{ID}/part/{PartID}/thumb`: we do not resize images,
+/// so image parts are served as they are; other parts have no thumbnail.
+pub async fn part_thumb(
+    State(s): State<AppState>,
+    Path((id, part)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let res = part_response(&s, &id, &part).await?;
+    let is_image = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("image/"));
+    if !is_image {
+        return Err(ApiError::Bad("not an image".into()));
+    }
+    Ok(res)
+}
+
+/// `POST /api/v1/message/{ID}/release`: relaying is not configured here.
+pub async fn release(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    s.store.resolve_id(&id).await?;
+    Err(ApiError::Bad("SMTP relay is disabled".into()))
+}
+
+/// HTML/link/SpamAssassin checks are not provided.
+pub async fn not_enabled() -> Result<Response, ApiError> {
+    Err(ApiError::Bad(
+        "this check is not enabled on this server".into(),
+    ))
+}
+
+/// `GET|PUT /api/v1/chaos`: chaos testing is not enabled.
+pub async fn chaos() -> Result<Response, ApiError> {
+    Err(ApiError::Bad("Chaos is not enabled".into()))
+}
+
+/// `GET /api/v1/tags`
+pub async fn tags(State(s): State<AppState>) -> Result<Response, ApiError> {
+    Ok(Json(s.store.tags().await?).into_response())
+}
+
+/// `PUT /api/v1/tags`: replace the tags of the given messages.
+pub async fn set_tags(State(s): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let v = json_body(&body)?;
+    let ids = string_list(&v, "IDs")?;
+    let tags = string_list(&v, "Tags")?;
+    if ids.is_empty() {
+        return Err(ApiError::Bad("no IDs provided".into()));
+    }
+    s.store.set_tags(ids, tags).await?;
+    Ok(ok_text())
+}
+
+/// `PUT /api/v1/tags/{Tag}`: rename.
+pub async fn rename_tag(
+    State(s): State<AppState>,
+    Path(tag): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let v = json_body(&body)?;
+    let name = field(&v, "Name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    if name.trim().is_empty() {
+        return Err(ApiError::Bad("no new tag name provided".into()));
+    }
+    match s.store.rename_tag(&tag, &name).await {
+        Err(crate::storage::StorageError::NotFound(_)) => {
+            Err(ApiError::Bad(format!("tag not found: {tag}")))
+        }
+        r => {
+            r?;
+            Ok(ok_text())
+        }
+    }
+}
+
+/// `DELETE /api/v1/tags/{Tag}`
+pub async fn delete_tag(
+    State(s): State<AppState>,
+    Path(tag): Path<String>,
+) -> Result<Response, ApiError> {
+    match s.store.delete_tag(&tag).await {
+        Err(crate::storage::StorageError::NotFound(_)) => {
+            Err(ApiError::Bad(format!("tag not found: {tag}")))
+        }
+        r => {
+            r?;
+            Ok(ok_text())
+        }
+    }
+}
+
+/// Resident memory of this process in bytes (Linux), 0 if unknown.
+fn memory() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map(|pages| pages * 4096)
+        .unwrap_or(0)
+}
+
+/// `GET /api/v1/info`
+pub async fn info(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let (total, unread) = s.store.counts().await?;
+    let tags = s.store.tag_counts().await?;
+    let st = s.store.runtime_stats();
+    Ok(Json(serde_json::json!({
+        "Version": env!("CARGO_PKG_VERSION"),
+        "LatestVersion": "",
+        "Database": s.store.path().display().to_string(),
+        "DatabaseSize": s.store.db_size(),
+        "Messages": total,
+        "Unread": unread,
+        "Tags": tags,
+        "RuntimeStats": {
+            "Uptime": s.store.uptime().as_secs(),
+            "Memory": memory(),
+            "MessagesDeleted": st.deleted,
+            "SMTPAccepted": st.accepted,
+            "SMTPAcceptedSize": st.accepted_size,
+            "SMTPRejected": st.rejected,
+            "SMTPIgnored": 0,
+        },
+    }))
+    .into_response())
+}
+
+/// `GET /api/v1/webui`
+pub async fn webui(State(s): State<AppState>) -> Response {
+    Json(serde_json::json!({
+        "Label": s.opts.label,
+        "MessageRelay": {
+            "Enabled": false,
+            "SMTPServer": "",
+            "ReturnPath": "",
+            "AllowedRecipients": "",
+            "BlockedRecipients": "",
+            "OverrideFrom": "",
+            "PreserveMessageIDs": false,
+        },
+        "SpamAssassin": false,
+        "ChaosEnabled": false,
+        "DuplicatesIgnored": false,
+        "HideDeleteAllButton": false,
+    }))
+    .into_response()
+}
+
+/// Escapes text for an HTML attribute value.
+fn attr_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;")
+}
+
+/// `GET /view/{ID}.html` and `GET /view/{ID}.txt`.
+pub async fn view(
+    State(s): State<AppState>,
+    Path(file): Path<String>,
+    Query(q): Params,
+) -> Result<Response, ApiError> {
+    if let Some(id) = file.strip_suffix(".html") {
+        let m = s.store.message(id).await?;
+        if m.html.is_empty() {
+            return Err(ApiError::NotFound);
+        }
+        let mut html = m.html;
+        // Inline images point at the API, as in Mailpit.
+        for p in &m.inline {
+            if !p.content_id.is_empty() {
+                html = html.replace(
+                    &format!("cid:{}", p.content_id),
+                    &format!("/api/v1/message/{}/part/{}", attr_escape(&m.id), p.part_id),
+                );
+            }
+        }
+        if q.get("embed").is_some_and(|v| v == "1") {
+            html = html.replace("<a ", "<a target=\"_blank\" rel=\"noreferrer noopener\" ");
+            if !html.to_ascii_lowercase().contains("<html") {
+                html = format!(
+                    "<!DOCTYPE html><html><head><meta charset=\"utf-8\"></head><body>{html}</body></html>"
+                );
+            }
+        }
+        Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response())
+    } else if let Some(id) = file.strip_suffix(".txt") {
+        let m = s.store.message(id).await?;
+        Ok((
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            m.text,
+        )
+            .into_response())
+    } else {
+        Err(ApiError::NotFound)
+    }
+}
+
+/// `GET /livez`: the process is up.
+pub async fn live() -> Response {
+    (StatusCode::OK, "ok").into_response()
+}
+
+/// `GET /readyz`: the database answers.
+pub async fn ready(State(s): State<AppState>) -> Response {
+    match s.store.counts().await {
+        Ok(_) => (StatusCode::OK, "ok").into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("database not ready: {e}"),
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,949 @@
+//! The Mailpit-compatible HTTP API against a real server on 127.0.0.1:0 with
+//! a temporary db: responses asserted field by field.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use base64::Engine;
+use mailsafe_catcher::api::{self, ApiOptions, Credentials};
+use mailsafe_catcher::storage::{NewMessage, Store, StoreOptions};
+use md5::Digest;
+use serde_json::{Value, json};
+
+struct Server {
+    base: String,
+    store: Store,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_with(opts: StoreOptions, api_opts: ApiOptions) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("mail.db"), opts).unwrap();
+    serve(store, api_opts, dir).await
+}
+
+async fn serve(store: Store, api_opts: ApiOptions, dir: tempfile::TempDir) -> Server {
+    let app = api::router(store.clone(), api_opts);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Server {
+        base,
+        store,
+        http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        _dir: dir,
+    }
+}
+
+async fn start() -> Server {
+    start_with(
+        StoreOptions {
+            max_messages: 0,
+            ..Default::default()
+        },
+        ApiOptions::default(),
+    )
+    .await
+}
+
+impl Server {
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+    }
+    async fn json(&self, path: &str) -> Value {
+        let r = self.get(path).await;
+        assert_eq!(r.status(), 200, "GET {path}");
+        r.json().await.unwrap()
+    }
+    async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> reqwest::Response {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+    async fn insert(&self, raw: &str) -> String {
+        self.insert_env(raw, &[]).await
+    }
+    async fn insert_env(&self, raw: &str, rcpt: &[&str]) -> String {
+        self.store
+            .insert(NewMessage {
+                raw: raw.as_bytes().to_vec(),
+                mail_from: "sender@example.com".into(),
+                rcpt_to: rcpt.iter().map(|s| s.to_string()).collect(),
+                username: None,
+            })
+            .await
+            .unwrap()
+    }
+    async fn search_ids(&self, q: &str) -> Vec<String> {
+        let url = format!("/api/v1/search?query={}", urlencode(q));
+        let v = self.json(&url).await;
+        let mut ids: Vec<String> = v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["ID"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            v["messages_count"].as_u64().unwrap() as usize,
+            ids.len(),
+            "{q}"
+        );
+        ids.sort();
+        ids
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// A small PNG-looking payload and a PDF-looking one with known bytes.
+fn png() -> Vec<u8> {
+    let mut v = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
+    v.extend((0..200u32).map(|i| (i * 7 % 251) as u8));
+    v
+}
+fn pdf() -> Vec<u8> {
+    let mut v = b"%PDF-1.4\n".to_vec();
+    v.extend((0..3000u32).map(|i| (i * 13 % 253) as u8));
+    v
+}
+
+fn multipart_message() -> String {
+    let subject = b64("Grüße ✓ quarterly report".as_bytes());
+    format!(
+        "From: =?UTF-8?Q?J=C3=BCrgen_M=C3=BCller?= <jurgen@example.com>\r\n\
+To: \"Bob Smith\" <bob@example.org>\r\n\
+Cc: carol@example.net\r\n\
+Reply-To: replies@example.com\r\n\
+Subject: =?UTF-8?B?{subject}?=\r\n\
+Message-ID: <multi-1@example.com>\r\n\
+Date: Tue, 02 Jan 2024 10:00:00 +0000\r\n\
+X-Tags: reports, urgent\r\n\
+List-Unsubscribe: <mailto:unsub@example.com>, <https://example.com/unsub>\r\n\
+MIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"outer\"\r\n\
+\r\n\
+--outer\r\n\
+Content-Type: multipart/related; boundary=\"rel\"\r\n\
+\r\n\
+--rel\r\n\
+Content-Type: multipart/alternative; boundary=\"alt\"\r\n\
+\r\n\
+--alt\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\
+\r\n\
+Hello Bob, the quarterly numbers are attached.\r\n\
+--alt\r\n\
+Content-Type: text/html; charset=utf-8\r\n\
+\r\n\
+<p>Hello <b>Bob</b>, the quarterly numbers are attached.</p><img src=\"cid:logo@example.com\">\r\n\
+--alt--\r\n\
+--rel\r\n\
+Content-Type: image/png\r\n\
+Content-ID: <logo@example.com>\r\n\
+Content-Disposition: inline; filename=\"logo.png\"\r\n\
+Content-Transfer-Encoding: base64\r\n\
+\r\n\
+{}\r\n\
+--rel--\r\n\
+--outer\r\n\
+Content-Type: application/pdf; name=\"numbers.pdf\"\r\n\
+Content-Disposition: attachment; filename=\"numbers.pdf\"\r\n\
+Content-Transfer-Encoding: base64\r\n\
+\r\n\
+{}\r\n\
+--outer--\r\n",
+        b64(&png()),
+        b64(&pdf())
+    )
+}
+
+fn simple(from: &str, to: &str, subject: &str, body: &str) -> String {
+    format!(
+        "From: {from}\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: <{}@test>\r\n\r\n{body}\r\n",
+        subject.replace(' ', "-")
+    )
+}
+
+fn checksums(data: &[u8]) -> Value {
+    json!({
+        "MD5": hex::encode(md5::Md5::digest(data)),
+        "SHA1": hex::encode(sha1::Sha1::digest(data)),
+        "SHA256": hex::encode(sha2::Sha256::digest(data)),
+    })
+}
+
+#[tokio::test]
+async fn multipart_message_fields_parts_and_views() {
+    let s = start().await;
+    let id = s.insert(&multipart_message()).await;
+
+    let list = s.json("/api/v1/messages").await;
+    assert_eq!(list["total"], 1);
+    assert_eq!(list["unread"], 1);
+    assert_eq!(list["count"], 1);
+    assert_eq!(list["messages_count"], 1);
+    assert_eq!(list["messages_unread"], 1);
+    assert_eq!(list["start"], 0);
+    assert_eq!(list["tags"], json!(["reports", "urgent"]));
+    let m = &list["messages"][0];
+    assert_eq!(m["ID"], id.as_str());
+    assert_eq!(m["MessageID"], "multi-1@example.com");
+    assert_eq!(m["Read"], false);
+    assert_eq!(
+        m["From"],
+        json!({"Name": "Jürgen Müller", "Address": "jurgen@example.com"})
+    );
+    assert_eq!(
+        m["To"],
+        json!([{"Name": "Bob Smith", "Address": "bob@example.org"}])
+    );
+    assert_eq!(
+        m["Cc"],
+        json!([{"Name": "", "Address": "carol@example.net"}])
+    );
+    assert_eq!(m["Bcc"], json!([]));
+    assert_eq!(
+        m["ReplyTo"],
+        json!([{"Name": "", "Address": "replies@example.com"}])
+    );
+    assert_eq!(m["Subject"], "Grüße ✓ quarterly report");
+    assert_eq!(m["Tags"], json!(["reports", "urgent"]));
+    assert_eq!(m["Size"], multipart_message().len());
+    assert_eq!(m["Attachments"], 1);
+    assert_eq!(
+        m["Snippet"],
+        "Hello Bob, the quarterly numbers are attached."
+    );
+    assert_eq!(m["Username"], "");
+    let created = chrono::DateTime::parse_from_rfc3339(m["Created"].as_str().unwrap()).unwrap();
+    assert!((chrono::Utc::now() - created.to_utc()).num_seconds().abs() < 60);
+
+    let d = s.json(&format!("/api/v1/message/{id}")).await;
+    assert_eq!(d["ID"], id.as_str());
+    assert_eq!(d["Subject"], "Grüße ✓ quarterly report");
+    assert_eq!(
+        d["Text"].as_str().unwrap().trim(),
+        "Hello Bob, the quarterly numbers are attached."
+    );
+    assert!(d["HTML"].as_str().unwrap().contains("<b>Bob</b>"));
+    assert_eq!(d["Date"], "2024-01-02T10:00:00Z");
+    assert_eq!(d["Size"], multipart_message().len());
+    assert_eq!(
+        d["ListUnsubscribe"]["Links"],
+        json!(["mailto:unsub@example.com", "https://example.com/unsub"])
+    );
+    assert_eq!(
+        d["Inline"],
+        json!([{
+            "PartID": "1.2", "FileName": "logo.png", "ContentType": "image/png",
+            "ContentID": "logo@example.com", "Size": png().len(), "Checksums": checksums(&png()),
+        }])
+    );
+    assert_eq!(
+        d["Attachments"],
+        json!([{
+            "PartID": "2", "FileName": "numbers.pdf", "ContentType": "application/pdf",
+            "ContentID": "", "Size": pdf().len(), "Checksums": checksums(&pdf()),
+        }])
+    );
+    // Viewing marks read.
+    let list = s.json("/api/v1/messages").await;
+    assert_eq!(list["unread"], 0);
+    assert_eq!(list["messages"][0]["Read"], true);
+
+    // `latest` works everywhere an ID does.
+    let latest = s.json("/api/v1/message/latest").await;
+    assert_eq!(latest["ID"], id.as_str());
+
+    let part = s.get(&format!("/api/v1/message/{id}/part/2")).await;
+    assert_eq!(part.status(), 200);
+    assert_eq!(part.headers()["content-type"], "application/pdf");
+    assert_eq!(part.bytes().await.unwrap().to_vec(), pdf());
+    let inline = s.get(&format!("/api/v1/message/{id}/part/1.2")).await;
+    assert_eq!(inline.headers()["content-type"], "image/png");
+    assert_eq!(inline.bytes().await.unwrap().to_vec(), png());
+
+    let raw = s.get(&format!("/api/v1/message/{id}/raw")).await;
+    assert_eq!(raw.text().await.unwrap(), multipart_message());
+
+    let h = s.json(&format!("/api/v1/message/{id}/headers")).await;
+    assert_eq!(h["Message-Id"], json!(["<multi-1@example.com>"]));
+    assert_eq!(h["X-Tags"], json!(["reports, urgent"]));
+    assert_eq!(h["To"], json!(["\"Bob Smith\" <bob@example.org>"]));
+    let keys: Vec<&String> = h.as_object().unwrap().keys().collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted);
+
+    let html = s.get(&format!("/view/{id}.html")).await;
+    assert_eq!(html.status(), 200);
+    assert!(
+        html.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = html.text().await.unwrap();
+    assert!(
+        html.contains(&format!("src=\"/api/v1/message/{id}/part/1.2\"")),
+        "{html}"
+    );
+    let txt = s.get("/view/latest.txt").await.text().await.unwrap();
+    assert_eq!(txt.trim(), "Hello Bob, the quarterly numbers are attached.");
+}
+
+#[tokio::test]
+async fn errors_are_404_or_400_and_nothing_crashes() {
+    let s = start().await;
+    let id = s
+        .insert(&simple("a@x.com", "b@y.com", "hello", "body"))
+        .await;
+    for p in [
+        "/api/v1/message/nosuchid".to_string(),
+        "/api/v1/message/nosuchid/raw".into(),
+        "/api/v1/message/nosuchid/headers".into(),
+        "/view/nosuchid.html".into(),
+        format!("/api/v1/message/{id}/part/9"),
+        format!("/api/v1/message/{id}/part/..%2F..%2Fetc%2Fpasswd"),
+        format!("/api/v1/message/{id}/part/1.%2e"),
+        // A text-only message has no HTML view.
+        format!("/view/{id}.html"),
+    ] {
+        let r = s.get(&p).await;
+        assert_eq!(r.status(), 404, "{p}");
+        assert_eq!(r.text().await.unwrap(), "404 page not found");
+    }
+    for p in [
+        "/api/v1/messages?limit=abc",
+        "/api/v1/messages?start=1e9x",
+        "/api/v1/search",
+        "/api/v1/search?query=",
+    ] {
+        let r = s.get(p).await;
+        assert_eq!(r.status(), 400, "{p}");
+        assert!(!r.text().await.unwrap().is_empty());
+    }
+    // Malformed JSON bodies.
+    for (method, path) in [
+        (reqwest::Method::PUT, "/api/v1/messages"),
+        (reqwest::Method::DELETE, "/api/v1/messages"),
+        (reqwest::Method::PUT, "/api/v1/tags"),
+        (reqwest::Method::POST, "/api/v1/send"),
+    ] {
+        let r = s
+            .http
+            .request(method.clone(), format!("{}{path}", s.base))
+            .body("{\"IDs\": [")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{method} {path}");
+        assert!(r.text().await.unwrap().contains("JSON"));
+    }
+    let r = s
+        .send_json(
+            reqwest::Method::PUT,
+            "/api/v1/messages",
+            json!({"IDs": "x"}),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    // Huge limits and offsets are fine.
+    let v = s.json("/api/v1/messages?limit=99999999999&start=0").await;
+    assert_eq!(v["count"], 1);
+    let v = s.json("/api/v1/messages?start=99999999999").await;
+    assert_eq!(v["count"], 0);
+    assert_eq!(v["total"], 1);
+    // Oversized body.
+    let big = vec![b'a'; 71 * 1024 * 1024];
+    let r = s
+        .http
+        .post(format!("{}/api/v1/send", s.base))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    // Still alive.
+    assert_eq!(s.get("/livez").await.status(), 200);
+    assert_eq!(s.get("/readyz").await.status(), 200);
+}
+
+#[tokio::test]
+async fn every_search_operator() {
+    let s = start().await;
+    let a = s
+        .insert("From: Alice <alice@alpha.com>\r\nTo: Bob <bob@beta.com>\r\nCc: cc1@gamma.com\r\nReply-To: rt@delta.com\r\nSubject: Invoice 2024 ready\r\nMessage-ID: <inv-2024@alpha.com>\r\n\r\nPlease pay the invoice quickly.\r\n")
+        .await;
+    let b = s
+        .insert_env(
+            "From: Bob <bob@beta.com>\r\nTo: Alice <alice@alpha.com>\r\nSubject: Lunch tomorrow?\r\nMessage-ID: <lunch@beta.com>\r\nX-Tags: personal\r\n\r\nShall we have lunch at the big cafe?\r\n",
+            &["alice@alpha.com", "hidden@secret.org"],
+        )
+        .await;
+    let c = s.insert(&multipart_message()).await;
+    let all = {
+        let mut v = vec![a.clone(), b.clone(), c.clone()];
+        v.sort();
+        v
+    };
+    let one = |x: &String| vec![x.clone()];
+    let two = |x: &String, y: &String| {
+        let mut v = vec![x.clone(), y.clone()];
+        v.sort();
+        v
+    };
+    // Mark b read.
+    s.send_json(
+        reqwest::Method::PUT,
+        "/api/v1/messages",
+        json!({"IDs": [b], "Read": true}),
+    )
+    .await;
+
+    assert_eq!(s.search_ids("invoice").await, one(&a));
+    assert_eq!(s.search_ids("INVOICE").await, one(&a));
+    assert_eq!(s.search_ids("\"big cafe\"").await, one(&b));
+    assert_eq!(s.search_ids("\"cafe big\"").await, Vec::<String>::new());
+    assert_eq!(s.search_ids("-invoice").await, two(&b, &c));
+    assert_eq!(s.search_ids("!invoice").await, two(&b, &c));
+    assert_eq!(s.search_ids("to:alice").await, one(&b));
+    assert_eq!(s.search_ids("from:alice@alpha.com").await, one(&a));
+    assert_eq!(s.search_ids("cc:gamma").await, one(&a));
+    assert_eq!(s.search_ids("bcc:hidden@secret.org").await, one(&b));
+    assert_eq!(s.search_ids("reply-to:rt@delta").await, one(&a));
+    assert_eq!(s.search_ids("reply-to:replies").await, one(&c));
+    assert_eq!(s.search_ids("addressed:bob@beta.com").await, two(&a, &b));
+    assert_eq!(s.search_ids("subject:lunch").await, one(&b));
+    assert_eq!(s.search_ids("subject:\"Invoice 2024\"").await, one(&a));
+    assert_eq!(s.search_ids("message-id:inv-2024").await, one(&a));
+    assert_eq!(s.search_ids("tag:personal").await, one(&b));
+    assert_eq!(s.search_ids("tag:reports").await, one(&c));
+    assert_eq!(s.search_ids("-tag:personal").await, two(&a, &c));
+    assert_eq!(s.search_ids("is:read").await, one(&b));
+    assert_eq!(s.search_ids("is:unread").await, two(&a, &c));
+    assert_eq!(s.search_ids("is:tagged").await, two(&b, &c));
+    assert_eq!(s.search_ids("!is:tagged").await, one(&a));
+    assert_eq!(s.search_ids("has:attachment").await, one(&c));
+    assert_eq!(s.search_ids("has:inline").await, one(&c));
+    assert_eq!(s.search_ids("larger:2kb").await, one(&c));
+    assert_eq!(s.search_ids("smaller:2kb").await, two(&a, &b));
+    assert_eq!(s.search_ids("after:2000-01-01").await, all);
+    assert_eq!(
+        s.search_ids("before:2000-01-01").await,
+        Vec::<String>::new()
+    );
+    assert_eq!(s.search_ids("-before:2000-01-01").await, all);
+    // File names and the HTML's text are searchable; UTF-8 too.
+    assert_eq!(s.search_ids("numbers.pdf").await, one(&c));
+    assert_eq!(s.search_ids("grüße").await, one(&c));
+    // Short terms (under three characters) still match as substrings.
+    assert_eq!(s.search_ids("ok").await, Vec::<String>::new());
+    assert_eq!(s.search_ids("?").await, one(&b));
+    // Combined terms are ANDed.
+    assert_eq!(s.search_ids("from:bob is:read lunch").await, one(&b));
+    assert_eq!(
+        s.search_ids("from:bob is:unread").await,
+        Vec::<String>::new()
+    );
+    // Counts of a search.
+    let v = s.json("/api/v1/search?query=is%3Aunread&limit=1").await;
+    assert_eq!(v["messages_count"], 2);
+    assert_eq!(v["messages_unread"], 2);
+    assert_eq!(v["count"], 1);
+    assert_eq!(v["total"], 3);
+    assert_eq!(v["unread"], 2);
+    // Read status and deletion by search.
+    let r = s
+        .send_json(
+            reqwest::Method::PUT,
+            "/api/v1/messages",
+            json!({"Search": "has:attachment", "Read": true}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(s.search_ids("is:read").await, two(&b, &c));
+    let r = s
+        .http
+        .delete(format!("{}/api/v1/search?query=tag%3Apersonal", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v = s.json("/api/v1/messages").await;
+    assert_eq!(v["total"], 2);
+    assert_eq!(v["tags"], json!(["reports", "urgent"]));
+}
+
+#[tokio::test]
+async fn read_status_delete_and_tags_endpoints() {
+    let s = start().await;
+    let ids: Vec<String> = {
+        let mut v = Vec::new();
+        for i in 0..4 {
+            v.push(
+                s.insert(&simple("a@x.com", "b@y.com", &format!("m{i}"), "x"))
+                    .await,
+            );
+        }
+        v
+    };
+    // Newest first.
+    let v = s.json("/api/v1/messages?start=1&limit=2").await;
+    let got: Vec<&str> = v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["ID"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, vec![ids[2].as_str(), ids[1].as_str()]);
+    assert_eq!(v["start"], 1);
+
+    // All read, then one unread.
+    let r = s
+        .send_json(
+            reqwest::Method::PUT,
+            "/api/v1/messages",
+            json!({"Read": true}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "ok");
+    assert_eq!(s.json("/api/v1/messages").await["unread"], 0);
+    s.send_json(
+        reqwest::Method::PUT,
+        "/api/v1/messages",
+        json!({"ids": [ids[0]], "read": false}),
+    )
+    .await;
+    assert_eq!(s.json("/api/v1/messages").await["unread"], 1);
+
+    // Tags: set, list, rename, delete.
+    let r = s
+        .send_json(
+            reqwest::Method::PUT,
+            "/api/v1/tags",
+            json!({"IDs": [ids[0], ids[1]], "Tags": ["Alpha", "beta<>"]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(s.json("/api/v1/tags").await, json!(["Alpha", "beta"]));
+    let m = s.json(&format!("/api/v1/message/{}", ids[0])).await;
+    assert_eq!(m["Tags"], json!(["Alpha", "beta"]));
+    let r = s
+        .send_json(
+            reqwest::Method::PUT,
+            "/api/v1/tags/Alpha",
+            json!({"Name": "Gamma"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(s.json("/api/v1/tags").await, json!(["beta", "Gamma"]));
+    let r = s
+        .http
+        .delete(format!("{}/api/v1/tags/beta", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(s.json("/api/v1/tags").await, json!(["Gamma"]));
+    let r = s
+        .http
+        .delete(format!("{}/api/v1/tags/nope", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // Empty tag list clears.
+    s.send_json(
+        reqwest::Method::PUT,
+        "/api/v1/tags",
+        json!({"IDs": [ids[0], ids[1]], "Tags": []}),
+    )
+    .await;
+    assert_eq!(s.json("/api/v1/tags").await, json!([]));
+    let info = s.json("/api/v1/info").await;
+    assert_eq!(info["Messages"], 4);
+
+    // Delete two by ID (an unknown ID is ignored), then all.
+    let r = s
+        .send_json(
+            reqwest::Method::DELETE,
+            "/api/v1/messages",
+            json!({"IDs": [ids[0], ids[1], "nope"]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v = s.json("/api/v1/messages").await;
+    assert_eq!(v["total"], 2);
+    let r = s
+        .http
+        .delete(format!("{}/api/v1/messages", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v = s.json("/api/v1/messages").await;
+    assert_eq!(v["total"], 0);
+    assert_eq!(v["messages"], json!([]));
+    let info = s.json("/api/v1/info").await;
+    assert_eq!(info["Messages"], 0);
+    assert_eq!(info["RuntimeStats"]["MessagesDeleted"], 4);
+    assert_eq!(info["RuntimeStats"]["SMTPAccepted"], 4);
+}
+
+#[tokio::test]
+async fn send_api_stores_a_message_as_received() {
+    let s = start().await;
+    let logo = png();
+    let r = s
+        .send_json(
+            reqwest::Method::POST,
+            "/api/v1/send",
+            json!({
+                "From": {"Email": "john@example.com", "Name": "John Doe"},
+                "To": [{"Email": "jane@example.com", "Name": "Jane Ünicode"}],
+                "Cc": [{"Email": "manager@example.com"}],
+                "Bcc": ["jack@example.com"],
+                "ReplyTo": [{"Email": "secretary@example.com", "Name": "Secretary"}],
+                "Subject": "Sent via API ✓",
+                "Text": "plain body",
+                "HTML": "<p>html body</p><img src=\"cid:logo\">",
+                "Attachments": [
+                    {"Content": b64(b"hello attachment"), "Filename": "a.txt"},
+                    {"Content": b64(&logo), "Filename": "logo.png", "ContentID": "logo"}
+                ],
+                "Tags": ["api", "Test"],
+                "Headers": {"X-Custom": "yes"}
+            }),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let id = v["ID"].as_str().unwrap().to_string();
+    let m = s.json(&format!("/api/v1/message/{id}")).await;
+    assert_eq!(
+        m["From"],
+        json!({"Name": "John Doe", "Address": "john@example.com"})
+    );
+    assert_eq!(
+        m["To"],
+        json!([{"Name": "Jane Ünicode", "Address": "jane@example.com"}])
+    );
+    assert_eq!(
+        m["Cc"],
+        json!([{"Name": "", "Address": "manager@example.com"}])
+    );
+    assert_eq!(
+        m["Bcc"],
+        json!([{"Name": "", "Address": "jack@example.com"}])
+    );
+    assert_eq!(
+        m["ReplyTo"],
+        json!([{"Name": "Secretary", "Address": "secretary@example.com"}])
+    );
+    assert_eq!(m["Subject"], "Sent via API ✓");
+    assert_eq!(m["Text"].as_str().unwrap().trim(), "plain body");
+    assert!(m["HTML"].as_str().unwrap().contains("<p>html body</p>"));
+    assert_eq!(m["Tags"], json!(["api", "Test"]));
+    assert_eq!(m["Attachments"][0]["FileName"], "a.txt");
+    assert_eq!(
+        m["Attachments"][0]["Checksums"],
+        checksums(b"hello attachment")
+    );
+    assert_eq!(m["Inline"][0]["FileName"], "logo.png");
+    assert_eq!(m["Inline"][0]["ContentType"], "image/png");
+    assert_eq!(m["Inline"][0]["ContentID"], "logo");
+    assert_eq!(m["Inline"][0]["Checksums"], checksums(&logo));
+    let h = s.json(&format!("/api/v1/message/{id}/headers")).await;
+    assert_eq!(h["X-Custom"], json!(["yes"]));
+    // Validation errors are JSON {"Error": ...}.
+    for body in [
+        json!({"From": {"Email": "not an address"}, "To": []}),
+        json!({"From": {"Email": "a@b.c"}, "To": [{"Email": "bad"}]}),
+        json!({"From": {"Email": "a@b.c"}, "Headers": {"Subject": "x"}}),
+        json!({"From": {"Email": "a@b.c"}, "Attachments": [{"Content": "!!!", "Filename": "x"}]}),
+    ] {
+        let r = s
+            .send_json(reqwest::Method::POST, "/api/v1/send", body.clone())
+            .await;
+        assert_eq!(r.status(), 400, "{body}");
+        let e: Value = r.json().await.unwrap();
+        assert!(e["Error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn tenants_share_a_db_file_without_seeing_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.db");
+    let a = Store::open(
+        &path,
+        StoreOptions {
+            tenant: "team-a".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let b = Store::open(
+        &path,
+        StoreOptions {
+            tenant: "team b!".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let s = serve(a.clone(), ApiOptions::default(), dir).await;
+    s.insert(&simple("a@x.com", "b@y.com", "for a", "x")).await;
+    b.insert(NewMessage {
+        raw: simple("a@x.com", "b@y.com", "for b", "secret-b").into_bytes(),
+        mail_from: "a@x.com".into(),
+        rcpt_to: vec![],
+        username: None,
+    })
+    .await
+    .unwrap();
+    let v = s.json("/api/v1/messages").await;
+    assert_eq!(v["total"], 1);
+    assert_eq!(v["messages"][0]["Subject"], "for a");
+    assert_eq!(s.search_ids("secret").await, Vec::<String>::new());
+    let pb = b.list(0, 10).await.unwrap();
+    assert_eq!(pb.total, 1);
+    assert_eq!(pb.messages[0].subject, "for b");
+    let conn = rusqlite::Connection::open(s.store.path()).unwrap();
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '%mailbox'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(tables.contains(&"team_a_mailbox".to_string()), "{tables:?}");
+    assert!(
+        tables.contains(&"team_b__mailbox".to_string()),
+        "{tables:?}"
+    );
+}
+
+#[tokio::test]
+async fn pruning_by_count_and_by_age() {
+    let s = start_with(
+        StoreOptions {
+            max_messages: 5,
+            ..Default::default()
+        },
+        ApiOptions::default(),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(
+            s.insert(&simple("a@x.com", "b@y.com", &format!("n{i}"), "x"))
+                .await,
+        );
+    }
+    let v = s.json("/api/v1/messages").await;
+    assert_eq!(v["total"], 5);
+    let got: Vec<&str> = v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["ID"].as_str().unwrap())
+        .collect();
+    let want: Vec<&str> = ids[3..].iter().rev().map(|s| s.as_str()).collect();
+    assert_eq!(got, want);
+    assert_eq!(
+        s.get(&format!("/api/v1/message/{}", ids[0])).await.status(),
+        404
+    );
+
+    // Age: messages older than max_age are removed when the store opens and
+    // then periodically.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("age.db");
+    {
+        let st = Store::open(&path, StoreOptions::default()).unwrap();
+        for i in 0..3 {
+            st.insert(NewMessage {
+                raw: simple("a@x.com", "b@y.com", &format!("old{i}"), "x").into_bytes(),
+                mail_from: String::new(),
+                rcpt_to: vec![],
+                username: None,
+            })
+            .await
+            .unwrap();
+        }
+        assert_eq!(st.counts().await.unwrap().0, 3);
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let st = Store::open(
+        &path,
+        StoreOptions {
+            max_age: Some(Duration::from_secs(1)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while st.counts().await.unwrap().0 != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "old messages not pruned"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn websocket_streams_mailpit_events() {
+    use futures::StreamExt;
+    let s = start().await;
+    let ws_url = format!("{}/api/events", s.base.replace("http://", "ws://"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+    let id = s.insert(&simple("a@x.com", "b@y.com", "live", "x")).await;
+    s.send_json(
+        reqwest::Method::PUT,
+        "/api/v1/messages",
+        json!({"IDs": [id], "Read": true}),
+    )
+    .await;
+    s.send_json(
+        reqwest::Method::DELETE,
+        "/api/v1/messages",
+        json!({"IDs": [id]}),
+    )
+    .await;
+    s.http
+        .delete(format!("{}/api/v1/messages", s.base))
+        .send()
+        .await
+        .unwrap();
+    let mut seen: HashMap<String, Vec<Value>> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !["new", "update", "delete", "truncate", "stats"]
+        .iter()
+        .all(|k| seen.contains_key(*k))
+    {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("events in time")
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+        seen.entry(v["Type"].as_str().unwrap().to_string())
+            .or_default()
+            .push(v["Data"].clone());
+    }
+    assert_eq!(seen["new"][0]["ID"], id.as_str());
+    assert_eq!(seen["new"][0]["Subject"], "live");
+    assert_eq!(seen["update"][0], json!({"ID": id, "Read": true}));
+    assert_eq!(seen["delete"][0], json!({"ID": id}));
+    assert_eq!(seen["truncate"][0], Value::Null);
+    assert!(seen["stats"][0]["Total"].is_u64() && seen["stats"][0]["Unread"].is_u64());
+}
+
+#[tokio::test]
+async fn basic_auth_guards_the_api_but_not_the_probes() {
+    let creds = Credentials::from_pairs("alice:s3cret bob:hunter2").unwrap();
+    let s = start_with(
+        StoreOptions::default(),
+        ApiOptions {
+            auth: Some(creds.into_basic_auth()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let r = s.get("/api/v1/messages").await;
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
+    let r = s
+        .http
+        .get(format!("{}/api/v1/messages", s.base))
+        .basic_auth("alice", Some("wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = s
+        .http
+        .get(format!("{}/api/v1/messages", s.base))
+        .basic_auth("bob", Some("hunter2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(s.get("/livez").await.status(), 200);
+    assert_eq!(s.get("/readyz").await.status(), 200);
+
+    // htpasswd with bcrypt.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("htpasswd");
+    std::fs::write(&file, format!("carol:{}\n", bcrypt::hash("pw", 4).unwrap())).unwrap();
+    let creds = Credentials::from_file(&file).unwrap();
+    assert!(creds.check("carol", "pw"));
+    assert!(!creds.check("carol", "pw2"));
+    assert!(!creds.check("dave", "pw"));
+    assert!(Credentials::from_pairs("nocolon").is_err());
+}
+
+#[tokio::test]
+async fn info_webui_swagger_and_envelope_bcc() {
+    let s = start().await;
+    let id = s
+        .insert_env(
+            &simple("a@x.com", "b@y.com", "bcc", "x"),
+            &["b@y.com", "Hidden@Z.com"],
+        )
+        .await;
+    let m = s.json(&format!("/api/v1/message/{id}")).await;
+    assert_eq!(m["Bcc"], json!([{"Name": "", "Address": "Hidden@Z.com"}]));
+    let h = s.json(&format!("/api/v1/message/{id}/headers")).await;
+    assert_eq!(h["Bcc"], json!(["Hidden@Z.com"]));
+
+    let info = s.json("/api/v1/info").await;
+    assert_eq!(info["Messages"], 1);
+    assert_eq!(info["Unread"], 0);
+    assert!(info["DatabaseSize"].as_u64().unwrap() > 0);
+    assert!(info["Database"].as_str().unwrap().ends_with("mail.db"));
+    assert_eq!(info["RuntimeStats"]["SMTPAccepted"], 1);
+    let ui = s.json("/api/v1/webui").await;
+    assert_eq!(ui["MessageRelay"]["Enabled"], false);
+    let sw = s.json("/api/v1/swagger.json").await;
+    assert_eq!(sw["swagger"], "2.0");
+    for p in [
+        "/api/v1/messages",
+        "/api/v1/search",
+        "/api/v1/message/{ID}/part/{PartID}",
+        "/api/v1/send",
+        "/view/{ID}.html",
+    ] {
+        assert!(sw["paths"][p].is_object(), "{p}");
+    }
+}
