@@ -4,10 +4,29 @@
 //! transaction, never by copying the file, so a snapshot is always a state
 //! some writer committed, and the writer is never blocked. Changed pages are
 //! found from the WAL's new frames when possible, else by hashing every chunk.
+//!
+//! The reading side ([`reader`]) runs on a blocking thread and streams
+//! compressed objects through a small bounded channel to the uploader here,
+//! so memory stays at a few chunks whatever the database size. The manifest
+//! is written last, only after every object it names is stored.
+
+mod reader;
+pub mod wal;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use crate::store::DynStore;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+
+use crate::Error;
+use crate::format::{self, ChunkRef, Manifest};
+use crate::store::{DynStore, StoreError};
+
+/// Objects uploaded concurrently. Small: chunks are ~256 KiB, so 4 in flight
+/// keep a link busy while bounding memory; some S3-compatible stores (R2)
+/// throttle beyond a few concurrent uploads.
+const UPLOAD_CONCURRENCY: usize = 4;
 
 /// What one call to [`Snapshotter::snapshot`] did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -23,6 +42,54 @@ pub struct SnapshotReport {
     pub db_size: u64,
     /// Whether every page had to be read (no usable WAL position).
     pub full_scan: bool,
+    /// Whether the new snapshot is a base (lists every chunk) rather than a
+    /// delta on top of one.
+    pub base: bool,
+    /// Pages written into the new snapshot's delta pack (0 for a base).
+    pub delta_pages: u64,
+    /// The new snapshot's `db.image_sha256`.
+    pub image_sha256: Option<String>,
+}
+
+/// What a snapshotter remembers between calls: the last manifest and what
+/// is needed to continue incrementally from it.
+#[derive(Debug, Clone)]
+pub(crate) struct State {
+    /// The newest manifest of this history.
+    pub last: Manifest,
+    /// The chunks of its base manifest, in order.
+    pub base_chunks: Arc<Vec<ChunkRef>>,
+    /// The content sha256 of each chunk of `last`'s image.
+    pub effective: Vec<[u8; 32]>,
+}
+
+impl State {
+    /// Builds the state from a manifest and its base's chunk list, checking
+    /// that together they reproduce the manifest's image digest.
+    fn new(last: Manifest, base_chunks: Arc<Vec<ChunkRef>>) -> Option<State> {
+        let n = format::chunk_count(last.db.page_size, last.db.page_count) as usize;
+        let mut effective = Vec::with_capacity(n);
+        for i in 0..n {
+            let hex = match last.chunk_overrides.get(&(i as u32)) {
+                Some(h) => h,
+                None => &base_chunks.get(i)?.sha256,
+            };
+            effective.push(format::parse_sha256(hex)?);
+        }
+        let digest = format::image_digest(last.db.page_size, last.db.page_count, &effective);
+        (digest == last.db.image_sha256).then_some(State {
+            last,
+            base_chunks,
+            effective,
+        })
+    }
+}
+
+/// One object for the uploader.
+#[derive(Debug)]
+pub(crate) struct Upload {
+    pub key: String,
+    pub body: Bytes,
 }
 
 /// Takes snapshots of one database into one replica, remembering between
@@ -31,6 +98,10 @@ pub struct SnapshotReport {
 pub struct Snapshotter {
     db: PathBuf,
     store: DynStore,
+    /// `None` until loaded from the replica (or after the first snapshot).
+    state: Option<State>,
+    /// Whether the replica has been looked at for a previous manifest.
+    loaded: bool,
 }
 
 impl Snapshotter {
@@ -40,13 +111,159 @@ impl Snapshotter {
         Self {
             db: db.into(),
             store,
+            state: None,
+            loaded: false,
         }
     }
 
     /// Takes one snapshot: uploads what changed since the previous one and
     /// writes its manifest last. Uploads nothing if nothing changed.
-    pub async fn snapshot(&mut self) -> Result<SnapshotReport, crate::Error> {
-        let _ = (&self.db, &self.store);
-        Err(crate::Error::Other("snapshot: not implemented yet".into()))
+    pub async fn snapshot(&mut self) -> Result<SnapshotReport, Error> {
+        if !self.loaded {
+            self.state = load_state(&self.store).await?;
+            self.loaded = true;
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel::<Upload>(UPLOAD_CONCURRENCY);
+        let db = self.db.clone();
+        let prev = self.state.clone();
+        let reader = tokio::task::spawn_blocking(move || reader::read(&db, prev.as_ref(), tx));
+        let uploaded = upload_all(&self.store, rx).await;
+        let outcome = reader
+            .await
+            .map_err(|e| Error::Other(format!("snapshot of {}: {e}", self.db.display())))?;
+        // An upload error is the cause when both failed: the reader only
+        // stops because the uploader hung up.
+        let (mut objects, mut bytes) = uploaded?;
+        let outcome = outcome?;
+
+        let mut m = match outcome {
+            reader::Outcome::Unchanged { source } => {
+                let db_size = self.state.as_ref().map_or(0, |s| {
+                    u64::from(s.last.db.page_size) * u64::from(s.last.db.page_count)
+                });
+                if let Some(s) = &mut self.state {
+                    // Not persisted: a new process re-reads from the stored
+                    // (older) position, which is merely more work.
+                    s.last.source = source;
+                }
+                return Ok(SnapshotReport {
+                    db_size,
+                    ..Default::default()
+                });
+            }
+            reader::Outcome::Changed(c) => c,
+        };
+
+        // stored_bytes counts every object the snapshot needs, itself
+        // included; the manifest's own size depends on that number, so settle
+        // it with a second pass (the digit count changes at most once).
+        let needed = m.manifest.stats.stored_bytes;
+        m.manifest.stats.new_objects = objects + 1;
+        let mut len = 0;
+        let body = loop {
+            m.manifest.stats.new_bytes = bytes + len;
+            m.manifest.stats.stored_bytes = needed + len;
+            let body = m.manifest.to_json();
+            if body.len() as u64 == len {
+                break body;
+            }
+            len = body.len() as u64;
+        };
+        let key = format::manifest_key(&m.manifest.id);
+        let len = body.len() as u64;
+        self.store.put_if_absent(&key, Bytes::from(body)).await?;
+        objects += 1;
+        bytes += len;
+
+        let report = SnapshotReport {
+            id: Some(m.manifest.id.clone()),
+            uploaded_objects: objects,
+            uploaded_bytes: bytes,
+            db_size: u64::from(m.manifest.db.page_size) * u64::from(m.manifest.db.page_count),
+            full_scan: m.full_scan,
+            base: m.manifest.is_base(),
+            delta_pages: m.delta_pages,
+            image_sha256: Some(m.manifest.db.image_sha256.clone()),
+        };
+        tracing::debug!(db = %self.db.display(), id = %m.manifest.id, objects, bytes, "snapshot written");
+        self.state = Some(State {
+            last: m.manifest,
+            base_chunks: m.base_chunks,
+            effective: m.effective,
+        });
+        Ok(report)
     }
+}
+
+/// Uploads everything the reader sends, [`UPLOAD_CONCURRENCY`] at a time.
+/// Returns (objects, bytes) uploaded. On the first failure it stops and
+/// drops the channel, which stops the reader.
+async fn upload_all(
+    store: &DynStore,
+    mut rx: tokio::sync::mpsc::Receiver<Upload>,
+) -> Result<(u64, u64), Error> {
+    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    stream
+        .map(|u| {
+            let store = store.clone();
+            async move {
+                let n = u.body.len() as u64;
+                store.put(&u.key, u.body).await?;
+                Ok::<u64, StoreError>(n)
+            }
+        })
+        .buffer_unordered(UPLOAD_CONCURRENCY)
+        .try_fold((0u64, 0u64), |(o, b), n| async move { Ok((o + 1, b + n)) })
+        .await
+        .map_err(Error::from)
+}
+
+/// Finds the newest manifest in the replica (the last key under
+/// `manifests/`) and its base, so a new process continues the history
+/// incrementally. A replica whose newest manifest cannot be used (corrupt,
+/// unknown version, missing base) is not an error here: the next snapshot is
+/// then a fresh base, which is always correct.
+async fn load_state(store: &DynStore) -> Result<Option<State>, Error> {
+    let list = store.list(format::MANIFESTS).await?;
+    let Some(key) = list
+        .iter()
+        .rev()
+        .map(|o| o.key.as_str())
+        .find(|k| format::manifest_id(k).is_some())
+    else {
+        return Ok(None);
+    };
+    let last = match store.get(key).await {
+        Ok(b) => match Manifest::from_json(key, &b) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "newest manifest unusable; next snapshot is a full base");
+                return Ok(None);
+            }
+        },
+        Err(StoreError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let base_chunks = if last.is_base() {
+        Arc::new(last.chunks.clone())
+    } else {
+        let base_key = format::manifest_key(&last.base);
+        let base = match store.get(&base_key).await {
+            Ok(b) => Manifest::from_json(&base_key, &b).ok(),
+            Err(StoreError::NotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        match base {
+            Some(b) if b.is_base() => Arc::new(b.chunks),
+            _ => {
+                tracing::warn!(key = %base_key, "base manifest unusable; next snapshot is a full base");
+                return Ok(None);
+            }
+        }
+    };
+    let state = State::new(last, base_chunks);
+    if state.is_none() {
+        tracing::warn!(key, "newest manifest's chunks do not match its image digest; next snapshot is a full base");
+    }
+    Ok(state)
 }

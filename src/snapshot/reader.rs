@@ -1,0 +1,748 @@
+//! The blocking half of a snapshot: opens the database, holds one read
+//! transaction, decides which pages changed, and packs chunks / delta packs
+//! for the uploader.
+//!
+//! Everything that determines the snapshot's content happens inside that one
+//! read transaction, so the image is exactly one committed state even while
+//! the application writes. In WAL mode the transaction never blocks the
+//! writer; we never checkpoint (`SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE`, and
+//! `query_only` so this connection cannot write).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::mpsc::Sender;
+
+use super::wal::{ScanEnd, WalFile, WalHeader};
+use super::{State, Upload};
+use crate::Error;
+use crate::format::{
+    self, ChunkRef, DbInfo, DeltaHeader, FORMAT_NAME, FORMAT_VERSION, Manifest, ObjectRef,
+    SnapshotStats, SourcePosition, WalPosition,
+};
+
+/// zstd level for chunks and deltas: level 3 compresses SQLite pages about
+/// as well as level 9 here at a fraction of the CPU.
+const ZSTD_LEVEL: i32 = 3;
+/// Re-base after this many deltas, so a restore never fetches more.
+const MAX_DELTAS: usize = 64;
+/// Re-base when the deltas since the base would exceed 1/REBASE_DIVISOR of
+/// the base's stored size: restore cost and storage stay within 25% of a
+/// fresh base.
+const REBASE_DIVISOR: u64 = 4;
+/// A delta pack is built in memory; beyond this many uncompressed page bytes
+/// a re-base (streamed chunk by chunk) is cheaper and keeps memory bounded.
+const MAX_DELTA_BYTES: u64 = 32 << 20;
+/// SQLite page cache of our connection (KiB): we read each page once.
+const CACHE_KIB: i64 = 512;
+
+/// What the reader found.
+pub(crate) enum Outcome {
+    /// The image equals the previous snapshot's; nothing was uploaded.
+    Unchanged {
+        /// Where in the source the (unchanged) image was read.
+        source: SourcePosition,
+    },
+    /// Objects were uploaded; the manifest is ready to be written.
+    Changed(Box<Changed>),
+}
+
+/// A snapshot whose objects are uploaded (or queued) and whose manifest is
+/// complete except for the upload statistics.
+pub(crate) struct Changed {
+    pub manifest: Manifest,
+    pub base_chunks: Arc<Vec<ChunkRef>>,
+    pub effective: Vec<[u8; 32]>,
+    pub full_scan: bool,
+    pub delta_pages: u64,
+}
+
+fn sqlite_err(db: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
+    move |e| Error::sqlite(db, e)
+}
+
+/// Refuses a missing path (we never create a database) and a file that is
+/// not SQLite, with messages naming the path.
+fn check_sqlite_file(db: &Path) -> Result<(), Error> {
+    let mut f = std::fs::File::open(db).map_err(|e| Error::io(db, e))?;
+    let mut magic = [0u8; 16];
+    let mut n = 0;
+    while n < 16 {
+        match f.read(&mut magic[n..]).map_err(|e| Error::io(db, e))? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    // A zero-length file is a valid, empty SQLite database.
+    if n == 0 || &magic[..n] == b"SQLite format 3\0" {
+        return Ok(());
+    }
+    Err(Error::Other(format!(
+        "{}: not a SQLite database (bad header)",
+        db.display()
+    )))
+}
+
+fn open(db: &Path) -> Result<Connection, Error> {
+    let err = sqlite_err(db);
+    // READ_WRITE without CREATE: a WAL-mode reader needs to write the -shm
+    // index, but a missing database must never be created by a backup.
+    let conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(&err)?;
+    // Closing the last connection would otherwise checkpoint and delete the
+    // application's WAL behind its back.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )
+    .map_err(&err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(&err)?;
+    conn.execute_batch(&format!(
+        "PRAGMA query_only = 1; PRAGMA cache_size = -{CACHE_KIB};"
+    ))
+    .map_err(&err)?;
+    Ok(conn)
+}
+
+fn wal_path(db: &Path) -> PathBuf {
+    let mut p = OsString::from(db.as_os_str());
+    p.push("-wal");
+    PathBuf::from(p)
+}
+
+/// What the WAL said before our read transaction began.
+#[derive(Default)]
+struct PreScan {
+    header: Option<WalHeader>,
+    /// The last commit frame before BEGIN: the position we record.
+    f0: Option<WalPosition>,
+    /// Pages committed since the previous snapshot's position, when that
+    /// position could be followed.
+    pages: Option<BTreeSet<u32>>,
+}
+
+/// Scans the WAL before BEGIN: from the previous position if it is still in
+/// this WAL (or in the generation just before it, with its frames intact),
+/// else just to find the last commit.
+fn wal_pre(path: &Path, prev: Option<&WalPosition>) -> std::io::Result<PreScan> {
+    let Some(mut wal) = WalFile::open(path)? else {
+        return Ok(PreScan::default());
+    };
+    let Some(h) = wal.header else {
+        return Ok(PreScan::default());
+    };
+    if let Some(p) = prev {
+        if p.salt1 == h.salt1 && p.salt2 == h.salt2 && wal.holds(&h, p)? {
+            let s = wal.scan(&h, p)?;
+            return Ok(PreScan {
+                header: Some(h),
+                f0: Some(s.commit),
+                pages: Some(s.pages),
+            });
+        }
+        // The WAL restarted once since `p` (salt-1 is incremented at each
+        // restart). Restarting requires every old frame to be checkpointed,
+        // and the new WAL overwrites the old one from the start, so the old
+        // frames after `p` are still intact if (a) frame `p` still holds its
+        // old salts and checksum and (b) the old chain ends at a *whole*
+        // frame that is neither old nor new generation. A chain that runs to
+        // end-of-file may have been truncated: then we cannot know what we
+        // missed, and fall back to a full scan.
+        if h.salt1 == p.salt1.wrapping_add(1) && p.frame > 0 && wal.holds(&h, p)? {
+            let old = wal.scan(&h, p)?;
+            if matches!(old.end, ScanEnd::Invalid { salt1 } if salt1 != h.salt1) {
+                let new = wal.scan(&h, &h.start())?;
+                let mut pages = old.pages;
+                pages.extend(new.pages);
+                return Ok(PreScan {
+                    header: Some(h),
+                    f0: Some(new.commit),
+                    pages: Some(pages),
+                });
+            }
+        }
+    }
+    let s = wal.scan(&h, &h.start())?;
+    Ok(PreScan {
+        header: Some(h),
+        f0: Some(s.commit),
+        pages: None,
+    })
+}
+
+/// Scans the WAL after BEGIN from F0 to the last commit now visible: our
+/// read snapshot lies between the two, so the union of pages covers every
+/// change up to it. Returns the position to record (F0, which is never
+/// beyond our snapshot) and the changed pages, or `(None, None)` if the WAL
+/// restarted meanwhile.
+fn wal_post(path: &Path, pre: PreScan) -> std::io::Result<(Option<WalPosition>, Option<BTreeSet<u32>>)> {
+    let (Some(h), Some(f0)) = (pre.header, pre.f0) else {
+        return Ok((None, None));
+    };
+    let Some(mut wal) = WalFile::open(path)? else {
+        return Ok((None, None));
+    };
+    if wal.header != Some(h) || !wal.holds(&h, &f0)? {
+        return Ok((None, None));
+    }
+    let s = wal.scan(&h, &f0)?;
+    let pages = pre.pages.map(|mut p| {
+        p.extend(s.pages);
+        p
+    });
+    Ok((Some(f0), pages))
+}
+
+/// Reads pages by number inside the read transaction.
+struct Pages<'c> {
+    stmt: rusqlite::CachedStatement<'c>,
+    db: &'c Path,
+    page_size: u32,
+}
+
+impl Pages<'_> {
+    /// Appends page `pgno` to `out`.
+    fn read_into(&mut self, pgno: u32, out: &mut Vec<u8>) -> Result<(), Error> {
+        let db = self.db;
+        let ps = self.page_size as usize;
+        let start = out.len();
+        self.stmt
+            .query_row([pgno], |r| {
+                let b = r.get_ref(0)?.as_blob()?;
+                out.extend_from_slice(b);
+                Ok(())
+            })
+            .map_err(|e| Error::sqlite(db, e))?;
+        if out.len() - start != ps {
+            // sqlite_dbpage returns an empty blob for pages past the end.
+            out.resize(start + ps, 0);
+        }
+        Ok(())
+    }
+
+    /// Reads chunk `idx` (all its pages up to `page_count`) into `buf`.
+    fn read_chunk(
+        &mut self,
+        idx: u32,
+        chunk_pages: u32,
+        page_count: u32,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), Error> {
+        buf.clear();
+        let first = idx * chunk_pages + 1;
+        let last = (first + chunk_pages - 1).min(page_count);
+        for p in first..=last {
+            self.read_into(p, buf)?;
+        }
+        Ok(())
+    }
+}
+
+/// Compresses and queues chunks not yet stored, remembering what is.
+struct ChunkSink<'a> {
+    known: HashMap<[u8; 32], ChunkRef>,
+    compressor: zstd::bulk::Compressor<'static>,
+    tx: &'a Sender<Upload>,
+}
+
+impl ChunkSink<'_> {
+    fn new<'a>(tx: &'a Sender<Upload>, prev: Option<&State>) -> Result<ChunkSink<'a>, Error> {
+        let mut known = HashMap::new();
+        if let Some(s) = prev {
+            for c in s.base_chunks.iter() {
+                if let Some(h) = format::parse_sha256(&c.sha256) {
+                    known.insert(h, c.clone());
+                }
+            }
+        }
+        let compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL)
+            .map_err(|e| Error::Other(format!("zstd: {e}")))?;
+        Ok(ChunkSink {
+            known,
+            compressor,
+            tx,
+        })
+    }
+
+    /// The stored reference for chunk content `data` with digest `h`,
+    /// uploading it unless an identical chunk is already stored.
+    fn put(&mut self, h: [u8; 32], data: &[u8]) -> Result<ChunkRef, Error> {
+        if let Some(c) = self.known.get(&h) {
+            return Ok(c.clone());
+        }
+        let z = self
+            .compressor
+            .compress(data)
+            .map_err(|e| Error::Other(format!("zstd: {e}")))?;
+        let hex = hex::encode(h);
+        let c = ChunkRef {
+            sha256: hex.clone(),
+            stored_sha256: format::sha256_hex(&z),
+            stored_size: z.len() as u64,
+        };
+        send(
+            self.tx,
+            Upload {
+                key: format::chunk_key(&hex),
+                body: Bytes::from(z),
+            },
+        )?;
+        self.known.insert(h, c.clone());
+        Ok(c)
+    }
+}
+
+fn send(tx: &Sender<Upload>, u: Upload) -> Result<(), Error> {
+    let key = u.key.clone();
+    tx.blocking_send(u)
+        .map_err(|_| Error::Other(format!("upload of {key} aborted")))
+}
+
+/// Takes the snapshot's reading half. See the module docs.
+pub(crate) fn read(
+    db: &Path,
+    prev: Option<&State>,
+    tx: Sender<Upload>,
+) -> Result<Outcome, Error> {
+    check_sqlite_file(db)?;
+    let conn = open(db)?;
+    let err = sqlite_err(db);
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .map_err(&err)?;
+    let wal_mode = mode.eq_ignore_ascii_case("wal");
+    let wal_file = wal_path(db);
+    let prev_pos = prev.and_then(|s| s.last.source.wal.as_ref());
+    let pre = if wal_mode {
+        wal_pre(&wal_file, prev_pos).map_err(|e| Error::io(&wal_file, e))?
+    } else {
+        PreScan::default()
+    };
+
+    conn.execute_batch("BEGIN").map_err(&err)?;
+    // The first read fixes the transaction's snapshot.
+    let first = conn
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0))
+        .map_err(&err);
+    let created = chrono::Utc::now();
+    let result = first.and_then(|_| {
+        let (wal_pos, wal_pages) = if wal_mode {
+            wal_post(&wal_file, pre).map_err(|e| Error::io(&wal_file, e))?
+        } else {
+            (None, None)
+        };
+        in_txn(db, &conn, prev, &tx, created, wal_pos, wal_pages)
+    });
+    // Ends the read transaction; nothing was written.
+    let _ = conn.execute_batch("ROLLBACK");
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn in_txn(
+    db: &Path,
+    conn: &Connection,
+    prev: Option<&State>,
+    tx: &Sender<Upload>,
+    created: chrono::DateTime<chrono::Utc>,
+    wal_pos: Option<WalPosition>,
+    wal_pages: Option<BTreeSet<u32>>,
+) -> Result<Outcome, Error> {
+    let err = sqlite_err(db);
+    let page_size: u32 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .map_err(&err)?;
+    let page_count: u32 = conn
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .map_err(&err)?;
+    let chunk_pages = format::chunk_pages(page_size);
+    let n_chunks = format::chunk_count(page_size, page_count);
+    let mut pages = Pages {
+        stmt: conn
+            .prepare_cached("SELECT data FROM sqlite_dbpage WHERE pgno = ?1")
+            .map_err(&err)?,
+        db,
+        page_size,
+    };
+    let (change_counter, rollback_header) = if page_count > 0 {
+        let mut p1 = Vec::with_capacity(page_size as usize);
+        pages.read_into(1, &mut p1)?;
+        (
+            u32::from_be_bytes(p1[24..28].try_into().expect("4 bytes")),
+            p1[18] == 1,
+        )
+    } else {
+        (0, true)
+    };
+    let source = SourcePosition {
+        wal: wal_pos,
+        change_counter,
+    };
+
+    // A previous snapshot we can build a delta on: same page geometry.
+    let same_shape = prev.filter(|s| {
+        s.last.db.page_size == page_size && s.last.chunk_pages == chunk_pages
+    });
+    if let Some(s) = same_shape {
+        // Rollback journal mode: SQLite bumps the header's change counter on
+        // every commit, so an equal counter and size means no change.
+        if source.wal.is_none()
+            && s.last.source.wal.is_none()
+            && rollback_header
+            && change_counter != 0
+            && s.last.source.change_counter == change_counter
+            && s.last.db.page_count == page_count
+        {
+            return Ok(Outcome::Unchanged { source });
+        }
+    }
+
+    let mut sink = ChunkSink::new(tx, prev)?;
+    let ctx = Ctx {
+        page_size,
+        page_count,
+        chunk_pages,
+        n_chunks,
+        created,
+        source,
+    };
+    let Some(s) = same_shape else {
+        return first_base(db, conn, prev, &mut sink, ctx);
+    };
+
+    // Find the changed chunks and the pages the delta must carry.
+    let prev_count = s.last.db.page_count;
+    // New chunks start with a zero digest, which no real chunk has.
+    let mut effective = s.effective.clone();
+    effective.resize(n_chunks as usize, [0u8; 32]);
+    let mut buf = Vec::with_capacity((chunk_pages * page_size) as usize);
+    let full_scan = wal_pages.is_none();
+    let delta_pages: BTreeSet<u32> = match wal_pages {
+        Some(mut changed) => {
+            // O(change): only the pages the WAL names, plus any growth (every
+            // page past the old end belongs to the delta), and the chunks
+            // holding them re-hashed.
+            changed.retain(|&p| p >= 1 && p <= page_count);
+            changed.extend(prev_count.saturating_add(1)..=page_count);
+            let mut affected: BTreeSet<u32> =
+                changed.iter().map(|p| (p - 1) / chunk_pages).collect();
+            if page_count != prev_count && page_count > 0 {
+                affected.insert((page_count - 1) / chunk_pages);
+            }
+            for &i in &affected {
+                pages.read_chunk(i, chunk_pages, page_count, &mut buf)?;
+                effective[i as usize] = format::sha256(&buf);
+            }
+            changed
+        }
+        None => {
+            // Full scan: hash every chunk, in one pass over sqlite_dbpage.
+            let mut changed = BTreeSet::new();
+            scan_all(db, conn, page_size, page_count, chunk_pages, |i, data| {
+                let h = format::sha256(data);
+                if s.effective.get(i as usize) != Some(&h) {
+                    let first = i * chunk_pages + 1;
+                    let last = (first + chunk_pages - 1).min(page_count);
+                    changed.extend(first..=last);
+                }
+                effective[i as usize] = h;
+                Ok(())
+            })?;
+            changed
+        }
+    };
+    let image_sha256 = format::image_digest(page_size, page_count, &effective);
+    if image_sha256 == s.last.db.image_sha256 {
+        return Ok(Outcome::Unchanged { source: ctx.source });
+    }
+
+    // Delta or re-base?
+    let base_stored = unique_stored(&s.base_chunks);
+    let prior_deltas: &[ObjectRef] = if s.last.is_base() { &[] } else { &s.last.deltas };
+    let prior_stored: u64 = prior_deltas.iter().map(|d| d.size).sum();
+    let raw = delta_pages.len() as u64 * u64::from(page_size);
+    let mut rebase = prior_deltas.len() + 1 > MAX_DELTAS || raw > MAX_DELTA_BYTES;
+    let id = next_id(prev, created);
+    let mut delta = None;
+    if !rebase {
+        let z = encode_delta(&mut pages, page_size, page_count, &delta_pages)?;
+        rebase = prior_stored + z.len() as u64 > base_stored / REBASE_DIVISOR;
+        delta = Some(z);
+    }
+    if rebase {
+        let mut refs = Vec::with_capacity(n_chunks as usize);
+        for (i, h) in effective.iter().enumerate() {
+            let c = match sink.known.get(h) {
+                Some(c) => c.clone(),
+                None => {
+                    pages.read_chunk(i as u32, chunk_pages, page_count, &mut buf)?;
+                    sink.put(*h, &buf)?
+                }
+            };
+            refs.push(c);
+        }
+        let m = base_manifest(id, Some(s), ctx, refs, image_sha256);
+        return Ok(Outcome::Changed(Box::new(Changed {
+            base_chunks: Arc::new(m.chunks.clone()),
+            manifest: m,
+            effective,
+            full_scan,
+            delta_pages: 0,
+        })));
+    }
+    let z = delta.expect("built when not re-basing");
+    let dref = ObjectRef {
+        key: format::delta_key(&id),
+        sha256: format::sha256_hex(&z),
+        size: z.len() as u64,
+    };
+    send(
+        tx,
+        Upload {
+            key: dref.key.clone(),
+            body: Bytes::from(z),
+        },
+    )?;
+    let mut deltas = prior_deltas.to_vec();
+    deltas.push(dref);
+    let mut chunk_overrides = std::collections::BTreeMap::new();
+    for (i, h) in effective.iter().enumerate() {
+        let base = s
+            .base_chunks
+            .get(i)
+            .and_then(|c| format::parse_sha256(&c.sha256));
+        if base.as_ref() != Some(h) {
+            chunk_overrides.insert(i as u32, hex::encode(h));
+        }
+    }
+    let stored_bytes = base_stored + deltas.iter().map(|d| d.size).sum::<u64>();
+    let manifest = Manifest {
+        format: FORMAT_NAME.into(),
+        version: FORMAT_VERSION,
+        id,
+        created,
+        parent: Some(s.last.id.clone()),
+        db: DbInfo {
+            page_size,
+            page_count,
+            image_sha256,
+        },
+        chunk_pages,
+        base: s.last.base.clone(),
+        chunks: Vec::new(),
+        deltas,
+        chunk_overrides,
+        source: ctx.source,
+        stats: SnapshotStats {
+            stored_bytes,
+            ..Default::default()
+        },
+    };
+    Ok(Outcome::Changed(Box::new(Changed {
+        manifest,
+        base_chunks: s.base_chunks.clone(),
+        effective,
+        full_scan,
+        delta_pages: delta_pages.len() as u64,
+    })))
+}
+
+/// Geometry and position of the image being read.
+struct Ctx {
+    page_size: u32,
+    page_count: u32,
+    chunk_pages: u32,
+    n_chunks: u32,
+    created: chrono::DateTime<chrono::Utc>,
+    source: SourcePosition,
+}
+
+/// A base snapshot when there is no previous snapshot of the same page
+/// geometry: one pass over every page, uploading each chunk not already
+/// stored.
+fn first_base(
+    db: &Path,
+    conn: &Connection,
+    prev: Option<&State>,
+    sink: &mut ChunkSink<'_>,
+    ctx: Ctx,
+) -> Result<Outcome, Error> {
+    let mut refs = Vec::with_capacity(ctx.n_chunks as usize);
+    let mut effective = Vec::with_capacity(ctx.n_chunks as usize);
+    scan_all(
+        db,
+        conn,
+        ctx.page_size,
+        ctx.page_count,
+        ctx.chunk_pages,
+        |_, data| {
+            let h = format::sha256(data);
+            refs.push(sink.put(h, data)?);
+            effective.push(h);
+            Ok(())
+        },
+    )?;
+    let image_sha256 = format::image_digest(ctx.page_size, ctx.page_count, &effective);
+    if let Some(s) = prev {
+        if s.last.db.image_sha256 == image_sha256 {
+            return Ok(Outcome::Unchanged { source: ctx.source });
+        }
+    }
+    let id = next_id(prev, ctx.created);
+    let m = base_manifest(id, prev, ctx, refs, image_sha256);
+    Ok(Outcome::Changed(Box::new(Changed {
+        base_chunks: Arc::new(m.chunks.clone()),
+        manifest: m,
+        effective,
+        full_scan: true,
+        delta_pages: 0,
+    })))
+}
+
+fn base_manifest(
+    id: String,
+    prev: Option<&State>,
+    ctx: Ctx,
+    chunks: Vec<ChunkRef>,
+    image_sha256: String,
+) -> Manifest {
+    let stored_bytes = unique_stored(&chunks);
+    Manifest {
+        format: FORMAT_NAME.into(),
+        version: FORMAT_VERSION,
+        base: id.clone(),
+        id,
+        created: ctx.created,
+        parent: prev.map(|s| s.last.id.clone()),
+        db: DbInfo {
+            page_size: ctx.page_size,
+            page_count: ctx.page_count,
+            image_sha256,
+        },
+        chunk_pages: ctx.chunk_pages,
+        chunks,
+        deltas: Vec::new(),
+        chunk_overrides: Default::default(),
+        source: ctx.source,
+        stats: SnapshotStats {
+            stored_bytes,
+            ..Default::default()
+        },
+    }
+}
+
+/// Stored bytes of the distinct chunks in `chunks`.
+fn unique_stored(chunks: &[ChunkRef]) -> u64 {
+    let mut seen = HashSet::new();
+    chunks
+        .iter()
+        .filter(|c| seen.insert(c.sha256.as_str()))
+        .map(|c| c.stored_size)
+        .sum()
+}
+
+/// A new id, strictly after the previous one even if the clock did not move
+/// (or moved back), so that `manifests/` listing order is history order.
+fn next_id(prev: Option<&State>, created: chrono::DateTime<chrono::Utc>) -> String {
+    let mut t = created;
+    if let Some(p) = prev.and_then(|s| format::snapshot_id_time(&s.last.id)) {
+        let min = p + chrono::Duration::milliseconds(1);
+        if t < min {
+            t = min;
+        }
+    }
+    format::new_snapshot_id(t)
+}
+
+/// Streams every page of the image in order through `sqlite_dbpage` (one
+/// query: its `pgno` index only supports equality, so ranges would rescan),
+/// calling `f(chunk_index, chunk_bytes)` for each chunk.
+fn scan_all(
+    db: &Path,
+    conn: &Connection,
+    page_size: u32,
+    page_count: u32,
+    chunk_pages: u32,
+    mut f: impl FnMut(u32, &[u8]) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let err = sqlite_err(db);
+    let ps = page_size as usize;
+    let mut buf = Vec::with_capacity(chunk_pages as usize * ps);
+    let mut stmt = conn
+        .prepare("SELECT pgno, data FROM sqlite_dbpage")
+        .map_err(&err)?;
+    let mut rows = stmt.query([]).map_err(&err)?;
+    let mut expect = 1u32;
+    let mut chunk = 0u32;
+    while let Some(row) = rows.next().map_err(&err)? {
+        let pgno: u32 = row.get(0).map_err(&err)?;
+        if pgno > page_count {
+            break;
+        }
+        if pgno != expect {
+            return Err(Error::Other(format!(
+                "{}: sqlite_dbpage returned page {pgno}, expected {expect}",
+                db.display()
+            )));
+        }
+        let data = row.get_ref(1).and_then(|v| Ok(v.as_blob()?)).map_err(&err)?;
+        let start = buf.len();
+        buf.extend_from_slice(data);
+        buf.resize(start + ps, 0);
+        expect += 1;
+        if buf.len() == chunk_pages as usize * ps {
+            f(chunk, &buf)?;
+            chunk += 1;
+            buf.clear();
+        }
+    }
+    if expect != page_count + 1 {
+        return Err(Error::Other(format!(
+            "{}: sqlite_dbpage returned {} of {page_count} pages",
+            db.display(),
+            expect - 1
+        )));
+    }
+    if !buf.is_empty() {
+        f(chunk, &buf)?;
+    }
+    Ok(())
+}
+
+/// Builds the zstd-compressed delta pack of `delta_pages` (read now, inside
+/// the transaction).
+fn encode_delta(
+    pages: &mut Pages<'_>,
+    page_size: u32,
+    page_count: u32,
+    delta_pages: &BTreeSet<u32>,
+) -> Result<Vec<u8>, Error> {
+    let zerr = |e: std::io::Error| Error::Other(format!("zstd: {e}"));
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL).map_err(zerr)?;
+    format::encode_delta_header(
+        &DeltaHeader {
+            page_size,
+            page_count,
+            pages: delta_pages.len() as u32,
+        },
+        &mut enc,
+    )
+    .map_err(zerr)?;
+    let mut page = Vec::with_capacity(page_size as usize);
+    for &p in delta_pages {
+        page.clear();
+        pages.read_into(p, &mut page)?;
+        format::encode_delta_page(p, &page, &mut enc).map_err(zerr)?;
+    }
+    enc.flush().map_err(zerr)?;
+    enc.finish().map_err(zerr)
+}
