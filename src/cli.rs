@@ -448,8 +448,36 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn snapshot(_args: SnapshotArgs) -> anyhow::Result<()> {
-    anyhow::bail!("snapshot: not implemented yet")
+fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let report = runtime()?.block_on(async {
+        let store = mailsafe::store::open(&args.replica.replica, args.replica.endpoint.as_deref())
+            .await
+            .with_context(|| format!("cannot open replica {}", args.replica.replica))?;
+        let mut snapshotter = mailsafe::snapshot::Snapshotter::new(&args.db, store);
+        snapshotter
+            .snapshot()
+            .await
+            .with_context(|| format!("snapshot of {} failed", args.db.display()))
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else if let Some(id) = &report.id {
+        println!(
+            "snapshot {id}: uploaded {} objects, {} bytes ({}; db {} bytes)",
+            report.uploaded_objects,
+            report.uploaded_bytes,
+            if report.base {
+                "base".to_string()
+            } else {
+                format!("delta of {} pages", report.delta_pages)
+            },
+            report.db_size
+        );
+    } else {
+        println!("unchanged: nothing uploaded (db {} bytes)", report.db_size);
+    }
+    Ok(())
 }
 
 /// Opens the replica of `restore`, `snapshots` and `verify`.

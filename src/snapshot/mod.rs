@@ -263,7 +263,10 @@ async fn load_state(store: &DynStore) -> Result<Option<State>, Error> {
     };
     let state = State::new(last, base_chunks);
     if state.is_none() {
-        tracing::warn!(key, "newest manifest's chunks do not match its image digest; next snapshot is a full base");
+        tracing::warn!(
+            key,
+            "newest manifest's chunks do not match its image digest; next snapshot is a full base"
+        );
     }
     Ok(state)
 }

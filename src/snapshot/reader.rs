@@ -150,24 +150,40 @@ fn wal_pre(path: &Path, prev: Option<&WalPosition>) -> std::io::Result<PreScan> 
             });
         }
         // The WAL restarted once since `p` (salt-1 is incremented at each
-        // restart). Restarting requires every old frame to be checkpointed,
-        // and the new WAL overwrites the old one from the start, so the old
-        // frames after `p` are still intact if (a) frame `p` still holds its
-        // old salts and checksum and (b) the old chain ends at a *whole*
-        // frame that is neither old nor new generation. A chain that runs to
-        // end-of-file may have been truncated: then we cannot know what we
-        // missed, and fall back to a full scan.
-        if h.salt1 == p.salt1.wrapping_add(1) && p.frame > 0 && wal.holds(&h, p)? {
+        // restart). A restart needs every old frame checkpointed, and the new
+        // WAL overwrites the old one from its start, so the old frames after
+        // `p` may still be in the file. The chain continued from `p`'s stored
+        // checksum proves each one genuine; what must be shown is that the
+        // chain reached the old WAL's end, i.e. nothing after it was lost:
+        // - it stops at a whole frame of neither generation (an older
+        //   leftover), or
+        // - it stops exactly at end-of-file after frame `p` or later, with
+        //   frame `p` intact: a WAL truncated (TRUNCATE checkpoint, deleted)
+        //   and regrown would have lost or overwritten frame `p`.
+        // And the new WAL must not have reached the first old frame we read
+        // by the time we are done (it writes sequentially from frame 1), so
+        // none of the frames we read was being overwritten.
+        if h.salt1 == p.salt1.wrapping_add(1) && p.frame > 0 {
             let old = wal.scan(&h, p)?;
-            if matches!(old.end, ScanEnd::Invalid { salt1 } if salt1 != h.salt1) {
+            let complete = match old.end {
+                ScanEnd::Invalid { salt1 } => salt1 != h.salt1,
+                ScanEnd::Eof => {
+                    wal.ends_after(&h, old.valid_frames)
+                        && (old.valid_frames > p.frame || wal.holds(&h, p)?)
+                }
+            };
+            if complete {
                 let new = wal.scan(&h, &h.start())?;
-                let mut pages = old.pages;
-                pages.extend(new.pages);
-                return Ok(PreScan {
-                    header: Some(h),
-                    f0: Some(new.commit),
-                    pages: Some(pages),
-                });
+                let first_old = wal.frame_salt1(&h, p.frame + 1)?;
+                if first_old != Some(h.salt1) {
+                    let mut pages = old.pages;
+                    pages.extend(new.pages);
+                    return Ok(PreScan {
+                        header: Some(h),
+                        f0: Some(new.commit),
+                        pages: Some(pages),
+                    });
+                }
             }
         }
     }
@@ -184,7 +200,10 @@ fn wal_pre(path: &Path, prev: Option<&WalPosition>) -> std::io::Result<PreScan> 
 /// change up to it. Returns the position to record (F0, which is never
 /// beyond our snapshot) and the changed pages, or `(None, None)` if the WAL
 /// restarted meanwhile.
-fn wal_post(path: &Path, pre: PreScan) -> std::io::Result<(Option<WalPosition>, Option<BTreeSet<u32>>)> {
+fn wal_post(
+    path: &Path,
+    pre: PreScan,
+) -> std::io::Result<(Option<WalPosition>, Option<BTreeSet<u32>>)> {
     let (Some(h), Some(f0)) = (pre.header, pre.f0) else {
         return Ok((None, None));
     };
@@ -308,11 +327,7 @@ fn send(tx: &Sender<Upload>, u: Upload) -> Result<(), Error> {
 }
 
 /// Takes the snapshot's reading half. See the module docs.
-pub(crate) fn read(
-    db: &Path,
-    prev: Option<&State>,
-    tx: Sender<Upload>,
-) -> Result<Outcome, Error> {
+pub(crate) fn read(db: &Path, prev: Option<&State>, tx: Sender<Upload>) -> Result<Outcome, Error> {
     check_sqlite_file(db)?;
     let conn = open(db)?;
     let err = sqlite_err(db);
@@ -331,7 +346,9 @@ pub(crate) fn read(
     conn.execute_batch("BEGIN").map_err(&err)?;
     // The first read fixes the transaction's snapshot.
     let first = conn
-        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0))
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+            r.get::<_, i64>(0)
+        })
         .map_err(&err);
     let created = chrono::Utc::now();
     let result = first.and_then(|_| {
@@ -389,9 +406,8 @@ fn in_txn(
     };
 
     // A previous snapshot we can build a delta on: same page geometry.
-    let same_shape = prev.filter(|s| {
-        s.last.db.page_size == page_size && s.last.chunk_pages == chunk_pages
-    });
+    let same_shape =
+        prev.filter(|s| s.last.db.page_size == page_size && s.last.chunk_pages == chunk_pages);
     if let Some(s) = same_shape {
         // Rollback journal mode: SQLite bumps the header's change counter on
         // every commit, so an equal counter and size means no change.
@@ -467,7 +483,11 @@ fn in_txn(
 
     // Delta or re-base?
     let base_stored = unique_stored(&s.base_chunks);
-    let prior_deltas: &[ObjectRef] = if s.last.is_base() { &[] } else { &s.last.deltas };
+    let prior_deltas: &[ObjectRef] = if s.last.is_base() {
+        &[]
+    } else {
+        &s.last.deltas
+    };
     let prior_stored: u64 = prior_deltas.iter().map(|d| d.size).sum();
     let raw = delta_pages.len() as u64 * u64::from(page_size);
     let mut rebase = prior_deltas.len() + 1 > MAX_DELTAS || raw > MAX_DELTA_BYTES;
@@ -694,7 +714,10 @@ fn scan_all(
                 db.display()
             )));
         }
-        let data = row.get_ref(1).and_then(|v| Ok(v.as_blob()?)).map_err(&err)?;
+        let data = row
+            .get_ref(1)
+            .and_then(|v| Ok(v.as_blob()?))
+            .map_err(&err)?;
         let start = buf.len();
         buf.extend_from_slice(data);
         buf.resize(start + ps, 0);

@@ -71,6 +71,8 @@ pub struct Scan {
     pub db_pages: u32,
     /// Page numbers of every frame after the start up to `commit`.
     pub pages: BTreeSet<u32>,
+    /// Index of the last valid frame (a commit or not).
+    pub valid_frames: u32,
     /// How the scan stopped.
     pub end: ScanEnd,
 }
@@ -157,6 +159,26 @@ impl WalFile {
             && [be32(&fh, 16), be32(&fh, 20)] == pos.checksum)
     }
 
+    /// Whether the file ends exactly after frame `frame` (as it was when
+    /// opened).
+    pub fn ends_after(&self, h: &WalHeader, frame: u32) -> bool {
+        self.len == WAL_HEADER + u64::from(frame) * self.frame_size(h.page_size)
+    }
+
+    /// Salt-1 in the header of frame `frame` as the file holds it now, or
+    /// `None` if the file does not hold that whole frame.
+    pub fn frame_salt1(&mut self, h: &WalHeader, frame: u32) -> io::Result<Option<u32>> {
+        let off = self.frame_offset(h.page_size, frame);
+        let len = self.file.metadata()?.len();
+        if frame == 0 || off + self.frame_size(h.page_size) > len {
+            return Ok(None);
+        }
+        let mut fh = [0u8; FRAME_HEADER];
+        self.file.seek(SeekFrom::Start(off))?;
+        self.file.read_exact(&mut fh)?;
+        Ok(Some(be32(&fh, 8)))
+    }
+
     /// Scans forward from `from` (a frame boundary with its running
     /// checksum, under `from`'s salts) until the chain breaks, collecting the
     /// page numbers of committed frames. `h` gives the page size and checksum
@@ -167,6 +189,7 @@ impl WalFile {
             commit: from.clone(),
             db_pages: 0,
             pages: BTreeSet::new(),
+            valid_frames: from.frame,
             end: ScanEnd::Eof,
         };
         let mut pending = Vec::new();
@@ -206,6 +229,7 @@ impl WalFile {
             }
             sum = s;
             frame += 1;
+            scan.valid_frames = frame;
             pending.push(be32(&buf, 0));
             let commit = be32(&buf, 4);
             if commit != 0 {

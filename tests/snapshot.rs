@@ -1,0 +1,741 @@
+//! The snapshot writer against a real S3 (SeaweedFS, via `common`): every
+//! snapshot is rebuilt here from the stored objects alone, each object and
+//! the image digest verified, and the rebuilt database opened by SQLite and
+//! checked by content.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use bytes::Bytes;
+use mailsafe::format::{self, Manifest};
+use mailsafe::snapshot::{SnapshotReport, Snapshotter};
+use mailsafe::store::s3::{S3Options, S3Store};
+use mailsafe::store::{DynStore, ObjectMeta, ObjectStore, StoreError};
+use rusqlite::Connection;
+
+/// A real store that counts the requests made through it (a decorator, not
+/// a mock: every call reaches SeaweedFS).
+#[derive(Debug)]
+struct Counting {
+    inner: DynStore,
+    requests: AtomicU64,
+    puts: AtomicU64,
+    put_bytes: AtomicU64,
+}
+
+impl Counting {
+    fn counts(&self) -> (u64, u64, u64) {
+        (
+            self.requests.load(Ordering::SeqCst),
+            self.puts.load(Ordering::SeqCst),
+            self.put_bytes.load(Ordering::SeqCst),
+        )
+    }
+    fn put_seen(&self, body: &Bytes) {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        self.puts.fetch_add(1, Ordering::SeqCst);
+        self.put_bytes
+            .fetch_add(body.len() as u64, Ordering::SeqCst);
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for Counting {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+        self.put_seen(&body);
+        self.inner.put(key, body).await
+    }
+    async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+        self.put_seen(&body);
+        self.inner.put_if_absent(key, body).await
+    }
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, r: std::ops::Range<u64>) -> Result<Bytes, StoreError> {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        self.inner.get_range(key, r).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        self.inner.delete(key).await
+    }
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        self.inner.head(key).await
+    }
+    async fn put_if_match(&self, key: &str, body: Bytes, etag: &str) -> Result<String, StoreError> {
+        self.put_seen(&body);
+        self.inner.put_if_match(key, body, etag).await
+    }
+}
+
+/// A counting store on a fresh bucket of the test server.
+async fn store() -> Arc<Counting> {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("mailsafe=debug")
+        .try_init();
+    let s3 = common::s3();
+    let inner = S3Store::with_options(
+        &s3.bucket,
+        "replica",
+        S3Options {
+            endpoint: Some(s3.server.endpoint.clone()),
+            max_attempts: Some(3),
+            credentials: Some((s3.server.access_key.clone(), s3.server.secret_key.clone())),
+        },
+    )
+    .await
+    .unwrap();
+    Arc::new(Counting {
+        inner: Arc::new(inner),
+        requests: AtomicU64::new(0),
+        puts: AtomicU64::new(0),
+        put_bytes: AtomicU64::new(0),
+    })
+}
+
+async fn manifest(store: &dyn ObjectStore, id: &str) -> Manifest {
+    let key = format::manifest_key(id);
+    Manifest::from_json(&key, &store.get(&key).await.unwrap()).unwrap()
+}
+
+/// Rebuilds snapshot `id` into the file `out` from the stored objects only,
+/// checking every object's stored sha256, every chunk's content sha256 and
+/// the image digest, as a restore must. Streams to the file, so large images
+/// need no memory.
+async fn rebuild(store: &dyn ObjectStore, id: &str, out: &Path) -> Manifest {
+    let m = manifest(store, id).await;
+    let base = if m.is_base() {
+        m.clone()
+    } else {
+        manifest(store, &m.base).await
+    };
+    assert!(base.is_base());
+    let ps = u64::from(m.db.page_size);
+    let file = std::fs::File::create(out).unwrap();
+    let chunk_bytes = u64::from(base.chunk_pages) * ps;
+    for (i, c) in base.chunks.iter().enumerate() {
+        let z = store.get(&format::chunk_key(&c.sha256)).await.unwrap();
+        assert_eq!(format::sha256_hex(&z), c.stored_sha256);
+        assert_eq!(z.len() as u64, c.stored_size);
+        let data = zstd::decode_all(&z[..]).unwrap();
+        assert_eq!(format::sha256_hex(&data), c.sha256);
+        file.write_all_at(&data, i as u64 * chunk_bytes).unwrap();
+    }
+    for d in &m.deltas {
+        let z = store.get(&d.key).await.unwrap();
+        assert_eq!(format::sha256_hex(&z), d.sha256, "{}", d.key);
+        assert_eq!(z.len() as u64, d.size);
+        let raw = zstd::decode_all(&z[..]).unwrap();
+        let (h, pages) = format::decode_delta(&d.key, &raw).unwrap();
+        assert_eq!(h.page_size, m.db.page_size);
+        for (pgno, page) in pages {
+            file.write_all_at(page, u64::from(pgno - 1) * ps).unwrap();
+        }
+    }
+    file.set_len(u64::from(m.db.page_count) * ps).unwrap();
+    drop(file);
+
+    // The image digest, from the rebuilt file, chunk by chunk.
+    let bytes_per_chunk = (u64::from(m.chunk_pages) * ps) as usize;
+    let file = std::fs::File::open(out).unwrap();
+    let len = file.metadata().unwrap().len();
+    let mut digests = Vec::new();
+    let mut buf = vec![0u8; bytes_per_chunk];
+    let mut off = 0u64;
+    while off < len {
+        let n = ((len - off) as usize).min(bytes_per_chunk);
+        file.read_exact_at(&mut buf[..n], off).unwrap();
+        let h = format::sha256(&buf[..n]);
+        let i = digests.len();
+        let want = m
+            .chunk_overrides
+            .get(&(i as u32))
+            .cloned()
+            .unwrap_or_else(|| base.chunks[i].sha256.clone());
+        assert_eq!(hex::encode(h), want, "chunk {i} of {id}");
+        digests.push(h);
+        off += n as u64;
+    }
+    assert_eq!(
+        format::image_digest(m.db.page_size, m.db.page_count, &digests),
+        m.db.image_sha256,
+        "image digest of {id}"
+    );
+    m
+}
+
+/// Opens a rebuilt image and runs `PRAGMA integrity_check`.
+fn open_checked(path: &Path) -> Connection {
+    let c = Connection::open(path).unwrap();
+    let ok: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok", "{}", path.display());
+    c
+}
+
+/// The deterministic payload of row `id`, so content proves which rows a
+/// rebuilt db holds.
+fn payload(id: i64, len: usize) -> Vec<u8> {
+    let seed = format::sha256(&id.to_be_bytes());
+    seed.iter().cycle().take(len).copied().collect()
+}
+
+/// Checks that `db` holds exactly rows `1..=n` of `t` with their payloads,
+/// and returns `n`.
+fn rows(db: &Connection) -> i64 {
+    let mut stmt = db.prepare("SELECT id, payload FROM t ORDER BY id").unwrap();
+    let mut n = 0;
+    let mut rows = stmt.query([]).unwrap();
+    while let Some(r) = rows.next().unwrap() {
+        let id: i64 = r.get(0).unwrap();
+        let p: Vec<u8> = r.get(1).unwrap();
+        n += 1;
+        assert_eq!(id, n, "rows are not a committed prefix");
+        assert_eq!(p, payload(id, p.len()), "row {id} content");
+    }
+    n
+}
+
+fn insert(db: &Connection, id: i64, len: usize) {
+    db.execute(
+        "INSERT INTO t(id, payload) VALUES (?1, ?2)",
+        rusqlite::params![id, payload(id, len)],
+    )
+    .unwrap();
+}
+
+/// A database at `path` with `journal` mode and `page_size`, and table `t`.
+fn create(path: &Path, journal: &str, page_size: u32) -> Connection {
+    let db = Connection::open(path).unwrap();
+    db.execute_batch(&format!(
+        "PRAGMA page_size = {page_size}; PRAGMA journal_mode = {journal};
+         CREATE TABLE t(id INTEGER PRIMARY KEY, payload BLOB NOT NULL);"
+    ))
+    .unwrap();
+    db
+}
+
+async fn snap(s: &mut Snapshotter) -> SnapshotReport {
+    s.snapshot().await.unwrap()
+}
+
+#[tokio::test]
+async fn wal_db_incremental_exact_and_unchanged_uploads_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let db = create(&path, "WAL", 4096);
+    for i in 1..=300 {
+        insert(&db, i, 700);
+    }
+    let store = store().await;
+    let mut s = Snapshotter::new(&path, store.clone());
+    let first = snap(&mut s).await;
+    assert!(first.base && first.full_scan, "{first:?}");
+    let out = dir.path().join("r1.db");
+    let m = rebuild(&*store, first.id.as_ref().unwrap(), &out).await;
+    assert_eq!(m.stats.new_bytes, first.uploaded_bytes);
+    assert_eq!(rows(&open_checked(&out)), 300);
+
+    // One row: a delta found from the WAL, a few pages.
+    insert(&db, 301, 700);
+    let second = snap(&mut s).await;
+    assert!(!second.base && !second.full_scan, "{second:?}");
+    assert!(second.delta_pages <= 4, "{second:?}");
+    assert_eq!(second.uploaded_objects, 2, "{second:?}");
+    let out = dir.path().join("r2.db");
+    let m2 = rebuild(&*store, second.id.as_ref().unwrap(), &out).await;
+    assert_eq!(m2.parent, first.id);
+    assert_eq!(rows(&open_checked(&out)), 301);
+
+    // Unchanged: no request at all, no id.
+    let before = store.counts();
+    let third = snap(&mut s).await;
+    assert_eq!(third.id, None);
+    assert_eq!(store.counts(), before);
+
+    // A new snapshotter (a new process) continues the same history from the
+    // stored manifest, still reading only the WAL's new frames.
+    insert(&db, 302, 700);
+    let mut fresh = Snapshotter::new(&path, store.clone());
+    let fourth = snap(&mut fresh).await;
+    assert!(!fourth.base && !fourth.full_scan, "{fourth:?}");
+    let out = dir.path().join("r4.db");
+    let m4 = rebuild(&*store, fourth.id.as_ref().unwrap(), &out).await;
+    assert_eq!(m4.parent, second.id);
+    assert_eq!(m4.deltas.len(), 2);
+    assert_eq!(rows(&open_checked(&out)), 302);
+
+    // Unchanged for a new process too: reads the manifest, uploads nothing.
+    let before = store.counts();
+    let mut fresh = Snapshotter::new(&path, store.clone());
+    assert_eq!(snap(&mut fresh).await.id, None);
+    let after = store.counts();
+    assert_eq!((after.1, after.2), (before.1, before.2), "no PUT");
+}
+
+#[tokio::test]
+async fn page_sizes_and_journal_modes_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store().await;
+    for (i, (journal, ps)) in [
+        ("DELETE", 512),
+        ("WAL", 1024),
+        ("TRUNCATE", 4096),
+        ("PERSIST", 16384),
+        ("WAL", 65536),
+        ("DELETE", 65536),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = dir.path().join(format!("db{i}.db"));
+        let db = create(&path, journal, ps);
+        for r in 1..=40 {
+            insert(&db, r, 3000);
+        }
+        // Each db in its own replica prefix of the same bucket.
+        let sub: DynStore = Arc::new(Prefixed {
+            inner: store.clone(),
+            prefix: format!("db{i}/"),
+        });
+        let mut s = Snapshotter::new(&path, sub.clone());
+        let a = snap(&mut s).await;
+        let out = dir.path().join(format!("out{i}.db"));
+        let m = rebuild(&*sub, a.id.as_ref().unwrap(), &out).await;
+        assert_eq!(m.db.page_size, ps, "{journal}");
+        assert_eq!(rows(&open_checked(&out)), 40, "{journal} {ps}");
+
+        db.execute("DELETE FROM t WHERE id > 30", []).unwrap();
+        for r in 31..=45 {
+            insert(&db, r, 100);
+        }
+        let b = snap(&mut s).await;
+        assert!(b.id.is_some(), "{journal} {ps}: {b:?}");
+        if journal == "WAL" {
+            assert!(!b.full_scan, "{journal} {ps}: {b:?}");
+        }
+        let m = rebuild(&*sub, b.id.as_ref().unwrap(), &out).await;
+        assert_eq!(m.parent, a.id);
+        assert_eq!(rows(&open_checked(&out)), 45, "{journal} {ps}");
+
+        let before = store.counts();
+        assert_eq!(snap(&mut s).await.id, None, "{journal} {ps} unchanged");
+        assert_eq!(store.counts(), before, "{journal} {ps} unchanged");
+    }
+}
+
+/// Puts a replica under a sub-prefix of another store.
+#[derive(Debug)]
+struct Prefixed {
+    inner: Arc<Counting>,
+    prefix: String,
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for Prefixed {
+    fn describe(&self) -> String {
+        format!("{}{}", self.inner.describe(), self.prefix)
+    }
+    async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+        self.inner.put(&format!("{}{key}", self.prefix), body).await
+    }
+    async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+        self.inner
+            .put_if_absent(&format!("{}{key}", self.prefix), body)
+            .await
+    }
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        self.inner.get(&format!("{}{key}", self.prefix)).await
+    }
+    async fn get_range(&self, key: &str, r: std::ops::Range<u64>) -> Result<Bytes, StoreError> {
+        self.inner
+            .get_range(&format!("{}{key}", self.prefix), r)
+            .await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        let mut l = self.inner.list(&format!("{}{prefix}", self.prefix)).await?;
+        for m in &mut l {
+            m.key = m.key[self.prefix.len()..].to_string();
+        }
+        Ok(l)
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(&format!("{}{key}", self.prefix)).await
+    }
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        self.inner.head(&format!("{}{key}", self.prefix)).await
+    }
+    async fn put_if_match(&self, key: &str, body: Bytes, etag: &str) -> Result<String, StoreError> {
+        self.inner
+            .put_if_match(&format!("{}{key}", self.prefix), body, etag)
+            .await
+    }
+}
+
+#[tokio::test]
+async fn empty_db_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty.db");
+    std::fs::File::create(&path).unwrap();
+    let store = store().await;
+    let mut s = Snapshotter::new(&path, store.clone());
+    let r = snap(&mut s).await;
+    assert_eq!(r.db_size, 0);
+    let out = dir.path().join("out.db");
+    let m = rebuild(&*store, r.id.as_ref().unwrap(), &out).await;
+    assert_eq!(m.db.page_count, 0);
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), 0);
+    // Opening the empty image gives an empty, valid database.
+    let c = open_checked(&out);
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0);
+    assert_eq!(snap(&mut s).await.id, None);
+}
+
+#[tokio::test]
+async fn one_row_on_a_100_mib_db_uploads_under_2_percent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.db");
+    let db = create(&path, "WAL", 4096);
+    db.execute_batch("BEGIN").unwrap();
+    // Incompressible rows: the base really is ~100 MiB.
+    for i in 1..=26_000 {
+        db.execute(
+            "INSERT INTO t(id, payload) VALUES (?1, randomblob(4000))",
+            [i],
+        )
+        .unwrap();
+    }
+    db.execute_batch("COMMIT").unwrap();
+    let store = store().await;
+    let mut s = Snapshotter::new(&path, store.clone());
+    let first = snap(&mut s).await;
+    assert!(first.db_size >= 100 << 20, "{first:?}");
+    db.execute(
+        "INSERT INTO t(id, payload) VALUES (26001, randomblob(4000))",
+        [],
+    )
+    .unwrap();
+    // A new process, as a cron job would be.
+    let mut s = Snapshotter::new(&path, store.clone());
+    let second = snap(&mut s).await;
+    assert!(!second.full_scan && !second.base, "{second:?}");
+    assert!(
+        second.uploaded_bytes * 50 < first.db_size,
+        "second uploaded {} of {}",
+        second.uploaded_bytes,
+        first.db_size
+    );
+    let out = dir.path().join("out.db");
+    rebuild(&*store, second.id.as_ref().unwrap(), &out).await;
+    let c = open_checked(&out);
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 26_001);
+}
+
+/// A writer commits continuously (with frequent checkpoints, so the WAL
+/// restarts under the snapshots) while snapshots are taken: every snapshot
+/// rebuilds to a state the writer committed, between what was committed
+/// when the snapshot started and when it ended.
+#[tokio::test]
+async fn snapshots_during_continuous_writes_are_committed_states() {
+    for journal in ["WAL", "DELETE"] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("live.db");
+        let db = create(&path, journal, 4096);
+        db.execute_batch("PRAGMA wal_autocheckpoint = 200").unwrap();
+        drop(db);
+        let committed = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (path, committed, stop) = (path.clone(), committed.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let db = Connection::open(&path).unwrap();
+                db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+                db.execute_batch("PRAGMA wal_autocheckpoint = 200").unwrap();
+                let mut id = 0;
+                // Bounded in count as well as by the stop flag.
+                while !stop.load(Ordering::SeqCst) && id < 20_000 {
+                    id += 1;
+                    insert(&db, id, 200 + (id as usize * 37) % 3000);
+                    committed.store(id as u64, Ordering::SeqCst);
+                    // A busy but not saturating writer: a mail server's pace.
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    if id % 50 == 0 {
+                        // Rewrites of old rows too, not only appends.
+                        db.execute("UPDATE t SET payload = payload WHERE id = ?1", [id / 2])
+                            .unwrap();
+                    }
+                }
+            })
+        };
+        let store = store().await;
+        let mut s = Snapshotter::new(&path, store.clone());
+        let mut taken = Vec::new();
+        let mut incremental = 0;
+        for _ in 0..12 {
+            tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+            let lo = committed.load(Ordering::SeqCst);
+            let r = snap(&mut s).await;
+            let hi = committed.load(Ordering::SeqCst);
+            if !r.full_scan {
+                incremental += 1;
+            }
+            if let Some(id) = r.id {
+                taken.push((id, lo, hi));
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        writer.join().unwrap();
+        assert!(
+            taken.len() >= 6,
+            "{journal}: only {} snapshots",
+            taken.len()
+        );
+        if journal == "WAL" {
+            assert!(incremental >= 3, "{journal}: {incremental} incremental");
+        }
+        for (k, (id, lo, hi)) in taken.iter().enumerate() {
+            let out = dir.path().join(format!("out{k}.db"));
+            rebuild(&*store, id, &out).await;
+            let n = rows(&open_checked(&out)) as u64;
+            assert!(
+                (*lo..=*hi).contains(&n),
+                "{journal} snapshot {id}: {n} rows, committed {lo}..={hi}"
+            );
+        }
+    }
+}
+
+/// The WAL restarting between two snapshots (checkpoint, then a new write
+/// overwriting the WAL from its start) is followed from the old frames left
+/// in the file, without a full scan, and the result is exact.
+#[tokio::test]
+async fn wal_restart_is_followed_incrementally() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("restart.db");
+    let db = create(&path, "WAL", 4096);
+    db.execute_batch("PRAGMA wal_autocheckpoint = 0").unwrap();
+    // A long first WAL generation, so later ones leave its frames behind.
+    for i in 1..=200 {
+        insert(&db, i, 3000);
+    }
+    db.execute_batch("PRAGMA wal_checkpoint(PASSIVE)").unwrap();
+    // Restarts the WAL: generation 2 overwrites its first frames.
+    for i in 201..=210 {
+        insert(&db, i, 100);
+    }
+    let store = store().await;
+    let mut s = Snapshotter::new(&path, store.clone());
+    let a = snap(&mut s).await;
+    for i in 211..=230 {
+        insert(&db, i, 100);
+    }
+    db.execute_batch("PRAGMA wal_checkpoint(PASSIVE)").unwrap();
+    // Restarts again: generation 3 overwrites a few frames; generation 2's
+    // frames after the snapshot are still there, then generation 1's.
+    insert(&db, 231, 100);
+    let b = snap(&mut s).await;
+    assert!(!b.full_scan, "{b:?}");
+    assert!(!b.base, "{b:?}");
+    let out = dir.path().join("out.db");
+    let m = rebuild(&*store, b.id.as_ref().unwrap(), &out).await;
+    assert_eq!(m.parent, a.id);
+    assert_eq!(rows(&open_checked(&out)), 231);
+
+    // Restart with the old generation running to end-of-file (the WAL file
+    // is exactly as long as generation 3 was).
+    db.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+    for i in 232..=240 {
+        insert(&db, i, 100);
+    }
+    let c = snap(&mut s).await;
+    for i in 241..=250 {
+        insert(&db, i, 100);
+    }
+    db.execute_batch("PRAGMA wal_checkpoint(PASSIVE)").unwrap();
+    insert(&db, 251, 100);
+    let d = snap(&mut s).await;
+    assert!(!d.full_scan, "{d:?}");
+    let m = rebuild(&*store, d.id.as_ref().unwrap(), &out).await;
+    assert_eq!(m.parent, c.id);
+    assert_eq!(rows(&open_checked(&out)), 251);
+
+    // A TRUNCATE checkpoint loses the old frames: detected, full scan, and
+    // still exact.
+    insert(&db, 252, 100);
+    db.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+    insert(&db, 253, 100);
+    let e = snap(&mut s).await;
+    assert!(e.full_scan, "{e:?}");
+    rebuild(&*store, e.id.as_ref().unwrap(), &out).await;
+    assert_eq!(rows(&open_checked(&out)), 253);
+}
+
+#[tokio::test]
+async fn large_sparse_db_stores_repeated_chunks_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sparse.db");
+    let db = create(&path, "WAL", 65536);
+    // Past the 1 GiB lock-byte page, mostly zeros (a blob is at most 1e9
+    // bytes, so two).
+    for id in [1, 3] {
+        db.execute(
+            "INSERT INTO t(id, payload) VALUES (?1, zeroblob(600 * 1024 * 1024))",
+            [id],
+        )
+        .unwrap();
+    }
+    insert(&db, 2, 5000);
+    let store = store().await;
+    let mut s = Snapshotter::new(&path, store.clone());
+    let r = snap(&mut s).await;
+    assert!(r.db_size > 1200 << 20, "{r:?}");
+    assert!(r.uploaded_bytes < 2 << 20, "{r:?}");
+    let out = dir.path().join("out.db");
+    rebuild(&*store, r.id.as_ref().unwrap(), &out).await;
+    let c = open_checked(&out);
+    let len: i64 = c
+        .query_row("SELECT length(payload) FROM t WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(len, 600 * 1024 * 1024);
+    let p: Vec<u8> = c
+        .query_row("SELECT payload FROM t WHERE id = 2", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(p, payload(2, 5000));
+}
+
+/// A database written by another program (the sqlite3 CLI), in a journal
+/// mode and page size of its choosing, through the `mailsafe` binary.
+#[tokio::test]
+async fn cli_snapshots_a_sqlite3_cli_db_and_reports_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cli.db");
+    let sql = |stmt: &str| {
+        let st = std::process::Command::new("sqlite3")
+            .arg(&path)
+            .arg(stmt)
+            .status()
+            .unwrap();
+        assert!(st.success(), "sqlite3 {stmt}");
+    };
+    sql("PRAGMA page_size=8192; PRAGMA journal_mode=TRUNCATE; \
+         CREATE TABLE notes(n INTEGER PRIMARY KEY, body TEXT); \
+         WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 500) \
+         INSERT INTO notes SELECT x, printf('note %d %s', x, hex(randomblob(50))) FROM c;");
+    let s3 = common::s3();
+    let url = s3.url("cli");
+    let run = || {
+        let out = s3
+            .mailsafe()
+            .args(["snapshot", "--json", "--db"])
+            .arg(&path)
+            .args(["--replica", &url])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let first = run();
+    assert_eq!(first["base"], true, "{first}");
+    sql("INSERT INTO notes(body) VALUES ('one more');");
+    let second = run();
+    // (The whole db is one chunk, so this may well be a re-base.)
+    assert!(second["id"].is_string(), "{second}");
+    assert!(
+        second["uploaded_bytes"].as_u64().unwrap() < 64 * 1024,
+        "{second}"
+    );
+    let third = run();
+    assert!(third["id"].is_null(), "{third}");
+    assert_eq!(third["uploaded_bytes"], 0, "{third}");
+
+    // Rebuild the newest from the bucket and compare content with sqlite3.
+    let store: DynStore = Arc::new(
+        S3Store::with_options(
+            &s3.bucket,
+            "cli",
+            S3Options {
+                endpoint: Some(s3.server.endpoint.clone()),
+                max_attempts: Some(3),
+                credentials: Some((s3.server.access_key.clone(), s3.server.secret_key.clone())),
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let out = dir.path().join("out.db");
+    rebuild(&*store, second["id"].as_str().unwrap(), &out).await;
+    let c = open_checked(&out);
+    let got: BTreeMap<i64, String> = c
+        .prepare("SELECT n, body FROM notes")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let src = Connection::open(&path).unwrap();
+    let want: BTreeMap<i64, String> = src
+        .prepare("SELECT n, body FROM notes")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(got.len(), 501);
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn cli_refuses_missing_and_non_sqlite_files_by_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = common::s3();
+    let url = s3.url("bad");
+    let missing = dir.path().join("missing.db");
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, b"this is not a database, just some text").unwrap();
+    for path in [&missing, &junk] {
+        let out = s3
+            .mailsafe()
+            .args(["snapshot", "--db"])
+            .arg(path)
+            .args(["--replica", &url])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", path.display());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&*path.to_string_lossy()), "{err}");
+    }
+    assert!(!missing.exists(), "a missing db must not be created");
+    assert_eq!(
+        std::fs::read(&junk).unwrap(),
+        b"this is not a database, just some text"
+    );
+}
