@@ -640,7 +640,7 @@ fn verify(args: VerifyArgs) -> anyhow::Result<()> {
 
 /// Resolves once SIGTERM or SIGINT arrives. The handlers are installed
 /// here, before anything starts, so an early signal is not fatal.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+fn termination_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use anyhow::Context;
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
@@ -675,7 +675,7 @@ fn watch(args: WatchArgs) -> anyhow::Result<()> {
     use mailsafe::watch::{self, WatchConfig, metrics};
     let rt = runtime()?;
     rt.block_on(async move {
-        let shutdown = shutdown_signal()?;
+        let shutdown = termination_signal()?;
         let m = metrics::Metrics::new();
         let store = metrics::MeteredStore::wrap(open_store(&args.replica).await?, m.clone());
         if let Some(listen) = &args.listen {
@@ -706,7 +706,7 @@ fn cron(args: CronArgs) -> anyhow::Result<()> {
     };
     let rt = runtime()?;
     rt.block_on(async move {
-        let shutdown = shutdown_signal()?;
+        let shutdown = termination_signal()?;
         let store = open_store(&args.replica).await?;
         match schedule {
             Some(s) => cron::scheduled(&args.db, store, &s, &config, shutdown).await?,
