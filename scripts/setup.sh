@@ -43,4 +43,8 @@ if [ -f tests/browser/package.json ] && [ ! -d tests/browser/node_modules ]; the
   log "npm install (tests/browser)"
   (cd tests/browser && npm install --no-audit --no-fund --silent)
 fi
+if [ -f tests/clients/package.json ] && [ ! -d tests/clients/node_modules/mailpit-api ]; then
+  log "npm install (tests/clients: mailpit-api client compatibility)"
+  (cd tests/clients && npm install --no-audit --no-fund --silent)
+fi
 log "done"

@@ -1,14 +1,21 @@
-//! Credentials for HTTP basic auth (`MP_UI_AUTH`, `MP_UI_AUTH_FILE`).
+//! HTTP basic auth for the API and UI (`MP_UI_AUTH`, `MP_UI_AUTH_FILE`).
 //!
-//! Either plain pairs (`MP_UI_AUTH="user:pass user2:pass2"`) or an htpasswd
-//! file with bcrypt hashes. The middleware that enforces them is
-//! [`crate::ui::require_basic_auth`] (shared by UI and API); this module only
-//! knows how to check a user name and password.
+//! Credentials are plain pairs (`MP_UI_AUTH="user:pass user2:pass2"`) or an
+//! htpasswd file with bcrypt hashes. bcrypt is slow on purpose, so a
+//! successful check is remembered as a SHA-256 of the credentials (never the
+//! password itself) and later requests with the same header skip it; the
+//! check itself runs off the async workers.
 
+use std::collections::HashSet;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
-use axum::http::{HeaderMap, header};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use sha2::{Digest, Sha256};
 
 /// Problems reading auth configuration.
 #[derive(Debug, thiserror::Error)]
@@ -104,9 +111,12 @@ impl Credentials {
         Self::from_entries(text.lines(), &path.display().to_string())
     }
 
-    /// The UI's basic-auth middleware state, checking against these users.
-    pub fn into_basic_auth(self) -> crate::ui::BasicAuth {
-        crate::ui::BasicAuth::new(move |u, p| self.check(u, p))
+    /// The middleware state checking against these users.
+    pub fn into_basic_auth(self) -> BasicAuth {
+        BasicAuth {
+            creds: Arc::new(self),
+            passed: Arc::default(),
+        }
     }
 
     /// Checks a user name and password.
@@ -146,4 +156,65 @@ fn credentials(headers: &HeaderMap) -> Option<(String, String)> {
 /// The basic-auth user of a request, if any (recorded as `Username`).
 pub fn basic_user(headers: &HeaderMap) -> Option<String> {
     credentials(headers).map(|(u, _)| u)
+}
+
+/// How many verified credential digests are remembered; past that the cache
+/// starts over (only successes are cached, so guessing cannot grow it).
+const AUTH_CACHE_MAX: usize = 256;
+
+/// State of the basic-auth middleware: the credentials and a cache of
+/// digests of credentials that already passed.
+#[derive(Clone)]
+pub struct BasicAuth {
+    creds: Arc<Credentials>,
+    passed: Arc<Mutex<HashSet<[u8; 32]>>>,
+}
+
+impl std::fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BasicAuth({:?})", self.creds)
+    }
+}
+
+impl BasicAuth {
+    async fn allows(&self, headers: &HeaderMap) -> bool {
+        let Some((u, p)) = credentials(headers) else {
+            return false;
+        };
+        let digest: [u8; 32] = Sha256::digest(format!("{u}\0{p}").as_bytes()).into();
+        if self.passed.lock().is_ok_and(|s| s.contains(&digest)) {
+            return true;
+        }
+        let creds = self.creds.clone();
+        let ok = tokio::task::spawn_blocking(move || creds.check(&u, &p))
+            .await
+            .unwrap_or(false);
+        if ok && let Ok(mut s) = self.passed.lock() {
+            if s.len() >= AUTH_CACHE_MAX {
+                s.clear();
+            }
+            s.insert(digest);
+        }
+        ok
+    }
+}
+
+/// Middleware: `401` with a Basic challenge unless the request carries valid
+/// credentials. Browsers then resend them with every request of the page,
+/// the websocket included. Use as
+/// `router.layer(axum::middleware::from_fn_with_state(auth, api::require_basic_auth))`.
+pub async fn require_basic_auth(
+    State(auth): State<BasicAuth>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if auth.allows(req.headers()).await {
+        return next.run(req).await;
+    }
+    let mut res = (StatusCode::UNAUTHORIZED, "authentication required\n").into_response();
+    res.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"mailsafe\", charset=\"UTF-8\""),
+    );
+    res
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
@@ -33,9 +33,74 @@ fn start_limit(q: &HashMap<String, String>) -> Result<(u64, u64), ApiError> {
     Ok((start, limit))
 }
 
-/// Parses a JSON body; an empty body counts as `{}`. Go's decoder (which
-/// Mailpit clients were written against) matches field names
-/// case-insensitively, so lookups below do too.
+/// Decodes one `application/x-www-form-urlencoded` component.
+fn form_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Turns a form body into the JSON object a Mailpit handler expects:
+/// repeated `ids` keys collect into `IDs`, `true`/`false` become booleans.
+/// The PyPI `mailpit-api-client` sends its delete and read-status requests
+/// this way.
+fn form_to_json(body: &[u8]) -> Value {
+    let text = String::from_utf8_lossy(body);
+    let mut obj = serde_json::Map::new();
+    let mut ids = Vec::new();
+    for pair in text.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let (k, v) = (form_decode(k), form_decode(v));
+        if k.eq_ignore_ascii_case("ids") || k.eq_ignore_ascii_case("ids[]") {
+            ids.push(Value::String(v));
+        } else if v.eq_ignore_ascii_case("true") || v.eq_ignore_ascii_case("false") {
+            obj.insert(k, Value::Bool(v.eq_ignore_ascii_case("true")));
+        } else {
+            obj.insert(k, Value::String(v));
+        }
+    }
+    if !ids.is_empty() {
+        obj.insert("IDs".into(), Value::Array(ids));
+    }
+    Value::Object(obj)
+}
+
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
+}
+
+/// Parses a request body: JSON (an empty body counts as `{}`), or a form
+/// when the client says so. Go's decoder (which Mailpit clients were written
+/// against) matches field names case-insensitively, so lookups below do too.
+fn body_of(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+    if is_form(headers) {
+        return Ok(form_to_json(body));
+    }
+    json_body(body)
+}
+
+/// Parses a JSON body; an empty body counts as `{}`.
 fn json_body(body: &Bytes) -> Result<Value, ApiError> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(Value::Object(Default::default()));
@@ -91,9 +156,10 @@ pub async fn list(State(s): State<AppState>, Query(q): Params) -> Result<Respons
 pub async fn set_read(
     State(s): State<AppState>,
     Query(q): Params,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let v = json_body(&body)?;
+    let v = body_of(&headers, &body)?;
     let ids = string_list(&v, "IDs")?;
     let read = match field(&v, "Read") {
         None => false,
@@ -109,6 +175,11 @@ pub async fn set_read(
         .unwrap_or_default()
         .trim()
         .to_string();
+    if !ids.is_empty() && !search.is_empty() {
+        return Err(ApiError::Bad(
+            "You may specify either IDs or a search query, not both".into(),
+        ));
+    }
     if !ids.is_empty() {
         s.store.set_read(ids, read).await?;
     } else if !search.is_empty() {
@@ -121,8 +192,12 @@ pub async fn set_read(
 }
 
 /// `DELETE /api/v1/messages`: by IDs, or everything when none are given.
-pub async fn delete_messages(State(s): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let v = json_body(&body)?;
+pub async fn delete_messages(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let v = body_of(&headers, &body)?;
     let ids = string_list(&v, "IDs")?;
     if ids.is_empty() {
         s.store.delete_all().await?;

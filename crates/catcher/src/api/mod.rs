@@ -22,7 +22,7 @@ use axum::routing::{get, post, put};
 
 use crate::storage::{StorageError, Store};
 
-pub use auth::{AuthError, Credentials};
+pub use auth::{AuthError, BasicAuth, Credentials, require_basic_auth};
 
 /// Settings of the HTTP API.
 #[derive(Debug, Clone)]
@@ -34,8 +34,8 @@ pub struct ApiOptions {
     pub label: String,
     /// Basic auth for the API (`MP_UI_AUTH` / `MP_UI_AUTH_FILE`); `/livez`
     /// and `/readyz` stay open for Kubernetes probes. Layer the same value
-    /// over the UI router.
-    pub auth: Option<crate::ui::BasicAuth>,
+    /// over the UI router with [`require_basic_auth`].
+    pub auth: Option<BasicAuth>,
 }
 
 impl Default for ApiOptions {
@@ -98,7 +98,7 @@ pub fn router(store: Store, opts: ApiOptions) -> Router {
     let r = match auth {
         Some(a) => r.layer(axum::middleware::from_fn_with_state(
             a,
-            crate::ui::require_basic_auth,
+            auth::require_basic_auth,
         )),
         None => r,
     };

@@ -108,6 +108,10 @@ pub struct MessageDetail {
     /// Message-ID header.
     #[serde(rename = "MessageID")]
     pub message_id: String,
+    /// Read status: always true, since fetching the message marks it read
+    /// (older Mailpit versions sent it and some clients still expect it).
+    #[serde(rename = "Read")]
+    pub read: bool,
     /// From address.
     #[serde(rename = "From")]
     pub from: Address,
@@ -466,6 +470,7 @@ impl Store {
                 .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
                 .unwrap_or_else(|| summary.created.clone()),
             id: summary.id,
+            read: true,
             message_id: summary.message_id,
             from: summary.from,
             to: summary.to,
