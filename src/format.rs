@@ -327,10 +327,11 @@ impl Manifest {
         Ok(m)
     }
 
-    /// Serialises the manifest as stored (pretty JSON: manifests are small and
-    /// meant to be readable with `aws s3 cp … -`).
+    /// Serialises the manifest as stored: compact JSON, since a base
+    /// manifest of a large db lists thousands of chunks and is read by every
+    /// new process (`… | jq` makes it readable).
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec_pretty(self).expect("a manifest always serialises")
+        serde_json::to_vec(self).expect("a manifest always serialises")
     }
 
     /// Whether this is a base manifest (lists every chunk itself).

@@ -85,11 +85,11 @@ impl ObjectStore for Counting {
 
 /// A counting store on a fresh bucket of the test server.
 async fn store() -> Arc<Counting> {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter("mailsafe=debug")
-        .try_init();
-    let s3 = common::s3();
+    store_at(&common::s3()).await
+}
+
+/// A counting store on `s3`'s bucket, replica prefix `replica`.
+async fn store_at(s3: &common::S3) -> Arc<Counting> {
     let inner = S3Store::with_options(
         &s3.bucket,
         "replica",
@@ -490,7 +490,8 @@ async fn snapshots_during_continuous_writes_are_committed_states() {
                 }
             })
         };
-        let store = store().await;
+        let s3 = common::s3();
+        let store = store_at(&s3).await;
         let mut s = Snapshotter::new(&path, store.clone());
         let mut taken = Vec::new();
         let mut incremental = 0;
@@ -524,7 +525,35 @@ async fn snapshots_during_continuous_writes_are_committed_states() {
                 (*lo..=*hi).contains(&n),
                 "{journal} snapshot {id}: {n} rows, committed {lo}..={hi}"
             );
+            // The restore engineer's `mailsafe restore` agrees.
+            if k % 4 == 3 {
+                let target = dir.path().join(format!("restored{k}.db"));
+                let out = s3
+                    .mailsafe()
+                    .args(["restore", "--integrity-check", "full", "--snapshot", id])
+                    .arg("--db")
+                    .arg(&target)
+                    .args(["--replica", &s3.url("replica")])
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "restore {id}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                assert_eq!(rows(&open_checked(&target)) as u64, n, "restored {id}");
+            }
         }
+        let out = s3
+            .mailsafe()
+            .args(["verify", "--all", "--replica", &s3.url("replica")])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "verify --all: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
