@@ -67,6 +67,7 @@ JSON
   setsid weed mini -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
     -s3.port="$1" -master.port="$2" -volume.port="$3" -filer.port="$4" \
     -webdav.port="$5" -admin.port="$6" -s3.port.iceberg=0 -s3.port.lance=0 -s3.autoCreateBucket=false \
+    -volume.max=3000 -master.volumeSizeLimitMB=64 -master.telemetry=false \
     -s3.config="$dir/identities.json" >"$dir/weed.log" 2>&1 </dev/null &
   local pid=$!
   local i
