@@ -117,6 +117,16 @@ wait_quiet() {
 # Sums "%e %U %S %M" lines written by /usr/bin/time: cpu seconds, max RSS KiB.
 sum_time() { cat "$@" 2>/dev/null | awk 'NF==4 {cpu+=$2+$3; if ($4>rss) rss=$4} END {printf "%.2f %d\n", cpu, rss}'; }
 
+# Row count of a restored db, or why there is none (the restore's exit code
+# and last log line: a failed restore is a result, not a reason to stop).
+restored_rows() {
+  if [ "$2" = 0 ]; then
+    sqlite3 "$1" "select count(*) from mailbox"
+  else
+    echo "restore FAILED (exit $2): $(tail -1 "$3" | cut -c1-300)"
+  fi
+}
+
 run_load() { python3 bench/maildb.py load "$1" --count "$COUNT" --rate "$RATE" >/dev/null; }
 
 ########## Litestream
@@ -156,10 +166,11 @@ LS_ROWS=$(sqlite3 "$WORK/ls/mail.db" "select count(*) from mailbox")
 log "litestream: restore"
 R0=$(date +%s.%N)
 sed "s#http://127.0.0.1:$LS_PORT#$S3#" "$WORK/ls/litestream.yml" >"$WORK/ls/restore.yml"
+LS_RESTORE_RC=0
 /usr/bin/time -f "%e %U %S %M" -o "$WORK/ls/restore.time" \
-  litestream restore -config "$WORK/ls/restore.yml" -o "$WORK/ls/restored.db" "$WORK/ls/mail.db" 2>>"$WORK/ls/log"
+  litestream restore -config "$WORK/ls/restore.yml" -o "$WORK/ls/restored.db" "$WORK/ls/mail.db" 2>>"$WORK/ls/log" || LS_RESTORE_RC=$?
 R1=$(date +%s.%N)
-LS_RESTORED_ROWS=$(sqlite3 "$WORK/ls/restored.db" "select count(*) from mailbox")
+LS_RESTORED_ROWS=$(restored_rows "$WORK/ls/restored.db" "$LS_RESTORE_RC" "$WORK/ls/log")
 read -r LS_CPU LS_RSS < <(sum_time "$WORK/ls/time")
 LS_FIRST_S=$(echo "$T1 - $T0 - $QUIET" | bc)
 LS_RESTORE_S=$(echo "$R1 - $R0" | bc)
@@ -210,10 +221,11 @@ MS_ROWS=$(sqlite3 "$WORK/ms/mail.db" "select count(*) from mailbox")
 log "mailsafe: restore"
 export AWS_ENDPOINT_URL=$S3
 R0=$(date +%s.%N)
+MS_RESTORE_RC=0
 /usr/bin/time -f "%e %U %S %M" -o "$WORK/ms/restore.time" \
-  "${MS[@]}" restore --db "$WORK/ms/restored.db" --replica "$REPLICA" >>"$WORK/ms/log" 2>&1
+  "${MS[@]}" restore --db "$WORK/ms/restored.db" --replica "$REPLICA" >>"$WORK/ms/log" 2>&1 || MS_RESTORE_RC=$?
 R1=$(date +%s.%N)
-MS_RESTORED_ROWS=$(sqlite3 "$WORK/ms/restored.db" "select count(*) from mailbox")
+MS_RESTORED_ROWS=$(restored_rows "$WORK/ms/restored.db" "$MS_RESTORE_RC" "$WORK/ms/log")
 read -r MS_CPU MS_RSS < <(sum_time "$WORK"/ms/time.*)
 MS_SNAPSHOTS=$(ls "$WORK"/ms/time.* | wc -l)
 MS_FIRST_S=$(echo "$T1 - $T0" | bc)

@@ -50,6 +50,9 @@ rows = [
     row("peak RSS MiB", int(E["LS_RSS"]) / 1024, int(E["MS_RSS"]) / 1024, 0.3, "{:,.1f}"),
     row("restore seconds", float(E["LS_RESTORE_S"]), float(E["MS_RESTORE_S"]), 0.3, "{:,.2f}"),
 ]
+for name, key in (("litestream", "LS_RESTORED_ROWS"), ("mailsafe", "MS_RESTORED_ROWS")):
+    if not E[key].isdigit():
+        rows[-1]["met"] = f"**no** ({name} restore failed)"
 checks = {
     "litestream restored rows == source rows": (E["LS_RESTORED_ROWS"], E["LS_ROWS"]),
     "mailsafe restored rows == source rows": (E["MS_RESTORED_ROWS"], E["MS_ROWS"]),
