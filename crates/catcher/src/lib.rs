@@ -138,7 +138,8 @@ impl Catcher {
 
 /// The HTTP side: Mailpit's `/api/v1` and the web UI on one router.
 fn http_router(store: &Store) -> axum::Router {
-    // The API router joins here once `api::router(store)` exists.
-    let _ = store;
-    ui::router()
+    api::router(store.clone(), api::ApiOptions::default())
+        .merge(ui::router())
+        // Message content (views, parts, raw) gets a sandboxing CSP.
+        .layer(axum::middleware::from_fn(ui::protect_message_content))
 }

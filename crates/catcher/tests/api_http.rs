@@ -947,3 +947,100 @@ async fn info_webui_swagger_and_envelope_bcc() {
         assert!(sw["paths"][p].is_object(), "{p}");
     }
 }
+
+/// The whole catcher (`Catcher::bind`): a real SMTP client (swaks) sends,
+/// the API shows what arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_message_shows_up_in_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = mailsafe_catcher::Config {
+        database: dir.path().join("mail.db"),
+        smtp_bind: "127.0.0.1:0".into(),
+        http_bind: "127.0.0.1:0".into(),
+        ..Default::default()
+    };
+    let catcher = mailsafe_catcher::Catcher::bind(config).await.unwrap();
+    let (smtp, http) = (catcher.smtp_addr(), catcher.http_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(catcher.run(async {
+        let _ = stopped.await;
+    }));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("swaks")
+            .args([
+                "--server",
+                &smtp.ip().to_string(),
+                "--port",
+                &smtp.port().to_string(),
+                "--from",
+                "swaks@example.com",
+                "--to",
+                "one@example.com,two@example.com",
+                "--header",
+                "Subject: =?UTF-8?B?w7xiZXIgc3dha3M=?=",
+                "--header",
+                "X-Tags: smtp, e2e",
+                "--body",
+                "sent by swaks",
+                "--attach-type",
+                "text/csv",
+                "--attach-name",
+                "data.csv",
+                "--attach",
+                "-",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(b"a,b\n1,2\n")?;
+                c.wait_with_output()
+            })
+            .expect("swaks runs (scripts/setup.sh installs it)")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let http_client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let v: Value = http_client
+        .get(format!("http://{http}/api/v1/messages"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["total"], 1);
+    let m = &v["messages"][0];
+    assert_eq!(m["Subject"], "über swaks");
+    assert_eq!(m["From"]["Address"], "swaks@example.com");
+    assert_eq!(m["Tags"], json!(["e2e", "smtp"]));
+    assert_eq!(m["Attachments"], 1);
+    let id = m["ID"].as_str().unwrap();
+    let d: Value = http_client
+        .get(format!("http://{http}/api/v1/message/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(d["Attachments"][0]["FileName"], "data.csv");
+    assert_eq!(d["Attachments"][0]["Checksums"], checksums(b"a,b\n1,2\n"));
+    assert_eq!(d["Text"].as_str().unwrap().trim(), "sent by swaks");
+    // The UI is served by the same router.
+    let ui = http_client
+        .get(format!("http://{http}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ui.status(), 200);
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
