@@ -270,7 +270,8 @@ pub struct WatchArgs {
     #[arg(long, env = "MAILSAFE_DEBOUNCE", default_value = "250ms", value_parser = humantime::parse_duration)]
     pub debounce: std::time::Duration,
     /// Longest delay between a change and its snapshot, however busy the db.
-    #[arg(long, env = "MAILSAFE_MAX_DELAY", default_value = "1s", value_parser = humantime::parse_duration)]
+    /// (750 ms leaves room for the upload itself within a one-second RPO.)
+    #[arg(long, env = "MAILSAFE_MAX_DELAY", default_value = "750ms", value_parser = humantime::parse_duration)]
     pub max_delay: std::time::Duration,
     /// How long the final snapshot on SIGTERM may take.
     #[arg(long, env = "MAILSAFE_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
@@ -432,6 +433,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     let config = catcher_config(&args)?;
     let db = config.database.display().to_string();
+    if let Some(replica) = args.replica.clone() {
+        let replica = ReplicaArgs {
+            replica,
+            endpoint: args.endpoint.clone(),
+        };
+        return runtime()?.block_on(serve_replicated(config, replica, args.shutdown_timeout));
+    }
     runtime()?.block_on(async {
         let catcher = mailsafe_catcher::Catcher::bind(config)
             .await
@@ -445,6 +453,79 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         catcher.run(shutdown_signal()).await?;
         anyhow::Ok(())
     })?;
+    Ok(())
+}
+
+/// `serve --replica`: restore if the db is missing and a backup exists, run
+/// the catcher with the watch loop in-process, and on SIGTERM stop SMTP,
+/// let the catcher commit every acknowledged message, then take the final
+/// snapshot. The catcher and the snapshot share `shutdown_timeout`.
+async fn serve_replicated(
+    config: mailsafe_catcher::Config,
+    replica: ReplicaArgs,
+    shutdown_timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use mailsafe::watch::{self, WatchConfig, metrics};
+    let signal = termination_signal()?;
+    let db = config.database.clone();
+    let m = metrics::Metrics::new();
+    let store = metrics::MeteredStore::wrap(open_store(&replica).await?, m.clone());
+    let opts = mailsafe::restore::RestoreOptions {
+        pick: mailsafe::restore::Pick::Latest,
+        target: db.clone(),
+        if_db_not_exists: true,
+        if_replica_exists: true,
+        force: false,
+        integrity_check: mailsafe::restore::IntegrityCheck::Quick,
+        parallelism: 8,
+        progress: false,
+    };
+    mailsafe::restore::restore(&*store, &opts)
+        .await
+        .with_context(|| {
+            format!(
+                "restore on start of {} from {}",
+                db.display(),
+                replica.replica
+            )
+        })?;
+
+    let catcher = mailsafe_catcher::Catcher::bind(config)
+        .await
+        .with_context(|| format!("cannot start the catcher on {}", db.display()))?;
+    tracing::info!(
+        smtp = %catcher.smtp_addr(),
+        http = %catcher.http_addr(),
+        db = %db.display(),
+        replica = %store.describe(),
+        "mailsafe catcher running, backed up continuously"
+    );
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        signal.await;
+        let _ = stop_tx.send(true);
+    });
+    let catcher_run = async move {
+        let r = catcher
+            .run(async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            })
+            .await;
+        // Only once every acknowledged message is committed may the final
+        // snapshot start.
+        let _ = done_tx.send(true);
+        r
+    };
+    let mut wc = WatchConfig::new(&db);
+    wc.shutdown_timeout = shutdown_timeout;
+    let watch_run = watch::run(wc, store, m, async move {
+        let _ = done_rx.wait_for(|d| *d).await;
+    });
+    let (caught, watched) = tokio::join!(catcher_run, watch_run);
+    caught.context("catcher failed")?;
+    watched?;
     Ok(())
 }
 

@@ -36,6 +36,9 @@ use changes::Changes;
 use lease::{Ensured, Lease, LeaseError};
 use metrics::Metrics;
 
+/// How often a watcher blocked by another writer's lease looks again.
+const BUSY_RETRY: Duration = Duration::from_secs(2);
+
 /// Settings of the watch loop.
 #[derive(Debug, Clone)]
 pub struct WatchConfig {
@@ -63,7 +66,7 @@ impl WatchConfig {
         Self {
             db: db.into(),
             debounce: Duration::from_millis(250),
-            max_delay: Duration::from_secs(1),
+            max_delay: Duration::from_millis(750),
             shutdown_timeout: Duration::from_secs(25),
             poll_interval: Duration::from_millis(250),
             force_poll: false,
@@ -300,7 +303,12 @@ impl Loop {
                     self.metrics.record_change(p.first_wall);
                 }
                 self.failures += 1;
-                let delay = backoff(self.failures, self.config.max_backoff);
+                // Waiting for another writer's lease: look again soon, so a
+                // rolling update hands over within seconds.
+                let delay = match failure {
+                    Failure::Busy(_) => BUSY_RETRY,
+                    Failure::Store(_) => backoff(self.failures, self.config.max_backoff),
+                };
                 self.retry_at = Some(Instant::now() + delay);
                 self.metrics.record_error(&failure.to_string());
                 match &failure {

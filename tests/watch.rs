@@ -1,0 +1,316 @@
+//! `mailsafe watch` as a process against a real S3 (SeaweedFS): RPO under
+//! steady load, the final flush on SIGTERM, an S3 outage mid-load, an idle
+//! minute metered by the proxy, and two watchers on one prefix. Every check
+//! ends in a real `mailsafe restore` whose rows are counted.
+
+mod common;
+mod watch_support;
+
+use std::time::{Duration, Instant};
+
+use watch_support::*;
+
+/// Commits at ~30/s while polling the replica for new manifests; a commit
+/// is "visible" when the first manifest whose read transaction started after
+/// it appears. Then rows committed right before SIGTERM must be in the next
+/// restore, and the watcher must exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpo_under_steady_load_and_final_flush() {
+    let s3 = common::s3();
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("app.db");
+    let url = s3.url("rpo");
+    let db = create_db(&db_path);
+    let mut w = Watcher::start(&s3, &s3.server.endpoint, &db_path, &url, &[]);
+    w.wait_caught_up(Duration::from_secs(30)).await;
+    let replica = store(&s3, "rpo").await;
+
+    // The workload runs in a thread; the replica is polled from here.
+    let load_secs = 10.0;
+    let writer = {
+        let path = db_path.clone();
+        std::thread::spawn(move || {
+            let db = create_db(&path);
+            let start = Instant::now();
+            let mut commits = Vec::new();
+            let mut id = 0;
+            while start.elapsed().as_secs_f64() < load_secs {
+                id += 1;
+                commits.push(insert(&db, id));
+                std::thread::sleep(Duration::from_millis(33));
+            }
+            commits
+        })
+    };
+    let mut seen: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
+    let poll_until = Instant::now() + Duration::from_secs_f64(load_secs + 4.0);
+    while Instant::now() < poll_until {
+        for m in replica.list("manifests/").await.unwrap() {
+            let id = m
+                .key
+                .trim_start_matches("manifests/")
+                .trim_end_matches(".json")
+                .to_string();
+            if seen.contains_key(&id) {
+                continue;
+            }
+            let at = unix_now();
+            let body = replica.get(&m.key).await.unwrap();
+            let man = mailsafe::format::Manifest::from_json(&m.key, &body).unwrap();
+            let created = man.created.timestamp_micros() as f64 / 1e6;
+            seen.insert(id, (created, at));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let commits = writer.join().unwrap();
+    let mut rpo: Vec<f64> = commits
+        .iter()
+        .map(|&c| {
+            seen.values()
+                .filter(|(created, _)| *created >= c)
+                .map(|(_, at)| at - c)
+                .fold(f64::INFINITY, f64::min)
+        })
+        .collect();
+    let uncovered = rpo.iter().filter(|r| r.is_infinite()).count();
+    assert_eq!(
+        uncovered,
+        0,
+        "{uncovered} commits never reached the replica; log:\n{}",
+        w.logs()
+    );
+    let n = rpo.len();
+    let (p50, p99, max) = (
+        percentile(&mut rpo, 50.0),
+        percentile(&mut rpo, 99.0),
+        percentile(&mut rpo, 100.0),
+    );
+    println!(
+        "watch RPO over {n} commits at ~30/s: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} snapshots)",
+        p50 * 1e3,
+        p99 * 1e3,
+        max * 1e3,
+        seen.len()
+    );
+    assert!(
+        w.metric("mailsafe_snapshots_total{result=\"uploaded\"}")
+            .await
+            >= 2.0
+    );
+    assert!(w.metric("mailsafe_store_requests_total{op=\"put\"}").await >= 2.0);
+
+    // Final flush: rows acknowledged right before SIGTERM.
+    let last = commits.len() as i64;
+    for id in last + 1..=last + 20 {
+        insert(&db, id);
+    }
+    w.term();
+    let status = w.wait(Duration::from_secs(30));
+    assert!(status.success(), "exit {status:?}; log:\n{}", w.logs());
+    let logs = w.logs();
+    assert!(logs.contains("released the writer lease"), "{logs}");
+    let out = dir.path().join("restored.db");
+    let r = restore(&s3, &url, &out, &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(row_ids(&out), last + 20, "rows committed before SIGTERM");
+}
+
+/// After the initial upload, a minute with no change makes no S3 request
+/// (metered by the proxy every request passes through) and almost no CPU;
+/// then a change is uploaded again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_minute_makes_no_requests() {
+    let s3 = common::s3();
+    let proxy = Proxy::start(&s3.server.endpoint);
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("idle.db");
+    let url = s3.url("idle");
+    let db = create_db(&db_path);
+    for id in 1..=10 {
+        insert(&db, id);
+    }
+    // The app keeps its connection open, as a real one does.
+    let mut w = Watcher::start(&s3, &proxy.endpoint, &db_path, &url, &[]);
+    w.wait_caught_up(Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.reset().await;
+    let req_before = w.metric("mailsafe_store_requests_total{op=\"put\"}").await
+        + w.metric("mailsafe_store_requests_total{op=\"get\"}").await
+        + w.metric("mailsafe_store_requests_total{op=\"list\"}").await;
+    let cpu_before = w.cpu_seconds();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let cpu = w.cpu_seconds() - cpu_before;
+    let requests = proxy.requests().await;
+    let req_after = w.metric("mailsafe_store_requests_total{op=\"put\"}").await
+        + w.metric("mailsafe_store_requests_total{op=\"get\"}").await
+        + w.metric("mailsafe_store_requests_total{op=\"list\"}").await;
+    println!("watch idle minute: {requests} S3 requests, {cpu:.2} CPU seconds");
+    assert_eq!(requests, 0, "S3 requests while idle; log:\n{}", w.logs());
+    assert_eq!(req_before, req_after);
+    assert!(cpu < 0.5, "{cpu} CPU seconds while idle");
+
+    // Still alive: the next change goes out.
+    insert(&db, 11);
+    w.wait_caught_up(Duration::from_secs(10)).await;
+    assert!(proxy.requests().await > 0);
+    w.term();
+    assert!(w.wait(Duration::from_secs(30)).success());
+    let out = dir.path().join("restored.db");
+    let r = restore(&s3, &url, &out, &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(row_ids(&out), 11);
+}
+
+/// S3 refuses every request for 10 s in the middle of a steady load: the
+/// watcher keeps going, logs the outage once and the recovery once, catches
+/// up, and every committed row is restorable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_mid_load_loses_nothing() {
+    let s3 = common::s3();
+    let proxy = Proxy::start(&s3.server.endpoint);
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("outage.db");
+    let url = s3.url("outage");
+    let db = create_db(&db_path);
+    let mut w = Watcher::start(&s3, &proxy.endpoint, &db_path, &url, &[]);
+    w.wait_caught_up(Duration::from_secs(30)).await;
+
+    let start = Instant::now();
+    let mut id = 0;
+    let mut outage_started = false;
+    let mut unhealthy_seen = false;
+    while start.elapsed() < Duration::from_secs(16) {
+        id += 1;
+        insert(&db, id);
+        if !outage_started && start.elapsed() > Duration::from_secs(3) {
+            proxy.outage(10).await;
+            outage_started = true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if outage_started && start.elapsed() > Duration::from_secs(8) && !unhealthy_seen {
+            unhealthy_seen = w.metric("mailsafe_snapshot_errors_total").await > 0.0;
+        }
+    }
+    assert!(
+        unhealthy_seen,
+        "no snapshot failed during the outage; log:\n{}",
+        w.logs()
+    );
+    w.wait_caught_up(Duration::from_secs(60)).await;
+    w.term();
+    let status = w.wait(Duration::from_secs(30));
+    assert!(status.success(), "exit {status:?}; log:\n{}", w.logs());
+    let logs = w.logs();
+    assert_eq!(
+        logs.matches("retrying with backoff").count(),
+        1,
+        "the outage is logged once:\n{logs}"
+    );
+    assert_eq!(logs.matches("reachable again").count(), 1, "{logs}");
+    let out = dir.path().join("restored.db");
+    let r = restore(&s3, &url, &out, &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(row_ids(&out), id, "every committed row survives the outage");
+}
+
+/// A second watcher on the same prefix (a rolling update: same volume, new
+/// pod) does not write while the first runs, says why, and takes over once
+/// the first shuts down; the replica holds one unbroken history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_watchers_on_one_prefix_never_interleave() {
+    let s3 = common::s3();
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("shared.db");
+    let url = s3.url("two");
+    let db = create_db(&db_path);
+    insert(&db, 1);
+    let mut a = Watcher::start(&s3, &s3.server.endpoint, &db_path, &url, &[]);
+    a.wait_caught_up(Duration::from_secs(30)).await;
+    let mut b = Watcher::start(&s3, &s3.server.endpoint, &db_path, &url, &[]);
+    let mut id = 1;
+    for _ in 0..30 {
+        id += 1;
+        insert(&db, id);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.wait_caught_up(Duration::from_secs(10)).await;
+    assert!(
+        b.logs().contains("is being written by another process"),
+        "B must say who holds the replica:\n{}",
+        b.logs()
+    );
+    assert_eq!(
+        b.metric("mailsafe_snapshots_total{result=\"uploaded\"}")
+            .await,
+        0.0
+    );
+    assert_eq!(b.metric("mailsafe_lease_held").await, 0.0);
+
+    // A goes away (rolling update); B takes over and uploads what follows.
+    a.term();
+    assert!(a.wait(Duration::from_secs(30)).success(), "{}", a.logs());
+    for _ in 0..10 {
+        id += 1;
+        insert(&db, id);
+    }
+    b.wait_caught_up(Duration::from_secs(20)).await;
+    assert!(
+        b.metric("mailsafe_snapshots_total{result=\"uploaded\"}")
+            .await
+            >= 1.0
+    );
+    assert_eq!(b.metric("mailsafe_lease_held").await, 1.0);
+    b.term();
+    assert!(b.wait(Duration::from_secs(30)).success(), "{}", b.logs());
+
+    // One history: each manifest's parent is the one before it.
+    let replica = store(&s3, "two").await;
+    let ms = manifests(replica.as_ref()).await;
+    for pair in ms.windows(2) {
+        assert_eq!(
+            pair[1].parent.as_deref(),
+            Some(pair[0].id.as_str()),
+            "snapshot {} does not follow {}",
+            pair[1].id,
+            pair[0].id
+        );
+    }
+    let out = dir.path().join("restored.db");
+    let r = restore(&s3, &url, &out, &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(row_ids(&out), id);
+}
+
+/// The watcher may start before the database exists (the app creates it
+/// later), and a SIGTERM before then exits 0 having uploaded nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_for_the_database_to_appear() {
+    let s3 = common::s3();
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("later.db");
+    let url = s3.url("later");
+    let mut w = Watcher::start(&s3, &s3.server.endpoint, &db_path, &url, &[]);
+    assert_eq!(
+        w.metric("mailsafe_last_success_timestamp_seconds").await,
+        0.0
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let db = create_db(&db_path);
+    for id in 1..=5 {
+        insert(&db, id);
+    }
+    w.wait_caught_up(Duration::from_secs(20)).await;
+    w.term();
+    assert!(w.wait(Duration::from_secs(30)).success(), "{}", w.logs());
+    let out = dir.path().join("restored.db");
+    let r = restore(&s3, &url, &out, &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(row_ids(&out), 5);
+
+    let never = dir.path().join("never.db");
+    let mut w2 = Watcher::start(&s3, &s3.server.endpoint, &never, &s3.url("never"), &[]);
+    w2.metric("mailsafe_lease_held").await;
+    w2.term();
+    assert!(w2.wait(Duration::from_secs(10)).success(), "{}", w2.logs());
+    assert!(!never.exists());
+}

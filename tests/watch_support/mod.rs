@@ -1,0 +1,332 @@
+//! Helpers of the watch, cron and retention tests: a `mailsafe watch` child
+//! process, a row-writing workload whose rows prove what a restore holds, the
+//! metering proxy, and direct reads of the replica.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use mailsafe::format::{self, Manifest};
+use mailsafe::store::ObjectStore;
+use mailsafe::store::s3::{S3Options, S3Store};
+use rusqlite::Connection;
+
+use crate::common::S3;
+
+/// Seconds since the Unix epoch, as a float.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// A port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A WAL database with table `t(id, at, payload)` at `path`.
+pub fn create_db(path: &Path) -> Connection {
+    let db = Connection::open(path).unwrap();
+    db.execute_batch(
+        "PRAGMA journal_mode = wal;
+         CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, at REAL NOT NULL, payload BLOB NOT NULL);",
+    )
+    .unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    db
+}
+
+/// Commits row `id` and returns when (unix seconds) the commit returned.
+pub fn insert(db: &Connection, id: i64) -> f64 {
+    let payload: Vec<u8> = (0..300)
+        .map(|i| (id as u8).wrapping_mul(31).wrapping_add(i as u8))
+        .collect();
+    db.execute(
+        "INSERT INTO t(id, at, payload) VALUES (?1, ?2, ?3)",
+        rusqlite::params![id, unix_now(), payload],
+    )
+    .unwrap();
+    unix_now()
+}
+
+/// The ids in a (restored) database, checking that they are exactly 1..=n.
+pub fn row_ids(path: &Path) -> i64 {
+    let db = Connection::open(path).unwrap();
+    let ok: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok", "{}", path.display());
+    let (n, max): (i64, Option<i64>) = db
+        .query_row("SELECT count(*), max(id) FROM t", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(Some(n).filter(|n| *n > 0), max, "rows are not 1..=n");
+    n
+}
+
+/// A store on the test bucket, for reading the replica directly.
+pub async fn store(s3: &S3, prefix: &str) -> Arc<dyn ObjectStore> {
+    store_at(s3, &s3.server.endpoint, prefix).await
+}
+
+/// A store on the test bucket through `endpoint` (e.g. a proxy).
+pub async fn store_at(s3: &S3, endpoint: &str, prefix: &str) -> Arc<dyn ObjectStore> {
+    Arc::new(
+        S3Store::with_options(
+            &s3.bucket,
+            prefix,
+            S3Options {
+                endpoint: Some(endpoint.to_string()),
+                max_attempts: Some(3),
+                credentials: Some((s3.server.access_key.clone(), s3.server.secret_key.clone())),
+            },
+        )
+        .await
+        .unwrap(),
+    )
+}
+
+/// Every manifest in the replica, by id (sorted = by time).
+pub async fn manifests(store: &dyn ObjectStore) -> Vec<Manifest> {
+    let mut out = Vec::new();
+    for m in store.list(format::MANIFESTS).await.unwrap() {
+        let body = store.get(&m.key).await.unwrap();
+        out.push(Manifest::from_json(&m.key, &body).unwrap());
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
+/// A running `mailsafe watch`; killed on drop if still running.
+pub struct Watcher {
+    pub child: Child,
+    /// Its stderr (logs), written to this file.
+    pub log: PathBuf,
+    /// `http://127.0.0.1:PORT` of `/metrics` and `/healthz`.
+    pub http: String,
+}
+
+impl Watcher {
+    /// Starts `mailsafe watch` on `db` into `url`, S3 reached at `endpoint`.
+    pub fn start(s3: &S3, endpoint: &str, db: &Path, url: &str, extra: &[&str]) -> Watcher {
+        let port = free_port();
+        let log = db.with_extension(format!("watch-{port}.log"));
+        let mut cmd = s3.mailsafe();
+        cmd.env("AWS_ENDPOINT_URL", endpoint)
+            .env("MAILSAFE_LOG", "mailsafe=debug,info")
+            .args(["watch", "--db"])
+            .arg(db)
+            .args(["--replica", url, "--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let child = cmd.spawn().expect("start mailsafe watch");
+        Watcher {
+            child,
+            log,
+            http: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// The log so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM.
+    pub fn term(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -TERM {}", self.child.id());
+    }
+
+    /// Waits for exit, at most `limit`.
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "watcher did not exit within {limit:?}; log:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `/metrics` as (name{labels} → value).
+    pub async fn metrics(&self) -> Option<std::collections::BTreeMap<String, f64>> {
+        let text = reqwest::get(format!("{}/metrics", self.http))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        Some(
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| {
+                    let (k, v) = l.rsplit_once(' ')?;
+                    Some((k.to_string(), v.parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+
+    /// One metric, waiting for the server to be up.
+    pub async fn metric(&self, name: &str) -> f64 {
+        for _ in 0..100 {
+            if let Some(m) = self.metrics().await {
+                return *m.get(name).unwrap_or_else(|| panic!("no metric {name}"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("metrics server never answered; log:\n{}", self.logs());
+    }
+
+    /// Waits until the replica holds everything seen (lag 0 after at least
+    /// one uploaded snapshot), at most `limit`.
+    pub async fn wait_caught_up(&self, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            let lag = self.metric("mailsafe_replication_lag_seconds").await;
+            let ok = self.metric("mailsafe_last_success_timestamp_seconds").await;
+            if lag == 0.0 && ok > 0.0 {
+                return;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "not caught up within {limit:?} (lag {lag}); log:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// CPU seconds (user + system) the process has used.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = after.split_whitespace().collect();
+        // Fields 14 and 15 of stat (utime, stime), counted after the comm.
+        let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+        ticks / 100.0
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Restores the newest snapshot of `url` into `out` with the binary.
+pub fn restore(s3: &S3, url: &str, out: &Path, extra: &[&str]) -> std::process::Output {
+    s3.mailsafe()
+        .args(["restore", "--db"])
+        .arg(out)
+        .args(["--replica", url, "--integrity-check", "full"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// The metering / fault-injecting proxy (bench/s3proxy); killed on drop.
+pub struct Proxy {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl Proxy {
+    /// Starts a proxy in front of `upstream`.
+    pub fn start(upstream: &str) -> Proxy {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/s3proxy/s3proxy.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args(["--upstream", upstream])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start s3proxy.py");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("PORT ")
+            .expect("PORT line")
+            .to_string();
+        Proxy {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    async fn control(&self, method: reqwest::Method, path: &str) -> serde_json::Value {
+        reqwest::Client::new()
+            .request(method, format!("{}/__proxy/{path}", self.endpoint))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Total requests forwarded (or refused) since the last reset.
+    pub async fn requests(&self) -> u64 {
+        let stats = self.control(reqwest::Method::GET, "stats").await;
+        stats["ops"]
+            .as_object()
+            .map(|ops| {
+                ops.values()
+                    .map(|o| o["requests"].as_u64().unwrap_or(0))
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Zeroes the counters.
+    pub async fn reset(&self) {
+        self.control(reqwest::Method::POST, "reset").await;
+    }
+
+    /// Refuses every request for `secs` seconds from now.
+    pub async fn outage(&self, secs: u64) {
+        self.control(reqwest::Method::POST, &format!("faults?outage_s={secs}"))
+            .await;
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The p-th percentile (0..=100) of `xs` (sorted in place).
+pub fn percentile(xs: &mut [f64], p: f64) -> f64 {
+    xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p / 100.0) * (xs.len() - 1) as f64).round() as usize;
+    xs[i]
+}
