@@ -155,11 +155,6 @@ pub fn parse_tz(tz: &str) -> FixedOffset {
     FixedOffset::east_opt(sign * (h * 3600 + m * 60)).unwrap_or(utc)
 }
 
-/// Quotes a term as an FTS5 string (double quotes doubled).
-fn fts_quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
 /// Escapes `%`, `_` and `\` for a `LIKE ... ESCAPE '\'` pattern.
 fn like_pattern(s: &str) -> String {
     let mut p = String::with_capacity(s.len() + 2);
@@ -301,37 +296,38 @@ pub fn compile(query: &str, tz: &str, pre: &str) -> Compiled {
     c
 }
 
-/// Substring condition over FTS columns: an index lookup for terms of three
-/// or more characters (trigrams), a scan with LIKE for shorter ones.
+/// Substring condition over FTS columns. `col LIKE '%term%'` on the
+/// trigram table is answered from the index for terms of three or more
+/// characters (and scans for shorter ones); either way the match is exact.
+/// Plain terms use `Body`, which also carries subject and addresses.
 fn text_cond(c: &mut Compiled, pre: &str, cols: &[&str], term: &str, exclude: bool) {
     let term = clean(term);
     if term.is_empty() {
         return;
     }
     let not = if exclude { "NOT " } else { "" };
-    if term.chars().count() >= 3 {
-        let expr = if cols.len() == ALL_COLS.len() {
-            fts_quote(&term)
-        } else {
-            format!("{{{}}} : {}", cols.join(" "), fts_quote(&term))
-        };
-        c.conds.push(format!(
-            "m.Seq {not}IN (SELECT rowid FROM {pre}search WHERE {pre}search MATCH ?)"
-        ));
-        c.args.push(Value::Text(expr));
+    let cols: &[&str] = if cols.len() == ALL_COLS.len() {
+        &["Body"]
     } else {
-        let ors = cols
-            .iter()
-            .map(|col| format!("{col} LIKE ? ESCAPE '\\'"))
-            .collect::<Vec<_>>()
-            .join(" OR ");
-        c.conds.push(format!(
-            "m.Seq {not}IN (SELECT rowid FROM {pre}search WHERE {ors})"
-        ));
-        let p = like_pattern(&term);
-        for _ in cols {
-            c.args.push(Value::Text(p.clone()));
-        }
+        cols
+    };
+    // FTS5 only uses the index for LIKE without ESCAPE, so add one only
+    // when the term needs it.
+    let (pattern, escape) = if term.contains(['%', '_', '\\']) {
+        (like_pattern(&term), " ESCAPE '\\'")
+    } else {
+        (format!("%{term}%"), "")
+    };
+    let ors = cols
+        .iter()
+        .map(|col| format!("{col} LIKE ?{escape}"))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    c.conds.push(format!(
+        "m.Seq {not}IN (SELECT rowid FROM {pre}search WHERE {ors})"
+    ));
+    for _ in cols {
+        c.args.push(Value::Text(pattern.clone()));
     }
 }
 
@@ -369,10 +365,11 @@ mod tests {
     }
 
     #[test]
-    fn short_terms_use_like_and_long_terms_use_match() {
-        let c = compile("ab hello", "", "");
-        assert!(c.conds[0].contains("LIKE"));
-        assert!(c.conds[1].contains("MATCH"));
-        assert_eq!(c.args.last(), Some(&Value::Text("\"hello\"".into())));
+    fn terms_become_like_patterns_escaped_only_when_needed() {
+        let c = compile("hello 5%_off", "", "");
+        assert_eq!(c.args[0], Value::Text("%hello%".into()));
+        assert!(!c.conds[0].contains("ESCAPE"));
+        assert_eq!(c.args[1], Value::Text("%5\\%\\_off%".into()));
+        assert!(c.conds[1].contains("ESCAPE"));
     }
 }

@@ -217,7 +217,17 @@ pub fn insert(conn: &Connection, ctx: &mut Ctx, p: Prepared) -> Result<String, S
         clean(&addrs_text(&pp.bcc)),
         clean(&addrs_text(&pp.reply_to)),
         clean(&pp.message_id),
-        clean(&pp.body_text),
+        clean(&format!(
+            "{} {} {} {} {} {} {} {}",
+            pp.subject,
+            from_text,
+            addrs_text(&pp.to),
+            addrs_text(&pp.cc),
+            addrs_text(&pp.bcc),
+            addrs_text(&pp.reply_to),
+            pp.message_id,
+            pp.body_text
+        )),
     ])?;
     let mut tags: Vec<String> = Vec::new();
     for t in pp.tags.iter().chain(p.extra_tags.iter()) {
