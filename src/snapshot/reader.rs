@@ -136,15 +136,37 @@ struct PreScan {
 /// this WAL (or in the generation just before it, with its frames intact),
 /// else just to find the last commit.
 fn wal_pre(path: &Path, prev: Option<&WalPosition>) -> std::io::Result<PreScan> {
+    // What is published now is visible to our transaction, which starts
+    // later; commits in the file beyond it may not be. So F0 is capped here,
+    // and the scan after BEGIN picks up whatever lies past it.
+    let shm = {
+        use std::os::unix::ffi::{OsStrExt, OsStringExt};
+        let wal = path.as_os_str().as_bytes();
+        let mut b = wal.strip_suffix(b"-wal").unwrap_or(wal).to_vec();
+        b.extend_from_slice(b"-shm");
+        PathBuf::from(OsString::from_vec(b))
+    };
+    let published = super::wal::published(&shm)?;
     let Some(mut wal) = WalFile::open(path)? else {
         return Ok(PreScan::default());
     };
     let Some(h) = wal.header else {
         return Ok(PreScan::default());
     };
+    let limit = match published {
+        Some((mx, s1, s2)) if s1 == h.salt1 && s2 == h.salt2 => mx,
+        // Unreadable, or a restart in flight: no position we can prove.
+        _ => return Ok(PreScan::default()),
+    };
     if let Some(p) = prev {
-        if p.salt1 == h.salt1 && p.salt2 == h.salt2 && wal.holds(&h, p)? {
-            let s = wal.scan(&h, p)?;
+        if p.salt1 == h.salt1 && p.salt2 == h.salt2 && p.frame <= limit && wal.holds(&h, p)? {
+            let s = wal.scan_to(&h, p, limit)?;
+            tracing::debug!(
+                from = p.frame,
+                to = s.commit.frame,
+                pages = s.pages.len(),
+                "wal: same generation"
+            );
             return Ok(PreScan {
                 header: Some(h),
                 f0: Some(s.commit),
@@ -175,8 +197,9 @@ fn wal_pre(path: &Path, prev: Option<&WalPosition>) -> std::io::Result<PreScan> 
                 }
             };
             if complete {
-                let new = wal.scan(&h, &h.start())?;
+                let new = wal.scan_to(&h, &h.start(), limit)?;
                 let first_old = wal.frame_salt1(&h, p.frame + 1)?;
+                tracing::debug!(from = p.frame, old_to = old.commit.frame, old_valid = old.valid_frames, end = ?old.end, new_to = new.commit.frame, ?first_old, "wal: restart");
                 if first_old != Some(h.salt1) {
                     let mut pages = old.pages;
                     pages.extend(new.pages);
@@ -189,7 +212,7 @@ fn wal_pre(path: &Path, prev: Option<&WalPosition>) -> std::io::Result<PreScan> 
             }
         }
     }
-    let s = wal.scan(&h, &h.start())?;
+    let s = wal.scan_to(&h, &h.start(), limit)?;
     Ok(PreScan {
         header: Some(h),
         f0: Some(s.commit),
@@ -268,15 +291,68 @@ impl Pages<'_> {
     }
 }
 
-/// Compresses and queues chunks not yet stored, remembering what is.
-struct ChunkSink<'a> {
-    known: HashMap<[u8; 32], ChunkRef>,
-    compressor: zstd::bulk::Compressor<'static>,
+/// Where packed objects go while the read transaction is open.
+struct Out<'a> {
     tx: &'a Sender<Upload>,
+    /// Rollback-journal mode only: objects are spooled to a temporary file
+    /// and uploaded after the transaction ends, because our SHARED lock
+    /// would otherwise block the application's writer for the whole upload.
+    /// (In WAL mode a reader blocks nobody, so objects stream directly.)
+    spool: Option<Spool>,
 }
 
-impl ChunkSink<'_> {
-    fn new<'a>(tx: &'a Sender<Upload>, prev: Option<&State>) -> Result<ChunkSink<'a>, Error> {
+struct Spool {
+    file: std::fs::File,
+    end: u64,
+    index: Vec<(String, u64, usize)>,
+}
+
+impl Out<'_> {
+    fn send(&mut self, u: Upload) -> Result<(), Error> {
+        let Some(sp) = &mut self.spool else {
+            return send(self.tx, u);
+        };
+        use std::os::unix::fs::FileExt;
+        sp.file.write_all_at(&u.body, sp.end).map_err(|e| {
+            Error::Other(format!("cannot spool {} to a temporary file: {e}", u.key))
+        })?;
+        sp.index.push((u.key, sp.end, u.body.len()));
+        sp.end += u.body.len() as u64;
+        Ok(())
+    }
+
+    /// Uploads what was spooled (after the read transaction has ended).
+    fn flush(&mut self) -> Result<(), Error> {
+        use std::os::unix::fs::FileExt;
+        let Some(sp) = self.spool.take() else {
+            return Ok(());
+        };
+        for (key, off, len) in sp.index {
+            let mut body = vec![0u8; len];
+            sp.file
+                .read_exact_at(&mut body, off)
+                .map_err(|e| Error::Other(format!("cannot read spooled {key}: {e}")))?;
+            send(
+                self.tx,
+                Upload {
+                    key,
+                    body: Bytes::from(body),
+                },
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Compresses and queues chunks not yet stored, remembering what is.
+struct ChunkSink<'a, 'b> {
+    known: HashMap<[u8; 32], ChunkRef>,
+    compressor: zstd::bulk::Compressor<'static>,
+    out: &'a mut Out<'b>,
+}
+
+impl<'b> ChunkSink<'_, 'b> {
+    fn new<'a>(out: &'a mut Out<'b>, prev: Option<&State>) -> Result<ChunkSink<'a, 'b>, Error> {
         let mut known = HashMap::new();
         if let Some(s) = prev {
             for c in s.base_chunks.iter() {
@@ -290,7 +366,7 @@ impl ChunkSink<'_> {
         Ok(ChunkSink {
             known,
             compressor,
-            tx,
+            out,
         })
     }
 
@@ -310,13 +386,10 @@ impl ChunkSink<'_> {
             stored_sha256: format::sha256_hex(&z),
             stored_size: z.len() as u64,
         };
-        send(
-            self.tx,
-            Upload {
-                key: format::chunk_key(&hex),
-                body: Bytes::from(z),
-            },
-        )?;
+        self.out.send(Upload {
+            key: format::chunk_key(&hex),
+            body: Bytes::from(z),
+        })?;
         self.known.insert(h, c.clone());
         Ok(c)
     }
@@ -345,6 +418,24 @@ pub(crate) fn read(db: &Path, prev: Option<&State>, tx: Sender<Upload>) -> Resul
         PreScan::default()
     };
 
+    let mut out = Out {
+        tx: &tx,
+        spool: if wal_mode {
+            None
+        } else {
+            let file = tempfile::tempfile().map_err(|e| {
+                Error::Other(format!(
+                    "cannot create a temporary spool file in {}: {e}",
+                    std::env::temp_dir().display()
+                ))
+            })?;
+            Some(Spool {
+                file,
+                end: 0,
+                index: Vec::new(),
+            })
+        },
+    };
     conn.execute_batch("BEGIN").map_err(&err)?;
     // The first read fixes the transaction's snapshot.
     let first = conn
@@ -359,11 +450,14 @@ pub(crate) fn read(db: &Path, prev: Option<&State>, tx: Sender<Upload>) -> Resul
         } else {
             (None, None)
         };
-        in_txn(db, &conn, prev, &tx, created, wal_pos, wal_pages)
+        in_txn(db, &conn, prev, &mut out, created, wal_pos, wal_pages)
     });
     // Ends the read transaction; nothing was written.
     let _ = conn.execute_batch("ROLLBACK");
-    result
+    drop(conn);
+    let result = result?;
+    out.flush()?;
+    Ok(result)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -371,7 +465,7 @@ fn in_txn(
     db: &Path,
     conn: &Connection,
     prev: Option<&State>,
-    tx: &Sender<Upload>,
+    out: &mut Out<'_>,
     created: chrono::DateTime<chrono::Utc>,
     wal_pos: Option<WalPosition>,
     wal_pages: Option<BTreeSet<u32>>,
@@ -424,7 +518,7 @@ fn in_txn(
         }
     }
 
-    let mut sink = ChunkSink::new(tx, prev)?;
+    let mut sink = ChunkSink::new(out, prev)?;
     let ctx = Ctx {
         page_size,
         page_count,
@@ -527,13 +621,10 @@ fn in_txn(
         sha256: format::sha256_hex(&z),
         size: z.len() as u64,
     };
-    send(
-        tx,
-        Upload {
-            key: dref.key.clone(),
-            body: Bytes::from(z),
-        },
-    )?;
+    sink.out.send(Upload {
+        key: dref.key.clone(),
+        body: Bytes::from(z),
+    })?;
     let mut deltas = prior_deltas.to_vec();
     deltas.push(dref);
     let mut chunk_overrides = std::collections::BTreeMap::new();
@@ -595,7 +686,7 @@ fn first_base(
     db: &Path,
     conn: &Connection,
     prev: Option<&State>,
-    sink: &mut ChunkSink<'_>,
+    sink: &mut ChunkSink<'_, '_>,
     ctx: Ctx,
 ) -> Result<Outcome, Error> {
     let mut refs = Vec::with_capacity(ctx.n_chunks as usize);

@@ -184,6 +184,11 @@ impl WalFile {
     /// page numbers of committed frames. `h` gives the page size and checksum
     /// byte order.
     pub fn scan(&mut self, h: &WalHeader, from: &WalPosition) -> io::Result<Scan> {
+        self.scan_to(h, from, u32::MAX)
+    }
+
+    /// [`WalFile::scan`], stopping after frame `limit` at the latest.
+    pub fn scan_to(&mut self, h: &WalHeader, from: &WalPosition, limit: u32) -> io::Result<Scan> {
         let fsize = self.frame_size(h.page_size);
         let mut scan = Scan {
             commit: from.clone(),
@@ -203,6 +208,10 @@ impl WalFile {
         let mut buf = vec![0u8; fsize as usize];
         let mut off = start;
         loop {
+            if frame >= limit {
+                scan.end = ScanEnd::Eof;
+                break;
+            }
             if off + fsize > self.len {
                 scan.end = ScanEnd::Eof;
                 break;
@@ -245,6 +254,32 @@ impl WalFile {
         }
         Ok(scan)
     }
+}
+
+/// The last frame SQLite has *published* in the wal-index (`-shm`) header,
+/// with the WAL salts it belongs to. A writer appends a commit's frames to
+/// the `-wal` file first and publishes them in the wal-index afterwards, so
+/// a reader starting now may not see a commit already in the file; a reader
+/// starting after this call sees at least this frame. Returns `None` when the
+/// header cannot be read consistently (no `-shm`, or being rewritten).
+pub fn published(shm: &Path) -> io::Result<Option<(u32, u32, u32)>> {
+    let mut f = match File::open(shm) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut b = [0u8; 96];
+    if f.read_exact(&mut b).is_err() {
+        return Ok(None);
+    }
+    // Two copies of the header; SQLite's own readers trust it only when both
+    // agree and it is initialised.
+    if b[..48] != b[48..] || b[12] != 1 {
+        return Ok(None);
+    }
+    let ne = |o: usize| u32::from_ne_bytes(b[o..o + 4].try_into().expect("4 bytes"));
+    // mxFrame is native-endian; the salts are the WAL header's bytes copied.
+    Ok(Some((ne(16), be32(&b, 32), be32(&b, 36))))
 }
 
 fn parse_header(h: &[u8; WAL_HEADER as usize]) -> Option<WalHeader> {
@@ -298,6 +333,12 @@ mod tests {
         assert!(first.pages.contains(&1) && first.pages.contains(&2));
         assert_eq!(first.end, ScanEnd::Eof);
         assert!(wal.holds(&h, &first.commit).unwrap());
+        // The wal-index publishes the same last commit and salts.
+        let shm = dir.path().join("t.db-shm");
+        assert_eq!(
+            published(&shm).unwrap(),
+            Some((first.commit.frame, h.salt1, h.salt2))
+        );
 
         // A second commit that touches only the table's page.
         db.execute("UPDATE t SET x = randomblob(100)", []).unwrap();
