@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Runs the web UI tests in headless Debian Chromium: builds the binary, starts
+# `mailsafe serve` on free loopback ports with a temporary database, runs the
+# node tests against it, and stops it. Screenshots land in
+# tests/browser/artifacts/. Exit code: that of `node --test`.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+cd "$root"
+
+cargo build -q --bin mailsafe
+bin="${CARGO_TARGET_DIR:-$root/target}/debug/mailsafe"
+
+if [ ! -d "$here/node_modules/playwright-core" ]; then
+  (cd "$here" && npm ci --no-audit --no-fund --silent)
+fi
+
+# Two free ports, chosen by the kernel.
+read -r http_port smtp_port < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(2)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in socks])
+for s in socks: s.close()')
+
+tmp="$(mktemp -d)"
+server_pid=""
+cleanup() {
+  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
+    kill "$server_pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$server_pid" 2>/dev/null || true
+  fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+export MAILSAFE_BIN="$bin"
+"$bin" serve --db "$tmp/mail.db" --smtp "127.0.0.1:$smtp_port" --listen "127.0.0.1:$http_port" \
+  >"$tmp/server.log" 2>&1 &
+server_pid=$!
+
+export MAILSAFE_UI_URL="http://127.0.0.1:$http_port"
+export MAILSAFE_SMTP_PORT="$smtp_port"
+for i in $(seq 150); do
+  if curl -fsS --noproxy '*' -o /dev/null "$MAILSAFE_UI_URL/api/v1/messages" 2>/dev/null; then break; fi
+  if ! kill -0 "$server_pid" 2>/dev/null; then
+    echo "mailsafe serve exited:" >&2; cat "$tmp/server.log" >&2; exit 1
+  fi
+  if [ "$i" = 150 ]; then echo "mailsafe serve did not answer on $MAILSAFE_UI_URL" >&2; cat "$tmp/server.log" >&2; exit 1; fi
+  sleep 0.2
+done
+
+cd "$here"
+status=0
+node --test --test-concurrency=1 --test-timeout=120000 ./*.test.mjs || status=$?
+if [ "$status" != 0 ]; then
+  echo "--- server log ---" >&2; tail -50 "$tmp/server.log" >&2
+fi
+exit "$status"
