@@ -69,6 +69,21 @@ pub struct ReplicaArgs {
     /// `AWS_ENDPOINT_URL`.
     #[arg(long, env = "MAILSAFE_ENDPOINT")]
     pub endpoint: Option<String>,
+    /// File holding the backup encryption key (32 raw bytes, 64 hex digits
+    /// or base64). Without it, `MAILSAFE_ENCRYPTION_KEY` may hold the key
+    /// itself; with neither, backups are not encrypted.
+    #[arg(long, env = "MAILSAFE_ENCRYPTION_KEY_FILE")]
+    pub encryption_key_file: Option<PathBuf>,
+}
+
+impl ReplicaArgs {
+    /// The configured encryption key, if any. Errors never contain the key.
+    pub fn encryption_key(&self) -> anyhow::Result<Option<std::sync::Arc<mailsafe::crypto::Key>>> {
+        Ok(
+            mailsafe::crypto::Key::from_sources(self.encryption_key_file.as_deref())?
+                .map(std::sync::Arc::new),
+        )
+    }
 }
 
 /// Retention policy flags, shared by `cron` and `prune` (like restic's
@@ -592,6 +607,7 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         integrity_check: integrity(args.integrity_check),
         parallelism: args.parallelism.max(1),
         progress: true,
+        key: args.replica.encryption_key()?,
     };
     runtime()?.block_on(async {
         let store = open_replica(&args.replica).await?;
@@ -652,14 +668,17 @@ fn snapshots(args: SnapshotsArgs) -> anyhow::Result<()> {
 fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     use mailsafe::restore::Pick;
-    let check = integrity(args.integrity_check);
-    let parallelism = 8;
+    let opts = mailsafe::restore::VerifyOptions {
+        integrity_check: integrity(args.integrity_check),
+        parallelism: 8,
+        key: args.replica.encryption_key()?,
+    };
     runtime()?.block_on(async {
         let store = open_replica(&args.replica).await?;
         let what = &args.replica.replica;
         if !args.all {
             let pick = Pick::from_flags(args.snapshot.as_deref(), None)?;
-            let report = mailsafe::restore::verify(&*store, &pick, check, parallelism)
+            let report = mailsafe::restore::verify(&*store, &pick, &opts)
                 .await
                 .with_context(|| format!("verify of {what} failed"))?;
             if args.json {
@@ -675,7 +694,7 @@ fn verify(args: VerifyArgs) -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        let results = mailsafe::restore::verify_all(&*store, check, parallelism)
+        let results = mailsafe::restore::verify_all(&*store, &opts)
             .await
             .with_context(|| format!("verify of {what} failed"))?;
         let failed: Vec<&str> = results

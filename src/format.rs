@@ -90,6 +90,21 @@ pub struct Manifest {
     pub source: SourcePosition,
     /// What this snapshot uploaded.
     pub stats: SnapshotStats,
+    /// Set when the snapshot's objects are encrypted (see `crate::crypto`);
+    /// absent for plaintext backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+}
+
+/// How a snapshot's objects are encrypted, and the manifest's MAC.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Encryption {
+    /// Algorithm: `aes-256-gcm`.
+    pub alg: String,
+    /// Public id of the key (derived from it; reveals nothing about it).
+    pub key_id: String,
+    /// HMAC-SHA256 (hex) of the manifest serialised with this field empty.
+    pub mac: String,
 }
 
 /// The logical database image.
@@ -514,6 +529,7 @@ mod tests {
             chunk_overrides: Default::default(),
             source: SourcePosition::default(),
             stats: SnapshotStats::default(),
+            encryption: None,
         }
     }
 

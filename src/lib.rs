@@ -7,6 +7,7 @@
 //! path upwards; [`watch`], [`cron`] and [`retention`] schedule and prune.
 
 pub mod cron;
+pub mod crypto;
 pub mod error;
 pub mod format;
 pub mod restore;

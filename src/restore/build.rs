@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use super::plan::{RestorePlan, missing_is_broken};
 use crate::Error;
+use crate::crypto::Key;
 use crate::format::{self, ChunkRef, ObjectRef};
 use crate::store::ObjectStore;
 
@@ -31,6 +32,8 @@ pub struct BuildOptions {
     /// Advanced by stored bytes as objects arrive; hidden when not on a
     /// terminal.
     pub progress: indicatif::ProgressBar,
+    /// Decrypts objects of an encrypted snapshot.
+    pub key: Option<Arc<Key>>,
 }
 
 impl Default for BuildOptions {
@@ -38,6 +41,7 @@ impl Default for BuildOptions {
         Self {
             parallelism: 8,
             progress: indicatif::ProgressBar::hidden(),
+            key: None,
         }
     }
 }
@@ -108,6 +112,7 @@ pub async fn build_image(
             let indices = placements[c.sha256.as_str()].clone();
             let target = target.clone();
             let progress = opts.progress.clone();
+            let enc = opts.key.clone();
             async move {
                 let key = format::chunk_key(&c.sha256);
                 let stored = store
@@ -121,7 +126,7 @@ pub async fn build_image(
                     .map(|&i| (i, chunk_len(base_pages, i)))
                     .collect();
                 tokio::task::spawn_blocking(move || {
-                    let content = open_chunk(&stored, &c, &key, lens[0].1)?;
+                    let content = open_chunk(&stored, &c, &key, lens[0].1, enc.as_deref())?;
                     if content.iter().all(|&b| b == 0) {
                         return Ok(());
                     }
@@ -165,10 +170,12 @@ pub async fn build_image(
         let d = d.clone();
         let target = target.clone();
         let page_size = m.db.page_size;
-        let touched =
-            tokio::task::spawn_blocking(move || apply_delta(&stored, &d, &target, page_size))
-                .await
-                .map_err(|e| Error::Other(format!("restore worker failed: {e}")))??;
+        let enc = opts.key.clone();
+        let touched = tokio::task::spawn_blocking(move || {
+            apply_delta(&stored, &d, &target, page_size, enc.as_deref())
+        })
+        .await
+        .map_err(|e| Error::Other(format!("restore worker failed: {e}")))??;
         dirty.extend(
             touched
                 .into_iter()
@@ -199,9 +206,23 @@ pub async fn build_image(
 /// Checks a stored chunk and returns its content: stored size and sha256,
 /// then zstd (bounded to `len` bytes, so a hostile object cannot balloon),
 /// then the content sha256 that names it.
-fn open_chunk(stored: &[u8], c: &ChunkRef, key: &str, len: u64) -> Result<Vec<u8>, Error> {
+fn open_chunk(
+    stored: &[u8],
+    c: &ChunkRef,
+    key: &str,
+    len: u64,
+    enc: Option<&Key>,
+) -> Result<Vec<u8>, Error> {
     check_stored(stored, &c.stored_sha256, c.stored_size, key)?;
-    let content = zstd::bulk::decompress(stored, len as usize)
+    let plain;
+    let packed = match enc {
+        Some(k) => {
+            plain = k.open(key, stored)?;
+            &plain[..]
+        }
+        None => stored,
+    };
+    let content = zstd::bulk::decompress(packed, len as usize)
         .map_err(|e| Error::Verification(format!("{key}: cannot decompress: {e}")))?;
     if content.len() as u64 != len {
         return Err(Error::Verification(format!(
@@ -242,41 +263,77 @@ fn apply_delta(
     d: &ObjectRef,
     target: &Target,
     page_size: u32,
+    enc: Option<&Key>,
 ) -> Result<Vec<u32>, Error> {
     let key = d.key.as_str();
     check_stored(stored, &d.sha256, d.size, key)?;
+    let plain;
+    let packed = match enc {
+        Some(k) => {
+            plain = k.open(key, stored)?;
+            &plain[..]
+        }
+        None => stored,
+    };
+    let mut touched = Vec::new();
+    decode_delta_stream(packed, key, page_size, |p, page| {
+        target.write_at(page, u64::from(p - 1) * u64::from(page_size))?;
+        touched.push(p);
+        Ok(())
+    })?;
+    Ok(touched)
+}
+
+/// Decodes a zstd-compressed delta pack (as stored, after decryption) of
+/// snapshot pages of `page_size`, calling `page(pgno, bytes)` for each page
+/// in pack order with one page in memory at a time. Every malformation (bad
+/// magic, other page size, page number outside `1..=page_count`, short or
+/// trailing data, bad zstd) is an [`Error::Verification`] naming `key`; no
+/// input makes it panic or allocate more than a page.
+pub fn decode_delta_stream(
+    packed: &[u8],
+    key: &str,
+    page_size: u32,
+    mut page: impl FnMut(u32, &[u8]) -> Result<(), Error>,
+) -> Result<format::DeltaHeader, Error> {
     let bad = |why: String| Error::Verification(format!("{key}: {why}"));
-    let mut r = zstd::stream::read::Decoder::new(stored)
+    let mut r = zstd::stream::read::Decoder::new(packed)
         .map_err(|e| bad(format!("cannot decompress: {e}")))?;
-    let mut header = [0u8; 20];
+    let mut header = [0u8; format::DELTA_HEADER_LEN];
     r.read_exact(&mut header)
         .map_err(|e| bad(format!("cannot read the delta header: {e}")))?;
     if &header[..8] != format::DELTA_MAGIC {
         return Err(bad("not a delta pack (bad magic)".into()));
     }
     let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-    let (ps, page_count, n) = (be(&header[8..12]), be(&header[12..16]), be(&header[16..20]));
-    if ps != page_size {
+    let h = format::DeltaHeader {
+        page_size: be(&header[8..12]),
+        page_count: be(&header[12..16]),
+        pages: be(&header[16..20]),
+    };
+    if h.page_size != page_size {
         return Err(bad(format!(
-            "page size {ps}, the snapshot's is {page_size}"
+            "page size {}, the snapshot's is {page_size}",
+            h.page_size
         )));
     }
-    if n > page_count {
-        return Err(bad(format!("{n} pages in a {page_count}-page db")));
+    if h.pages > h.page_count {
+        return Err(bad(format!(
+            "{} pages in a {}-page db",
+            h.pages, h.page_count
+        )));
     }
-    let mut touched = Vec::with_capacity(n.min(1 << 16) as usize);
-    let mut page = vec![0u8; page_size as usize];
+    let mut buf = vec![0u8; page_size as usize];
     let mut pgno = [0u8; 4];
-    for i in 0..n {
+    for i in 0..h.pages {
         r.read_exact(&mut pgno)
-            .and_then(|_| r.read_exact(&mut page))
-            .map_err(|e| bad(format!("page {i} of {n}: {e}")))?;
+            .and_then(|_| r.read_exact(&mut buf))
+            .map_err(|e| bad(format!("page {i} of {}: {e}", h.pages)))?;
         let p = u32::from_be_bytes(pgno);
-        if p == 0 || p > page_count {
-            return Err(bad(format!("page number {p} outside 1..={page_count}")));
+        if p == 0 || p > h.page_count {
+            return Err(bad(format!("page number {p} outside 1..={}", h.page_count)));
         }
-        target.write_at(&page, u64::from(p - 1) * u64::from(page_size))?;
-        touched.push(p);
+        page(p, &buf)?;
     }
     if r.read(&mut pgno)
         .map_err(|e| bad(format!("cannot decompress: {e}")))?
@@ -284,7 +341,7 @@ fn apply_delta(
     {
         return Err(bad("trailing bytes after the last page".into()));
     }
-    Ok(touched)
+    Ok(h)
 }
 
 /// Computes the digest of the rebuilt image and compares it with the

@@ -20,6 +20,7 @@ pub mod plan;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -29,6 +30,7 @@ pub use install::TargetState;
 pub use plan::{Pick, RestorePlan};
 
 use crate::Error;
+use crate::crypto::Key;
 use crate::store::ObjectStore;
 
 /// What `restore` should do.
@@ -50,6 +52,8 @@ pub struct RestoreOptions {
     pub parallelism: usize,
     /// Show a progress bar (only ever drawn when stderr is a terminal).
     pub progress: bool,
+    /// Key of an encrypted replica.
+    pub key: Option<Arc<Key>>,
 }
 
 impl RestoreOptions {
@@ -64,6 +68,7 @@ impl RestoreOptions {
             integrity_check: IntegrityCheck::Quick,
             parallelism: 8,
             progress: false,
+            key: None,
         }
     }
 }
@@ -147,7 +152,7 @@ pub async fn restore(
         }
         Err(e) => return Err(e),
     };
-    let plan = plan::plan(store, &id).await?;
+    let plan = plan::plan(store, &id, opts.key.as_deref()).await?;
     tracing::info!(
         snapshot = %id,
         objects = plan.objects(),
@@ -162,6 +167,7 @@ pub async fn restore(
         .try_clone()
         .map_err(|e| Error::io(&tmp_path, e))?;
     let build_opts = BuildOptions {
+        key: opts.key.clone(),
         parallelism: opts.parallelism,
         progress: progress_bar(opts.progress),
     };
@@ -196,16 +202,36 @@ async fn run_check(path: &Path, check: IntegrityCheck, id: &str) -> Result<(), E
         .map_err(|e| Error::Other(format!("integrity check worker failed: {e}")))?
 }
 
+/// How `verify` checks.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// SQLite check on the rebuilt image.
+    pub integrity_check: IntegrityCheck,
+    /// Concurrent downloads.
+    pub parallelism: usize,
+    /// Key of an encrypted replica.
+    pub key: Option<Arc<Key>>,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        Self {
+            integrity_check: IntegrityCheck::Quick,
+            parallelism: 8,
+            key: None,
+        }
+    }
+}
+
 /// Checks everything a restore of snapshot `id` would check, rebuilding the
 /// image in a scratch file under the system temp dir that is removed after.
 pub async fn verify_id(
     store: &dyn ObjectStore,
     id: &str,
-    check: IntegrityCheck,
-    parallelism: usize,
+    opts: &VerifyOptions,
 ) -> Result<RestoreReport, Error> {
     let started = Instant::now();
-    let plan = plan::plan(store, id).await?;
+    let plan = plan::plan(store, id, opts.key.as_deref()).await?;
     let tmp = tempfile::Builder::new()
         .prefix("mailsafe-verify-")
         .tempfile()
@@ -214,18 +240,19 @@ pub async fn verify_id(
         .as_file()
         .try_clone()
         .map_err(|e| Error::io(tmp.path(), e))?;
-    let opts = BuildOptions {
-        parallelism,
+    let build_opts = BuildOptions {
+        parallelism: opts.parallelism,
+        key: opts.key.clone(),
         ..BuildOptions::default()
     };
-    let stats = build::build_image(store, &plan, file, tmp.path(), &opts).await?;
-    run_check(tmp.path(), check, id).await?;
+    let stats = build::build_image(store, &plan, file, tmp.path(), &build_opts).await?;
+    run_check(tmp.path(), opts.integrity_check, id).await?;
     Ok(RestoreReport {
         snapshot: id.to_string(),
         created: plan.manifest.created,
         target: None,
         stats,
-        integrity_check: check,
+        integrity_check: opts.integrity_check,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -234,11 +261,10 @@ pub async fn verify_id(
 pub async fn verify(
     store: &dyn ObjectStore,
     pick: &Pick,
-    check: IntegrityCheck,
-    parallelism: usize,
+    opts: &VerifyOptions,
 ) -> Result<RestoreReport, Error> {
     let id = plan::pick_id(store, pick).await?;
-    verify_id(store, &id, check, parallelism).await
+    verify_id(store, &id, opts).await
 }
 
 /// Verifies every snapshot, oldest first, and returns each one's outcome; a
@@ -246,8 +272,7 @@ pub async fn verify(
 /// [`Error::NoBackup`].
 pub async fn verify_all(
     store: &dyn ObjectStore,
-    check: IntegrityCheck,
-    parallelism: usize,
+    opts: &VerifyOptions,
 ) -> Result<Vec<(String, Result<RestoreReport, Error>)>, Error> {
     let ids = plan::list_ids(store).await?;
     if ids.is_empty() {
@@ -258,7 +283,7 @@ pub async fn verify_all(
     }
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
-        match verify_id(store, &id, check, parallelism).await {
+        match verify_id(store, &id, opts).await {
             Err(Error::Store(e)) => return Err(Error::Store(e)),
             r => out.push((id, r)),
         }

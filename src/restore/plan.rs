@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::Error;
+use crate::crypto::{self, Key};
 use crate::format::{self, ChunkRef, Manifest, ObjectRef};
 use crate::store::{ObjectStore, StoreError};
 
@@ -196,10 +197,27 @@ pub async fn load_manifest(store: &dyn ObjectStore, id: &str) -> Result<Manifest
     parse_manifest(&bytes, &key)
 }
 
+/// [`load_manifest`], then checks it against the configured encryption key
+/// (see [`crypto::check_manifest`]).
+pub async fn load_authentic(
+    store: &dyn ObjectStore,
+    id: &str,
+    key: Option<&Key>,
+) -> Result<Manifest, Error> {
+    let m = load_manifest(store, id).await?;
+    crypto::check_manifest(&m, &format::manifest_key(id), key)?;
+    Ok(m)
+}
+
 /// Builds the plan for snapshot `id`: its manifest and, for an incremental
-/// snapshot, its base's chunk list.
-pub async fn plan(store: &dyn ObjectStore, id: &str) -> Result<RestorePlan, Error> {
-    let manifest = load_manifest(store, id).await?;
+/// snapshot, its base's chunk list. Both manifests are authenticated when a
+/// key is given (and refused when encrypted and no key is given).
+pub async fn plan(
+    store: &dyn ObjectStore,
+    id: &str,
+    key: Option<&Key>,
+) -> Result<RestorePlan, Error> {
+    let manifest = load_authentic(store, id, key).await?;
     if manifest.base == manifest.id {
         return Ok(RestorePlan {
             chunks: manifest.chunks.clone(),
@@ -208,7 +226,7 @@ pub async fn plan(store: &dyn ObjectStore, id: &str) -> Result<RestorePlan, Erro
             manifest,
         });
     }
-    let base = load_manifest(store, &manifest.base).await?;
+    let base = load_authentic(store, &manifest.base, key).await?;
     let base_key = format::manifest_key(&base.id);
     if base.base != base.id {
         return Err(Error::Verification(format!(

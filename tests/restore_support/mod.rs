@@ -102,6 +102,8 @@ pub fn image(conn: &Connection, path: &Path) -> (u32, Vec<u8>) {
 /// delta packs of the pages that differ from the previous image.
 pub struct ReplicaWriter {
     pub store: DynStore,
+    /// Encrypts objects and signs manifests when set.
+    pub key: Option<mailsafe::crypto::Key>,
     base: Option<Manifest>,
     prev: Option<(String, Vec<u8>)>,
     deltas: Vec<ObjectRef>,
@@ -112,6 +114,7 @@ impl ReplicaWriter {
     pub fn new(store: DynStore) -> Self {
         Self {
             store,
+            key: None,
             base: None,
             prev: None,
             deltas: Vec::new(),
@@ -119,6 +122,10 @@ impl ReplicaWriter {
     }
 
     async fn put(&self, key: &str, body: Vec<u8>) -> (String, u64) {
+        let body = match &self.key {
+            Some(k) if !key.starts_with(format::MANIFESTS) => k.seal(key, &body),
+            _ => body,
+        };
         let sha = format::sha256_hex(&body);
         let n = body.len() as u64;
         self.store.put(key, Bytes::from(body)).await.unwrap();
@@ -150,7 +157,7 @@ impl ReplicaWriter {
             });
         }
         let page_count = (image.len() / page_size as usize) as u32;
-        let m = Manifest {
+        let mut m = Manifest {
             format: format::FORMAT_NAME.into(),
             version: format::FORMAT_VERSION,
             id: id.clone(),
@@ -172,7 +179,11 @@ impl ReplicaWriter {
             chunk_overrides: Default::default(),
             source: SourcePosition::default(),
             stats,
+            encryption: None,
         };
+        if let Some(k) = &self.key {
+            k.sign_manifest(&mut m);
+        }
         self.put(&format::manifest_key(&id), m.to_json()).await;
         self.base = Some(m);
         self.deltas.clear();
@@ -207,7 +218,7 @@ impl ReplicaWriter {
             .filter(|(i, h)| base.chunks.get(*i).map(|c| c.sha256.clone()) != Some(hex::encode(h)))
             .map(|(i, h)| (i as u32, hex::encode(h)))
             .collect();
-        let m = Manifest {
+        let mut m = Manifest {
             id: id.clone(),
             created,
             parent: Some(prev_id),
@@ -228,6 +239,9 @@ impl ReplicaWriter {
             },
             ..base
         };
+        if let Some(k) = &self.key {
+            k.sign_manifest(&mut m);
+        }
         self.put(&format::manifest_key(&id), m.to_json()).await;
         self.prev = Some((id.clone(), image.to_vec()));
         id
