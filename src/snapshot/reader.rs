@@ -659,6 +659,7 @@ fn in_txn(
             stored_bytes,
             ..Default::default()
         },
+        encryption: None,
     };
     Ok(Outcome::Changed(Box::new(Changed {
         manifest,
@@ -750,6 +751,7 @@ fn base_manifest(
             stored_bytes,
             ..Default::default()
         },
+        encryption: None,
     }
 }
 
