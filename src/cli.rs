@@ -452,6 +452,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let replica = ReplicaArgs {
             replica,
             endpoint: args.endpoint.clone(),
+            // serve's writer does not encrypt yet, so neither does its restore.
+            encryption_key_file: None,
         };
         return runtime()?.block_on(serve_replicated(config, replica, args.shutdown_timeout));
     }
@@ -495,6 +497,7 @@ async fn serve_replicated(
         integrity_check: mailsafe::restore::IntegrityCheck::Quick,
         parallelism: 8,
         progress: false,
+        key: None,
     };
     mailsafe::restore::restore(&*store, &opts)
         .await
