@@ -18,7 +18,7 @@ for s in socks: s.close()')
 tmp="$(mktemp -d)"
 pid=""
 trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
-"$bin" serve --db "$tmp/mail.db" --smtp "127.0.0.1:$smtp_port" --listen "127.0.0.1:$http_port" >"$tmp/log" 2>&1 &
+"$bin" serve --max-messages 0 --db "$tmp/mail.db" --smtp "127.0.0.1:$smtp_port" --listen "127.0.0.1:$http_port" >"$tmp/log" 2>&1 &
 pid=$!
 for _ in $(seq 100); do curl -fsS --noproxy '*' -o /dev/null "http://127.0.0.1:$http_port/api/v1/messages" 2>/dev/null && break; sleep 0.2; done
 MAILSAFE_UI_URL="http://127.0.0.1:$http_port" MAILSAFE_SMTP_PORT="$smtp_port" node bench/ui-live.mjs
