@@ -358,7 +358,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// Logs go to stderr so that `--json` output on stdout stays parseable.
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MAILSAFE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(
+            // The AWS SDK logs every retried connection at INFO; our own
+            // retry loops already report each state change once.
+            "info,aws_smithy_runtime=warn,aws_smithy_runtime_api=warn,aws_config=warn,hyper_util=warn",
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -885,7 +889,16 @@ fn prune(args: PruneArgs) -> anyhow::Result<()> {
 /// errors exit 2 through clap before we get here.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     err.chain()
-        .find_map(|e| e.downcast_ref::<mailsafe::Error>())
-        .map(|e| e.exit_code())
+        .find_map(|e| {
+            if let Some(e) = e.downcast_ref::<mailsafe::Error>() {
+                return Some(e.exit_code());
+            }
+            // A store error reached us without being wrapped: a malformed
+            // replica URL is a usage error like any other bad flag value.
+            match e.downcast_ref::<mailsafe::store::StoreError>() {
+                Some(mailsafe::store::StoreError::InvalidUrl { .. }) => Some(2),
+                _ => None,
+            }
+        })
         .unwrap_or(1)
 }

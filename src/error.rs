@@ -55,7 +55,7 @@ impl Error {
         match self {
             Error::NoBackup(_) => 3,
             Error::Verification(_) => 4,
-            Error::Usage(_) => 2,
+            Error::Usage(_) | Error::Store(StoreError::InvalidUrl { .. }) => 2,
             Error::Io { .. } | Error::Sqlite { .. } | Error::Store(_) | Error::Other(_) => 1,
         }
     }
