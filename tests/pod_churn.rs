@@ -250,52 +250,86 @@ impl Http {
 
 /// Runs the SMTP sender to completion; returns the acknowledged tokens.
 fn send(port: u16, prefix: &str, max: usize, max_secs: f64, kib: usize, all: bool) -> Vec<String> {
-    let sender = spawn_sender(port, prefix, max, max_secs, kib, all);
-    finish_sender(sender, all)
+    Sender::spawn(port, prefix, max, max_secs, kib, all).finish()
 }
 
-fn spawn_sender(
-    port: u16,
-    prefix: &str,
-    max: usize,
-    max_secs: f64,
-    kib: usize,
+/// A running SMTP sender (the Python client above). Its acknowledgements
+/// are read as they come, so a test can act while it is mid-stream.
+struct Sender {
+    child: Child,
     all: bool,
-) -> Child {
-    Command::new("python3")
-        .args(["-c", SENDER, "127.0.0.1", &port.to_string(), prefix])
-        .args([max.to_string(), max_secs.to_string(), kib.to_string()])
-        .arg(if all { "all" } else { "churn" })
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3")
+    acks: std::sync::mpsc::Receiver<String>,
+    acked: Vec<String>,
+    stderr: std::thread::JoinHandle<String>,
 }
 
-fn finish_sender(mut sender: Child, all: bool) -> Vec<String> {
-    let mut out = String::new();
-    sender
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let mut err = String::new();
-    sender
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    let status = sender.wait().unwrap();
-    if all {
-        assert!(status.success(), "every email should be accepted:\n{err}");
+impl Sender {
+    fn spawn(port: u16, prefix: &str, max: usize, max_secs: f64, kib: usize, all: bool) -> Sender {
+        let mut child = Command::new("python3")
+            .args(["-c", SENDER, "127.0.0.1", &port.to_string(), prefix])
+            .args([max.to_string(), max_secs.to_string(), kib.to_string()])
+            .arg(if all { "all" } else { "churn" })
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let (tx, acks) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(token) = line.strip_prefix("ok ") {
+                    if tx.send(token.to_owned()).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let mut err = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = err.read_to_string(&mut text);
+            text
+        });
+        Sender {
+            child,
+            all,
+            acks,
+            acked: Vec::new(),
+            stderr,
+        }
     }
-    out.lines()
-        .filter_map(|l| l.strip_prefix("ok "))
-        .map(str::to_owned)
-        .collect()
+
+    /// Blocks until `n` emails have been acknowledged (or `limit` passed).
+    fn wait_for_acks(&mut self, n: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.acked.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.acks.recv_timeout(left) {
+                Ok(token) => self.acked.push(token),
+                Err(_) => panic!(
+                    "only {} of {n} emails acknowledged within {limit:?}",
+                    self.acked.len()
+                ),
+            }
+        }
+    }
+
+    /// Waits for the sender to exit; returns every acknowledged token.
+    fn finish(mut self) -> Vec<String> {
+        let status = self.child.wait().unwrap();
+        let err = self.stderr.join().unwrap();
+        // The reader thread ends with the pipe: collect what it still has.
+        while let Ok(token) = self.acks.recv_timeout(Duration::from_secs(5)) {
+            self.acked.push(token);
+        }
+        if self.all {
+            assert!(status.success(), "every email should be accepted:\n{err}");
+        }
+        self.acked
+    }
 }
 
 /// Subjects of every message in the catcher, through `/api/v1/messages`.
@@ -529,8 +563,11 @@ fn churn(variant: Variant) {
         let batch = send(smtp, &format!("{prefix}a"), 10, 60.0, 0, true);
         assert_eq!(batch.len(), 10, "life {life}: first batch");
         acked.extend(batch);
-        let sender = spawn_sender(smtp, &format!("{prefix}b"), 500, 60.0, 0, false);
-        std::thread::sleep(Duration::from_millis(300));
+        let mut sender = Sender::spawn(smtp, &format!("{prefix}b"), 500, 60.0, 0, false);
+        // SIGTERM lands while the sender is mid-stream: some emails are
+        // acknowledged a moment before it, some are in flight, the rest are
+        // refused.
+        sender.wait_for_acks(5, Duration::from_secs(30));
 
         // The kubelet: SIGTERM to the catcher, wait, then to the sidecar.
         catcher.terminate();
@@ -541,7 +578,7 @@ fn churn(variant: Variant) {
             "life {life}: serve exit code; log:\n{}",
             catcher.log_tail()
         );
-        let tail = finish_sender(sender, false);
+        let tail = sender.finish();
         if let Some(mut watch) = sidecar {
             assert!(
                 watch.is_running(),
