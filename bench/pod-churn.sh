@@ -8,6 +8,7 @@
 #
 #   bench/pod-churn.sh            # N=100, SEED_MIB=100
 #   N=20 SEED_MIB=10 bench/pod-churn.sh
+#   PROFILE=dev bench/pod-churn.sh   # reuse the test build instead of release
 #
 # It runs tests/pod_churn.rs (release build) with MAILSAFE_CHURN_* set: the
 # same harness CI runs with N=10, so the benchmark and the test cannot drift.
@@ -16,6 +17,9 @@ cd "$(dirname "$0")/.."
 
 N="${N:-100}"
 SEED_MIB="${SEED_MIB:-100}"
+PROFILE="${PROFILE:-release}"
+profile_args=()
+[ "$PROFILE" = dev ] || profile_args=(--profile "$PROFILE")
 OUT="bench/out/pod-churn"
 mkdir -p "$OUT"
 rm -f "$OUT"/report.*.json
@@ -36,15 +40,16 @@ start=$(date +%s)
 set +e
 MAILSAFE_CHURN_LIVES="$N" MAILSAFE_CHURN_SEED_MIB="$SEED_MIB" \
   MAILSAFE_CHURN_REPORT="$PWD/$OUT/report" \
-  cargo test --release --test pod_churn -- --test-threads=1 --nocapture \
+  cargo test "${profile_args[@]}" --test pod_churn -- --include-ignored --test-threads=1 --nocapture \
   2>&1 | tee "$OUT/run.log" | grep --line-buffered -E '^\[(sidecar|single)\]|^test |test result'
 status=${PIPESTATUS[0]}
 set -e
 elapsed=$(( $(date +%s) - start ))
 
-python3 - "$OUT" "$N" "$SEED_MIB" "$elapsed" "$status" <<'PY'
+python3 - "$OUT" "$N" "$SEED_MIB" "$elapsed" "$status" "$PROFILE" <<'PY'
 import json, os, re, subprocess, sys, datetime
 out, n, seed, elapsed, status = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+profile = sys.argv[6]
 rows = []
 for variant, label in (("sidecar", "restore + `watch` sidecar + `serve`"), ("single", "`serve --replica` alone")):
     path = os.path.join(out, f"report.{variant}.json")
@@ -69,7 +74,7 @@ section = "\n".join([
     "",
     f"`bench/pod-churn.sh` (N={n} pod lives per variant, db seeded with {seed} MiB of mail in the first life), "
     f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit}, {os.cpu_count()} cores {cpu}, "
-    f"SeaweedFS on loopback, release build, {elapsed} s in all, harness exit {status}.",
+    f"SeaweedFS on loopback, `{profile}` build, {elapsed} s in all, harness exit {status}.",
     "",
     "Each life: fresh empty dir → restore → ready → 10 emails + a sender running through SIGTERM → "
     "catcher stopped, then sidecar → next life. Lost = acknowledged with 250 but missing after the next restore "

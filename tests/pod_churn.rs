@@ -542,20 +542,18 @@ fn churn(variant: Variant) {
             acked.retain(|t| present.contains(t));
         }
 
-        // Seed a big db in the first life, for cold-start measurements.
-        if life == 0 && seed_mib > 0 {
-            let n = seed_mib * 2; // 512 KiB each
-            let seeded = send(
-                smtp,
-                &format!("seed{}", variant.name()),
-                n,
-                600.0,
-                512,
-                true,
-            );
-            assert_eq!(seeded.len(), n);
-            report.acknowledged += n;
+        // Seed a big db in the first life, for cold-start measurements:
+        // batches of 256 KiB emails until the db file has the size asked for
+        // (what an email costs in the db depends on the catcher's indexes, so
+        // the size is measured rather than computed).
+        let mut batch_no = 0;
+        while life == 0 && db_bytes(&db) < (seed_mib as u64) << 20 {
+            let prefix = format!("seed{}b{batch_no}", variant.name());
+            let seeded = send(smtp, &prefix, 20, 600.0, 256, true);
+            assert_eq!(seeded.len(), 20);
+            report.acknowledged += seeded.len();
             acked.extend(seeded);
+            batch_no += 1;
         }
 
         // Mail that must all be accepted, then mail right up to the end.
@@ -664,14 +662,13 @@ fn churn(variant: Variant) {
 
 /// deployment.yaml: restore initContainer, watch sidecar, catcher.
 #[test]
-#[ignore = "waits for restore (issue 3), watch and serve --replica (issue 4), the catcher (issue 2); run with --ignored"]
 fn sidecar_pods_lose_no_acknowledged_email() {
     churn(Variant::Sidecar);
 }
 
 /// single-container.yaml: `serve --replica` alone.
 #[test]
-#[ignore = "waits for restore (issue 3), watch and serve --replica (issue 4), the catcher (issue 2); run with --ignored"]
+#[ignore = "waits for `serve --replica` (issue 4, on the watch branch); run with --ignored"]
 fn single_container_pods_lose_no_acknowledged_email() {
     churn(Variant::SingleContainer);
 }
