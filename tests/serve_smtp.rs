@@ -1,0 +1,104 @@
+//! `mailsafe serve` as users run it: configured only through Mailpit's `MP_*`
+//! environment, fed by swaks, stopped with SIGTERM. Checks that each
+//! variable reaches the SMTP server and that shutdown is clean and keeps
+//! every acknowledged message.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_listening(port: u16, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("mailsafe serve exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("mailsafe serve did not listen on {port}");
+}
+
+fn swaks(port: u16, extra: &[&str]) -> (bool, String) {
+    let port = port.to_string();
+    let out = Command::new("swaks")
+        .args(["--server", "127.0.0.1", "--port", &port, "--from", "a@example.com"])
+        .args(["--to", "b@example.com"])
+        .args(extra)
+        .output()
+        .expect("swaks runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn mp_environment_configures_smtp_and_sigterm_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("mail.db");
+    let (smtp, http) = (free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mailsafe"))
+        .arg("serve")
+        .env("MP_DATABASE", &db)
+        .env("MP_SMTP_BIND_ADDR", format!("127.0.0.1:{smtp}"))
+        .env("MP_UI_BIND_ADDR", format!("127.0.0.1:{http}"))
+        .env("MP_SMTP_AUTH", "alice:wonderland")
+        .env("MP_SMTP_AUTH_ALLOW_INSECURE", "true")
+        .env("MP_MAX_MESSAGE_SIZE", "1")
+        .env("MP_SMTP_MAX_RECIPIENTS", "2")
+        .env("MAILSAFE_LOG", "debug")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_listening(smtp, &mut child);
+
+    let auth = ["--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "wonderland"];
+    let (ok, out) = swaks(smtp, &[]);
+    assert!(!ok && out.contains("530 5.7.0 Authentication required"), "{out}");
+    let (ok, out) = swaks(smtp, &auth);
+    assert!(ok, "{out}");
+    assert!(out.contains("SIZE 1048576"), "MP_MAX_MESSAGE_SIZE is in MB: {out}");
+    let big = "x".repeat(1024 * 1024 + 10);
+    let mut args = auth.to_vec();
+    args.extend(["--body", &big]);
+    let (ok, out) = swaks(smtp, &args);
+    assert!(!ok && out.contains("552 5.3.4"), "{}", &out[out.len().saturating_sub(2000)..]);
+    let mut args = auth.to_vec();
+    args.extend(["--to", "b@example.com,c@example.com,d@example.com"]);
+    let (_, out) = swaks(smtp, &args);
+    assert!(out.contains("452 4.5.3"), "{out}");
+
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(status.success(), "exit {status}: {log}");
+    assert!(!log.contains("wonderland"), "a password reached the log: {log}");
+
+    // Two messages were acknowledged (one plain, one to the two accepted
+    // recipients); both are in the file.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM mailbox", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 2);
+}
