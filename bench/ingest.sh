@@ -13,6 +13,7 @@
 # Usage: bench/ingest.sh            (MESSAGES=20000 SESSIONS=10 SIZE=4096)
 #        MAILDEV_MESSAGES=2000 bench/ingest.sh   (shorter maildev run; msgs/s
 #        is a rate, so a smaller count still measures it)
+#        MAILSAFE_BIN=path/to/mailsafe bench/ingest.sh   (skip the build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -54,9 +55,12 @@ blast() {
   python3 -c "print(f'{$count/($end-$start):.0f}')"
 }
 
-log "building mailsafe (release)"
-cargo build --release --bin mailsafe >&2
-bin="$root/target/release/mailsafe"
+bin="${MAILSAFE_BIN:-}"
+if [ -z "$bin" ]; then
+  log "building mailsafe (release)"
+  cargo build --release --bin mailsafe >&2
+  bin="$root/target/release/mailsafe"
+fi
 
 smtp_port=$(free_port); http_port=$(free_port)
 MP_MAX_MESSAGES=0 "$bin" serve --db "$work/bench.db" \

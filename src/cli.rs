@@ -180,6 +180,16 @@ pub struct ServeArgs {
     /// Close SMTP connections that make no progress for this long.
     #[arg(long, env = "MAILSAFE_SMTP_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     pub smtp_idle_timeout: std::time::Duration,
+    /// Label shown in the web UI.
+    #[arg(long, env = "MP_LABEL", default_value = "")]
+    pub label: String,
+    /// Basic auth for the web UI and API: space-separated `user:password`
+    /// pairs.
+    #[arg(long, env = "MP_UI_AUTH", hide_env_values = true)]
+    pub ui_auth: Option<String>,
+    /// Basic auth users from an htpasswd file (bcrypt or plain).
+    #[arg(long, env = "MP_UI_AUTH_FILE")]
+    pub ui_auth_file: Option<PathBuf>,
 }
 
 /// `mailsafe snapshot`.
@@ -400,6 +410,12 @@ fn catcher_config(args: &ServeArgs) -> anyhow::Result<mailsafe_catcher::Config> 
     } else {
         AuthPolicy::None
     };
+    let ui_auth = match (&args.ui_auth, &args.ui_auth_file) {
+        (None, None) => None,
+        (Some(pairs), None) => Some(mailsafe_catcher::api::Credentials::from_pairs(pairs)?),
+        (None, Some(path)) => Some(mailsafe_catcher::api::Credentials::from_file(path)?),
+        (Some(_), Some(_)) => anyhow::bail!("set MP_UI_AUTH or MP_UI_AUTH_FILE, not both"),
+    };
     let max_message_size = args
         .max_message_size
         .checked_mul(1024 * 1024)
@@ -422,6 +438,8 @@ fn catcher_config(args: &ServeArgs) -> anyhow::Result<mailsafe_catcher::Config> 
         smtp_max_connections: args.smtp_max_connections,
         smtp_idle_timeout: args.smtp_idle_timeout,
         shutdown_timeout: args.shutdown_timeout,
+        label: args.label.clone(),
+        ui_auth: ui_auth.map(|c| c.into_basic_auth()),
     })
 }
 

@@ -32,7 +32,14 @@ fn wait_listening(port: u16, child: &mut Child) {
 fn swaks(port: u16, extra: &[&str]) -> (bool, String) {
     let port = port.to_string();
     let out = Command::new("swaks")
-        .args(["--server", "127.0.0.1", "--port", &port, "--from", "a@example.com"])
+        .args([
+            "--server",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--from",
+            "a@example.com",
+        ])
         .args(["--to", "b@example.com"])
         .args(extra)
         .output()
@@ -63,24 +70,47 @@ fn mp_environment_configures_smtp_and_sigterm_stops_cleanly() {
         .unwrap();
     wait_listening(smtp, &mut child);
 
-    let auth = ["--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "wonderland"];
+    let auth = [
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "alice",
+        "--auth-password",
+        "wonderland",
+    ];
     let (ok, out) = swaks(smtp, &[]);
-    assert!(!ok && out.contains("530 5.7.0 Authentication required"), "{out}");
+    assert!(
+        !ok && out.contains("530 5.7.0 Authentication required"),
+        "{out}"
+    );
     let (ok, out) = swaks(smtp, &auth);
     assert!(ok, "{out}");
-    assert!(out.contains("SIZE 1048576"), "MP_MAX_MESSAGE_SIZE is in MB: {out}");
+    assert!(
+        out.contains("SIZE 1048576"),
+        "MP_MAX_MESSAGE_SIZE is in MB: {out}"
+    );
     let big = "x".repeat(1024 * 1024 + 10);
     let mut args = auth.to_vec();
     args.extend(["--body", &big]);
     let (ok, out) = swaks(smtp, &args);
-    assert!(!ok && out.contains("552 5.3.4"), "{}", &out[out.len().saturating_sub(2000)..]);
+    assert!(
+        !ok && out.contains("552 5.3.4"),
+        "{}",
+        &out[out.len().saturating_sub(2000)..]
+    );
     let mut args = auth.to_vec();
     args.extend(["--to", "b@example.com,c@example.com,d@example.com"]);
     let (_, out) = swaks(smtp, &args);
     assert!(out.contains("452 4.5.3"), "{out}");
 
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -92,7 +122,10 @@ fn mp_environment_configures_smtp_and_sigterm_stops_cleanly() {
     let mut log = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
     assert!(status.success(), "exit {status}: {log}");
-    assert!(!log.contains("wonderland"), "a password reached the log: {log}");
+    assert!(
+        !log.contains("wonderland"),
+        "a password reached the log: {log}"
+    );
 
     // Two messages were acknowledged (one plain, one to the two accepted
     // recipients); both are in the file.

@@ -47,6 +47,11 @@ pub struct Config {
     pub smtp_idle_timeout: Duration,
     /// How long shutdown waits for SMTP transactions in flight.
     pub shutdown_timeout: Duration,
+    /// Label shown by the web UI (`MP_LABEL`).
+    pub label: String,
+    /// HTTP basic auth guarding the API and UI (`MP_UI_AUTH`,
+    /// `MP_UI_AUTH_FILE`); the health probes stay open.
+    pub ui_auth: Option<crate::api::BasicAuth>,
 }
 
 impl Default for Config {
@@ -69,6 +74,8 @@ impl Default for Config {
             smtp_max_connections: 1000,
             smtp_idle_timeout: Duration::from_secs(300),
             shutdown_timeout: Duration::from_secs(10),
+            label: String::new(),
+            ui_auth: None,
         }
     }
 }

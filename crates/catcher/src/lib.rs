@@ -37,6 +37,8 @@ pub struct Catcher {
     smtp: SmtpServer,
     http: tokio::net::TcpListener,
     shutdown_timeout: Duration,
+    label: String,
+    ui_auth: Option<api::BasicAuth>,
 }
 
 impl Catcher {
@@ -90,6 +92,8 @@ impl Catcher {
             smtp,
             http,
             shutdown_timeout: config.shutdown_timeout,
+            label: config.label,
+            ui_auth: config.ui_auth,
         })
     }
 
@@ -120,7 +124,7 @@ impl Catcher {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        let router = http_router(&self.store);
+        let router = http_router(&self.store, self.label, self.ui_auth);
         let http = axum::serve(self.http, router).with_graceful_shutdown(stopped(stop_rx.clone()));
         let http = tokio::spawn(async move { http.await });
         let smtp = tokio::spawn(self.smtp.run(stopped(stop_rx)));
@@ -136,10 +140,23 @@ impl Catcher {
     }
 }
 
-/// The HTTP side: Mailpit's `/api/v1` and the web UI on one router.
-fn http_router(store: &Store) -> axum::Router {
-    api::router(store.clone(), api::ApiOptions::default())
-        .merge(ui::router())
+/// The HTTP side: Mailpit's `/api/v1` and the web UI on one router, both
+/// behind basic auth when it is configured (the API keeps its probes open).
+fn http_router(store: &Store, label: String, auth: Option<api::BasicAuth>) -> axum::Router {
+    let options = api::ApiOptions {
+        label,
+        auth: auth.clone(),
+        ..api::ApiOptions::default()
+    };
+    let ui = match auth {
+        Some(auth) => ui::router().layer(axum::middleware::from_fn_with_state(
+            auth,
+            api::require_basic_auth,
+        )),
+        None => ui::router(),
+    };
+    api::router(store.clone(), options)
+        .merge(ui)
         // Message content (views, parts, raw) gets a sandboxing CSP.
         .layer(axum::middleware::from_fn(ui::protect_message_content))
 }

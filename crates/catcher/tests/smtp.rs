@@ -257,6 +257,18 @@ async fn swaks_message_is_stored_and_visible_in_the_api() {
     assert_eq!(server.count().await, 1);
     let page = server.store.list(0, 10).await.unwrap();
     assert_eq!(page.messages[0].subject, "swaks hello");
+    let body: serde_json::Value = reqwest::get(format!("http://{}/api/v1/messages", server.http))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["total"], 1, "{body}");
+    assert_eq!(body["messages"][0]["Subject"], "swaks hello", "{body}");
+    assert_eq!(
+        body["messages"][0]["From"]["Address"], "sender@example.com",
+        "{body}"
+    );
     // The web UI is served next to SMTP.
     let ui = reqwest::get(format!("http://{}/", server.http))
         .await
