@@ -151,8 +151,18 @@ async fn idle_minute_makes_no_requests() {
 
     // Still alive: the next change goes out.
     insert(&db, 11);
+    // "Caught up" can be true before inotify has delivered the change, so
+    // wait for the upload itself to reach S3.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while proxy.requests().await == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        proxy.requests().await > 0,
+        "no upload after a change; log:\n{}",
+        w.logs()
+    );
     w.wait_caught_up(Duration::from_secs(10)).await;
-    assert!(proxy.requests().await > 0);
     w.term();
     assert!(w.wait(Duration::from_secs(30)).success());
     let out = dir.path().join("restored.db");
