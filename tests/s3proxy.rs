@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -12,59 +11,7 @@ use futures::StreamExt;
 use mailsafe::store::s3::{S3Options, S3Store};
 use mailsafe::store::{ObjectStore, StoreError};
 
-/// A running proxy; killed on drop.
-struct Proxy {
-    child: Child,
-    endpoint: String,
-}
-
-impl Proxy {
-    fn start(upstream: &str, extra: &[&str]) -> Proxy {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/s3proxy/s3proxy.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .args(["--upstream", upstream])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start s3proxy.py");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("PORT ")
-            .expect("PORT line")
-            .to_string();
-        Proxy {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    async fn control(&self, method: reqwest::Method, path: &str) -> serde_json::Value {
-        reqwest::Client::new()
-            .request(method, format!("{}/__proxy/{path}", self.endpoint))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn stats(&self) -> serde_json::Value {
-        self.control(reqwest::Method::GET, "stats").await
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::proxy::Proxy;
 
 async fn store_via(proxy: &Proxy, s3: &common::S3, attempts: u32) -> S3Store {
     let opts = S3Options {

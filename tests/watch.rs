@@ -121,7 +121,7 @@ async fn rpo_under_steady_load_and_final_flush() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_minute_makes_no_requests() {
     let s3 = common::s3();
-    let proxy = Proxy::start(&s3.server.endpoint);
+    let proxy = Proxy::start(&s3.server.endpoint, &[]);
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("idle.db");
     let url = s3.url("idle");
@@ -177,7 +177,7 @@ async fn idle_minute_makes_no_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_mid_load_loses_nothing() {
     let s3 = common::s3();
-    let proxy = Proxy::start(&s3.server.endpoint);
+    let proxy = Proxy::start(&s3.server.endpoint, &[]);
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("outage.db");
     let url = s3.url("outage");

@@ -4,9 +4,12 @@
 //! [`s3`] hands each caller a fresh bucket on one SeaweedFS server: the one
 //! named by `MAILSAFE_TEST_S3_ENDPOINT` (started by `scripts/test.sh`), or
 //! else one this test binary starts on first use (via `scripts/s3.sh`) and
-//! that a watchdog stops when the test binary exits. Test files add their own
-//! helpers in their own files, not here.
+//! that a watchdog stops when the test binary exits. [`proxy::Proxy`] puts
+//! the metering / fault-injecting proxy in front of it. Helpers used by one
+//! test file stay in that file.
 #![allow(dead_code)] // each test binary uses a different subset
+
+pub mod proxy;
 
 use std::path::Path;
 use std::process::Command;

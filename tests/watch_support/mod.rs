@@ -1,9 +1,9 @@
 //! Helpers of the watch, cron and retention tests: a `mailsafe watch` child
 //! process, a row-writing workload whose rows prove what a restore holds, the
-//! metering proxy, and direct reads of the replica.
+//! metering proxy (re-exported from tests/common), and direct reads of the
+//! replica.
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -247,79 +247,8 @@ pub fn restore(s3: &S3, url: &str, out: &Path, extra: &[&str]) -> std::process::
         .unwrap()
 }
 
-/// The metering / fault-injecting proxy (bench/s3proxy); killed on drop.
-pub struct Proxy {
-    child: Child,
-    pub endpoint: String,
-}
-
-impl Proxy {
-    /// Starts a proxy in front of `upstream`.
-    pub fn start(upstream: &str) -> Proxy {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/s3proxy/s3proxy.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .args(["--upstream", upstream])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start s3proxy.py");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("PORT ")
-            .expect("PORT line")
-            .to_string();
-        Proxy {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    async fn control(&self, method: reqwest::Method, path: &str) -> serde_json::Value {
-        reqwest::Client::new()
-            .request(method, format!("{}/__proxy/{path}", self.endpoint))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    /// Total requests forwarded (or refused) since the last reset.
-    pub async fn requests(&self) -> u64 {
-        let stats = self.control(reqwest::Method::GET, "stats").await;
-        stats["ops"]
-            .as_object()
-            .map(|ops| {
-                ops.values()
-                    .map(|o| o["requests"].as_u64().unwrap_or(0))
-                    .sum()
-            })
-            .unwrap_or(0)
-    }
-
-    /// Zeroes the counters.
-    pub async fn reset(&self) {
-        self.control(reqwest::Method::POST, "reset").await;
-    }
-
-    /// Refuses every request for `secs` seconds from now.
-    pub async fn outage(&self, secs: u64) {
-        self.control(reqwest::Method::POST, &format!("faults?outage_s={secs}"))
-            .await;
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[allow(unused_imports)] // not every test binary meters requests
+pub use crate::common::proxy::Proxy;
 
 /// The p-th percentile (0..=100) of `xs` (sorted in place).
 pub fn percentile(xs: &mut [f64], p: f64) -> f64 {
