@@ -180,6 +180,11 @@ pub struct ServeArgs {
     /// Close SMTP connections that make no progress for this long.
     #[arg(long, env = "MAILSAFE_SMTP_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     pub smtp_idle_timeout: std::time::Duration,
+    /// Message content (MB) all SMTP sessions may hold in memory at once;
+    /// a message that would exceed it gets 452 4.3.1 (the client retries).
+    /// At least --max-message-size; 0 = no cap.
+    #[arg(long, env = "MAILSAFE_SMTP_MAX_DATA_MEMORY", default_value_t = 256)]
+    pub smtp_max_data_memory: usize,
     /// Label shown in the web UI.
     #[arg(long, env = "MP_LABEL", default_value = "")]
     pub label: String,
@@ -437,6 +442,10 @@ fn catcher_config(args: &ServeArgs) -> anyhow::Result<mailsafe_catcher::Config> 
         smtp_implicit_tls: args.smtp_require_tls || args.smtp_tls_implicit,
         smtp_max_connections: args.smtp_max_connections,
         smtp_idle_timeout: args.smtp_idle_timeout,
+        smtp_max_data_memory: args
+            .smtp_max_data_memory
+            .checked_mul(1024 * 1024)
+            .context("--smtp-max-data-memory is too large")?,
         shutdown_timeout: args.shutdown_timeout,
         label: args.label.clone(),
         ui_auth: ui_auth.map(|c| c.into_basic_auth()),

@@ -43,6 +43,12 @@ pub struct Config {
     pub smtp_implicit_tls: bool,
     /// Most concurrent SMTP connections; more get 421.
     pub smtp_max_connections: usize,
+    /// Message content all SMTP sessions may hold in memory at once, in
+    /// bytes (`MAILSAFE_SMTP_MAX_DATA_MEMORY` is in MB); a message that would
+    /// exceed it is answered `452 4.3.1`. Never below `max_message_size`, so
+    /// a message within the limit always fits once others are done; 0 means
+    /// no cap.
+    pub smtp_max_data_memory: usize,
     /// Close SMTP connections idle this long.
     pub smtp_idle_timeout: Duration,
     /// How long shutdown waits for SMTP transactions in flight.
@@ -72,6 +78,7 @@ impl Default for Config {
             smtp_require_starttls: false,
             smtp_implicit_tls: false,
             smtp_max_connections: 1000,
+            smtp_max_data_memory: 256 * 1024 * 1024,
             smtp_idle_timeout: Duration::from_secs(300),
             shutdown_timeout: Duration::from_secs(10),
             label: String::new(),

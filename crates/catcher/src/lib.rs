@@ -39,6 +39,7 @@ pub struct Catcher {
     shutdown_timeout: Duration,
     label: String,
     ui_auth: Option<api::BasicAuth>,
+    data_budget: Option<std::sync::Arc<smtp::DataBudget>>,
 }
 
 impl Catcher {
@@ -65,6 +66,10 @@ impl Catcher {
                 "SMTP TLS is required but MP_SMTP_TLS_CERT/MP_SMTP_TLS_KEY are not set".into(),
             ));
         }
+        let data_budget = (config.smtp_max_data_memory > 0).then(|| {
+            let cap = config.smtp_max_data_memory.max(config.max_message_size);
+            std::sync::Arc::new(smtp::DataBudget::new(cap))
+        });
         let options = ServerOptions {
             limits: Limits {
                 max_message_size: config.max_message_size,
@@ -72,6 +77,7 @@ impl Catcher {
                 require_tls: config.smtp_require_starttls,
                 auth: config.smtp_auth.clone(),
                 auth_allow_insecure: config.smtp_auth_allow_insecure,
+                data_budget: data_budget.clone(),
                 ..Limits::default()
             },
             tls,
@@ -94,6 +100,7 @@ impl Catcher {
             shutdown_timeout: config.shutdown_timeout,
             label: config.label,
             ui_auth: config.ui_auth,
+            data_budget,
         })
     }
 
@@ -109,6 +116,12 @@ impl Catcher {
         self.http
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// The memory cap over message content held by SMTP sessions, if any
+    /// (lets callers watch how much is in use).
+    pub fn data_budget(&self) -> Option<&std::sync::Arc<smtp::DataBudget>> {
+        self.data_budget.as_ref()
     }
 
     /// The message store (shared with the API).

@@ -11,7 +11,9 @@
 //! 500 5.5.2), and message content beyond [`Limits::max_message_size`] is
 //! counted but not kept (then answered with 552 5.3.4). The caller feeds one
 //! read at a time and only reads again once [`Session::next_event`] asks for
-//! more input, so pipelined input never piles up either.
+//! more input, so pipelined input never piles up either. Across sessions, an
+//! optional shared [`DataBudget`] caps the content all of them hold at once
+//! (`452 4.3.1` for the message that would exceed it).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 use super::auth::{AuthPolicy, Credentials};
+use super::budget::DataBudget;
 
 /// Protocol limits and the features this server offers.
 #[derive(Debug, Clone)]
@@ -42,6 +45,9 @@ pub struct Limits {
     /// Offer PLAIN and LOGIN over plain text connections too (they send the
     /// password in clear, so RFC 4954 reserves them for TLS by default).
     pub auth_allow_insecure: bool,
+    /// Memory for message content shared by every session of a server;
+    /// `None` leaves only the per-message limit.
+    pub data_budget: Option<Arc<DataBudget>>,
 }
 
 impl Default for Limits {
@@ -55,6 +61,7 @@ impl Default for Limits {
             require_tls: false,
             auth: AuthPolicy::None,
             auth_allow_insecure: false,
+            data_budget: None,
         }
     }
 }
@@ -175,6 +182,11 @@ pub struct Session {
     data: Vec<u8>,
     /// Bytes of content seen in this DATA, kept or not.
     data_size: usize,
+    /// Bytes reserved from the shared [`DataBudget`] for `data` (its
+    /// capacity), held until the message is stored or dropped.
+    reserved: usize,
+    /// The shared budget ran out during this DATA: content is only counted.
+    over_budget: bool,
     /// At the start of a content line (where `.` has meaning).
     data_line_start: bool,
     /// Replies queued for output before the next input is looked at.
@@ -204,6 +216,8 @@ impl Session {
             rcpt_to: Vec::new(),
             data: Vec::new(),
             data_size: 0,
+            reserved: 0,
+            over_budget: false,
             data_line_start: true,
             pending: VecDeque::new(),
             progress: 0,
@@ -291,6 +305,8 @@ impl Session {
         if self.phase != Phase::Delivering {
             return;
         }
+        // The store is done with the content: its memory is free again.
+        self.release_data();
         self.phase = Phase::Command;
         let reply = match outcome {
             Ok(id) => Reply::new(250, format!("2.0.0 Ok: queued as {id}")),
@@ -408,11 +424,48 @@ impl Session {
     fn keep_data(&mut self, start: usize, end: usize) {
         let n = end - start;
         self.data_size = self.data_size.saturating_add(n);
-        if self.data_size <= self.limits.max_message_size {
-            self.data.extend_from_slice(&self.buf[start..end]);
-        } else if !self.data.is_empty() {
-            // Over the limit: free what we held; the rest is only counted.
-            self.data = Vec::new();
+        if self.data_size > self.limits.max_message_size || self.over_budget {
+            // Over a limit: free what we held; the rest is only counted.
+            self.release_data();
+            return;
+        }
+        let need = self.data.len() + n;
+        if need > self.data.capacity() {
+            // Grow by doubling, as Vec would, but never past the message
+            // limit, and only with memory reserved from the shared budget
+            // (capacity, not length, is what the process really holds).
+            let want = need
+                .max(self.data.capacity().saturating_mul(2))
+                .max(8 * 1024)
+                .min(self.limits.max_message_size.max(need));
+            let mut want = want;
+            if let Some(budget) = &self.limits.data_budget {
+                // Near the cap, settle for exactly what this line needs.
+                let reserved = [want, need]
+                    .into_iter()
+                    .find(|&w| budget.try_reserve(w.saturating_sub(self.reserved)));
+                let Some(w) = reserved else {
+                    self.over_budget = true;
+                    self.release_data();
+                    return;
+                };
+                self.reserved = self.reserved.max(w);
+                want = w;
+            }
+            self.data.reserve_exact(want - self.data.len());
+        }
+        self.data.extend_from_slice(&self.buf[start..end]);
+    }
+
+    /// Drops the content held for the current message and returns its
+    /// reservation to the shared budget.
+    fn release_data(&mut self) {
+        self.data = Vec::new();
+        if self.reserved > 0 {
+            if let Some(budget) = &self.limits.data_budget {
+                budget.release(self.reserved);
+            }
+            self.reserved = 0;
         }
     }
 
@@ -426,6 +479,15 @@ impl Session {
             ));
             return;
         }
+        if self.over_budget {
+            self.reset_transaction();
+            self.phase = Phase::Command;
+            self.push(Reply::new(
+                452,
+                "4.3.1 Insufficient system storage, try again later",
+            ));
+            return;
+        }
         let envelope = Envelope {
             mail_from: self.mail_from.take().unwrap_or_default(),
             rcpt_to: std::mem::take(&mut self.rcpt_to),
@@ -434,7 +496,11 @@ impl Session {
             helo: self.helo.clone().unwrap_or_default(),
             tls: self.tls,
         };
+        // The reservation now covers the envelope's copy until the store
+        // answers (see `delivered`).
+        let held = std::mem::take(&mut self.reserved);
         self.reset_transaction();
+        self.reserved = held;
         self.phase = Phase::Delivering;
         self.pending.push_back(Event::Deliver(envelope));
     }
@@ -442,8 +508,9 @@ impl Session {
     fn reset_transaction(&mut self) {
         self.mail_from = None;
         self.rcpt_to.clear();
-        self.data = Vec::new();
+        self.release_data();
         self.data_size = 0;
+        self.over_budget = false;
         self.data_line_start = true;
     }
 
@@ -631,8 +698,21 @@ impl Session {
         if self.rcpt_to.is_empty() {
             return self.push(Reply::new(503, "5.5.1 Error: need RCPT command"));
         }
+        if self
+            .limits
+            .data_budget
+            .as_ref()
+            .is_some_and(|b| b.is_exhausted())
+        {
+            // Refuse before the client streams a message we cannot keep.
+            return self.push(Reply::new(
+                452,
+                "4.3.1 Insufficient system storage, try again later",
+            ));
+        }
         self.phase = Phase::Data;
-        self.data = Vec::new();
+        self.release_data();
+        self.over_budget = false;
         self.data_size = 0;
         self.data_line_start = true;
         self.push(Reply::new(354, "End data with <CR><LF>.<CR><LF>"));
@@ -758,6 +838,14 @@ impl Session {
     }
 }
 
+impl Drop for Session {
+    /// A connection dropped mid-message (EOF, timeout, shutdown) must give
+    /// its share of the budget back.
+    fn drop(&mut self) {
+        self.release_data();
+    }
+}
+
 /// Drives a session with arbitrary input and checks its invariants; shared
 /// by the cargo-fuzz target (`fuzz/`) and a randomized unit test so the
 /// same checks run in CI without a nightly toolchain.
@@ -789,6 +877,8 @@ pub fn fuzz_session(input: &[u8]) {
         require_tls: knobs & 8 != 0,
         auth,
         auth_allow_insecure: knobs & 16 != 0,
+        // A budget smaller than one message, so running out is reachable.
+        data_budget: (knobs & 64 != 0).then(|| Arc::new(DataBudget::new(40))),
         ..Limits::default()
     });
     let mut session = Session::new(limits.clone(), knobs & 32 != 0);
@@ -800,7 +890,7 @@ pub fn fuzz_session(input: &[u8]) {
             assert!(!line.contains(['\r', '\n']), "{reply:?}");
         }
     };
-    for piece in stream.chunks(chunk) {
+    'input: for piece in stream.chunks(chunk) {
         session.feed(piece);
         while let Some(event) = session.next_event() {
             match event {
@@ -822,14 +912,23 @@ pub fn fuzz_session(input: &[u8]) {
                 }
                 Event::Close(r) => {
                     check(&r);
-                    return;
+                    break 'input;
                 }
             }
             assert!(session.data.len() <= limits.max_message_size);
+            if let Some(budget) = &limits.data_budget {
+                assert_eq!(budget.used(), session.reserved);
+                assert!(budget.used() <= budget.limit());
+                assert!(session.data.capacity() <= session.reserved);
+            }
         }
         // Everything complete was consumed; what is left is at most one
         // partial line (command) or a possible terminator (data).
         assert!(session.buf.len() - session.pos <= limits.max_line_length.max(chunk));
+    }
+    drop(session);
+    if let Some(budget) = &limits.data_budget {
+        assert_eq!(budget.used(), 0, "a closed session gives its memory back");
     }
 }
 
@@ -1006,6 +1105,62 @@ mod tests {
         assert_eq!(codes, vec![250, 552, 250, 250, 354, 552, 250]);
         assert!(mails.is_empty());
         assert!(s.data.is_empty());
+    }
+
+    #[test]
+    fn shared_budget_refuses_the_message_that_does_not_fit_with_452() {
+        let budget = Arc::new(DataBudget::new(30_000));
+        let limits = Arc::new(Limits {
+            max_message_size: 20_000,
+            data_budget: Some(budget.clone()),
+            ..Limits::default()
+        });
+        let (mut a, mut b) = (
+            Session::new(limits.clone(), false),
+            Session::new(limits.clone(), false),
+        );
+        let start = b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n";
+        let body = format!("{}\r\n", "x".repeat(98)).repeat(150); // 15,000 bytes
+        assert_eq!(run(&mut a, start).0, vec![250, 250, 250, 354]);
+        assert_eq!(run(&mut b, start).0, vec![250, 250, 250, 354]);
+        // A holds 15,000 bytes (reserved as capacity), B cannot get as much.
+        assert!(run(&mut a, body.as_bytes()).0.is_empty());
+        assert!(budget.used() >= 15_000 && budget.used() <= 30_000);
+        assert!(run(&mut b, body.as_bytes()).0.is_empty());
+        assert!(budget.used() <= 30_000);
+        assert!(b.data.is_empty(), "B's content is thrown away as it comes");
+        let (codes, mails) = run(&mut b, b".\r\n");
+        assert_eq!(codes, vec![452]);
+        assert!(mails.is_empty());
+        // A is stored; both reservations come back, and B's retry fits.
+        let (codes, mails) = run(&mut a, b".\r\n");
+        assert_eq!((codes, mails[0].data.len()), (vec![250], 15_000));
+        assert_eq!(budget.used(), 0);
+        let (codes, mails) = run(
+            &mut b,
+            &[start.as_slice(), body.as_bytes(), b".\r\n"].concat(),
+        );
+        assert_eq!(codes, vec![250, 250, 250, 354, 250]);
+        assert_eq!(mails.len(), 1);
+        assert_eq!(budget.used(), 0);
+
+        // An exhausted budget refuses DATA before any content is sent, and
+        // a session dropped mid-message gives its share back.
+        let c = {
+            let mut c = Session::new(limits.clone(), false);
+            run(&mut c, start);
+            run(&mut c, body.as_bytes());
+            c
+        };
+        assert!(budget.try_reserve(budget.limit() - budget.used()));
+        let (codes, _) = run(
+            &mut a,
+            b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nRSET\r\n",
+        );
+        assert_eq!(codes, vec![250, 250, 452, 250]);
+        let held = budget.used();
+        drop(c);
+        assert!(budget.used() <= held - 15_000);
     }
 
     #[test]

@@ -25,7 +25,9 @@ use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 use tokio::sync::{broadcast, oneshot};
 
-pub use parse::{Address, Attachment, Checksums, canonical_header_key, clean_tag, html_to_text};
+pub use parse::{
+    Address, Attachment, Checksums, canonical_header_key, clean_tag, fuzz_mime, html_to_text,
+};
 pub use query::{MessageDetail, MessageSummary, MessagesPage, PartData};
 pub use schema::tenant_prefix;
 

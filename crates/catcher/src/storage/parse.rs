@@ -501,3 +501,58 @@ pub fn canonical_header_key(k: &str) -> String {
     }
     out
 }
+
+/// Runs everything the catcher derives from a stored message over arbitrary
+/// bytes and checks what the API relies on; shared by the cargo-fuzz target
+/// `mime` (`fuzz/`) and a randomized unit test, so CI runs the same checks
+/// on stable.
+///
+/// Covers the summary row (search text, snippet, tags, addresses), the full
+/// message view and its JSON, every listed part fetched by its `PartID`, and
+/// the headers. Panics on a broken invariant: a snippet over 250 characters,
+/// a listed part that cannot be fetched or whose size differs, a part ID
+/// that is not a dotted number path, or JSON that does not serialize.
+#[doc(hidden)]
+pub fn fuzz_mime(raw: &[u8]) {
+    let parsed = parse(raw);
+    assert!(parsed.snippet.chars().count() <= 250, "snippet too long");
+    assert!(!parsed.snippet.starts_with(char::is_whitespace));
+    for tag in &parsed.tags {
+        assert_eq!(&clean_tag(tag), tag, "tags are stored clean");
+    }
+    assert!(parsed.attachments >= 0 && parsed.inline >= 0);
+    let _ = html_to_text(&String::from_utf8_lossy(raw));
+
+    let d = detail(raw);
+    for a in d.attachments.iter().chain(&d.inline) {
+        assert!(
+            !a.part_id.is_empty()
+                && a.part_id
+                    .split('.')
+                    .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
+            "part ID {:?} is not a MIME path",
+            a.part_id
+        );
+        let (bytes, content_type, _) =
+            part(raw, &a.part_id).unwrap_or_else(|| panic!("listed part {} missing", a.part_id));
+        assert_eq!(bytes.len() as u64, a.size, "part {} size", a.part_id);
+        assert_eq!(content_type, a.content_type, "part {} type", a.part_id);
+        serde_json::to_string(a).expect("attachment JSON");
+    }
+    // Part IDs that are not paths, or that try to escape, find nothing.
+    for bogus in [
+        "",
+        "0",
+        "../1",
+        "1/../1",
+        "1.",
+        ".1",
+        "99999999999999999999",
+    ] {
+        assert!(part(raw, bogus).is_none(), "part {bogus:?} resolved");
+    }
+    for (k, v) in headers(raw) {
+        assert!(!k.contains(['\r', '\n']) && !v.contains(['\r', '\n']));
+    }
+    serde_json::to_string(&parsed.from).expect("address JSON");
+}

@@ -1,0 +1,78 @@
+//! A global cap on message content held in memory across all SMTP sessions.
+//!
+//! Each session already drops content beyond `MP_MAX_MESSAGE_SIZE`, but many
+//! sessions streaming large messages at once (N × 50 MB) could still exhaust
+//! a pod's memory. Every session reserves the buffer capacity it grows into
+//! from one shared [`DataBudget`]; when a reservation would exceed the cap,
+//! that message's content is thrown away as it arrives and the client is
+//! answered `452 4.3.1` (a temporary error: it retries later), while every
+//! other session goes on. Reservations are released when the message has
+//! been stored, refused or abandoned (the session is dropped).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Bytes of message content the SMTP sessions may hold at once.
+#[derive(Debug)]
+pub struct DataBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl DataBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    /// The cap in bytes.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Bytes reserved right now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Whether nothing is left to reserve.
+    pub fn is_exhausted(&self) -> bool {
+        self.used() >= self.limit
+    }
+
+    /// Reserves `n` bytes if they fit under the cap.
+    pub fn try_reserve(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|&total| total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    /// Returns `n` bytes reserved earlier.
+    pub fn release(&self, n: usize) {
+        let prev = self.used.fetch_sub(n, Ordering::AcqRel);
+        debug_assert!(prev >= n, "released more than reserved");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_respect_the_cap_and_come_back() {
+        let b = DataBudget::new(100);
+        assert!(b.try_reserve(60));
+        assert!(!b.try_reserve(41));
+        assert!(b.try_reserve(40));
+        assert!(b.is_exhausted());
+        assert!(!b.try_reserve(1));
+        b.release(60);
+        assert_eq!(b.used(), 40);
+        assert!(b.try_reserve(60));
+        assert!(!b.try_reserve(usize::MAX));
+    }
+}

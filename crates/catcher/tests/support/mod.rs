@@ -1,0 +1,222 @@
+//! Shared by the catcher's integration tests: a real catcher on 127.0.0.1
+//! port 0 with a real SQLite store, a raw line-oriented SMTP client for exact
+//! replies, and runners for real clients (Python's smtplib, swaks).
+
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use mailsafe_catcher::storage::Store;
+use mailsafe_catcher::{Catcher, Config};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+/// A running catcher and the means to stop it.
+pub struct Server {
+    pub smtp: SocketAddr,
+    pub http: SocketAddr,
+    pub store: Store,
+    pub db: PathBuf,
+    pub stop: Option<oneshot::Sender<()>>,
+    pub task: Option<tokio::task::JoinHandle<Result<(), mailsafe_catcher::Error>>>,
+    pub _dir: tempfile::TempDir,
+    /// The server's memory cap over message content, if configured.
+    pub budget: Option<std::sync::Arc<mailsafe_catcher::smtp::DataBudget>>,
+}
+
+impl Server {
+    pub async fn start(tune: impl FnOnce(&mut Config, &Path)) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            database: dir.path().join("mail.db"),
+            smtp_bind: "127.0.0.1:0".into(),
+            http_bind: "127.0.0.1:0".into(),
+            max_messages: 0,
+            ..Config::default()
+        };
+        tune(&mut config, dir.path());
+        let db = config.database.clone();
+        let catcher = Catcher::bind(config).await.expect("catcher starts");
+        let (smtp, http, store) = (
+            catcher.smtp_addr(),
+            catcher.http_addr(),
+            catcher.store().clone(),
+        );
+        let budget = catcher.data_budget().cloned();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(catcher.run(async {
+            let _ = rx.await;
+        }));
+        Server {
+            smtp,
+            http,
+            store,
+            db,
+            stop: Some(tx),
+            task: Some(task),
+            _dir: dir,
+            budget,
+        }
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("catcher stops in time")
+                .unwrap()
+                .expect("catcher stops cleanly");
+        }
+    }
+
+    pub async fn count(&self) -> u64 {
+        self.store.counts().await.unwrap().0
+    }
+}
+
+/// A line-oriented raw SMTP client, for asserting exact replies.
+pub struct Raw {
+    pub reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    pub writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Raw {
+    pub async fn connect(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (r, w) = stream.into_split();
+        let mut raw = Raw {
+            reader: BufReader::new(r),
+            writer: w,
+        };
+        assert_eq!(raw.reply().await.0, 220);
+        raw
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads one (possibly multi-line) reply: its code and its lines.
+    pub async fn reply(&mut self) -> (u16, Vec<String>) {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(Duration::from_secs(20), self.reader.read_line(&mut line))
+                .await
+                .expect("reply in time")
+                .unwrap();
+            assert!(
+                n > 0,
+                "connection closed while waiting for a reply; got {lines:?}"
+            );
+            let code: u16 = line[..3].parse().unwrap();
+            let last = line.as_bytes()[3] == b' ';
+            lines.push(line[4..].trim_end().to_string());
+            if last {
+                return (code, lines);
+            }
+        }
+    }
+
+    pub async fn cmd(&mut self, line: &str) -> u16 {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.reply().await.0
+    }
+
+    /// Reads until EOF and returns what came.
+    pub async fn rest(&mut self) -> String {
+        let mut s = String::new();
+        tokio::time::timeout(Duration::from_secs(20), self.reader.read_to_string(&mut s))
+            .await
+            .expect("close in time")
+            .unwrap();
+        s
+    }
+}
+
+/// Runs a Python script (with the SMTP port as argv[1]) and returns stdout.
+pub fn python(script: &str, port: u16, extra: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(port.to_string())
+        .args(extra)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "python failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub async fn python_async(script: &'static str, port: u16, extra: Vec<String>) -> String {
+    tokio::task::spawn_blocking(move || {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        python(script, port, &extra)
+    })
+    .await
+    .unwrap()
+}
+
+pub fn swaks(args: &[&str]) -> (bool, String) {
+    let out = Command::new("swaks")
+        .args(args)
+        .output()
+        .expect("swaks runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+pub async fn swaks_async(args: Vec<String>) -> (bool, String) {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        swaks(&args)
+    })
+    .await
+    .unwrap()
+}
+
+/// IDs of stored messages, newest first.
+pub async fn ids(store: &Store) -> Vec<String> {
+    store
+        .list(0, 1000)
+        .await
+        .unwrap()
+        .messages
+        .into_iter()
+        .map(|m| m.id)
+        .collect()
+}
+
+/// Writes a self-signed certificate for 127.0.0.1/localhost into `dir`.
+pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&c, cert.cert.pem()).unwrap();
+    std::fs::write(&k, cert.signing_key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+/// Resident memory of this test process, in KiB.
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
