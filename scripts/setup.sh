@@ -43,8 +43,9 @@ if [ -f tests/browser/package.json ] && [ ! -d tests/browser/node_modules ]; the
   log "npm install (tests/browser)"
   (cd tests/browser && npm install --no-audit --no-fund --silent)
 fi
-if [ -f tests/clients/package.json ] && [ ! -d tests/clients/node_modules/mailpit-api ]; then
-  log "npm install (tests/clients: mailpit-api client compatibility)"
+if [ -f tests/clients/package.json ] && { [ ! -d tests/clients/node_modules/mailpit-api ] ||
+  [ ! -d tests/clients/node_modules/cypress-mailpit ]; }; then
+  log "npm install (tests/clients: mailpit-api and cypress-mailpit client compatibility)"
   (cd tests/clients && npm install --no-audit --no-fund --silent)
 fi
 log "done"

@@ -1,6 +1,6 @@
 //! Existing Mailpit clients, unchanged, against our API: the npm
-//! `mailpit-api` package and the PyPI `mailpit-api-client` package (both
-//! installed by scripts/setup.sh). Each client script asserts what it gets
+//! `mailpit-api` and `cypress-mailpit` packages and the PyPI
+//! `mailpit-api-client` package (all installed by scripts/setup.sh). Each client script asserts what it gets
 //! back and exits non-zero on the first mismatch.
 
 use std::path::PathBuf;
@@ -58,6 +58,16 @@ async fn npm_mailpit_api_client_works_unchanged() {
     );
     let (base, _dir) = server().await;
     run("node", &["mailpit-api.mjs", &base]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn npm_cypress_mailpit_commands_work_unchanged() {
+    assert!(
+        clients_dir().join("node_modules/cypress-mailpit").is_dir(),
+        "tests/clients/node_modules missing: run scripts/setup.sh"
+    );
+    let (base, _dir) = server().await;
+    run("node", &["cypress-mailpit.cjs", &base]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

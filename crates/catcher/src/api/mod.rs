@@ -93,6 +93,7 @@ pub fn router(store: Store, opts: ApiOptions) -> Router {
         .route("/api/v1/swagger.json", get(swagger::swagger))
         .route("/view/{file}", get(h::view))
         .route("/api/events", get(events::websocket))
+        .fallback(unmatched)
         .with_state(state.clone())
         .layer(DefaultBodyLimit::max(max_body));
     let r = match auth {
@@ -107,6 +108,35 @@ pub fn router(store: Store, opts: ApiOptions) -> Router {
         .route("/readyz", get(h::ready))
         .with_state(state);
     r.merge(probes)
+}
+
+/// Requests no route matched. Mailpit's Go router answers a path with
+/// repeated slashes (`//view/ID.html`, which clients such as cypress-mailpit
+/// build by joining a base URL and a path) with a 301 to the cleaned path, and
+/// HTTP clients follow it; do the same so those clients work unchanged.
+async fn unmatched(uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    if !path.contains("//") {
+        return ApiError::NotFound.into_response();
+    }
+    let mut clean = String::with_capacity(path.len());
+    for c in path.chars() {
+        if !(c == '/' && clean.ends_with('/')) {
+            clean.push(c);
+        }
+    }
+    if let Some(q) = uri.query() {
+        clean.push('?');
+        clean.push_str(q);
+    }
+    match HeaderValue::from_str(&clean) {
+        Ok(location) => (
+            StatusCode::MOVED_PERMANENTLY,
+            [(header::LOCATION, location)],
+        )
+            .into_response(),
+        Err(_) => ApiError::NotFound.into_response(),
+    }
 }
 
 /// An API failure, rendered the way Mailpit renders it.
