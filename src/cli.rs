@@ -40,7 +40,7 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the mail catcher (SMTP + HTTP API + web UI), optionally with
     /// restore-on-start and continuous backup to a replica.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Take one consistent, incremental snapshot of a database.
     Snapshot(SnapshotArgs),
     /// Restore the newest (or a chosen) snapshot, verified, to a path.
@@ -127,6 +127,10 @@ pub struct ServeArgs {
     /// S3 endpoint (see `snapshot --help`).
     #[arg(long, env = "MAILSAFE_ENDPOINT")]
     pub endpoint: Option<String>,
+    /// File holding the replica's encryption key (see `snapshot --help`);
+    /// `MAILSAFE_ENCRYPTION_KEY` may hold the key itself.
+    #[arg(long, env = "MAILSAFE_ENCRYPTION_KEY_FILE")]
+    pub encryption_key_file: Option<PathBuf>,
     /// How long shutdown may take, final snapshot included.
     #[arg(long, env = "MAILSAFE_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: std::time::Duration,
@@ -359,7 +363,7 @@ pub struct PruneArgs {
 pub fn run(args: Args) -> anyhow::Result<()> {
     init_logging(args.log_format);
     match args.command {
-        Command::Serve(a) => serve(a),
+        Command::Serve(a) => serve(*a),
         Command::Snapshot(a) => snapshot(a),
         Command::Restore(a) => restore(a),
         Command::Snapshots(a) => snapshots(a),
@@ -483,8 +487,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let replica = ReplicaArgs {
             replica,
             endpoint: args.endpoint.clone(),
-            // serve's writer does not encrypt yet, so neither does its restore.
-            encryption_key_file: None,
+            encryption_key_file: args.encryption_key_file.clone(),
         };
         return runtime()?.block_on(serve_replicated(config, replica, args.shutdown_timeout));
     }
@@ -519,6 +522,7 @@ async fn serve_replicated(
     let db = config.database.clone();
     let m = metrics::Metrics::new();
     let store = metrics::MeteredStore::wrap(open_store(&replica).await?, m.clone());
+    let key = replica.encryption_key()?;
     let opts = mailsafe::restore::RestoreOptions {
         pick: mailsafe::restore::Pick::Latest,
         target: db.clone(),
@@ -528,7 +532,7 @@ async fn serve_replicated(
         integrity_check: mailsafe::restore::IntegrityCheck::Quick,
         parallelism: 8,
         progress: false,
-        key: None,
+        key: key.clone(),
     };
     mailsafe::restore::restore(&*store, &opts)
         .await
@@ -569,6 +573,7 @@ async fn serve_replicated(
     };
     let mut wc = WatchConfig::new(&db);
     wc.shutdown_timeout = shutdown_timeout;
+    wc.encryption = key;
     let watch_run = watch::run(wc, store, m, async move {
         let _ = done_rx.wait_for(|d| *d).await;
     });
@@ -580,11 +585,12 @@ async fn serve_replicated(
 
 fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     use anyhow::Context;
+    let key = args.replica.encryption_key()?;
     let report = runtime()?.block_on(async {
         let store = mailsafe::store::open(&args.replica.replica, args.replica.endpoint.as_deref())
             .await
             .with_context(|| format!("cannot open replica {}", args.replica.replica))?;
-        let mut snapshotter = mailsafe::snapshot::Snapshotter::new(&args.db, store);
+        let mut snapshotter = mailsafe::snapshot::Snapshotter::new(&args.db, store).with_key(key);
         snapshotter
             .snapshot()
             .await
@@ -816,6 +822,7 @@ fn watch(args: WatchArgs) -> anyhow::Result<()> {
             watch::serve_http(listen, m.clone(), args.health_max_lag).await?;
         }
         let mut config = WatchConfig::new(&args.db);
+        config.encryption = args.replica.encryption_key()?;
         config.debounce = args.debounce;
         config.max_delay = args.max_delay;
         config.shutdown_timeout = args.shutdown_timeout;
@@ -837,6 +844,7 @@ fn cron(args: CronArgs) -> anyhow::Result<()> {
         policy: retention_policy(&args.retention),
         gc_grace: args.retention.gc_grace,
         lease_ttl: std::time::Duration::from_secs(120),
+        encryption: args.replica.encryption_key()?,
     };
     let rt = runtime()?;
     rt.block_on(async move {
@@ -851,7 +859,8 @@ fn cron(args: CronArgs) -> anyhow::Result<()> {
                         args.db.display()
                     ));
                 }
-                let mut snapshotter = mailsafe::snapshot::Snapshotter::new(&args.db, store.clone());
+                let mut snapshotter = mailsafe::snapshot::Snapshotter::new(&args.db, store.clone())
+                    .with_key(config.encryption.clone());
                 cron::round(&mut snapshotter, &store, &config)
                     .await
                     .with_context(|| format!("cron round for {}", args.db.display()))?;

@@ -71,6 +71,8 @@ pub struct RoundConfig {
     pub gc_grace: Duration,
     /// TTL of the writer lease taken for the snapshot.
     pub lease_ttl: Duration,
+    /// Encrypts the snapshots of [`scheduled`] when set.
+    pub encryption: Option<std::sync::Arc<crate::crypto::Key>>,
 }
 
 /// One round: lease, snapshot if changed, release, retention, GC.
@@ -116,7 +118,7 @@ pub async fn scheduled(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
     tokio::pin!(shutdown);
-    let mut snapshotter = Snapshotter::new(db, store.clone());
+    let mut snapshotter = Snapshotter::new(db, store.clone()).with_key(config.encryption.clone());
     loop {
         let now = chrono::Utc::now();
         let next = schedule.next_after(now)?;

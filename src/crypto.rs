@@ -17,6 +17,11 @@
 //! the sha256 of every stored object, authenticating it authenticates the
 //! whole snapshot; GCM authenticates each object again on its own.
 //!
+//! Content digests (chunk names, manifest chunk hashes, the image digest's
+//! inputs) are keyed with a fourth sub-key when encrypting
+//! ([`content_digest`]), so the plaintext manifests and object names cannot
+//! be used to confirm a guess about the content.
+//!
 //! Nothing here ever formats key material: [`Key`]'s `Debug` shows the id.
 
 use std::path::Path;
@@ -45,6 +50,8 @@ type HmacSha256 = Hmac<Sha256>;
 pub struct Key {
     cipher: Aes256Gcm,
     mac_key: [u8; 32],
+    /// Keys the content digests that name chunks (see [`content_digest`]).
+    digest_key: [u8; 32],
     id: String,
 }
 
@@ -65,10 +72,12 @@ impl Key {
     pub fn from_bytes(master: &[u8; 32]) -> Self {
         let enc = derive(master, "mailsafe/v1/aes-256-gcm");
         let mac_key = derive(master, "mailsafe/v1/manifest-mac");
+        let digest_key = derive(master, "mailsafe/v1/content-digest");
         let id = hex::encode(&derive(master, "mailsafe/v1/key-id")[..8]);
         Key {
             cipher: Aes256Gcm::new(&enc.into()),
             mac_key,
+            digest_key,
             id,
         }
     }
@@ -189,6 +198,24 @@ impl Key {
     }
 }
 
+/// The digest that names chunk content `data` and feeds `db.image_sha256`:
+/// plain SHA-256 without a key; with one, HMAC-SHA256 under a sub-key of it.
+/// Manifests and object names are readable by anyone with bucket access, so
+/// a plain hash of encrypted content would let them confirm a guess about it
+/// (e.g. "does this backup hold a page with this exact row?"); the keyed
+/// digest reveals only equality between chunks of the same key.
+pub fn content_digest(key: Option<&Key>, data: &[u8]) -> [u8; 32] {
+    match key {
+        None => crate::format::sha256(data),
+        Some(k) => {
+            let mut mac =
+                <HmacSha256 as Mac>::new_from_slice(&k.digest_key).expect("any key length");
+            mac.update(data);
+            mac.finalize().into_bytes().into()
+        }
+    }
+}
+
 /// Checks that manifest `m` (stored at `key`) matches the configured
 /// encryption: a plaintext manifest needs no key and is refused when a key
 /// is given (it could be a forgery); an encrypted one needs the right key and
@@ -255,5 +282,17 @@ mod tests {
         let mut flipped = sealed.clone();
         flipped[20] ^= 1;
         assert!(k.open("chunks/ab", &flipped).is_err());
+    }
+
+    #[test]
+    fn content_digest_is_keyed_only_with_a_key() {
+        let data = b"a page that an attacker might guess";
+        assert_eq!(content_digest(None, data), crate::format::sha256(data));
+        let a = Key::from_bytes(&[1u8; 32]);
+        let b = Key::from_bytes(&[2u8; 32]);
+        let da = content_digest(Some(&a), data);
+        assert_ne!(da, crate::format::sha256(data));
+        assert_ne!(da, content_digest(Some(&b), data));
+        assert_eq!(da, content_digest(Some(&a), data));
     }
 }

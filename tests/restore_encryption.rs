@@ -1,10 +1,15 @@
-//! Client-side encryption of backups, read side (against a real S3): an
-//! encrypted replica restores with the right key only; a missing or wrong key
-//! and a tampered manifest fail with exit 4; stored objects are not
-//! plaintext; and the key never appears in any output.
+//! Client-side encryption of backups against a real S3. Read side (replicas
+//! built by the independent writer in `restore_support`): an encrypted
+//! replica restores with the right key only; a missing or wrong key and a
+//! tampered manifest fail with exit 4; the key never appears in any output.
+//! Write side (the binary itself): `snapshot`, `watch` and `serve --replica`
+//! with a key round-trip through `restore`; the bucket holds no plaintext of
+//! a marker row and no plain content hash; mixing keys on one prefix is
+//! refused; a tampered object fails `verify`.
 
 mod common;
 mod restore_support;
+mod watch_support;
 
 use bytes::Bytes;
 use mailsafe::crypto::Key;
@@ -276,4 +281,431 @@ async fn missing_or_wrong_key_and_tampering_fail_with_exit_4() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_no_key(&out);
+}
+
+/// A row whose text must never be readable in the bucket.
+const MARKER: &str = "ZEBRA-MARKER-ROW-31337-the-quick-brown-fox-mailsafe";
+
+/// Every object under the replica prefix of `store`, with its bytes.
+async fn all_objects(store: &mailsafe::store::DynStore) -> Vec<(String, Bytes)> {
+    let mut out = Vec::new();
+    for meta in store.list("").await.unwrap() {
+        let body = store.get(&meta.key).await.unwrap();
+        out.push((meta.key, body));
+    }
+    out
+}
+
+fn holds(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Whether a stored object reveals `marker`: in its bytes, or once
+/// decompressed (zstd Huffman-codes literals, so plaintext objects hide it
+/// from a byte search alone).
+fn reveals(body: &[u8], marker: &str) -> bool {
+    holds(body, marker.as_bytes())
+        || zstd::stream::decode_all(body).is_ok_and(|plain| holds(&plain, marker.as_bytes()))
+}
+
+/// A WAL db with random rows and one marker row.
+fn marker_db(dir: &std::path::Path) -> (std::path::PathBuf, rusqlite::Connection) {
+    let db = path(dir, "src.db");
+    let conn = create_db(&db, 4096, "wal");
+    insert_rows(&conn, 200, 300);
+    conn.execute("INSERT INTO mail(body) VALUES (?1)", [MARKER])
+        .unwrap();
+    insert_rows(&conn, 50, 300);
+    (db, conn)
+}
+
+/// A key file holding [`RAW_KEY`] as hex.
+fn key_file(dir: &std::path::Path) -> String {
+    let p = path(dir, "backup.key");
+    std::fs::write(&p, format!("{}\n", hex::encode(RAW_KEY))).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+#[tokio::test]
+async fn snapshot_with_key_round_trips_and_leaks_no_plaintext() {
+    let s3 = common::s3();
+    let dir = tempfile::tempdir().unwrap();
+    let (db, conn) = marker_db(dir.path());
+    let db_arg = db.to_str().unwrap();
+    let keyf = key_file(dir.path());
+    let url = s3.url("enc");
+
+    // Control: the same db without a key does show the marker in the bucket,
+    // so the check below can fail.
+    let plain_url = s3.url("plain");
+    let out = run(&s3, &["snapshot", "--db", db_arg, "--replica", &plain_url]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let plain = all_objects(&store(&s3, "plain").await).await;
+    assert!(
+        plain.iter().any(|(_, b)| reveals(b, MARKER)),
+        "control: the plaintext replica should contain the marker"
+    );
+
+    for round in 0..2 {
+        let out = run(
+            &s3,
+            &[
+                "snapshot",
+                "--db",
+                db_arg,
+                "--replica",
+                &url,
+                "--encryption-key-file",
+                &keyf,
+                "--json",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert_no_key(&out);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(report["id"].is_string(), "{report}");
+        assert_eq!(report["base"], round == 0, "{report}");
+        // A second snapshot continues the encrypted history incrementally.
+        conn.execute(
+            "INSERT INTO mail(body) VALUES (?1)",
+            [format!("{MARKER}-second")],
+        )
+        .unwrap();
+    }
+    // The WAL still holds the last row: snapshot once more to include it.
+    let out = run(
+        &s3,
+        &[
+            "snapshot",
+            "--db",
+            db_arg,
+            "--replica",
+            &url,
+            "--encryption-key-file",
+            &keyf,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // The bucket: no marker anywhere; chunks and deltas sealed; manifests
+    // signed with the key id; no chunk named by (or listing) the plain
+    // sha256 of the db's chunk contents.
+    let st = store(&s3, "enc").await;
+    let objects = all_objects(&st).await;
+    let (ps, img) = image(&conn, &db);
+    let plain_hashes: Vec<String> = img
+        .chunks(format::chunk_pages(ps) as usize * ps as usize)
+        .map(format::sha256_hex)
+        .collect();
+    let key_id = Key::from_bytes(&RAW_KEY).id().to_string();
+    let mut manifests = 0;
+    for (k, body) in &objects {
+        assert!(
+            !reveals(body, MARKER),
+            "{k} holds the marker row in plaintext"
+        );
+        for h in &plain_hashes {
+            assert!(
+                !k.contains(h.as_str()),
+                "{k} is named by a plain content hash"
+            );
+            assert!(!holds(body, h.as_bytes()), "{k} lists a plain content hash");
+        }
+        if k.starts_with(format::CHUNKS) || k.starts_with(format::DELTAS) {
+            assert!(
+                body.starts_with(mailsafe::crypto::MAGIC),
+                "{k} is not sealed"
+            );
+        } else if k.starts_with(format::MANIFESTS) {
+            let m = format::Manifest::from_json(k, body).unwrap();
+            let e = m.encryption.expect("encrypted manifest");
+            assert_eq!(e.key_id, key_id);
+            manifests += 1;
+        }
+    }
+    assert_eq!(manifests, 3);
+
+    // Round trip through restore; verify checks authenticity.
+    let target = path(dir.path(), "restored.db");
+    let t = target.to_str().unwrap();
+    let out = run(
+        &s3,
+        &[
+            "restore",
+            "--db",
+            t,
+            "--replica",
+            &url,
+            "--encryption-key-file",
+            &keyf,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(content(&target), content(&db));
+    assert_eq!(integrity(&target), "ok");
+    let out = run(
+        &s3,
+        &[
+            "verify",
+            "--all",
+            "--replica",
+            &url,
+            "--encryption-key-file",
+            &keyf,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // No key / wrong key: exit 4, the message names the key id, not the key.
+    let out = run(&s3, &["verify", "--replica", &url]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&key_id), "{}", stderr(&out));
+    let wrong = path(dir.path(), "wrong.key");
+    std::fs::write(&wrong, hex::encode([9u8; 32])).unwrap();
+    let w = wrong.to_str().unwrap();
+    let out = run(
+        &s3,
+        &["verify", "--replica", &url, "--encryption-key-file", w],
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("wrong encryption key"),
+        "{}",
+        stderr(&out)
+    );
+    assert_no_key(&out);
+
+    // Mixing keys on one prefix is refused before anything is uploaded,
+    // naming both key ids; so is writing without the key.
+    conn.execute("INSERT INTO mail(body) VALUES ('more')", [])
+        .unwrap();
+    let before = st.list("").await.unwrap().len();
+    let out = run(
+        &s3,
+        &[
+            "snapshot",
+            "--db",
+            db_arg,
+            "--replica",
+            &url,
+            "--encryption-key-file",
+            w,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let wrong_id = Key::from_bytes(&[9u8; 32]).id().to_string();
+    assert!(
+        stderr(&out).contains(&key_id) && stderr(&out).contains(&wrong_id),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&s3, &["snapshot", "--db", db_arg, "--replica", &url]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no encryption key"),
+        "{}",
+        stderr(&out)
+    );
+    // And a plaintext replica refuses an encrypted writer.
+    let out = run(
+        &s3,
+        &[
+            "snapshot",
+            "--db",
+            db_arg,
+            "--replica",
+            &plain_url,
+            "--encryption-key-file",
+            &keyf,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not encrypted"), "{}", stderr(&out));
+    assert_eq!(st.list("").await.unwrap().len(), before, "nothing uploaded");
+
+    // A tampered chunk (same size, one bit flipped) fails verification.
+    let (k, body) = objects
+        .iter()
+        .find(|(k, _)| k.starts_with(format::CHUNKS))
+        .unwrap();
+    let mut bad = body.to_vec();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 1;
+    st.put(k, Bytes::from(bad)).await.unwrap();
+    let out = run(
+        &s3,
+        &[
+            "verify",
+            "--all",
+            "--replica",
+            &url,
+            "--encryption-key-file",
+            &keyf,
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(k.as_str()),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_with_key_round_trips() {
+    let s3 = common::s3();
+    let dir = tempfile::tempdir().unwrap();
+    let (db, conn) = marker_db(dir.path());
+    let keyf = key_file(dir.path());
+    let url = s3.url("watched");
+    let mut w = watch_support::Watcher::start(
+        &s3,
+        &s3.server.endpoint,
+        &db,
+        &url,
+        &["--encryption-key-file", &keyf],
+    );
+    w.wait_caught_up(std::time::Duration::from_secs(30)).await;
+    for i in 0..20 {
+        conn.execute(
+            "INSERT INTO mail(body) VALUES (?1)",
+            [format!("{MARKER} {i}")],
+        )
+        .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    w.term();
+    assert!(
+        w.wait(std::time::Duration::from_secs(30)).success(),
+        "{}",
+        w.logs()
+    );
+    assert!(!w.logs().contains(&hex::encode(RAW_KEY)));
+
+    let objects = all_objects(&store(&s3, "watched").await).await;
+    assert!(objects.iter().any(|(k, _)| k.starts_with(format::DELTAS)));
+    for (k, body) in &objects {
+        assert!(!reveals(body, MARKER), "{k} holds the marker row");
+    }
+    let target = path(dir.path(), "restored.db");
+    let out = s3
+        .mailsafe()
+        .args([
+            "restore",
+            "--db",
+            target.to_str().unwrap(),
+            "--replica",
+            &url,
+        ])
+        .env("MAILSAFE_ENCRYPTION_KEY", hex::encode(RAW_KEY))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(content(&target), content(&db));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_replica_with_key_round_trips() {
+    use std::time::{Duration, Instant};
+    let s3 = common::s3();
+    let dir = tempfile::tempdir().unwrap();
+    let keyf = key_file(dir.path());
+    let url = s3.url("served");
+    let key_id = Key::from_bytes(&RAW_KEY).id().to_string();
+
+    // Two pods in turn: the second restores the first's (encrypted) mail on
+    // start, adds its own, and both flush on SIGTERM.
+    for (pod, sent) in [(1, 3), (2, 6)] {
+        let db = path(dir.path(), &format!("pod{pod}.db"));
+        let (smtp, http) = (watch_support::free_port(), watch_support::free_port());
+        let log = path(dir.path(), &format!("pod{pod}.log"));
+        let mut child = s3
+            .mailsafe()
+            .args(["serve", "--db", db.to_str().unwrap()])
+            .args(["--smtp", &format!("127.0.0.1:{smtp}")])
+            .args(["--listen", &format!("127.0.0.1:{http}")])
+            .args(["--replica", &url, "--encryption-key-file", &keyf])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", smtp)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(30), "{}", logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let script = format!(
+            "import smtplib\n\
+             s = smtplib.SMTP('127.0.0.1', {smtp}, timeout=30)\n\
+             for i in range(3):\n\
+             \x20   s.sendmail('a@example.test', ['b@example.test'], 'Subject: {MARKER} %d\\r\\n\\r\\nbody\\r\\n' % i)\n\
+             s.quit()\n"
+        );
+        let ok = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let st = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "{}", logs());
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(st.success(), "{}", logs());
+        let restored = path(dir.path(), &format!("restored{pod}.db"));
+        let out = run(
+            &s3,
+            &[
+                "restore",
+                "--db",
+                restored.to_str().unwrap(),
+                "--replica",
+                &url,
+                "--encryption-key-file",
+                &keyf,
+            ],
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let n: i64 = rusqlite::Connection::open(&restored)
+            .unwrap()
+            .query_row("SELECT count(*) FROM mailbox", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, sent, "pod {pod}");
+    }
+    let objects = all_objects(&store(&s3, "served").await).await;
+    for (k, body) in &objects {
+        assert!(!reveals(body, MARKER), "{k} holds the marker subject");
+        if k.starts_with(format::MANIFESTS) {
+            assert!(String::from_utf8_lossy(body).contains(&key_id), "{k}");
+        }
+    }
+    // Without the key, a new pod refuses to start rather than starting empty.
+    let db = path(dir.path(), "pod3.db");
+    let out = s3
+        .mailsafe()
+        .args(["serve", "--db", db.to_str().unwrap()])
+        .args([
+            "--smtp",
+            &format!("127.0.0.1:{}", watch_support::free_port()),
+        ])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", watch_support::free_port()),
+        ])
+        .args(["--replica", &url])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(!db.exists());
 }

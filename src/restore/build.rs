@@ -197,7 +197,8 @@ pub async fn build_image(
     // untouched and by reading back only the chunks the deltas changed.
     let plan2 = plan.clone();
     let target2 = target.clone();
-    tokio::task::spawn_blocking(move || check_image(&plan2, &target2, &dirty))
+    let enc = opts.key.clone();
+    tokio::task::spawn_blocking(move || check_image(&plan2, &target2, &dirty, enc.as_deref()))
         .await
         .map_err(|e| Error::Other(format!("restore worker failed: {e}")))??;
     Ok(stats)
@@ -230,7 +231,7 @@ fn open_chunk(
             content.len()
         )));
     }
-    let got = hex::encode(Sha256::digest(&content));
+    let got = hex::encode(crate::crypto::content_digest(enc, &content));
     if got != c.sha256 {
         return Err(Error::Verification(format!(
             "{key}: content sha256 is {got}, not the one it is named by"
@@ -346,7 +347,12 @@ pub fn decode_delta_stream(
 
 /// Computes the digest of the rebuilt image and compares it with the
 /// manifest's; on a mismatch names the first chunk that differs.
-fn check_image(plan: &RestorePlan, target: &Target, dirty: &BTreeSet<u64>) -> Result<(), Error> {
+fn check_image(
+    plan: &RestorePlan,
+    target: &Target,
+    dirty: &BTreeSet<u64>,
+    enc: Option<&Key>,
+) -> Result<(), Error> {
     let m = &plan.manifest;
     let page_size = u64::from(m.db.page_size);
     let chunk_pages = u64::from(m.chunk_pages);
@@ -370,7 +376,7 @@ fn check_image(plan: &RestorePlan, target: &Target, dirty: &BTreeSet<u64>) -> Re
                 .file
                 .read_exact_at(&mut buf, i * chunk_pages * page_size)
                 .map_err(|e| Error::io(&target.path, e))?;
-            Sha256::digest(&buf).into()
+            crate::crypto::content_digest(enc, &buf)
         };
         hashes.push(h);
     }

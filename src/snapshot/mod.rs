@@ -20,6 +20,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::Error;
+use crate::crypto::{self, Key};
 use crate::format::{self, ChunkRef, Manifest};
 use crate::store::{DynStore, StoreError};
 
@@ -102,6 +103,8 @@ pub struct Snapshotter {
     state: Option<State>,
     /// Whether the replica has been looked at for a previous manifest.
     loaded: bool,
+    /// Encrypts objects and signs manifests when set.
+    key: Option<Arc<Key>>,
 }
 
 impl Snapshotter {
@@ -113,20 +116,33 @@ impl Snapshotter {
             store,
             state: None,
             loaded: false,
+            key: None,
         }
+    }
+
+    /// Encrypts every object and signs every manifest with `key` (no
+    /// encryption when `None`). The replica's newest snapshot must have been
+    /// written with the same key (or none, without one): one prefix never
+    /// mixes keys, so [`Snapshotter::snapshot`] refuses to continue otherwise.
+    pub fn with_key(mut self, key: Option<Arc<Key>>) -> Self {
+        self.key = key;
+        self
     }
 
     /// Takes one snapshot: uploads what changed since the previous one and
     /// writes its manifest last. Uploads nothing if nothing changed.
     pub async fn snapshot(&mut self) -> Result<SnapshotReport, Error> {
         if !self.loaded {
-            self.state = load_state(&self.store).await?;
+            self.state = load_state(&self.store, self.key.as_deref()).await?;
             self.loaded = true;
         }
         let (tx, rx) = tokio::sync::mpsc::channel::<Upload>(UPLOAD_CONCURRENCY);
         let db = self.db.clone();
         let prev = self.state.clone();
-        let reader = tokio::task::spawn_blocking(move || reader::read(&db, prev.as_ref(), tx));
+        let key = self.key.clone();
+        let reader = tokio::task::spawn_blocking(move || {
+            reader::read(&db, prev.as_ref(), key.as_deref(), tx)
+        });
         let uploaded = upload_all(&self.store, rx).await;
         let outcome = reader
             .await
@@ -163,6 +179,11 @@ impl Snapshotter {
         let body = loop {
             m.manifest.stats.new_bytes = bytes + len;
             m.manifest.stats.stored_bytes = needed + len;
+            if let Some(k) = &self.key {
+                // Signed last, over the final fields; the MAC has a fixed
+                // length, so the size settles as without a key.
+                k.sign_manifest(&mut m.manifest);
+            }
             let body = m.manifest.to_json();
             if body.len() as u64 == len {
                 break body;
@@ -218,12 +239,72 @@ async fn upload_all(
         .map_err(Error::from)
 }
 
+/// Refuses to continue a replica whose newest snapshot was written under
+/// another encryption setting (another key, or encrypted vs. plaintext):
+/// restore, verify and retention read a prefix with one key, so mixing would
+/// leave snapshots nobody can restore with the configured key. The message
+/// names the key ids, never key material.
+fn check_same_key(m: &Manifest, key: &str, enc: Option<&Key>) -> Result<(), Error> {
+    let refuse = |why: String| {
+        Err(Error::Usage(format!(
+            "{key}: {why}; one replica prefix holds snapshots of one key only (use a new prefix, or the key it was written with)"
+        )))
+    };
+    match (&m.encryption, enc) {
+        (None, None) => Ok(()),
+        (None, Some(k)) => refuse(format!(
+            "the replica's newest snapshot is not encrypted but an encryption key (id {}) is configured",
+            k.id()
+        )),
+        (Some(e), None) => refuse(format!(
+            "the replica's newest snapshot is encrypted (key id {}) but no encryption key is configured (--encryption-key-file or ${})",
+            e.key_id,
+            crypto::KEY_ENV
+        )),
+        (Some(e), Some(k)) if e.key_id != k.id() => refuse(format!(
+            "the replica's newest snapshot is encrypted with key id {}, the configured key has id {}",
+            e.key_id,
+            k.id()
+        )),
+        (Some(_), Some(_)) => Ok(()),
+    }
+}
+
+/// Reads and parses a manifest, authenticating it when encrypting; `None`
+/// when it is missing or unusable (the caller then starts a fresh base).
+async fn read_manifest(
+    store: &DynStore,
+    key: &str,
+    enc: Option<&Key>,
+) -> Result<Option<Manifest>, Error> {
+    let m = match store.get(key).await {
+        Ok(b) => match Manifest::from_json(key, &b) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "manifest unusable; next snapshot is a full base");
+                return Ok(None);
+            }
+        },
+        Err(StoreError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    check_same_key(&m, key, enc)?;
+    if let Err(e) = crypto::check_manifest(&m, key, enc) {
+        // Same key id but a bad MAC: forged or damaged. Never build on it.
+        tracing::warn!(error = %e, "manifest failed authentication; next snapshot is a full base");
+        return Ok(None);
+    }
+    Ok(Some(m))
+}
+
 /// Finds the newest manifest in the replica (the last key under
 /// `manifests/`) and its base, so a new process continues the history
 /// incrementally. A replica whose newest manifest cannot be used (corrupt,
-/// unknown version, missing base) is not an error here: the next snapshot is
-/// then a fresh base, which is always correct.
-async fn load_state(store: &DynStore) -> Result<Option<State>, Error> {
+/// unknown version, missing base, failed authentication) is not an error
+/// here: the next snapshot is then a fresh base, which is always correct. A
+/// newest manifest written under another encryption key is an error (see
+/// [`check_same_key`]).
+async fn load_state(store: &DynStore, enc: Option<&Key>) -> Result<Option<State>, Error> {
     let list = store.list(format::MANIFESTS).await?;
     let Some(key) = list
         .iter()
@@ -233,27 +314,14 @@ async fn load_state(store: &DynStore) -> Result<Option<State>, Error> {
     else {
         return Ok(None);
     };
-    let last = match store.get(key).await {
-        Ok(b) => match Manifest::from_json(key, &b) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "newest manifest unusable; next snapshot is a full base");
-                return Ok(None);
-            }
-        },
-        Err(StoreError::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let Some(last) = read_manifest(store, key, enc).await? else {
+        return Ok(None);
     };
     let base_chunks = if last.is_base() {
         Arc::new(last.chunks.clone())
     } else {
         let base_key = format::manifest_key(&last.base);
-        let base = match store.get(&base_key).await {
-            Ok(b) => Manifest::from_json(&base_key, &b).ok(),
-            Err(StoreError::NotFound { .. }) => None,
-            Err(e) => return Err(e.into()),
-        };
-        match base {
+        match read_manifest(store, &base_key, enc).await? {
             Some(b) if b.is_base() => Arc::new(b.chunks),
             _ => {
                 tracing::warn!(key = %base_key, "base manifest unusable; next snapshot is a full base");

@@ -21,6 +21,7 @@ use tokio::sync::mpsc::Sender;
 use super::wal::{ScanEnd, WalFile, WalHeader};
 use super::{State, Upload};
 use crate::Error;
+use crate::crypto::{self, Key};
 use crate::format::{
     self, ChunkRef, DbInfo, DeltaHeader, FORMAT_NAME, FORMAT_VERSION, Manifest, ObjectRef,
     SnapshotStats, SourcePosition, WalPosition,
@@ -344,15 +345,22 @@ impl Out<'_> {
     }
 }
 
-/// Compresses and queues chunks not yet stored, remembering what is.
+/// Compresses (and, with a key, encrypts) and queues chunks not yet stored,
+/// remembering what is.
 struct ChunkSink<'a, 'b> {
     known: HashMap<[u8; 32], ChunkRef>,
     compressor: zstd::bulk::Compressor<'static>,
     out: &'a mut Out<'b>,
+    /// Encryption key: seals objects and keys content digests.
+    enc: Option<&'a Key>,
 }
 
 impl<'b> ChunkSink<'_, 'b> {
-    fn new<'a>(out: &'a mut Out<'b>, prev: Option<&State>) -> Result<ChunkSink<'a, 'b>, Error> {
+    fn new<'a>(
+        out: &'a mut Out<'b>,
+        prev: Option<&State>,
+        enc: Option<&'a Key>,
+    ) -> Result<ChunkSink<'a, 'b>, Error> {
         let mut known = HashMap::new();
         if let Some(s) = prev {
             for c in s.base_chunks.iter() {
@@ -367,7 +375,13 @@ impl<'b> ChunkSink<'_, 'b> {
             known,
             compressor,
             out,
+            enc,
         })
+    }
+
+    /// The digest naming chunk content `data` ([`crypto::content_digest`]).
+    fn digest(&self, data: &[u8]) -> [u8; 32] {
+        crypto::content_digest(self.enc, data)
     }
 
     /// The stored reference for chunk content `data` with digest `h`,
@@ -381,17 +395,27 @@ impl<'b> ChunkSink<'_, 'b> {
             .compress(data)
             .map_err(|e| Error::Other(format!("zstd: {e}")))?;
         let hex = hex::encode(h);
+        let key = format::chunk_key(&hex);
+        let z = seal(self.enc, &key, z);
         let c = ChunkRef {
-            sha256: hex.clone(),
+            sha256: hex,
             stored_sha256: format::sha256_hex(&z),
             stored_size: z.len() as u64,
         };
         self.out.send(Upload {
-            key: format::chunk_key(&hex),
+            key,
             body: Bytes::from(z),
         })?;
         self.known.insert(h, c.clone());
         Ok(c)
+    }
+}
+
+/// The bytes stored at `key`: `packed` itself, or sealed with the key.
+fn seal(enc: Option<&Key>, key: &str, packed: Vec<u8>) -> Vec<u8> {
+    match enc {
+        Some(k) => k.seal(key, &packed),
+        None => packed,
     }
 }
 
@@ -402,7 +426,12 @@ fn send(tx: &Sender<Upload>, u: Upload) -> Result<(), Error> {
 }
 
 /// Takes the snapshot's reading half. See the module docs.
-pub(crate) fn read(db: &Path, prev: Option<&State>, tx: Sender<Upload>) -> Result<Outcome, Error> {
+pub(crate) fn read(
+    db: &Path,
+    prev: Option<&State>,
+    enc: Option<&Key>,
+    tx: Sender<Upload>,
+) -> Result<Outcome, Error> {
     check_sqlite_file(db)?;
     let conn = open(db)?;
     let err = sqlite_err(db);
@@ -450,7 +479,7 @@ pub(crate) fn read(db: &Path, prev: Option<&State>, tx: Sender<Upload>) -> Resul
         } else {
             (None, None)
         };
-        in_txn(db, &conn, prev, &mut out, created, wal_pos, wal_pages)
+        in_txn(db, &conn, prev, enc, &mut out, created, wal_pos, wal_pages)
     });
     // Ends the read transaction; nothing was written.
     let _ = conn.execute_batch("ROLLBACK");
@@ -465,6 +494,7 @@ fn in_txn(
     db: &Path,
     conn: &Connection,
     prev: Option<&State>,
+    enc: Option<&Key>,
     out: &mut Out<'_>,
     created: chrono::DateTime<chrono::Utc>,
     wal_pos: Option<WalPosition>,
@@ -518,7 +548,7 @@ fn in_txn(
         }
     }
 
-    let mut sink = ChunkSink::new(out, prev)?;
+    let mut sink = ChunkSink::new(out, prev, enc)?;
     let ctx = Ctx {
         page_size,
         page_count,
@@ -552,7 +582,7 @@ fn in_txn(
             }
             for &i in &affected {
                 pages.read_chunk(i, chunk_pages, page_count, &mut buf)?;
-                effective[i as usize] = format::sha256(&buf);
+                effective[i as usize] = sink.digest(&buf);
             }
             changed
         }
@@ -560,7 +590,7 @@ fn in_txn(
             // Full scan: hash every chunk, in one pass over sqlite_dbpage.
             let mut changed = BTreeSet::new();
             scan_all(db, conn, page_size, page_count, chunk_pages, |i, data| {
-                let h = format::sha256(data);
+                let h = crypto::content_digest(enc, data);
                 if s.effective.get(i as usize) != Some(&h) {
                     let first = i * chunk_pages + 1;
                     let last = (first + chunk_pages - 1).min(page_count);
@@ -615,9 +645,10 @@ fn in_txn(
             delta_pages: 0,
         })));
     }
-    let z = delta.expect("built when not re-basing");
+    let key = format::delta_key(&id);
+    let z = seal(enc, &key, delta.expect("built when not re-basing"));
     let dref = ObjectRef {
-        key: format::delta_key(&id),
+        key,
         sha256: format::sha256_hex(&z),
         size: z.len() as u64,
     };
@@ -699,7 +730,7 @@ fn first_base(
         ctx.page_count,
         ctx.chunk_pages,
         |_, data| {
-            let h = format::sha256(data);
+            let h = sink.digest(data);
             refs.push(sink.put(h, data)?);
             effective.push(h);
             Ok(())

@@ -58,6 +58,8 @@ pub struct WatchConfig {
     pub lease_ttl: Duration,
     /// Longest wait between two retries while the store fails.
     pub max_backoff: Duration,
+    /// Encrypts the snapshots when set (see [`crate::crypto`]).
+    pub encryption: Option<std::sync::Arc<crate::crypto::Key>>,
 }
 
 impl WatchConfig {
@@ -72,6 +74,7 @@ impl WatchConfig {
             force_poll: false,
             lease_ttl: Duration::from_secs(120),
             max_backoff: Duration::from_secs(15),
+            encryption: None,
         }
     }
 }
@@ -149,7 +152,8 @@ pub async fn run(
     );
     tokio::pin!(shutdown);
     let mut lp = Loop {
-        snapshotter: Snapshotter::new(&config.db, store.clone()),
+        snapshotter: Snapshotter::new(&config.db, store.clone())
+            .with_key(config.encryption.clone()),
         config,
         store,
         metrics,
@@ -343,7 +347,8 @@ impl Loop {
                 self.lease = Some(lease);
                 // Another process may have written since this snapshotter
                 // was created: start from what the replica says.
-                self.snapshotter = Snapshotter::new(&self.config.db, self.store.clone());
+                self.snapshotter = Snapshotter::new(&self.config.db, self.store.clone())
+                    .with_key(self.config.encryption.clone());
             }
             Some(lease) => match lease.ensure().await {
                 Ok(Ensured::Continued)
@@ -355,7 +360,8 @@ impl Loop {
                         epoch = lease.epoch(),
                         "retook the writer lease after another process held it; continuing from the replica's newest snapshot"
                     );
-                    self.snapshotter = Snapshotter::new(&self.config.db, self.store.clone());
+                    self.snapshotter = Snapshotter::new(&self.config.db, self.store.clone())
+                        .with_key(self.config.encryption.clone());
                 }
                 Err(e) => {
                     self.metrics.set_lease_held(false);

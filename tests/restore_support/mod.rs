@@ -132,9 +132,13 @@ impl ReplicaWriter {
         (sha, n)
     }
 
-    fn chunk_hashes(page_size: u32, image: &[u8]) -> Vec<[u8; 32]> {
+    /// Chunk content digests (keyed when encrypting, as the writer does).
+    fn chunk_hashes(&self, page_size: u32, image: &[u8]) -> Vec<[u8; 32]> {
         let len = format::chunk_pages(page_size) as usize * page_size as usize;
-        image.chunks(len).map(format::sha256).collect()
+        image
+            .chunks(len)
+            .map(|c| mailsafe::crypto::content_digest(self.key.as_ref(), c))
+            .collect()
     }
 
     /// Writes a base snapshot of `image` taken at `created`; returns its id.
@@ -144,7 +148,7 @@ impl ReplicaWriter {
         let mut chunks = Vec::new();
         let mut stats = SnapshotStats::default();
         for chunk in image.chunks(chunk_pages as usize * page_size as usize) {
-            let sha = format::sha256_hex(chunk);
+            let sha = hex::encode(mailsafe::crypto::content_digest(self.key.as_ref(), chunk));
             let packed = zstd::bulk::compress(chunk, 3).unwrap();
             let (stored_sha256, stored_size) = self.put(&format::chunk_key(&sha), packed).await;
             stats.new_objects += 1;
@@ -169,7 +173,7 @@ impl ReplicaWriter {
                 image_sha256: format::image_digest(
                     page_size,
                     page_count,
-                    &Self::chunk_hashes(page_size, image),
+                    &self.chunk_hashes(page_size, image),
                 ),
             },
             chunk_pages,
@@ -211,7 +215,7 @@ impl ReplicaWriter {
         let key = format::delta_key(&id);
         let (sha256, size) = self.put(&key, pack).await;
         self.deltas.push(ObjectRef { key, sha256, size });
-        let hashes = Self::chunk_hashes(page_size, image);
+        let hashes = self.chunk_hashes(page_size, image);
         let chunk_overrides = hashes
             .iter()
             .enumerate()
