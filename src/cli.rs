@@ -382,12 +382,22 @@ fn init_logging(format: LogFormat) {
             // retry loops already report each state change once.
             "info,aws_smithy_runtime=warn,aws_smithy_runtime_api=warn,aws_config=warn,hyper_util=warn",
         ));
+    // Never TRACE from other crates, whatever MAILSAFE_LOG says: at TRACE
+    // the AWS SDK prints canonical requests and request headers, which
+    // carry the session token (also when it comes from IRSA/STS, so it
+    // cannot be redacted by value). DEBUG and above carry no secrets
+    // (tests/secrets.rs runs every command at trace to keep it so).
+    let no_foreign_trace = tracing_subscriber::filter::filter_fn(|m| {
+        *m.level() != tracing::Level::TRACE || m.target().starts_with("mailsafe")
+    });
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.finish().with(no_foreign_trace).init(),
+        LogFormat::Json => builder.json().finish().with(no_foreign_trace).init(),
     }
 }
 
