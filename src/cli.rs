@@ -189,6 +189,13 @@ pub struct ServeArgs {
     /// At least --max-message-size; 0 = no cap.
     #[arg(long, env = "MAILSAFE_SMTP_MAX_DATA_MEMORY", default_value_t = 256)]
     pub smtp_max_data_memory: usize,
+    /// PEM certificate: serve the web UI and API over HTTPS (with
+    /// --ui-tls-key).
+    #[arg(long, env = "MP_UI_TLS_CERT", requires = "ui_tls_key")]
+    pub ui_tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS.
+    #[arg(long, env = "MP_UI_TLS_KEY", requires = "ui_tls_cert")]
+    pub ui_tls_key: Option<PathBuf>,
     /// Label shown in the web UI.
     #[arg(long, env = "MP_LABEL", default_value = "")]
     pub label: String,
@@ -461,6 +468,8 @@ fn catcher_config(args: &ServeArgs) -> anyhow::Result<mailsafe_catcher::Config> 
             .checked_mul(1024 * 1024)
             .context("--smtp-max-data-memory is too large")?,
         shutdown_timeout: args.shutdown_timeout,
+        ui_tls_cert: args.ui_tls_cert.clone(),
+        ui_tls_key: args.ui_tls_key.clone(),
         label: args.label.clone(),
         ui_auth: ui_auth.map(|c| c.into_basic_auth()),
     })

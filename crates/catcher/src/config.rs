@@ -53,6 +53,11 @@ pub struct Config {
     pub smtp_idle_timeout: Duration,
     /// How long shutdown waits for SMTP transactions in flight.
     pub shutdown_timeout: Duration,
+    /// PEM certificate: serve the API and web UI over HTTPS
+    /// (`MP_UI_TLS_CERT`, with `MP_UI_TLS_KEY`).
+    pub ui_tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS (`MP_UI_TLS_KEY`).
+    pub ui_tls_key: Option<PathBuf>,
     /// Label shown by the web UI (`MP_LABEL`).
     pub label: String,
     /// HTTP basic auth guarding the API and UI (`MP_UI_AUTH`,
@@ -81,6 +86,8 @@ impl Default for Config {
             smtp_max_data_memory: 256 * 1024 * 1024,
             smtp_idle_timeout: Duration::from_secs(300),
             shutdown_timeout: Duration::from_secs(10),
+            ui_tls_cert: None,
+            ui_tls_key: None,
             label: String::new(),
             ui_auth: None,
         }

@@ -36,6 +36,8 @@ pub struct Catcher {
     store: Store,
     smtp: SmtpServer,
     http: tokio::net::TcpListener,
+    /// Serve HTTP over TLS with this configuration (`MP_UI_TLS_*`).
+    http_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     shutdown_timeout: Duration,
     label: String,
     ui_auth: Option<api::BasicAuth>,
@@ -66,6 +68,15 @@ impl Catcher {
                 "SMTP TLS is required but MP_SMTP_TLS_CERT/MP_SMTP_TLS_KEY are not set".into(),
             ));
         }
+        let http_tls = match (&config.ui_tls_cert, &config.ui_tls_key) {
+            (Some(cert), Some(key)) => Some(smtp::server::load_tls(cert, key)?),
+            (None, None) => None,
+            _ => {
+                return Err(Error::Config(
+                    "MP_UI_TLS_CERT and MP_UI_TLS_KEY must be set together".into(),
+                ));
+            }
+        };
         let data_budget = (config.smtp_max_data_memory > 0).then(|| {
             let cap = config.smtp_max_data_memory.max(config.max_message_size);
             std::sync::Arc::new(smtp::DataBudget::new(cap))
@@ -97,6 +108,7 @@ impl Catcher {
             store,
             smtp,
             http,
+            http_tls,
             shutdown_timeout: config.shutdown_timeout,
             label: config.label,
             ui_auth: config.ui_auth,
@@ -109,6 +121,11 @@ impl Catcher {
         self.smtp
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// Whether the API and UI are served over HTTPS.
+    pub fn http_is_tls(&self) -> bool {
+        self.http_tls.is_some()
     }
 
     /// The HTTP address actually bound.
@@ -138,8 +155,18 @@ impl Catcher {
             let _ = rx.wait_for(|stop| *stop).await;
         };
         let router = http_router(&self.store, self.label, self.ui_auth);
-        let http = axum::serve(self.http, router).with_graceful_shutdown(stopped(stop_rx.clone()));
-        let http = tokio::spawn(async move { http.await });
+        let http_stop = stopped(stop_rx.clone());
+        let http = match self.http_tls {
+            Some(tls) => {
+                let listener = api::TlsListener::new(self.http, &tls).map_err(Error::Http)?;
+                let serve = axum::serve(listener, router).with_graceful_shutdown(http_stop);
+                tokio::spawn(async move { serve.await })
+            }
+            None => {
+                let serve = axum::serve(self.http, router).with_graceful_shutdown(http_stop);
+                tokio::spawn(async move { serve.await })
+            }
+        };
         let smtp = tokio::spawn(self.smtp.run(stopped(stop_rx)));
         shutdown.await;
         tracing::info!("shutting down: SMTP first, then HTTP");

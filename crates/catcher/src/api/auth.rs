@@ -28,11 +28,12 @@ pub enum AuthError {
         /// Why.
         source: std::io::Error,
     },
-    /// A credential entry is not `user:secret`.
-    #[error("invalid auth entry {entry:?} in {origin}: expected user:password")]
+    /// A credential entry is not `user:secret`. Only its position is
+    /// reported: a malformed entry may well be (part of) a password.
+    #[error("invalid auth entry #{entry} in {origin}: expected user:password")]
     Entry {
-        /// The entry, with the secret removed.
-        entry: String,
+        /// 1-based position of the entry (line number in a file).
+        entry: usize,
         /// Where it came from (env var or file).
         origin: String,
     },
@@ -66,22 +67,20 @@ impl Credentials {
         origin: &str,
     ) -> Result<Self, AuthError> {
         let mut users = Vec::new();
-        for e in entries {
+        for (n, e) in entries.enumerate() {
             let e = e.trim();
             if e.is_empty() || e.starts_with('#') {
                 continue;
             }
+            let bad = || AuthError::Entry {
+                entry: n + 1,
+                origin: origin.into(),
+            };
             let Some((u, p)) = e.split_once(':') else {
-                return Err(AuthError::Entry {
-                    entry: e.chars().take(32).collect(),
-                    origin: origin.into(),
-                });
+                return Err(bad());
             };
             if u.is_empty() {
-                return Err(AuthError::Entry {
-                    entry: format!("{u}:***"),
-                    origin: origin.into(),
-                });
+                return Err(bad());
             }
             let secret = if p.starts_with("$2a$") || p.starts_with("$2b$") || p.starts_with("$2y$")
             {

@@ -11,6 +11,7 @@ mod events;
 mod handlers;
 mod send;
 mod swagger;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ use axum::routing::{get, post, put};
 use crate::storage::{StorageError, Store};
 
 pub use auth::{AuthError, BasicAuth, Credentials, require_basic_auth};
+pub use tls::TlsListener;
 
 /// Settings of the HTTP API.
 #[derive(Debug, Clone)]

@@ -73,7 +73,7 @@ pub enum ServerError {
         source: io::Error,
     },
     /// The TLS certificate or key could not be loaded.
-    #[error("cannot load SMTP TLS {what} from {path}: {reason}")]
+    #[error("cannot load TLS {what} from {path}: {reason}")]
     Tls {
         /// `certificate` or `key`.
         what: &'static str,
