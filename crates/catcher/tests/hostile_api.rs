@@ -172,8 +172,10 @@ async fn bad_ids_and_traversal_are_404_or_400_never_500() {
     ] {
         let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         let (status, body) = raw_http(server.http, req.as_bytes()).await;
+        // 301 only cleans repeated slashes (as Mailpit's router does); the
+        // target is a path on this server, which is then a 404 too.
         assert!(
-            status.contains(" 404 ") || status.contains(" 400 "),
+            status.contains(" 404 ") || status.contains(" 400 ") || status.contains(" 301 "),
             "{path}: {status}"
         );
         assert!(
