@@ -27,11 +27,18 @@ for t in $targets; do
   [ "$t" = restore_parse ] && features=()
   echo "[fuzz] $t for ${secs}s" >&2
   mkdir -p "corpus/$t"
+  # Committed seeds (fuzz/seeds/<target>, including regressions) are read as
+  # a second corpus; fuzz/dict/<target>.dict gives libFuzzer the protocol's
+  # words so it reaches deep states quickly.
+  extra=()
+  [ -d "seeds/$t" ] && extra+=("seeds/$t")
+  dict=()
+  [ -f "dict/$t.dict" ] && dict+=("-dict=dict/$t.dict")
   log="$(mktemp)"
   # -timeout: one input taking over 10 s counts as a hang;
   # -rss_limit_mb: memory must stay bounded whatever the input.
-  if ! cargo +nightly fuzz run -s "$sanitizer" "${features[@]}" "$t" "corpus/$t" -- \
-    -max_total_time="$secs" -timeout=10 -rss_limit_mb=1024 -print_final_stats=1 2>&1 | tee "$log" >&2; then
+  if ! cargo +nightly fuzz run -s "$sanitizer" "${features[@]}" "$t" "corpus/$t" "${extra[@]}" -- \
+    "${dict[@]}" -max_total_time="$secs" -timeout=10 -rss_limit_mb=1024 -print_final_stats=1 2>&1 | tee "$log" >&2; then
     echo "[fuzz] $t FAILED (see fuzz/artifacts/$t)" >&2
     rm -f "$log"
     exit 1
