@@ -165,8 +165,19 @@ pub fn parse_manifest(bytes: &[u8], key: &str) -> Result<Manifest, Error> {
             return Err(bad(format!("chunk {:?} has a malformed hash", c.sha256)));
         }
     }
+    // Every key restore derives from a manifest must be one the writer could
+    // have made: a hostile bucket must not steer reads (or, through a
+    // file:// replica, anything else) outside the replica's own objects.
+    let id_ok = |id: &str| format::snapshot_id_time(id).is_some();
+    if !id_ok(&m.base) || m.parent.as_deref().is_some_and(|p| !id_ok(p)) {
+        return Err(bad(format!(
+            "base {:?} / parent {:?} is not a snapshot id",
+            m.base, m.parent
+        )));
+    }
     for d in &m.deltas {
-        if !hex64(&d.sha256) || !d.key.starts_with(format::DELTAS) || d.key.contains("..") {
+        let from_id = d.key.strip_prefix(format::DELTAS).is_some_and(id_ok);
+        if !hex64(&d.sha256) || !from_id {
             return Err(bad(format!("delta {:?} is malformed", d.key)));
         }
     }
@@ -303,6 +314,38 @@ mod tests {
             assert_eq!(err.exit_code(), 4, "{err}");
             let msg = err.to_string();
             assert!(msg.contains(key) && msg.contains(want), "{msg}");
+        }
+    }
+
+    #[test]
+    fn keys_that_leave_the_replica_are_refused() {
+        let id = "20261129T100000.000Z-0000abcd";
+        let sha = "ab".repeat(32);
+        let manifest = |base: &str, parent: &str, delta: &str| {
+            serde_json::json!({
+                "format": "mailsafe-manifest", "version": 1, "id": id,
+                "created": "2026-11-29T10:00:00Z", "parent": parent,
+                "db": {"page_size": 4096, "page_count": 1, "image_sha256": sha},
+                "chunk_pages": 64, "base": base, "chunks": [],
+                "deltas": [{"key": delta, "sha256": sha, "size": 1}],
+                "chunk_overrides": {}, "source": {"change_counter": 0},
+                "stats": {"new_objects": 1, "new_bytes": 1, "stored_bytes": 1}
+            })
+            .to_string()
+        };
+        let good_delta = format!("deltas/{id}");
+        let base = "20261129T090000.000Z-0000abcd";
+        let ok = parse_manifest(manifest(base, base, &good_delta).as_bytes(), "k");
+        assert!(ok.is_ok(), "{ok:?}");
+        for (b, p, d) in [
+            ("../../etc/passwd", base, good_delta.as_str()),
+            (base, "../x", good_delta.as_str()),
+            (base, base, "deltas/../../../etc/passwd"),
+            (base, base, "deltas/a/b"),
+            (base, base, "/etc/passwd"),
+        ] {
+            let err = parse_manifest(manifest(b, p, d).as_bytes(), "k").unwrap_err();
+            assert_eq!(err.exit_code(), 4, "{b} {p} {d}: {err}");
         }
     }
 }
