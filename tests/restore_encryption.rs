@@ -2,7 +2,7 @@
 //! built by the independent writer in `restore_support`): an encrypted
 //! replica restores with the right key only; a missing or wrong key and a
 //! tampered manifest fail with exit 4; the key never appears in any output.
-//! Write side (the binary itself): `snapshot`, `watch` and `serve --replica`
+//! Write side (the binary itself): `snapshot`, `cron`, `watch` and `serve --replica`
 //! with a key round-trip through `restore`; the bucket holds no plaintext of
 //! a marker row and no plain content hash; mixing keys on one prefix is
 //! refused; a tampered object fails `verify`.
@@ -522,6 +522,38 @@ async fn snapshot_with_key_round_trips_and_leaks_no_plaintext() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("not encrypted"), "{}", stderr(&out));
     assert_eq!(st.list("").await.unwrap().len(), before, "nothing uploaded");
+
+    // cron continues the same encrypted history with the right key.
+    let out = run(
+        &s3,
+        &[
+            "cron",
+            "--once",
+            "--db",
+            db_arg,
+            "--replica",
+            &url,
+            "--encryption-key-file",
+            &keyf,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_no_key(&out);
+    let out = run(
+        &s3,
+        &[
+            "restore",
+            "--db",
+            t,
+            "--force",
+            "--replica",
+            &url,
+            "--encryption-key-file",
+            &keyf,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(content(&target), content(&db));
 
     // A tampered chunk (same size, one bit flipped) fails verification.
     let (k, body) = objects
