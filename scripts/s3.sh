@@ -7,6 +7,9 @@
 #                         (export lines) to $MAILSAFE_S3_ENV (default
 #                         ./target/s3.env) and print them.
 #   scripts/s3.sh stop    stop the server started from the same env file.
+#   scripts/s3.sh down    stop the server's processes but keep its data dir,
+#                         ports and keys (an outage, for tests);
+#   scripts/s3.sh up      start it again after `down`: same ports, same data.
 #
 # The server's state (pid, data dir, log) lives in a temp dir named in the env
 # file, so several servers can run at once with different MAILSAFE_S3_ENV.
@@ -59,8 +62,28 @@ start() {
   cat >"$dir/identities.json" <<JSON
 {"identities":[{"name":"mailsafe-test","credentials":[{"accessKey":"$key","secretKey":"$secret"}],"actions":["Admin","Read","Write","List","Tagging"]}]}
 JSON
-  # shellcheck disable=SC2046
-  set -- $(free_ports 6)
+  local ports pid
+  ports="$(free_ports 6)"
+  pid="$(launch "$dir" "$ports")"
+  mkdir -p "$(dirname "$ENV_FILE")"
+  cat >"$ENV_FILE" <<ENV
+export MAILSAFE_TEST_S3_ENDPOINT=http://127.0.0.1:${ports%% *}
+export MAILSAFE_TEST_S3_ACCESS_KEY=$key
+export MAILSAFE_TEST_S3_SECRET_KEY=$secret
+export MAILSAFE_S3_PID=$pid
+export MAILSAFE_S3_DIR=$dir
+export MAILSAFE_S3_PORTS="$ports"
+ENV
+  log "SeaweedFS S3 at http://127.0.0.1:${ports%% *} (pid $pid, dir $dir)"
+  cat "$ENV_FILE"
+}
+
+# launch DIR "S3 MASTER VOLUME FILER WEBDAV ADMIN": starts `weed mini` on
+# those ports with its data in DIR, waits until S3 answers, prints the pid.
+launch() {
+  local dir=$1
+  # shellcheck disable=SC2086
+  set -- $2
   local s3=$1
   # setsid: the server gets its own process group, so `stop` can end exactly
   # it and its children.
@@ -68,7 +91,7 @@ JSON
     -s3.port="$1" -master.port="$2" -volume.port="$3" -filer.port="$4" \
     -webdav.port="$5" -admin.port="$6" -s3.port.iceberg=0 -s3.port.lance=0 -s3.autoCreateBucket=false \
     -volume.max=3000 -master.volumeSizeLimitMB=64 -master.telemetry=false \
-    -s3.config="$dir/identities.json" >"$dir/weed.log" 2>&1 </dev/null &
+    -s3.config="$dir/identities.json" >>"$dir/weed.log" 2>&1 </dev/null &
   local pid=$!
   local i
   for i in $(seq 1 150); do
@@ -80,27 +103,49 @@ JSON
     if [ "$code" != "000" ] && [ -n "$code" ]; then break; fi
     sleep 0.2
   done
-  mkdir -p "$(dirname "$ENV_FILE")"
-  cat >"$ENV_FILE" <<ENV
-export MAILSAFE_TEST_S3_ENDPOINT=http://127.0.0.1:$s3
-export MAILSAFE_TEST_S3_ACCESS_KEY=$key
-export MAILSAFE_TEST_S3_SECRET_KEY=$secret
-export MAILSAFE_S3_PID=$pid
-export MAILSAFE_S3_DIR=$dir
-ENV
-  log "SeaweedFS S3 at http://127.0.0.1:$s3 (pid $pid, dir $dir)"
-  cat "$ENV_FILE"
+  echo "$pid"
+}
+
+# Ends the server's process group (SIGTERM, then SIGKILL after 5 s).
+kill_server() {
+  if [ -n "${MAILSAFE_S3_PID:-}" ] && kill -0 "$MAILSAFE_S3_PID" 2>/dev/null; then
+    kill -- "-$MAILSAFE_S3_PID" 2>/dev/null || kill "$MAILSAFE_S3_PID" || true
+    for _ in $(seq 1 50); do kill -0 "$MAILSAFE_S3_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -9 -- "-$MAILSAFE_S3_PID" 2>/dev/null || true
+  fi
+}
+
+down() {
+  [ -f "$ENV_FILE" ] || { log "no env file $ENV_FILE"; exit 1; }
+  # shellcheck disable=SC1090
+  source "$ENV_FILE"
+  kill_server
+  # Its ports must be free again before `up`.
+  for _ in $(seq 1 50); do
+    pgrep -g "$MAILSAFE_S3_PID" >/dev/null 2>&1 || break
+    sleep 0.1
+  done
+  log "down (data kept in $MAILSAFE_S3_DIR)"
+}
+
+up() {
+  [ -f "$ENV_FILE" ] || { log "no env file $ENV_FILE"; exit 1; }
+  # shellcheck disable=SC1090
+  source "$ENV_FILE"
+  if kill -0 "$MAILSAFE_S3_PID" 2>/dev/null; then
+    log "already up"; return 0
+  fi
+  local pid
+  pid="$(launch "$MAILSAFE_S3_DIR" "$MAILSAFE_S3_PORTS")"
+  sed -i "s/^export MAILSAFE_S3_PID=.*/export MAILSAFE_S3_PID=$pid/" "$ENV_FILE"
+  log "up again at $MAILSAFE_TEST_S3_ENDPOINT (pid $pid)"
 }
 
 stop() {
   [ -f "$ENV_FILE" ] || { log "no env file $ENV_FILE"; return 0; }
   # shellcheck disable=SC1090
   source "$ENV_FILE"
-  if [ -n "${MAILSAFE_S3_PID:-}" ] && kill -0 "$MAILSAFE_S3_PID" 2>/dev/null; then
-    kill -- "-$MAILSAFE_S3_PID" 2>/dev/null || kill "$MAILSAFE_S3_PID" || true
-    for _ in $(seq 1 50); do kill -0 "$MAILSAFE_S3_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -9 -- "-$MAILSAFE_S3_PID" 2>/dev/null || true
-  fi
+  kill_server
   case "${MAILSAFE_S3_DIR:-}" in */mailsafe-s3.*) rm -rf "$MAILSAFE_S3_DIR" ;; esac
   rm -f "$ENV_FILE"
   log "stopped"
@@ -109,5 +154,7 @@ stop() {
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
-  *) echo "usage: $0 start|stop  (env file: \$MAILSAFE_S3_ENV)" >&2; exit 2 ;;
+  down) down ;;
+  up) up ;;
+  *) echo "usage: $0 start|stop|down|up  (env file: \$MAILSAFE_S3_ENV)" >&2; exit 2 ;;
 esac

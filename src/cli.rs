@@ -131,7 +131,9 @@ pub struct ServeArgs {
     /// `MAILSAFE_ENCRYPTION_KEY` may hold the key itself.
     #[arg(long, env = "MAILSAFE_ENCRYPTION_KEY_FILE")]
     pub encryption_key_file: Option<PathBuf>,
-    /// How long shutdown may take, final snapshot included.
+    /// How long shutdown may take after SIGTERM, SMTP drain and final
+    /// snapshot included. Past it the process exits 1 anyway, saying what is
+    /// not in the replica.
     #[arg(long, env = "MAILSAFE_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: std::time::Duration,
     /// Tenant ID: prefixes every table so several catchers can share a db.
@@ -314,7 +316,9 @@ pub struct WatchArgs {
     /// (750 ms leaves room for the upload itself within a one-second RPO.)
     #[arg(long, env = "MAILSAFE_MAX_DELAY", default_value = "750ms", value_parser = humantime::parse_duration)]
     pub max_delay: std::time::Duration,
-    /// How long the final snapshot on SIGTERM may take.
+    /// How long shutdown may take after SIGTERM, final snapshot and lease
+    /// release included. Past it the process exits 1 anyway, saying what is
+    /// not in the replica.
     #[arg(long, env = "MAILSAFE_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: std::time::Duration,
     /// `/healthz` fails when a change has waited longer than this.
@@ -416,6 +420,82 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// Runs a long-lived mode (`serve`, `watch`) to its end on a fresh runtime.
+/// Dropping a runtime waits for every blocking task, however long it takes
+/// (a snapshot reader in a SQLite busy wait, a slow query of the API): after
+/// a shutdown that must finish in time, give them a moment and go.
+fn run_until_shutdown<T>(fut: impl std::future::Future<Output = T>) -> anyhow::Result<T> {
+    let rt = runtime()?;
+    let out = rt.block_on(fut);
+    set_phase("stopping the runtime");
+    rt.shutdown_timeout(std::time::Duration::from_millis(250));
+    Ok(out)
+}
+
+/// What the process is doing since the termination signal, for the
+/// watchdog's message.
+static SHUTDOWN_PHASE: std::sync::Mutex<&str> = std::sync::Mutex::new("starting the shutdown");
+
+fn set_phase(phase: &'static str) {
+    if let Ok(mut p) = SHUTDOWN_PHASE.lock() {
+        *p = phase;
+    }
+}
+
+/// Part of the shutdown timeout kept back from the inner deadlines, so they
+/// fire (with their precise messages) before the watchdog: a tenth, at most
+/// one second.
+fn shutdown_margin(timeout: std::time::Duration) -> std::time::Duration {
+    (timeout / 10).min(std::time::Duration::from_secs(1))
+}
+
+/// The deadline handed to the watch loop: the timeout from now, less
+/// [`shutdown_margin`].
+fn inner_deadline(timeout: std::time::Duration) -> tokio::time::Instant {
+    tokio::time::Instant::now() + timeout - shutdown_margin(timeout)
+}
+
+/// The outer bound of a shutdown, which always wins: a plain OS thread (not
+/// a task, so a blocked runtime cannot delay it) that ends the process with
+/// exit code 1 once `timeout` has passed since the signal, saying where it
+/// was stuck and, with the watch loop's `metrics`, what is not in the
+/// replica. The inner deadlines normally end everything well before.
+fn arm_shutdown_watchdog(
+    timeout: std::time::Duration,
+    metrics: Option<std::sync::Arc<mailsafe::watch::metrics::Metrics>>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("shutdown-watchdog".into())
+        .spawn(move || {
+            std::thread::sleep(timeout);
+            let phase = SHUTDOWN_PHASE.lock().map(|p| *p).unwrap_or("shutting down");
+            let data = match &metrics {
+                None => "every message answered 250 had been committed to the database".to_string(),
+                Some(m) => {
+                    let newest = m.last_snapshot_id().map_or_else(
+                        || "this process uploaded no snapshot".to_string(),
+                        |id| format!("the newest snapshot from this process is {id}"),
+                    );
+                    match m.pending_since() {
+                        Some(t) => format!(
+                            "every change committed since {} is NOT in the replica ({newest})",
+                            t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                        ),
+                        None => format!("no change seen is missing from the replica ({newest})"),
+                    }
+                }
+            };
+            eprintln!(
+                "mailsafe: error: shutdown did not finish within {timeout:?} (still {phase}); \
+                 exiting anyway: {data}"
+            );
+            std::process::exit(1);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the shutdown watchdog: {e}");
+    }
+}
+
 /// Maps `serve`'s flags and `MP_*` variables onto the catcher's config.
 fn catcher_config(args: &ServeArgs) -> anyhow::Result<mailsafe_catcher::Config> {
     use anyhow::Context;
@@ -475,42 +555,24 @@ fn catcher_config(args: &ServeArgs) -> anyhow::Result<mailsafe_catcher::Config> 
     })
 }
 
-/// Completes on SIGINT or SIGTERM (what Kubernetes sends before killing).
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     use anyhow::Context;
-    let config = catcher_config(&args)?;
+    let mut config = catcher_config(&args)?;
     let db = config.database.display().to_string();
+    let timeout = args.shutdown_timeout;
     if let Some(replica) = args.replica.clone() {
         let replica = ReplicaArgs {
             replica,
             endpoint: args.endpoint.clone(),
             encryption_key_file: args.encryption_key_file.clone(),
         };
-        return runtime()?.block_on(serve_replicated(config, replica, args.shutdown_timeout));
+        return run_until_shutdown(serve_replicated(config, replica, timeout))?;
     }
-    runtime()?.block_on(async {
+    // The catcher's own drain ends before the watchdog does.
+    config.shutdown_timeout = timeout - shutdown_margin(timeout);
+    run_until_shutdown(async {
+        // Installed before anything starts, so an early SIGTERM is not fatal.
+        let signal = termination_signal()?;
         let catcher = mailsafe_catcher::Catcher::bind(config)
             .await
             .with_context(|| format!("cannot start the catcher on {db}"))?;
@@ -520,27 +582,73 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             db = %db,
             "mailsafe catcher running"
         );
-        catcher.run(shutdown_signal()).await?;
+        catcher
+            .run(async move {
+                signal.await;
+                arm_shutdown_watchdog(timeout, None);
+                set_phase("draining SMTP sessions and HTTP connections");
+            })
+            .await?;
         anyhow::Ok(())
-    })?;
+    })??;
     Ok(())
 }
 
 /// `serve --replica`: restore if the db is missing and a backup exists, run
 /// the catcher with the watch loop in-process, and on SIGTERM stop SMTP,
 /// let the catcher commit every acknowledged message, then take the final
-/// snapshot. The catcher and the snapshot share `shutdown_timeout`.
+/// snapshot. The catcher and the snapshot share `shutdown_timeout`, counted
+/// from the signal: the SMTP drain may use half of it, the final snapshot
+/// what is left; a signal during the start-up restore ends it at once.
 async fn serve_replicated(
-    config: mailsafe_catcher::Config,
+    mut config: mailsafe_catcher::Config,
     replica: ReplicaArgs,
     shutdown_timeout: std::time::Duration,
 ) -> anyhow::Result<()> {
-    use anyhow::Context;
-    use mailsafe::watch::{self, WatchConfig, metrics};
     let signal = termination_signal()?;
+    let m = mailsafe::watch::metrics::Metrics::new();
+    // The deadline of the whole shutdown, once the signal came.
+    let (deadline_tx, deadline_rx) = tokio::sync::watch::channel(None);
+    let metrics = m.clone();
+    tokio::spawn(async move {
+        signal.await;
+        arm_shutdown_watchdog(shutdown_timeout, Some(metrics));
+        set_phase("draining SMTP sessions");
+        let _ = deadline_tx.send(Some(inner_deadline(shutdown_timeout)));
+    });
+    config.shutdown_timeout = shutdown_timeout / 2;
+    let mut signalled = deadline_rx.clone();
+    let start = start_replicated(config, &replica, m);
+    let started = tokio::select! {
+        started = start => started?,
+        _ = signalled.wait_for(|d| d.is_some()) => {
+            tracing::info!("stopped during start-up; the catcher never accepted mail");
+            return Ok(());
+        }
+    };
+    run_replicated(started, deadline_rx).await
+}
+
+/// What `serve --replica` has once started.
+struct Started {
+    catcher: mailsafe_catcher::Catcher,
+    store: mailsafe::store::DynStore,
+    metrics: std::sync::Arc<mailsafe::watch::metrics::Metrics>,
+    /// The replica's encryption key, if it is encrypted.
+    key: Option<std::sync::Arc<mailsafe::crypto::Key>>,
+}
+
+/// The start of `serve --replica`: restore if asked for, open the replica,
+/// bind the catcher.
+async fn start_replicated(
+    config: mailsafe_catcher::Config,
+    replica: &ReplicaArgs,
+    m: std::sync::Arc<mailsafe::watch::metrics::Metrics>,
+) -> anyhow::Result<Started> {
+    use anyhow::Context;
+    use mailsafe::watch::metrics;
     let db = config.database.clone();
-    let m = metrics::Metrics::new();
-    let store = metrics::MeteredStore::wrap(open_store(&replica).await?, m.clone());
+    let store = metrics::MeteredStore::wrap(open_store(replica).await?, m.clone());
     let key = replica.encryption_key()?;
     let opts = mailsafe::restore::RestoreOptions {
         pick: mailsafe::restore::Pick::Latest,
@@ -573,16 +681,35 @@ async fn serve_replicated(
         replica = %store.describe(),
         "mailsafe catcher running, backed up continuously"
     );
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    Ok(Started {
+        catcher,
+        store,
+        metrics: m,
+        key,
+    })
+}
+
+/// The catcher and the watch loop of `serve --replica`, until the signal
+/// puts a deadline in `deadline_rx`.
+async fn run_replicated(
+    started: Started,
+    deadline_rx: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use mailsafe::watch::{self, WatchConfig};
+    let Started {
+        catcher,
+        store,
+        metrics: m,
+        key,
+    } = started;
+    let db = catcher.store().path().to_path_buf();
     let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        signal.await;
-        let _ = stop_tx.send(true);
-    });
+    let mut stop_rx = deadline_rx.clone();
     let catcher_run = async move {
         let r = catcher
             .run(async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
+                let _ = stop_rx.wait_for(|d| d.is_some()).await;
             })
             .await;
         // Only once every acknowledged message is committed may the final
@@ -591,10 +718,12 @@ async fn serve_replicated(
         r
     };
     let mut wc = WatchConfig::new(&db);
-    wc.shutdown_timeout = shutdown_timeout;
     wc.encryption = key;
     let watch_run = watch::run(wc, store, m, async move {
         let _ = done_rx.wait_for(|d| *d).await;
+        set_phase("taking the final snapshot");
+        let deadline = *deadline_rx.borrow();
+        deadline.unwrap_or_else(tokio::time::Instant::now)
     });
     let (caught, watched) = tokio::join!(catcher_run, watch_run);
     caught.context("catcher failed")?;
@@ -832,10 +961,16 @@ fn retention_policy(r: &RetentionArgs) -> mailsafe::retention::Policy {
 
 fn watch(args: WatchArgs) -> anyhow::Result<()> {
     use mailsafe::watch::{self, WatchConfig, metrics};
-    let rt = runtime()?;
-    rt.block_on(async move {
-        let shutdown = termination_signal()?;
+    run_until_shutdown(async move {
+        let signal = termination_signal()?;
         let m = metrics::Metrics::new();
+        let (timeout, metrics) = (args.shutdown_timeout, m.clone());
+        let shutdown = async move {
+            signal.await;
+            arm_shutdown_watchdog(timeout, Some(metrics));
+            set_phase("taking the final snapshot");
+            inner_deadline(timeout)
+        };
         let store = metrics::MeteredStore::wrap(open_store(&args.replica).await?, m.clone());
         if let Some(listen) = &args.listen {
             watch::serve_http(listen, m.clone(), args.health_max_lag).await?;
@@ -844,15 +979,14 @@ fn watch(args: WatchArgs) -> anyhow::Result<()> {
         config.encryption = args.replica.encryption_key()?;
         config.debounce = args.debounce;
         config.max_delay = args.max_delay;
-        config.shutdown_timeout = args.shutdown_timeout;
         config.lease_ttl = args.lease_ttl;
         if let Some(p) = args.poll_interval {
             config.poll_interval = p;
             config.force_poll = true;
         }
         watch::run(config, store, m, shutdown).await?;
-        Ok(())
-    })
+        anyhow::Ok(())
+    })?
 }
 
 fn cron(args: CronArgs) -> anyhow::Result<()> {

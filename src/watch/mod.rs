@@ -15,9 +15,13 @@
 //! changes (replica unreachable, reachable again, lease lost) are logged once,
 //! not once per retry.
 //!
-//! On shutdown the loop takes one final snapshot (retrying until
-//! `shutdown_timeout`), releases the lease, and returns; if it could not
-//! upload, the error says which changes are missing from the replica.
+//! On shutdown the loop takes one final snapshot (retrying until the
+//! deadline the shutdown future resolved to), releases the lease, and
+//! returns; if it could not upload, the error says which changes are missing
+//! from the replica. Every step after the signal is bounded by that one
+//! deadline, whatever the store does: a snapshot in flight when the signal
+//! arrives, the final snapshot and the lease release all share it (a hung
+//! request cannot stretch it). The binary adds an outer watchdog on top.
 
 pub mod changes;
 pub mod lease;
@@ -48,8 +52,6 @@ pub struct WatchConfig {
     pub debounce: Duration,
     /// Longest delay between a change and the start of its snapshot.
     pub max_delay: Duration,
-    /// How long the final snapshot on shutdown may take, retries included.
-    pub shutdown_timeout: Duration,
     /// Poll period when inotify is unavailable (or forced).
     pub poll_interval: Duration,
     /// Poll even where inotify works.
@@ -69,7 +71,6 @@ impl WatchConfig {
             db: db.into(),
             debounce: Duration::from_millis(250),
             max_delay: Duration::from_millis(750),
-            shutdown_timeout: Duration::from_secs(25),
             poll_interval: Duration::from_millis(250),
             force_poll: false,
             lease_ttl: Duration::from_secs(120),
@@ -111,6 +112,12 @@ struct Pending {
     last: Instant,
 }
 
+/// Part of the shutdown budget kept back from the final snapshot for the
+/// lease release: a tenth, at most half a second (one small PUT).
+fn release_reserve(deadline: Instant) -> Duration {
+    (deadline.saturating_duration_since(Instant::now()) / 10).min(Duration::from_millis(500))
+}
+
 /// Converts a monotonic instant in the past to wall-clock time.
 fn wall(at: Instant) -> chrono::DateTime<chrono::Utc> {
     let ago = Instant::now().saturating_duration_since(at);
@@ -131,17 +138,22 @@ struct Loop {
     retry_at: Option<Instant>,
     /// The lease holder we last reported being blocked by, to log once.
     blocked_by: Option<String>,
+    /// Set once shutdown was asked for: when everything must be done.
+    deadline: Option<Instant>,
     outcome: WatchOutcome,
 }
 
 /// Runs the watch loop on `config.db`, writing to `store` (wrap it in
 /// [`metrics::MeteredStore`] to have requests counted), until `shutdown`
-/// completes; then takes the final snapshot and returns.
+/// completes; then takes the final snapshot and returns. `shutdown`
+/// resolves to the deadline by which this function must have returned
+/// (signal time plus the shutdown timeout, less what the caller keeps for
+/// itself); it returns by then even if the store hangs.
 pub async fn run(
     config: WatchConfig,
     store: DynStore,
     metrics: Arc<Metrics>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = Instant>,
 ) -> Result<WatchOutcome, crate::Error> {
     let mut changes = Changes::start(&config.db, config.poll_interval, config.force_poll);
     tracing::info!(
@@ -162,6 +174,7 @@ pub async fn run(
         failures: 0,
         retry_at: None,
         blocked_by: None,
+        deadline: None,
         outcome: WatchOutcome::default(),
     };
 
@@ -194,12 +207,15 @@ pub async fn run(
         });
         tokio::select! {
             biased;
-            _ = &mut shutdown => break,
+            deadline = &mut shutdown => {
+                lp.deadline = Some(deadline);
+                break;
+            }
             Some(seen) = changes.next() => lp.mark(seen),
             _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
                 changes.drain();
-                let shut = lp.attempt(None, &mut shutdown).await;
-                if shut {
+                lp.attempt(None, &mut shutdown).await;
+                if lp.deadline.is_some() {
                     break;
                 }
             }
@@ -226,18 +242,19 @@ impl Loop {
     }
 
     /// One snapshot attempt. With a `deadline` (shutdown), gives up when it
-    /// passes. Returns true if `shutdown` fired meanwhile (the attempt was
-    /// still completed, bounded by the shutdown timeout).
-    async fn attempt<F: Future<Output = ()>>(
+    /// passes. If `shutdown` fires meanwhile, records its deadline in
+    /// `self.deadline` and lets the attempt go on until shortly before it
+    /// (what it uploads counts towards the final snapshot).
+    async fn attempt<F: Future<Output = Instant>>(
         &mut self,
         deadline: Option<Instant>,
         shutdown: &mut std::pin::Pin<&mut F>,
-    ) -> bool {
+    ) {
         let started = Instant::now();
         let started_wall = chrono::Utc::now();
         let pending = self.pending.take();
-        let mut shut = false;
-        let shutdown_timeout = self.config.shutdown_timeout;
+        // `fut` borrows self: the deadline is recorded after it is done.
+        let mut shut_at = None;
         let result = {
             let fut = self.lease_then_snapshot();
             tokio::pin!(fut);
@@ -252,9 +269,9 @@ impl Loop {
                 None => {
                     tokio::select! {
                         r = &mut fut => r,
-                        _ = shutdown.as_mut() => {
-                            shut = true;
-                            let d = Instant::now() + shutdown_timeout;
+                        end = shutdown.as_mut() => {
+                            shut_at = Some(end);
+                            let d = end - release_reserve(end);
                             tokio::time::timeout_at(d, &mut fut).await.unwrap_or_else(|_| {
                                 Err(Failure::Store("timed out before the snapshot finished".into()))
                             })
@@ -263,6 +280,9 @@ impl Loop {
                 }
             }
         };
+        if shut_at.is_some() {
+            self.deadline = shut_at;
+        }
         match result {
             Ok(report) => {
                 self.metrics.record_success(
@@ -334,7 +354,6 @@ impl Loop {
                 }
             }
         }
-        shut
     }
 
     /// Makes sure we hold the lease, then snapshots.
@@ -378,7 +397,10 @@ impl Loop {
 
     /// The final snapshot and lease release, after shutdown was asked for.
     async fn finish(mut self, changes: &mut Changes) -> Result<WatchOutcome, crate::Error> {
-        let deadline = Instant::now() + self.config.shutdown_timeout;
+        let end = self.deadline.unwrap_or_else(Instant::now);
+        // The lease release gets what the final snapshot leaves, at least
+        // this reserve.
+        let deadline = end - release_reserve(end);
         // A commit made just before the signal may still be on its way
         // through inotify.
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -391,9 +413,10 @@ impl Loop {
                 self.mark(Instant::now());
             }
             tracing::info!("shutting down: taking the final snapshot");
-            let never = std::future::pending::<()>();
+            let never = std::future::pending::<Instant>();
             tokio::pin!(never);
-            loop {
+            // An attempt in flight at the signal may have used it all up.
+            while Instant::now() < deadline {
                 changes.drain();
                 self.attempt(Some(deadline), &mut never).await;
                 if self.failures == 0 {
@@ -407,11 +430,17 @@ impl Loop {
             }
         }
         if let Some(lease) = &mut self.lease {
-            match lease.release().await {
-                Ok(()) => tracing::info!(epoch = lease.epoch(), "released the writer lease"),
-                Err(e) => {
+            // A hung store must not hold the shutdown: a lease not released
+            // expires by itself after its TTL.
+            let release_by = end.max(Instant::now() + Duration::from_millis(50));
+            match tokio::time::timeout_at(release_by, lease.release()).await {
+                Ok(Ok(())) => tracing::info!(epoch = lease.epoch(), "released the writer lease"),
+                Ok(Err(e)) => {
                     tracing::warn!("could not release the writer lease (it expires by itself): {e}")
                 }
+                Err(_) => tracing::warn!(
+                    "could not release the writer lease before the shutdown deadline (it expires by itself)"
+                ),
             }
             self.metrics.set_lease_held(false);
         }
@@ -425,11 +454,11 @@ impl Loop {
                 .first_wall
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
             return Err(crate::Error::Other(format!(
-                "shutdown: could not upload the final snapshot of {} to {} within {:?}: every change \
-                 committed since {since} is NOT in the replica ({last}); last error: {}",
+                "shutdown: could not upload the final snapshot of {} to {} before the shutdown \
+                 deadline: every change committed since {since} is NOT in the replica ({last}); \
+                 last error: {}",
                 self.config.db.display(),
                 self.store.describe(),
-                self.config.shutdown_timeout,
                 self.metrics
                     .health(Duration::ZERO)
                     .err()

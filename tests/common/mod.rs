@@ -211,21 +211,7 @@ fn start_own_server() -> Server {
     let dir = std::env::temp_dir().join(format!("mailsafe-test-s3-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let env_file = dir.join("s3.env");
-    let status = Command::new("bash")
-        .arg(root.join("scripts/s3.sh"))
-        .arg("start")
-        .env("MAILSAFE_S3_ENV", &env_file)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("run scripts/s3.sh");
-    assert!(status.success(), "scripts/s3.sh start failed");
-    let text = std::fs::read_to_string(&env_file).unwrap();
-    let var = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("export {name}=")))
-            .unwrap_or_else(|| panic!("{name} missing in {}", env_file.display()))
-            .to_string()
-    };
+    s3_script("start", &env_file);
     let watchdog = format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
          MAILSAFE_S3_ENV='{env}' bash '{script}' stop >/dev/null 2>&1; rm -rf '{dir}'",
@@ -243,9 +229,90 @@ fn start_own_server() -> Server {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start S3 watchdog");
+    server_from_env_file(&env_file)
+}
+
+/// Runs `scripts/s3.sh COMMAND` for the server of `env_file`; fails the
+/// test if it fails.
+fn s3_script(command: &str, env_file: &Path) {
+    assert!(
+        s3_script_ok(command, env_file),
+        "scripts/s3.sh {command} failed"
+    );
+}
+
+/// Runs `scripts/s3.sh COMMAND`; whether it succeeded.
+fn s3_script_ok(command: &str, env_file: &Path) -> bool {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3.sh");
+    let status = Command::new("bash")
+        .arg(script)
+        .arg(command)
+        .env("MAILSAFE_S3_ENV", env_file)
+        .stdout(std::process::Stdio::null())
+        .status();
+    status.is_ok_and(|s| s.success())
+}
+
+/// The endpoint and keys `scripts/s3.sh start` wrote to `env_file`.
+fn server_from_env_file(env_file: &Path) -> Server {
+    let text = std::fs::read_to_string(env_file).unwrap();
+    let var = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+            .unwrap_or_else(|| panic!("{name} missing in {}", env_file.display()))
+            .to_string()
+    };
     Server {
         endpoint: var("MAILSAFE_TEST_S3_ENDPOINT"),
         access_key: var("MAILSAFE_TEST_S3_ACCESS_KEY"),
         secret_key: var("MAILSAFE_TEST_S3_SECRET_KEY"),
+    }
+}
+
+/// A SeaweedFS of one test's own, for tests that take the server itself
+/// down and up again (a real outage: connections refused, then a restart
+/// on the same ports and data dir). Stopped, its data deleted, on drop.
+pub struct OwnS3 {
+    env_dir: tempfile::TempDir,
+    /// Its endpoint and keys.
+    pub server: Server,
+}
+
+impl OwnS3 {
+    /// Starts a server (on free loopback ports) and waits until S3 answers.
+    pub fn start() -> OwnS3 {
+        let env_dir = tempfile::tempdir().unwrap();
+        let env_file = env_dir.path().join("s3.env");
+        s3_script("start", &env_file);
+        OwnS3 {
+            server: server_from_env_file(&env_file),
+            env_dir,
+        }
+    }
+
+    /// A new bucket on this server.
+    pub fn bucket(&self, name: &str) -> S3 {
+        self.server.create_bucket(name);
+        S3 {
+            server: self.server.clone(),
+            bucket: name.to_string(),
+        }
+    }
+
+    /// Stops the server's processes; its data and ports are kept.
+    pub fn down(&self) {
+        s3_script("down", &self.env_dir.path().join("s3.env"));
+    }
+
+    /// Starts it again after [`OwnS3::down`]: same ports, same data.
+    pub fn up(&self) {
+        s3_script("up", &self.env_dir.path().join("s3.env"));
+    }
+}
+
+impl Drop for OwnS3 {
+    fn drop(&mut self) {
+        // No panic here: this may run while a failed test unwinds.
+        let _ = s3_script_ok("stop", &self.env_dir.path().join("s3.env"));
     }
 }

@@ -259,3 +259,27 @@ pub fn percentile(xs: &mut [f64], p: f64) -> f64 {
     let i = ((p / 100.0) * (xs.len() - 1) as f64).round() as usize;
     xs[i]
 }
+
+/// Waits until process `pid` catches SIGTERM (its handler is installed, per
+/// `SigCgt` in /proc), so a test's SIGTERM tests the shutdown path and not
+/// the default action of a process still starting.
+pub fn wait_for_sigterm_handler(pid: u32, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let caught = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .unwrap_or(0);
+        // Signal n is bit n-1; SIGTERM is 15.
+        if caught & (1 << 14) != 0 {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "process {pid} installed no SIGTERM handler within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

@@ -170,11 +170,26 @@ impl Catcher {
         let smtp = tokio::spawn(self.smtp.run(stopped(stop_rx)));
         shutdown.await;
         tracing::info!("shutting down: SMTP first, then HTTP");
+        // One deadline for both: the drain of SMTP sessions and of HTTP
+        // connections (keep-alive, websockets) together stay within the
+        // shutdown timeout.
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
         let _ = stop_tx.send(true);
-        let _ = smtp.await;
-        // Open HTTP streams (websockets) must not hold the process forever.
-        match tokio::time::timeout(self.shutdown_timeout, http).await {
+        let smtp_abort = smtp.abort_handle();
+        if tokio::time::timeout_at(deadline, smtp).await.is_err() {
+            tracing::warn!("SMTP sessions still open at the shutdown deadline; closing them");
+            smtp_abort.abort();
+        }
+        let http_abort = http.abort_handle();
+        match tokio::time::timeout_at(deadline, http).await {
             Ok(Ok(Err(source))) => Err(Error::Http(source)),
+            Err(_) => {
+                tracing::warn!(
+                    "HTTP connections still open at the shutdown deadline; closing them"
+                );
+                http_abort.abort();
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
