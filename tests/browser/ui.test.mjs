@@ -176,6 +176,12 @@ describe('message view', () => {
     assert.match(raw, /Subject: Full message/);
     assert.match(raw, /MIME-Version: 1\.0/);
 
+    // The cid: image is part of the body: only the real attachment gets a
+    // chip, although the mailer marked the image "attachment" too.
+    const chips = await page.locator('#msg-attachments li').allInnerTexts();
+    assert.equal(chips.length, 1, `chips: ${chips.join(' | ')}`);
+    assert.match(chips[0], /report\.txt/);
+
     const [download] = await Promise.all([
       page.waitForEvent('download'),
       page.click('#msg-attachments a:has-text("report.txt")'),
@@ -212,7 +218,12 @@ describe('message view', () => {
       <script>document.getElementById('visible').textContent='ran inline';</script>
       </body></html>`;
     await sendMail(
-      { subject: 'Evil <img src=x onerror="window.__xss=5"> subject', from: 'Evil <evil@example.test>', html: evil },
+      {
+        subject: 'Evil <img src=x onerror="window.__xss=5"> subject',
+        from: 'Evil <evil@example.test>',
+        html: evil,
+        attachments: [{ filename: 'evil.html', content_type: 'text/html', data: evil }],
+      },
       { subject: 'Bystander' },
     );
     await waitForCount(2);
@@ -259,6 +270,18 @@ describe('message view', () => {
       assert.equal(await direct.locator('#visible').innerText(), 'Evil but harmless');
       assert.equal(await direct.locator('body').getAttribute('data-ran'), null);
       assert.equal((await api('GET', '/api/v1/messages')).total, 2, 'the /view page deleted mail through the API');
+
+      // An HTML attachment and the raw message, opened directly (a middle
+      // click on the chip, a pasted link), run nothing either.
+      const part = (await api('GET', `/api/v1/message/${id}`)).Attachments.find((a) => a.FileName === 'evil.html');
+      for (const url of [`/api/v1/message/${id}/part/${part.PartID}`, `/api/v1/message/${id}/raw`, `/view/${id}.html?embed=1`]) {
+        const r = await direct.goto(BASE + url).catch(() => null); // a download ends navigation
+        if (r) assert.match(r.headers()['content-security-policy'] || '', /^sandbox /, url);
+        await direct.waitForTimeout(500);
+        assert.ok(!/pwned/.test(await direct.title().catch(() => '')), `${url} ran script`);
+        assert.equal(await direct.evaluate(() => document.body && document.body.getAttribute('data-ran')).catch(() => null), null, url);
+        assert.equal((await api('GET', '/api/v1/messages')).total, 2, `${url} deleted mail through the API`);
+      }
     } finally {
       await direct.close();
     }

@@ -505,7 +505,11 @@
     }
     renderMsgTags();
     const att = $('msg-attachments');
-    att.replaceChildren(...(m.Attachments || []).map((a) => el('li', null,
+    // Images the HTML shows through cid: are part of the body, not files to
+    // download: no chip for them (mailers often mark them "attachment").
+    const shown = cidRefs(m.HTML);
+    const files = (m.Attachments || []).filter((a) => !(a.ContentID && shown.has(cidKey(a.ContentID))));
+    att.replaceChildren(...files.map((a) => el('li', null,
       el('a', {
         href: partURL(m.ID, a.PartID),
         download: a.FileName || `part-${a.PartID}`,
@@ -569,6 +573,20 @@
     const doctype = html.match(/^\s*(<!doctype[^>]*>)/i);
     if (doctype) return doctype[1] + head + html.slice(doctype[0].length);
     return head + html;
+  }
+
+  // A Content-ID as cid: URLs name it: no angle brackets, case-insensitive.
+  function cidKey(id) {
+    let key = id.replace(/^<|>$/g, '');
+    try { key = decodeURIComponent(key); } catch (e) { /* keep as is */ }
+    return key.toLowerCase();
+  }
+
+  // The Content-IDs an HTML body refers to with cid: URLs.
+  function cidRefs(html) {
+    const refs = new Set();
+    for (const match of (html || '').matchAll(/cid:([^"'\s)>]+)/gi)) refs.add(cidKey(match[1]));
+    return refs;
   }
 
   // Rewrites cid: references to the API's part URLs, so inline images show.
