@@ -9,6 +9,9 @@
 #   bench/pod-churn.sh            # N=100, SEED_MIB=100
 #   N=20 SEED_MIB=10 bench/pod-churn.sh
 #   PROFILE=dev bench/pod-churn.sh   # reuse the test build instead of release
+#   VARIANTS=single bench/pod-churn.sh   # one variant only (sidecar|single)
+#   LABEL="dev, no seed" ...            # section "Pod churn (LABEL)", so runs
+#                                       # of different settings sit side by side
 #
 # It runs tests/pod_churn.rs (release build) with MAILSAFE_CHURN_* set: the
 # same harness CI runs with N=10, so the benchmark and the test cannot drift.
@@ -16,13 +19,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 N="${N:-100}"
+VARIANTS="${VARIANTS:-}"
+LABEL="${LABEL:-}"
 SEED_MIB="${SEED_MIB:-100}"
 PROFILE="${PROFILE:-release}"
 profile_args=()
 [ "$PROFILE" = dev ] || profile_args=(--profile "$PROFILE")
-OUT="bench/out/pod-churn"
+OUT="bench/out/pod-churn${LABEL:+-${LABEL//[^a-zA-Z0-9]/_}}"
 mkdir -p "$OUT"
 rm -f "$OUT"/report.*.json
+filter=()
+case "$VARIANTS" in
+  sidecar) filter=(sidecar_pods) ;;
+  single) filter=(single_container_pods) ;;
+esac
 
 bash scripts/setup.sh
 
@@ -40,18 +50,21 @@ start=$(date +%s)
 set +e
 MAILSAFE_CHURN_LIVES="$N" MAILSAFE_CHURN_SEED_MIB="$SEED_MIB" \
   MAILSAFE_CHURN_REPORT="$PWD/$OUT/report" \
-  cargo test "${profile_args[@]}" --test pod_churn -- --include-ignored --test-threads=1 --nocapture \
+  cargo test "${profile_args[@]}" --test pod_churn -- "${filter[@]}" --include-ignored --test-threads=1 --nocapture \
   2>&1 | tee "$OUT/run.log" | grep --line-buffered -E '^\[(sidecar|single)\]|^test |test result'
 status=${PIPESTATUS[0]}
 set -e
 elapsed=$(( $(date +%s) - start ))
 
-python3 - "$OUT" "$N" "$SEED_MIB" "$elapsed" "$status" "$PROFILE" <<'PY'
+python3 - "$OUT" "$N" "$SEED_MIB" "$elapsed" "$status" "$PROFILE" "$VARIANTS" "$LABEL" <<'PY'
 import json, os, re, subprocess, sys, datetime
 out, n, seed, elapsed, status = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-profile = sys.argv[6]
+profile, only, title = sys.argv[6], sys.argv[7], sys.argv[8]
+heading = f"## Pod churn ({title})" if title else "## Pod churn"
 rows = []
 for variant, label in (("sidecar", "restore + `watch` sidecar + `serve`"), ("single", "`serve --replica` alone")):
+    if only and only != variant:
+        continue
     path = os.path.join(out, f"report.{variant}.json")
     if not os.path.exists(path):
         rows.append(f"| {label} | did not finish (see bench/out/pod-churn/run.log) | | | | |")
@@ -70,7 +83,7 @@ except Exception:
     pass
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 section = "\n".join([
-    "## Pod churn",
+    heading,
     "",
     f"`bench/pod-churn.sh` (N={n} pod lives per variant, db seeded with {seed} MiB of mail in the first life), "
     f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit}, {os.cpu_count()} cores {cpu}, "
@@ -88,7 +101,7 @@ section = "\n".join([
 path = "bench/RESULTS.md"
 text = open(path).read() if os.path.exists(path) else "# Benchmark results\n\n"
 # Replace our section (up to the next "## "), keep everyone else's.
-pattern = re.compile(r"^## Pod churn\n.*?(?=^## |\Z)", re.S | re.M)
+pattern = re.compile("^" + re.escape(heading) + r"\n.*?(?=^## |\Z)", re.S | re.M)
 text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
 open(path, "w").write(text)
 print(section)
