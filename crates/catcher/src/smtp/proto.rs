@@ -578,7 +578,9 @@ impl Session {
 
     fn cmd_helo(&mut self, arg: &[u8], extended: bool) {
         let name = trim(arg);
-        if name.is_empty() || name.contains(&0) {
+        // The name is echoed in the reply: a control character (a bare CR,
+        // found by fuzzing) would break the reply's framing.
+        if name.is_empty() || name.iter().any(|b| b.is_ascii_control()) {
             let verb = if extended { "EHLO" } else { "HELO" };
             self.push(Reply::new(501, format!("5.5.4 Syntax: {verb} hostname")));
             return;
@@ -1166,6 +1168,23 @@ mod tests {
         let held = budget.used();
         drop(c);
         assert!(budget.used() <= held - 15_000);
+    }
+
+    #[test]
+    fn helo_names_with_control_characters_are_refused() {
+        // Fuzz regression: `EHLO x<CR>+MAIL…` echoed a bare CR in the 250.
+        let crash = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fuzz/seeds/smtp_session/regress-ehlo-bare-cr"
+        ))
+        .unwrap();
+        fuzz_session(&crash);
+        let mut s = session(Limits::default());
+        let (codes, _) = run(
+            &mut s,
+            b"EHLO x\r+y\r\nHELO a\tb\r\nEHLO \x7f\r\nEHLO ok.example\r\n",
+        );
+        assert_eq!(codes, vec![501, 501, 501, 250]);
     }
 
     #[test]
