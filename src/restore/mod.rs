@@ -33,6 +33,13 @@ use crate::Error;
 use crate::crypto::Key;
 use crate::store::ObjectStore;
 
+/// Objects downloaded concurrently by default. A restore is bound by the
+/// latency of one GET per ~256 KiB chunk, not by bandwidth or our CPU: on
+/// the 200 MiB bench db (~830 chunks, SeaweedFS on loopback, 2 busy cores)
+/// 8 in flight took 4.5 s to build the image, 32 took 2.4-2.6 s, 64 was no
+/// faster (2.9 s). Memory stays at `parallelism` chunks (~8 MiB).
+pub const DEFAULT_PARALLELISM: usize = 32;
+
 /// What `restore` should do.
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
@@ -66,7 +73,7 @@ impl RestoreOptions {
             if_replica_exists: false,
             force: false,
             integrity_check: IntegrityCheck::Quick,
-            parallelism: 8,
+            parallelism: DEFAULT_PARALLELISM,
             progress: false,
             key: None,
         }
@@ -171,11 +178,37 @@ pub async fn restore(
         parallelism: opts.parallelism,
         progress: progress_bar(opts.progress),
     };
+    let built = Instant::now();
     let stats = build::build_image(store, &plan, file, &tmp_path, &build_opts).await?;
     build_opts.progress.finish_and_clear();
-    run_check(&tmp_path, opts.integrity_check, &id).await?;
+    let checked = Instant::now();
+    // The image must be on disk before the rename, and checked by SQLite:
+    // the two are independent (one writes back, the other reads the page
+    // cache), so they run at the same time rather than one after the other.
+    let flush = {
+        let file = tmp
+            .as_file()
+            .try_clone()
+            .map_err(|e| Error::io(&tmp_path, e))?;
+        let path = tmp_path.clone();
+        tokio::task::spawn_blocking(move || file.sync_data().map_err(|e| Error::io(&path, e)))
+    };
+    let check = run_check(&tmp_path, opts.integrity_check, &id).await;
+    let flushed = flush
+        .await
+        .map_err(|e| Error::Other(format!("restore fsync worker failed: {e}")))?;
+    check?;
+    flushed?;
+    let installing = Instant::now();
     let replace = opts.force || state == TargetState::Empty;
     install::install(tmp, target, replace)?;
+    tracing::debug!(
+        plan_s = (built - started).as_secs_f64(),
+        build_s = (checked - built).as_secs_f64(),
+        check_and_fsync_s = (installing - checked).as_secs_f64(),
+        install_s = installing.elapsed().as_secs_f64(),
+        "restore phases"
+    );
     let report = RestoreReport {
         snapshot: id,
         created: plan.manifest.created,
@@ -217,7 +250,7 @@ impl Default for VerifyOptions {
     fn default() -> Self {
         Self {
             integrity_check: IntegrityCheck::Quick,
-            parallelism: 8,
+            parallelism: DEFAULT_PARALLELISM,
             key: None,
         }
     }

@@ -286,6 +286,35 @@ pub fn files_in(dir: &Path) -> Vec<String> {
     v
 }
 
+/// Restore temp files (`.NAME.mailsafe-restore-*`) in `dir`: a restore,
+/// failed or not, must leave none behind.
+pub fn restore_temp_files(dir: &Path) -> Vec<String> {
+    files_in(dir)
+        .into_iter()
+        .filter(|f| f.contains("mailsafe-restore"))
+        .collect()
+}
+
+/// A source db `dir/src.db` (WAL, 4 KiB pages) with `rows` rows of `len`
+/// bytes, and a replica under `prefix` holding one base snapshot of it taken
+/// at `at(0)`. Returns the writer (to add snapshots), the db's path and an
+/// open connection to it.
+pub async fn replica_with_base(
+    s3: &common::S3,
+    prefix: &str,
+    dir: &Path,
+    rows: usize,
+    len: usize,
+) -> (ReplicaWriter, PathBuf, Connection) {
+    let db = path(dir, "src.db");
+    let conn = create_db(&db, 4096, "wal");
+    insert_rows(&conn, rows, len);
+    let (ps, img) = image(&conn, &db);
+    let mut w = ReplicaWriter::new(store(s3, prefix).await);
+    w.base(ps, &img, at(0)).await;
+    (w, db, conn)
+}
+
 /// `dir/name` as a `String` argument.
 pub fn arg(dir: &Path, name: &str) -> String {
     dir.join(name).to_string_lossy().into_owned()
