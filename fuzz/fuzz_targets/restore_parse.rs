@@ -1,15 +1,58 @@
 //! Fuzzes what restore reads from a possibly hostile bucket: manifests
-//! (`parse_manifest`, with the format's version check) and stored delta packs
-//! (`decode_delta_stream`, raw and as a zstd frame). No input may panic, hang
-//! or make a page number escape `1..=page_count`.
+//! (`parse_manifest`, with the format's version check), stored delta packs
+//! (`decode_delta_stream`, raw and as a zstd frame) and encrypted objects
+//! (`Key::open`). No input may panic, hang or make a page number escape
+//! `1..=page_count`; every object key restore derives from an accepted
+//! manifest must stay inside the replica (relative, only normal path
+//! components, under its own prefix), so a malicious bucket cannot steer a
+//! restore outside it.
 #![no_main]
 
+use std::path::{Component, Path};
+
 use libfuzzer_sys::fuzz_target;
+use mailsafe::crypto::Key;
+use mailsafe::format;
 use mailsafe::restore::build::decode_delta_stream;
 use mailsafe::restore::plan::parse_manifest;
 
+fn inside(key: &str, prefix: &str) {
+    assert!(key.starts_with(prefix), "{key:?} outside {prefix}");
+    assert!(!key.contains('\0') && !key.contains('\\'), "{key:?}");
+    assert!(
+        Path::new(key)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_))),
+        "{key:?} has a non-normal path component"
+    );
+}
+
 fuzz_target!(|data: &[u8]| {
-    let _ = parse_manifest(data, "manifests/fuzz.json");
+    // A key that is not `manifests/<id>.json` skips the id-matches-key check,
+    // so the fuzzer reaches the checks behind it.
+    for key in ["fuzz", "manifests/fuzz.json"] {
+        if let Ok(m) = parse_manifest(data, key) {
+            inside(&format::manifest_key(&m.base), format::MANIFESTS);
+            if let Some(p) = &m.parent {
+                inside(&format::manifest_key(p), format::MANIFESTS);
+            }
+            for c in &m.chunks {
+                inside(&format::chunk_key(&c.sha256), format::CHUNKS);
+            }
+            for c in m.chunk_overrides.values() {
+                let _ = format::parse_sha256(c);
+            }
+            for d in &m.deltas {
+                inside(&d.key, format::DELTAS);
+            }
+            let _ = mailsafe::crypto::check_manifest(&m, key, None);
+            let k = Key::from_bytes(&[7u8; 32]);
+            let _ = mailsafe::crypto::check_manifest(&m, key, Some(&k));
+        }
+    }
+    // A hostile "encrypted" object: refused, never a panic.
+    let k = Key::from_bytes(&[7u8; 32]);
+    assert!(k.open("chunks/fuzz", data).is_err() || data.starts_with(mailsafe::crypto::MAGIC));
     for page_size in [512u32, 4096] {
         let check = |bytes: &[u8]| {
             let mut max = 0u32;
