@@ -7,9 +7,10 @@
 //! connections and never wait for the writer.
 //!
 //! Raw messages are stored zstd-compressed next to a summary row, tags and a
-//! trigram FTS5 index (Mailpit's search is substring search, which trigrams
-//! answer from the index). Every table name carries the tenant prefix.
+//! word-level FTS5 index that still answers Mailpit's substring search
+//! exactly (see `index.rs`). Every table name carries the tenant prefix.
 
+mod index;
 mod parse;
 mod query;
 mod schema;
@@ -148,6 +149,7 @@ struct Inner {
     events: broadcast::Sender<Event>,
     started: std::time::Instant,
     counters: Arc<Counters>,
+    vocab: Arc<index::Vocab>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -249,6 +251,7 @@ impl Store {
         let prefix = schema::tenant_prefix(&opts.tenant);
         let mut wconn = open_conn(path)?;
         schema::migrate(&mut wconn, &prefix)?;
+        let vocab = Arc::new(index::Vocab::load(&wconn, &prefix)?);
         let mut readers = Vec::new();
         for _ in 0..opts.read_connections.max(1) {
             let c = open_conn(path)?;
@@ -265,6 +268,7 @@ impl Store {
             opts.clone(),
             events.clone(),
             counters.clone(),
+            vocab.clone(),
         );
         std::thread::Builder::new()
             .name("mailsafe-store-writer".into())
@@ -280,6 +284,7 @@ impl Store {
                 events,
                 started: std::time::Instant::now(),
                 counters,
+                vocab,
             }),
         })
     }
@@ -297,6 +302,11 @@ impl Store {
     /// The options the store was opened with.
     pub fn options(&self) -> &StoreOptions {
         &self.inner.opts
+    }
+
+    /// The tenant's indexed words (for compiling searches).
+    pub(crate) fn vocab(&self) -> Arc<index::Vocab> {
+        self.inner.vocab.clone()
     }
 
     /// Time since the store was opened.

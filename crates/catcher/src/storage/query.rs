@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter, types::Value};
 use serde::{Deserialize, Serialize};
 
+use super::index::Vocab;
 use super::parse::{self, Address, Attachment};
 use super::writer::{self, counts};
 use super::{Event, NewMessage, StorageError, Store};
@@ -271,8 +272,9 @@ fn search_rows(
     pre: &str,
     query: &str,
     tz: &str,
+    vocab: &Vocab,
 ) -> Result<Vec<i64>, StorageError> {
-    let c = super::search::compile(query, tz, pre);
+    let c = super::search::compile(query, tz, pre, vocab);
     let sql = format!("SELECT m.Seq FROM {pre}mailbox m {}", c.where_clause());
     Ok(conn
         .prepare(&sql)?
@@ -381,9 +383,10 @@ impl Store {
         let limit = limit.min(MAX_PAGE);
         let query = query.to_string();
         let tz = tz.to_string();
+        let vocab = self.vocab();
         self.read(move |c, pre| {
             let (total, unread) = counts(c, pre)?;
-            let comp = super::search::compile(&query, &tz, pre);
+            let comp = super::search::compile(&query, &tz, pre, &vocab);
             let wc = comp.where_clause();
             let (matched, matched_unread): (i64, Option<i64>) = c
                 .prepare(&format!(
@@ -578,7 +581,7 @@ impl Store {
         let (q, tz) = (query.to_string(), tz.to_string());
         self.write(move |c, ctx| {
             let pre = ctx.prefix.clone();
-            let rows = search_rows(c, &pre, &q, &tz)?;
+            let rows = search_rows(c, &pre, &q, &tz, &ctx.vocab)?;
             let mut st = c.prepare_cached(&format!(
                 "UPDATE {pre}mailbox SET Read = ?1 WHERE Seq = ?2 AND Read != ?1 RETURNING ID"
             ))?;
@@ -615,7 +618,7 @@ impl Store {
         let (q, tz) = (query.to_string(), tz.to_string());
         self.write(move |c, ctx| {
             let pre = ctx.prefix.clone();
-            let rows = search_rows(c, &pre, &q, &tz)?;
+            let rows = search_rows(c, &pre, &q, &tz, &ctx.vocab)?;
             let gone = writer::delete_rows(c, &pre, &rows)?;
             push_delete_events(ctx, &gone);
             Ok(gone.len())
@@ -629,11 +632,16 @@ impl Store {
             let pre = ctx.prefix.clone();
             ctx.deleted += counts(c, &pre)?.0 as usize;
             c.execute_batch(&format!(
-                "DELETE FROM {pre}mailbox; DELETE FROM {pre}mailbox_data; DELETE FROM {pre}search; \
+                "DELETE FROM {pre}mailbox; DELETE FROM {pre}mailbox_data; DELETE FROM {pre}search_text; \
+                 INSERT INTO {pre}words ({pre}words) VALUES ('delete-all'); DELETE FROM {pre}vocab; \
                  DELETE FROM {pre}message_tags; DELETE FROM {pre}tags; \
                  UPDATE {pre}counts SET Total = 0, Unread = 0 WHERE k = 0;"
             ))?;
             ctx.counts_changed = true;
+            // Nothing is left, so the vocabulary can start over (words
+            // indexed earlier in this batch went with their messages).
+            ctx.vocab_reset = true;
+            ctx.fresh.take();
             ctx.events.push(Event {
                 kind: "truncate",
                 data: serde_json::Value::Null,

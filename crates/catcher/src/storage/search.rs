@@ -1,5 +1,5 @@
 //! Mailpit's search syntax, translated to SQL over the summary table and the
-//! trigram FTS5 index.
+//! word index (see [`super::index`]).
 //!
 //! Terms are separated by spaces; `"quoted phrases"` are one term; a leading
 //! `-` or `!` excludes. Plain terms are case-insensitive substring matches on
@@ -11,6 +11,14 @@
 
 use chrono::{FixedOffset, NaiveDate, NaiveDateTime, TimeZone};
 use rusqlite::types::Value;
+
+use super::index::{self, Fit, Tok, Vocab};
+
+/// Most words one fragment may expand to before the search scans the text
+/// instead: an FTS5 OR costs per term, and past a few dozen terms a scan of
+/// the newest messages is cheaper for the page (counts then cost a full
+/// scan, as every Mailpit search does).
+const MAX_EXPANSION: usize = 40;
 
 /// A compiled search: SQL conditions (joined with AND) over `{p}mailbox m`
 /// and their positional arguments.
@@ -181,8 +189,9 @@ const ALL_COLS: &[&str] = &[
 ];
 const ADDR_COLS: &[&str] = &["FromText", "ToText", "CcText", "BccText", "ReplyToText"];
 
-/// Compiles a Mailpit search string. `pre` is the tenant prefix.
-pub fn compile(query: &str, tz: &str, pre: &str) -> Compiled {
+/// Compiles a Mailpit search string. `pre` is the tenant prefix; `vocab` the
+/// tenant's indexed words.
+pub fn compile(query: &str, tz: &str, pre: &str, vocab: &Vocab) -> Compiled {
     let tz = parse_tz(tz);
     let mut c = Compiled::default();
     for raw in split_args(query) {
@@ -205,21 +214,21 @@ pub fn compile(query: &str, tz: &str, pre: &str) -> Compiled {
         };
         let not = if exclude { "NOT " } else { "" };
         if let Some(v) = field("to:") {
-            text_cond(&mut c, pre, &["ToText"], &v, exclude);
+            text_cond(&mut c, pre, vocab, &["ToText"], &v, exclude);
         } else if let Some(v) = field("from:") {
-            text_cond(&mut c, pre, &["FromText"], &v, exclude);
+            text_cond(&mut c, pre, vocab, &["FromText"], &v, exclude);
         } else if let Some(v) = field("cc:") {
-            text_cond(&mut c, pre, &["CcText"], &v, exclude);
+            text_cond(&mut c, pre, vocab, &["CcText"], &v, exclude);
         } else if let Some(v) = field("bcc:") {
-            text_cond(&mut c, pre, &["BccText"], &v, exclude);
+            text_cond(&mut c, pre, vocab, &["BccText"], &v, exclude);
         } else if let Some(v) = field("reply-to:") {
-            text_cond(&mut c, pre, &["ReplyToText"], &v, exclude);
+            text_cond(&mut c, pre, vocab, &["ReplyToText"], &v, exclude);
         } else if let Some(v) = field("addressed:") {
-            text_cond(&mut c, pre, ADDR_COLS, &v, exclude);
+            text_cond(&mut c, pre, vocab, ADDR_COLS, &v, exclude);
         } else if let Some(v) = field("subject:") {
-            text_cond(&mut c, pre, &["Subject"], &v, exclude);
+            text_cond(&mut c, pre, vocab, &["Subject"], &v, exclude);
         } else if let Some(v) = field("message-id:") {
-            text_cond(&mut c, pre, &["MessageID"], &v, exclude);
+            text_cond(&mut c, pre, vocab, &["MessageID"], &v, exclude);
         } else if let Some(v) = field("tag:") {
             let v = v.trim().to_string();
             if !v.is_empty() {
@@ -290,17 +299,98 @@ pub fn compile(query: &str, tz: &str, pre: &str) -> Compiled {
                 .push(if exclude { "m.Size > ?" } else { "m.Size < ?" }.into());
             c.args.push(Value::Integer(size));
         } else {
-            text_cond(&mut c, pre, ALL_COLS, w, exclude);
+            text_cond(&mut c, pre, vocab, ALL_COLS, w, exclude);
         }
     }
     c
 }
 
-/// Substring condition over FTS columns. `col LIKE '%term%'` on the
-/// trigram table is answered from the index for terms of three or more
-/// characters (and scans for shorter ones); either way the match is exact.
-/// Plain terms use `Body`, which also carries subject and addresses.
-fn text_cond(c: &mut Compiled, pre: &str, cols: &[&str], term: &str, exclude: bool) {
+/// How one text term is answered.
+#[derive(Debug, PartialEq)]
+enum TextPlan {
+    /// No indexed word can contain it: nothing matches.
+    Never,
+    /// An FTS5 expression that matches exactly the messages containing it.
+    Match(String),
+    /// The expansion is too wide: scan the stored text with `LIKE`.
+    Scan,
+}
+
+/// Quotes one FTS5 string (the tokens never contain `"`: cleaning removes
+/// it, but double it anyway).
+fn quoted(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Plans the FTS5 expression for a cleaned term (see the module doc of
+/// [`super::index`] for why it is exact).
+fn plan(term: &str, vocab: &Vocab) -> TextPlan {
+    let toks = index::tokens(term);
+    match toks.as_slice() {
+        [] => TextPlan::Never,
+        [Tok::Word(w)] => match vocab.expand(w, Fit::Contains, MAX_EXPANSION) {
+            None => TextPlan::Scan,
+            Some(words) if words.is_empty() => TextPlan::Never,
+            Some(words) => TextPlan::Match(
+                words
+                    .iter()
+                    .map(|w| quoted(w))
+                    .collect::<Vec<_>>()
+                    .join(" OR "),
+            ),
+        },
+        [single] => TextPlan::Match(quoted(single.text())),
+        [first, mid @ .., last] => {
+            let firsts = match first {
+                Tok::Word(w) => match vocab.expand(w, Fit::Suffix, MAX_EXPANSION) {
+                    None => return TextPlan::Scan,
+                    Some(v) => v,
+                },
+                t => vec![t.text().to_string()],
+            };
+            let mut prefix = "";
+            if let Tok::Word(w) = last {
+                match vocab.expand(w, Fit::Prefix, MAX_EXPANSION) {
+                    None => return TextPlan::Scan,
+                    Some(v) if v.is_empty() => return TextPlan::Never,
+                    Some(v) if firsts.len() * v.len() > MAX_EXPANSION * 2 => {
+                        return TextPlan::Scan;
+                    }
+                    Some(_) => prefix = "*",
+                }
+            }
+            if firsts.is_empty() {
+                return TextPlan::Never;
+            }
+            let rest: Vec<&str> = mid
+                .iter()
+                .chain(std::iter::once(last))
+                .map(Tok::text)
+                .collect();
+            let rest = rest.join(" ");
+            TextPlan::Match(
+                firsts
+                    .iter()
+                    .map(|f| format!("{}{prefix}", quoted(&format!("{f} {rest}"))))
+                    .collect::<Vec<_>>()
+                    .join(" OR "),
+            )
+        }
+    }
+}
+
+/// Substring condition over the given columns: answered by the word index
+/// when the term's expansion is narrow enough, else by `LIKE` over the
+/// stored cleaned text. Plain terms use `Body`, which also carries subject,
+/// addresses and Message-ID.
+fn text_cond(
+    c: &mut Compiled,
+    pre: &str,
+    vocab: &Vocab,
+    cols: &[&str],
+    term: &str,
+    exclude: bool,
+) {
     let term = clean(term);
     if term.is_empty() {
         return;
@@ -311,23 +401,32 @@ fn text_cond(c: &mut Compiled, pre: &str, cols: &[&str], term: &str, exclude: bo
     } else {
         cols
     };
-    // FTS5 only uses the index for LIKE without ESCAPE, so add one only
-    // when the term needs it.
-    let (pattern, escape) = if term.contains(['%', '_', '\\']) {
-        (like_pattern(&term), " ESCAPE '\\'")
-    } else {
-        (format!("%{term}%"), "")
-    };
-    let ors = cols
-        .iter()
-        .map(|col| format!("{col} LIKE ?{escape}"))
-        .collect::<Vec<_>>()
-        .join(" OR ");
-    c.conds.push(format!(
-        "m.Seq {not}IN (SELECT rowid FROM {pre}search WHERE {ors})"
-    ));
-    for _ in cols {
-        c.args.push(Value::Text(pattern.clone()));
+    match plan(&term, vocab) {
+        TextPlan::Never => {
+            if !exclude {
+                c.conds.push("0".into());
+            }
+        }
+        TextPlan::Match(expr) => {
+            c.conds.push(format!(
+                "m.Seq {not}IN (SELECT rowid FROM {pre}words WHERE {pre}words MATCH ?)"
+            ));
+            c.args
+                .push(Value::Text(format!("{{{}}} : ({expr})", cols.join(" "))));
+        }
+        TextPlan::Scan => {
+            let ors = cols
+                .iter()
+                .map(|col| format!("st.{col} LIKE ? ESCAPE '\\'"))
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            c.conds.push(format!(
+                "{not}EXISTS (SELECT 1 FROM {pre}search_text st WHERE st.id = m.Seq AND ({ors}))"
+            ));
+            for _ in cols {
+                c.args.push(Value::Text(like_pattern(&term)));
+            }
+        }
     }
 }
 
@@ -364,12 +463,44 @@ mod tests {
         assert_eq!(parse_date("nonsense", utc), None);
     }
 
+    fn vocab(words: &[&str]) -> Vocab {
+        let v = Vocab::default();
+        v.extend(words.iter().map(|w| w.to_string()));
+        v
+    }
+
     #[test]
-    fn terms_become_like_patterns_escaped_only_when_needed() {
-        let c = compile("hello 5%_off", "", "");
-        assert_eq!(c.args[0], Value::Text("%hello%".into()));
-        assert!(!c.conds[0].contains("ESCAPE"));
-        assert_eq!(c.args[1], Value::Text("%5\\%\\_off%".into()));
-        assert!(c.conds[1].contains("ESCAPE"));
+    fn words_expand_to_every_indexed_word_containing_them() {
+        let v = vocab(&["database", "databases", "mydatabase", "base", "user42", "com"]);
+        assert_eq!(
+            plan("database", &v),
+            TextPlan::Match(r#""database" OR "databases" OR "mydatabase""#.into())
+        );
+        assert_eq!(plan("nothing", &v), TextPlan::Never);
+        // First word: any word ending with it; last: any word starting with it.
+        assert_eq!(
+            plan("user42@example.com", &v),
+            TextPlan::Match(r#""user42 @ example . com"*"#.into())
+        );
+        assert_eq!(
+            plan("base c", &v),
+            TextPlan::Match(r#""database c"* OR "mydatabase c"* OR "base c"*"#.into())
+        );
+        assert_eq!(plan("@", &v), TextPlan::Match(r#""@""#.into()));
+        assert_eq!(plan("zzz c", &v), TextPlan::Never);
+    }
+
+    #[test]
+    fn wide_expansions_fall_back_to_a_scan_with_escaped_patterns() {
+        let many: Vec<String> = (0..100).map(|i| format!("w{i}x")).collect();
+        let v = vocab(&many.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(plan("w", &v), TextPlan::Scan);
+        let c = compile("w 5%_off", "", "", &v);
+        assert!(c.conds[0].contains("LIKE ? ESCAPE"));
+        assert_eq!(c.args[0], Value::Text("%w%".into()));
+        // Never in the vocabulary: matches nothing without touching text.
+        assert_eq!(c.conds[1], "0");
+        let c = compile("-5%_off", "", "", &v);
+        assert!(c.conds.is_empty());
     }
 }

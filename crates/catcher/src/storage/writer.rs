@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, params};
 use tokio::sync::{broadcast, oneshot};
 
+use std::sync::Arc;
+
+use super::index::{self, Fresh, Texts, Vocab};
 use super::parse::{self, Parsed};
 use super::search::clean;
 use super::{Event, NewMessage, StorageError, StoreOptions, new_id, now_ms};
@@ -37,6 +40,12 @@ pub struct Ctx {
     pub inserted: usize,
     /// Number of messages deleted in this batch.
     pub deleted: usize,
+    /// The tenant's search vocabulary (read-only until the batch commits).
+    pub vocab: Arc<Vocab>,
+    /// Words first indexed in this batch.
+    pub fresh: Fresh,
+    /// The mailbox was emptied: the vocabulary starts over.
+    pub vocab_reset: bool,
 }
 
 /// A unit of work for the writer.
@@ -204,31 +213,31 @@ pub fn insert(conn: &Connection, ctx: &mut Ctx, p: Prepared) -> Result<String, S
     ))?
     .execute(params![rowid, p.compressed])?;
     let from_text = addrs_text(std::slice::from_ref(&pp.from));
-    conn.prepare_cached(&format!(
-        "INSERT INTO {pre}search (rowid, Subject, FromText, ToText, CcText, BccText, ReplyToText, MessageID, Body) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-    ))?
-    .execute(params![
-        rowid,
+    let (to, cc, bcc, reply_to) = (
+        addrs_text(&pp.to),
+        addrs_text(&pp.cc),
+        addrs_text(&pp.bcc),
+        addrs_text(&pp.reply_to),
+    );
+    let all = clean(&format!(
+        "{} {from_text} {to} {cc} {bcc} {reply_to} {} {}",
+        pp.subject, pp.message_id, pp.body_text
+    ));
+    let cols = [
         clean(&pp.subject),
         clean(&from_text),
-        clean(&addrs_text(&pp.to)),
-        clean(&addrs_text(&pp.cc)),
-        clean(&addrs_text(&pp.bcc)),
-        clean(&addrs_text(&pp.reply_to)),
+        clean(&to),
+        clean(&cc),
+        clean(&bcc),
+        clean(&reply_to),
         clean(&pp.message_id),
-        clean(&format!(
-            "{} {} {} {} {} {} {} {}",
-            pp.subject,
-            from_text,
-            addrs_text(&pp.to),
-            addrs_text(&pp.cc),
-            addrs_text(&pp.bcc),
-            addrs_text(&pp.reply_to),
-            pp.message_id,
-            pp.body_text
-        )),
-    ])?;
+    ];
+    let texts = Texts {
+        cols: [
+            &cols[0], &cols[1], &cols[2], &cols[3], &cols[4], &cols[5], &cols[6], &all,
+        ],
+    };
+    index::index(conn, pre, rowid, &texts, &ctx.vocab, &mut ctx.fresh)?;
     let mut tags: Vec<String> = Vec::new();
     for t in pp.tags.iter().chain(p.extra_tags.iter()) {
         let t = parse::clean_tag(t);
@@ -312,8 +321,8 @@ pub fn delete_rows(
             .query_map(args, |r| r.get::<_, String>(0))?
             .collect::<Result<Vec<_>, _>>()?;
         ids.extend(got);
-        for table in ["mailbox_data", "search"] {
-            let col = if table == "search" { "rowid" } else { "id" };
+        for table in ["mailbox_data", "search_text", "words"] {
+            let col = if table == "words" { "rowid" } else { "id" };
             conn.execute(
                 &format!("DELETE FROM {pre}{table} WHERE {col} IN ({ph})"),
                 rusqlite::params_from_iter(chunk.iter()),
@@ -393,6 +402,7 @@ pub struct Writer {
     opts: StoreOptions,
     events: broadcast::Sender<Event>,
     counters: std::sync::Arc<super::Counters>,
+    vocab: Arc<Vocab>,
     last_stats: Option<Instant>,
     stats_due: bool,
     next_age_prune: Instant,
@@ -407,6 +417,7 @@ impl Writer {
         opts: StoreOptions,
         events: broadcast::Sender<Event>,
         counters: std::sync::Arc<super::Counters>,
+        vocab: Arc<Vocab>,
     ) -> Self {
         Writer {
             conn,
@@ -415,6 +426,7 @@ impl Writer {
             opts,
             events,
             counters,
+            vocab,
             last_stats: None,
             stats_due: false,
             next_age_prune: Instant::now(),
@@ -546,6 +558,9 @@ impl Writer {
             counts_changed: false,
             inserted: 0,
             deleted: 0,
+            vocab: self.vocab.clone(),
+            fresh: Fresh::default(),
+            vocab_reset: false,
         };
         if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
             let reason = e.to_string();
@@ -560,7 +575,8 @@ impl Writer {
         let mut results: Vec<Result<(), StorageError>> = Vec::with_capacity(batch.len());
         for job in batch.iter_mut() {
             let mark = ctx.events.len();
-            let (ins, changed) = (ctx.inserted, ctx.counts_changed);
+            let fresh_mark = ctx.fresh.mark();
+            let (ins, changed, reset) = (ctx.inserted, ctx.counts_changed, ctx.vocab_reset);
             if let Err(e) = self.conn.execute_batch("SAVEPOINT job") {
                 results.push(Err(e.into()));
                 continue;
@@ -575,6 +591,8 @@ impl Writer {
                     ctx.events.truncate(mark);
                     ctx.inserted = ins;
                     ctx.counts_changed = changed;
+                    ctx.vocab_reset = reset;
+                    ctx.fresh.truncate(fresh_mark);
                     results.push(Err(e));
                 }
             }
@@ -598,6 +616,12 @@ impl Writer {
             }
             return;
         }
+        // Readers may now see the new rows: make their words findable before
+        // anyone is told the messages are stored.
+        if ctx.vocab_reset {
+            self.vocab.clear();
+        }
+        self.vocab.extend(ctx.fresh.take());
         self.counters.deleted.fetch_add(
             (ctx.deleted + pruned) as u64,
             std::sync::atomic::Ordering::Relaxed,

@@ -1,0 +1,385 @@
+//! The word-level search index and its vocabulary.
+//!
+//! Mailpit's search is a case-insensitive substring match over cleaned text
+//! (see [`super::search::clean`]). A trigram index answers that, but costs
+//! about one index entry per character on every insert and still has to
+//! verify each candidate against the text, which is seconds when a term
+//! occurs in every message. Instead every cleaned text is turned into a
+//! stream of tokens that loses nothing:
+//!
+//! - a run of word characters (ASCII letters and digits, and any non-ASCII
+//!   character) is one token;
+//! - every other printable ASCII character is a token of its own (`@`, `.`);
+//!   control characters become `_xx` (hex);
+//! - a space between two word tokens is implied by their adjacency (the
+//!   cleaned text has single spaces, and two word runs can only be next to
+//!   each other if something separated them); any other space becomes the
+//!   token `__`.
+//!
+//! Real symbol tokens are one character long and word tokens contain no `_`,
+//! so `__` and `_xx` never collide with text. The encoding is injective, so a
+//! term `T` is a substring of a text `D` exactly when `T`'s token stream
+//! occurs in `D`'s with the first token allowed to be a *suffix* of a word
+//! token and the last a *prefix* (a single word token: anywhere inside a
+//! word). FTS5 (`detail=full`) answers the phrase and the prefix; the suffix
+//! and infix cases are expanded into the words that contain them using the
+//! vocabulary, which is kept in memory (and persisted in `{p}vocab`). Only
+//! when an expansion is too wide (one- or two-letter fragments) does the
+//! search fall back to scanning the stored text with `LIKE`, as Mailpit
+//! always does.
+
+use std::collections::HashSet;
+use std::sync::RwLock;
+
+use rusqlite::{Connection, params};
+
+use super::StorageError;
+
+/// The FTS5 tokenizer: ASCII folding (the text is already lower case), with
+/// every printable symbol a token character, since the encoder has already
+/// split symbols into single-character tokens separated by spaces. `"`, `(`,
+/// `)`, `,`, `;`, `<` and `>` never reach the index (cleaning turns them into
+/// spaces).
+pub const TOKENIZE: &str = "ascii tokenchars ''!#$%&''''*+-./:=?@[\\]^_`{|}~''";
+
+/// One token of the encoded stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tok {
+    /// A run of word characters.
+    Word(String),
+    /// A symbol or control character, already encoded (`@`, `_0a`).
+    Sym(String),
+    /// A space that is not between two words (`__`).
+    Space,
+}
+
+impl Tok {
+    /// The token as the index stores it.
+    pub fn text(&self) -> &str {
+        match self {
+            Tok::Word(w) | Tok::Sym(w) => w,
+            Tok::Space => "__",
+        }
+    }
+}
+
+fn is_word_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || !c.is_ascii()
+}
+
+/// Splits cleaned text into its token stream (see the module doc).
+pub fn tokens(cleaned: &str) -> Vec<Tok> {
+    let mut out: Vec<Tok> = Vec::new();
+    let mut word = String::new();
+    let mut space = false;
+    for c in cleaned.chars() {
+        if is_word_char(c) {
+            if word.is_empty() && space {
+                push_space(&mut out, true);
+                space = false;
+            }
+            word.push(c);
+            continue;
+        }
+        if !word.is_empty() {
+            out.push(Tok::Word(std::mem::take(&mut word)));
+        }
+        if c == ' ' {
+            space = true;
+            continue;
+        }
+        if space {
+            push_space(&mut out, false);
+            space = false;
+        }
+        out.push(Tok::Sym(if c.is_ascii_graphic() {
+            c.to_string()
+        } else {
+            format!("_{:02x}", c as u32 & 0xff)
+        }));
+    }
+    if !word.is_empty() {
+        out.push(Tok::Word(word));
+    }
+    out
+}
+
+/// Records a space before the next token: implied between two words,
+/// dropped at the start, `__` otherwise.
+fn push_space(out: &mut Vec<Tok>, next_is_word: bool) {
+    let prev_is_word = matches!(out.last(), Some(Tok::Word(_)));
+    if !out.is_empty() && !(prev_is_word && next_is_word) {
+        out.push(Tok::Space);
+    }
+}
+
+/// The text FTS5 indexes for `cleaned`: its tokens separated by spaces.
+#[cfg(test)]
+fn encode(cleaned: &str) -> String {
+    let toks = tokens(cleaned);
+    let mut s = String::with_capacity(cleaned.len() + cleaned.len() / 4);
+    for t in &toks {
+        if !s.is_empty() {
+            s.push(' ');
+        }
+        s.push_str(t.text());
+    }
+    s
+}
+
+/// Every distinct word token ever indexed for this tenant. Words of deleted
+/// messages stay: a word no message holds only widens an expansion by a term
+/// that matches nothing, so results stay exact.
+#[derive(Debug, Default)]
+pub struct Vocab {
+    inner: RwLock<VocabInner>,
+}
+
+#[derive(Debug, Default)]
+struct VocabInner {
+    set: HashSet<Box<str>>,
+    list: Vec<Box<str>>,
+}
+
+/// Which words an expansion looks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fit {
+    /// Words containing the fragment.
+    Contains,
+    /// Words ending with it.
+    Suffix,
+    /// Words starting with it.
+    Prefix,
+}
+
+impl Vocab {
+    /// Loads the persisted vocabulary of a tenant.
+    pub fn load(conn: &Connection, pre: &str) -> Result<Vocab, StorageError> {
+        let v = Vocab::default();
+        {
+            let mut st = conn.prepare(&format!("SELECT term FROM {pre}vocab"))?;
+            let mut rows = st.query([])?;
+            let mut g = v.inner.write().unwrap_or_else(|e| e.into_inner());
+            while let Some(r) = rows.next()? {
+                let t: String = r.get(0)?;
+                let t: Box<str> = t.into();
+                g.set.insert(t.clone());
+                g.list.push(t);
+            }
+        }
+        Ok(v)
+    }
+
+    /// Whether `w` is known.
+    pub fn contains(&self, w: &str) -> bool {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .set
+            .contains(w)
+    }
+
+    /// Adds words (after the transaction that indexed them has committed, so
+    /// a rolled-back batch never leaves a word the table lacks).
+    pub fn extend(&self, words: impl IntoIterator<Item = String>) {
+        let mut g = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        for w in words {
+            let w: Box<str> = w.into();
+            if g.set.insert(w.clone()) {
+                g.list.push(w);
+            }
+        }
+    }
+
+    /// Forgets every word (the mailbox was emptied).
+    pub fn clear(&self) {
+        let mut g = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        g.set.clear();
+        g.list.clear();
+    }
+
+    /// The words that fit `frag`, or `None` when more than `max` do (the
+    /// caller then scans instead of building a huge OR).
+    pub fn expand(&self, frag: &str, fit: Fit, max: usize) -> Option<Vec<String>> {
+        let g = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for w in &g.list {
+            let ok = match fit {
+                Fit::Contains => w.contains(frag),
+                Fit::Suffix => w.ends_with(frag),
+                Fit::Prefix => w.starts_with(frag),
+            };
+            if ok {
+                if out.len() == max {
+                    return None;
+                }
+                out.push(w.to_string());
+            }
+        }
+        Some(out)
+    }
+}
+
+/// The cleaned texts of one message, in index column order.
+pub struct Texts<'a> {
+    /// Subject, From, To, Cc, Bcc, Reply-To, Message-ID and everything
+    /// (the last column is what plain terms search).
+    pub cols: [&'a str; 8],
+}
+
+/// Words first seen in the current batch, in order, so a job that rolls
+/// back to its savepoint can forget exactly the words it added.
+#[derive(Debug, Default)]
+pub struct Fresh {
+    set: HashSet<String>,
+    list: Vec<String>,
+}
+
+impl Fresh {
+    fn contains(&self, w: &str) -> bool {
+        self.set.contains(w)
+    }
+
+    fn insert(&mut self, w: &str) {
+        self.set.insert(w.to_string());
+        self.list.push(w.to_string());
+    }
+
+    /// A point to roll back to.
+    pub fn mark(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Forgets the words added since `mark`.
+    pub fn truncate(&mut self, mark: usize) {
+        for w in self.list.drain(mark.min(self.list.len())..) {
+            self.set.remove(&w);
+        }
+    }
+
+    /// Takes every word, leaving this empty.
+    pub fn take(&mut self) -> Vec<String> {
+        self.set.clear();
+        std::mem::take(&mut self.list)
+    }
+}
+
+/// Indexes one message: the plain text (for `LIKE` fallbacks) and then its
+/// words (see [`index_words`]).
+pub fn index(
+    conn: &Connection,
+    pre: &str,
+    rowid: i64,
+    t: &Texts<'_>,
+    vocab: &Vocab,
+    fresh: &mut Fresh,
+) -> Result<(), StorageError> {
+    let c = &t.cols;
+    conn.prepare_cached(&format!(
+        "INSERT INTO {pre}search_text (id, Subject, FromText, ToText, CcText, BccText, ReplyToText, MessageID, Body) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+    ))?
+    .execute(params![rowid, c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])?;
+    index_words(conn, pre, rowid, t, vocab, fresh)
+}
+
+/// Indexes the encoded tokens of one message in FTS5 and records words not
+/// seen before in `{p}vocab` and in `fresh` (the caller adds `fresh` to the
+/// in-memory vocabulary once the transaction commits).
+pub fn index_words(
+    conn: &Connection,
+    pre: &str,
+    rowid: i64,
+    t: &Texts<'_>,
+    vocab: &Vocab,
+    fresh: &mut Fresh,
+) -> Result<(), StorageError> {
+    let c = &t.cols;
+    let mut enc: [String; 8] = Default::default();
+    let toks: Vec<Vec<Tok>> = c.iter().map(|s| tokens(s)).collect();
+    let mut words: HashSet<&str> = HashSet::new();
+    for (i, ts) in toks.iter().enumerate() {
+        let s = &mut enc[i];
+        s.reserve(c[i].len() + c[i].len() / 4);
+        for tk in ts {
+            if !s.is_empty() {
+                s.push(' ');
+            }
+            s.push_str(tk.text());
+            if let Tok::Word(w) = tk {
+                words.insert(w);
+            }
+        }
+    }
+    conn.prepare_cached(&format!(
+        "INSERT INTO {pre}words (rowid, Subject, FromText, ToText, CcText, BccText, ReplyToText, MessageID, Body) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+    ))?
+    .execute(params![
+        rowid, enc[0], enc[1], enc[2], enc[3], enc[4], enc[5], enc[6], enc[7]
+    ])?;
+    for w in words {
+        if !fresh.contains(w) && !vocab.contains(w) {
+            conn.prepare_cached(&format!(
+                "INSERT OR IGNORE INTO {pre}vocab (term) VALUES (?1)"
+            ))?
+            .execute(params![w])?;
+            fresh.insert(w);
+        }
+    }
+    Ok(())
+}
+
+/// Builds the FTS5 index and vocabulary from `{p}search_text` (used when an
+/// older schema is upgraded).
+pub fn rebuild(conn: &Connection, pre: &str) -> Result<(), StorageError> {
+    let vocab = Vocab::default();
+    let mut fresh = Fresh::default();
+    let mut st = conn.prepare(&format!(
+        "SELECT id, Subject, FromText, ToText, CcText, BccText, ReplyToText, MessageID, Body \
+         FROM {pre}search_text"
+    ))?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        let mut cols: [String; 8] = Default::default();
+        for (i, c) in cols.iter_mut().enumerate() {
+            *c = r.get(i + 1)?;
+        }
+        let t = Texts {
+            cols: std::array::from_fn(|i| cols[i].as_str()),
+        };
+        index_words(conn, pre, r.get(0)?, &t, &vocab, &mut fresh)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spaces_between_words_are_implied_and_others_kept() {
+        assert_eq!(
+            encode("user42@example.com weekly summary"),
+            "user42 @ example . com weekly summary"
+        );
+        assert_eq!(encode("a @b"), "a __ @ b");
+        assert_eq!(encode("a@ b"), "a @ __ b");
+        assert_eq!(encode("a @ b"), "a __ @ __ b");
+        assert_eq!(encode("a@@b"), "a @ @ b");
+        assert_eq!(encode("grüße 5% x\u{1}y"), "grüße 5 % __ x _01 y");
+        assert_eq!(encode("@ x"), "@ __ x");
+    }
+
+    #[test]
+    fn vocabulary_expands_and_caps() {
+        let v = Vocab::default();
+        v.extend(["database", "databases", "mydatabase", "data"].map(String::from));
+        let mut c = v.expand("database", Fit::Contains, 10).unwrap();
+        c.sort();
+        assert_eq!(c, vec!["database", "databases", "mydatabase"]);
+        assert_eq!(v.expand("base", Fit::Suffix, 10).unwrap().len(), 2);
+        assert_eq!(v.expand("data", Fit::Prefix, 10).unwrap().len(), 3);
+        assert_eq!(v.expand("a", Fit::Contains, 3), None);
+    }
+}
