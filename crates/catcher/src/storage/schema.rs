@@ -190,3 +190,57 @@ pub fn migrate(conn: &mut Connection, prefix: &str) -> Result<(), StorageError> 
     tx.commit()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A db indexed by the trigram schema (1.1.0) is upgraded in place: its
+    /// text moves to `search_text` and is indexed word by word.
+    #[test]
+    fn upgrade_from_the_trigram_index_reindexes_existing_mail() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let pre = "t_";
+        conn.execute_batch(&format!(
+            "CREATE TABLE {pre}schemas (Version TEXT PRIMARY KEY, Created INTEGER NOT NULL)"
+        ))
+        .unwrap();
+        for m in &MIGRATIONS[..2] {
+            conn.execute_batch(&m.sql.replace("{p}", pre)).unwrap();
+            conn.execute(
+                &format!("INSERT INTO {pre}schemas VALUES (?1, 0)"),
+                params![m.version],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            &format!(
+                "INSERT INTO {pre}search (rowid, Subject, FromText, ToText, CcText, BccText, ReplyToText, MessageID, Body) \
+                 VALUES (7, 'hello', 'a@b.c', '', '', '', '', 'id@x', 'hello a@b.c id@x the databases')"
+            ),
+            [],
+        )
+        .unwrap();
+        migrate(&mut conn, pre).unwrap();
+        let hit: i64 = conn
+            .query_row(
+                &format!("SELECT rowid FROM {pre}words WHERE {pre}words MATCH ?1"),
+                params![r#"{FromText} : ("a @ b . c")"#],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(hit, 7);
+        let vocab = super::super::index::Vocab::load(&conn, pre).unwrap();
+        assert!(vocab.contains("databases"));
+        let body: String = conn
+            .query_row(
+                &format!("SELECT Body FROM {pre}search_text WHERE id = 7"),
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(body.ends_with("databases"));
+        // Running it again changes nothing.
+        migrate(&mut conn, pre).unwrap();
+    }
+}
