@@ -128,13 +128,17 @@ async fn search_equals_substring_matching_on_random_texts() {
     };
     let mut docs: Vec<(String, String)> = Vec::new();
     for _ in 0..60 {
-        let body: String = (0..1 + next(12)).map(|_| PIECES[next(PIECES.len())]).collect();
+        let body: String = (0..1 + next(12))
+            .map(|_| PIECES[next(PIECES.len())])
+            .collect();
         let id = store.insert(plain(&body)).await.unwrap();
         docs.push((id, clean(&body)));
     }
     let mut checked = 0;
     for _ in 0..300 {
-        let term: String = (0..1 + next(4)).map(|_| PIECES[next(PIECES.len())]).collect();
+        let term: String = (0..1 + next(4))
+            .map(|_| PIECES[next(PIECES.len())])
+            .collect();
         let term = term.trim_start_matches(['-', '!']).to_string();
         let t = clean(&term);
         if t.is_empty() {

@@ -11,6 +11,7 @@ mod events;
 mod handlers;
 mod send;
 mod swagger;
+mod thumb;
 pub mod tls;
 
 use std::sync::Arc;

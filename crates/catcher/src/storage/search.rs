@@ -383,14 +383,7 @@ fn plan(term: &str, vocab: &Vocab) -> TextPlan {
 /// when the term's expansion is narrow enough, else by `LIKE` over the
 /// stored cleaned text. Plain terms use `Body`, which also carries subject,
 /// addresses and Message-ID.
-fn text_cond(
-    c: &mut Compiled,
-    pre: &str,
-    vocab: &Vocab,
-    cols: &[&str],
-    term: &str,
-    exclude: bool,
-) {
+fn text_cond(c: &mut Compiled, pre: &str, vocab: &Vocab, cols: &[&str], term: &str, exclude: bool) {
     let term = clean(term);
     if term.is_empty() {
         return;
@@ -471,7 +464,14 @@ mod tests {
 
     #[test]
     fn words_expand_to_every_indexed_word_containing_them() {
-        let v = vocab(&["database", "databases", "mydatabase", "base", "user42", "com"]);
+        let v = vocab(&[
+            "database",
+            "databases",
+            "mydatabase",
+            "base",
+            "user42",
+            "com",
+        ]);
         assert_eq!(
             plan("database", &v),
             TextPlan::Match(r#""database" OR "databases" OR "mydatabase""#.into())
