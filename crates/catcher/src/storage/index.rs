@@ -312,12 +312,16 @@ pub fn index_words(
         }
     }
     conn.prepare_cached(&format!(
-        "INSERT INTO {pre}words (rowid, Subject, FromText, ToText, CcText, BccText, ReplyToText, MessageID, Body) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+        "INSERT INTO {pre}fields (rowid, Subject, FromText, ToText, CcText, BccText, ReplyToText, MessageID) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
     ))?
     .execute(params![
-        rowid, enc[0], enc[1], enc[2], enc[3], enc[4], enc[5], enc[6], enc[7]
+        rowid, enc[0], enc[1], enc[2], enc[3], enc[4], enc[5], enc[6]
     ])?;
+    conn.prepare_cached(&format!(
+        "INSERT INTO {pre}words (rowid, Body) VALUES (?1, ?2)"
+    ))?
+    .execute(params![rowid, enc[7]])?;
     for w in words {
         if !fresh.contains(w) && !vocab.contains(w) {
             conn.prepare_cached(&format!(

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::index::Vocab;
 use super::parse::{self, Address, Attachment};
+use super::search::Compiled;
 use super::writer::{self, counts};
 use super::{Event, NewMessage, StorageError, Store};
 
@@ -185,14 +186,119 @@ pub fn rfc3339_ms(ms: i64) -> String {
 /// `limit` cannot make one request read the whole db into memory.
 pub const MAX_PAGE: u64 = 5000;
 
-fn summary_select(pre: &str) -> String {
+/// The columns [`summary_row`] reads, from `{p}mailbox m`.
+fn summary_cols(pre: &str) -> String {
     format!(
-        "SELECT m.Seq, m.ID, m.MessageID, m.Subject, m.FromJSON, m.ToJSON, m.CcJSON, m.BccJSON, \
+        "m.Seq, m.ID, m.MessageID, m.Subject, m.FromJSON, m.ToJSON, m.CcJSON, m.BccJSON, \
          m.ReplyToJSON, m.Size, m.Attachments, m.Snippet, m.Read, m.Created, m.Username, \
          (SELECT group_concat(Name, char(31)) FROM (SELECT t.Name AS Name FROM {pre}message_tags mt \
-          JOIN {pre}tags t ON t.id = mt.tag WHERE mt.msg = m.Seq ORDER BY t.Name COLLATE NOCASE)) \
-         FROM {pre}mailbox m"
+          JOIN {pre}tags t ON t.id = mt.tag WHERE mt.msg = m.Seq ORDER BY t.Name COLLATE NOCASE))"
     )
+}
+
+fn summary_select(pre: &str) -> String {
+    format!("SELECT {} FROM {pre}mailbox m", summary_cols(pre))
+}
+
+/// Below this many rows, the summary-row conditions of a search are
+/// "selective": walking those rows and probing the index per row is cheaper
+/// than evaluating a text term over the whole index.
+const SELECTIVE_ROWS: i64 = 1000;
+
+/// A search as SQL: `SELECT ... FROM {from} WHERE {filter} ORDER BY {order}`.
+struct SearchSql {
+    from: String,
+    filter: String,
+    args: Vec<Value>,
+    order: String,
+    /// Set when one FTS5 table alone decides the match (table, expression):
+    /// counts then come from the index without touching the mailbox.
+    index_only: Option<(String, String)>,
+}
+
+fn search_sql(conn: &Connection, pre: &str, comp: &Compiled) -> Result<SearchSql, StorageError> {
+    let selective = if comp.fts.is_empty() || comp.conds.is_empty() {
+        false
+    } else {
+        let n: i64 = conn
+            .prepare(&format!(
+                "SELECT count(*) FROM (SELECT 1 FROM {pre}mailbox m WHERE {} LIMIT {})",
+                comp.conds.join(" AND "),
+                SELECTIVE_ROWS + 1
+            ))?
+            .query_row(params_from_iter(comp.args.iter()), |r| r.get(0))?;
+        n <= SELECTIVE_ROWS
+    };
+    let plan = comp.plan(pre, selective);
+    let mut conds = plan.conds;
+    let mut args = plan.args;
+    let (from, order, index_only) = match plan.driver {
+        Some((table, expr)) => {
+            let t = format!("{pre}{table}");
+            conds.insert(0, format!("{t} MATCH ?"));
+            args.insert(0, Value::Text(expr.clone()));
+            let only = (conds.len() == 1).then(|| (t.clone(), expr));
+            (
+                // CROSS JOIN keeps FTS5 outside: it yields matches newest
+                // first and the page stops at `limit`.
+                format!("{t} CROSS JOIN {pre}mailbox m ON m.Seq = {t}.rowid"),
+                format!("{t}.rowid DESC"),
+                only,
+            )
+        }
+        None => (format!("{pre}mailbox m"), "m.Seq DESC".to_string(), None),
+    };
+    let filter = if conds.is_empty() {
+        "1".to_string()
+    } else {
+        conds.join(" AND ")
+    };
+    Ok(SearchSql {
+        from,
+        filter,
+        args,
+        order,
+        index_only,
+    })
+}
+
+/// Matches and unread matches of a search.
+fn search_counts(
+    conn: &Connection,
+    pre: &str,
+    q: &SearchSql,
+    unread_all: u64,
+    total: u64,
+) -> Result<(u64, u64), StorageError> {
+    if let Some((t, expr)) = &q.index_only {
+        let matched: i64 = conn
+            .prepare_cached(&format!("SELECT count(*) FROM {t} WHERE {t} MATCH ?1"))?
+            .query_row(params![expr], |r| r.get(0))?;
+        // Count matches on whichever side of the read flag is smaller (the
+        // read-flag index walks it); the other side follows by subtraction.
+        let side = if unread_all <= total - unread_all.min(total) {
+            0
+        } else {
+            1
+        };
+        let n: i64 = conn
+            .prepare_cached(&format!(
+                "SELECT count(*) FROM {pre}mailbox m INDEXED BY {pre}mailbox_read \
+                 WHERE m.Read = ?1 AND m.Seq IN (SELECT rowid FROM {t} WHERE {t} MATCH ?2)"
+            ))?
+            .query_row(params![side, expr], |r| r.get(0))?;
+        let unread = if side == 0 { n } else { matched - n };
+        return Ok((matched.max(0) as u64, unread.max(0) as u64));
+    }
+    let (matched, unread): (i64, Option<i64>) = conn
+        .prepare(&format!(
+            "SELECT count(*), sum(m.Read = 0) FROM {} WHERE {}",
+            q.from, q.filter
+        ))?
+        .query_row(params_from_iter(q.args.iter()), |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    Ok((matched.max(0) as u64, unread.unwrap_or(0).max(0) as u64))
 }
 
 fn from_json<T: serde::de::DeserializeOwned + Default>(s: &str) -> T {
@@ -275,10 +381,11 @@ fn search_rows(
     vocab: &Vocab,
 ) -> Result<Vec<i64>, StorageError> {
     let c = super::search::compile(query, tz, pre, vocab);
-    let sql = format!("SELECT m.Seq FROM {pre}mailbox m {}", c.where_clause());
+    let q = search_sql(conn, pre, &c)?;
+    let sql = format!("SELECT m.Seq FROM {} WHERE {}", q.from, q.filter);
     Ok(conn
         .prepare(&sql)?
-        .query_map(params_from_iter(c.args.iter()), |r| r.get(0))?
+        .query_map(params_from_iter(q.args.iter()), |r| r.get(0))?
         .collect::<Result<_, _>>()?)
 }
 
@@ -387,21 +494,18 @@ impl Store {
         self.read(move |c, pre| {
             let (total, unread) = counts(c, pre)?;
             let comp = super::search::compile(&query, &tz, pre, &vocab);
-            let wc = comp.where_clause();
-            let (matched, matched_unread): (i64, Option<i64>) = c
-                .prepare(&format!(
-                    "SELECT count(*), sum(m.Read = 0) FROM {pre}mailbox m {wc}"
-                ))?
-                .query_row(params_from_iter(comp.args.iter()), |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?;
-            let mut args: Vec<Value> = comp.args.clone();
+            let q = search_sql(c, pre, &comp)?;
+            let (matched, matched_unread) = search_counts(c, pre, &q, unread, total)?;
+            let mut args = q.args.clone();
             args.push(Value::Integer(limit as i64));
             args.push(Value::Integer(start.min(i64::MAX as u64) as i64));
             let messages = c
                 .prepare(&format!(
-                    "{} {wc} ORDER BY m.Seq DESC LIMIT ? OFFSET ?",
-                    summary_select(pre)
+                    "SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT ? OFFSET ?",
+                    summary_cols(pre),
+                    q.from,
+                    q.filter,
+                    q.order
                 ))?
                 .query_map(params_from_iter(args.iter()), summary_row)?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -409,8 +513,8 @@ impl Store {
                 total,
                 unread,
                 count: messages.len() as u64,
-                messages_count: matched.max(0) as u64,
-                messages_unread: matched_unread.unwrap_or(0).max(0) as u64,
+                messages_count: matched,
+                messages_unread: matched_unread,
                 start,
                 tags: all_tags(c, pre)?,
                 messages,
@@ -633,7 +737,8 @@ impl Store {
             ctx.deleted += counts(c, &pre)?.0 as usize;
             c.execute_batch(&format!(
                 "DELETE FROM {pre}mailbox; DELETE FROM {pre}mailbox_data; DELETE FROM {pre}search_text; \
-                 INSERT INTO {pre}words ({pre}words) VALUES ('delete-all'); DELETE FROM {pre}vocab; \
+                 INSERT INTO {pre}words ({pre}words) VALUES ('delete-all'); \
+                 INSERT INTO {pre}fields ({pre}fields) VALUES ('delete-all'); DELETE FROM {pre}vocab; \
                  DELETE FROM {pre}message_tags; DELETE FROM {pre}tags; \
                  UPDATE {pre}counts SET Total = 0, Unread = 0 WHERE k = 0;"
             ))?;

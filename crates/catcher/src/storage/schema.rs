@@ -125,7 +125,10 @@ INSERT INTO {p}search_text (id, Subject, FromText, ToText, CcText, BccText, Repl
 SELECT rowid, Subject, FromText, ToText, CcText, BccText, ReplyToText, MessageID, Body FROM {p}search;
 DROP TABLE {p}search;
 CREATE VIRTUAL TABLE {p}words USING fts5 (
-    Subject, FromText, ToText, CcText, BccText, ReplyToText, MessageID, Body,
+    Body, content = '', contentless_delete = 1, tokenize = '{tokenize}'
+);
+CREATE VIRTUAL TABLE {p}fields USING fts5 (
+    Subject, FromText, ToText, CcText, BccText, ReplyToText, MessageID,
     content = '', contentless_delete = 1, tokenize = '{tokenize}'
 );
 CREATE TABLE {p}vocab (term TEXT PRIMARY KEY) WITHOUT ROWID;
@@ -224,7 +227,7 @@ mod tests {
         migrate(&mut conn, pre).unwrap();
         let hit: i64 = conn
             .query_row(
-                &format!("SELECT rowid FROM {pre}words WHERE {pre}words MATCH ?1"),
+                &format!("SELECT rowid FROM {pre}fields WHERE {pre}fields MATCH ?1"),
                 params![r#"{FromText} : ("a @ b . c")"#],
                 |r| r.get(0),
             )

@@ -20,23 +20,112 @@ use super::index::{self, Fit, Tok, Vocab};
 /// scan, as every Mailpit search does).
 const MAX_EXPANSION: usize = 40;
 
-/// A compiled search: SQL conditions (joined with AND) over `{p}mailbox m`
-/// and their positional arguments.
+/// A term answered by one of the FTS5 tables.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FtsCond {
+    /// `words` (everything) or `fields` (per-field columns), unprefixed.
+    pub table: &'static str,
+    /// The FTS5 expression (with its column filter).
+    pub expr: String,
+    /// `-term`: messages *not* matching.
+    pub exclude: bool,
+}
+
+/// A compiled search over `{p}mailbox m`.
 #[derive(Debug, Default)]
 pub struct Compiled {
-    /// Conditions, each a parenthesised SQL boolean expression.
+    /// Conditions on the summary row, each a parenthesised SQL boolean
+    /// expression (cheap: no text is read).
     pub conds: Vec<String>,
-    /// Arguments for the `?` placeholders, in order.
+    /// Arguments for the `?` placeholders of `conds`, in order.
+    pub args: Vec<Value>,
+    /// Terms answered by the word index.
+    pub fts: Vec<FtsCond>,
+    /// Terms answered by scanning the stored text (SQL and arguments).
+    pub scans: Vec<(String, Vec<Value>)>,
+}
+
+/// How a search is run (see [`Compiled::driver`]).
+pub struct Plan {
+    /// The FTS5 table whose matches are walked newest first, with its
+    /// expression; `None` walks `{p}mailbox` instead.
+    pub driver: Option<(&'static str, String)>,
+    /// Remaining conditions over `m` (`WHERE` without the keyword, or empty).
+    pub conds: Vec<String>,
+    /// Their arguments.
     pub args: Vec<Value>,
 }
 
 impl Compiled {
-    /// `WHERE ...` (or the empty string when there is nothing to filter).
-    pub fn where_clause(&self) -> String {
-        if self.conds.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", self.conds.join(" AND "))
+    /// Whether only summary-row conditions remain beside the driver.
+    pub fn text_only(&self) -> bool {
+        self.conds.is_empty() && self.scans.is_empty()
+    }
+
+    /// Plans the query. When the summary-row conditions are known to select
+    /// few messages (`selective`), the mailbox is walked and each remaining
+    /// row is checked against the index (`EXISTS ... rowid = m.Seq`), which
+    /// never evaluates a common term over the whole index. Otherwise the
+    /// positive index terms of one table drive: FTS5 yields their matches
+    /// newest first, so a page stops after `limit` rows.
+    pub fn plan(&self, pre: &str, selective: bool) -> Plan {
+        let mut driver = None;
+        let mut used = vec![false; self.fts.len()];
+        if !selective {
+            for table in ["words", "fields"] {
+                let pos: Vec<usize> = (0..self.fts.len())
+                    .filter(|&i| self.fts[i].table == table && !self.fts[i].exclude)
+                    .collect();
+                if pos.is_empty() {
+                    continue;
+                }
+                let neg: Vec<usize> = (0..self.fts.len())
+                    .filter(|&i| self.fts[i].table == table && self.fts[i].exclude)
+                    .collect();
+                let mut expr = pos
+                    .iter()
+                    .map(|&i| format!("({})", self.fts[i].expr))
+                    .collect::<Vec<_>>()
+                    .join(" AND ");
+                if !neg.is_empty() {
+                    expr = format!(
+                        "({expr}) NOT ({})",
+                        neg.iter()
+                            .map(|&i| format!("({})", self.fts[i].expr))
+                            .collect::<Vec<_>>()
+                            .join(" OR ")
+                    );
+                }
+                for i in pos.into_iter().chain(neg) {
+                    used[i] = true;
+                }
+                driver = Some((table, expr));
+                break;
+            }
+        }
+        let mut conds = self.conds.clone();
+        let mut args = self.args.clone();
+        for (i, f) in self.fts.iter().enumerate() {
+            if used[i] {
+                continue;
+            }
+            let t = format!("{pre}{}", f.table);
+            let not = if f.exclude { "NOT " } else { "" };
+            conds.push(if selective {
+                format!("{not}EXISTS (SELECT 1 FROM {t} WHERE {t} MATCH ? AND rowid = m.Seq)")
+            } else {
+                format!("m.Seq {not}IN (SELECT rowid FROM {t} WHERE {t} MATCH ?)")
+            });
+            args.push(Value::Text(f.expr.clone()));
+        }
+        for (sql, a) in &self.scans {
+            conds.push(sql.clone());
+            args.extend(a.iter().cloned());
+        }
+        Plan {
+            driver,
+            conds,
+            args,
         }
     }
 }
@@ -348,33 +437,48 @@ fn plan(term: &str, vocab: &Vocab) -> TextPlan {
                 },
                 t => vec![t.text().to_string()],
             };
-            let mut prefix = "";
-            if let Tok::Word(w) = last {
-                match vocab.expand(w, Fit::Prefix, MAX_EXPANSION) {
-                    None => return TextPlan::Scan,
-                    Some(v) if v.is_empty() => return TextPlan::Never,
-                    Some(v) if firsts.len() * v.len() > MAX_EXPANSION * 2 => {
-                        return TextPlan::Scan;
-                    }
-                    Some(_) => prefix = "*",
-                }
-            }
             if firsts.is_empty() {
                 return TextPlan::Never;
             }
-            let rest: Vec<&str> = mid
-                .iter()
-                .chain(std::iter::once(last))
-                .map(Tok::text)
-                .collect();
-            let rest = rest.join(" ");
-            TextPlan::Match(
-                firsts
-                    .iter()
-                    .map(|f| format!("{}{prefix}", quoted(&format!("{f} {rest}"))))
+            let mid: Vec<&str> = mid.iter().map(Tok::text).collect();
+            let mid = mid.join(" ");
+            let phrase = |f: &str, l: &str, star: &str| {
+                let p = [f, &mid, l]
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
                     .collect::<Vec<_>>()
-                    .join(" OR "),
-            )
+                    .join(" ");
+                format!("{}{star}", quoted(&p))
+            };
+            let mut out = Vec::new();
+            match last {
+                Tok::Word(w) => match vocab.expand(w, Fit::Prefix, MAX_EXPANSION * 4) {
+                    None => return TextPlan::Scan,
+                    Some(v) if v.is_empty() => return TextPlan::Never,
+                    // Spelled out, a phrase is driven by its rarest token;
+                    // FTS5's own prefix query would first merge every
+                    // matching word's list.
+                    Some(v) if firsts.len() * v.len() <= MAX_EXPANSION => {
+                        for f in &firsts {
+                            for l in &v {
+                                out.push(phrase(f, l, ""));
+                            }
+                        }
+                    }
+                    Some(_) if firsts.len() <= 4 => {
+                        for f in &firsts {
+                            out.push(phrase(f, w, "*"));
+                        }
+                    }
+                    Some(_) => return TextPlan::Scan,
+                },
+                t => {
+                    for f in &firsts {
+                        out.push(phrase(f, t.text(), ""));
+                    }
+                }
+            }
+            TextPlan::Match(out.join(" OR "))
         }
     }
 }
@@ -401,11 +505,18 @@ fn text_cond(c: &mut Compiled, pre: &str, vocab: &Vocab, cols: &[&str], term: &s
             }
         }
         TextPlan::Match(expr) => {
-            c.conds.push(format!(
-                "m.Seq {not}IN (SELECT rowid FROM {pre}words WHERE {pre}words MATCH ?)"
-            ));
-            c.args
-                .push(Value::Text(format!("{{{}}} : ({expr})", cols.join(" "))));
+            // Plain terms go to the single-column table: no column filter,
+            // so FTS5 never decodes positions for a one-word term.
+            let (table, expr) = if cols == ["Body"] {
+                ("words", expr)
+            } else {
+                ("fields", format!("{{{}}} : ({expr})", cols.join(" ")))
+            };
+            c.fts.push(FtsCond {
+                table,
+                expr,
+                exclude,
+            });
         }
         TextPlan::Scan => {
             let ors = cols
@@ -413,12 +524,14 @@ fn text_cond(c: &mut Compiled, pre: &str, vocab: &Vocab, cols: &[&str], term: &s
                 .map(|col| format!("st.{col} LIKE ? ESCAPE '\\'"))
                 .collect::<Vec<_>>()
                 .join(" OR ");
-            c.conds.push(format!(
-                "{not}EXISTS (SELECT 1 FROM {pre}search_text st WHERE st.id = m.Seq AND ({ors}))"
+            c.scans.push((
+                format!(
+                    "{not}EXISTS (SELECT 1 FROM {pre}search_text st WHERE st.id = m.Seq AND ({ors}))"
+                ),
+                cols.iter()
+                    .map(|_| Value::Text(like_pattern(&term)))
+                    .collect(),
             ));
-            for _ in cols {
-                c.args.push(Value::Text(like_pattern(&term)));
-            }
         }
     }
 }
@@ -480,11 +593,11 @@ mod tests {
         // First word: any word ending with it; last: any word starting with it.
         assert_eq!(
             plan("user42@example.com", &v),
-            TextPlan::Match(r#""user42 @ example . com"*"#.into())
+            TextPlan::Match(r#""user42 @ example . com""#.into())
         );
         assert_eq!(
             plan("base c", &v),
-            TextPlan::Match(r#""database c"* OR "mydatabase c"* OR "base c"*"#.into())
+            TextPlan::Match(r#""database com" OR "mydatabase com" OR "base com""#.into())
         );
         assert_eq!(plan("@", &v), TextPlan::Match(r#""@""#.into()));
         assert_eq!(plan("zzz c", &v), TextPlan::Never);
@@ -496,11 +609,11 @@ mod tests {
         let v = vocab(&many.iter().map(String::as_str).collect::<Vec<_>>());
         assert_eq!(plan("w", &v), TextPlan::Scan);
         let c = compile("w 5%_off", "", "", &v);
-        assert!(c.conds[0].contains("LIKE ? ESCAPE"));
-        assert_eq!(c.args[0], Value::Text("%w%".into()));
+        assert!(c.scans[0].0.contains("LIKE ? ESCAPE"));
+        assert_eq!(c.scans[0].1, vec![Value::Text("%w%".into())]);
         // Never in the vocabulary: matches nothing without touching text.
-        assert_eq!(c.conds[1], "0");
+        assert_eq!(c.conds[0], "0");
         let c = compile("-5%_off", "", "", &v);
-        assert!(c.conds.is_empty());
+        assert!(c.conds.is_empty() && c.scans.is_empty() && c.fts.is_empty());
     }
 }

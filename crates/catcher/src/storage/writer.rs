@@ -321,8 +321,12 @@ pub fn delete_rows(
             .query_map(args, |r| r.get::<_, String>(0))?
             .collect::<Result<Vec<_>, _>>()?;
         ids.extend(got);
-        for table in ["mailbox_data", "search_text", "words"] {
-            let col = if table == "words" { "rowid" } else { "id" };
+        for table in ["mailbox_data", "search_text", "words", "fields"] {
+            let col = if matches!(table, "words" | "fields") {
+                "rowid"
+            } else {
+                "id"
+            };
             conn.execute(
                 &format!("DELETE FROM {pre}{table} WHERE {col} IN ({ph})"),
                 rusqlite::params_from_iter(chunk.iter()),
