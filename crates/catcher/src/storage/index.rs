@@ -135,10 +135,33 @@ pub struct Vocab {
     inner: RwLock<VocabInner>,
 }
 
-#[derive(Debug, Default)]
+/// The words as a set (for inserts) and as one `\n`-separated string
+/// (starting and ending with `\n`), so an expansion is a single `memmem`
+/// pass instead of a substring search per word.
+#[derive(Debug)]
 struct VocabInner {
     set: HashSet<Box<str>>,
-    list: Vec<Box<str>>,
+    blob: String,
+}
+
+impl Default for VocabInner {
+    fn default() -> Self {
+        VocabInner {
+            set: HashSet::new(),
+            blob: "\n".to_string(),
+        }
+    }
+}
+
+impl VocabInner {
+    fn add(&mut self, w: String) {
+        if w.is_empty() || w.contains('\n') || self.set.contains(w.as_str()) {
+            return;
+        }
+        self.blob.push_str(&w);
+        self.blob.push('\n');
+        self.set.insert(w.into());
+    }
 }
 
 /// Which words an expansion looks for.
@@ -161,10 +184,7 @@ impl Vocab {
             let mut rows = st.query([])?;
             let mut g = v.inner.write().unwrap_or_else(|e| e.into_inner());
             while let Some(r) = rows.next()? {
-                let t: String = r.get(0)?;
-                let t: Box<str> = t.into();
-                g.set.insert(t.clone());
-                g.list.push(t);
+                g.add(r.get(0)?);
             }
         }
         Ok(v)
@@ -184,37 +204,44 @@ impl Vocab {
     pub fn extend(&self, words: impl IntoIterator<Item = String>) {
         let mut g = self.inner.write().unwrap_or_else(|e| e.into_inner());
         for w in words {
-            let w: Box<str> = w.into();
-            if g.set.insert(w.clone()) {
-                g.list.push(w);
-            }
+            g.add(w);
         }
     }
 
     /// Forgets every word (the mailbox was emptied).
     pub fn clear(&self) {
-        let mut g = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        g.set.clear();
-        g.list.clear();
+        *self.inner.write().unwrap_or_else(|e| e.into_inner()) = VocabInner::default();
     }
 
     /// The words that fit `frag`, or `None` when more than `max` do (the
     /// caller then scans instead of building a huge OR).
     pub fn expand(&self, frag: &str, fit: Fit, max: usize) -> Option<Vec<String>> {
+        if frag.is_empty() || frag.contains('\n') {
+            return Some(Vec::new());
+        }
         let g = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        let mut out = Vec::new();
-        for w in &g.list {
-            let ok = match fit {
-                Fit::Contains => w.contains(frag),
-                Fit::Suffix => w.ends_with(frag),
-                Fit::Prefix => w.starts_with(frag),
-            };
-            if ok {
-                if out.len() == max {
-                    return None;
-                }
-                out.push(w.to_string());
+        let blob = g.blob.as_bytes();
+        let needle = match fit {
+            Fit::Contains => frag.to_string(),
+            Fit::Suffix => format!("{frag}\n"),
+            Fit::Prefix => format!("\n{frag}"),
+        };
+        let mut out: Vec<String> = Vec::new();
+        let mut last_start = usize::MAX;
+        for pos in memchr::memmem::find_iter(blob, needle.as_bytes()) {
+            // The word around the hit: from after the previous `\n` to the
+            // next one (the prefix needle starts at the `\n` itself).
+            let at = if fit == Fit::Prefix { pos + 1 } else { pos };
+            let start = memchr::memrchr(b'\n', &blob[..at]).map_or(0, |i| i + 1);
+            if start == last_start {
+                continue; // a second hit inside the same word
             }
+            last_start = start;
+            let end = memchr::memchr(b'\n', &blob[at..]).map_or(blob.len(), |i| at + i);
+            if out.len() == max {
+                return None;
+            }
+            out.push(g.blob[start..end].to_string());
         }
         Some(out)
     }

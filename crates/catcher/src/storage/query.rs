@@ -214,6 +214,8 @@ struct SearchSql {
     /// Set when one FTS5 table alone decides the match (table, expression):
     /// counts then come from the index without touching the mailbox.
     index_only: Option<(String, String)>,
+    /// Set when the search is one `tag:` term: counted from the tag index.
+    tag_only: Option<String>,
 }
 
 fn search_sql(conn: &Connection, pre: &str, comp: &Compiled) -> Result<SearchSql, StorageError> {
@@ -259,6 +261,7 @@ fn search_sql(conn: &Connection, pre: &str, comp: &Compiled) -> Result<SearchSql
         args,
         order,
         index_only,
+        tag_only: comp.tag_only().map(str::to_string),
     })
 }
 
@@ -270,23 +273,54 @@ fn search_counts(
     unread_all: u64,
     total: u64,
 ) -> Result<(u64, u64), StorageError> {
-    if let Some((t, expr)) = &q.index_only {
+    // (matched count SQL, per-row probe SQL for `m`), both taking ?1.
+    let (count_sql, probe_in, probe_row, arg) = if let Some((t, expr)) = &q.index_only {
+        (
+            format!("SELECT count(*) FROM {t} WHERE {t} MATCH ?1"),
+            format!("m.Seq IN (SELECT rowid FROM {t} WHERE {t} MATCH ?1)"),
+            format!("EXISTS (SELECT 1 FROM {t} WHERE {t} MATCH ?1 AND rowid = m.Seq)"),
+            expr.clone(),
+        )
+    } else if let Some(tag) = &q.tag_only {
+        let sub = format!(
+            "SELECT mt.msg FROM {pre}message_tags mt JOIN {pre}tags t ON t.id = mt.tag WHERE t.Name = ?1"
+        );
+        (
+            format!("SELECT count(*) FROM ({sub})"),
+            format!("m.Seq IN ({sub})"),
+            format!(
+                "EXISTS (SELECT 1 FROM {pre}message_tags mt JOIN {pre}tags t ON t.id = mt.tag \
+                 WHERE mt.msg = m.Seq AND t.Name = ?1)"
+            ),
+            tag.clone(),
+        )
+    } else {
+        (String::new(), String::new(), String::new(), String::new())
+    };
+    if !count_sql.is_empty() {
         let matched: i64 = conn
-            .prepare_cached(&format!("SELECT count(*) FROM {t} WHERE {t} MATCH ?1"))?
-            .query_row(params![expr], |r| r.get(0))?;
+            .prepare_cached(&count_sql)?
+            .query_row(params![arg], |r| r.get(0))?;
         // Count matches on whichever side of the read flag is smaller (the
         // read-flag index walks it); the other side follows by subtraction.
-        let side = if unread_all <= total - unread_all.min(total) {
-            0
+        // A small side probes row by row instead of listing every match.
+        let read_all = total.saturating_sub(unread_all);
+        let (side, size) = if unread_all <= read_all {
+            (0, unread_all)
         } else {
-            1
+            (1, read_all)
+        };
+        let probe = if size <= SELECTIVE_ROWS as u64 {
+            probe_row
+        } else {
+            probe_in
         };
         let n: i64 = conn
             .prepare_cached(&format!(
                 "SELECT count(*) FROM {pre}mailbox m INDEXED BY {pre}mailbox_read \
-                 WHERE m.Read = ?1 AND m.Seq IN (SELECT rowid FROM {t} WHERE {t} MATCH ?2)"
+                 WHERE m.Read = ?2 AND {probe}"
             ))?
-            .query_row(params![side, expr], |r| r.get(0))?;
+            .query_row(params![arg, side], |r| r.get(0))?;
         let unread = if side == 0 { n } else { matched - n };
         return Ok((matched.max(0) as u64, unread.max(0) as u64));
     }

@@ -43,6 +43,8 @@ pub struct Compiled {
     pub fts: Vec<FtsCond>,
     /// Terms answered by scanning the stored text (SQL and arguments).
     pub scans: Vec<(String, Vec<Value>)>,
+    /// Names of the `tag:` terms (not excluded ones).
+    pub tags: Vec<String>,
 }
 
 /// How a search is run (see [`Compiled::driver`]).
@@ -57,9 +59,14 @@ pub struct Plan {
 }
 
 impl Compiled {
-    /// Whether only summary-row conditions remain beside the driver.
-    pub fn text_only(&self) -> bool {
-        self.conds.is_empty() && self.scans.is_empty()
+    /// The tag when the search is exactly one `tag:` term: its matches can
+    /// be counted from the tag index alone.
+    pub fn tag_only(&self) -> Option<&str> {
+        (self.conds.len() == 1
+            && self.tags.len() == 1
+            && self.fts.is_empty()
+            && self.scans.is_empty())
+        .then(|| self.tags[0].as_str())
     }
 
     /// Plans the query. When the summary-row conditions are known to select
@@ -321,6 +328,9 @@ pub fn compile(query: &str, tz: &str, pre: &str, vocab: &Vocab) -> Compiled {
         } else if let Some(v) = field("tag:") {
             let v = v.trim().to_string();
             if !v.is_empty() {
+                if !exclude {
+                    c.tags.push(v.clone());
+                }
                 c.conds.push(format!(
                     "m.Seq {not}IN (SELECT mt.msg FROM {pre}message_tags mt JOIN {pre}tags t ON t.id = mt.tag WHERE t.Name = ?)"
                 ));
