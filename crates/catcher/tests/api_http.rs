@@ -1044,3 +1044,56 @@ async fn smtp_message_shows_up_in_the_api() {
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+/// `/part/{PartID}/thumb`: a real PNG attachment comes back as a 180x120
+/// JPEG of its (cropped) pixels; a PDF as a blank 180x120 JPEG.
+#[tokio::test]
+async fn attachment_thumbnails_are_180x120_jpegs() {
+    let s = start().await;
+    let mut png_bytes = Vec::new();
+    image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+        400,
+        200,
+        image::Rgb([220, 20, 20]),
+    ))
+    .write_to(
+        &mut std::io::Cursor::new(&mut png_bytes),
+        image::ImageFormat::Png,
+    )
+    .unwrap();
+    let raw = format!(
+        "From: a@example.com\r\nTo: b@example.com\r\nSubject: pics\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee\r\n\
+--b\r\nContent-Type: image/png\r\nContent-Disposition: attachment; filename=\"red.png\"\r\n\
+Content-Transfer-Encoding: base64\r\n\r\n{}\r\n--b\r\nContent-Type: application/pdf\r\n\
+Content-Disposition: attachment; filename=\"doc.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--b--\r\n",
+        b64(&png_bytes),
+        b64(&pdf())
+    );
+    let id = s.insert(&raw).await;
+    let thumb = |part: &str| {
+        let url = format!("/api/v1/message/{id}/part/{part}/thumb");
+        let s = &s;
+        async move {
+            let r = s.get(&url).await;
+            assert_eq!(r.status(), 200, "{url}");
+            assert_eq!(r.headers()["content-type"], "image/jpeg");
+            let img = image::load_from_memory(&r.bytes().await.unwrap()).unwrap();
+            assert_eq!((img.width(), img.height()), (180, 120));
+            img.to_rgb8()
+        }
+    };
+    let red = thumb("2").await;
+    for (x, y) in [(0, 0), (90, 60), (179, 119)] {
+        let p = red.get_pixel(x, y).0;
+        assert!(p[0] > 190 && p[1] < 60 && p[2] < 60, "pixel {x},{y}: {p:?}");
+    }
+    let blank = thumb("3").await;
+    assert!(blank.pixels().all(|p| p.0.iter().all(|&c| c > 240)));
+    assert_eq!(
+        s.get(&format!("/api/v1/message/{id}/part/9/thumb"))
+            .await
+            .status(),
+        404
+    );
+}
