@@ -108,7 +108,7 @@ pub fn tokens(cleaned: &str) -> Vec<Tok> {
 /// dropped at the start, `__` otherwise.
 fn push_space(out: &mut Vec<Tok>, next_is_word: bool) {
     let prev_is_word = matches!(out.last(), Some(Tok::Word(_)));
-    if !out.is_empty() && !(prev_is_word && next_is_word) {
+    if !(out.is_empty() || prev_is_word && next_is_word) {
         out.push(Tok::Space);
     }
 }

@@ -8,13 +8,16 @@ use rusqlite::{Connection, params};
 
 use super::StorageError;
 
+/// A migration step done in Rust (after its SQL, same transaction).
+type PostStep = fn(&Connection, &str) -> Result<(), StorageError>;
+
 /// One migration step: a version label and the SQL that brings the schema to
 /// it. `{p}` in the SQL is replaced by the tenant prefix.
 struct Migration {
     version: &'static str,
     sql: &'static str,
     /// Work SQL cannot do (runs after `sql`, in the same transaction).
-    post: Option<fn(&Connection, &str) -> Result<(), StorageError>>,
+    post: Option<PostStep>,
 }
 
 /// The ordered list of migrations. Append only: never edit a released step.
