@@ -218,4 +218,13 @@ async fn main() {
     }
     let size = store.db_size();
     println!("\nDatabase size: {:.0} MiB.", size as f64 / 1024.0 / 1024.0);
+    println!(
+        "\nSearch design (crates/catcher/src/storage/index.rs): a word-level FTS5 index over a lossless token \
+         stream (words, single-character symbol tokens, explicit non-word spaces) answers Mailpit's substring \
+         semantics exactly from the index; fragments inside words are expanded through an in-memory vocabulary. \
+         FTS5 yields matches newest first, so a page stops at `limit`; counts come from the index (`messages_unread` \
+         by probing the smaller side of the read flag); selective summary filters (`is:unread`, `tag:`) walk their \
+         few rows and probe the index per row. Only fragments matching more than 40 indexed words fall back to a \
+         LIKE scan of the stored text (as every Mailpit search does)."
+    );
 }
