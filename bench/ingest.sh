@@ -13,7 +13,8 @@
 # Usage: bench/ingest.sh            (MESSAGES=20000 SESSIONS=10 SIZE=4096)
 #        MAILDEV_MESSAGES=2000 bench/ingest.sh   (shorter maildev run; msgs/s
 #        is a rate, so a smaller count still measures it)
-#        MAILSAFE_BIN=path/to/mailsafe bench/ingest.sh   (skip the build)
+#        MAILSAFE_BIN=path/to/mailsafe PROFILE_LABEL="dev build" bench/ingest.sh
+#                                           (skip the build; say which profile)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -56,6 +57,8 @@ blast() {
 }
 
 bin="${MAILSAFE_BIN:-}"
+label="${PROFILE_LABEL:-release build}"
+load_before=$(cut -d' ' -f1 /proc/loadavg)
 if [ -z "$bin" ]; then
   log "building mailsafe (release)"
   cargo build --release --bin mailsafe >&2
@@ -94,7 +97,8 @@ cores=$(nproc)
 section=$(cat <<EOF
 ## SMTP ingest
 
-\`bench/ingest.sh\`, $(date -u +%Y-%m-%d), $cores cores: Postfix \`smtp-source -s $SESSIONS -l $SIZE\`,
+\`bench/ingest.sh\`, $(date -u +%Y-%m-%d), $cores cores (load average $load_before at the start), mailsafe $label:
+Postfix \`smtp-source -s $SESSIONS -l $SIZE\` on the same machine,
 messages acknowledged with 250 per second (mailsafe: each one committed to SQLite, synchronous=FULL, WAL, group commit).
 
 | server | messages | msgs/s |
