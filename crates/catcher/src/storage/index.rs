@@ -247,11 +247,40 @@ impl Vocab {
     }
 }
 
-/// The cleaned texts of one message, in index column order.
-pub struct Texts<'a> {
-    /// Subject, From, To, Cc, Bcc, Reply-To, Message-ID and everything
-    /// (the last column is what plain terms search).
-    pub cols: [&'a str; 8],
+/// The search texts of one message, cleaned and encoded ahead of time so
+/// the writer thread only inserts them.
+pub struct Prepped {
+    /// Cleaned Subject, From, To, Cc, Bcc, Reply-To, Message-ID and
+    /// everything (the last column is what plain terms search).
+    cols: [String; 8],
+    /// The same, encoded for FTS5.
+    enc: [String; 8],
+    /// Distinct word tokens.
+    words: Vec<String>,
+}
+
+/// Encodes cleaned column texts and collects their distinct words.
+pub fn prepare(cols: [String; 8]) -> Prepped {
+    let mut enc: [String; 8] = Default::default();
+    let mut words: HashSet<String> = HashSet::new();
+    for (i, c) in cols.iter().enumerate() {
+        let s = &mut enc[i];
+        s.reserve(c.len() + c.len() / 4);
+        for tk in tokens(c) {
+            if !s.is_empty() {
+                s.push(' ');
+            }
+            s.push_str(tk.text());
+            if let Tok::Word(w) = tk {
+                words.insert(w);
+            }
+        }
+    }
+    Prepped {
+        cols,
+        enc,
+        words: words.into_iter().collect(),
+    }
 }
 
 /// Words first seen in the current batch, in order, so a job that rolls
@@ -297,17 +326,17 @@ pub fn index(
     conn: &Connection,
     pre: &str,
     rowid: i64,
-    t: &Texts<'_>,
+    p: &Prepped,
     vocab: &Vocab,
     fresh: &mut Fresh,
 ) -> Result<(), StorageError> {
-    let c = &t.cols;
+    let c = &p.cols;
     conn.prepare_cached(&format!(
         "INSERT INTO {pre}search_text (id, Subject, FromText, ToText, CcText, BccText, ReplyToText, MessageID, Body) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
     ))?
     .execute(params![rowid, c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])?;
-    index_words(conn, pre, rowid, t, vocab, fresh)
+    index_words(conn, pre, rowid, p, vocab, fresh)
 }
 
 /// Indexes the encoded tokens of one message in FTS5 and records words not
@@ -317,27 +346,11 @@ pub fn index_words(
     conn: &Connection,
     pre: &str,
     rowid: i64,
-    t: &Texts<'_>,
+    p: &Prepped,
     vocab: &Vocab,
     fresh: &mut Fresh,
 ) -> Result<(), StorageError> {
-    let c = &t.cols;
-    let mut enc: [String; 8] = Default::default();
-    let toks: Vec<Vec<Tok>> = c.iter().map(|s| tokens(s)).collect();
-    let mut words: HashSet<&str> = HashSet::new();
-    for (i, ts) in toks.iter().enumerate() {
-        let s = &mut enc[i];
-        s.reserve(c[i].len() + c[i].len() / 4);
-        for tk in ts {
-            if !s.is_empty() {
-                s.push(' ');
-            }
-            s.push_str(tk.text());
-            if let Tok::Word(w) = tk {
-                words.insert(w);
-            }
-        }
-    }
+    let enc = &p.enc;
     conn.prepare_cached(&format!(
         "INSERT INTO {pre}fields (rowid, Subject, FromText, ToText, CcText, BccText, ReplyToText, MessageID) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
@@ -349,7 +362,7 @@ pub fn index_words(
         "INSERT INTO {pre}words (rowid, Body) VALUES (?1, ?2)"
     ))?
     .execute(params![rowid, enc[7]])?;
-    for w in words {
+    for w in &p.words {
         if !fresh.contains(w) && !vocab.contains(w) {
             conn.prepare_cached(&format!(
                 "INSERT OR IGNORE INTO {pre}vocab (term) VALUES (?1)"
@@ -376,10 +389,7 @@ pub fn rebuild(conn: &Connection, pre: &str) -> Result<(), StorageError> {
         for (i, c) in cols.iter_mut().enumerate() {
             *c = r.get(i + 1)?;
         }
-        let t = Texts {
-            cols: std::array::from_fn(|i| cols[i].as_str()),
-        };
-        index_words(conn, pre, r.get(0)?, &t, &vocab, &mut fresh)?;
+        index_words(conn, pre, r.get(0)?, &prepare(cols), &vocab, &mut fresh)?;
     }
     Ok(())
 }

@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use std::sync::Arc;
 
-use super::index::{self, Fresh, Texts, Vocab};
+use super::index::{self, Fresh, Vocab};
 use super::parse::{self, Parsed};
 use super::search::clean;
 use super::{Event, NewMessage, StorageError, StoreOptions, new_id, now_ms};
@@ -106,6 +106,7 @@ pub struct Prepared {
     username: String,
     created: i64,
     extra_tags: Vec<String>,
+    search: index::Prepped,
 }
 
 impl Prepared {
@@ -146,7 +147,9 @@ impl Prepared {
                 }));
         }
         let compressed = zstd::bulk::compress(&msg.raw, level)?;
+        let search = search_texts(&parsed);
         Ok(Prepared {
+            search,
             parsed,
             size: msg.raw.len() as i64,
             compressed,
@@ -166,6 +169,32 @@ impl Prepared {
         self.extra_tags.extend(tags.iter().cloned());
         self
     }
+}
+
+/// The cleaned and encoded search texts of a message (CPU work kept off
+/// the writer thread, like parsing and compression).
+fn search_texts(pp: &Parsed) -> index::Prepped {
+    let from_text = addrs_text(std::slice::from_ref(&pp.from));
+    let (to, cc, bcc, reply_to) = (
+        addrs_text(&pp.to),
+        addrs_text(&pp.cc),
+        addrs_text(&pp.bcc),
+        addrs_text(&pp.reply_to),
+    );
+    let all = clean(&format!(
+        "{} {from_text} {to} {cc} {bcc} {reply_to} {} {}",
+        pp.subject, pp.message_id, pp.body_text
+    ));
+    index::prepare([
+        clean(&pp.subject),
+        clean(&from_text),
+        clean(&to),
+        clean(&cc),
+        clean(&bcc),
+        clean(&reply_to),
+        clean(&pp.message_id),
+        all,
+    ])
 }
 
 fn addrs_text(a: &[parse::Address]) -> String {
@@ -212,32 +241,7 @@ pub fn insert(conn: &Connection, ctx: &mut Ctx, p: Prepared) -> Result<String, S
         "INSERT INTO {pre}mailbox_data (id, Raw) VALUES (?1, ?2)"
     ))?
     .execute(params![rowid, p.compressed])?;
-    let from_text = addrs_text(std::slice::from_ref(&pp.from));
-    let (to, cc, bcc, reply_to) = (
-        addrs_text(&pp.to),
-        addrs_text(&pp.cc),
-        addrs_text(&pp.bcc),
-        addrs_text(&pp.reply_to),
-    );
-    let all = clean(&format!(
-        "{} {from_text} {to} {cc} {bcc} {reply_to} {} {}",
-        pp.subject, pp.message_id, pp.body_text
-    ));
-    let cols = [
-        clean(&pp.subject),
-        clean(&from_text),
-        clean(&to),
-        clean(&cc),
-        clean(&bcc),
-        clean(&reply_to),
-        clean(&pp.message_id),
-    ];
-    let texts = Texts {
-        cols: [
-            &cols[0], &cols[1], &cols[2], &cols[3], &cols[4], &cols[5], &cols[6], &all,
-        ],
-    };
-    index::index(conn, pre, rowid, &texts, &ctx.vocab, &mut ctx.fresh)?;
+    index::index(conn, pre, rowid, &p.search, &ctx.vocab, &mut ctx.fresh)?;
     let mut tags: Vec<String> = Vec::new();
     for t in pp.tags.iter().chain(p.extra_tags.iter()) {
         let t = parse::clean_tag(t);
