@@ -8,7 +8,10 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 cd "$root"
 
-cargo build -q --bin mailsafe
+# Build with the same package and target selection as `cargo test --workspace`
+# (scripts/test.sh runs that first): a narrower selection resolves dependency
+# features differently and would rebuild half the dependency graph.
+cargo build -q --workspace --all-targets
 bin="${CARGO_TARGET_DIR:-$root/target}/debug/mailsafe"
 
 if [ ! -d "$here/node_modules/playwright-core" ]; then

@@ -289,19 +289,27 @@ async fn part_response(s: &AppState, id: &str, part: &str) -> Result<Response, A
         HeaderValue::from_str(&p.content_type)
             .unwrap_or(HeaderValue::from_static("application/octet-stream")),
     );
-    let name = safe_filename(&p.file_name);
-    if !name.is_empty() {
-        let v = format!(
-            "filename=\"{}\"",
-            name.chars()
-                .map(|c| if c.is_ascii() { c } else { '_' })
-                .collect::<String>()
-        );
-        if let Ok(v) = HeaderValue::from_str(&v) {
-            h.insert(header::CONTENT_DISPOSITION, v);
-        }
-    }
+    set_filename(h, &p.file_name);
     Ok(res)
+}
+
+/// Names the file in `Content-Disposition` as Mailpit does, with the name made
+/// safe (no quotes, slashes or control characters; ASCII only) so a hostile
+/// attachment name cannot inject headers or steer where a browser saves it.
+fn set_filename(h: &mut axum::http::HeaderMap, file_name: &str) {
+    let name = safe_filename(file_name);
+    if name.is_empty() {
+        return;
+    }
+    let v = format!(
+        "filename=\"{}\"",
+        name.chars()
+            .map(|c| if c.is_ascii() { c } else { '_' })
+            .collect::<String>()
+    );
+    if let Ok(v) = HeaderValue::from_str(&v) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
 }
 
 /// `GET /api/v1/message/{ID}/part/{PartID}`
@@ -322,7 +330,7 @@ pub async fn part_thumb(
         return Err(ApiError::NotFound);
     }
     let p = s.store.part(&id, &part).await?;
-    let name = safe_filename(&p.file_name);
+    let name = p.file_name.clone();
     let jpeg =
         tokio::task::spawn_blocking(move || super::thumb::thumbnail(&p.data, &p.content_type))
             .await
@@ -330,17 +338,7 @@ pub async fn part_thumb(
     let mut res = jpeg.into_response();
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/jpeg"));
-    if !name.is_empty() {
-        let v = format!(
-            "filename=\"{}\"",
-            name.chars()
-                .map(|c| if c.is_ascii() { c } else { '_' })
-                .collect::<String>()
-        );
-        if let Ok(v) = HeaderValue::from_str(&v) {
-            h.insert(header::CONTENT_DISPOSITION, v);
-        }
-    }
+    set_filename(h, &name);
     Ok(res)
 }
 
