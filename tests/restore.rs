@@ -305,6 +305,72 @@ async fn missing_dir_and_non_sqlite_target_are_refused() {
     assert_eq!(restore_temp_files(dir.path()), Vec::<String>::new());
 }
 
+/// The default `--integrity-check quick` checks every b-tree but not whether
+/// an FTS5 index agrees with its text (FTS5 runs that costly check even for
+/// quick_check, and mail catcher dbs carry big FTS indexes); `full` runs it.
+/// The source here has a consistent b-tree and an FTS index that disagrees
+/// with its content, so the two levels must give different answers.
+#[tokio::test]
+async fn quick_check_is_structural_and_full_check_covers_fts5() {
+    let s3 = common::s3();
+    let dir = tempfile::tempdir().unwrap();
+    let db = path(dir.path(), "fts.db");
+    let conn = create_db(&db, 4096, "wal");
+    conn.execute_batch(
+        "CREATE VIRTUAL TABLE f USING fts5(body);
+         INSERT INTO f(body) VALUES ('alpha beta'), ('gamma delta');
+         UPDATE f_content SET c0 = 'zeta' WHERE id = 1;",
+    )
+    .unwrap();
+    assert_ne!(integrity(&db), "ok", "the FTS index should disagree");
+    let url = s3.url("fts");
+    let out = run(
+        &s3,
+        &["snapshot", "--db", db.to_str().unwrap(), "--replica", &url],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let quick = path(dir.path(), "quick.db");
+    let out = run(
+        &s3,
+        &[
+            "restore",
+            "--db",
+            quick.to_str().unwrap(),
+            "--replica",
+            &url,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let restored = rusqlite::Connection::open(&quick).unwrap();
+    let bodies: Vec<String> = restored
+        .prepare("SELECT c0 FROM f_content ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(bodies, ["zeta", "gamma delta"]);
+
+    let full = path(dir.path(), "full.db");
+    let out = run(
+        &s3,
+        &[
+            "restore",
+            "--db",
+            full.to_str().unwrap(),
+            "--replica",
+            &url,
+            "--integrity-check",
+            "full",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("integrity_check"), "{}", stderr(&out));
+    assert!(!full.exists());
+    assert_eq!(restore_temp_files(dir.path()), Vec::<String>::new());
+}
+
 #[tokio::test]
 async fn snapshots_lists_and_verify_checks_every_snapshot() {
     let s3 = common::s3();
