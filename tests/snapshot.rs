@@ -1088,7 +1088,11 @@ fn stress_writer(path: &Path, committed: &AtomicU64, stop: &AtomicBool, max: u64
         } else if k % 61 == 0 {
             retry_busy(&db, "PRAGMA wal_checkpoint(PASSIVE)");
         }
-        std::thread::sleep(std::time::Duration::from_micros(500));
+        // Paced so that several snapshots fall between two WAL restarts
+        // (every 197 commits) whatever the machine's speed: unpaced, a quiet
+        // machine finishes the 2500 commits in a few seconds and leaves too
+        // few incremental snapshots to exercise deltas.
+        std::thread::sleep(std::time::Duration::from_millis(3));
     }
 }
 
