@@ -9,6 +9,7 @@
 //! | `manifests/<id>.json` | one immutable [`Manifest`] per snapshot, written last (the commit point) |
 //! | `chunks/<sha256>` | zstd of [`Manifest::chunk_pages`] consecutive pages; named by the sha256 of the *uncompressed* bytes, so identical content is stored once |
 //! | `deltas/<id>` | zstd of a delta pack: the pages one snapshot changed (see [`DeltaHeader`]) |
+//! | `packs/<id>-<n>` | version 2: many chunks' stored bytes back to back; a [`ChunkRef`] names its pack, offset and length |
 //! | `lease/<epoch>.json` | the single-writer lease, one object per epoch (see `watch::lease`) |
 //!
 //! Snapshot ids are `YYYYMMDDTHHMMSS.mmmZ-<8 hex>` (UTC), so keys sort by time
@@ -21,8 +22,11 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The manifest format version this build writes and the only one it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The manifest format version this build writes.
+pub const FORMAT_VERSION: u32 = 2;
+/// Every manifest version this build reads: version 2 is a superset of 1
+/// (a chunk entry without a pack means the v1 `chunks/<sha256>` object).
+pub const READ_VERSIONS: &[u32] = &[1, 2];
 /// Value of [`Manifest::format`]: tells a manifest apart from stray JSON.
 pub const FORMAT_NAME: &str = "mailsafe-manifest";
 /// Target uncompressed chunk size; `chunk_pages = max(1, CHUNK_BYTES / page_size)`.
@@ -36,6 +40,8 @@ pub const MANIFESTS: &str = "manifests/";
 pub const CHUNKS: &str = "chunks/";
 /// Key prefix of delta packs.
 pub const DELTAS: &str = "deltas/";
+/// Key prefix of chunk packs (format version 2).
+pub const PACKS: &str = "packs/";
 /// Key prefix of the writer lease epochs (`lease/<epoch, 20 digits>.json`).
 pub const LEASE_PREFIX: &str = "lease/";
 
@@ -52,6 +58,29 @@ pub fn chunk_key(sha256_hex: &str) -> String {
 /// Key of the delta pack written by snapshot `id`.
 pub fn delta_key(id: &str) -> String {
     format!("{DELTAS}{id}")
+}
+
+/// Key of the `n`-th chunk pack written by snapshot `id`. Packs are named by
+/// the snapshot that wrote them rather than by content: a chunk's location is
+/// known the moment it is appended, and ids never repeat, so a pack key is
+/// never overwritten with other bytes.
+pub fn pack_key(id: &str, n: u32) -> String {
+    format!("{PACKS}{id}-{n:04}")
+}
+
+/// Whether `key` has the shape [`pack_key`] produces (`packs/<id>-<digits>`),
+/// so that a hostile manifest cannot steer reads outside the replica.
+pub fn is_pack_key(key: &str) -> bool {
+    let Some(rest) = key.strip_prefix(PACKS) else {
+        return false;
+    };
+    let Some((id, n)) = rest.rsplit_once('-') else {
+        return false;
+    };
+    !n.is_empty()
+        && n.len() <= 9
+        && n.bytes().all(|b| b.is_ascii_digit())
+        && snapshot_id_time(id).is_some()
 }
 
 /// One snapshot: everything needed to rebuild and verify the database image.
@@ -124,12 +153,43 @@ pub struct DbInfo {
 /// One chunk of a base manifest.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ChunkRef {
-    /// sha256 (hex) of the uncompressed chunk; the object is `chunks/<this>`.
+    /// sha256 (hex) of the uncompressed chunk. Without `pack` the object is
+    /// `chunks/<this>` (version 1); either way `chunks/<this>` is the chunk's
+    /// logical name, the associated data of its encryption.
     pub sha256: String,
-    /// sha256 (hex) of the stored (compressed) object.
+    /// sha256 (hex) of the chunk's stored (compressed, maybe sealed) bytes.
     pub stored_sha256: String,
-    /// Size of the stored object in bytes.
+    /// Size of the chunk's stored bytes.
     pub stored_size: u64,
+    /// Version 2: the pack object holding the stored bytes at
+    /// `offset..offset + stored_size`; `None` means the v1 `chunks/<sha256>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pack: Option<String>,
+    /// Byte offset of the stored bytes in `pack`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// Total size of `pack`, so a writer can tell how much of it a new base
+    /// still uses (repacking, see `docs/FORMAT.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pack_size: Option<u64>,
+}
+
+impl ChunkRef {
+    /// Where the chunk's stored bytes are: `(object key, byte range)`.
+    pub fn location(&self) -> (String, std::ops::Range<u64>) {
+        match (&self.pack, self.offset) {
+            (Some(p), Some(o)) => (p.clone(), o..o + self.stored_size),
+            _ => (chunk_key(&self.sha256), 0..self.stored_size),
+        }
+    }
+
+    /// The key of the object holding this chunk (its pack, or `chunks/…`).
+    pub fn object_key(&self) -> String {
+        match &self.pack {
+            Some(p) => p.clone(),
+            None => chunk_key(&self.sha256),
+        }
+    }
 }
 
 /// A stored object referenced by key, with its hash and size.
@@ -279,7 +339,7 @@ pub enum FormatError {
     },
     /// A manifest of another format or a version this build does not know.
     #[error(
-        "{key}: unsupported manifest format {format:?} version {version} (this build reads {FORMAT_NAME:?} version {FORMAT_VERSION}); upgrade mailsafe"
+        "{key}: unsupported manifest format {format:?} version {version} (this build reads {FORMAT_NAME:?} versions {READ_VERSIONS:?}); upgrade mailsafe"
     )]
     UnsupportedVersion {
         /// Key of the manifest.
@@ -322,7 +382,7 @@ impl Manifest {
         let head: Head = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
         let format = head.format.unwrap_or_default();
         let version = head.version.unwrap_or(0);
-        if format != FORMAT_NAME || version != u64::from(FORMAT_VERSION) {
+        if format != FORMAT_NAME || !READ_VERSIONS.iter().any(|&v| u64::from(v) == version) {
             return Err(FormatError::UnsupportedVersion {
                 key: key.to_string(),
                 format,

@@ -2,7 +2,8 @@
 //! collection ("which objects nothing needs any more").
 //!
 //! Keeping a snapshot keeps everything it needs to restore: its manifest, its
-//! base manifest and the base's chunks, and every delta pack it lists (see
+//! base manifest and the base's chunks (their `chunks/` objects or the packs
+//! holding them, whole), and every delta pack it lists (see
 //! [`crate::format`]). Forgetting a snapshot deletes only its manifest; its
 //! delta pack usually stays, because later incremental manifests list it too.
 //!
@@ -195,8 +196,9 @@ fn references(manifests: &BTreeMap<String, Manifest>, ids: &BTreeSet<String>) ->
             refs.insert(d.key.clone());
         }
         if let Some(base) = manifests.get(&m.base) {
+            // A pack stays while any kept base uses any chunk in it.
             for c in &base.chunks {
-                refs.insert(format::chunk_key(&c.sha256));
+                refs.insert(c.object_key());
             }
         }
     }
@@ -280,7 +282,7 @@ pub async fn prune(
 
     let mut refs = references(&manifests, &needed);
     let mut candidates = Vec::new();
-    for prefix in [format::CHUNKS, format::DELTAS] {
+    for prefix in [format::CHUNKS, format::PACKS, format::DELTAS] {
         let list = store
             .list(prefix)
             .await

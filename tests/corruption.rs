@@ -144,7 +144,7 @@ async fn manifest_of_unknown_version_and_not_a_manifest() {
     let original = w.store.get(&key).await.unwrap();
     tamper(&w, &key, |b| {
         let mut v: serde_json::Value = serde_json::from_slice(b).unwrap();
-        v["version"] = 2.into();
+        v["version"] = 99.into();
         *b = serde_json::to_vec(&v).unwrap();
     })
     .await;
@@ -159,7 +159,7 @@ async fn manifest_of_unknown_version_and_not_a_manifest() {
             &s3.url("ver"),
         ],
     );
-    assert!(stderr(&out).contains("version 2"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("version 99"), "{}", stderr(&out));
 
     w.store
         .put(&key, Bytes::from_static(b"\x89PNG not json at all"))
@@ -266,4 +266,76 @@ async fn disk_full_leaves_target_untouched() {
     );
     assert_eq!(std::fs::read(&target).unwrap(), before);
     assert_eq!(files_in(mnt.path()), ["live.db"]);
+}
+
+/// A version-2 replica written by the real snapshot writer, with chunks in
+/// several small packs; returns its base manifest.
+async fn packed_replica(s3: &common::S3, prefix: &str, dir: &std::path::Path) -> format::Manifest {
+    let db = path(dir, "packed.db");
+    let conn = create_db(&db, 4096, "wal");
+    insert_rows(&conn, 3000, 1000);
+    let st = store(s3, prefix).await;
+    let mut snap = mailsafe::snapshot::Snapshotter::new(&db, st.clone()).with_pack_bytes(400 << 10);
+    let r = snap.snapshot().await.unwrap();
+    let id = r.id.unwrap();
+    let key = format::manifest_key(&id);
+    let m = format::Manifest::from_json(&key, &st.get(&key).await.unwrap()).unwrap();
+    let packs: std::collections::BTreeSet<_> =
+        m.chunks.iter().filter_map(|c| c.pack.clone()).collect();
+    assert!(
+        m.is_base() && m.chunks.len() >= 8,
+        "{} chunks",
+        m.chunks.len()
+    );
+    assert_eq!(m.version, format::FORMAT_VERSION);
+    assert!(packs.len() >= 3, "chunks spread over {packs:?}");
+    assert!(
+        m.chunks.iter().all(|c| c.pack.is_some()),
+        "every chunk in a pack"
+    );
+    m
+}
+
+#[tokio::test]
+async fn flipped_bit_in_one_chunk_of_a_pack() {
+    let s3 = common::s3();
+    let dir = tempfile::tempdir().unwrap();
+    let m = packed_replica(&s3, "packflip", dir.path()).await;
+    // A chunk in the middle of a pack (not its first), named by its index.
+    let (i, c) = m
+        .chunks
+        .iter()
+        .enumerate()
+        .find(|(_, c)| c.offset.unwrap() > 0)
+        .unwrap();
+    let (pack, range) = c.location();
+    let st = store(&s3, "packflip").await;
+    let mut body = st.get(&pack).await.unwrap().to_vec();
+    let mid = (range.start + range.end) / 2;
+    body[mid as usize] ^= 0x04;
+    st.put(&pack, Bytes::from(body)).await.unwrap();
+    let named = format!(
+        "{pack} (chunk {i} of the image, bytes {}..{})",
+        range.start, range.end
+    );
+    assert_refused(
+        &s3,
+        "packflip",
+        dir.path(),
+        &named,
+        "flipped bit in a packed chunk",
+    );
+}
+
+#[tokio::test]
+async fn truncated_pack() {
+    let s3 = common::s3();
+    let dir = tempfile::tempdir().unwrap();
+    let m = packed_replica(&s3, "packtrunc", dir.path()).await;
+    let pack = m.chunks[0].pack.clone().unwrap();
+    let st = store(&s3, "packtrunc").await;
+    let mut body = st.get(&pack).await.unwrap().to_vec();
+    body.truncate(body.len() / 2);
+    st.put(&pack, Bytes::from(body)).await.unwrap();
+    assert_refused(&s3, "packtrunc", dir.path(), &pack, "truncated pack");
 }

@@ -284,7 +284,7 @@ async fn kill_9_during_uploads_never_breaks_the_replica() {
     for key in listed.iter().filter(|k| k.starts_with(format::MANIFESTS)) {
         let m = Manifest::from_json(key, &store.get(key).await.unwrap()).unwrap();
         referenced.insert(key.clone());
-        referenced.extend(m.chunks.iter().map(|c| format::chunk_key(&c.sha256)));
+        referenced.extend(m.chunks.iter().map(|c| c.object_key()));
         referenced.extend(m.deltas.iter().map(|d| d.key.clone()));
     }
     for key in &listed {

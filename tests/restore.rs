@@ -427,3 +427,99 @@ async fn snapshots_lists_and_verify_checks_every_snapshot() {
         0
     );
 }
+
+/// A version-1 replica (one object per chunk, as the session-2 build wrote
+/// it) still lists, verifies and restores; the current writer continues it,
+/// and its re-base mixes the v1 chunk objects it reuses with new packs; a
+/// prune keeps what that base needs, and it restores.
+#[tokio::test]
+async fn v1_replica_still_restores_and_is_continued_in_packs() {
+    let s3 = common::s3();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, db, conn) = replica_with_base(&s3, "v1", dir.path(), 2500, 500).await;
+    insert_rows(&conn, 10, 500);
+    let (_, img) = image(&conn, &db);
+    let v1_id = w.incremental(&img, at(1)).await;
+    let url = s3.url("v1");
+    let st = store(&s3, "v1").await;
+    let key = mailsafe::format::manifest_key(&v1_id);
+    let raw: serde_json::Value = serde_json::from_slice(&st.get(&key).await.unwrap()).unwrap();
+    assert_eq!(raw["version"], 1);
+
+    let out = run(&s3, &["snapshots", "--replica", &url, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&v1_id));
+    let out = run(&s3, &["verify", "--replica", &url]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let restored = path(dir.path(), "from-v1.db");
+    let out = run(
+        &s3,
+        &[
+            "restore",
+            "--db",
+            restored.to_str().unwrap(),
+            "--replica",
+            &url,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(content(&restored), content(&db));
+
+    // The current writer continues the history; enough new rows force a
+    // re-base that reuses the unchanged v1 chunks where they are.
+    insert_rows(&conn, 2000, 500);
+    let out = run(
+        &s3,
+        &[
+            "snapshot",
+            "--db",
+            db.to_str().unwrap(),
+            "--replica",
+            &url,
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["base"], true, "{r}");
+    let id = r["id"].as_str().unwrap().to_string();
+    let key = mailsafe::format::manifest_key(&id);
+    let m = mailsafe::format::Manifest::from_json(&key, &st.get(&key).await.unwrap()).unwrap();
+    assert_eq!(m.version, mailsafe::format::FORMAT_VERSION);
+    assert!(
+        m.chunks.iter().any(|c| c.pack.is_none()),
+        "no v1 chunk reused"
+    );
+    assert!(m.chunks.iter().any(|c| c.pack.is_some()), "nothing packed");
+
+    let out = run(
+        &s3,
+        &[
+            "prune",
+            "--replica",
+            &url,
+            "--keep-last",
+            "1",
+            "--gc-grace",
+            "0s",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let restored = path(dir.path(), "mixed.db");
+    let out = run(
+        &s3,
+        &[
+            "restore",
+            "--db",
+            restored.to_str().unwrap(),
+            "--replica",
+            &url,
+            "--integrity-check",
+            "full",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(content(&restored), content(&db));
+    let out = run(&s3, &["verify", "--replica", &url]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

@@ -411,7 +411,10 @@ async fn snapshot_with_key_round_trips_and_leaks_no_plaintext() {
             );
             assert!(!holds(body, h.as_bytes()), "{k} lists a plain content hash");
         }
-        if k.starts_with(format::CHUNKS) || k.starts_with(format::DELTAS) {
+        if k.starts_with(format::CHUNKS)
+            || k.starts_with(format::PACKS)
+            || k.starts_with(format::DELTAS)
+        {
             assert!(
                 body.starts_with(mailsafe::crypto::MAGIC),
                 "{k} is not sealed"
@@ -558,7 +561,7 @@ async fn snapshot_with_key_round_trips_and_leaks_no_plaintext() {
     // A tampered chunk (same size, one bit flipped) fails verification.
     let (k, body) = objects
         .iter()
-        .find(|(k, _)| k.starts_with(format::CHUNKS))
+        .find(|(k, _)| k.starts_with(format::CHUNKS) || k.starts_with(format::PACKS))
         .unwrap();
     let mut bad = body.to_vec();
     let mid = bad.len() / 2;

@@ -28,7 +28,7 @@ async fn needed(store: &dyn ObjectStore) -> HashSet<String> {
             .iter()
             .find(|b| b.id == m.base)
             .expect("base manifest kept");
-        keys.extend(base.chunks.iter().map(|c| format::chunk_key(&c.sha256)));
+        keys.extend(base.chunks.iter().map(|c| c.object_key()));
     }
     keys
 }
@@ -119,7 +119,10 @@ async fn prune_keeps_what_it_says_and_collects_only_old_garbage() {
     }
     let need = needed(replica.as_ref()).await;
     for obj in replica.list("").await.unwrap() {
-        if obj.key.starts_with(format::CHUNKS) || obj.key.starts_with(format::DELTAS) {
+        if [format::CHUNKS, format::PACKS, format::DELTAS]
+            .iter()
+            .any(|p| obj.key.starts_with(p))
+        {
             assert!(
                 need.contains(&obj.key),
                 "unreferenced {} survived GC",
@@ -253,4 +256,172 @@ async fn cron_once_snapshots_only_changes_and_applies_retention() {
     let o = restore(&s3, &url, &out, &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(row_ids(&out), id);
+}
+
+/// Rewrites the payload of rows `ids` with fresh random bytes of the same
+/// size, so exactly the pages holding them change.
+fn rewrite(db: &rusqlite::Connection, ids: std::ops::RangeInclusive<i64>) {
+    db.execute(
+        "UPDATE t SET payload = randomblob(1000) WHERE id BETWEEN ?1 AND ?2",
+        [*ids.start(), *ids.end()],
+    )
+    .unwrap();
+}
+
+/// Snapshots until one is a base (the deltas since the base outgrow it);
+/// rewriting the same rows each time keeps the changed chunks the same.
+async fn snapshot_until_base(
+    snap: &mut Snapshotter,
+    store: &dyn ObjectStore,
+    db: &rusqlite::Connection,
+    ids: std::ops::RangeInclusive<i64>,
+) -> format::Manifest {
+    for _ in 0..8 {
+        rewrite(db, ids.clone());
+        let r = snap.snapshot().await.unwrap();
+        if r.base {
+            let key = format::manifest_key(r.id.as_ref().unwrap());
+            return format::Manifest::from_json(&key, &store.get(&key).await.unwrap()).unwrap();
+        }
+    }
+    panic!("no re-base after 8 snapshots rewriting rows {ids:?}");
+}
+
+/// The packs a base's chunks live in.
+fn packs_of(m: &format::Manifest) -> HashSet<String> {
+    m.chunks.iter().filter_map(|c| c.pack.clone()).collect()
+}
+
+/// Dead space stays bounded: a re-base reuses a pack it still needs at least
+/// half of in place, and rewrites the chunks it needs from a mostly dead pack
+/// into its own packs; GC keeps a pack a kept base uses in part and deletes
+/// one no kept manifest needs. Every snapshot restores afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebase_repacks_sparse_packs_and_gc_follows_pack_use() {
+    let s3 = common::s3();
+    let url = s3.url("repack");
+    let replica = store(&s3, "repack").await;
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("repack.db");
+    let db = create_db(&db_path);
+    // ~6 MiB of incompressible rows in id (= page) order.
+    db.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 6000)
+         INSERT INTO t(id, at, payload) SELECT i, 0, randomblob(1000) FROM n;",
+    )
+    .unwrap();
+    // One pack for the whole first base.
+    let mut snap = Snapshotter::new(&db_path, replica.clone()).with_pack_bytes(64 << 20);
+    let first = snap.snapshot().await.unwrap();
+    assert!(first.base);
+    let b1 = {
+        let key = format::manifest_key(first.id.as_ref().unwrap());
+        format::Manifest::from_json(&key, &replica.get(&key).await.unwrap()).unwrap()
+    };
+    let p0 = packs_of(&b1);
+    assert_eq!(p0.len(), 1, "{p0:?}");
+    let p0 = p0.into_iter().next().unwrap();
+    let where_in = |m: &format::Manifest| -> std::collections::HashMap<String, String> {
+        m.chunks
+            .iter()
+            .map(|c| (c.sha256.clone(), c.object_key()))
+            .collect()
+    };
+
+    // Rewrite the first ~20%: the next base still needs ~80% of p0, so it
+    // reuses p0 in place and packs only the changed chunks anew.
+    let b2 = snapshot_until_base(&mut snap, replica.as_ref(), &db, 1..=1200).await;
+    let before = where_in(&b1);
+    let mut reused = 0;
+    for c in &b2.chunks {
+        if let Some(old) = before.get(&c.sha256) {
+            assert_eq!(&c.object_key(), old, "an unchanged chunk moved");
+            reused += 1;
+        }
+    }
+    assert!(
+        reused * 2 > b2.chunks.len(),
+        "{reused} of {}",
+        b2.chunks.len()
+    );
+    assert!(packs_of(&b2).contains(&p0));
+
+    // GC with only b2 kept: p0 is partly dead but still needed, so it stays.
+    let r = prune(&s3, &url, &["--keep-last", "1", "--gc-grace", "0s"]);
+    let deleted: Vec<String> = r["deleted_objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    assert!(!deleted.contains(&p0), "{r}");
+    replica.head(&p0).await.unwrap();
+
+    // Rewrite the first ~80%: the next base would need only ~20% of p0, so
+    // those chunks are written again into its own packs and p0 is unused.
+    let b3 = snapshot_until_base(&mut snap, replica.as_ref(), &db, 1..=4800).await;
+    let before = where_in(&b2);
+    let mut moved = 0;
+    for c in &b3.chunks {
+        assert_ne!(c.object_key(), p0, "still read from the mostly dead pack");
+        if before.get(&c.sha256) == Some(&p0) {
+            moved += 1;
+            assert!(c.pack.as_deref().unwrap().contains(&b3.id), "{c:?}");
+        }
+    }
+    assert!(moved > 0, "no chunk was repacked");
+    assert!(!packs_of(&b3).contains(&p0));
+    // Every pack the new base uses is at least half live.
+    for p in packs_of(&b3) {
+        let mut seen = HashSet::new();
+        let live: u64 = b3
+            .chunks
+            .iter()
+            .filter(|c| c.pack.as_ref() == Some(&p) && seen.insert(c.sha256.clone()))
+            .map(|c| c.stored_size)
+            .sum();
+        let size = b3
+            .chunks
+            .iter()
+            .find(|c| c.pack.as_ref() == Some(&p))
+            .unwrap()
+            .pack_size
+            .unwrap();
+        assert!(live * 2 >= size, "{p}: {live} of {size} bytes live");
+    }
+
+    // GC with only b3 kept deletes p0 (and b2's pack), and what stays restores.
+    let r = prune(&s3, &url, &["--keep-last", "1", "--gc-grace", "0s"]);
+    let deleted: Vec<String> = r["deleted_objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    assert!(deleted.contains(&p0), "{r}");
+    for p in packs_of(&b2).difference(&packs_of(&b3)) {
+        assert!(deleted.contains(p), "{p} not deleted: {r}");
+    }
+    let out = dir.path().join("out.db");
+    let res = s3
+        .mailsafe()
+        .args(["restore", "--replica", &url, "--db"])
+        .arg(&out)
+        .args(["--integrity-check", "full"])
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let rows = |c: &rusqlite::Connection| -> String {
+        c.query_row(
+            "SELECT count(*) || ':' || group_concat(hex(substr(payload, 1, 8)), '') FROM (SELECT payload FROM t ORDER BY id)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(rows(&rusqlite::Connection::open(&out).unwrap()), rows(&db));
 }

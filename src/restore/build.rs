@@ -131,39 +131,69 @@ pub async fn build_image(
     let par = opts.parallelism.max(1);
     let started = std::time::Instant::now();
     let snapshot = m.id.as_str();
-    let chunk_results: Vec<u64> = futures::stream::iter(plan.unique_chunks())
-        .map(|c| {
-            let indices = placements[c.sha256.as_str()].clone();
+    let fetches = plan_fetches(&plan.unique_chunks(), run_bytes());
+    let chunk_results: Vec<u64> = futures::stream::iter(fetches)
+        .map(|f| {
             let target = target.clone();
             let progress = opts.progress.clone();
             let enc = opts.key.clone();
+            let placements = &placements;
             async move {
-                let key = format::chunk_key(&c.sha256);
-                let stored = store
-                    .get(&key)
-                    .await
-                    .map_err(|e| missing_is_broken(e, snapshot))?;
+                let stored = if f.whole {
+                    store.get(&f.key).await
+                } else {
+                    store.get_range(&f.key, f.range.clone()).await
+                }
+                .map_err(|e| missing_is_broken(e, snapshot))?;
                 let n = stored.len() as u64;
-                let c = c.clone();
-                let lens: Vec<(u64, u64)> = indices
+                // (chunk, image indices with their lengths) for the worker.
+                let work: Vec<(ChunkRef, Vec<(u64, u64)>)> = f
+                    .chunks
                     .iter()
-                    .map(|&i| (i, chunk_len(base_pages, i)))
+                    .map(|c| {
+                        let lens = placements[c.sha256.as_str()]
+                            .iter()
+                            .map(|&i| (i, chunk_len(base_pages, i)))
+                            .collect();
+                        ((*c).clone(), lens)
+                    })
                     .collect();
+                let start = f.range.start;
+                let key = f.key;
                 tokio::task::spawn_blocking(move || {
-                    let content = open_chunk(&stored, &c, &key, lens[0].1, enc.as_deref())?;
-                    if content.iter().all(|&b| b == 0) {
-                        return Ok(());
-                    }
-                    for (i, len) in lens {
-                        if len != content.len() as u64 {
+                    for (c, lens) in work {
+                        let (_, range) = c.location();
+                        let first = lens[0].0;
+                        let label = if c.pack.is_some() {
+                            format!(
+                                "{key} (chunk {first} of the image, bytes {}..{})",
+                                range.start, range.end
+                            )
+                        } else {
+                            key.clone()
+                        };
+                        let (a, b) = (range.start - start, range.end - start);
+                        let Some(slice) = stored.get(a as usize..b as usize) else {
                             return Err(Error::Verification(format!(
-                                "{key}: {} bytes but chunk {i} of the image is {len} bytes",
-                                content.len()
+                                "{label}: missing, the object ends at byte {} (truncated)",
+                                start + n
                             )));
+                        };
+                        let content = open_chunk(slice, &c, &label, lens[0].1, enc.as_deref())?;
+                        if content.iter().all(|&b| b == 0) {
+                            continue;
                         }
-                        let off = i * chunk_pages * page_size;
-                        target.write_at(&content, off)?;
-                        target.start_writeback(off, len);
+                        for (i, len) in lens {
+                            if len != content.len() as u64 {
+                                return Err(Error::Verification(format!(
+                                    "{label}: {} bytes but chunk {i} of the image is {len} bytes",
+                                    content.len()
+                                )));
+                            }
+                            let off = i * chunk_pages * page_size;
+                            target.write_at(&content, off)?;
+                            target.start_writeback(off, len);
+                        }
                     }
                     Ok(())
                 })
@@ -239,21 +269,106 @@ pub async fn build_image(
     Ok(stats)
 }
 
+/// Largest byte range fetched with one request from a pack. Several runs
+/// per pack keep downloads and decompression overlapping (a worker starts
+/// on a run as soon as it arrives) while still needing few requests.
+/// `MAILSAFE_RESTORE_RUN_BYTES` overrides it (benchmarks).
+const RUN_BYTES: u64 = 4 << 20;
+/// Bytes of unneeded chunks a run may span to join two needed ones: cheaper
+/// than another request.
+const MAX_GAP: u64 = 256 << 10;
+
+fn run_bytes() -> u64 {
+    std::env::var("MAILSAFE_RESTORE_RUN_BYTES")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(RUN_BYTES)
+}
+
+/// One download: the whole of a v1 chunk object, or one byte range of a
+/// pack, with the chunks whose stored bytes it holds.
+#[derive(Debug)]
+struct Fetch<'a> {
+    key: String,
+    range: std::ops::Range<u64>,
+    /// A v1 chunk object, read with a plain GET.
+    whole: bool,
+    chunks: Vec<&'a ChunkRef>,
+}
+
+/// Groups the distinct chunks into downloads: each v1 chunk alone, pack
+/// chunks sorted by offset and coalesced into runs of at most `max_run`
+/// bytes (a single chunk may exceed it) with gaps of at most [`MAX_GAP`].
+/// A pack needed whole is thus read in `pack_size / max_run` requests, one
+/// mostly dead is read only where it is live.
+fn plan_fetches<'a>(chunks: &[&'a ChunkRef], max_run: u64) -> Vec<Fetch<'a>> {
+    let mut out = Vec::new();
+    let mut by_pack: std::collections::BTreeMap<&str, Vec<&'a ChunkRef>> = Default::default();
+    for c in chunks {
+        match (&c.pack, c.offset) {
+            (Some(p), Some(_)) => by_pack.entry(p.as_str()).or_default().push(c),
+            _ => out.push(Fetch {
+                key: format::chunk_key(&c.sha256),
+                range: 0..c.stored_size,
+                whole: true,
+                chunks: vec![c],
+            }),
+        }
+    }
+    for (pack, mut cs) in by_pack {
+        cs.sort_by_key(|c| c.offset);
+        let mut cur: Option<Fetch<'a>> = None;
+        for c in cs {
+            let (_, r) = c.location();
+            if let Some(f) = &mut cur {
+                if r.start >= f.range.end
+                    && r.start - f.range.end <= MAX_GAP
+                    && r.end - f.range.start <= max_run
+                {
+                    f.range.end = r.end;
+                    f.chunks.push(c);
+                    continue;
+                }
+                out.extend(cur.take());
+            }
+            cur = Some(Fetch {
+                key: pack.to_string(),
+                range: r,
+                whole: false,
+                chunks: vec![c],
+            });
+        }
+        out.extend(cur);
+    }
+    // Largest downloads first, so the long ones do not start last.
+    out.sort_by_key(|f| std::cmp::Reverse(f.range.end - f.range.start));
+    out
+}
+
 /// Checks a stored chunk and returns its content: stored size and sha256,
 /// then zstd (bounded to `len` bytes, so a hostile object cannot balloon),
-/// then the content sha256 that names it.
+/// then the content sha256 that names it. `label` names where the bytes
+/// came from in messages (the object key, and for a pack the chunk and byte
+/// range); decryption uses the chunk's logical name `chunks/<sha256>`.
 fn open_chunk(
     stored: &[u8],
     c: &ChunkRef,
-    key: &str,
+    label: &str,
     len: u64,
     enc: Option<&Key>,
 ) -> Result<Vec<u8>, Error> {
+    let key = label;
     check_stored(stored, &c.stored_sha256, c.stored_size, key)?;
     let plain;
     let packed = match enc {
         Some(k) => {
-            plain = k.open(key, stored)?;
+            plain = match c.pack {
+                None => k.open(key, stored)?,
+                Some(_) => k
+                    .open(&format::chunk_key(&c.sha256), stored)
+                    .map_err(|e| Error::Verification(format!("{label}: {e}")))?,
+            };
             &plain[..]
         }
         None => stored,

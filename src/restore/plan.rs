@@ -56,9 +56,15 @@ pub struct RestorePlan {
 }
 
 impl RestorePlan {
-    /// Distinct objects to download (identical chunks are fetched once).
+    /// Distinct objects to download from (identical chunks are fetched
+    /// once; a pack counts once however many of its chunks are needed).
     pub fn objects(&self) -> usize {
-        self.unique_chunks().len() + self.deltas.len()
+        let keys: std::collections::HashSet<String> = self
+            .unique_chunks()
+            .iter()
+            .map(|c| c.object_key())
+            .collect();
+        keys.len() + self.deltas.len()
     }
 
     /// Stored bytes to download.
@@ -163,6 +169,23 @@ pub fn parse_manifest(bytes: &[u8], key: &str) -> Result<Manifest, Error> {
     for c in &m.chunks {
         if !hex64(&c.sha256) || !hex64(&c.stored_sha256) {
             return Err(bad(format!("chunk {:?} has a malformed hash", c.sha256)));
+        }
+        // A pack location must be one the writer makes, complete, and
+        // inside the pack's recorded size.
+        let located = match (&c.pack, c.offset) {
+            (None, None) => c.pack_size.is_none(),
+            (Some(p), Some(o)) => {
+                format::is_pack_key(p)
+                    && o.checked_add(c.stored_size)
+                        .is_some_and(|end| c.pack_size.is_none_or(|size| end <= size))
+            }
+            _ => false,
+        };
+        if !located {
+            return Err(bad(format!(
+                "chunk {:?} has a malformed pack location {:?} offset {:?} size {:?}",
+                c.sha256, c.pack, c.offset, c.pack_size
+            )));
         }
     }
     // Every key restore derives from a manifest must be one the writer could

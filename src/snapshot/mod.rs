@@ -24,9 +24,9 @@ use crate::crypto::{self, Key};
 use crate::format::{self, ChunkRef, Manifest};
 use crate::store::{DynStore, StoreError};
 
-/// Objects uploaded concurrently. Small: chunks are ~256 KiB, so 4 in flight
-/// keep a link busy while bounding memory; some S3-compatible stores (R2)
-/// throttle beyond a few concurrent uploads.
+/// Objects uploaded concurrently. Small: packs are several MiB, so a few in
+/// flight keep a link busy while bounding memory; some S3-compatible stores
+/// (R2) throttle beyond a few concurrent uploads.
 const UPLOAD_CONCURRENCY: usize = 4;
 
 /// What one call to [`Snapshotter::snapshot`] did.
@@ -105,6 +105,8 @@ pub struct Snapshotter {
     loaded: bool,
     /// Encrypts objects and signs manifests when set.
     key: Option<Arc<Key>>,
+    /// Target stored size of a chunk pack.
+    pack_bytes: usize,
 }
 
 impl Snapshotter {
@@ -117,7 +119,16 @@ impl Snapshotter {
             state: None,
             loaded: false,
             key: None,
+            pack_bytes: reader::pack_target(),
         }
+    }
+
+    /// Sets the target stored size of chunk packs (default 8 MiB, or
+    /// `MAILSAFE_PACK_BYTES`); small packs let tests make many from a small
+    /// db, benchmarks compare sizes.
+    pub fn with_pack_bytes(mut self, bytes: usize) -> Self {
+        self.pack_bytes = bytes.max(1);
+        self
     }
 
     /// Encrypts every object and signs every manifest with `key` (no
@@ -136,12 +147,15 @@ impl Snapshotter {
             self.state = load_state(&self.store, self.key.as_deref()).await?;
             self.loaded = true;
         }
-        let (tx, rx) = tokio::sync::mpsc::channel::<Upload>(UPLOAD_CONCURRENCY);
+        // One object queued: packs are several MiB each, so memory is about
+        // (building + queued + UPLOAD_CONCURRENCY in flight) packs.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Upload>(1);
         let db = self.db.clone();
         let prev = self.state.clone();
         let key = self.key.clone();
+        let pack_bytes = self.pack_bytes;
         let reader = tokio::task::spawn_blocking(move || {
-            reader::read(&db, prev.as_ref(), key.as_deref(), tx)
+            reader::read(&db, prev.as_ref(), key.as_deref(), pack_bytes, tx)
         });
         let uploaded = upload_all(&self.store, rx).await;
         let outcome = reader

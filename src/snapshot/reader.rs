@@ -345,14 +345,43 @@ impl Out<'_> {
     }
 }
 
-/// Compresses (and, with a key, encrypts) and queues chunks not yet stored,
-/// remembering what is.
+/// Compresses (and, with a key, encrypts) chunks not yet stored, appends
+/// them to the snapshot's current pack and queues each pack once it reaches
+/// its target size, remembering where every chunk is.
 struct ChunkSink<'a, 'b> {
     known: HashMap<[u8; 32], ChunkRef>,
     compressor: zstd::bulk::Compressor<'static>,
     out: &'a mut Out<'b>,
     /// Encryption key: seals objects and keys content digests.
     enc: Option<&'a Key>,
+    /// Id of the snapshot being written: names its packs.
+    id: String,
+    /// The pack being filled (stored chunk bytes back to back).
+    pack: Vec<u8>,
+    /// Packs queued so far by this snapshot.
+    packs: u32,
+    /// Size of each pack this snapshot wrote, by key, to fill in
+    /// [`ChunkRef::pack_size`] once a pack is closed.
+    pack_sizes: HashMap<String, u64>,
+    /// Target size of a pack.
+    pack_target: usize,
+}
+
+/// Target stored size of a chunk pack. Restore time is dominated by request
+/// count (GET latency on a busy store), so chunks travel in packs of a few
+/// MiB instead of one ~170 KB object each; a pack is built in memory, so
+/// this (times the packs queued and in flight) bounds the writer's memory.
+/// Measured in bench/RESULTS.md (4/8/16 MiB). `MAILSAFE_PACK_BYTES`
+/// overrides it (benchmarks).
+const PACK_TARGET: usize = 8 << 20;
+
+/// [`PACK_TARGET`], or `MAILSAFE_PACK_BYTES` when set.
+pub(crate) fn pack_target() -> usize {
+    std::env::var("MAILSAFE_PACK_BYTES")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(PACK_TARGET)
 }
 
 impl<'b> ChunkSink<'_, 'b> {
@@ -360,6 +389,8 @@ impl<'b> ChunkSink<'_, 'b> {
         out: &'a mut Out<'b>,
         prev: Option<&State>,
         enc: Option<&'a Key>,
+        id: String,
+        pack_target: usize,
     ) -> Result<ChunkSink<'a, 'b>, Error> {
         let mut known = HashMap::new();
         if let Some(s) = prev {
@@ -376,6 +407,11 @@ impl<'b> ChunkSink<'_, 'b> {
             compressor,
             out,
             enc,
+            id,
+            pack: Vec::new(),
+            packs: 0,
+            pack_sizes: HashMap::new(),
+            pack_target,
         })
     }
 
@@ -395,19 +431,93 @@ impl<'b> ChunkSink<'_, 'b> {
             .compress(data)
             .map_err(|e| Error::Other(format!("zstd: {e}")))?;
         let hex = hex::encode(h);
-        let key = format::chunk_key(&hex);
-        let z = seal(self.enc, &key, z);
+        // Sealed under the chunk's logical name, not the pack's, so its bytes
+        // can live in any object without re-encryption.
+        let z = seal(self.enc, &format::chunk_key(&hex), z);
+        if !self.pack.is_empty() && self.pack.len() + z.len() > self.pack_target {
+            self.close_pack()?;
+        }
+        if self.pack.capacity() == 0 {
+            self.pack.reserve_exact(self.pack_target.max(z.len()));
+        }
         let c = ChunkRef {
             sha256: hex,
             stored_sha256: format::sha256_hex(&z),
             stored_size: z.len() as u64,
+            pack: Some(format::pack_key(&self.id, self.packs)),
+            offset: Some(self.pack.len() as u64),
+            pack_size: None,
         };
-        self.out.send(Upload {
-            key,
-            body: Bytes::from(z),
-        })?;
+        self.pack.extend_from_slice(&z);
         self.known.insert(h, c.clone());
         Ok(c)
+    }
+
+    /// Queues the pack being filled, if it holds anything.
+    fn close_pack(&mut self) -> Result<(), Error> {
+        if self.pack.is_empty() {
+            return Ok(());
+        }
+        let key = format::pack_key(&self.id, self.packs);
+        let body = std::mem::take(&mut self.pack);
+        self.pack_sizes.insert(key.clone(), body.len() as u64);
+        self.packs += 1;
+        self.out.send(Upload {
+            key,
+            body: Bytes::from(body),
+        })
+    }
+
+    /// Queues the last pack and fills in the pack size of every chunk in
+    /// `refs` that went into a pack of this snapshot.
+    fn finish(&mut self, refs: &mut [ChunkRef]) -> Result<(), Error> {
+        self.close_pack()?;
+        for c in refs.iter_mut() {
+            if let Some(size) = c.pack.as_ref().and_then(|p| self.pack_sizes.get(p)) {
+                c.pack_size = Some(*size);
+            }
+        }
+        Ok(())
+    }
+
+    /// Repacking at write time: forgets every stored chunk whose pack the new
+    /// base (content digests `image`) would use less than half of, by stored
+    /// bytes, so those chunks are written again into the new base's packs and
+    /// the old pack can be dropped by GC once older snapshots expire. This
+    /// bounds dead space: every pack a base references is at least half live.
+    fn forget_sparse_packs(&mut self, image: &[[u8; 32]]) {
+        let mut used: HashMap<&str, (u64, u64)> = HashMap::new();
+        let mut seen = HashSet::new();
+        for h in image {
+            if !seen.insert(h) {
+                continue;
+            }
+            if let Some(ChunkRef {
+                pack: Some(p),
+                pack_size: Some(size),
+                stored_size,
+                ..
+            }) = self.known.get(h)
+            {
+                used.entry(p.as_str()).or_insert((0, *size)).0 += stored_size;
+            }
+        }
+        let sparse: HashSet<String> = used
+            .into_iter()
+            .filter(|(_, (live, size))| live * 2 < *size)
+            .map(|(p, _)| p.to_string())
+            .collect();
+        if sparse.is_empty() {
+            return;
+        }
+        let before = self.known.len();
+        self.known
+            .retain(|_, c| c.pack.as_ref().is_none_or(|p| !sparse.contains(p)));
+        tracing::debug!(
+            packs = sparse.len(),
+            forgotten = before - self.known.len(),
+            "repacking chunks of mostly dead packs"
+        );
     }
 }
 
@@ -430,6 +540,7 @@ pub(crate) fn read(
     db: &Path,
     prev: Option<&State>,
     enc: Option<&Key>,
+    pack_bytes: usize,
     tx: Sender<Upload>,
 ) -> Result<Outcome, Error> {
     check_sqlite_file(db)?;
@@ -479,7 +590,9 @@ pub(crate) fn read(
         } else {
             (None, None)
         };
-        in_txn(db, &conn, prev, enc, &mut out, created, wal_pos, wal_pages)
+        in_txn(
+            db, &conn, prev, enc, pack_bytes, &mut out, created, wal_pos, wal_pages,
+        )
     });
     // Ends the read transaction; nothing was written.
     let _ = conn.execute_batch("ROLLBACK");
@@ -495,6 +608,7 @@ fn in_txn(
     conn: &Connection,
     prev: Option<&State>,
     enc: Option<&Key>,
+    pack_bytes: usize,
     out: &mut Out<'_>,
     created: chrono::DateTime<chrono::Utc>,
     wal_pos: Option<WalPosition>,
@@ -548,7 +662,8 @@ fn in_txn(
         }
     }
 
-    let mut sink = ChunkSink::new(out, prev, enc)?;
+    let id = next_id(prev, created);
+    let mut sink = ChunkSink::new(out, prev, enc, id.clone(), pack_bytes)?;
     let ctx = Ctx {
         page_size,
         page_count,
@@ -558,7 +673,7 @@ fn in_txn(
         source,
     };
     let Some(s) = same_shape else {
-        return first_base(db, conn, prev, &mut sink, ctx);
+        return first_base(db, conn, prev, &mut sink, ctx, id);
     };
 
     // Find the changed chunks and the pages the delta must carry.
@@ -617,7 +732,6 @@ fn in_txn(
     let prior_stored: u64 = prior_deltas.iter().map(|d| d.size).sum();
     let raw = delta_pages.len() as u64 * u64::from(page_size);
     let mut rebase = prior_deltas.len() + 1 > MAX_DELTAS || raw > MAX_DELTA_BYTES;
-    let id = next_id(prev, created);
     let mut delta = None;
     if !rebase {
         let z = encode_delta(&mut pages, page_size, page_count, &delta_pages)?;
@@ -625,6 +739,7 @@ fn in_txn(
         delta = Some(z);
     }
     if rebase {
+        sink.forget_sparse_packs(&effective);
         let mut refs = Vec::with_capacity(n_chunks as usize);
         for (i, h) in effective.iter().enumerate() {
             let c = match sink.known.get(h) {
@@ -636,6 +751,7 @@ fn in_txn(
             };
             refs.push(c);
         }
+        sink.finish(&mut refs)?;
         let m = base_manifest(id, Some(s), ctx, refs, image_sha256);
         return Ok(Outcome::Changed(Box::new(Changed {
             base_chunks: Arc::new(m.chunks.clone()),
@@ -720,6 +836,7 @@ fn first_base(
     prev: Option<&State>,
     sink: &mut ChunkSink<'_, '_>,
     ctx: Ctx,
+    id: String,
 ) -> Result<Outcome, Error> {
     let mut refs = Vec::with_capacity(ctx.n_chunks as usize);
     let mut effective = Vec::with_capacity(ctx.n_chunks as usize);
@@ -739,10 +856,11 @@ fn first_base(
     let image_sha256 = format::image_digest(ctx.page_size, ctx.page_count, &effective);
     if let Some(s) = prev {
         if s.last.db.image_sha256 == image_sha256 {
+            // Nothing new can have been packed: every chunk was known.
             return Ok(Outcome::Unchanged { source: ctx.source });
         }
     }
-    let id = next_id(prev, ctx.created);
+    sink.finish(&mut refs)?;
     let m = base_manifest(id, prev, ctx, refs, image_sha256);
     Ok(Outcome::Changed(Box::new(Changed {
         base_chunks: Arc::new(m.chunks.clone()),
@@ -786,13 +904,17 @@ fn base_manifest(
     }
 }
 
-/// Stored bytes of the distinct chunks in `chunks`.
+/// Stored bytes of the distinct objects `chunks` need: each pack whole (dead
+/// space included, it is stored until GC drops the pack), each v1 chunk
+/// object once.
 fn unique_stored(chunks: &[ChunkRef]) -> u64 {
     let mut seen = HashSet::new();
     chunks
         .iter()
-        .filter(|c| seen.insert(c.sha256.as_str()))
-        .map(|c| c.stored_size)
+        .filter_map(|c| match (&c.pack, c.pack_size) {
+            (Some(p), Some(size)) => seen.insert(p.as_str()).then_some(size),
+            _ => seen.insert(c.sha256.as_str()).then_some(c.stored_size),
+        })
         .sum()
 }
 
