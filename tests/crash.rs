@@ -130,16 +130,10 @@ async fn kill_9_during_uploads_never_breaks_the_replica() {
 
     // How long one snapshot takes here, to aim the kills inside it.
     let t0 = Instant::now();
-    let out = s3
-        .mailsafe()
-        .args(["snapshot", "--db", db.to_str().unwrap(), "--replica", &url])
-        .args(["--endpoint", via])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::run_ok(
+        s3.mailsafe()
+            .args(["snapshot", "--db", db.to_str().unwrap(), "--replica", &url])
+            .args(["--endpoint", via]),
     );
     let typical = t0.elapsed().max(Duration::from_millis(100));
 
@@ -239,16 +233,13 @@ async fn kill_9_during_uploads_never_breaks_the_replica() {
     wt.wait_caught_up(Duration::from_secs(60)).await;
     wt.term();
     assert!(wt.wait(Duration::from_secs(40)).success(), "{}", wt.logs());
-    let out = s3
-        .mailsafe()
-        .args(["snapshot", "--db", db.to_str().unwrap(), "--replica", &url])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::run_ok(s3.mailsafe().args([
+        "snapshot",
+        "--db",
+        db.to_str().unwrap(),
+        "--replica",
+        &url,
+    ]));
     let n = restore_and_check(&s3, &url, dir.path(), total, "final");
     assert_eq!(
         n, total,
@@ -257,16 +248,14 @@ async fn kill_9_during_uploads_never_breaks_the_replica() {
 
     // GC with no grace: the uploads the kills orphaned are collected, and
     // what is left is exactly what the manifests reference.
-    let out = s3
-        .mailsafe()
-        .args(["prune", "--gc-grace", "0s", "--json", "--replica", &url])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::run_ok(s3.mailsafe().args([
+        "prune",
+        "--gc-grace",
+        "0s",
+        "--json",
+        "--replica",
+        &url,
+    ]));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     eprintln!(
         "GC deleted {} orphaned object(s)",

@@ -34,16 +34,10 @@ async fn needed(store: &dyn ObjectStore) -> HashSet<String> {
 }
 
 fn prune(s3: &common::S3, url: &str, args: &[&str]) -> serde_json::Value {
-    let out = s3
-        .mailsafe()
-        .args(["prune", "--replica", url, "--json"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::run_ok(
+        s3.mailsafe()
+            .args(["prune", "--replica", url, "--json"])
+            .args(args),
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -542,31 +542,19 @@ async fn snapshots_during_continuous_writes_are_committed_states() {
             // The restore engineer's `mailsafe restore` agrees.
             if k % 4 == 3 {
                 let target = dir.path().join(format!("restored{k}.db"));
-                let out = s3
-                    .mailsafe()
-                    .args(["restore", "--integrity-check", "full", "--snapshot", id])
-                    .arg("--db")
-                    .arg(&target)
-                    .args(["--replica", &s3.url("replica")])
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "restore {id}: {}",
-                    String::from_utf8_lossy(&out.stderr)
+                common::run_ok(
+                    s3.mailsafe()
+                        .args(["restore", "--integrity-check", "full", "--snapshot", id])
+                        .arg("--db")
+                        .arg(&target)
+                        .args(["--replica", &s3.url("replica")]),
                 );
                 assert_eq!(rows(&open_checked(&target)) as u64, n, "restored {id}");
             }
         }
-        let out = s3
-            .mailsafe()
-            .args(["verify", "--all", "--replica", &s3.url("replica")])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "verify --all: {}",
-            String::from_utf8_lossy(&out.stderr)
+        common::run_ok(
+            s3.mailsafe()
+                .args(["verify", "--all", "--replica", &s3.url("replica")]),
         );
     }
 }
@@ -725,17 +713,11 @@ async fn cli_snapshots_a_sqlite3_cli_db_and_reports_json() {
     let s3 = common::s3();
     let url = s3.url("cli");
     let run = || {
-        let out = s3
-            .mailsafe()
-            .args(["snapshot", "--json", "--db"])
-            .arg(&path)
-            .args(["--replica", &url])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = common::run_ok(
+            s3.mailsafe()
+                .args(["snapshot", "--json", "--db"])
+                .arg(&path)
+                .args(["--replica", &url]),
         );
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };

@@ -204,6 +204,25 @@ pub fn mailsafe() -> Command {
     cmd
 }
 
+/// Runs `cmd` to its end and returns its output; fails the test, showing
+/// the command's arguments and stderr, unless it exited 0. (The arguments
+/// only: the environment holds the S3 keys.)
+pub fn run_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().expect("start the command");
+    assert!(
+        out.status.success(),
+        "{} {} exited with {}:\n{}",
+        cmd.get_program().to_string_lossy(),
+        cmd.get_args()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Starts SeaweedFS with `scripts/s3.sh` and a watchdog that stops it once
 /// this process is gone (statics are never dropped, so no destructor could).
 fn start_own_server() -> Server {
