@@ -351,6 +351,11 @@ pub struct CronArgs {
     /// Run one round (snapshot if changed, retention, GC) and exit.
     #[arg(long, conflicts_with = "schedule")]
     pub once: bool,
+    /// How long shutdown may take after SIGTERM: a round in flight may
+    /// finish its snapshot (retention waits for the next round). Past it the
+    /// process exits 1 anyway, saying what was not done.
+    #[arg(long, env = "MAILSAFE_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: std::time::Duration,
     #[command(flatten)]
     pub retention: RetentionArgs,
 }
@@ -455,44 +460,78 @@ fn inner_deadline(timeout: std::time::Duration) -> tokio::time::Instant {
     tokio::time::Instant::now() + timeout - shutdown_margin(timeout)
 }
 
+/// What a shutdown cut off by the watchdog leaves undone, in words, asked
+/// at that moment (each mode knows its own: a catcher, a watch loop, a cron
+/// round).
+type Undone = Box<dyn Fn() -> String + Send>;
+
+/// [`Undone`] of the watch loop (sidecar or `serve --replica`): which
+/// committed changes are not in the replica, from its `metrics`.
+fn replica_undone(metrics: std::sync::Arc<mailsafe::watch::metrics::Metrics>) -> Undone {
+    Box::new(move || {
+        let newest = metrics.last_snapshot_id().map_or_else(
+            || "this process uploaded no snapshot".to_string(),
+            |id| format!("the newest snapshot from this process is {id}"),
+        );
+        match metrics.pending_since() {
+            Some(t) => format!(
+                "every change committed since {} is NOT in the replica ({newest})",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            ),
+            None => format!("no change seen is missing from the replica ({newest})"),
+        }
+    })
+}
+
 /// The outer bound of a shutdown, which always wins: a plain OS thread (not
 /// a task, so a blocked runtime cannot delay it) that ends the process with
 /// exit code 1 once `timeout` has passed since the signal, saying where it
-/// was stuck and, with the watch loop's `metrics`, what is not in the
-/// replica. The inner deadlines normally end everything well before.
-fn arm_shutdown_watchdog(
-    timeout: std::time::Duration,
-    metrics: Option<std::sync::Arc<mailsafe::watch::metrics::Metrics>>,
-) {
+/// was stuck and what `undone` says is not done. The inner deadlines
+/// normally end everything well before.
+fn arm_shutdown_watchdog(timeout: std::time::Duration, undone: Undone) {
     let spawned = std::thread::Builder::new()
         .name("shutdown-watchdog".into())
         .spawn(move || {
             std::thread::sleep(timeout);
             let phase = SHUTDOWN_PHASE.lock().map(|p| *p).unwrap_or("shutting down");
-            let data = match &metrics {
-                None => "every message answered 250 had been committed to the database".to_string(),
-                Some(m) => {
-                    let newest = m.last_snapshot_id().map_or_else(
-                        || "this process uploaded no snapshot".to_string(),
-                        |id| format!("the newest snapshot from this process is {id}"),
-                    );
-                    match m.pending_since() {
-                        Some(t) => format!(
-                            "every change committed since {} is NOT in the replica ({newest})",
-                            t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-                        ),
-                        None => format!("no change seen is missing from the replica ({newest})"),
-                    }
-                }
-            };
             eprintln!(
                 "mailsafe: error: shutdown did not finish within {timeout:?} (still {phase}); \
-                 exiting anyway: {data}"
+                 exiting anyway: {}",
+                undone()
             );
             std::process::exit(1);
         });
     if let Err(e) = spawned {
         tracing::warn!("cannot start the shutdown watchdog: {e}");
+    }
+}
+
+/// The shutdown of a long-lived mode, shared by `serve`, `watch` and
+/// `cron`: when `signal` comes, arms the watchdog (with `undone` for its
+/// last word) and names the `phase` the process enters; the future returned
+/// resolves to the deadline the mode's own steps must keep
+/// ([`inner_deadline`]). The signal is acted on in a task of its own, so
+/// the watchdog starts counting at the signal even while the mode is busy
+/// elsewhere (opening the store, a step that does not poll this future).
+fn shutdown_deadline(
+    signal: impl std::future::Future<Output = ()> + Send + 'static,
+    timeout: std::time::Duration,
+    phase: &'static str,
+    undone: Undone,
+) -> impl std::future::Future<Output = tokio::time::Instant> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        signal.await;
+        arm_shutdown_watchdog(timeout, undone);
+        set_phase(phase);
+        let _ = tx.send(inner_deadline(timeout));
+    });
+    async move {
+        match rx.await {
+            Ok(deadline) => deadline,
+            // The runtime is going away without a signal: never.
+            Err(_) => std::future::pending().await,
+        }
     }
 }
 
@@ -584,9 +623,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         catcher
             .run(async move {
-                signal.await;
-                arm_shutdown_watchdog(timeout, None);
-                set_phase("draining SMTP sessions and HTTP connections");
+                let undone = "every message answered 250 had been committed to the database";
+                shutdown_deadline(
+                    signal,
+                    timeout,
+                    "draining SMTP sessions and HTTP connections",
+                    Box::new(|| undone.to_string()),
+                )
+                .await;
             })
             .await?;
         anyhow::Ok(())
@@ -611,10 +655,10 @@ async fn serve_replicated(
     let (deadline_tx, deadline_rx) = tokio::sync::watch::channel(None);
     let metrics = m.clone();
     tokio::spawn(async move {
-        signal.await;
-        arm_shutdown_watchdog(shutdown_timeout, Some(metrics));
-        set_phase("draining SMTP sessions");
-        let _ = deadline_tx.send(Some(inner_deadline(shutdown_timeout)));
+        let undone = replica_undone(metrics);
+        let deadline =
+            shutdown_deadline(signal, shutdown_timeout, "draining SMTP sessions", undone).await;
+        let _ = deadline_tx.send(Some(deadline));
     });
     config.shutdown_timeout = shutdown_timeout / 2;
     let mut signalled = deadline_rx.clone();
@@ -964,13 +1008,12 @@ fn watch(args: WatchArgs) -> anyhow::Result<()> {
     run_until_shutdown(async move {
         let signal = termination_signal()?;
         let m = metrics::Metrics::new();
-        let (timeout, metrics) = (args.shutdown_timeout, m.clone());
-        let shutdown = async move {
-            signal.await;
-            arm_shutdown_watchdog(timeout, Some(metrics));
-            set_phase("taking the final snapshot");
-            inner_deadline(timeout)
-        };
+        let shutdown = shutdown_deadline(
+            signal,
+            args.shutdown_timeout,
+            "taking the final snapshot",
+            replica_undone(m.clone()),
+        );
         let store = metrics::MeteredStore::wrap(open_store(&args.replica).await?, m.clone());
         if let Some(listen) = &args.listen {
             watch::serve_http(listen, m.clone(), args.health_max_lag).await?;
@@ -999,12 +1042,23 @@ fn cron(args: CronArgs) -> anyhow::Result<()> {
         lease_ttl: std::time::Duration::from_secs(120),
         encryption: args.replica.encryption_key()?,
     };
-    let rt = runtime()?;
-    rt.block_on(async move {
-        let shutdown = termination_signal()?;
+    run_until_shutdown(async move {
+        let signal = termination_signal()?;
         let store = open_store(&args.replica).await?;
+        let progress = cron::Progress::new(&args.db, &store);
+        let p = progress.clone();
+        let undone: Undone = Box::new(move || {
+            p.unfinished()
+                .unwrap_or_else(|| "no cron round was in progress".into())
+        });
+        let shutdown = shutdown_deadline(
+            signal,
+            args.shutdown_timeout,
+            "finishing the cron round",
+            undone,
+        );
         match schedule {
-            Some(s) => cron::scheduled(&args.db, store, &s, &config, shutdown).await?,
+            Some(s) => cron::scheduled(&args.db, store, &s, &config, &progress, shutdown).await?,
             None => {
                 if !args.db.exists() {
                     return Err(anyhow::anyhow!(
@@ -1012,15 +1066,13 @@ fn cron(args: CronArgs) -> anyhow::Result<()> {
                         args.db.display()
                     ));
                 }
-                let mut snapshotter = mailsafe::snapshot::Snapshotter::new(&args.db, store.clone())
-                    .with_key(config.encryption.clone());
-                cron::round(&mut snapshotter, &store, &config)
+                cron::once(&args.db, store, &config, &progress, shutdown)
                     .await
                     .with_context(|| format!("cron round for {}", args.db.display()))?;
             }
         }
         Ok(())
-    })
+    })?
 }
 
 fn prune(args: PruneArgs) -> anyhow::Result<()> {

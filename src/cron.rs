@@ -6,9 +6,22 @@
 //! cron job never interleaves its snapshots with a running watcher's; if the
 //! lease is held, the round fails with a message naming the holder rather
 //! than waiting, because a CronJob that waits only piles up behind the next.
+//!
+//! Shutdown works as in [`crate::watch`]: the shutdown future resolves to
+//! one deadline (signal time plus the shutdown timeout, less the binary's
+//! margin), and from then on every step of a round in flight is bounded by
+//! it, whatever the store does. After the signal no new step starts: a
+//! snapshot in flight may finish (it is the data), retention and GC are
+//! left to the next round. What a round did not get done is said by
+//! [`Progress::unfinished`], which the binary's outer watchdog also reads.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::str::FromStr as _;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde::Serialize;
 
@@ -58,8 +71,9 @@ impl Schedule {
 pub struct RoundReport {
     /// The snapshot (its `id` is `None` when the db had not changed).
     pub snapshot: SnapshotReport,
-    /// Retention and GC.
-    pub prune: PruneReport,
+    /// Retention and GC; `None` when shutdown was asked for before they
+    /// started (the next round applies them).
+    pub prune: Option<PruneReport>,
 }
 
 /// Settings of a round.
@@ -71,24 +85,209 @@ pub struct RoundConfig {
     pub gc_grace: Duration,
     /// TTL of the writer lease taken for the snapshot.
     pub lease_ttl: Duration,
-    /// Encrypts the snapshots of [`scheduled`] when set.
-    pub encryption: Option<std::sync::Arc<crate::crypto::Key>>,
+    /// Encrypts the snapshots of a round when set.
+    pub encryption: Option<Arc<crate::crypto::Key>>,
 }
 
-/// One round: lease, snapshot if changed, release, retention, GC.
-pub async fn round(
+/// The step a round is at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// No round running.
+    Idle,
+    /// Taking the writer lease.
+    Lease,
+    /// Reading the db and uploading the snapshot.
+    Snapshot,
+    /// Releasing the writer lease after the snapshot.
+    Release,
+    /// Applying retention and collecting garbage.
+    Prune,
+}
+
+#[derive(Debug)]
+struct ProgressState {
+    stage: Stage,
+    /// The snapshot this round uploaded, once it did (`Some(None)`: the db
+    /// was unchanged).
+    uploaded: Option<Option<String>>,
+}
+
+/// How far the current round got, shared with the binary's shutdown
+/// watchdog so that the process's last word says what was not done.
+#[derive(Debug)]
+pub struct Progress {
+    db: std::path::PathBuf,
+    replica: String,
+    state: Mutex<ProgressState>,
+}
+
+impl Progress {
+    /// Progress of the rounds backing up `db` to `store`.
+    pub fn new(db: &std::path::Path, store: &DynStore) -> Arc<Self> {
+        Arc::new(Self {
+            db: db.to_path_buf(),
+            replica: store.describe(),
+            state: Mutex::new(ProgressState {
+                stage: Stage::Idle,
+                uploaded: None,
+            }),
+        })
+    }
+
+    fn set(&self, stage: Stage) {
+        if let Ok(mut s) = self.state.lock() {
+            if stage == Stage::Lease {
+                s.uploaded = None;
+            }
+            s.stage = stage;
+        }
+    }
+
+    fn uploaded(&self, id: Option<String>) {
+        if let Ok(mut s) = self.state.lock() {
+            s.uploaded = Some(id);
+        }
+    }
+
+    /// What the round in progress has not done yet, in words, naming the db
+    /// and the replica; `None` between rounds (nothing is left undone then:
+    /// changes since the last round wait for the next one, as scheduled).
+    pub fn unfinished(&self) -> Option<String> {
+        let s = self.state.lock().ok()?;
+        let (db, replica) = (self.db.display(), &self.replica);
+        let uploaded = match (s.stage, &s.uploaded) {
+            (Stage::Idle, _) => return None,
+            (Stage::Lease | Stage::Snapshot, _) | (_, None) => {
+                return Some(format!(
+                    "the snapshot of {db} was NOT uploaded to {replica}: every change committed \
+                     since the previous snapshot is missing from the replica; retention and \
+                     garbage collection were not applied"
+                ));
+            }
+            (_, Some(Some(id))) => format!("snapshot {id} of {db} is in {replica}"),
+            (_, Some(None)) => format!("{db} was unchanged, so nothing needed uploading"),
+        };
+        Some(if s.stage == Stage::Release {
+            format!(
+                "{uploaded}; the writer lease was not released (it expires by itself); \
+                 retention and garbage collection were not applied"
+            )
+        } else {
+            format!(
+                "{uploaded}; retention and garbage collection did not finish (the next \
+                 round completes them)"
+            )
+        })
+    }
+}
+
+/// The shutdown future of a run, and the deadline it resolved to once it
+/// did: every step of a round after the signal is bounded by it.
+struct Stop<F> {
+    shutdown: Pin<Box<F>>,
+    deadline: Option<Instant>,
+}
+
+impl<F: Future<Output = Instant>> Stop<F> {
+    fn new(shutdown: F) -> Self {
+        Self {
+            shutdown: Box::pin(shutdown),
+            deadline: None,
+        }
+    }
+
+    /// Resolves to the deadline once shutdown was asked for (at once if it
+    /// already was). Cancel-safe: the shutdown future is only polled.
+    async fn asked(&mut self) -> Instant {
+        if let Some(d) = self.deadline {
+            return d;
+        }
+        let d = self.shutdown.as_mut().await;
+        self.deadline = Some(d);
+        d
+    }
+
+    /// Runs `fut` to its end, or, once shutdown was asked for, until `end`
+    /// of the deadline; `None` when it was cut off.
+    async fn bound<T>(
+        &mut self,
+        fut: impl Future<Output = T>,
+        end: impl FnOnce(Instant) -> Instant,
+    ) -> Option<T> {
+        tokio::pin!(fut);
+        if self.deadline.is_none() {
+            tokio::select! {
+                biased;
+                out = &mut fut => return Some(out),
+                _ = self.asked() => {}
+            }
+        }
+        let by = end(self.deadline.unwrap_or_else(Instant::now));
+        tokio::time::timeout_at(by, fut).await.ok()
+    }
+}
+
+/// Why a round did not complete.
+enum RoundError {
+    /// The round itself failed (logged; the next round runs on schedule).
+    Failed(Error),
+    /// The shutdown deadline cut it off; [`Progress::unfinished`] says
+    /// what was not done.
+    Cut,
+}
+
+impl From<Error> for RoundError {
+    fn from(e: Error) -> Self {
+        Self::Failed(e)
+    }
+}
+
+/// One round: lease, snapshot if changed, release, retention, GC, each
+/// step bounded by the shutdown deadline once there is one.
+async fn round<F: Future<Output = Instant>>(
     snapshotter: &mut Snapshotter,
     store: &DynStore,
     config: &RoundConfig,
-) -> Result<RoundReport, Error> {
-    let mut lease = Lease::try_acquire(store.clone(), config.lease_ttl)
+    progress: &Progress,
+    stop: &mut Stop<F>,
+) -> Result<RoundReport, RoundError> {
+    progress.set(Stage::Lease);
+    // The lease release keeps a reserve of the deadline, as in `watch`.
+    let before_release = |d: Instant| d - crate::watch::release_reserve(d);
+    let mut lease = stop
+        .bound(Lease::try_acquire(store.clone(), config.lease_ttl), before_release)
         .await
+        .ok_or(RoundError::Cut)?
         .map_err(|e| Error::Other(e.to_string()))?;
-    let snap = snapshotter.snapshot().await;
-    if let Err(e) = lease.release().await {
-        tracing::warn!("could not release the writer lease (it expires by itself): {e}");
+    progress.set(Stage::Snapshot);
+    let snap = stop.bound(snapshotter.snapshot(), before_release).await;
+    progress.set(Stage::Release);
+    if let Some(Ok(s)) = &snap {
+        progress.uploaded(s.id.clone());
     }
-    let snapshot = snap?;
+    // A hung store must not hold the shutdown: a lease not released expires
+    // by itself after its TTL.
+    let released = stop
+        .bound(lease.release(), |d| {
+            d.max(Instant::now() + Duration::from_millis(50))
+        })
+        .await;
+    match released {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            tracing::warn!("could not release the writer lease (it expires by itself): {e}")
+        }
+        None => tracing::warn!(
+            "could not release the writer lease before the shutdown deadline (it expires by itself)"
+        ),
+    }
+    let snapshot = match snap {
+        None => {
+            progress.set(Stage::Snapshot);
+            return Err(RoundError::Cut);
+        }
+        Some(s) => s?,
+    };
     match &snapshot.id {
         Some(id) => tracing::info!(
             id,
@@ -98,26 +297,79 @@ pub async fn round(
         ),
         None => tracing::info!("database unchanged since the last snapshot; nothing uploaded"),
     }
-    let prune = retention::prune(store.as_ref(), &config.policy, config.gc_grace, false).await?;
+    if stop.deadline.is_some() {
+        tracing::warn!(
+            "shutdown: retention and garbage collection not applied this round (the next round applies them)"
+        );
+        progress.set(Stage::Idle);
+        return Ok(RoundReport {
+            snapshot,
+            prune: None,
+        });
+    }
+    progress.set(Stage::Prune);
+    let prune = stop
+        .bound(
+            retention::prune(store.as_ref(), &config.policy, config.gc_grace, false),
+            |d| d,
+        )
+        .await
+        .ok_or(RoundError::Cut)??;
     tracing::info!(
         forgotten = prune.forgotten.len(),
         deleted_objects = prune.deleted_objects.len(),
         deleted_bytes = prune.deleted_bytes,
         "retention and garbage collection done"
     );
-    Ok(RoundReport { snapshot, prune })
+    progress.set(Stage::Idle);
+    Ok(RoundReport {
+        snapshot,
+        prune: Some(prune),
+    })
 }
 
-/// Runs rounds on `schedule` until `shutdown` completes. A failed round is
-/// logged and the next one runs on schedule.
+/// The error a round cut off by the shutdown deadline ends the run with.
+fn cut_off(progress: &Progress) -> Error {
+    Error::Other(format!(
+        "shutdown: the cron round did not finish before the shutdown deadline: {}",
+        progress
+            .unfinished()
+            .unwrap_or_else(|| "nothing was left undone".into())
+    ))
+}
+
+/// One round now (`cron --once`), cut off at the deadline `shutdown`
+/// resolves to if it comes first; then the error says what was not done.
+pub async fn once(
+    db: &std::path::Path,
+    store: DynStore,
+    config: &RoundConfig,
+    progress: &Progress,
+    shutdown: impl Future<Output = Instant>,
+) -> Result<RoundReport, Error> {
+    let mut stop = Stop::new(shutdown);
+    let mut snapshotter = Snapshotter::new(db, store.clone()).with_key(config.encryption.clone());
+    match round(&mut snapshotter, &store, config, progress, &mut stop).await {
+        Ok(r) => Ok(r),
+        Err(RoundError::Failed(e)) => Err(e),
+        Err(RoundError::Cut) => Err(cut_off(progress)),
+    }
+}
+
+/// Runs rounds on `schedule` until `shutdown` resolves (to the deadline of
+/// the shutdown). A failed round is logged and the next one runs on
+/// schedule. A round in flight at the signal finishes its snapshot by the
+/// deadline and skips retention; if the deadline cuts it off, the error
+/// says what was not done.
 pub async fn scheduled(
     db: &std::path::Path,
     store: DynStore,
     schedule: &Schedule,
     config: &RoundConfig,
-    shutdown: impl std::future::Future<Output = ()>,
+    progress: &Progress,
+    shutdown: impl Future<Output = Instant>,
 ) -> Result<(), Error> {
-    tokio::pin!(shutdown);
+    let mut stop = Stop::new(shutdown);
     let mut snapshotter = Snapshotter::new(db, store.clone()).with_key(config.encryption.clone());
     loop {
         let now = chrono::Utc::now();
@@ -125,15 +377,20 @@ pub async fn scheduled(
         tracing::info!(next = %next.to_rfc3339(), "next round");
         let wait = (next - now).to_std().unwrap_or_default();
         tokio::select! {
-            _ = &mut shutdown => return Ok(()),
+            _ = stop.asked() => return Ok(()),
             _ = tokio::time::sleep(wait) => {}
         }
         if !db.exists() {
             tracing::warn!(db = %db.display(), "database does not exist (yet); skipping this round");
             continue;
         }
-        if let Err(e) = round(&mut snapshotter, &store, config).await {
-            tracing::error!("round failed: {e}");
+        match round(&mut snapshotter, &store, config, progress, &mut stop).await {
+            Ok(_) => {}
+            Err(RoundError::Failed(e)) => tracing::error!("round failed: {e}"),
+            Err(RoundError::Cut) => return Err(cut_off(progress)),
+        }
+        if stop.deadline.is_some() {
+            return Ok(());
         }
     }
 }

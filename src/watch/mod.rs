@@ -114,7 +114,7 @@ struct Pending {
 
 /// Part of the shutdown budget kept back from the final snapshot for the
 /// lease release: a tenth, at most half a second (one small PUT).
-fn release_reserve(deadline: Instant) -> Duration {
+pub(crate) fn release_reserve(deadline: Instant) -> Duration {
     (deadline.saturating_duration_since(Instant::now()) / 10).min(Duration::from_millis(500))
 }
 

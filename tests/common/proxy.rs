@@ -80,6 +80,13 @@ impl Proxy {
         self.control(reqwest::Method::POST, "reset").await;
     }
 
+    /// Delays every request by `ms` from now on (0 ends it); two minutes
+    /// outlast the SDK's read timeout, so a store "hangs".
+    pub async fn latency(&self, ms: u64) {
+        self.control(reqwest::Method::POST, &format!("faults?latency_ms={ms}"))
+            .await;
+    }
+
     /// Refuses every request for `secs` seconds from now.
     pub async fn outage(&self, secs: u64) {
         self.control(reqwest::Method::POST, &format!("faults?outage_s={secs}"))

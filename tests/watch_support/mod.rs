@@ -107,7 +107,7 @@ pub async fn manifests(store: &dyn ObjectStore) -> Vec<Manifest> {
     out
 }
 
-/// A running `mailsafe watch`; killed on drop if still running.
+/// A running `mailsafe watch` (or `cron`); killed on drop if still running.
 pub struct Watcher {
     pub child: Child,
     /// Its stderr (logs), written to this file.
@@ -138,6 +138,28 @@ impl Watcher {
         }
     }
 
+    /// Starts `mailsafe cron` on `db` into `url`, S3 reached at `endpoint`
+    /// (`extra` says `--once` or `--schedule`). It serves no HTTP: `http`
+    /// is empty.
+    pub fn cron(s3: &S3, endpoint: &str, db: &Path, url: &str, extra: &[&str]) -> Watcher {
+        let log = db.with_extension(format!("cron-{}.log", free_port()));
+        let mut cmd = s3.mailsafe();
+        cmd.env("AWS_ENDPOINT_URL", endpoint)
+            .env("MAILSAFE_LOG", "mailsafe=debug,info")
+            .args(["cron", "--db"])
+            .arg(db)
+            .args(["--replica", url])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let child = cmd.spawn().expect("start mailsafe cron");
+        Watcher {
+            child,
+            log,
+            http: String::new(),
+        }
+    }
+
     /// The log so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -151,6 +173,16 @@ impl Watcher {
             .unwrap()
             .success();
         assert!(ok, "kill -TERM {}", self.child.id());
+    }
+
+    /// SIGTERM, then waits (at most `limit`) for exit 0, failing the test
+    /// with the log otherwise; returns the log.
+    pub fn stop(&mut self, limit: Duration) -> String {
+        self.term();
+        let status = self.wait(limit);
+        let logs = self.logs();
+        assert!(status.success(), "exit {status:?}; log:\n{logs}");
+        logs
     }
 
     /// Waits for exit, at most `limit`.
@@ -245,6 +277,18 @@ pub fn restore(s3: &S3, url: &str, out: &Path, extra: &[&str]) -> std::process::
         .args(extra)
         .output()
         .unwrap()
+}
+
+/// Restores the newest snapshot of `url` into `out` (which must succeed)
+/// and returns its row count, checked to be rows 1..=n.
+pub fn restored_rows(s3: &S3, url: &str, out: &Path) -> i64 {
+    let r = restore(s3, url, out, &[]);
+    assert!(
+        r.status.success(),
+        "restore of {url}: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    row_ids(out)
 }
 
 #[allow(unused_imports)] // not every test binary meters requests
