@@ -38,6 +38,20 @@ fn assert_no_key(out: &std::process::Output) {
     }
 }
 
+/// Runs `mailsafe ARGS`, with `--encryption-key-file KEY` when `key` is
+/// given, asserts exit code `code` and that no key material is in the
+/// output, and returns the output for the message checks.
+fn keyed(s3: &common::S3, args: &[&str], key: Option<&str>, code: i32) -> std::process::Output {
+    let mut all = args.to_vec();
+    if let Some(k) = key {
+        all.extend(["--encryption-key-file", k]);
+    }
+    let out = run(s3, &all);
+    assert_eq!(out.status.code(), Some(code), "{all:?}: {}", stderr(&out));
+    assert_no_key(&out);
+    out
+}
+
 /// An encrypted replica (base + incremental) of a real db.
 async fn encrypted(
     s3: &common::S3,
@@ -91,7 +105,7 @@ async fn encrypted_round_trip_with_key_file_and_env() {
     let key_file = path(dir.path(), "backup.key");
     std::fs::write(&key_file, format!("{}\n", hex::encode(RAW_KEY))).unwrap();
     let target = path(dir.path(), "a.db");
-    let out = run(
+    let out = keyed(
         &s3,
         &[
             "restore",
@@ -99,11 +113,10 @@ async fn encrypted_round_trip_with_key_file_and_env() {
             target.to_str().unwrap(),
             "--replica",
             &url,
-            "--encryption-key-file",
-            key_file.to_str().unwrap(),
         ],
+        Some(key_file.to_str().unwrap()),
+        0,
     );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(content(&target), want);
     assert_no_key(&out);
 
@@ -153,8 +166,7 @@ async fn missing_or_wrong_key_and_tampering_fail_with_exit_4() {
     let target = path(dir.path(), "out.db");
     let t = target.to_str().unwrap();
 
-    let out = run(&s3, &["restore", "--db", t, "--replica", &url]);
-    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let out = keyed(&s3, &["restore", "--db", t, "--replica", &url], None, 4);
     assert!(
         stderr(&out).contains("encrypted") && stderr(&out).contains("MAILSAFE_ENCRYPTION_KEY"),
         "{}",
@@ -165,45 +177,29 @@ async fn missing_or_wrong_key_and_tampering_fail_with_exit_4() {
     let wrong = path(dir.path(), "wrong.key");
     std::fs::write(&wrong, [9u8; 32]).unwrap();
     let w_arg = wrong.to_str().unwrap();
-    let out = run(
+    let out = keyed(
         &s3,
-        &[
-            "restore",
-            "--db",
-            t,
-            "--replica",
-            &url,
-            "--encryption-key-file",
-            w_arg,
-        ],
+        &["restore", "--db", t, "--replica", &url],
+        Some(w_arg),
+        4,
     );
-    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("wrong encryption key"),
         "{}",
         stderr(&out)
     );
     assert!(!target.exists());
-    let out = run(
-        &s3,
-        &["verify", "--replica", &url, "--encryption-key-file", w_arg],
-    );
-    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    keyed(&s3, &["verify", "--replica", &url], Some(w_arg), 4);
 
     // A key file that is not a key: usage error that does not echo it.
     let bad = path(dir.path(), "bad.key");
     std::fs::write(&bad, "correct-horse-battery-staple").unwrap();
-    let out = run(
+    let out = keyed(
         &s3,
-        &[
-            "verify",
-            "--replica",
-            &url,
-            "--encryption-key-file",
-            bad.to_str().unwrap(),
-        ],
+        &["verify", "--replica", &url],
+        Some(bad.to_str().unwrap()),
+        2,
     );
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(!stderr(&out).contains("correct-horse"), "{}", stderr(&out));
 
     // Tampering with an authenticated field of the manifest (still valid
@@ -226,19 +222,7 @@ async fn missing_or_wrong_key_and_tampering_fail_with_exit_4() {
         .put(&key, Bytes::from(serde_json::to_vec(&v).unwrap()))
         .await
         .unwrap();
-    let out = run(
-        &s3,
-        &[
-            "restore",
-            "--db",
-            t,
-            "--replica",
-            &url,
-            "--encryption-key-file",
-            g,
-        ],
-    );
-    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let out = keyed(&s3, &["restore", "--db", t, "--replica", &url], Some(g), 4);
     assert!(
         stderr(&out).contains("authentication failed") && stderr(&out).contains(&key),
         "{}",
@@ -250,37 +234,12 @@ async fn missing_or_wrong_key_and_tampering_fail_with_exit_4() {
         .put(&key, Bytes::from(serde_json::to_vec(&v).unwrap()))
         .await
         .unwrap();
-    let out = run(
-        &s3,
-        &[
-            "restore",
-            "--db",
-            t,
-            "--replica",
-            &url,
-            "--encryption-key-file",
-            g,
-        ],
-    );
-    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let out = keyed(&s3, &["restore", "--db", t, "--replica", &url], Some(g), 4);
     assert!(stderr(&out).contains("not encrypted"), "{}", stderr(&out));
     assert!(!target.exists());
 
     w.store.put(&key, original).await.unwrap();
-    let out = run(
-        &s3,
-        &[
-            "restore",
-            "--db",
-            t,
-            "--replica",
-            &url,
-            "--encryption-key-file",
-            g,
-        ],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_no_key(&out);
+    keyed(&s3, &["restore", "--db", t, "--replica", &url], Some(g), 0);
 }
 
 /// A row whose text must never be readable in the bucket.
@@ -338,8 +297,12 @@ async fn snapshot_with_key_round_trips_and_leaks_no_plaintext() {
     // Control: the same db without a key does show the marker in the bucket,
     // so the check below can fail.
     let plain_url = s3.url("plain");
-    let out = run(&s3, &["snapshot", "--db", db_arg, "--replica", &plain_url]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    keyed(
+        &s3,
+        &["snapshot", "--db", db_arg, "--replica", &plain_url],
+        None,
+        0,
+    );
     let plain = all_objects(&store(&s3, "plain").await).await;
     assert!(
         plain.iter().any(|(_, b)| reveals(b, MARKER)),
@@ -347,21 +310,12 @@ async fn snapshot_with_key_round_trips_and_leaks_no_plaintext() {
     );
 
     for round in 0..2 {
-        let out = run(
+        let out = keyed(
             &s3,
-            &[
-                "snapshot",
-                "--db",
-                db_arg,
-                "--replica",
-                &url,
-                "--encryption-key-file",
-                &keyf,
-                "--json",
-            ],
+            &["snapshot", "--db", db_arg, "--replica", &url, "--json"],
+            Some(&keyf),
+            0,
         );
-        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-        assert_no_key(&out);
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert!(report["id"].is_string(), "{report}");
         assert_eq!(report["base"], round == 0, "{report}");
@@ -373,19 +327,12 @@ async fn snapshot_with_key_round_trips_and_leaks_no_plaintext() {
         .unwrap();
     }
     // The WAL still holds the last row: snapshot once more to include it.
-    let out = run(
+    keyed(
         &s3,
-        &[
-            "snapshot",
-            "--db",
-            db_arg,
-            "--replica",
-            &url,
-            "--encryption-key-file",
-            &keyf,
-        ],
+        &["snapshot", "--db", db_arg, "--replica", &url],
+        Some(&keyf),
+        0,
     );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 
     // The bucket: no marker anywhere; chunks and deltas sealed; manifests
     // signed with the key id; no chunk named by (or listing) the plain
@@ -431,46 +378,23 @@ async fn snapshot_with_key_round_trips_and_leaks_no_plaintext() {
     // Round trip through restore; verify checks authenticity.
     let target = path(dir.path(), "restored.db");
     let t = target.to_str().unwrap();
-    let out = run(
+    keyed(
         &s3,
-        &[
-            "restore",
-            "--db",
-            t,
-            "--replica",
-            &url,
-            "--encryption-key-file",
-            &keyf,
-        ],
+        &["restore", "--db", t, "--replica", &url],
+        Some(&keyf),
+        0,
     );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(content(&target), content(&db));
     assert_eq!(integrity(&target), "ok");
-    let out = run(
-        &s3,
-        &[
-            "verify",
-            "--all",
-            "--replica",
-            &url,
-            "--encryption-key-file",
-            &keyf,
-        ],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    keyed(&s3, &["verify", "--all", "--replica", &url], Some(&keyf), 0);
 
     // No key / wrong key: exit 4, the message names the key id, not the key.
-    let out = run(&s3, &["verify", "--replica", &url]);
-    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let out = keyed(&s3, &["verify", "--replica", &url], None, 4);
     assert!(stderr(&out).contains(&key_id), "{}", stderr(&out));
     let wrong = path(dir.path(), "wrong.key");
     std::fs::write(&wrong, hex::encode([9u8; 32])).unwrap();
     let w = wrong.to_str().unwrap();
-    let out = run(
-        &s3,
-        &["verify", "--replica", &url, "--encryption-key-file", w],
-    );
-    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let out = keyed(&s3, &["verify", "--replica", &url], Some(w), 4);
     assert!(
         stderr(&out).contains("wrong encryption key"),
         "{}",
@@ -483,79 +407,52 @@ async fn snapshot_with_key_round_trips_and_leaks_no_plaintext() {
     conn.execute("INSERT INTO mail(body) VALUES ('more')", [])
         .unwrap();
     let before = st.list("").await.unwrap().len();
-    let out = run(
+    let out = keyed(
         &s3,
-        &[
-            "snapshot",
-            "--db",
-            db_arg,
-            "--replica",
-            &url,
-            "--encryption-key-file",
-            w,
-        ],
+        &["snapshot", "--db", db_arg, "--replica", &url],
+        Some(w),
+        2,
     );
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let wrong_id = Key::from_bytes(&[9u8; 32]).id().to_string();
     assert!(
         stderr(&out).contains(&key_id) && stderr(&out).contains(&wrong_id),
         "{}",
         stderr(&out)
     );
-    let out = run(&s3, &["snapshot", "--db", db_arg, "--replica", &url]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = keyed(
+        &s3,
+        &["snapshot", "--db", db_arg, "--replica", &url],
+        None,
+        2,
+    );
     assert!(
         stderr(&out).contains("no encryption key"),
         "{}",
         stderr(&out)
     );
     // And a plaintext replica refuses an encrypted writer.
-    let out = run(
+    let out = keyed(
         &s3,
-        &[
-            "snapshot",
-            "--db",
-            db_arg,
-            "--replica",
-            &plain_url,
-            "--encryption-key-file",
-            &keyf,
-        ],
+        &["snapshot", "--db", db_arg, "--replica", &plain_url],
+        Some(&keyf),
+        2,
     );
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("not encrypted"), "{}", stderr(&out));
     assert_eq!(st.list("").await.unwrap().len(), before, "nothing uploaded");
 
     // cron continues the same encrypted history with the right key.
-    let out = run(
+    keyed(
         &s3,
-        &[
-            "cron",
-            "--once",
-            "--db",
-            db_arg,
-            "--replica",
-            &url,
-            "--encryption-key-file",
-            &keyf,
-        ],
+        &["cron", "--once", "--db", db_arg, "--replica", &url],
+        Some(&keyf),
+        0,
     );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_no_key(&out);
-    let out = run(
+    keyed(
         &s3,
-        &[
-            "restore",
-            "--db",
-            t,
-            "--force",
-            "--replica",
-            &url,
-            "--encryption-key-file",
-            &keyf,
-        ],
+        &["restore", "--db", t, "--force", "--replica", &url],
+        Some(&keyf),
+        0,
     );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(content(&target), content(&db));
 
     // A tampered chunk (same size, one bit flipped) fails verification.
@@ -699,7 +596,7 @@ async fn serve_replica_with_key_round_trips() {
         };
         assert!(st.success(), "{}", logs());
         let restored = path(dir.path(), &format!("restored{pod}.db"));
-        let out = run(
+        keyed(
             &s3,
             &[
                 "restore",
@@ -707,11 +604,10 @@ async fn serve_replica_with_key_round_trips() {
                 restored.to_str().unwrap(),
                 "--replica",
                 &url,
-                "--encryption-key-file",
-                &keyf,
             ],
+            Some(&keyf),
+            0,
         );
-        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
         let n: i64 = rusqlite::Connection::open(&restored)
             .unwrap()
             .query_row("SELECT count(*) FROM mailbox", [], |r| r.get(0))

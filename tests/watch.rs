@@ -104,15 +104,13 @@ async fn rpo_under_steady_load_and_final_flush() {
     for id in last + 1..=last + 20 {
         insert(&db, id);
     }
-    w.term();
-    let status = w.wait(Duration::from_secs(30));
-    assert!(status.success(), "exit {status:?}; log:\n{}", w.logs());
-    let logs = w.logs();
+    let logs = w.stop(Duration::from_secs(30));
     assert!(logs.contains("released the writer lease"), "{logs}");
-    let out = dir.path().join("restored.db");
-    let r = restore(&s3, &url, &out, &[]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    assert_eq!(row_ids(&out), last + 20, "rows committed before SIGTERM");
+    assert_eq!(
+        restored_rows(&s3, &url, &dir.path().join("restored.db")),
+        last + 20,
+        "rows committed before SIGTERM"
+    );
 }
 
 /// After the initial upload, a minute with no change makes no S3 request
@@ -163,12 +161,11 @@ async fn idle_minute_makes_no_requests() {
         w.logs()
     );
     w.wait_caught_up(Duration::from_secs(10)).await;
-    w.term();
-    assert!(w.wait(Duration::from_secs(30)).success());
-    let out = dir.path().join("restored.db");
-    let r = restore(&s3, &url, &out, &[]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    assert_eq!(row_ids(&out), 11);
+    w.stop(Duration::from_secs(30));
+    assert_eq!(
+        restored_rows(&s3, &url, &dir.path().join("restored.db")),
+        11
+    );
 }
 
 /// SeaweedFS itself is stopped for 10 s in the middle of a steady load (a
@@ -225,10 +222,7 @@ async fn seaweedfs_stopped_mid_load_loses_nothing() {
         w.logs()
     );
     w.wait_caught_up(Duration::from_secs(90)).await;
-    w.term();
-    let status = w.wait(Duration::from_secs(30));
-    assert!(status.success(), "exit {status:?}; log:\n{}", w.logs());
-    let logs = w.logs();
+    let logs = w.stop(Duration::from_secs(30));
     let outages = logs.matches("retrying with backoff").count();
     let recoveries = logs.matches("reachable again").count();
     // A restarting server may fail once more while it warms up, but a
@@ -237,10 +231,11 @@ async fn seaweedfs_stopped_mid_load_loses_nothing() {
         outages <= 3 && outages == recoveries,
         "each outage and recovery is logged once ({outages}, {recoveries}):\n{logs}"
     );
-    let out = dir.path().join("restored.db");
-    let r = restore(&s3, &url, &out, &[]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    assert_eq!(row_ids(&out), id, "every committed row survives the outage");
+    assert_eq!(
+        restored_rows(&s3, &url, &dir.path().join("restored.db")),
+        id,
+        "every committed row survives the outage"
+    );
 }
 
 /// A second watcher on the same prefix (a rolling update: same volume, new
@@ -277,8 +272,7 @@ async fn two_watchers_on_one_prefix_never_interleave() {
     assert_eq!(b.metric("mailsafe_lease_held").await, 0.0);
 
     // A goes away (rolling update); B takes over and uploads what follows.
-    a.term();
-    assert!(a.wait(Duration::from_secs(30)).success(), "{}", a.logs());
+    a.stop(Duration::from_secs(30));
     for _ in 0..10 {
         id += 1;
         insert(&db, id);
@@ -290,8 +284,7 @@ async fn two_watchers_on_one_prefix_never_interleave() {
             >= 1.0
     );
     assert_eq!(b.metric("mailsafe_lease_held").await, 1.0);
-    b.term();
-    assert!(b.wait(Duration::from_secs(30)).success(), "{}", b.logs());
+    b.stop(Duration::from_secs(30));
 
     // One history: each manifest's parent is the one before it.
     let replica = store(&s3, "two").await;
@@ -305,10 +298,10 @@ async fn two_watchers_on_one_prefix_never_interleave() {
             pair[0].id
         );
     }
-    let out = dir.path().join("restored.db");
-    let r = restore(&s3, &url, &out, &[]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    assert_eq!(row_ids(&out), id);
+    assert_eq!(
+        restored_rows(&s3, &url, &dir.path().join("restored.db")),
+        id
+    );
 }
 
 /// The watcher may start before the database exists (the app creates it
@@ -330,26 +323,14 @@ async fn waits_for_the_database_to_appear() {
         insert(&db, id);
     }
     w.wait_caught_up(Duration::from_secs(20)).await;
-    w.term();
-    assert!(w.wait(Duration::from_secs(30)).success(), "{}", w.logs());
-    let out = dir.path().join("restored.db");
-    let r = restore(&s3, &url, &out, &[]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    assert_eq!(row_ids(&out), 5);
+    w.stop(Duration::from_secs(30));
+    assert_eq!(restored_rows(&s3, &url, &dir.path().join("restored.db")), 5);
 
     let never = dir.path().join("never.db");
     let mut w2 = Watcher::start(&s3, &s3.server.endpoint, &never, &s3.url("never"), &[]);
     w2.metric("mailsafe_lease_held").await;
-    w2.term();
-    assert!(w2.wait(Duration::from_secs(10)).success(), "{}", w2.logs());
+    w2.stop(Duration::from_secs(10));
     assert!(!never.exists());
-}
-
-/// Signals the proxy to delay every request by `ms` (0 ends it).
-async fn set_latency(proxy: &Proxy, ms: u64) {
-    proxy
-        .control(reqwest::Method::POST, &format!("faults?latency_ms={ms}"))
-        .await;
 }
 
 /// The shutdown deadline holds whatever the store does: every S3 request
@@ -376,7 +357,7 @@ async fn sigterm_with_a_hung_store_ends_within_the_shutdown_timeout() {
     );
     // Caught up: the lease is held, so shutdown will try to release it.
     w.wait_caught_up(Duration::from_secs(30)).await;
-    set_latency(&proxy, 120_000).await;
+    proxy.latency(120_000).await;
     insert(&db, 2);
     // The snapshot of row 2 starts within the max delay and hangs.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -395,11 +376,8 @@ async fn sigterm_with_a_hung_store_ends_within_the_shutdown_timeout() {
         "the exit says what is missing; log:\n{logs}"
     );
     // What was uploaded before the hang is intact.
-    set_latency(&proxy, 0).await;
-    let out = dir.path().join("restored.db");
-    let r = restore(&s3, &url, &out, &[]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    assert_eq!(row_ids(&out), 1);
+    proxy.latency(0).await;
+    assert_eq!(restored_rows(&s3, &url, &dir.path().join("restored.db")), 1);
 }
 
 /// A snapshot reader stuck in SQLite's busy wait (another process holds an
@@ -494,11 +472,8 @@ async fn sigterm_at_random_moments_flushes_everything_in_time() {
             w.logs()
         );
         if id > 0 {
-            let out = dir.path().join(format!("restored{round}.db"));
-            let r = restore(&s3, &url, &out, &[]);
-            assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
             assert_eq!(
-                row_ids(&out),
+                restored_rows(&s3, &url, &dir.path().join(format!("restored{round}.db"))),
                 id,
                 "round {round}: rows committed before SIGTERM"
             );
