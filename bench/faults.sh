@@ -16,7 +16,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${PROFILE:-dev}
-unset AWS_CA_BUNDLE SSL_CERT_FILE SSL_CERT_DIR CURL_CA_BUNDLE REQUESTS_CA_BUNDLE NIX_SSL_CERT_FILE
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 flags=()
 [ "$PROFILE" = release ] && flags+=(--release)
@@ -38,15 +39,5 @@ Targets: lost = 0; RSS bounded (no growth with the backlog); /healthz non-200 du
 <!-- faults-bench:end -->
 MD
 )
-python3 - "$SECTION" <<'PY'
-import re, sys, pathlib
-p = pathlib.Path("bench/RESULTS.md")
-text = p.read_text() if p.exists() else "# Benchmark results\n"
-sec = sys.argv[1]
-if "<!-- faults-bench:begin -->" in text:
-    text = re.sub(r"<!-- faults-bench:begin -->.*?<!-- faults-bench:end -->", lambda m: sec, text, flags=re.S)
-else:
-    text = text.rstrip("\n") + "\n\n" + sec + "\n"
-p.write_text(text)
-PY
+write_results_section faults-bench "$SECTION"
 echo "$SECTION"

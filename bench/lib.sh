@@ -1,11 +1,13 @@
-# Shared start-up of the side-by-side benches (bench/engine.sh, bench/watch.sh):
-# a clean environment for loopback S3, one SeaweedFS with the two buckets,
-# Litestream, and bench/s3proxy meters. Source it after `cd` to the repo root
-# and after setting WORK (the bench's scratch dir) and a `log` function.
+# Shared start-up of the benches (bench/engine.sh, bench/watch.sh,
+# bench/faults.sh): a clean environment for loopback S3, one SeaweedFS with
+# the two buckets, Litestream, bench/s3proxy meters, and the writer of a
+# bench's section of bench/RESULTS.md. Source it after `cd` to the repo root
+# and, to use bench_cleanup / bench_s3_start / start_proxy, after setting WORK
+# (the bench's scratch dir) and a `log` function.
 #
 # Provides: PIDS (processes to stop at exit), bench_cleanup, bench_s3_start
 # (sets S3 and the AWS_* credentials), s3_curl, start_proxy (sets
-# PROXY_PORT), stats, reset_stats, ensure_litestream.
+# PROXY_PORT), stats, reset_stats, ensure_litestream, write_results_section.
 
 # Loopback S3 over plain HTTP: CA bundles are not wanted (Litestream 0.5
 # refuses to start while AWS_CA_BUNDLE is set), nor any ambient AWS target.
@@ -58,3 +60,22 @@ start_proxy() {
 }
 stats() { curl -sf "http://127.0.0.1:$1/__proxy/stats"; }
 reset_stats() { curl -sf -X POST "http://127.0.0.1:$1/__proxy/reset" >/dev/null; }
+
+# write_results_section MARKER TEXT : TEXT (from "<!-- MARKER:begin -->" to
+# "<!-- MARKER:end -->") replaces that bench's section of bench/RESULTS.md, or
+# is appended; every other section is kept, so benches never clobber each
+# other.
+write_results_section() {
+  python3 - "$1" "$2" <<'PY'
+import re, sys, pathlib
+marker, sec = sys.argv[1], sys.argv[2]
+p = pathlib.Path("bench/RESULTS.md")
+text = p.read_text() if p.exists() else "# Benchmark results\n"
+begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+if begin in text:
+    text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda m: sec, text, flags=re.S)
+else:
+    text = text.rstrip("\n") + "\n\n" + sec + "\n"
+p.write_text(text)
+PY
+}

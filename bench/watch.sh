@@ -121,15 +121,5 @@ Run $(date -u '+%Y-%m-%d %H:%M') UTC at $(git rev-parse --short HEAD): small WAL
 <!-- watch-bench:end -->
 MD
 )
-python3 - "$SECTION" <<'PY'
-import re, sys, pathlib
-p = pathlib.Path("bench/RESULTS.md")
-text = p.read_text() if p.exists() else "# Benchmark results\n"
-sec = sys.argv[1]
-if "<!-- watch-bench:begin -->" in text:
-    text = re.sub(r"<!-- watch-bench:begin -->.*?<!-- watch-bench:end -->", lambda m: sec, text, flags=re.S)
-else:
-    text = text.rstrip("\n") + "\n\n" + sec + "\n"
-p.write_text(text)
-PY
+write_results_section watch-bench "$SECTION"
 echo "$SECTION"
