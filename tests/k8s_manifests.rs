@@ -567,6 +567,15 @@ fn cronjobs_only_snapshot_a_db_they_can_see() {
                         spec["affinity"]["podAffinity"].is_object(),
                         "SQLite WAL locking is node-local: pin next to the catcher"
                     );
+                    // A round cut short by SIGTERM ends (and says what it
+                    // did not upload) before the kubelet's SIGKILL.
+                    let grace = spec["terminationGracePeriodSeconds"].as_u64().unwrap_or(30);
+                    let timeout = duration_env(c, &docs, "MAILSAFE_SHUTDOWN_TIMEOUT", "25s");
+                    assert!(
+                        timeout < Duration::from_secs(grace),
+                        "{}: shutdown timeout {timeout:?} must end before the grace period {grace} s",
+                        name_of(cj)
+                    );
                 }
                 other => panic!("unexpected subcommand {other} in {}", name_of(cj)),
             }
