@@ -255,7 +255,10 @@ async fn round<F: Future<Output = Instant>>(
     // The lease release keeps a reserve of the deadline, as in `watch`.
     let before_release = |d: Instant| d - crate::watch::release_reserve(d);
     let mut lease = stop
-        .bound(Lease::try_acquire(store.clone(), config.lease_ttl), before_release)
+        .bound(
+            Lease::try_acquire(store.clone(), config.lease_ttl),
+            before_release,
+        )
         .await
         .ok_or(RoundError::Cut)?
         .map_err(|e| Error::Other(e.to_string()))?;
