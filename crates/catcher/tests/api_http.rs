@@ -5,35 +5,17 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use base64::Engine;
-use mailsafe_catcher::api::{self, ApiOptions, Credentials};
+use mailsafe_catcher::api::{ApiOptions, Credentials};
 use mailsafe_catcher::storage::{NewMessage, Store, StoreOptions};
 use md5::Digest;
 use serde_json::{Value, json};
 
-struct Server {
-    base: String,
-    store: Store,
-    http: reqwest::Client,
-    _dir: tempfile::TempDir,
-}
+mod support;
+
+use support::ApiServer as Server;
 
 async fn start_with(opts: StoreOptions, api_opts: ApiOptions) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("mail.db"), opts).unwrap();
-    serve(store, api_opts, dir).await
-}
-
-async fn serve(store: Store, api_opts: ApiOptions, dir: tempfile::TempDir) -> Server {
-    let app = api::router(store.clone(), api_opts);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    Server {
-        base,
-        store,
-        http: reqwest::Client::builder().no_proxy().build().unwrap(),
-        _dir: dir,
-    }
+    Server::start(opts, api_opts).await
 }
 
 async fn start() -> Server {
@@ -720,7 +702,7 @@ async fn tenants_share_a_db_file_without_seeing_each_other() {
         },
     )
     .unwrap();
-    let s = serve(a.clone(), ApiOptions::default(), dir).await;
+    let s = Server::serve(a.clone(), ApiOptions::default(), dir).await;
     s.insert(&simple("a@x.com", "b@y.com", "for a", "x")).await;
     b.insert(NewMessage {
         raw: simple("a@x.com", "b@y.com", "for b", "secret-b").into_bytes(),
@@ -953,12 +935,7 @@ async fn info_webui_swagger_and_envelope_bcc() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smtp_message_shows_up_in_the_api() {
     let dir = tempfile::tempdir().unwrap();
-    let config = mailsafe_catcher::Config {
-        database: dir.path().join("mail.db"),
-        smtp_bind: "127.0.0.1:0".into(),
-        http_bind: "127.0.0.1:0".into(),
-        ..Default::default()
-    };
+    let config = support::loopback_config(dir.path().join("mail.db"));
     let catcher = mailsafe_catcher::Catcher::bind(config).await.unwrap();
     let (smtp, http) = (catcher.smtp_addr(), catcher.http_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -219,12 +219,9 @@ async fn tls_settings_must_come_in_pairs_and_secrets_stay_out_of_errors() {
     let (cert, key) = self_signed(dir.path());
     for (c, k) in [(Some(cert.clone()), None), (None, Some(key.clone()))] {
         let config = Config {
-            database: dir.path().join("m.db"),
-            smtp_bind: "127.0.0.1:0".into(),
-            http_bind: "127.0.0.1:0".into(),
             ui_tls_cert: c,
             ui_tls_key: k,
-            ..Config::default()
+            ..loopback_config(dir.path().join("m.db"))
         };
         let err = Catcher::bind(config)
             .await
@@ -237,12 +234,9 @@ async fn tls_settings_must_come_in_pairs_and_secrets_stay_out_of_errors() {
     let bogus = dir.path().join("bogus.pem");
     std::fs::write(&bogus, "not a key at all").unwrap();
     let config = Config {
-        database: dir.path().join("m.db"),
-        smtp_bind: "127.0.0.1:0".into(),
-        http_bind: "127.0.0.1:0".into(),
         ui_tls_cert: Some(cert),
         ui_tls_key: Some(bogus.clone()),
-        ..Config::default()
+        ..loopback_config(dir.path().join("m.db"))
     };
     let err = Catcher::bind(config)
         .await

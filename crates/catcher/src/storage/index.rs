@@ -320,15 +320,13 @@ impl Fresh {
     }
 }
 
-/// Indexes one message: the plain text (for `LIKE` fallbacks) and then its
-/// words (see [`index_words`]).
-pub fn index(
+/// Stores the cleaned text of one message (for `LIKE` fallbacks); its words
+/// are indexed by [`index_words`], once per batch (see the writer).
+pub fn store_text(
     conn: &Connection,
     pre: &str,
     rowid: i64,
     p: &Prepped,
-    vocab: &Vocab,
-    fresh: &mut Fresh,
 ) -> Result<(), StorageError> {
     let c = &p.cols;
     conn.prepare_cached(&format!(
@@ -336,7 +334,7 @@ pub fn index(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
     ))?
     .execute(params![rowid, c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])?;
-    index_words(conn, pre, rowid, p, vocab, fresh)
+    Ok(())
 }
 
 /// Indexes the encoded tokens of one message in FTS5 and records words not

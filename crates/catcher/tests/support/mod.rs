@@ -16,6 +16,58 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
+/// A catcher configuration for tests: database `db`, SMTP and HTTP on
+/// 127.0.0.1 with free ports, everything else at its default.
+pub fn loopback_config(db: PathBuf) -> Config {
+    Config {
+        database: db,
+        smtp_bind: "127.0.0.1:0".into(),
+        http_bind: "127.0.0.1:0".into(),
+        ..Config::default()
+    }
+}
+
+/// The HTTP API alone (no SMTP) over a store the test controls, on
+/// 127.0.0.1 with a free port.
+pub struct ApiServer {
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    pub store: Store,
+    /// A client that never goes through a proxy.
+    pub http: reqwest::Client,
+    pub _dir: tempfile::TempDir,
+}
+
+impl ApiServer {
+    /// Opens a fresh store in a temporary directory and serves the API on it.
+    pub async fn start(
+        opts: mailsafe_catcher::storage::StoreOptions,
+        api_opts: mailsafe_catcher::api::ApiOptions,
+    ) -> ApiServer {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("mail.db"), opts).unwrap();
+        ApiServer::serve(store, api_opts, dir).await
+    }
+
+    /// Serves the API on an already open `store` (kept alive by `dir`).
+    pub async fn serve(
+        store: Store,
+        api_opts: mailsafe_catcher::api::ApiOptions,
+        dir: tempfile::TempDir,
+    ) -> ApiServer {
+        let app = mailsafe_catcher::api::router(store.clone(), api_opts);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        ApiServer {
+            base,
+            store,
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            _dir: dir,
+        }
+    }
+}
+
 /// A running catcher and the means to stop it.
 pub struct Server {
     pub smtp: SocketAddr,
@@ -33,11 +85,8 @@ impl Server {
     pub async fn start(tune: impl FnOnce(&mut Config, &Path)) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config {
-            database: dir.path().join("mail.db"),
-            smtp_bind: "127.0.0.1:0".into(),
-            http_bind: "127.0.0.1:0".into(),
             max_messages: 0,
-            ..Config::default()
+            ..loopback_config(dir.path().join("mail.db"))
         };
         tune(&mut config, dir.path());
         let db = config.database.clone();
