@@ -361,15 +361,7 @@ async fn sigterm_with_a_hung_store_ends_within_the_shutdown_timeout() {
     insert(&db, 2);
     // The snapshot of row 2 starts within the max delay and hangs.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let t = Instant::now();
-    w.term();
-    let status = w.wait(Duration::from_secs(60));
-    let took = t.elapsed();
-    let logs = w.logs();
-    assert!(
-        took < timeout + Duration::from_millis(1500),
-        "SIGTERM to exit took {took:?} with --shutdown-timeout {timeout:?}; log:\n{logs}"
-    );
+    let (status, logs) = w.term_within(timeout + Duration::from_millis(1500));
     assert_eq!(status.code(), Some(1), "log:\n{logs}");
     assert!(
         logs.contains("is NOT in the replica"),
@@ -410,15 +402,7 @@ async fn sigterm_while_another_process_locks_the_db_ends_in_time() {
     db.execute_batch("BEGIN EXCLUSIVE").unwrap();
     insert(&db, 2);
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let t = Instant::now();
-    w.term();
-    let status = w.wait(Duration::from_secs(60));
-    let took = t.elapsed();
-    let logs = w.logs();
-    assert!(
-        took < timeout + Duration::from_millis(1200),
-        "SIGTERM to exit took {took:?} with --shutdown-timeout {timeout:?}; log:\n{logs}"
-    );
+    let (status, logs) = w.term_within(timeout + Duration::from_millis(1200));
     assert_eq!(
         status.code(),
         Some(1),

@@ -185,6 +185,21 @@ impl Watcher {
         logs
     }
 
+    /// SIGTERM, then asserts the process exits within `limit` (its
+    /// shutdown timeout plus some slack); returns its status and log.
+    pub fn term_within(&mut self, limit: Duration) -> (ExitStatus, String) {
+        let t = Instant::now();
+        self.term();
+        let status = self.wait(limit + Duration::from_secs(60));
+        let took = t.elapsed();
+        let logs = self.logs();
+        assert!(
+            took < limit,
+            "SIGTERM to exit took {took:?}, more than {limit:?}; log:\n{logs}"
+        );
+        (status, logs)
+    }
+
     /// Waits for exit, at most `limit`.
     pub fn wait(&mut self, limit: Duration) -> ExitStatus {
         let start = Instant::now();
