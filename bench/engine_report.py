@@ -58,6 +58,16 @@ checks = {
     "mailsafe restored rows == source rows": (E["MS_RESTORED_ROWS"], E["MS_ROWS"]),
 }
 
+def errors(stats):
+    return sum(n for code, n in stats.get("status", {}).items() if not code.startswith("2"))
+
+
+notes = [
+    f"mailsafe `watch` exit code: {E.get('MS_EXIT', '?')} "
+    f"({E.get('MS_SNAPSHOTS_STEADY', '?')} snapshots uploaded, first backup included)",
+    f"steady-state error responses from S3 (non-2xx): Litestream {errors(ls_)}, mailsafe {errors(ms_)}",
+]
+
 now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 try:
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -85,6 +95,7 @@ for r in rows:
 lines.append("")
 for name, (a, b) in checks.items():
     lines.append(f"- {name}: {a} vs {b} -> {'ok' if a == b else '**MISMATCH**'}")
+lines.extend(f"- {n}" for n in notes)
 lines.append(END)
 section = "\n".join(lines) + "\n"
 print(section)

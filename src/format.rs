@@ -6,9 +6,9 @@
 //!
 //! | key | content |
 //! |---|---|
-//! | `manifests/<id>.json` | one immutable [`Manifest`] per snapshot, written last (the commit point) |
+//! | `manifests/<id>.json` | one immutable [`Manifest`] per snapshot, written last (the commit point); since version 2 an incremental snapshot's delta pack follows the JSON in the same object (see [`manifest_object`]) |
 //! | `chunks/<sha256>` | zstd of [`Manifest::chunk_pages`] consecutive pages; named by the sha256 of the *uncompressed* bytes, so identical content is stored once |
-//! | `deltas/<id>` | zstd of a delta pack: the pages one snapshot changed (see [`DeltaHeader`]) |
+//! | `deltas/<id>` | zstd of a delta pack: the pages one snapshot changed (see [`DeltaHeader`]); written by version 1, and by `prune` when it forgets a snapshot whose embedded delta a kept one still needs |
 //! | `packs/<id>-<n>` | version 2: many chunks' stored bytes back to back; a [`ChunkRef`] names its pack, offset and length |
 //! | `lease/<epoch>.json` | the single-writer lease, one object per epoch (see `watch::lease`) |
 //!
@@ -27,6 +27,13 @@ pub const FORMAT_VERSION: u32 = 2;
 /// Every manifest version this build reads: version 2 is a superset of 1
 /// (a chunk entry without a pack means the v1 `chunks/<sha256>` object).
 pub const READ_VERSIONS: &[u32] = &[1, 2];
+/// Byte between a manifest's JSON and the delta pack embedded after it.
+pub const EMBED_SEPARATOR: u8 = b'\n';
+/// How much of a manifest object readers fetch first: enough for the JSON of
+/// every incremental manifest (and of small bases), so listing snapshots
+/// never downloads the embedded delta packs. A longer JSON costs a second GET
+/// of the whole object.
+pub const MANIFEST_PEEK: u64 = 64 * 1024;
 /// Value of [`Manifest::format`]: tells a manifest apart from stray JSON.
 pub const FORMAT_NAME: &str = "mailsafe-manifest";
 /// Target uncompressed chunk size; `chunk_pages = max(1, CHUNK_BYTES / page_size)`.
@@ -192,15 +199,47 @@ impl ChunkRef {
     }
 }
 
-/// A stored object referenced by key, with its hash and size.
+/// A stored delta pack referenced by its logical key, with its hash and size.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ObjectRef {
-    /// Object key, relative to the replica prefix.
+    /// Logical key, relative to the replica prefix: `deltas/<id>` of the
+    /// snapshot that wrote it. It is also the AES-GCM associated data, so the
+    /// bytes can live in the manifest object or at this key unchanged.
     pub key: String,
     /// sha256 (hex) of the stored bytes.
     pub sha256: String,
-    /// Size of the stored object in bytes.
+    /// Size of the stored bytes.
     pub size: u64,
+    /// Version 2: the bytes are embedded in `manifests/<id>.json` (same id as
+    /// the key) starting at this byte offset. Readers look there first and
+    /// fall back to `key` (where `prune` copies them before it deletes that
+    /// manifest). Absent: the bytes are the object at `key` (version 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_offset: Option<u64>,
+}
+
+impl ObjectRef {
+    /// The snapshot id in a `deltas/<id>` key.
+    pub fn snapshot_id(&self) -> Option<&str> {
+        self.key.strip_prefix(DELTAS)
+    }
+
+    /// Where the bytes are embedded, for a version 2 reference: the
+    /// manifest's key and the byte range in it.
+    pub fn embedded(&self) -> Option<(String, std::ops::Range<u64>)> {
+        let off = self.manifest_offset?;
+        let id = self.snapshot_id()?;
+        Some((manifest_key(id), off..off.checked_add(self.size)?))
+    }
+
+    /// Where the bytes are, for messages: the key, and the manifest that
+    /// embeds them if any.
+    pub fn describe(&self) -> String {
+        match self.embedded() {
+            Some((m, r)) => format!("{} (bytes {}..{} of {m})", self.key, r.start, r.end),
+            None => self.key.clone(),
+        }
+    }
 }
 
 /// Position in the source database that a snapshot corresponds to.
@@ -368,8 +407,14 @@ impl From<FormatError> for crate::Error {
 impl Manifest {
     /// Parses the manifest stored at `key`, checking its format name and
     /// version first so that a manifest from a newer mailsafe is refused with a
-    /// clear message instead of being misread.
+    /// clear message instead of being misread. `bytes` may be the whole
+    /// object or its JSON part: whatever follows the JSON (an embedded delta
+    /// pack, read separately and checked against its own sha256) is ignored.
     pub fn from_json(key: &str, bytes: &[u8]) -> Result<Manifest, FormatError> {
+        let bytes = match json_len(bytes) {
+            Some(n) => &bytes[..n],
+            None => bytes,
+        };
         #[derive(Deserialize)]
         struct Head {
             format: Option<String>,
@@ -413,6 +458,72 @@ impl Manifest {
     pub fn is_base(&self) -> bool {
         self.base == self.id
     }
+}
+
+/// Length of the JSON value at the start of `bytes` (a manifest object may
+/// carry an embedded delta pack after it), or `None` when `bytes` does not
+/// start with one complete JSON value (cut short, or not JSON at all).
+pub fn json_len(bytes: &[u8]) -> Option<usize> {
+    let mut it = serde_json::Deserializer::from_slice(bytes).into_iter::<serde::de::IgnoredAny>();
+    match it.next() {
+        Some(Ok(_)) => Some(it.byte_offset()),
+        _ => None,
+    }
+}
+
+/// The stored bytes of a manifest object: the manifest's JSON, and for an
+/// incremental snapshot of version 2 [`EMBED_SEPARATOR`] and its own delta
+/// pack (as stored: compressed, sealed when encrypted), so that one PUT
+/// commits the snapshot. The delta's [`ObjectRef::manifest_offset`] is
+/// `json.len() + 1`.
+pub fn manifest_object(json: &[u8], delta: Option<&[u8]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(json.len() + delta.map_or(0, |d| d.len() + 1));
+    out.extend_from_slice(json);
+    if let Some(d) = delta {
+        out.push(EMBED_SEPARATOR);
+        out.extend_from_slice(d);
+    }
+    out
+}
+
+/// Reads the JSON part of the manifest object at `key` without downloading
+/// an embedded delta pack: a ranged GET of [`MANIFEST_PEEK`] bytes, and the
+/// whole object only when the JSON is longer than that.
+pub async fn get_manifest(
+    store: &dyn crate::store::ObjectStore,
+    key: &str,
+) -> Result<bytes::Bytes, crate::store::StoreError> {
+    let head = store.get_range(key, 0..MANIFEST_PEEK).await?;
+    let whole = if (head.len() as u64) < MANIFEST_PEEK {
+        head
+    } else {
+        match json_len(&head) {
+            Some(n) => return Ok(head.slice(..n)),
+            None => store.get(key).await?,
+        }
+    };
+    Ok(match json_len(&whole) {
+        Some(n) => whole.slice(..n),
+        // Not JSON: the parser reports it, naming the key.
+        None => whole,
+    })
+}
+
+/// Reads the stored bytes of delta pack `d`: from the manifest object that
+/// embeds it (version 2), or, when that manifest is gone (forgotten by
+/// `prune`, which copies the bytes out first) or for version 1, from
+/// `d.key`. The caller checks them against `d.sha256` and `d.size`.
+pub async fn get_delta(
+    store: &dyn crate::store::ObjectStore,
+    d: &ObjectRef,
+) -> Result<bytes::Bytes, crate::store::StoreError> {
+    if let Some((key, range)) = d.embedded() {
+        match store.get_range(&key, range).await {
+            Err(crate::store::StoreError::NotFound { .. }) => {}
+            other => return other,
+        }
+    }
+    store.get(&d.key).await
 }
 
 /// Size in bytes of an uncompressed delta pack header.

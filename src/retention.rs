@@ -6,6 +6,12 @@
 //! holding them, whole), and every delta pack it lists (see
 //! [`crate::format`]). Forgetting a snapshot deletes only its manifest; its
 //! delta pack usually stays, because later incremental manifests list it too.
+//! Since format version 2 that delta pack lives inside the manifest object,
+//! so before deleting the manifest of a snapshot whose delta a kept snapshot
+//! lists, prune copies those exact bytes (checked against the recorded
+//! sha256) to `deltas/<id>`, where readers look when the manifest is gone. A
+//! restore racing the prune therefore always finds the bytes in one place or
+//! the other.
 //!
 //! GC deletes an object only when no kept manifest references it **and** it
 //! is older than a grace period. A snapshot being written uploads its chunks
@@ -134,6 +140,9 @@ pub struct PruneReport {
     /// Manifests of forgotten snapshots kept because a kept snapshot is
     /// built on them (bases).
     pub kept_as_base: Vec<String>,
+    /// `deltas/<id>` objects written because a forgotten snapshot's manifest
+    /// embedded a delta pack that a kept snapshot lists.
+    pub copied_deltas: Vec<String>,
     /// Unreferenced objects deleted.
     pub deleted_objects: Vec<String>,
     /// Their total size in bytes.
@@ -169,7 +178,8 @@ async fn load_manifests(
         let Some(id) = manifest_id(&meta.key) else {
             continue;
         };
-        let body = match store.get(&meta.key).await {
+        // The JSON only: an embedded delta pack is not needed here.
+        let body = match format::get_manifest(store, &meta.key).await {
             Ok(b) => b,
             // Deleted since the listing (another prune): not a snapshot.
             Err(crate::store::StoreError::NotFound { .. }) => continue,
@@ -203,6 +213,30 @@ fn references(manifests: &BTreeMap<String, Manifest>, ids: &BTreeSet<String>) ->
         }
     }
     refs
+}
+
+/// Copies the delta pack embedded in a manifest to its own `deltas/<id>`
+/// key, byte for byte, after checking it against the sha256 and size the
+/// manifests recorded (so a damaged manifest is never laundered into a
+/// valid-looking delta object, and the manifest is not deleted).
+async fn copy_out(store: &dyn ObjectStore, d: &format::ObjectRef) -> Result<(), Error> {
+    let (mkey, range) = d.embedded().expect("called for embedded deltas only");
+    let bytes = store
+        .get_range(&mkey, range)
+        .await
+        .map_err(|e| store_err(store, &format!("reading {}", d.describe()), e))?;
+    if bytes.len() as u64 != d.size || format::sha256_hex(&bytes) != d.sha256 {
+        return Err(Error::Verification(format!(
+            "{}: stored bytes do not match the sha256/size the manifests record; \
+             not forgetting snapshot {} (its manifest holds the only copy)",
+            d.describe(),
+            d.snapshot_id().unwrap_or("?")
+        )));
+    }
+    store
+        .put(&d.key, bytes)
+        .await
+        .map_err(|e| store_err(store, &format!("writing {}", d.key), e))
 }
 
 /// Forgets the snapshots `policy` does not keep, then deletes objects no kept
@@ -258,6 +292,32 @@ pub async fn prune(
         snapshots: decisions,
         ..PruneReport::default()
     };
+
+    // Delta packs embedded in manifests about to go that a kept snapshot
+    // still lists: copied out first, so they are never lost.
+    let listed_by_kept: HashSet<&str> = needed
+        .iter()
+        .filter_map(|id| manifests.get(id))
+        .flat_map(|m| m.deltas.iter().map(|d| d.key.as_str()))
+        .collect();
+    for id in &report.forgotten {
+        let Some(m) = manifests.get(id) else { continue };
+        let own = format::delta_key(id);
+        let Some(d) = m
+            .deltas
+            .iter()
+            .find(|d| d.key == own && d.embedded().is_some())
+        else {
+            continue;
+        };
+        if !listed_by_kept.contains(own.as_str()) {
+            continue;
+        }
+        if !dry_run {
+            copy_out(store, d).await?;
+        }
+        report.copied_deltas.push(own);
+    }
 
     // Forget first: once a manifest is gone nobody can pick that snapshot,
     // and only then can its objects become garbage.

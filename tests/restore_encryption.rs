@@ -520,7 +520,24 @@ async fn watch_with_key_round_trips() {
     assert!(!w.logs().contains(&hex::encode(RAW_KEY)));
 
     let objects = all_objects(&store(&s3, "watched").await).await;
-    assert!(objects.iter().any(|(k, _)| k.starts_with(format::DELTAS)));
+    // Format v2: each incremental snapshot's delta pack is inside its
+    // manifest object, sealed like a `deltas/<id>` object would be.
+    let embedded: Vec<Bytes> = objects
+        .iter()
+        .filter(|(k, _)| k.starts_with(format::MANIFESTS))
+        .filter_map(|(k, body)| {
+            let m = format::Manifest::from_json(k, body).unwrap();
+            let (mkey, r) = m.deltas.last()?.embedded()?;
+            (&mkey == k).then(|| body.slice(r.start as usize..r.end as usize))
+        })
+        .collect();
+    assert!(!embedded.is_empty(), "no incremental snapshot");
+    for d in &embedded {
+        assert!(
+            d.starts_with(mailsafe::crypto::MAGIC),
+            "embedded delta not sealed"
+        );
+    }
     for (k, body) in &objects {
         assert!(!reveals(body, MARKER), "{k} holds the marker row");
     }

@@ -149,6 +149,123 @@ async fn prune_keeps_what_it_says_and_collects_only_old_garbage() {
     );
 }
 
+/// Format v2 keeps each incremental snapshot's delta pack inside its
+/// manifest object. Forgetting such a snapshot while a kept one lists its
+/// delta must copy the exact bytes to `deltas/<id>` first: the kept snapshot
+/// still restores, the forgotten ones no longer list, and once nothing lists
+/// the copies (after a re-base and a later prune) GC deletes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_copies_out_embedded_deltas_that_kept_snapshots_need() {
+    let s3 = common::s3();
+    let url = s3.url("copyout");
+    let replica = store(&s3, "copyout").await;
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("c.db");
+    let db = create_db(&db_path);
+    // A base big enough that three small deltas stay deltas.
+    for id in 1..=2000 {
+        insert(&db, id);
+    }
+    let mut snap = Snapshotter::new(&db_path, replica.clone());
+    let base = snap.snapshot().await.unwrap();
+    assert!(base.base, "{base:?}");
+    let mut ids = vec![base.id.unwrap()];
+    for k in 1..=3i64 {
+        for id in 2000 + (k - 1) * 5 + 1..=2000 + k * 5 {
+            insert(&db, id);
+        }
+        let r = snap.snapshot().await.unwrap();
+        assert!(!r.base && r.uploaded_objects == 1, "{r:?}");
+        ids.push(r.id.unwrap());
+    }
+    let newest = manifests(replica.as_ref()).await.pop().unwrap();
+    assert_eq!(newest.id, ids[3]);
+    assert_eq!(newest.deltas.len(), 3);
+    let mut embedded = Vec::new();
+    for d in &newest.deltas {
+        assert!(d.embedded().is_some(), "{d:?}");
+        embedded.push(format::get_delta(replica.as_ref(), d).await.unwrap());
+    }
+    assert!(replica.list(format::DELTAS).await.unwrap().is_empty());
+    let wanted: Vec<String> = ids[1..3].iter().map(|id| format::delta_key(id)).collect();
+
+    // Dry run: says what it would copy, writes nothing.
+    let dry = prune(
+        &s3,
+        &url,
+        &["--keep-last", "1", "--gc-grace", "0s", "--dry-run"],
+    );
+    assert_eq!(dry["copied_deltas"], serde_json::json!(wanted), "{dry}");
+    assert!(replica.list(format::DELTAS).await.unwrap().is_empty());
+
+    let r = prune(&s3, &url, &["--keep-last", "1", "--gc-grace", "0s"]);
+    assert_eq!(r["copied_deltas"], serde_json::json!(wanted), "{r}");
+    assert_eq!(r["forgotten"], serde_json::json!(ids[1..3]), "{r}");
+    assert_eq!(r["kept_as_base"], serde_json::json!([ids[0]]), "{r}");
+    // Exactly the bytes (and so the sha256) the manifests recorded.
+    let copies: Vec<String> = replica
+        .list(format::DELTAS)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(copies, wanted);
+    for (d, bytes) in newest.deltas.iter().zip(&embedded).take(2) {
+        assert_eq!(&replica.get(&d.key).await.unwrap(), bytes, "{}", d.key);
+        assert_eq!(format::sha256_hex(bytes), d.sha256);
+    }
+    // The forgotten snapshots no longer list; the kept one restores.
+    let out = s3
+        .mailsafe()
+        .args(["snapshots", "--replica", &url, "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [ids[0].as_str(), ids[3].as_str()]);
+    let target = dir.path().join("k.db");
+    let o = restore(&s3, &url, &target, &["--snapshot", &ids[3]]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(row_ids(&target), 2015);
+    let o = s3
+        .mailsafe()
+        .args(["verify", "--replica", &url])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // A re-base (a change bigger than a quarter of the base), then prune:
+    // nothing lists the copies any more, so GC deletes them.
+    for id in 2016..=4500 {
+        insert(&db, id);
+    }
+    let rebased = snap.snapshot().await.unwrap();
+    assert!(rebased.base, "{rebased:?}");
+    let r = prune(&s3, &url, &["--keep-last", "1", "--gc-grace", "0s"]);
+    for key in &wanted {
+        assert!(
+            r["deleted_objects"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k == key),
+            "{key} not collected: {r}"
+        );
+    }
+    assert!(replica.list(format::DELTAS).await.unwrap().is_empty());
+    let target = dir.path().join("rebased.db");
+    let o = restore(&s3, &url, &target, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(row_ids(&target), 4500);
+}
+
 /// Snapshots run back to back while `prune --keep-last 1` runs in a loop
 /// with a short grace period: every snapshot that remains restores.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

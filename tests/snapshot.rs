@@ -146,7 +146,7 @@ async fn rebuild(store: &dyn ObjectStore, id: &str, out: &Path) -> Manifest {
         }
     }
     for d in &m.deltas {
-        let z = store.get(&d.key).await.unwrap();
+        let z = format::get_delta(store, d).await.unwrap();
         assert_eq!(format::sha256_hex(&z), d.sha256, "{}", d.key);
         assert_eq!(z.len() as u64, d.size);
         let raw = zstd::decode_all(&z[..]).unwrap();
@@ -268,14 +268,28 @@ async fn wal_db_incremental_exact_and_unchanged_uploads_nothing() {
     assert_eq!(rows(&open_checked(&out)), 300);
 
     // One row: a delta found from the WAL, a few pages.
+    // One PUT (format v2): the delta pack travels inside the manifest object.
     insert(&db, 301, 700);
+    let before = store.counts();
     let second = snap(&mut s).await;
     assert!(!second.base && !second.full_scan, "{second:?}");
     assert!(second.delta_pages <= 4, "{second:?}");
-    assert_eq!(second.uploaded_objects, 2, "{second:?}");
+    assert_eq!(second.uploaded_objects, 1, "{second:?}");
+    let after = store.counts();
+    assert_eq!(after.1 - before.1, 1, "one PUT per incremental snapshot");
+    assert_eq!(after.2 - before.2, second.uploaded_bytes);
     let out = dir.path().join("r2.db");
     let m2 = rebuild(&*store, second.id.as_ref().unwrap(), &out).await;
     assert_eq!(m2.parent, first.id);
+    assert_eq!(m2.stats.new_bytes, second.uploaded_bytes);
+    let own = m2.deltas.last().unwrap();
+    let (mkey, range) = own.embedded().expect("delta embedded in its manifest");
+    assert_eq!(mkey, format::manifest_key(second.id.as_ref().unwrap()));
+    assert_eq!(
+        range.end, second.uploaded_bytes,
+        "the delta ends the object"
+    );
+    assert!(store.list(format::DELTAS).await.unwrap().is_empty());
     assert_eq!(rows(&open_checked(&out)), 301);
 
     // Unchanged: no request at all, no id.

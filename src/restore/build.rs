@@ -214,8 +214,7 @@ pub async fn build_image(
     let mut dirty: BTreeSet<u64> = BTreeSet::new();
     let mut deltas = futures::stream::iter(plan.deltas.iter())
         .map(|d| async move {
-            let stored = store
-                .get(&d.key)
+            let stored = format::get_delta(store, d)
                 .await
                 .map_err(|e| missing_is_broken(e, snapshot))?;
             Ok::<(&ObjectRef, Bytes), Error>((d, stored))
@@ -417,7 +416,7 @@ fn apply_delta(
     enc: Option<&Key>,
 ) -> Result<Vec<u32>, Error> {
     let key = d.key.as_str();
-    check_stored(stored, &d.sha256, d.size, key)?;
+    check_stored(stored, &d.sha256, d.size, &d.describe())?;
     let plain;
     let packed = match enc {
         Some(k) => {

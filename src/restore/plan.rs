@@ -221,11 +221,11 @@ pub fn parse_manifest(bytes: &[u8], key: &str) -> Result<Manifest, Error> {
     Ok(m)
 }
 
-/// Downloads and parses the manifest of snapshot `id`.
+/// Downloads and parses the manifest of snapshot `id` (its JSON only, not
+/// an embedded delta pack).
 pub async fn load_manifest(store: &dyn ObjectStore, id: &str) -> Result<Manifest, Error> {
     let key = format::manifest_key(id);
-    let bytes = store
-        .get(&key)
+    let bytes = format::get_manifest(store, &key)
         .await
         .map_err(|e| missing_is_broken(e, id))?;
     parse_manifest(&bytes, &key)
@@ -240,6 +240,24 @@ pub async fn load_authentic(
 ) -> Result<Manifest, Error> {
     let m = load_manifest(store, id).await?;
     crypto::check_manifest(&m, &format::manifest_key(id), key)?;
+    Ok(m)
+}
+
+/// [`load_authentic`] for a base manifest: one plain GET, since a base
+/// carries no delta pack and its chunk list often outgrows the first
+/// [`format::MANIFEST_PEEK`] bytes (saves a round trip per restore).
+async fn load_authentic_base(
+    store: &dyn ObjectStore,
+    id: &str,
+    key: Option<&Key>,
+) -> Result<Manifest, Error> {
+    let mkey = format::manifest_key(id);
+    let bytes = store
+        .get(&mkey)
+        .await
+        .map_err(|e| missing_is_broken(e, id))?;
+    let m = parse_manifest(&bytes, &mkey)?;
+    crypto::check_manifest(&m, &mkey, key)?;
     Ok(m)
 }
 
@@ -260,7 +278,7 @@ pub async fn plan(
             manifest,
         });
     }
-    let base = load_authentic(store, &manifest.base, key).await?;
+    let base = load_authentic_base(store, &manifest.base, key).await?;
     let base_key = format::manifest_key(&base.id);
     if base.base != base.id {
         return Err(Error::Verification(format!(

@@ -8,7 +8,9 @@
 //! The reading side ([`reader`]) runs on a blocking thread and streams
 //! compressed objects through a small bounded channel to the uploader here,
 //! so memory stays at a few chunks whatever the database size. The manifest
-//! is written last, only after every object it names is stored.
+//! is written last, only after every object it names is stored; an
+//! incremental snapshot's delta pack travels inside the manifest object, so
+//! in steady state a snapshot is exactly one PUT.
 
 mod reader;
 pub mod wal;
@@ -185,27 +187,41 @@ impl Snapshotter {
         };
 
         // stored_bytes counts every object the snapshot needs, itself
-        // included; the manifest's own size depends on that number, so settle
-        // it with a second pass (the digit count changes at most once).
+        // included, and an embedded delta's offset is where the JSON ends;
+        // both depend on the JSON's own length, so settle it by iterating
+        // (the length only grows, by a digit at a time, so this ends fast).
         let needed = m.manifest.stats.stored_bytes;
+        let delta = m.delta.take();
+        let embed_len = delta.as_ref().map_or(0, |d| 1 + d.len() as u64);
         m.manifest.stats.new_objects = objects + 1;
-        let mut len = 0;
-        let body = loop {
-            m.manifest.stats.new_bytes = bytes + len;
-            m.manifest.stats.stored_bytes = needed + len;
+        let mut json_len = 0u64;
+        let json = loop {
+            m.manifest.stats.new_bytes = bytes + json_len + embed_len;
+            m.manifest.stats.stored_bytes = needed + json_len + embed_len.min(1);
+            if delta.is_some() {
+                let own = m
+                    .manifest
+                    .deltas
+                    .last_mut()
+                    .expect("an incremental manifest lists its own delta last");
+                own.manifest_offset = Some(json_len + 1);
+            }
             if let Some(k) = &self.key {
                 // Signed last, over the final fields; the MAC has a fixed
                 // length, so the size settles as without a key.
                 k.sign_manifest(&mut m.manifest);
             }
-            let body = m.manifest.to_json();
-            if body.len() as u64 == len {
-                break body;
+            let json = m.manifest.to_json();
+            if json.len() as u64 == json_len {
+                break json;
             }
-            len = body.len() as u64;
+            json_len = json.len() as u64;
         };
+        let body = format::manifest_object(&json, delta.as_deref());
         let key = format::manifest_key(&m.manifest.id);
         let len = body.len() as u64;
+        // One PUT commits the snapshot: the manifest, with an incremental
+        // snapshot's delta pack inside it.
         self.store.put_if_absent(&key, Bytes::from(body)).await?;
         objects += 1;
         bytes += len;
@@ -291,7 +307,7 @@ async fn read_manifest(
     key: &str,
     enc: Option<&Key>,
 ) -> Result<Option<Manifest>, Error> {
-    let m = match store.get(key).await {
+    let m = match format::get_manifest(store.as_ref(), key).await {
         Ok(b) => match Manifest::from_json(key, &b) {
             Ok(m) => m,
             Err(e) => {

@@ -63,6 +63,9 @@ pub(crate) struct Changed {
     pub effective: Vec<[u8; 32]>,
     pub full_scan: bool,
     pub delta_pages: u64,
+    /// An incremental snapshot's delta pack as stored (compressed, sealed),
+    /// to be embedded in its manifest object; `None` for a base.
+    pub delta: Option<Vec<u8>>,
 }
 
 fn sqlite_err(db: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
@@ -759,19 +762,21 @@ fn in_txn(
             effective,
             full_scan,
             delta_pages: 0,
+            delta: None,
         })));
     }
     let key = format::delta_key(&id);
+    // Sealed under its logical key, so prune can later copy the bytes out
+    // of the manifest object to that key unchanged.
     let z = seal(enc, &key, delta.expect("built when not re-basing"));
+    // The bytes travel in the manifest object (one PUT per incremental
+    // snapshot); the offset is settled when the manifest is serialised.
     let dref = ObjectRef {
         key,
         sha256: format::sha256_hex(&z),
         size: z.len() as u64,
+        manifest_offset: Some(0),
     };
-    sink.out.send(Upload {
-        key: dref.key.clone(),
-        body: Bytes::from(z),
-    })?;
     let mut deltas = prior_deltas.to_vec();
     deltas.push(dref);
     let mut chunk_overrides = std::collections::BTreeMap::new();
@@ -814,6 +819,7 @@ fn in_txn(
         effective,
         full_scan,
         delta_pages: delta_pages.len() as u64,
+        delta: Some(z),
     })))
 }
 
@@ -868,6 +874,7 @@ fn first_base(
         effective,
         full_scan: true,
         delta_pages: 0,
+        delta: None,
     })))
 }
 

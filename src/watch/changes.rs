@@ -144,6 +144,26 @@ impl Changes {
 /// What the poller compares between rounds, per file.
 type Fingerprint = Option<(u64, SystemTime, u64)>;
 
+/// Size, modification time and inode of the db and its `-wal`/`-journal`:
+/// whatever a commit writes changes it. The watch loop compares it at
+/// shutdown with the stamp taken before its last successful snapshot, so a
+/// commit whose change signal has not arrived yet is not missed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp(Vec<Fingerprint>);
+
+impl Stamp {
+    /// The stamp of `db`'s files now.
+    pub fn of(db: &Path) -> Stamp {
+        let dir = db.parent().map(Path::to_path_buf).unwrap_or_default();
+        Stamp(
+            watched_names(db)
+                .into_iter()
+                .map(|n| fingerprint(&dir.join(n)))
+                .collect(),
+        )
+    }
+}
+
 fn fingerprint(path: &Path) -> Fingerprint {
     use std::os::unix::fs::MetadataExt as _;
     let m = std::fs::metadata(path).ok()?;

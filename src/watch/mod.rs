@@ -140,6 +140,9 @@ struct Loop {
     blocked_by: Option<String>,
     /// Set once shutdown was asked for: when everything must be done.
     deadline: Option<Instant>,
+    /// The db files' stamp taken before the last successful snapshot: at
+    /// shutdown, a different stamp means a commit we may not have seen.
+    synced: Option<changes::Stamp>,
     outcome: WatchOutcome,
 }
 
@@ -175,6 +178,7 @@ pub async fn run(
         retry_at: None,
         blocked_by: None,
         deadline: None,
+        synced: None,
         outcome: WatchOutcome::default(),
     };
 
@@ -252,6 +256,8 @@ impl Loop {
     ) {
         let started = Instant::now();
         let started_wall = chrono::Utc::now();
+        // Before the snapshot reads: a commit after this changes the stamp.
+        let stamp = changes::Stamp::of(&self.config.db);
         let pending = self.pending.take();
         // `fut` borrows self: the deadline is recorded after it is done.
         let mut shut_at = None;
@@ -312,6 +318,7 @@ impl Loop {
                 self.failures = 0;
                 self.retry_at = None;
                 self.blocked_by = None;
+                self.synced = Some(stamp);
             }
             Err(failure) => {
                 // Put the changes back: they are still not in the replica.
@@ -406,6 +413,15 @@ impl Loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
         while let Ok(Some(seen)) = tokio::time::timeout(Duration::ZERO, changes.next()).await {
             self.mark(seen);
+        }
+        // The signal may still be slower than that (a loaded machine, or a
+        // poll interval): the files themselves say whether anything was
+        // written since the last snapshot started.
+        if self.pending.is_none()
+            && self.synced.as_ref() != Some(&changes::Stamp::of(&self.config.db))
+        {
+            tracing::debug!("db files changed since the last snapshot; taking a final one");
+            self.mark(Instant::now());
         }
         let never_succeeded = self.metrics.last_success().is_none();
         if self.pending.is_some() || never_succeeded || self.failures > 0 {

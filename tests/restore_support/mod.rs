@@ -221,7 +221,12 @@ impl ReplicaWriter {
             zstd::bulk::compress(&format::encode_delta(page_size, page_count, &pages), 3).unwrap();
         let key = format::delta_key(&id);
         let (sha256, size) = self.put(&key, pack).await;
-        self.deltas.push(ObjectRef { key, sha256, size });
+        self.deltas.push(ObjectRef {
+            key,
+            sha256,
+            size,
+            manifest_offset: None,
+        });
         let hashes = self.chunk_hashes(page_size, image);
         let chunk_overrides = hashes
             .iter()
