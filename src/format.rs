@@ -705,12 +705,56 @@ mod tests {
     }
 
     #[test]
+    fn manifest_object_embeds_the_delta_after_the_json() {
+        let mut m = sample_manifest();
+        m.base = "20261129T095959.000Z-0000abcd".into();
+        let delta = b"\x28\xb5\x2f\xfd sealed or compressed bytes";
+        m.deltas.push(ObjectRef {
+            key: delta_key(&m.id),
+            sha256: sha256_hex(delta),
+            size: delta.len() as u64,
+            manifest_offset: None,
+        });
+        // The offset is where the JSON ends (+1); settle it as the writer does.
+        let mut json = m.to_json();
+        loop {
+            m.deltas[0].manifest_offset = Some(json.len() as u64 + 1);
+            let again = m.to_json();
+            if again.len() == json.len() {
+                json = again;
+                break;
+            }
+            json = again;
+        }
+        let object = manifest_object(&json, Some(delta));
+        let key = manifest_key(&m.id);
+        assert_eq!(json_len(&object), Some(json.len()));
+        assert_eq!(Manifest::from_json(&key, &object).unwrap(), m);
+        let (mkey, range) = m.deltas[0].embedded().unwrap();
+        assert_eq!(mkey, key);
+        assert_eq!(&object[range.start as usize..range.end as usize], delta);
+        assert!(m.deltas[0].describe().contains(&key));
+        // Cut inside the JSON: not a complete value.
+        assert_eq!(json_len(&object[..json.len() - 1]), None);
+        assert_eq!(json_len(b"\x89PNG"), None);
+        // A base (no delta) is plain JSON; v1 references name their own object.
+        assert_eq!(manifest_object(&json, None), json);
+        m.deltas[0].manifest_offset = None;
+        assert_eq!(m.deltas[0].embedded(), None);
+        assert_eq!(m.deltas[0].describe(), delta_key(&m.id));
+    }
+
+    #[test]
     fn manifest_round_trip_and_version_check() {
         let m = sample_manifest();
         let key = manifest_key(&m.id);
         assert_eq!(Manifest::from_json(&key, &m.to_json()).unwrap(), m);
 
+        // Version 1 (session 2's replicas) is still read.
         let mut v: serde_json::Value = serde_json::from_slice(&m.to_json()).unwrap();
+        v["version"] = 1.into();
+        let v1 = Manifest::from_json(&key, &serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(v1.version, 1);
         v["version"] = 99.into();
         let err = Manifest::from_json(&key, &serde_json::to_vec(&v).unwrap()).unwrap_err();
         assert!(matches!(
