@@ -10,6 +10,12 @@
 # benchmark counts as sent is on disk. maildev keeps mail in memory/files
 # without fsync, so the comparison favours maildev.
 #
+# mailsafe runs with its defaults, like Mailpit's: MP_MAX_MESSAGES=500, so
+# count pruning runs in every batch once 500 are stored (set MP_MAX_MESSAGES=0
+# to measure without pruning; the section says which was used). The writer's
+# stage timers (batches, mean batch, time in inserts/pruning/commit) are
+# logged at debug level and summed into the section.
+#
 # Usage: bench/ingest.sh            (MESSAGES=20000 SESSIONS=10 SIZE=4096)
 #        MAILDEV_MESSAGES=2000 bench/ingest.sh   (shorter maildev run; msgs/s
 #        is a rate, so a smaller count still measures it)
@@ -23,6 +29,9 @@ MESSAGES="${MESSAGES:-20000}"
 SESSIONS="${SESSIONS:-10}"
 SIZE="${SIZE:-4096}"
 MAILDEV_MESSAGES="${MAILDEV_MESSAGES:-$MESSAGES}"
+MAX_MESSAGES="${MP_MAX_MESSAGES:-500}"
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo "?")
+if [ -n "$(git status --porcelain -- crates src Cargo.toml Cargo.lock 2>/dev/null)" ]; then commit="$commit+changes"; fi
 
 log() { echo "[ingest] $*" >&2; }
 
@@ -66,18 +75,44 @@ if [ -z "$bin" ]; then
 fi
 
 smtp_port=$(free_port); http_port=$(free_port)
-MP_MAX_MESSAGES=0 "$bin" serve --db "$work/bench.db" \
+MP_MAX_MESSAGES="$MAX_MESSAGES" MAILSAFE_LOG="info,mailsafe_catcher::storage::writer=debug" \
+  "$bin" serve --db "$work/bench.db" \
   --smtp "127.0.0.1:$smtp_port" --listen "127.0.0.1:$http_port" 2>"$work/mailsafe.log" &
 pids+=($!)
 wait_port "$smtp_port"
 log "mailsafe: $MESSAGES messages, $SESSIONS sessions, $SIZE bytes"
 mailsafe_rate=$(blast "$smtp_port" "$MESSAGES")
+# Accepted (committed) since start, and how many the mailbox holds after pruning.
+accepted=$(curl -s "http://127.0.0.1:$http_port/api/v1/info" | python3 -c 'import json,sys; print(json.load(sys.stdin)["RuntimeStats"]["SMTPAccepted"])' 2>/dev/null || echo "?")
 stored=$(curl -s "http://127.0.0.1:$http_port/api/v1/messages?limit=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"])' 2>/dev/null || echo "?")
 if [ "$stored" = "?" ]; then
   stored=$(sqlite3 "$work/bench.db" "select count(*) from mailbox" 2>/dev/null || echo "?")
 fi
-log "mailsafe: $mailsafe_rate msgs/s, $stored stored"
+log "mailsafe: $mailsafe_rate msgs/s, $accepted accepted, $stored kept"
 rss_kb=$(awk '/VmHWM/{print $2}' "/proc/${pids[0]}/status" 2>/dev/null || echo "?")
+# Stop mailsafe so the writer logs its last stage timers, then sum them.
+kill "${pids[0]}" 2>/dev/null || true
+wait "${pids[0]}" 2>/dev/null || true
+stages=$(python3 - "$work/mailsafe.log" <<'PY'
+import re, sys
+tot = {}
+for line in open(sys.argv[1], errors="replace"):
+    line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+    if "writer stages" not in line:
+        continue
+    for k, v in re.findall(r'(\w+)="?([0-9.]+)"?', line.split("writer stages", 1)[1]):
+        tot[k] = tot.get(k, 0.0) + float(v)
+if not tot.get("batches"):
+    print("no writer timings logged")
+else:
+    b = tot["batches"]
+    print(f"{tot['jobs']:.0f} jobs in {b:.0f} batches (mean {tot['jobs']/b:.1f}); per batch: "
+          f"inserts {tot['apply_ms']/b:.2f} ms, pruning {tot['prune_ms']/b:.2f} ms, "
+          f"commit incl. FTS5 flush and fsync {tot['commit_ms']/b:.2f} ms; "
+          f"{tot.get('short_waits', 0):.0f} batches waited for jobs that did not come")
+PY
+)
+log "writer: $stages"
 
 log "installing maildev under bench/node_modules"
 if [ ! -x bench/node_modules/.bin/maildev ]; then
@@ -97,13 +132,15 @@ cores=$(nproc)
 section=$(cat <<EOF
 ## SMTP ingest
 
-\`bench/ingest.sh\`, $(date -u +%Y-%m-%d), $cores cores (load average $load_before at the start), mailsafe $label:
-Postfix \`smtp-source -s $SESSIONS -l $SIZE\` on the same machine,
+\`bench/ingest.sh\`, $(date -u +%Y-%m-%d\ %H:%M) UTC, commit $commit, $cores cores (load average $load_before at the start), mailsafe $label,
+\`MP_MAX_MESSAGES=$MAX_MESSAGES\` (500 is the default: pruning runs in every batch):
+Postfix \`smtp-source -s $SESSIONS -l $SIZE\` (a new connection per message) on the same machine,
 messages acknowledged with 250 per second (mailsafe: each one committed to SQLite, synchronous=FULL, WAL, group commit).
+mailsafe's writer: $stages.
 
 | server | messages | msgs/s |
 |---|---|---|
-| mailsafe | $MESSAGES ($stored stored, peak RSS ${rss_kb} KiB) | $mailsafe_rate |
+| mailsafe | $MESSAGES ($accepted committed, $stored kept, peak RSS ${rss_kb} KiB) | $mailsafe_rate |
 | maildev $maildev_version (npm) | $MAILDEV_MESSAGES | $maildev_rate |
 
 mailsafe / maildev: **${ratio}x** (targets: ≥ 20x and ≥ 2,000 msgs/s).
