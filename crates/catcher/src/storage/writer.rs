@@ -845,3 +845,117 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer(dir: &std::path::Path) -> Writer {
+        let path = dir.join("w.db");
+        let mut conn = super::super::open_conn(&path).unwrap();
+        super::super::schema::migrate(&mut conn, "").unwrap();
+        let (events, _) = broadcast::channel(16);
+        Writer::new(
+            conn,
+            path,
+            String::new(),
+            StoreOptions {
+                max_messages: 0,
+                ..StoreOptions::default()
+            },
+            events,
+            Arc::default(),
+            Arc::default(),
+        )
+    }
+
+    fn insert_job(subject: &str, body: &str) -> Box<dyn Job> {
+        let raw = format!("From: a@example.com\r\nSubject: {subject}\r\n\r\n{body}\r\n");
+        let p = Prepared::new(
+            NewMessage {
+                raw: raw.into_bytes(),
+                mail_from: "a@example.com".into(),
+                rcpt_to: vec![],
+                username: None,
+            },
+            3,
+        )
+        .unwrap();
+        let (tx, _rx) = oneshot::channel();
+        fn_job(move |c, ctx| insert(c, ctx, p), tx)
+    }
+
+    /// Deletes every message, as `Store::delete_all` does (words and
+    /// vocabulary included), inside the batch.
+    fn delete_all_job() -> Box<dyn Job> {
+        let (tx, _rx) = oneshot::channel();
+        fn_job(
+            |c: &Connection, ctx: &mut Ctx| {
+                let rows: Vec<i64> = c
+                    .prepare("SELECT Seq FROM mailbox")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                delete_rows(c, "", &rows)?;
+                c.execute("DELETE FROM vocab", [])?;
+                ctx.vocab_reset = true;
+                ctx.fresh.take();
+                Ok(())
+            },
+            tx,
+        )
+    }
+
+    fn matches(w: &Writer, word: &str) -> i64 {
+        w.conn
+            .query_row(
+                "SELECT count(*) FROM words WHERE words MATCH ?1",
+                params![word],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    /// Words are indexed after every job of the batch has run: a message a
+    /// later job deleted leaves nothing in the index, and after a delete-all
+    /// the words of messages inserted in the same batch are remembered again
+    /// (the old vocabulary no longer vouches for them).
+    #[test]
+    fn batch_indexing_skips_deleted_rows_and_relearns_words_after_delete_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        w.run_batch(vec![
+            insert_job("first", "alphaword"),
+            insert_job("second", "betaword"),
+        ]);
+        assert_eq!(matches(&w, "alphaword"), 1);
+        assert!(w.vocab.contains("betaword"));
+
+        w.run_batch(vec![
+            insert_job("third", "gammaword"),
+            delete_all_job(),
+            insert_job("fourth", "betaword again"),
+        ]);
+        // The third message went with the delete-all: no index entry left.
+        assert_eq!(matches(&w, "gammaword"), 0);
+        assert_eq!(matches(&w, "alphaword"), 0);
+        assert_eq!(matches(&w, "betaword"), 1);
+        // "betaword" was known before the delete-all; it must be known (in
+        // memory and in the table) after it too, since a message holds it.
+        assert!(w.vocab.contains("betaword"));
+        assert!(!w.vocab.contains("alphaword"));
+        let persisted: i64 = w
+            .conn
+            .query_row(
+                "SELECT count(*) FROM vocab WHERE term = 'betaword'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(persisted, 1);
+        let total: i64 = w
+            .conn
+            .query_row("SELECT count(*) FROM mailbox", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(total, 1);
+    }
+}
