@@ -718,7 +718,7 @@ async fn tenants_share_a_db_file_without_seeing_each_other() {
     assert_eq!(s.search_ids("secret").await, Vec::<String>::new());
     let pb = b.list(0, 10).await.unwrap();
     assert_eq!(pb.total, 1);
-    assert_eq!(pb.messages[0].subject, "for b");
+    assert_eq!(pb.messages[0].head.subject, "for b");
     let conn = rusqlite::Connection::open(s.store.path()).unwrap();
     let tables: Vec<String> = conn
         .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '%mailbox'")

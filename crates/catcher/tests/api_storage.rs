@@ -61,21 +61,21 @@ async fn concurrent_inserts_are_all_durable_and_listed() {
         .unwrap()
         .messages
         .iter()
-        .map(|m| m.id.clone())
+        .map(|m| m.head.id.clone())
         .collect();
     assert_eq!(
         page.messages
             .iter()
-            .map(|m| m.id.clone())
+            .map(|m| m.head.id.clone())
             .collect::<Vec<_>>(),
         newest[..50].to_vec()
     );
     assert_eq!(page.tags, vec!["one", "Two"]);
     let m = &page.messages[0];
-    assert_eq!(m.from.address, "alice@example.com");
-    assert_eq!(m.from.name, "Alice Example");
-    assert_eq!(m.to.len(), 2);
-    assert_eq!(m.tags, vec!["one", "Two"]);
+    assert_eq!(m.head.from.address, "alice@example.com");
+    assert_eq!(m.head.from.name, "Alice Example");
+    assert_eq!(m.head.to.len(), 2);
+    assert_eq!(m.head.tags, vec!["one", "Two"]);
     let e = tokio::time::timeout(Duration::from_secs(2), events.recv())
         .await
         .unwrap()
@@ -95,7 +95,7 @@ fn plain(body: &str) -> NewMessage {
 
 async fn ids(store: &Store, q: &str) -> (Vec<String>, u64) {
     let page = store.search(q, "", 0, 5000).await.unwrap();
-    let mut v: Vec<String> = page.messages.into_iter().map(|m| m.id).collect();
+    let mut v: Vec<String> = page.messages.into_iter().map(|m| m.head.id).collect();
     v.sort();
     (v, page.messages_count)
 }

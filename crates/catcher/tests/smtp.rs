@@ -73,7 +73,7 @@ async fn swaks_message_is_stored_and_visible_in_the_api() {
     assert!(out.contains("250 2.0.0 Ok: queued as"), "{out}");
     assert_eq!(server.count().await, 1);
     let page = server.store.list(0, 10).await.unwrap();
-    assert_eq!(page.messages[0].subject, "swaks hello");
+    assert_eq!(page.messages[0].head.subject, "swaks hello");
     let body: serde_json::Value = reqwest::get(format!("http://{}/api/v1/messages", server.http))
         .await
         .unwrap()

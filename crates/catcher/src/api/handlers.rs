@@ -505,7 +505,11 @@ pub async fn view(
             if !p.content_id.is_empty() {
                 html = html.replace(
                     &format!("cid:{}", p.content_id),
-                    &format!("/api/v1/message/{}/part/{}", attr_escape(&m.id), p.part_id),
+                    &format!(
+                        "/api/v1/message/{}/part/{}",
+                        attr_escape(&m.head.id),
+                        p.part_id
+                    ),
                 );
             }
         }

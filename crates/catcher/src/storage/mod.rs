@@ -29,7 +29,7 @@ use tokio::sync::{broadcast, oneshot};
 pub use parse::{
     Address, Attachment, Checksums, canonical_header_key, clean_tag, fuzz_mime, html_to_text,
 };
-pub use query::{MessageDetail, MessageSummary, MessagesPage, PartData};
+pub use query::{Head, MessageDetail, MessageSummary, MessagesPage, PartData};
 pub use schema::tenant_prefix;
 
 use writer::{Ctx, Job};

@@ -13,16 +13,17 @@ use super::search::Compiled;
 use super::writer::{self, counts};
 use super::{Event, NewMessage, StorageError, Store};
 
-/// Mailpit's `MessageSummary`.
+/// The fields Mailpit's `MessageSummary` and `Message` share, mapped from a
+/// mailbox row in one place ([`summary_row`]) and flattened into both.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct MessageSummary {
+pub struct Head {
     /// Database ID.
     #[serde(rename = "ID")]
     pub id: String,
     /// Message-ID header (without angle brackets).
     #[serde(rename = "MessageID")]
     pub message_id: String,
-    /// Read status.
+    /// Read status (a fetched [`MessageDetail`] is always read).
     #[serde(rename = "Read")]
     pub read: bool,
     /// From address.
@@ -43,9 +44,6 @@ pub struct MessageSummary {
     /// Subject.
     #[serde(rename = "Subject")]
     pub subject: String,
-    /// Received time, RFC 3339 with milliseconds.
-    #[serde(rename = "Created")]
-    pub created: String,
     /// SMTP AUTH user, if any.
     #[serde(rename = "Username")]
     pub username: String,
@@ -55,6 +53,17 @@ pub struct MessageSummary {
     /// Raw size in bytes.
     #[serde(rename = "Size")]
     pub size: u64,
+}
+
+/// Mailpit's `MessageSummary`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MessageSummary {
+    /// The fields shared with [`MessageDetail`].
+    #[serde(flatten)]
+    pub head: Head,
+    /// Received time, RFC 3339 with milliseconds.
+    #[serde(rename = "Created")]
+    pub created: String,
     /// Number of attachments.
     #[serde(rename = "Attachments")]
     pub attachments: i64,
@@ -104,58 +113,26 @@ pub struct ListUnsubscribe {
 /// Mailpit's `Message`: the full view of one message.
 #[derive(Debug, Clone, Serialize)]
 pub struct MessageDetail {
-    /// Database ID.
-    #[serde(rename = "ID")]
-    pub id: String,
-    /// Message-ID header.
-    #[serde(rename = "MessageID")]
-    pub message_id: String,
-    /// Read status: always true, since fetching the message marks it read
-    /// (older Mailpit versions sent it and some clients still expect it).
-    #[serde(rename = "Read")]
-    pub read: bool,
-    /// From address.
-    #[serde(rename = "From")]
-    pub from: Address,
-    /// To addresses.
-    #[serde(rename = "To")]
-    pub to: Vec<Address>,
-    /// Cc addresses.
-    #[serde(rename = "Cc")]
-    pub cc: Vec<Address>,
-    /// Bcc addresses.
-    #[serde(rename = "Bcc")]
-    pub bcc: Vec<Address>,
-    /// Reply-To addresses.
-    #[serde(rename = "ReplyTo")]
-    pub reply_to: Vec<Address>,
+    /// The fields shared with [`MessageSummary`]; `Read` is always true,
+    /// since fetching the message marks it read (older Mailpit versions
+    /// sent it and some clients still expect it).
+    #[serde(flatten)]
+    pub head: Head,
     /// Return-Path.
     #[serde(rename = "ReturnPath")]
     pub return_path: String,
-    /// Subject.
-    #[serde(rename = "Subject")]
-    pub subject: String,
     /// List-Unsubscribe information.
     #[serde(rename = "ListUnsubscribe")]
     pub list_unsubscribe: ListUnsubscribe,
     /// Date header, or the received time.
     #[serde(rename = "Date")]
     pub date: String,
-    /// Tags.
-    #[serde(rename = "Tags")]
-    pub tags: Vec<String>,
-    /// SMTP AUTH user, if any.
-    #[serde(rename = "Username")]
-    pub username: String,
     /// Text body.
     #[serde(rename = "Text")]
     pub text: String,
     /// HTML body.
     #[serde(rename = "HTML")]
     pub html: String,
-    /// Raw size in bytes.
-    #[serde(rename = "Size")]
-    pub size: u64,
     /// Inline parts.
     #[serde(rename = "Inline")]
     pub inline: Vec<Attachment>,
@@ -342,23 +319,25 @@ fn from_json<T: serde::de::DeserializeOwned + Default>(s: &str) -> T {
 fn summary_row(r: &Row<'_>) -> rusqlite::Result<MessageSummary> {
     let tags: Option<String> = r.get(15)?;
     Ok(MessageSummary {
-        id: r.get(1)?,
-        message_id: r.get(2)?,
-        subject: r.get(3)?,
-        from: from_json(&r.get::<_, String>(4)?),
-        to: from_json(&r.get::<_, String>(5)?),
-        cc: from_json(&r.get::<_, String>(6)?),
-        bcc: from_json(&r.get::<_, String>(7)?),
-        reply_to: from_json(&r.get::<_, String>(8)?),
-        size: r.get::<_, i64>(9)?.max(0) as u64,
+        head: Head {
+            id: r.get(1)?,
+            message_id: r.get(2)?,
+            subject: r.get(3)?,
+            from: from_json(&r.get::<_, String>(4)?),
+            to: from_json(&r.get::<_, String>(5)?),
+            cc: from_json(&r.get::<_, String>(6)?),
+            bcc: from_json(&r.get::<_, String>(7)?),
+            reply_to: from_json(&r.get::<_, String>(8)?),
+            size: r.get::<_, i64>(9)?.max(0) as u64,
+            read: r.get::<_, i64>(12)? != 0,
+            username: r.get(14)?,
+            tags: tags
+                .map(|t| t.split('\u{1f}').map(str::to_string).collect())
+                .unwrap_or_default(),
+        },
         attachments: r.get(10)?,
         snippet: r.get(11)?,
-        read: r.get::<_, i64>(12)? != 0,
         created: rfc3339_ms(r.get(13)?),
-        username: r.get(14)?,
-        tags: tags
-            .map(|t| t.split('\u{1f}').map(str::to_string).collect())
-            .unwrap_or_default(),
     })
 }
 
@@ -598,8 +577,8 @@ impl Store {
                 Ok((s, raw_of(c, pre, rowid, &real)?))
             })
             .await?;
-        if !summary.read {
-            self.set_read(vec![summary.id.clone()], true).await?;
+        if !summary.head.read {
+            self.set_read(vec![summary.head.id.clone()], true).await?;
         }
         let d = tokio::task::spawn_blocking(move || parse::detail(&raw))
             .await
@@ -610,27 +589,19 @@ impl Store {
                 .date
                 .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
                 .unwrap_or_else(|| summary.created.clone()),
-            id: summary.id,
-            read: true,
-            message_id: summary.message_id,
-            from: summary.from,
-            to: summary.to,
-            cc: summary.cc,
-            bcc: summary.bcc,
-            reply_to: summary.reply_to,
+            head: Head {
+                read: true,
+                ..summary.head
+            },
             return_path: d.return_path,
-            subject: summary.subject,
             list_unsubscribe: ListUnsubscribe {
                 header: d.list_unsubscribe,
                 links,
                 errors,
                 header_post: d.list_unsubscribe_post,
             },
-            tags: summary.tags,
-            username: summary.username,
             text: d.text,
             html: d.html,
-            size: summary.size,
             inline: d.inline,
             attachments: d.attachments,
         })

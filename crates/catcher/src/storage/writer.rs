@@ -275,19 +275,21 @@ pub fn insert(conn: &Connection, ctx: &mut Ctx, p: Prepared) -> Result<String, S
     ctx.inserted += 1;
     ctx.counts_changed = true;
     let summary = super::query::MessageSummary {
-        id: id.clone(),
-        message_id: pp.message_id.clone(),
-        read: false,
-        from: pp.from.clone(),
-        to: pp.to.clone(),
-        cc: pp.cc.clone(),
-        bcc: pp.bcc.clone(),
-        reply_to: pp.reply_to.clone(),
-        subject: pp.subject.clone(),
+        head: super::query::Head {
+            id: id.clone(),
+            message_id: pp.message_id.clone(),
+            read: false,
+            from: pp.from.clone(),
+            to: pp.to.clone(),
+            cc: pp.cc.clone(),
+            bcc: pp.bcc.clone(),
+            reply_to: pp.reply_to.clone(),
+            subject: pp.subject.clone(),
+            username: p.username.clone(),
+            tags,
+            size: p.size as u64,
+        },
         created: super::query::rfc3339_ms(p.created),
-        username: p.username.clone(),
-        tags,
-        size: p.size as u64,
         attachments: pp.attachments,
         snippet: pp.snippet.clone(),
     };

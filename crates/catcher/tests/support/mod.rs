@@ -246,7 +246,7 @@ pub async fn ids(store: &Store) -> Vec<String> {
         .unwrap()
         .messages
         .into_iter()
-        .map(|m| m.id)
+        .map(|m| m.head.id)
         .collect()
 }
 
