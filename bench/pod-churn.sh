@@ -100,8 +100,9 @@ section = "\n".join([
 ])
 path = "bench/RESULTS.md"
 text = open(path).read() if os.path.exists(path) else "# Benchmark results\n\n"
-# Replace our section (up to the next "## "), keep everyone else's.
-pattern = re.compile("^" + re.escape(heading) + r"\n.*?(?=^## |\Z)", re.S | re.M)
+# Replace our section (up to the next "## " or the next section's "<!-- "
+# marker), keep everyone else's.
+pattern = re.compile("^" + re.escape(heading) + r"\n.*?(?=^## |^<!-- |\Z)", re.S | re.M)
 text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
 open(path, "w").write(text)
 print(section)
