@@ -19,7 +19,8 @@ import re, sys, pathlib
 section = pathlib.Path(sys.argv[1]).read_text().strip() + "\n"
 res = pathlib.Path("bench/RESULTS.md")
 text = res.read_text() if res.exists() else "# Benchmark results\n"
-pattern = re.compile(r"^## API latency\n.*?(?=^## |\Z)", re.S | re.M)
+# Up to the next section or its "<!-- " marker (which must survive).
+pattern = re.compile(r"^## API latency\n.*?(?=^## |^<!-- |\Z)", re.S | re.M)
 text = pattern.sub(lambda _m: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
 res.write_text(text)
 PY
