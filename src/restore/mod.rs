@@ -33,11 +33,12 @@ use crate::Error;
 use crate::crypto::Key;
 use crate::store::ObjectStore;
 
-/// Objects downloaded concurrently by default. A restore is bound by the
-/// latency of one GET per ~256 KiB chunk, not by bandwidth or our CPU: on
-/// the 200 MiB bench db (~830 chunks, SeaweedFS on loopback, 2 busy cores)
-/// 8 in flight took 4.5 s to build the image, 32 took 2.4-2.6 s, 64 was no
-/// faster (2.9 s). Memory stays at `parallelism` chunks (~8 MiB).
+/// Downloads in flight by default. With one object per ~256 KiB chunk
+/// (format v1) a restore was bound by GET latency: on the 200 MiB bench db
+/// (~830 chunks, SeaweedFS on loopback, 2 busy cores) 8 in flight took 4.5 s
+/// to build the image, 32 took 2.4-2.6 s, 64 was no faster. With packs
+/// (v2) it is ~140 ranged GETs of at most 1 MiB; memory stays at
+/// `parallelism` downloads (~32 MiB) plus the delta packs fetched ahead.
 pub const DEFAULT_PARALLELISM: usize = 32;
 
 /// What `restore` should do.

@@ -125,7 +125,7 @@ impl Snapshotter {
         }
     }
 
-    /// Sets the target stored size of chunk packs (default 8 MiB, or
+    /// Sets the target stored size of chunk packs (default 2 MiB, or
     /// `MAILSAFE_PACK_BYTES`); small packs let tests make many from a small
     /// db, benchmarks compare sizes.
     pub fn with_pack_bytes(mut self, bytes: usize) -> Self {

@@ -370,13 +370,15 @@ struct ChunkSink<'a, 'b> {
     pack_target: usize,
 }
 
-/// Target stored size of a chunk pack. Restore time is dominated by request
+/// Target stored size of a chunk pack. Restore time was dominated by request
 /// count (GET latency on a busy store), so chunks travel in packs of a few
-/// MiB instead of one ~170 KB object each; a pack is built in memory, so
-/// this (times the packs queued and in flight) bounds the writer's memory.
-/// Measured in bench/RESULTS.md (4/8/16 MiB). `MAILSAFE_PACK_BYTES`
+/// MiB instead of one ~170 KB object each. A pack is built in memory, so
+/// this (times the packs queued and in flight, and the SDK's copies) bounds
+/// the writer's memory: on the 200 MiB bench db a first backup peaks at
+/// 29/36/50/79 MiB RSS with 1/2/4/8 MiB packs while restore time is the same
+/// from 1 to 8 MiB (bench/RESULTS.md), so 2 MiB. `MAILSAFE_PACK_BYTES`
 /// overrides it (benchmarks).
-const PACK_TARGET: usize = 8 << 20;
+const PACK_TARGET: usize = 2 << 20;
 
 /// [`PACK_TARGET`], or `MAILSAFE_PACK_BYTES` when set.
 pub(crate) fn pack_target() -> usize {
