@@ -99,8 +99,11 @@ if [ -z "${BENCH_SKIP_RPO:-}" ]; then
   log "mailsafe RPO (tests/watch.rs)"
   RPO=$(MAILSAFE_TEST_S3_ENDPOINT=$S3 MAILSAFE_TEST_S3_ACCESS_KEY=$AWS_ACCESS_KEY_ID \
     MAILSAFE_TEST_S3_SECRET_KEY=$AWS_SECRET_ACCESS_KEY \
-    cargo test -q -p mailsafe --test watch rpo_under_steady_load -- --nocapture 2>/dev/null |
+    cargo test -q -p mailsafe --test watch rpo_under_steady_load -- --nocapture 2>"$WORK/rpo.stderr" |
     grep -o 'watch RPO.*' || echo "RPO test failed")
+  # Say why, instead of only that it failed.
+  [ "$RPO" = "RPO test failed" ] && log "RPO test failed: $(grep -m3 -E 'panicked|assert|error' "$WORK/rpo.stderr" | cut -c1-300)"
+  true
 fi
 
 per_hour() { python3 -c "print(round($1 * 3600 / $IDLE))"; }
