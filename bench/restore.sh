@@ -88,7 +88,7 @@ for p in $PACKS; do
 done
 if [ "$CATCHER_MIB" != 0 ]; then
   log "catcher db, default packs"
-  measure "catcher" "$CATCHERDB" $((8 << 20))
+  measure "catcher" "$CATCHERDB" $((2 << 20))
 fi
 
 python3 - "$WORK/results.jsonl" "$RUNS" "$(git rev-parse --short HEAD)" "$MAILSAFE_BIN" <<'PY'
