@@ -29,7 +29,7 @@
 //! always does.
 
 use std::collections::HashSet;
-use std::sync::RwLock;
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use rusqlite::{Connection, params};
 
@@ -130,10 +130,36 @@ fn encode(cleaned: &str) -> String {
 /// Every distinct word token ever indexed for this tenant. Words of deleted
 /// messages stay: a word no message holds only widens an expansion by a term
 /// that matches nothing, so results stay exact.
+///
+/// A catcher restored from a backup must answer `/readyz` in well under a
+/// second, and a large mailbox can hold millions of distinct words (every
+/// random token of every message), which take seconds to read. So
+/// [`Store::open`](super::Store::open) reads them in the background
+/// ([`Vocab::load_in_background`]): SMTP and the API serve at once, and only
+/// a search that expands a fragment waits until every word is known, because
+/// an expansion over a partial vocabulary would silently miss matches.
 #[derive(Debug, Default)]
 pub struct Vocab {
     inner: RwLock<VocabInner>,
+    loading: Mutex<Load>,
+    loaded: Condvar,
 }
+
+/// Whether the persisted words are all in memory.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// Every persisted word is in memory (or there were none to read).
+    #[default]
+    Done,
+    /// A background reader is still adding them.
+    Running,
+    /// Reading them failed: expansions are refused, so searches scan.
+    Failed,
+}
+
+/// Words a background load adds per write lock, so the writer's lookups
+/// wait for one batch at most.
+const LOAD_BATCH: usize = 8192;
 
 /// The words as a set (for inserts) and as one `\n`-separated string
 /// (starting and ending with `\n`), so an expansion is a single `memmem`
@@ -142,6 +168,9 @@ pub struct Vocab {
 struct VocabInner {
     set: HashSet<Box<str>>,
     blob: String,
+    /// Bumped by [`Vocab::clear`]: a background load that started before the
+    /// mailbox was emptied must not bring its words back.
+    generation: u64,
 }
 
 impl Default for VocabInner {
@@ -149,6 +178,7 @@ impl Default for VocabInner {
         VocabInner {
             set: HashSet::new(),
             blob: "\n".to_string(),
+            generation: 0,
         }
     }
 }
@@ -176,7 +206,8 @@ pub enum Fit {
 }
 
 impl Vocab {
-    /// Loads the persisted vocabulary of a tenant.
+    /// Loads the persisted vocabulary of a tenant before returning.
+    #[cfg(test)]
     pub fn load(conn: &Connection, pre: &str) -> Result<Vocab, StorageError> {
         let v = Vocab::default();
         {
@@ -188,6 +219,92 @@ impl Vocab {
             }
         }
         Ok(v)
+    }
+
+    /// Starts reading the persisted vocabulary of a tenant on a thread of its
+    /// own, over `conn` (a connection of its own, so the read transaction
+    /// sees one committed state). Words the writer commits meanwhile reach
+    /// the vocabulary through [`Vocab::extend`] as usual; a word it looks up
+    /// before the load has reached it is merely inserted again (`INSERT OR
+    /// IGNORE`), so nothing is lost either way.
+    pub fn load_in_background(
+        self: &Arc<Self>,
+        conn: Connection,
+        pre: &str,
+    ) -> Result<(), StorageError> {
+        *self.loading.lock().unwrap_or_else(|e| e.into_inner()) = Load::Running;
+        let generation = self.generation();
+        let vocab = Arc::clone(self);
+        let sql = format!("SELECT term FROM {pre}vocab");
+        let spawned = std::thread::Builder::new()
+            .name("mailsafe-vocab-load".into())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                let outcome = vocab.read_all(&conn, &sql, generation);
+                let state = match outcome {
+                    Ok(n) => {
+                        tracing::debug!(words = n, seconds = started.elapsed().as_secs_f64(), "search vocabulary loaded");
+                        Load::Done
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading the search vocabulary failed; searches for parts of words will scan");
+                        Load::Failed
+                    }
+                };
+                *vocab.loading.lock().unwrap_or_else(|e| e.into_inner()) = state;
+                vocab.loaded.notify_all();
+            });
+        if let Err(e) = spawned {
+            *self.loading.lock().unwrap_or_else(|e| e.into_inner()) = Load::Done;
+            return Err(StorageError::Codec(e));
+        }
+        Ok(())
+    }
+
+    fn generation(&self) -> u64 {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation
+    }
+
+    /// Adds every word `sql` yields, a batch per write lock, unless the
+    /// vocabulary was cleared since `generation`; returns how many were read.
+    fn read_all(&self, conn: &Connection, sql: &str, generation: u64) -> rusqlite::Result<usize> {
+        let mut st = conn.prepare(sql)?;
+        let mut rows = st.query([])?;
+        let mut batch: Vec<String> = Vec::with_capacity(LOAD_BATCH);
+        let mut n = 0;
+        loop {
+            let row = rows.next()?;
+            if let Some(r) = row {
+                batch.push(r.get(0)?);
+                n += 1;
+            }
+            if batch.len() == LOAD_BATCH || (row.is_none() && !batch.is_empty()) {
+                let mut g = self.inner.write().unwrap_or_else(|e| e.into_inner());
+                if g.generation != generation {
+                    // The mailbox was emptied while we read: the words we
+                    // still hold belong to messages that are gone.
+                    return Ok(n);
+                }
+                for w in batch.drain(..) {
+                    g.add(w);
+                }
+            }
+            if row.is_none() {
+                return Ok(n);
+            }
+        }
+    }
+
+    /// Blocks until a background load has finished; false if it failed.
+    fn wait_loaded(&self) -> bool {
+        let mut state = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+        while *state == Load::Running {
+            state = self.loaded.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        *state == Load::Done
     }
 
     /// Whether `w` is known.
@@ -210,14 +327,23 @@ impl Vocab {
 
     /// Forgets every word (the mailbox was emptied).
     pub fn clear(&self) {
-        *self.inner.write().unwrap_or_else(|e| e.into_inner()) = VocabInner::default();
+        let mut g = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let generation = g.generation + 1;
+        *g = VocabInner {
+            generation,
+            ..VocabInner::default()
+        };
     }
 
     /// The words that fit `frag`, or `None` when more than `max` do (the
-    /// caller then scans instead of building a huge OR).
+    /// caller then scans instead of building a huge OR) or when the persisted
+    /// words could not be read. Waits for a background load to finish.
     pub fn expand(&self, frag: &str, fit: Fit, max: usize) -> Option<Vec<String>> {
         if frag.is_empty() || frag.contains('\n') {
             return Some(Vec::new());
+        }
+        if !self.wait_loaded() {
+            return None;
         }
         let g = self.inner.read().unwrap_or_else(|e| e.into_inner());
         let blob = g.blob.as_bytes();
@@ -395,6 +521,68 @@ pub fn rebuild(conn: &Connection, pre: &str) -> Result<(), StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A db whose `vocab` table holds `n` words `w0000000w` .. and one
+    /// `needleword`, and a connection to it for the loader.
+    fn vocab_db(dir: &std::path::Path, n: usize) -> Connection {
+        let path = dir.join("v.db");
+        let mut conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE vocab (term TEXT PRIMARY KEY) WITHOUT ROWID")
+            .unwrap();
+        let tx = conn.transaction().unwrap();
+        {
+            let mut st = tx.prepare("INSERT INTO vocab (term) VALUES (?1)").unwrap();
+            for i in 0..n {
+                st.execute([format!("w{i:07}w")]).unwrap();
+            }
+            st.execute(["needleword"]).unwrap();
+        }
+        tx.commit().unwrap();
+        drop(conn);
+        Connection::open(&path).unwrap()
+    }
+
+    #[test]
+    fn expansion_waits_for_the_background_load() {
+        // Enough words that the load is still running when we ask (a partial
+        // vocabulary would answer with fewer words, or none).
+        let dir = tempfile::tempdir().unwrap();
+        let conn = vocab_db(dir.path(), 300_000);
+        let v = Arc::new(Vocab::default());
+        v.load_in_background(conn, "").unwrap();
+        assert_eq!(
+            v.expand("dleword", Fit::Contains, 10),
+            Some(vec!["needleword".to_string()])
+        );
+        assert_eq!(v.expand("w029999", Fit::Prefix, 20).unwrap().len(), 10);
+        assert!(v.contains("w0299999w"));
+    }
+
+    #[test]
+    fn a_failed_load_refuses_expansions_so_searches_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("empty.db")).unwrap();
+        let v = Arc::new(Vocab::default());
+        // No vocab table: the read fails.
+        v.load_in_background(conn, "").unwrap();
+        assert_eq!(v.expand("anything", Fit::Contains, 10), None);
+    }
+
+    #[test]
+    fn a_load_does_not_bring_back_words_after_a_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = vocab_db(dir.path(), 10);
+        let sql = "SELECT term FROM vocab";
+        let v = Vocab::default();
+        let before = v.generation();
+        v.read_all(&conn, sql, before).unwrap();
+        assert!(v.contains("needleword"));
+        // The mailbox is emptied while a load that started before it reads.
+        v.clear();
+        v.read_all(&conn, sql, before).unwrap();
+        assert!(!v.contains("needleword"), "a stale load re-added old words");
+        assert_eq!(v.expand("needle", Fit::Contains, 10), Some(Vec::new()));
+    }
 
     #[test]
     fn spaces_between_words_are_implied_and_others_kept() {

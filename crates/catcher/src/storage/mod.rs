@@ -251,7 +251,12 @@ impl Store {
         let prefix = schema::tenant_prefix(&opts.tenant);
         let mut wconn = open_conn(path)?;
         schema::migrate(&mut wconn, &prefix)?;
-        let vocab = Arc::new(index::Vocab::load(&wconn, &prefix)?);
+        // Read in the background: `/readyz` must not wait for millions of
+        // words (see `index::Vocab`).
+        let vocab = Arc::new(index::Vocab::default());
+        let vconn = open_conn(path)?;
+        vconn.pragma_update(None, "query_only", true)?;
+        vocab.load_in_background(vconn, &prefix)?;
         let mut readers = Vec::new();
         for _ in 0..opts.read_connections.max(1) {
             let c = open_conn(path)?;
