@@ -719,6 +719,16 @@ impl Writer {
         Ok(())
     }
 
+    /// Answers every job of a batch that did not commit with the reason.
+    fn fail_batch(&self, batch: Vec<Box<dyn Job>>, reason: String) {
+        for j in batch {
+            j.finish(Err(StorageError::Commit {
+                path: self.path.clone(),
+                reason: reason.clone(),
+            }));
+        }
+    }
+
     fn run_batch(&mut self, mut batch: Vec<Box<dyn Job>>) {
         let mut ctx = Ctx {
             prefix: self.prefix.clone(),
@@ -732,13 +742,7 @@ impl Writer {
             unindexed: Vec::new(),
         };
         if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
-            let reason = e.to_string();
-            for j in batch {
-                j.finish(Err(StorageError::Commit {
-                    path: self.path.clone(),
-                    reason: reason.clone(),
-                }));
-            }
+            self.fail_batch(batch, e.to_string());
             return;
         }
         let t_apply = Instant::now();
@@ -786,12 +790,7 @@ impl Writer {
             let _ = self.conn.execute_batch("ROLLBACK");
             let reason = e.to_string();
             tracing::error!(db = %self.path.display(), error = %reason, "indexing a batch failed");
-            for j in batch {
-                j.finish(Err(StorageError::Commit {
-                    path: self.path.clone(),
-                    reason: reason.clone(),
-                }));
-            }
+            self.fail_batch(batch, reason);
             return;
         }
         let t_prune = Instant::now();
@@ -812,12 +811,7 @@ impl Writer {
             let _ = self.conn.execute_batch("ROLLBACK");
             let reason = e.to_string();
             tracing::error!(db = %self.path.display(), error = %reason, "batch commit failed");
-            for j in batch {
-                j.finish(Err(StorageError::Commit {
-                    path: self.path.clone(),
-                    reason: reason.clone(),
-                }));
-            }
+            self.fail_batch(batch, reason);
             return;
         }
         // Readers may now see the new rows: make their words findable before
