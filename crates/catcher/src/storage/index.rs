@@ -210,14 +210,7 @@ impl Vocab {
     #[cfg(test)]
     pub fn load(conn: &Connection, pre: &str) -> Result<Vocab, StorageError> {
         let v = Vocab::default();
-        {
-            let mut st = conn.prepare(&format!("SELECT term FROM {pre}vocab"))?;
-            let mut rows = st.query([])?;
-            let mut g = v.inner.write().unwrap_or_else(|e| e.into_inner());
-            while let Some(r) = rows.next()? {
-                g.add(r.get(0)?);
-            }
-        }
+        v.read_all(conn, pre, v.generation())?;
         Ok(v)
     }
 
@@ -235,12 +228,12 @@ impl Vocab {
         *self.loading.lock().unwrap_or_else(|e| e.into_inner()) = Load::Running;
         let generation = self.generation();
         let vocab = Arc::clone(self);
-        let sql = format!("SELECT term FROM {pre}vocab");
+        let pre = pre.to_owned();
         let spawned = std::thread::Builder::new()
             .name("mailsafe-vocab-load".into())
             .spawn(move || {
                 let started = std::time::Instant::now();
-                let outcome = vocab.read_all(&conn, &sql, generation);
+                let outcome = vocab.read_all(&conn, &pre, generation);
                 let state = match outcome {
                     Ok(n) => {
                         tracing::debug!(words = n, seconds = started.elapsed().as_secs_f64(), "search vocabulary loaded");
@@ -268,10 +261,11 @@ impl Vocab {
             .generation
     }
 
-    /// Adds every word `sql` yields, a batch per write lock, unless the
-    /// vocabulary was cleared since `generation`; returns how many were read.
-    fn read_all(&self, conn: &Connection, sql: &str, generation: u64) -> rusqlite::Result<usize> {
-        let mut st = conn.prepare(sql)?;
+    /// Adds every word of the tenant's `{pre}vocab` table, a batch per write
+    /// lock, unless the vocabulary was cleared since `generation`; returns
+    /// how many were read.
+    fn read_all(&self, conn: &Connection, pre: &str, generation: u64) -> rusqlite::Result<usize> {
+        let mut st = conn.prepare(&format!("SELECT term FROM {pre}vocab"))?;
         let mut rows = st.query([])?;
         let mut batch: Vec<String> = Vec::with_capacity(LOAD_BATCH);
         let mut n = 0;
@@ -572,14 +566,13 @@ mod tests {
     fn a_load_does_not_bring_back_words_after_a_clear() {
         let dir = tempfile::tempdir().unwrap();
         let conn = vocab_db(dir.path(), 10);
-        let sql = "SELECT term FROM vocab";
         let v = Vocab::default();
         let before = v.generation();
-        v.read_all(&conn, sql, before).unwrap();
+        v.read_all(&conn, "", before).unwrap();
         assert!(v.contains("needleword"));
         // The mailbox is emptied while a load that started before it reads.
         v.clear();
-        v.read_all(&conn, sql, before).unwrap();
+        v.read_all(&conn, "", before).unwrap();
         assert!(!v.contains("needleword"), "a stale load re-added old words");
         assert_eq!(v.expand("needle", Fit::Contains, 10), Some(Vec::new()));
     }
