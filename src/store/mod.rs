@@ -1,11 +1,14 @@
-//! Where backups live: the [`ObjectStore`] trait and its two implementations,
-//! S3 (`s3://bucket/prefix`, on aws-sdk-s3, see [`s3`]) and a local directory
-//! (`file:///path`, see [`fs`]). [`open`] picks one from a replica URL.
+//! Where backups live: the [`ObjectStore`] trait and its implementations,
+//! S3 (`s3://bucket/prefix`, on aws-sdk-s3, see [`s3`]), a local directory
+//! (`file:///path`, see [`fs`]) and, for engine tests, memory with scripted
+//! faults and a settable clock ([`memory`]). [`open`] picks one from a
+//! replica URL.
 //!
 //! Keys passed to a store are relative to the replica's prefix; the store adds
 //! the prefix. Stores never log or return credentials.
 
 pub mod fs;
+pub mod memory;
 pub mod s3;
 
 use std::ops::Range;
@@ -191,8 +194,98 @@ pub(crate) fn check_key(key: &str) -> Result<(), StoreError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// What every [`ObjectStore`] must do, run against each local
+    /// implementation (the S3 store has the same checks in tests/store.rs,
+    /// against a real server).
+    pub(crate) async fn conformance(store: &dyn ObjectStore) {
+        assert!(
+            store.list("").await.unwrap().is_empty(),
+            "missing root lists empty"
+        );
+
+        store
+            .put("a/b/one", Bytes::from_static(b"hello world"))
+            .await
+            .unwrap();
+        store.put("a/two", Bytes::from_static(b"2")).await.unwrap();
+        store.put("z", Bytes::from_static(b"zz")).await.unwrap();
+        assert_eq!(&store.get("a/b/one").await.unwrap()[..], b"hello world");
+        assert_eq!(
+            &store.get_range("a/b/one", 6..11).await.unwrap()[..],
+            b"world"
+        );
+        assert_eq!(
+            &store.get_range("a/b/one", 6..100).await.unwrap()[..],
+            b"world"
+        );
+
+        let keys: Vec<_> = store
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
+        assert_eq!(keys, ["a/b/one", "a/two", "z"]);
+        let keys: Vec<_> = store
+            .list("a/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
+        assert_eq!(keys, ["a/b/one", "a/two"]);
+        let keys: Vec<_> = store
+            .list("a/t")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
+        assert_eq!(keys, ["a/two"]);
+
+        let err = store
+            .put_if_absent("z", Bytes::from_static(b"x"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err}");
+        assert_eq!(&store.get("z").await.unwrap()[..], b"zz");
+        store
+            .put_if_absent("new", Bytes::from_static(b"n"))
+            .await
+            .unwrap();
+
+        let tag = store.head("z").await.unwrap().etag.unwrap();
+        let tag2 = store
+            .put_if_match("z", Bytes::from_static(b"v2"), &tag)
+            .await
+            .unwrap();
+        assert_ne!(tag, tag2);
+        let err = store
+            .put_if_match("z", Bytes::from_static(b"v3"), &tag)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::PreconditionFailed { .. }),
+            "{err}"
+        );
+        assert_eq!(&store.get("z").await.unwrap()[..], b"v2");
+
+        store.delete("z").await.unwrap();
+        store.delete("z").await.unwrap();
+        assert!(matches!(
+            store.get("z").await,
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(matches!(
+            store.head("z").await,
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(store.get("../escape").await.is_err());
+    }
 
     #[test]
     fn keys_that_could_escape_are_refused() {
