@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the tests and benchmarks need on a fresh machine:
-# SeaweedFS (S3), Litestream (benchmark peer), Postfix's smtp-source and swaks
+# SeaweedFS (S3), faketime (clock steps), Litestream (benchmark peer), Postfix's smtp-source and swaks
 # (SMTP clients), Debian chromium (UI tests), kubernetes-validate (manifest
 # checks), and the npm packages used by the browser and client tests.
 # Idempotent: each step is skipped when its tool is already present.
@@ -14,6 +14,8 @@ command -v smtp-source >/dev/null 2>&1 || need_apt+=(postfix)
 command -v swaks >/dev/null 2>&1 || need_apt+=(swaks)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
+# faketime: clock-step tests run the binary with its wall clock moved.
+command -v faketime >/dev/null 2>&1 || need_apt+=(faketime)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

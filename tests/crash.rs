@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use mailsafe::format::{self, Manifest};
+use rand::Rng;
 use rusqlite::Connection;
 use watch_support::Watcher;
 
@@ -141,6 +142,7 @@ async fn kill_9_during_uploads_never_breaks_the_replica() {
     let (mut snapshot_kills, mut watch_kills) = (0, 0);
     let (mut snapshot_attempts, mut watch_attempts) = (0, 0);
     let lease_ttl = "1s";
+    let mut rng = common::seeded_rng("crash");
     while snapshot_kills < KILLS || watch_kills < KILLS {
         let use_watch =
             watch_kills < KILLS && (snapshot_kills >= KILLS || watch_attempts <= snapshot_attempts);
@@ -159,7 +161,7 @@ async fn kill_9_during_uploads_never_breaks_the_replica() {
                 );
                 std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(rand::random_range(50..1000)));
+            std::thread::sleep(Duration::from_millis(rng.random_range(50..1000)));
             if kill9(&mut wt.child) {
                 watch_kills += 1;
             }
@@ -179,7 +181,7 @@ async fn kill_9_during_uploads_never_breaks_the_replica() {
                 .spawn()
                 .unwrap();
             let ms = typical.as_millis() as u64;
-            let at = rand::random_range(10..ms.max(20));
+            let at = rng.random_range(10..ms.max(20));
             std::thread::sleep(Duration::from_millis(at));
             let hit = kill9(&mut child);
             eprintln!(

@@ -1,13 +1,15 @@
 //! S3 faults during steady mail load, the Kubernetes sidecar way: `mailsafe
 //! serve` takes mail over SMTP from a real client while a `mailsafe watch`
 //! sidecar backs its db up through the fault proxy (bench/s3proxy), which
-//! answers 30% of requests 503 SlowDown, resets connections mid-body, adds
+//! answers 3 requests in 10 with 503 SlowDown, resets connections mid-body, adds
 //! 2 s of latency, then refuses everything for a while (an outage). Checked:
 //! every acknowledged mail is in the restored replica, the watcher's RSS
 //! stays bounded, and `/healthz` reports the lag (non-200) during the outage
 //! and recovers after it.
 //!
-//! CI runs a short version (~70 s). `bench/faults.sh` runs the full one
+//! Phases end on conditions (faults seen, outage refusals seen, `/healthz`
+//! non-200 seen), and the proxy's faults follow a fixed schedule, so the
+//! test cannot miss its faults by chance. CI runs a short version (~70 s). `bench/faults.sh` runs the full one
 //! (`FAULTS_FULL=1`: 30 s outage, longer phases) and records the figures this
 //! test prints (`FIGURE` lines) in bench/RESULTS.md.
 
@@ -70,14 +72,16 @@ fn serve(db: &Path, log: &Path) -> Serve {
     Serve { child, smtp }
 }
 
-/// A real SMTP client sending `rate` mails/s for `secs` seconds; prints how
-/// many were acknowledged (250) when done.
-fn load(port: u16, secs: u64, rate: u32) -> Child {
+/// A real SMTP client sending `rate` mails/s until `stop` exists (at most
+/// `max_secs`); prints how many were acknowledged (250) when done. The test
+/// ends the load on a condition (the phases it needs were observed), not
+/// after a fixed time.
+fn load(port: u16, stop: &Path, max_secs: u64, rate: u32) -> Child {
     let script = "import os, smtplib, sys, time\n\
-        port, secs, rate = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])\n\
+        port, stop, secs, rate = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), float(sys.argv[4])\n\
         s = smtplib.SMTP('127.0.0.1', port, timeout=30)\n\
         n, t0 = 0, time.time()\n\
-        while time.time() - t0 < secs:\n\
+        while time.time() - t0 < secs and not os.path.exists(stop):\n\
         \x20   s.sendmail('a@example.test', ['b@example.test'], 'Subject: m%d\\r\\n\\r\\n%s\\r\\n' % (n, os.urandom(1200).hex()))\n\
         \x20   n += 1\n\
         \x20   d = t0 + n / rate - time.time()\n\
@@ -89,7 +93,8 @@ fn load(port: u16, secs: u64, rate: u32) -> Child {
             "-c",
             script,
             &port.to_string(),
-            &secs.to_string(),
+            stop.to_str().unwrap(),
+            &max_secs.to_string(),
             &rate.to_string(),
         ])
         .stdout(Stdio::piped())
@@ -105,6 +110,19 @@ fn rss_mib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .unwrap_or(0)
         / 1024
+}
+
+/// One poll of the watcher between phase checks: its RSS and replication lag.
+async fn sample(w: &Watcher, peak_rss: &mut u64, max_lag: &mut f64) {
+    *peak_rss = (*peak_rss).max(rss_mib(w.child.id()));
+    if let Some(m) = w.metrics().await {
+        *max_lag = max_lag.max(
+            m.get("mailsafe_replication_lag_seconds")
+                .copied()
+                .unwrap_or(0.0),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
 async fn healthz(w: &Watcher) -> u16 {
@@ -133,41 +151,65 @@ async fn faults_and_outage_under_mail_load_lose_nothing() {
     let catcher = serve(&db, &dir.path().join("serve.log"));
     let mut w = Watcher::start(&s3, &proxy.endpoint, &db, &url, &["--health-max-lag", "5s"]);
 
-    let total = calm + faulty + outage + 5;
-    let sender = load(catcher.smtp, total, 20);
-    let start = Instant::now();
+    // Each phase lasts at least its length and until what it exists for
+    // was observed (bounded by PHASE_LIMIT): faults injected, requests refused
+    // by the outage, `/healthz` non-200 in it. The proxy's faults follow a
+    // fixed schedule (the first request after they are switched on gets a
+    // 503), so only a watcher that stops talking to S3 can miss them, and
+    // that is a failure worth reporting.
+    const PHASE_LIMIT: Duration = Duration::from_secs(120);
+    let stop = dir.path().join("stop-load");
+    let sender = load(catcher.smtp, &stop, 600, 20);
     let mut peak_rss = 0;
     let mut unhealthy_in_outage = false;
     let mut max_lag: f64 = 0.0;
-    let (mut faults_on, mut outage_on) = (false, false);
-    let outage_at = calm + faulty;
-    while start.elapsed() < Duration::from_secs(total) {
-        let t = start.elapsed().as_secs();
-        if !faults_on && t >= calm {
-            proxy
-                .control(
-                    reqwest::Method::POST,
-                    "faults?error_rate=0.3&reset_rate=0.2&latency_ms=2000",
-                )
-                .await;
-            faults_on = true;
+
+    let phase = Instant::now();
+    while phase.elapsed() < Duration::from_secs(calm) {
+        sample(&w, &mut peak_rss, &mut max_lag).await;
+    }
+
+    proxy
+        .control(
+            reqwest::Method::POST,
+            "faults?error_rate=0.3&reset_rate=0.2&latency_ms=2000",
+        )
+        .await;
+    let phase = Instant::now();
+    loop {
+        let f = proxy.stats().await["faults"].clone();
+        let n = |k: &str| f[k].as_u64().unwrap_or(0);
+        let exercised = n("error_503") > 0 && n("reset_request") + n("reset_response") > 0;
+        if exercised && phase.elapsed() >= Duration::from_secs(faulty) {
+            break;
         }
-        if !outage_on && t >= outage_at {
-            proxy.outage(outage).await;
-            outage_on = true;
-        }
-        if outage_on && t >= outage_at + 6 && t < outage_at + outage && healthz(&w).await != 200 {
+        assert!(
+            phase.elapsed() < PHASE_LIMIT,
+            "the watcher made too few S3 requests for the fault schedule in {PHASE_LIMIT:?}: {f}; log:\n{}",
+            w.logs()
+        );
+        sample(&w, &mut peak_rss, &mut max_lag).await;
+    }
+
+    // The outage: refused until we end it.
+    proxy.outage(3600).await;
+    let phase = Instant::now();
+    loop {
+        let refused = proxy.stats().await["faults"]["outage_refused"]
+            .as_u64()
+            .unwrap_or(0);
+        // The lag limit is 5 s: after 6 s without a successful upload the
+        // sidecar must say so.
+        if phase.elapsed() >= Duration::from_secs(6) && healthz(&w).await != 200 {
             unhealthy_in_outage = true;
         }
-        peak_rss = peak_rss.max(rss_mib(w.child.id()));
-        if let Some(m) = w.metrics().await {
-            max_lag = max_lag.max(
-                m.get("mailsafe_replication_lag_seconds")
-                    .copied()
-                    .unwrap_or(0.0),
-            );
+        if refused > 0 && unhealthy_in_outage && phase.elapsed() >= Duration::from_secs(outage) {
+            break;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        if phase.elapsed() >= PHASE_LIMIT {
+            break; // the asserts below say which expectation failed
+        }
+        sample(&w, &mut peak_rss, &mut max_lag).await;
     }
     let stats = proxy.stats().await;
     // Faults off: the watcher must recover by itself.
@@ -178,6 +220,7 @@ async fn faults_and_outage_under_mail_load_lose_nothing() {
         )
         .await;
     let recover = Instant::now();
+    std::fs::write(&stop, b"").unwrap();
     let out = sender.wait_with_output().unwrap();
     assert!(out.status.success(), "SMTP client failed");
     let acknowledged: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();

@@ -8,6 +8,8 @@ mod watch_support;
 
 use std::time::{Duration, Instant};
 
+use rand::Rng;
+
 use watch_support::*;
 
 /// Commits at ~30/s while polling the replica for new manifests; a commit
@@ -43,26 +45,20 @@ async fn rpo_under_steady_load_and_final_flush() {
         })
     };
     let mut seen: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
-    let poll_until = Instant::now() + Duration::from_secs_f64(load_secs + 4.0);
+    let poll_until = Instant::now() + Duration::from_secs_f64(load_secs);
     while Instant::now() < poll_until {
-        for m in replica.list("manifests/").await.unwrap() {
-            let id = m
-                .key
-                .trim_start_matches("manifests/")
-                .trim_end_matches(".json")
-                .to_string();
-            if seen.contains_key(&id) {
-                continue;
-            }
-            let at = unix_now();
-            let body = replica.get(&m.key).await.unwrap();
-            let man = mailsafe::format::Manifest::from_json(&m.key, &body).unwrap();
-            let created = man.created.timestamp_micros() as f64 / 1e6;
-            seen.insert(id, (created, at));
-        }
+        poll_manifests(&replica, &mut seen).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let commits = writer.join().unwrap();
+    // Then until the last commit is covered (a condition, not a fixed
+    // window: a loaded machine is slower, not wrong), bounded.
+    let last_commit = commits.last().copied().unwrap_or(0.0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline && !seen.values().any(|(created, _)| *created >= last_commit) {
+        poll_manifests(&replica, &mut seen).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut rpo: Vec<f64> = commits
         .iter()
         .map(|&c| {
@@ -442,6 +438,29 @@ async fn sigterm_while_another_process_locks_the_db_ends_in_time() {
     db.execute_batch("COMMIT").unwrap();
 }
 
+/// Records each manifest not seen before: its `created` time and when this
+/// poll first saw it (unix seconds).
+async fn poll_manifests(
+    replica: &mailsafe::store::DynStore,
+    seen: &mut std::collections::BTreeMap<String, (f64, f64)>,
+) {
+    for m in replica.list("manifests/").await.unwrap() {
+        let id = m
+            .key
+            .trim_start_matches("manifests/")
+            .trim_end_matches(".json")
+            .to_string();
+        if seen.contains_key(&id) {
+            continue;
+        }
+        let at = unix_now();
+        let body = replica.get(&m.key).await.unwrap();
+        let man = mailsafe::format::Manifest::from_json(&m.key, &body).unwrap();
+        let created = man.created.timestamp_micros() as f64 / 1e6;
+        seen.insert(id, (created, at));
+    }
+}
+
 /// SIGTERM at random moments of a steady load, a bounded number of times:
 /// each watcher ends within its shutdown timeout with exit 0, and the
 /// replica then holds every row committed before the signal.
@@ -453,6 +472,7 @@ async fn sigterm_at_random_moments_flushes_everything_in_time() {
     let url = s3.url("random");
     let db = create_db(&db_path);
     let timeout = Duration::from_secs(5);
+    let mut rng = common::seeded_rng("sigterm_at_random_moments_flushes_everything_in_time");
     let mut id = 0;
     for round in 0..8 {
         let mut w = Watcher::start(
@@ -464,7 +484,7 @@ async fn sigterm_at_random_moments_flushes_everything_in_time() {
         );
         wait_for_sigterm_handler(w.child.id(), Duration::from_secs(30));
         // Anywhere from right after start-up to well into the load.
-        let delay = Duration::from_millis(rand::random::<u64>() % 2000);
+        let delay = Duration::from_millis(rng.random_range(0..2000));
         let start = Instant::now();
         while start.elapsed() < delay {
             id += 1;

@@ -9,6 +9,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rand::Rng;
+
 use watch_support::free_port;
 
 struct Serve {
@@ -175,6 +177,7 @@ async fn sigterm_at_random_moments_ends_in_time_and_loses_nothing() {
     let url = s3.url("random");
     let dir = tempfile::tempdir().unwrap();
     let timeout = Duration::from_secs(5);
+    let mut rng = common::seeded_rng("sigterm_at_random_moments_ends_in_time_and_loses_nothing");
     let mut acked = Vec::new();
     for life in 0..8 {
         let pod = dir.path().join(format!("pod{life}"));
@@ -211,7 +214,7 @@ async fn sigterm_at_random_moments_ends_in_time_and_loses_nothing() {
                 .collect::<Vec<_>>()
         });
         watch_support::wait_for_sigterm_handler(child.id(), Duration::from_secs(30));
-        let delay = Duration::from_millis(rand::random::<u64>() % 2500);
+        let delay = Duration::from_millis(rng.random_range(0..2500));
         std::thread::sleep(delay);
         let t = Instant::now();
         Command::new("kill")

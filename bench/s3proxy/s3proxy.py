@@ -7,6 +7,13 @@ cover the Host header, stay valid), and counts requests, status codes and
 bytes by operation. Optionally injects faults: a fraction of requests answered
 503 SlowDown, connections reset mid-body, added latency, full outages.
 
+Faults follow a fixed schedule, not a dice roll: with a rate r, the first
+eligible request after the rate is set faults, then one in every 1/r (an
+accumulator adds r per request and fires each time it passes 1). A test that
+makes N requests therefore sees exactly the faults N implies, whatever the
+machine's speed; a random draw made "no fault in 10 requests" happen about
+one run in thirty.
+
 Usage:
   s3proxy.py --upstream http://127.0.0.1:PORT [--listen 127.0.0.1:0]
              [--port-file F] [--stats-file F] [--error-rate 0.3]
@@ -26,7 +33,6 @@ On SIGTERM/SIGINT the counters are written to --stats-file as JSON.
 import argparse
 import asyncio
 import json
-import random
 import signal
 import socket
 import struct
@@ -67,12 +73,46 @@ class Stats:
                 "ops": self.ops, "status": self.status, "faults": dict(self.faults)}
 
 
+class Schedule:
+    """Deterministic "one request in 1/rate": see the module doc."""
+
+    def __init__(self, rate=0.0):
+        self.set(rate)
+
+    def set(self, rate):
+        self.rate = rate
+        # Just below 1: the first request after a change faults.
+        self.acc = 1.0 - 1e-9 if rate > 0 else 0.0
+
+    def fire(self):
+        if self.rate <= 0:
+            return False
+        self.acc += self.rate
+        if self.acc >= 1.0:
+            self.acc -= 1.0
+            return True
+        return False
+
+
 class Faults:
     def __init__(self, error_rate=0.0, reset_rate=0.0, latency_ms=0):
-        self.error_rate = error_rate
-        self.reset_rate = reset_rate
         self.latency_ms = latency_ms
         self.outage_until = 0.0
+        # Resets are split evenly between "mid-request" and "mid-response".
+        self.errors = Schedule()
+        self.reset_requests = Schedule()
+        self.reset_responses = Schedule()
+        self.set_error_rate(error_rate)
+        self.set_reset_rate(reset_rate)
+
+    def set_error_rate(self, rate):
+        self.error_rate = rate
+        self.errors.set(rate)
+
+    def set_reset_rate(self, rate):
+        self.reset_rate = rate
+        self.reset_requests.set(rate / 2)
+        self.reset_responses.set(rate / 2)
 
     def as_dict(self):
         return {"error_rate": self.error_rate, "reset_rate": self.reset_rate,
@@ -177,9 +217,9 @@ async def control(method, target, writer):
     elif url.path == "/__proxy/faults":
         if method == "POST":
             if "error_rate" in q:
-                FAULTS.error_rate = float(q["error_rate"])
+                FAULTS.set_error_rate(float(q["error_rate"]))
             if "reset_rate" in q:
-                FAULTS.reset_rate = float(q["reset_rate"])
+                FAULTS.set_reset_rate(float(q["reset_rate"]))
             if "latency_ms" in q:
                 FAULTS.latency_ms = int(q["latency_ms"])
             if "outage_s" in q:
@@ -253,7 +293,7 @@ async def handle(reader, writer, upstream):
                 await writer.drain()
             te = (header(lines, "transfer-encoding") or "").lower()
             cl = int(header(lines, "content-length") or 0)
-            if FAULTS.reset_rate and random.random() < FAULTS.reset_rate / 2 and "chunked" not in te and cl > 1:
+            if "chunked" not in te and cl > 1 and FAULTS.reset_requests.fire():
                 await reader.readexactly(cl // 2)
                 STATS.faults["reset_request"] += 1
                 STATS.record(classify(method, target), len(raw_head) + cl // 2, cl // 2, 0, 0, "reset")
@@ -267,7 +307,7 @@ async def handle(reader, writer, upstream):
             op = classify(method, target)
             if FAULTS.latency_ms:
                 await asyncio.sleep(FAULTS.latency_ms / 1000)
-            if FAULTS.error_rate and random.random() < FAULTS.error_rate:
+            if FAULTS.errors.fire():
                 STATS.faults["error_503"] += 1
                 resp = simple_response(503, "Slow Down", (
                     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
@@ -276,7 +316,7 @@ async def handle(reader, writer, upstream):
                 await writer.drain()
                 STATS.record(op, len(raw_head) + len(body), payload, len(resp), 0, 503)
                 continue
-            cut = bool(FAULTS.reset_rate) and random.random() < FAULTS.reset_rate / 2
+            cut = FAULTS.reset_responses.fire()
             for attempt in (1, 2):
                 if up is None:
                     up = await asyncio.open_connection(upstream[0], upstream[1])
@@ -319,7 +359,9 @@ async def main():
     ap.add_argument("--reset-rate", type=float, default=0.0)
     ap.add_argument("--latency-ms", type=int, default=0)
     args = ap.parse_args()
-    FAULTS.error_rate, FAULTS.reset_rate, FAULTS.latency_ms = args.error_rate, args.reset_rate, args.latency_ms
+    FAULTS.set_error_rate(args.error_rate)
+    FAULTS.set_reset_rate(args.reset_rate)
+    FAULTS.latency_ms = args.latency_ms
     up = urlsplit(args.upstream)
     upstream = (up.hostname, up.port or 80)
     host, _, port = args.listen.rpartition(":")

@@ -335,3 +335,23 @@ impl Drop for OwnS3 {
         let _ = s3_script_ok("stop", &self.env_dir.path().join("s3.env"));
     }
 }
+
+/// A random generator for tests that pick "random moments" (kill or SIGTERM
+/// delays): seeded, so a failing run can be replayed exactly. The seed is
+/// `MAILSAFE_TEST_SEED` when set, else a fixed one per test name; it is
+/// printed either way, so `MAILSAFE_TEST_SEED=<n> cargo test NAME` reruns the
+/// same schedule.
+pub fn seeded_rng(test: &str) -> rand::rngs::StdRng {
+    use rand::SeedableRng;
+    let seed = std::env::var("MAILSAFE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or_else(|| {
+            // FNV-1a of the name: stable across runs and toolchains.
+            test.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            })
+        });
+    eprintln!("{test}: MAILSAFE_TEST_SEED={seed}");
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
