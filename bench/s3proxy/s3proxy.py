@@ -269,10 +269,8 @@ async def handle(reader, writer, upstream):
     up = None  # (reader, writer) to upstream, opened lazily, reused
     try:
         while True:
-            if time.time() < FAULTS.outage_until:
-                STATS.faults["outage_refused"] += 1
-                abort(writer)
-                return
+            # The outage is applied after the head is read, so that the
+            # control API keeps answering during an outage.
             try:
                 raw_head, lines = await read_head(reader)
             except (Closed, asyncio.IncompleteReadError, ConnectionError):
