@@ -6,7 +6,7 @@
 # cap (--smtp-max-data-memory 0) for comparison, and the whole mix again with
 # glibc malloc told to return memory (MALLOC_ARENA_MAX=2,
 # MALLOC_MMAP_THRESHOLD_=131072). Samples VmRSS/VmHWM from /proc/<pid>/status.
-# Writes the "Hostile SMTP" section of bench/RESULTS.md.
+# Writes the hostile-smtp section of bench/RESULTS.md (bench/lib.sh).
 #   PROFILE=dev|release (default dev)   bench/hostile_smtp.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,12 +47,12 @@ echo "$nocap"
 tuned="$(run 256 "MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072")"
 echo "$tuned"
 
-python3 - "$full" "$nocap" "$tuned" "$PROFILE" <<'PY'
-import json, pathlib, re, subprocess, sys
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+section=$(python3 - "$full" "$nocap" "$tuned" "$(bench_context "$PROFILE")" <<'PY'
+import json, sys
 full, nocap, tuned = (json.loads(a) for a in sys.argv[1:4])
-profile = sys.argv[4]
-load = open("/proc/loadavg").read().split()[0]
-rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+context = sys.argv[4]
 b, e, l, lo, n = (full[k] for k in ("big_16x30MB", "endless_8x80MB", "lines_nul_rcpt_x4", "slow_loris_50", "normal_client"))
 t = tuned
 def rc(d):
@@ -61,7 +61,7 @@ lines = [
     "<!-- hostile-smtp:begin -->",
     "## Hostile SMTP: memory of `mailsafe serve` (bench/hostile_smtp.sh)",
     "",
-    f"{profile} build at {rev}, load average {load} on the shared 2-core machine; VmRSS sampled every 50 ms.",
+    f"{context}; VmRSS sampled every 50 ms.",
     "Defaults: MP_MAX_MESSAGE_SIZE 50 MB, MAILSAFE_SMTP_MAX_DATA_MEMORY 256 MB; idle timeout 3 s for the run.",
     "Peak RSS with glibc's default malloc, and with `MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072`",
     "(large buffers are mmapped and go back to the OS when freed instead of staying in per-thread arenas).",
@@ -85,11 +85,8 @@ lines = [
     f"p99 {t['normal_client']['p99_ms']} ms); the p99 is the store's one writer busy committing 30 MB messages.",
     "<!-- hostile-smtp:end -->",
 ]
-section = "\n".join(lines) + "\n"
-res = pathlib.Path("bench/RESULTS.md")
-text = res.read_text()
-pat = re.compile(r"<!-- hostile-smtp:begin -->.*?<!-- hostile-smtp:end -->\n", re.S)
-text = pat.sub(lambda _m: section, text) if pat.search(text) else text.rstrip() + "\n\n" + section
-res.write_text(text)
-print(section)
+print("\n".join(lines))
 PY
+)
+write_results_section hostile-smtp "$section"
+echo "$section"

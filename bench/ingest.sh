@@ -2,7 +2,7 @@
 # SMTP ingest benchmark: Postfix's smtp-source (10 sessions, 4 KiB messages,
 # 20k messages) against mailsafe and against maildev (npm) in one run, on
 # this machine. Prints msgs/s for each and writes them to bench/RESULTS.md
-# (section "SMTP ingest").
+# (section smtp-ingest, through bench/lib.sh).
 #
 # Durability: mailsafe answers 250 only after the message's transaction is
 # committed with SQLite synchronous=FULL in WAL mode (an fsync per commit),
@@ -24,6 +24,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 MESSAGES="${MESSAGES:-20000}"
 SESSIONS="${SESSIONS:-10}"
@@ -132,7 +134,7 @@ cores=$(nproc)
 section=$(cat <<EOF
 ## SMTP ingest
 
-\`bench/ingest.sh\`, $(date -u +%Y-%m-%d\ %H:%M) UTC, commit $commit, $cores cores (load average $load_before at the start), mailsafe $label,
+\`bench/ingest.sh\`, $(bench_context "$label") (load average $load_before at the start),
 \`MP_MAX_MESSAGES=$MAX_MESSAGES\` (500 is the default: pruning runs in every batch):
 Postfix \`smtp-source -s $SESSIONS -l $SIZE\` (a new connection per message) on the same machine,
 messages acknowledged with 250 per second (mailsafe: each one committed to SQLite, synchronous=FULL, WAL, group commit).
@@ -146,16 +148,5 @@ mailsafe's writer: $stages.
 mailsafe / maildev: **${ratio}x** (targets: ≥ 20x and ≥ 2,000 msgs/s).
 EOF
 )
-python3 - "$section" <<'PY'
-import re, sys, pathlib
-section = sys.argv[1].rstrip() + "\n"
-p = pathlib.Path("bench/RESULTS.md")
-text = p.read_text() if p.exists() else "# Benchmark results\n"
-pattern = re.compile(r"^## SMTP ingest\n.*?(?=^## |\Z)", re.S | re.M)
-if pattern.search(text):
-    text = pattern.sub(lambda _: section + "\n", text)
-else:
-    text = text.rstrip() + "\n\n" + section
-p.write_text(text)
-PY
+write_results_section smtp-ingest "$section"
 echo "$section"

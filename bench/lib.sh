@@ -7,7 +7,8 @@
 #
 # Provides: PIDS (processes to stop at exit), bench_cleanup, bench_s3_start
 # (sets S3 and the AWS_* credentials), s3_curl, start_proxy (sets
-# PROXY_PORT), stats, reset_stats, ensure_litestream, write_results_section.
+# PROXY_PORT), stats, reset_stats, ensure_litestream, bench_context and
+# write_results_section (every bench writes RESULTS.md through it).
 
 # Loopback S3 over plain HTTP: CA bundles are not wanted (Litestream 0.5
 # refuses to start while AWS_CA_BUNDLE is set), nor any ambient AWS target.
@@ -61,17 +62,30 @@ start_proxy() {
 stats() { curl -sf "http://127.0.0.1:$1/__proxy/stats"; }
 reset_stats() { curl -sf -X POST "http://127.0.0.1:$1/__proxy/reset" >/dev/null; }
 
-# write_results_section MARKER TEXT : TEXT (from "<!-- MARKER:begin -->" to
-# "<!-- MARKER:end -->") replaces that bench's section of bench/RESULTS.md, or
-# is appended; every other section is kept, so benches never clobber each
-# other.
+# bench_context PROFILE : one line saying when, at which commit, with which
+# build and on how loaded a machine a figure was measured; every section
+# starts with it (a figure without its context cannot be compared).
+bench_context() {
+  local commit dirty=""
+  commit=$(git rev-parse --short HEAD)
+  git diff --quiet HEAD -- src crates 2>/dev/null || dirty=" (with uncommitted changes)"
+  echo "$(date -u '+%Y-%m-%d %H:%M') UTC, commit $commit$dirty, \`$1\` build, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+}
+
+# write_results_section MARKER TEXT : TEXT replaces the bench's section of
+# bench/RESULTS.md, from "<!-- MARKER:begin -->" to "<!-- MARKER:end -->"
+# (the markers are added around TEXT when it lacks them), or is appended.
+# Every other section, and notes between sections, are kept, so benches never
+# clobber each other. The one writer of RESULTS.md for every bench.
 write_results_section() {
   python3 - "$1" "$2" <<'PY'
 import re, sys, pathlib
-marker, sec = sys.argv[1], sys.argv[2]
+marker, sec = sys.argv[1], sys.argv[2].strip("\n")
+begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+if not sec.startswith(begin):
+    sec = f"{begin}\n{sec}\n{end}"
 p = pathlib.Path("bench/RESULTS.md")
 text = p.read_text() if p.exists() else "# Benchmark results\n"
-begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
 if begin in text:
     text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda m: sec, text, flags=re.S)
 else:

@@ -56,10 +56,12 @@ status=${PIPESTATUS[0]}
 set -e
 elapsed=$(( $(date +%s) - start ))
 
-python3 - "$OUT" "$N" "$SEED_MIB" "$elapsed" "$status" "$PROFILE" "$VARIANTS" "$LABEL" <<'PY'
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+section=$(python3 - "$OUT" "$N" "$SEED_MIB" "$elapsed" "$status" "$(bench_context "$PROFILE")" "$VARIANTS" "$LABEL" <<'PY'
 import json, os, re, subprocess, sys, datetime
 out, n, seed, elapsed, status = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-profile, only, title = sys.argv[6], sys.argv[7], sys.argv[8]
+context, only, title = sys.argv[6], sys.argv[7], sys.argv[8]
 heading = f"## Pod churn ({title})" if title else "## Pod churn"
 rows = []
 for variant, label in (("sidecar", "restore + `watch` sidecar + `serve`"), ("single", "`serve --replica` alone")):
@@ -81,13 +83,11 @@ try:
     cpu = re.search(r"model name\s*:\s*(.*)", open("/proc/cpuinfo").read()).group(1)
 except Exception:
     pass
-commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 section = "\n".join([
     heading,
     "",
     f"`bench/pod-churn.sh` (N={n} pod lives per variant, db seeded with {seed} MiB of mail in the first life), "
-    f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit}, {os.cpu_count()} cores {cpu}, "
-    f"SeaweedFS on loopback, `{profile}` build, {elapsed} s in all, harness exit {status}.",
+    f"{context}, {cpu}, SeaweedFS on loopback, {elapsed} s in all, harness exit {status}.",
     "",
     "Each life: fresh empty dir → restore → ready → 10 emails + a sender running through SIGTERM → "
     "catcher stopped, then sidecar → next life. Lost = acknowledged with 250 but missing after the next restore "
@@ -98,13 +98,10 @@ section = "\n".join([
     *rows,
     "",
 ])
-path = "bench/RESULTS.md"
-text = open(path).read() if os.path.exists(path) else "# Benchmark results\n\n"
-# Replace our section (up to the next "## " or the next section's "<!-- "
-# marker), keep everyone else's.
-pattern = re.compile("^" + re.escape(heading) + r"\n.*?(?=^## |^<!-- |\Z)", re.S | re.M)
-text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-open(path, "w").write(text)
 print(section)
 PY
+)
+marker="pod-churn${LABEL:+-$(echo "$LABEL" | tr 'A-Z' 'a-z' | sed -E 's/[^a-z0-9]+/-/g; s/^-|-$//g')}"
+write_results_section "$marker" "$section"
+echo "$section"
 exit "$status"

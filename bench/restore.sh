@@ -91,25 +91,22 @@ if [ "$CATCHER_MIB" != 0 ]; then
   measure "catcher" "$CATCHERDB" $((2 << 20))
 fi
 
-python3 - "$WORK/results.jsonl" "$RUNS" "$(git rev-parse --short HEAD)" "$MAILSAFE_BIN" <<'PY'
-import datetime, json, pathlib, re, sys
+profile=dev
+case "$MAILSAFE_BIN" in */release/*) profile=release ;; esac
+section=$(python3 - "$WORK/results.jsonl" "$RUNS" "$(bench_context "$profile")" <<'PY'
+import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-runs, commit, binary = sys.argv[2], sys.argv[3], sys.argv[4]
-profile = "release" if "/release/" in binary else "dev"
-now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+runs, context = sys.argv[2], sys.argv[3]
 out = ["<!-- restore-bench:begin -->", "## Restore time by pack size (bench/restore.sh)", "",
-       f"{now}, commit {commit}, `{profile}` build, SeaweedFS on loopback, 2 shared cores; "
+       f"{context}, SeaweedFS on loopback; "
        f"one `snapshot`, then {runs} timed `restore`s (wall s, default `--parallelism` 32, quick check).", "",
        "| db | db MiB | pack MiB | objects | stored MiB | restore best s | median s |", "|---|---|---|---|---|---|---|"]
 for r in rows:
     out.append(f"| {r['name']} | {r['db_mib']:.0f} | {r['pack_mib']:g} | {r['objects']} | {r['stored_mib']:.1f} | "
                f"{r['best_s']:.2f} | {r['median_s']:.2f} |")
 out.append("<!-- restore-bench:end -->")
-section = "\n".join(out) + "\n"
-print(section)
-res = pathlib.Path("bench/RESULTS.md")
-text = res.read_text()
-pat = re.compile(r"<!-- restore-bench:begin -->.*?<!-- restore-bench:end -->\n", re.S)
-text = pat.sub(lambda _m: section, text) if pat.search(text) else text.rstrip() + "\n\n" + section
-res.write_text(text)
+print("\n".join(out))
 PY
+)
+write_results_section restore-bench "$section"
+echo "$section"
