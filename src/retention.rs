@@ -17,7 +17,8 @@
 //! is older than a grace period. A snapshot being written uploads its chunks
 //! and deltas first and its manifest last, so for a while its new objects are
 //! referenced by nothing; the grace period is what keeps GC away from them.
-//! The newest snapshot is always kept whatever the policy says, so the chain
+//! The newest snapshot (the history head: the highest id, whatever the
+//! manifests' clocks say) is always kept whatever the policy says, so the chain
 //! a concurrent writer builds on is never collected; and the manifests are
 //! listed again right before deleting, so one that appeared meanwhile still
 //! protects what it references.
@@ -71,12 +72,31 @@ pub struct Decision {
     pub reasons: Vec<&'static str>,
 }
 
-/// Applies `policy` to `snapshots` (any order). Returns one decision per
-/// snapshot, newest first.
+/// Applies `policy` to `snapshots` (any order): `(id, created)` pairs.
+/// Returns one decision per snapshot, newest first.
+///
+/// "Newest" is history order, which is snapshot id order (a writer makes
+/// each id strictly after the previous one whatever its clock says, see
+/// `snapshot::reader::next_id`), never the manifest's wall-clock `created`:
+/// a snapshot taken on a host whose clock lags must not look older than its
+/// parent, or `keep-last` would forget the history head. `created` only
+/// places a snapshot in an hour/day/week bucket, and is clamped along id
+/// order so that it never goes backwards (a lagging clock puts the snapshot
+/// in its predecessor's bucket). The head (highest id) is always kept.
 pub fn decide(policy: &Policy, snapshots: &[(String, DateTime<Utc>)]) -> Vec<Decision> {
     let mut sorted: Vec<&(String, DateTime<Utc>)> = snapshots.iter().collect();
-    // Newest first; ids break ties (they sort by time too).
-    sorted.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    // Bucket times, oldest first, clamped to be non-decreasing.
+    let mut clamped: Vec<DateTime<Utc>> = Vec::with_capacity(sorted.len());
+    for (_, created) in &sorted {
+        let t = match clamped.last() {
+            Some(prev) if prev > created => *prev,
+            _ => *created,
+        };
+        clamped.push(t);
+    }
+    sorted.reverse();
+    clamped.reverse();
 
     type Bucket = fn(&DateTime<Utc>) -> (i32, u32, u32, u32);
     let rules: [(&'static str, Option<u32>, Bucket); 4] = [
@@ -97,8 +117,9 @@ pub fn decide(policy: &Policy, snapshots: &[(String, DateTime<Utc>)]) -> Vec<Dec
 
     sorted
         .iter()
+        .zip(&clamped)
         .enumerate()
-        .map(|(i, (id, created))| {
+        .map(|(i, ((id, created), bucket_time))| {
             let mut reasons = Vec::new();
             if policy.is_empty() {
                 reasons.push("no-policy");
@@ -108,7 +129,11 @@ pub fn decide(policy: &Policy, snapshots: &[(String, DateTime<Utc>)]) -> Vec<Dec
                     continue;
                 }
                 // keep-last: every snapshot is a bucket of its own.
-                let b = if r == 0 { None } else { Some(bucket(created)) };
+                let b = if r == 0 {
+                    None
+                } else {
+                    Some(bucket(bucket_time))
+                };
                 if b.is_none() || b != last_bucket[r] {
                     left[r] -= 1;
                     last_bucket[r] = b;
@@ -490,5 +515,65 @@ mod tests {
         let d = decide(&p, &s);
         assert_eq!(kept(p, &s), vec!["s01"]);
         assert_eq!(d[0].reasons, vec!["newest"]);
+    }
+
+    /// Scenario 1 of issue 12: snapshot 3 was taken with the clock 2 hours
+    /// behind. History order is id order, so it is the newest and
+    /// `keep-last 1` keeps it, not snapshot 2.
+    #[test]
+    fn a_clock_stepped_back_does_not_demote_the_head() {
+        let s = snaps(&[
+            "2026-11-01T10:00:00Z",
+            "2026-11-01T10:05:00Z",
+            "2026-11-01T08:06:00Z", // taken at 10:06 with the clock -2h
+        ]);
+        let p = Policy {
+            keep_last: Some(1),
+            ..Policy::default()
+        };
+        assert_eq!(kept(p, &s), vec!["s02"]);
+        let d = decide(&p, &s);
+        assert_eq!(d[0].id, "s02", "newest first is id order");
+        // Even a zero policy keeps the head, not the latest `created`.
+        let zero = Policy {
+            keep_last: Some(0),
+            ..Policy::default()
+        };
+        assert_eq!(kept(zero, &s), vec!["s02"]);
+    }
+
+    /// Buckets use `created` clamped along id order: a lagging snapshot
+    /// joins its predecessor's hour (and, being newer, represents it), and
+    /// one taken with the clock ahead pulls the snapshots after it into its
+    /// bucket rather than letting them fall back into an earlier one.
+    #[test]
+    fn buckets_never_go_backwards_along_id_order() {
+        let s = snaps(&[
+            "2026-11-01T09:30:00Z",
+            "2026-11-01T10:10:00Z",
+            "2026-11-01T08:15:00Z", // clock -2h: clamped into 10h
+        ]);
+        let p = Policy {
+            keep_hourly: Some(1),
+            ..Policy::default()
+        };
+        assert_eq!(kept(p, &s), vec!["s02"]);
+        let p = Policy {
+            keep_hourly: Some(2),
+            ..Policy::default()
+        };
+        assert_eq!(kept(p, &s), vec!["s00", "s02"]);
+
+        let s = snaps(&[
+            "2026-11-01T09:10:00Z",
+            "2026-11-01T11:20:00Z", // clock +2h
+            "2026-11-01T09:30:00Z", // back to normal: clamped into 11h
+            "2026-11-01T09:40:00Z", // likewise
+        ]);
+        let p = Policy {
+            keep_hourly: Some(2),
+            ..Policy::default()
+        };
+        assert_eq!(kept(p, &s), vec!["s00", "s03"]);
     }
 }
