@@ -33,7 +33,7 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use rusqlite::{Connection, params};
 
-use super::StorageError;
+use super::error::StorageError;
 
 /// The FTS5 tokenizer: ASCII folding (the text is already lower case), with
 /// every printable symbol a token character, since the encoder has already

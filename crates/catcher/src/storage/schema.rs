@@ -6,7 +6,7 @@
 
 use rusqlite::{Connection, params};
 
-use super::StorageError;
+use super::error::StorageError;
 
 /// A migration step done in Rust (after its SQL, same transaction).
 type PostStep = fn(&Connection, &str) -> Result<(), StorageError>;
@@ -190,7 +190,7 @@ pub fn migrate(conn: &mut Connection, prefix: &str) -> Result<(), StorageError> 
         }
         tx.execute(
             &format!("INSERT INTO {prefix}schemas (Version, Created) VALUES (?1, ?2)"),
-            params![m.version, super::now_ms()],
+            params![m.version, super::model::now_ms()],
         )?;
     }
     tx.commit()?;

@@ -1,4 +1,6 @@
 //! The single writer: group commit of everything that changes the db.
+//! Batching only: what a job does lives with its caller (`insert.rs`,
+//! `mutate.rs`), the row-level SQL the writer itself runs in `rows.rs`.
 //!
 //! Jobs arrive on a channel. The writer takes the first, drains whatever else
 //! is already queued, runs them all in one transaction (each inside its own
@@ -16,10 +18,10 @@ use tokio::sync::{broadcast, oneshot};
 
 use std::sync::Arc;
 
+use super::error::StorageError;
 use super::index::{self, Fresh, Vocab};
-use super::parse::{self, Parsed};
-use super::search::clean;
-use super::{Event, NewMessage, StorageError, StoreOptions, new_id, now_ms};
+use super::model::{Counters, Event, StoreOptions, now_ms};
+use super::rows::{counts, prune_age, prune_count};
 
 /// Most jobs committed in one transaction; bounds the latency of a batch.
 const MAX_BATCH: usize = 2000;
@@ -119,341 +121,6 @@ where
     })
 }
 
-/// A message parsed and compressed, ready for the writer.
-pub struct Prepared {
-    parsed: Parsed,
-    compressed: Vec<u8>,
-    size: i64,
-    username: String,
-    created: i64,
-    extra_tags: Vec<String>,
-    search: index::Prepped,
-}
-
-impl Prepared {
-    /// Parses and compresses `msg` (CPU work kept off the writer thread).
-    pub fn new(mut msg: NewMessage, level: i32) -> Result<Prepared, StorageError> {
-        let mut parsed = parse::parse(&msg.raw);
-        // Like Mailpit: envelope recipients the headers do not name (e.g.
-        // frameworks that leave Bcc out of the headers) are recorded as Bcc.
-        let known: Vec<String> = parsed
-            .to
-            .iter()
-            .chain(&parsed.cc)
-            .chain(&parsed.bcc)
-            .map(|a| a.address.to_lowercase())
-            .collect();
-        let mut missing: Vec<String> = Vec::new();
-        for r in &msg.rcpt_to {
-            let r = r.trim().trim_matches(|c| c == '<' || c == '>');
-            let l = r.to_lowercase();
-            if !r.is_empty()
-                && !known.contains(&l)
-                && !missing.iter().any(|m| m.to_lowercase() == l)
-            {
-                missing.push(r.to_string());
-            }
-        }
-        if !missing.is_empty() {
-            if parsed.bcc.is_empty() {
-                let mut raw = format!("Bcc: {}\r\n", missing.join(", ")).into_bytes();
-                raw.extend_from_slice(&msg.raw);
-                msg.raw = raw;
-            }
-            parsed
-                .bcc
-                .extend(missing.into_iter().map(|address| parse::Address {
-                    name: String::new(),
-                    address,
-                }));
-        }
-        let compressed = zstd::bulk::compress(&msg.raw, level)?;
-        let search = search_texts(&parsed);
-        Ok(Prepared {
-            search,
-            parsed,
-            size: msg.raw.len() as i64,
-            compressed,
-            username: msg.username.unwrap_or_default(),
-            created: now_ms(),
-            extra_tags: Vec::new(),
-        })
-    }
-
-    /// Raw size in bytes.
-    pub fn size(&self) -> u64 {
-        self.size as u64
-    }
-
-    /// Adds tags on top of those from `X-Tags` (e.g. from the send API).
-    pub fn with_tags(mut self, tags: &[String]) -> Self {
-        self.extra_tags.extend(tags.iter().cloned());
-        self
-    }
-}
-
-/// The cleaned and encoded search texts of a message (CPU work kept off
-/// the writer thread, like parsing and compression).
-fn search_texts(pp: &Parsed) -> index::Prepped {
-    let from_text = addrs_text(std::slice::from_ref(&pp.from));
-    let (to, cc, bcc, reply_to) = (
-        addrs_text(&pp.to),
-        addrs_text(&pp.cc),
-        addrs_text(&pp.bcc),
-        addrs_text(&pp.reply_to),
-    );
-    let all = clean(&format!(
-        "{} {from_text} {to} {cc} {bcc} {reply_to} {} {}",
-        pp.subject, pp.message_id, pp.body_text
-    ));
-    index::prepare([
-        clean(&pp.subject),
-        clean(&from_text),
-        clean(&to),
-        clean(&cc),
-        clean(&bcc),
-        clean(&reply_to),
-        clean(&pp.message_id),
-        all,
-    ])
-}
-
-fn addrs_text(a: &[parse::Address]) -> String {
-    a.iter()
-        .map(|a| {
-            if a.name.is_empty() {
-                format!("<{}>", a.address)
-            } else {
-                format!("{} <{}>", a.name, a.address)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Inserts one prepared message; returns its ID.
-pub fn insert(conn: &Connection, ctx: &mut Ctx, p: Prepared) -> Result<String, StorageError> {
-    let pre = &ctx.prefix;
-    let id = new_id();
-    let pp = &p.parsed;
-    conn.prepare_cached(&format!(
-        "INSERT INTO {pre}mailbox (ID, MessageID, Subject, FromJSON, ToJSON, CcJSON, BccJSON, ReplyToJSON, \
-         Size, Attachments, Inline, Snippet, Read, Created, Username) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13, ?14)"
-    ))?
-    .execute(params![
-        id,
-        pp.message_id,
-        pp.subject,
-        j(&pp.from),
-        j(&pp.to),
-        j(&pp.cc),
-        j(&pp.bcc),
-        j(&pp.reply_to),
-        p.size,
-        pp.attachments,
-        pp.inline,
-        pp.snippet,
-        p.created,
-        p.username,
-    ])?;
-    let rowid = conn.last_insert_rowid();
-    conn.prepare_cached(&format!(
-        "INSERT INTO {pre}mailbox_data (id, Raw) VALUES (?1, ?2)"
-    ))?
-    .execute(params![rowid, p.compressed])?;
-    index::store_text(conn, pre, rowid, &p.search)?;
-    ctx.unindexed.push((rowid, p.search));
-    let mut tags: Vec<String> = Vec::new();
-    for t in pp.tags.iter().chain(p.extra_tags.iter()) {
-        let t = parse::clean_tag(t);
-        if !t.is_empty() && !tags.iter().any(|x| x.eq_ignore_ascii_case(&t)) {
-            tags.push(t);
-        }
-    }
-    let tags = add_tags(conn, pre, rowid, &tags)?;
-    ctx.inserted += 1;
-    ctx.counts_changed = true;
-    let summary = super::query::MessageSummary {
-        head: super::query::Head {
-            id: id.clone(),
-            message_id: pp.message_id.clone(),
-            read: false,
-            from: pp.from.clone(),
-            to: pp.to.clone(),
-            cc: pp.cc.clone(),
-            bcc: pp.bcc.clone(),
-            reply_to: pp.reply_to.clone(),
-            subject: pp.subject.clone(),
-            username: p.username.clone(),
-            tags,
-            size: p.size as u64,
-        },
-        created: super::query::rfc3339_ms(p.created),
-        attachments: pp.attachments,
-        snippet: pp.snippet.clone(),
-    };
-    ctx.events.push(Event {
-        kind: "new",
-        data: serde_json::to_value(&summary).unwrap_or(serde_json::Value::Null),
-    });
-    Ok(id)
-}
-
-/// JSON for an address column (serialising plain structs cannot fail).
-fn j<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
-}
-
-/// Attaches tags (created if new) to message row `rowid`; returns the tag
-/// names as stored (existing tags keep their original capitalisation).
-pub fn add_tags(
-    conn: &Connection,
-    pre: &str,
-    rowid: i64,
-    tags: &[String],
-) -> Result<Vec<String>, StorageError> {
-    let mut names = Vec::with_capacity(tags.len());
-    for t in tags {
-        conn.prepare_cached(&format!(
-            "INSERT OR IGNORE INTO {pre}tags (Name) VALUES (?1)"
-        ))?
-        .execute(params![t])?;
-        let (tid, name): (i64, String) = conn
-            .prepare_cached(&format!("SELECT id, Name FROM {pre}tags WHERE Name = ?1"))?
-            .query_row(params![t], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        conn.prepare_cached(&format!(
-            "INSERT OR IGNORE INTO {pre}message_tags (msg, tag) VALUES (?1, ?2)"
-        ))?
-        .execute(params![rowid, tid])?;
-        names.push(name);
-    }
-    Ok(names)
-}
-
-/// Deletes the messages with these row ids from every table; returns their
-/// IDs. Unused tags are removed too.
-pub fn delete_rows(
-    conn: &Connection,
-    pre: &str,
-    rows: &[i64],
-) -> Result<Vec<String>, StorageError> {
-    let mut ids = Vec::with_capacity(rows.len());
-    for chunk in rows.chunks(500) {
-        let ph = vec!["?"; chunk.len()].join(",");
-        let args = rusqlite::params_from_iter(chunk.iter());
-        let mut st = conn.prepare(&format!(
-            "DELETE FROM {pre}mailbox WHERE Seq IN ({ph}) RETURNING ID"
-        ))?;
-        let got = st
-            .query_map(args, |r| r.get::<_, String>(0))?
-            .collect::<Result<Vec<_>, _>>()?;
-        ids.extend(got);
-        for table in ["mailbox_data", "search_text", "words", "fields"] {
-            let col = if matches!(table, "words" | "fields") {
-                "rowid"
-            } else {
-                "id"
-            };
-            conn.execute(
-                &format!("DELETE FROM {pre}{table} WHERE {col} IN ({ph})"),
-                rusqlite::params_from_iter(chunk.iter()),
-            )?;
-        }
-        conn.execute(
-            &format!("DELETE FROM {pre}message_tags WHERE msg IN ({ph})"),
-            rusqlite::params_from_iter(chunk.iter()),
-        )?;
-    }
-    if !rows.is_empty() {
-        prune_unused_tags(conn, pre)?;
-    }
-    Ok(ids)
-}
-
-/// Removes tags no message uses any more.
-pub fn prune_unused_tags(conn: &Connection, pre: &str) -> Result<(), StorageError> {
-    conn.execute(
-        &format!(
-            "DELETE FROM {pre}tags WHERE NOT EXISTS \
-             (SELECT 1 FROM {pre}message_tags mt WHERE mt.tag = {pre}tags.id)"
-        ),
-        [],
-    )?;
-    Ok(())
-}
-
-/// Deletes the oldest messages beyond `max`; returns how many went.
-///
-/// This runs in every batch once the mailbox is full (Mailpit's default
-/// keeps 500), so it deletes by row-id range with cached statements instead
-/// of building an `IN (...)` list per table; only the FTS5 tables, which
-/// have no cheap range delete, are cleared row by row.
-fn prune_count(conn: &Connection, pre: &str, max: u64) -> Result<usize, StorageError> {
-    let cutoff: Option<i64> = conn
-        .prepare_cached(&format!(
-            "SELECT Seq FROM {pre}mailbox ORDER BY Seq DESC LIMIT 1 OFFSET ?1"
-        ))?
-        .query_row(params![max as i64 - 1], |r| r.get(0))
-        .map(Some)
-        .or_else(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => Ok(None),
-            e => Err(e),
-        })?;
-    let Some(cutoff) = cutoff else { return Ok(0) };
-    let rows: Vec<i64> = conn
-        .prepare_cached(&format!("SELECT Seq FROM {pre}mailbox WHERE Seq < ?1"))?
-        .query_map(params![cutoff], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    let gone = conn
-        .prepare_cached(&format!("DELETE FROM {pre}mailbox WHERE Seq < ?1"))?
-        .execute(params![cutoff])?;
-    for table in ["mailbox_data", "search_text"] {
-        conn.prepare_cached(&format!("DELETE FROM {pre}{table} WHERE id < ?1"))?
-            .execute(params![cutoff])?;
-    }
-    for table in ["words", "fields"] {
-        let mut st = conn.prepare_cached(&format!("DELETE FROM {pre}{table} WHERE rowid = ?1"))?;
-        for r in &rows {
-            st.execute(params![r])?;
-        }
-    }
-    let untagged = conn
-        .prepare_cached(&format!("DELETE FROM {pre}message_tags WHERE msg < ?1"))?
-        .execute(params![cutoff])?;
-    // Only a message that had tags can leave a tag unused.
-    if untagged > 0 {
-        prune_unused_tags(conn, pre)?;
-    }
-    Ok(gone)
-}
-
-/// Deletes messages received before `cutoff_ms`; returns how many went.
-fn prune_age(conn: &Connection, pre: &str, cutoff_ms: i64) -> Result<usize, StorageError> {
-    let rows: Vec<i64> = conn
-        .prepare_cached(&format!("SELECT Seq FROM {pre}mailbox WHERE Created < ?1"))?
-        .query_map(params![cutoff_ms], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    Ok(delete_rows(conn, pre, &rows)?.len())
-}
-
-/// Reads the O(1) totals kept by triggers: (total, unread).
-pub fn counts(conn: &Connection, pre: &str) -> Result<(u64, u64), StorageError> {
-    Ok(conn
-        .prepare_cached(&format!(
-            "SELECT Total, Unread FROM {pre}counts WHERE k = 0"
-        ))?
-        .query_row([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?.max(0) as u64,
-                r.get::<_, i64>(1)?.max(0) as u64,
-            ))
-        })?)
-}
-
 /// The writer thread's state.
 pub struct Writer {
     conn: Connection,
@@ -461,7 +128,7 @@ pub struct Writer {
     prefix: String,
     opts: StoreOptions,
     events: broadcast::Sender<Event>,
-    counters: std::sync::Arc<super::Counters>,
+    counters: std::sync::Arc<Counters>,
     vocab: Arc<Vocab>,
     last_stats: Option<Instant>,
     stats_due: bool,
@@ -482,7 +149,7 @@ impl Writer {
         prefix: String,
         opts: StoreOptions,
         events: broadcast::Sender<Event>,
-        counters: std::sync::Arc<super::Counters>,
+        counters: std::sync::Arc<Counters>,
         vocab: Arc<Vocab>,
     ) -> Self {
         Writer {
@@ -845,11 +512,14 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::insert::{Prepared, insert};
+    use crate::storage::model::NewMessage;
+    use crate::storage::rows::delete_rows;
 
     fn writer(dir: &std::path::Path) -> Writer {
         let path = dir.join("w.db");
-        let mut conn = super::super::open_conn(&path).unwrap();
-        super::super::schema::migrate(&mut conn, "").unwrap();
+        let mut conn = crate::storage::store::open_conn(&path).unwrap();
+        crate::storage::schema::migrate(&mut conn, "").unwrap();
         let (events, _) = broadcast::channel(16);
         Writer::new(
             conn,

@@ -1,0 +1,199 @@
+//! Turning a received message into rows: [`Prepared`] does the CPU work
+//! (parse, Bcc from the envelope, compression, search texts) off the writer
+//! thread, and [`insert`] writes the rows inside a writer batch.
+
+use rusqlite::{Connection, params};
+
+use super::error::StorageError;
+use super::index;
+use super::model::{Event, Head, MessageSummary, NewMessage, new_id, now_ms, rfc3339_ms};
+use super::parse::{self, Parsed};
+use super::rows::add_tags;
+use super::search::clean;
+use super::writer::Ctx;
+
+/// A message parsed and compressed, ready for the writer.
+pub struct Prepared {
+    parsed: Parsed,
+    compressed: Vec<u8>,
+    size: i64,
+    username: String,
+    created: i64,
+    extra_tags: Vec<String>,
+    search: index::Prepped,
+}
+
+impl Prepared {
+    /// Parses and compresses `msg` (CPU work kept off the writer thread).
+    pub fn new(mut msg: NewMessage, level: i32) -> Result<Prepared, StorageError> {
+        let mut parsed = parse::parse(&msg.raw);
+        // Like Mailpit: envelope recipients the headers do not name (e.g.
+        // frameworks that leave Bcc out of the headers) are recorded as Bcc.
+        let known: Vec<String> = parsed
+            .to
+            .iter()
+            .chain(&parsed.cc)
+            .chain(&parsed.bcc)
+            .map(|a| a.address.to_lowercase())
+            .collect();
+        let mut missing: Vec<String> = Vec::new();
+        for r in &msg.rcpt_to {
+            let r = r.trim().trim_matches(|c| c == '<' || c == '>');
+            let l = r.to_lowercase();
+            if !r.is_empty()
+                && !known.contains(&l)
+                && !missing.iter().any(|m| m.to_lowercase() == l)
+            {
+                missing.push(r.to_string());
+            }
+        }
+        if !missing.is_empty() {
+            if parsed.bcc.is_empty() {
+                let mut raw = format!("Bcc: {}\r\n", missing.join(", ")).into_bytes();
+                raw.extend_from_slice(&msg.raw);
+                msg.raw = raw;
+            }
+            parsed
+                .bcc
+                .extend(missing.into_iter().map(|address| parse::Address {
+                    name: String::new(),
+                    address,
+                }));
+        }
+        let compressed = zstd::bulk::compress(&msg.raw, level)?;
+        let search = search_texts(&parsed);
+        Ok(Prepared {
+            search,
+            parsed,
+            size: msg.raw.len() as i64,
+            compressed,
+            username: msg.username.unwrap_or_default(),
+            created: now_ms(),
+            extra_tags: Vec::new(),
+        })
+    }
+
+    /// Raw size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size as u64
+    }
+
+    /// Adds tags on top of those from `X-Tags` (e.g. from the send API).
+    pub fn with_tags(mut self, tags: &[String]) -> Self {
+        self.extra_tags.extend(tags.iter().cloned());
+        self
+    }
+}
+
+/// The cleaned and encoded search texts of a message (CPU work kept off
+/// the writer thread, like parsing and compression).
+fn search_texts(pp: &Parsed) -> index::Prepped {
+    let from_text = addrs_text(std::slice::from_ref(&pp.from));
+    let (to, cc, bcc, reply_to) = (
+        addrs_text(&pp.to),
+        addrs_text(&pp.cc),
+        addrs_text(&pp.bcc),
+        addrs_text(&pp.reply_to),
+    );
+    let all = clean(&format!(
+        "{} {from_text} {to} {cc} {bcc} {reply_to} {} {}",
+        pp.subject, pp.message_id, pp.body_text
+    ));
+    index::prepare([
+        clean(&pp.subject),
+        clean(&from_text),
+        clean(&to),
+        clean(&cc),
+        clean(&bcc),
+        clean(&reply_to),
+        clean(&pp.message_id),
+        all,
+    ])
+}
+
+fn addrs_text(a: &[parse::Address]) -> String {
+    a.iter()
+        .map(|a| {
+            if a.name.is_empty() {
+                format!("<{}>", a.address)
+            } else {
+                format!("{} <{}>", a.name, a.address)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Inserts one prepared message; returns its ID.
+pub fn insert(conn: &Connection, ctx: &mut Ctx, p: Prepared) -> Result<String, StorageError> {
+    let pre = &ctx.prefix;
+    let id = new_id();
+    let pp = &p.parsed;
+    conn.prepare_cached(&format!(
+        "INSERT INTO {pre}mailbox (ID, MessageID, Subject, FromJSON, ToJSON, CcJSON, BccJSON, ReplyToJSON, \
+         Size, Attachments, Inline, Snippet, Read, Created, Username) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13, ?14)"
+    ))?
+    .execute(params![
+        id,
+        pp.message_id,
+        pp.subject,
+        j(&pp.from),
+        j(&pp.to),
+        j(&pp.cc),
+        j(&pp.bcc),
+        j(&pp.reply_to),
+        p.size,
+        pp.attachments,
+        pp.inline,
+        pp.snippet,
+        p.created,
+        p.username,
+    ])?;
+    let rowid = conn.last_insert_rowid();
+    conn.prepare_cached(&format!(
+        "INSERT INTO {pre}mailbox_data (id, Raw) VALUES (?1, ?2)"
+    ))?
+    .execute(params![rowid, p.compressed])?;
+    index::store_text(conn, pre, rowid, &p.search)?;
+    ctx.unindexed.push((rowid, p.search));
+    let mut tags: Vec<String> = Vec::new();
+    for t in pp.tags.iter().chain(p.extra_tags.iter()) {
+        let t = parse::clean_tag(t);
+        if !t.is_empty() && !tags.iter().any(|x| x.eq_ignore_ascii_case(&t)) {
+            tags.push(t);
+        }
+    }
+    let tags = add_tags(conn, pre, rowid, &tags)?;
+    ctx.inserted += 1;
+    ctx.counts_changed = true;
+    let summary = MessageSummary {
+        head: Head {
+            id: id.clone(),
+            message_id: pp.message_id.clone(),
+            read: false,
+            from: pp.from.clone(),
+            to: pp.to.clone(),
+            cc: pp.cc.clone(),
+            bcc: pp.bcc.clone(),
+            reply_to: pp.reply_to.clone(),
+            subject: pp.subject.clone(),
+            username: p.username.clone(),
+            tags,
+            size: p.size as u64,
+        },
+        created: rfc3339_ms(p.created),
+        attachments: pp.attachments,
+        snippet: pp.snippet.clone(),
+    };
+    ctx.events.push(Event {
+        kind: "new",
+        data: serde_json::to_value(&summary).unwrap_or(serde_json::Value::Null),
+    });
+    Ok(id)
+}
+
+/// JSON for an address column (serialising plain structs cannot fail).
+fn j<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}

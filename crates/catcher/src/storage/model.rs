@@ -1,0 +1,258 @@
+//! The types that cross the storage boundary: options in, messages in, the
+//! Mailpit views out (`Head`, summary, detail, page, part), live events, the
+//! runtime counters, and the clock and ID helpers every module shares.
+//!
+//! Nothing here touches SQLite; every other storage module may use it.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::parse::{Address, Attachment};
+
+/// How the store is opened.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Tenant (`MP_TENANT_ID`); its sanitised form prefixes every table.
+    pub tenant: String,
+    /// Keep at most this many messages, pruning the oldest (`MP_MAX_MESSAGES`;
+    /// 0 = unlimited).
+    pub max_messages: u64,
+    /// Delete messages older than this (`MP_MAX_AGE`).
+    pub max_age: Option<Duration>,
+    /// Number of read connections kept open.
+    pub read_connections: usize,
+    /// zstd level for raw messages.
+    pub compression_level: i32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            tenant: String::new(),
+            max_messages: 500,
+            max_age: None,
+            read_connections: 4,
+            compression_level: 3,
+        }
+    }
+}
+
+/// A message as received, before it is stored.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// The raw RFC 5322 bytes (after SMTP dot-unstuffing).
+    pub raw: Vec<u8>,
+    /// SMTP envelope sender.
+    pub mail_from: String,
+    /// SMTP envelope recipients.
+    pub rcpt_to: Vec<String>,
+    /// SMTP AUTH user name, if the client authenticated.
+    pub username: Option<String>,
+}
+
+/// A live notification, serialised exactly like Mailpit's websocket
+/// messages: `{"Type": "new", "Data": {...}}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// `new`, `stats`, `update`, `delete`, `prune` or `truncate`.
+    #[serde(rename = "Type")]
+    pub kind: &'static str,
+    /// The payload (a message summary for `new`, `null` for `prune`/`truncate`).
+    #[serde(rename = "Data")]
+    pub data: serde_json::Value,
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Generates a Mailpit-style ID: 22 random base62 characters.
+pub(crate) fn new_id() -> String {
+    use rand::Rng;
+    rand::rng()
+        .sample_iter(&rand::distr::Alphanumeric)
+        .take(22)
+        .map(char::from)
+        .collect()
+}
+
+/// A random 24-character token for MIME boundaries and Message-IDs.
+pub fn new_boundary() -> String {
+    use rand::Rng;
+    rand::rng()
+        .sample_iter(&rand::distr::Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect()
+}
+
+/// Counters since the store was opened (for `/api/v1/info`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RuntimeStats {
+    /// Messages stored.
+    pub accepted: u64,
+    /// Bytes of messages stored.
+    pub accepted_size: u64,
+    /// Messages the SMTP server rejected (reported via [`Store::note_rejected`]).
+    pub rejected: u64,
+    /// Messages deleted or pruned.
+    pub deleted: u64,
+}
+
+/// The live form of [`RuntimeStats`], shared by the store and its writer.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) accepted_size: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) deleted: AtomicU64,
+}
+
+/// The fields Mailpit's `MessageSummary` and `Message` share, mapped from a
+/// mailbox row in one place ([`summary_row`]) and flattened into both.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Head {
+    /// Database ID.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Message-ID header (without angle brackets).
+    #[serde(rename = "MessageID")]
+    pub message_id: String,
+    /// Read status (a fetched [`MessageDetail`] is always read).
+    #[serde(rename = "Read")]
+    pub read: bool,
+    /// From address.
+    #[serde(rename = "From")]
+    pub from: Address,
+    /// To addresses.
+    #[serde(rename = "To")]
+    pub to: Vec<Address>,
+    /// Cc addresses.
+    #[serde(rename = "Cc")]
+    pub cc: Vec<Address>,
+    /// Bcc addresses.
+    #[serde(rename = "Bcc")]
+    pub bcc: Vec<Address>,
+    /// Reply-To addresses.
+    #[serde(rename = "ReplyTo")]
+    pub reply_to: Vec<Address>,
+    /// Subject.
+    #[serde(rename = "Subject")]
+    pub subject: String,
+    /// SMTP AUTH user, if any.
+    #[serde(rename = "Username")]
+    pub username: String,
+    /// Tags.
+    #[serde(rename = "Tags")]
+    pub tags: Vec<String>,
+    /// Raw size in bytes.
+    #[serde(rename = "Size")]
+    pub size: u64,
+}
+
+/// Mailpit's `MessageSummary`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MessageSummary {
+    /// The fields shared with [`MessageDetail`].
+    #[serde(flatten)]
+    pub head: Head,
+    /// Received time, RFC 3339 with milliseconds.
+    #[serde(rename = "Created")]
+    pub created: String,
+    /// Number of attachments.
+    #[serde(rename = "Attachments")]
+    pub attachments: i64,
+    /// Up to 250 characters of the body.
+    #[serde(rename = "Snippet")]
+    pub snippet: String,
+}
+
+/// Mailpit's `MessagesSummary`: one page of a list or search.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MessagesPage {
+    /// Messages in the mailbox.
+    pub total: u64,
+    /// Unread messages in the mailbox.
+    pub unread: u64,
+    /// Messages on this page (legacy field, still read by clients).
+    pub count: u64,
+    /// Messages matching the query.
+    pub messages_count: u64,
+    /// Unread messages matching the query.
+    pub messages_unread: u64,
+    /// Offset of this page.
+    pub start: u64,
+    /// Every tag in the mailbox.
+    pub tags: Vec<String>,
+    /// The page.
+    pub messages: Vec<MessageSummary>,
+}
+
+/// Mailpit's `ListUnsubscribe`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListUnsubscribe {
+    /// The header value.
+    #[serde(rename = "Header")]
+    pub header: String,
+    /// Links found in it.
+    #[serde(rename = "Links")]
+    pub links: Vec<String>,
+    /// Problems found, if any.
+    #[serde(rename = "Errors")]
+    pub errors: String,
+    /// `List-Unsubscribe-Post` value.
+    #[serde(rename = "HeaderPost")]
+    pub header_post: String,
+}
+
+/// Mailpit's `Message`: the full view of one message.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageDetail {
+    /// The fields shared with [`MessageSummary`]; `Read` is always true,
+    /// since fetching the message marks it read (older Mailpit versions
+    /// sent it and some clients still expect it).
+    #[serde(flatten)]
+    pub head: Head,
+    /// Return-Path.
+    #[serde(rename = "ReturnPath")]
+    pub return_path: String,
+    /// List-Unsubscribe information.
+    #[serde(rename = "ListUnsubscribe")]
+    pub list_unsubscribe: ListUnsubscribe,
+    /// Date header, or the received time.
+    #[serde(rename = "Date")]
+    pub date: String,
+    /// Text body.
+    #[serde(rename = "Text")]
+    pub text: String,
+    /// HTML body.
+    #[serde(rename = "HTML")]
+    pub html: String,
+    /// Inline parts.
+    #[serde(rename = "Inline")]
+    pub inline: Vec<Attachment>,
+    /// Attachments.
+    #[serde(rename = "Attachments")]
+    pub attachments: Vec<Attachment>,
+}
+
+/// One MIME part's decoded content.
+#[derive(Debug, Clone)]
+pub struct PartData {
+    /// Decoded bytes.
+    pub data: Vec<u8>,
+    /// Content type.
+    pub content_type: String,
+    /// File name, may be empty.
+    pub file_name: String,
+}
+
+/// Formats Unix milliseconds as RFC 3339 UTC with milliseconds.
+pub fn rfc3339_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
