@@ -80,7 +80,7 @@ async fn concurrent_inserts_are_all_durable_and_listed() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(e.kind, "new");
+    assert_eq!(e.kind(), "new");
     assert_eq!(serde_json::to_value(&e).unwrap()["Type"], "new");
 }
 

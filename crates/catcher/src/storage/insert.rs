@@ -186,10 +186,7 @@ pub fn insert(conn: &Connection, ctx: &mut Ctx, p: Prepared) -> Result<String, S
         attachments: pp.attachments,
         snippet: pp.snippet.clone(),
     };
-    ctx.events.push(Event {
-        kind: "new",
-        data: serde_json::to_value(&summary).unwrap_or(serde_json::Value::Null),
-    });
+    ctx.events.push(Event::New(Box::new(summary)));
     Ok(id)
 }
 

@@ -52,16 +52,112 @@ pub struct NewMessage {
     pub username: Option<String>,
 }
 
-/// A live notification, serialised exactly like Mailpit's websocket
-/// messages: `{"Type": "new", "Data": {...}}`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Event {
-    /// `new`, `stats`, `update`, `delete`, `prune` or `truncate`.
-    #[serde(rename = "Type")]
-    pub kind: &'static str,
-    /// The payload (a message summary for `new`, `null` for `prune`/`truncate`).
-    #[serde(rename = "Data")]
-    pub data: serde_json::Value,
+/// A live notification for the websocket (`/api/events`), serialised
+/// exactly like Mailpit's messages: `{"Type": "new", "Data": {...}}` (see
+/// [`Event::kind`] for each variant's `Type`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// `new`: a message was stored; `Data` is its summary (boxed: it is
+    /// ten times the size of the other variants).
+    New(Box<MessageSummary>),
+    /// `stats`: the totals changed; `Data` is `{"Total", "Unread", "Version"}`.
+    Stats {
+        /// Messages in the mailbox.
+        total: u64,
+        /// Unread messages in the mailbox.
+        unread: u64,
+    },
+    /// `update`: a message's read flag changed; `Data` is `{"ID", "Read"}`.
+    Read {
+        /// The message.
+        id: String,
+        /// Its read flag now.
+        read: bool,
+    },
+    /// `update`: a message's tags changed; `Data` is `{"ID", "Tags"}`.
+    Tags {
+        /// The message.
+        id: String,
+        /// Its tags now.
+        tags: Vec<String>,
+    },
+    /// `delete`: a message was deleted; `Data` is `{"ID"}`.
+    Delete {
+        /// The message.
+        id: String,
+    },
+    /// `prune`: messages were pruned, or a tag renamed or deleted; `Data`
+    /// is `null` (the UI reloads).
+    Prune,
+    /// `truncate`: every message was deleted; `Data` is `null`.
+    Truncate,
+}
+
+impl Event {
+    /// Mailpit's `Type` of this event.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::New(_) => "new",
+            Event::Stats { .. } => "stats",
+            Event::Read { .. } | Event::Tags { .. } => "update",
+            Event::Delete { .. } => "delete",
+            Event::Prune => "prune",
+            Event::Truncate => "truncate",
+        }
+    }
+}
+
+impl Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        // The `Data` payloads, field names as Mailpit sends them.
+        #[derive(Serialize)]
+        struct Stats {
+            #[serde(rename = "Total")]
+            total: u64,
+            #[serde(rename = "Unread")]
+            unread: u64,
+            #[serde(rename = "Version")]
+            version: &'static str,
+        }
+        #[derive(Serialize)]
+        struct Read<'a> {
+            #[serde(rename = "ID")]
+            id: &'a str,
+            #[serde(rename = "Read")]
+            read: bool,
+        }
+        #[derive(Serialize)]
+        struct Tags<'a> {
+            #[serde(rename = "ID")]
+            id: &'a str,
+            #[serde(rename = "Tags")]
+            tags: &'a [String],
+        }
+        #[derive(Serialize)]
+        struct Id<'a> {
+            #[serde(rename = "ID")]
+            id: &'a str,
+        }
+        let mut m = s.serialize_struct("Event", 2)?;
+        m.serialize_field("Type", self.kind())?;
+        match self {
+            Event::New(summary) => m.serialize_field("Data", summary)?,
+            Event::Stats { total, unread } => m.serialize_field(
+                "Data",
+                &Stats {
+                    total: *total,
+                    unread: *unread,
+                    version: env!("CARGO_PKG_VERSION"),
+                },
+            )?,
+            Event::Read { id, read } => m.serialize_field("Data", &Read { id, read: *read })?,
+            Event::Tags { id, tags } => m.serialize_field("Data", &Tags { id, tags })?,
+            Event::Delete { id } => m.serialize_field("Data", &Id { id })?,
+            Event::Prune | Event::Truncate => m.serialize_field("Data", &())?,
+        }
+        m.end()
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -255,4 +351,81 @@ pub fn rfc3339_ms(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    /// Each event's JSON equals what the untyped events sent (`Type` plus
+    /// a `json!` payload), so the websocket clients see no change.
+    #[test]
+    fn events_serialise_as_mailpit_websocket_messages() {
+        let wire = |e: &Event| serde_json::to_value(e).unwrap();
+        let summary = MessageSummary {
+            head: Head {
+                id: "abc".into(),
+                message_id: "m@x".into(),
+                read: false,
+                from: Address {
+                    name: "A".into(),
+                    address: "a@x".into(),
+                },
+                to: vec![],
+                cc: vec![],
+                bcc: vec![],
+                reply_to: vec![],
+                subject: "hi".into(),
+                username: String::new(),
+                tags: vec!["t".into()],
+                size: 12,
+            },
+            created: rfc3339_ms(0),
+            attachments: 0,
+            snippet: "s".into(),
+        };
+        let cases: Vec<(Event, Value)> = vec![
+            (
+                Event::New(Box::new(summary.clone())),
+                json!({"Type": "new", "Data": serde_json::to_value(&summary).unwrap()}),
+            ),
+            (
+                Event::Stats {
+                    total: 3,
+                    unread: 1,
+                },
+                json!({"Type": "stats", "Data": {"Total": 3, "Unread": 1,
+                    "Version": env!("CARGO_PKG_VERSION")}}),
+            ),
+            (
+                Event::Read {
+                    id: "abc".into(),
+                    read: true,
+                },
+                json!({"Type": "update", "Data": {"ID": "abc", "Read": true}}),
+            ),
+            (
+                Event::Tags {
+                    id: "abc".into(),
+                    tags: vec!["a".into(), "b".into()],
+                },
+                json!({"Type": "update", "Data": {"ID": "abc", "Tags": ["a", "b"]}}),
+            ),
+            (
+                Event::Delete { id: "abc".into() },
+                json!({"Type": "delete", "Data": {"ID": "abc"}}),
+            ),
+            (Event::Prune, json!({"Type": "prune", "Data": null})),
+            (Event::Truncate, json!({"Type": "truncate", "Data": null})),
+        ];
+        for (event, expected) in cases {
+            assert_eq!(wire(&event), expected, "{event:?}");
+        }
+        // `new` carries the summary's own fields, exactly.
+        assert_eq!(
+            wire(&Event::New(Box::new(summary)))["Data"]["Subject"],
+            "hi"
+        );
+    }
 }

@@ -177,10 +177,7 @@ impl Store {
             // indexed earlier in this batch went with their messages).
             ctx.vocab_reset = true;
             ctx.fresh.take();
-            ctx.events.push(Event {
-                kind: "truncate",
-                data: serde_json::Value::Null,
-            });
+            ctx.events.push(Event::Truncate);
             Ok(())
         })
         .await
@@ -206,9 +203,9 @@ impl Store {
                 )?;
                 rows::add_tags(c, &pre, rowid, &clean)?;
                 let now = tags_of(c, &pre, rowid)?;
-                ctx.events.push(Event {
-                    kind: "update",
-                    data: serde_json::json!({ "ID": real, "Tags": now }),
+                ctx.events.push(Event::Tags {
+                    id: real,
+                    tags: now,
                 });
             }
             rows::prune_unused_tags(c, &pre)?;
@@ -268,10 +265,7 @@ impl Store {
                     )?;
                 }
             }
-            ctx.events.push(Event {
-                kind: "prune",
-                data: serde_json::Value::Null,
-            });
+            ctx.events.push(Event::Prune);
             Ok(())
         })
         .await
@@ -300,10 +294,7 @@ impl Store {
                 &format!("DELETE FROM {pre}tags WHERE id = ?1"),
                 params![tid],
             )?;
-            ctx.events.push(Event {
-                kind: "prune",
-                data: serde_json::Value::Null,
-            });
+            ctx.events.push(Event::Prune);
             Ok(())
         })
         .await
@@ -316,9 +307,9 @@ fn push_read_events(ctx: &mut Ctx, ids: &[String], read: bool) {
     }
     ctx.counts_changed = true;
     for id in ids {
-        ctx.events.push(Event {
-            kind: "update",
-            data: serde_json::json!({ "ID": id, "Read": read }),
+        ctx.events.push(Event::Read {
+            id: id.clone(),
+            read,
         });
     }
 }
@@ -330,9 +321,6 @@ fn push_delete_events(ctx: &mut Ctx, ids: &[String]) {
     ctx.deleted += ids.len();
     ctx.counts_changed = true;
     for id in ids {
-        ctx.events.push(Event {
-            kind: "delete",
-            data: serde_json::json!({ "ID": id }),
-        });
+        ctx.events.push(Event::Delete { id: id.clone() });
     }
 }

@@ -295,10 +295,7 @@ impl Writer {
                         .deleted
                         .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                     tracing::info!(pruned = n, "pruned messages older than max age");
-                    self.publish(Event {
-                        kind: "prune",
-                        data: serde_json::Value::Null,
-                    });
+                    self.publish(Event::Prune);
                     self.stats_due = true;
                 }
                 Ok(_) => {}
@@ -341,14 +338,7 @@ impl Writer {
             return;
         }
         if let Ok((total, unread)) = counts(&self.conn, &self.prefix) {
-            self.publish(Event {
-                kind: "stats",
-                data: serde_json::json!({
-                    "Total": total,
-                    "Unread": unread,
-                    "Version": env!("CARGO_PKG_VERSION"),
-                }),
-            });
+            self.publish(Event::Stats { total, unread });
         }
     }
 
@@ -498,10 +488,7 @@ impl Writer {
             self.publish(e);
         }
         if pruned > 0 {
-            self.publish(Event {
-                kind: "prune",
-                data: serde_json::Value::Null,
-            });
+            self.publish(Event::Prune);
         }
         if ctx.counts_changed || pruned > 0 {
             self.stats_due = true;
