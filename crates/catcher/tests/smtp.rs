@@ -94,6 +94,69 @@ async fn swaks_message_is_stored_and_visible_in_the_api() {
     server.stop().await;
 }
 
+/// SMTP and the send API store through the one insert path: after a
+/// message from each, `/api/v1/messages` and `/api/v1/info` agree on the
+/// totals, and the runtime counters count both messages and their bytes
+/// (a second insert path once stored without counting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_and_send_api_messages_are_counted_alike() {
+    let mut server = Server::start(|_, _| {}).await;
+    let mut c = Raw::connect(server.smtp).await;
+    assert_eq!(c.cmd("EHLO client").await, 250);
+    assert_eq!(c.cmd("MAIL FROM:<a@example.com>").await, 250);
+    assert_eq!(c.cmd("RCPT TO:<b@example.com>").await, 250);
+    assert_eq!(c.cmd("DATA").await, 354);
+    assert_eq!(
+        c.cmd("Subject: by smtp\r\nTo: b@example.com\r\n\r\nbody\r\n.")
+            .await,
+        250
+    );
+    assert_eq!(c.cmd("QUIT").await, 221);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let base = format!("http://{}", server.http);
+    let sent = http
+        .post(format!("{base}/api/v1/send"))
+        .json(&serde_json::json!({
+            "From": {"Email": "c@example.com"},
+            "To": [{"Email": "d@example.com"}],
+            "Subject": "by api",
+            "Text": "body",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200);
+    let get = |path: &'static str| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let r = http.get(format!("{base}{path}")).send().await.unwrap();
+            assert_eq!(r.status(), 200, "GET {path}");
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let list = get("/api/v1/messages").await;
+    let info = get("/api/v1/info").await;
+    assert_eq!(
+        (list["total"].as_u64(), list["unread"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(
+        (info["Messages"].as_u64(), info["Unread"].as_u64()),
+        (Some(2), Some(2))
+    );
+    let stats = &info["RuntimeStats"];
+    let bytes: u64 = list["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["Size"].as_u64().unwrap())
+        .sum();
+    assert_eq!(stats["SMTPAccepted"].as_u64(), Some(2), "{info}");
+    assert_eq!(stats["SMTPAcceptedSize"].as_u64(), Some(bytes), "{info}");
+    assert_eq!(stats["MessagesDeleted"].as_u64(), Some(0), "{info}");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_error_path_answers_its_code_and_the_session_goes_on() {
     let mut server = Server::start(|c, _| {

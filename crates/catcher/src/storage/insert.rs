@@ -10,7 +10,32 @@ use super::model::{Event, Head, MessageSummary, NewMessage, new_id, now_ms, rfc3
 use super::parse::{self, Parsed};
 use super::rows::add_tags;
 use super::search::clean;
+use super::store::Store;
 use super::writer::Ctx;
+
+impl Store {
+    /// Stores a message and returns its new ID once the row is durable.
+    ///
+    /// The one way in for a message (SMTP through `smtp::Deliver`, and the
+    /// send API). The `/api/v1/info` counters are bumped by the writer when
+    /// the batch commits, from what [`insert`] recorded in the batch, so no
+    /// caller can store a message without counting it.
+    pub async fn insert(&self, msg: NewMessage) -> Result<String, StorageError> {
+        let level = self.options().compression_level;
+        // Parsing and compression run outside the writer so they spread over
+        // cores; large messages go to the blocking pool so they do not stall
+        // the async runtime.
+        let prepared = if msg.raw.len() > 256 * 1024 {
+            tokio::task::spawn_blocking(move || Prepared::new(msg, level))
+                .await
+                .map_err(|e| StorageError::Task(e.to_string()))??
+        } else {
+            Prepared::new(msg, level)?
+        };
+        self.write(move |conn, ctx| insert(conn, ctx, prepared))
+            .await
+    }
+}
 
 /// A message parsed and compressed, ready for the writer.
 pub struct Prepared {
@@ -19,7 +44,6 @@ pub struct Prepared {
     size: i64,
     username: String,
     created: i64,
-    extra_tags: Vec<String>,
     search: index::Prepped,
 }
 
@@ -69,19 +93,7 @@ impl Prepared {
             compressed,
             username: msg.username.unwrap_or_default(),
             created: now_ms(),
-            extra_tags: Vec::new(),
         })
-    }
-
-    /// Raw size in bytes.
-    pub fn size(&self) -> u64 {
-        self.size as u64
-    }
-
-    /// Adds tags on top of those from `X-Tags` (e.g. from the send API).
-    pub fn with_tags(mut self, tags: &[String]) -> Self {
-        self.extra_tags.extend(tags.iter().cloned());
-        self
     }
 }
 
@@ -124,7 +136,7 @@ fn addrs_text(a: &[parse::Address]) -> String {
         .join(", ")
 }
 
-/// Inserts one prepared message; returns its ID.
+/// Inserts one prepared message inside a writer batch; returns its ID.
 pub fn insert(conn: &Connection, ctx: &mut Ctx, p: Prepared) -> Result<String, StorageError> {
     let pre = &ctx.prefix;
     let id = new_id();
@@ -158,7 +170,7 @@ pub fn insert(conn: &Connection, ctx: &mut Ctx, p: Prepared) -> Result<String, S
     index::store_text(conn, pre, rowid, &p.search)?;
     ctx.unindexed.push((rowid, p.search));
     let mut tags: Vec<String> = Vec::new();
-    for t in pp.tags.iter().chain(p.extra_tags.iter()) {
+    for t in &pp.tags {
         let t = parse::clean_tag(t);
         if !t.is_empty() && !tags.iter().any(|x| x.eq_ignore_ascii_case(&t)) {
             tags.push(t);
@@ -166,6 +178,7 @@ pub fn insert(conn: &Connection, ctx: &mut Ctx, p: Prepared) -> Result<String, S
     }
     let tags = add_tags(conn, pre, rowid, &tags)?;
     ctx.inserted += 1;
+    ctx.inserted_bytes += p.size as u64;
     ctx.counts_changed = true;
     let summary = MessageSummary {
         head: Head {

@@ -6,8 +6,7 @@
 use rusqlite::{OptionalExtension, params};
 
 use super::error::StorageError;
-use super::insert;
-use super::model::{Event, Head, ListUnsubscribe, MessageDetail, NewMessage};
+use super::model::{Event, Head, ListUnsubscribe, MessageDetail};
 use super::parse;
 use super::read::{
     raw_of, resolve, rows_for_ids, search_rows, summary_row, summary_select, tags_of,
@@ -58,21 +57,6 @@ impl Store {
             inline: d.inline,
             attachments: d.attachments,
         })
-    }
-
-    /// Stores a message with extra tags (the send API).
-    pub async fn insert_with_tags(
-        &self,
-        msg: NewMessage,
-        tags: Vec<String>,
-    ) -> Result<String, StorageError> {
-        let level = self.options().compression_level;
-        let p = tokio::task::spawn_blocking(move || insert::Prepared::new(msg, level))
-            .await
-            .map_err(|e| StorageError::Task(e.to_string()))??
-            .with_tags(&tags);
-        self.write(move |conn, ctx| insert::insert(conn, ctx, p))
-            .await
     }
 
     /// Sets the read flag of the given messages (all messages when `ids` is

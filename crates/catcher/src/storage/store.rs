@@ -13,8 +13,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use super::error::StorageError;
 use super::index;
-use super::insert;
-use super::model::{Counters, Event, NewMessage, RuntimeStats, StoreOptions};
+use super::model::{Counters, Event, RuntimeStats, StoreOptions};
 use super::schema;
 use super::writer::{self, Ctx, Job};
 
@@ -160,29 +159,6 @@ impl Store {
     /// Live notifications for the websocket (`/api/events`).
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.inner.events.subscribe()
-    }
-
-    /// Stores a message and returns its new ID once the row is durable.
-    pub async fn insert(&self, msg: NewMessage) -> Result<String, StorageError> {
-        let level = self.inner.opts.compression_level;
-        // Parsing and compression run outside the writer so they spread over
-        // cores; large messages go to the blocking pool so they do not stall
-        // the async runtime.
-        let prepared = if msg.raw.len() > 256 * 1024 {
-            tokio::task::spawn_blocking(move || insert::Prepared::new(msg, level))
-                .await
-                .map_err(|e| StorageError::Task(e.to_string()))??
-        } else {
-            insert::Prepared::new(msg, level)?
-        };
-        let size = prepared.size();
-        let id = self
-            .write(move |conn, ctx| insert::insert(conn, ctx, prepared))
-            .await?;
-        let c = &self.inner.counters;
-        c.accepted.fetch_add(1, Ordering::Relaxed);
-        c.accepted_size.fetch_add(size, Ordering::Relaxed);
-        Ok(id)
     }
 
     /// Runs `f` inside the writer's next batch transaction and returns its

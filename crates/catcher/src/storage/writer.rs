@@ -58,6 +58,8 @@ pub struct Ctx {
     pub counts_changed: bool,
     /// Number of messages inserted in this batch (count pruning is due).
     pub inserted: usize,
+    /// Raw bytes of the messages inserted in this batch.
+    pub inserted_bytes: u64,
     /// Number of messages deleted in this batch.
     pub deleted: usize,
     /// The tenant's search vocabulary (read-only until the batch commits).
@@ -392,6 +394,7 @@ impl Writer {
             events: Vec::new(),
             counts_changed: false,
             inserted: 0,
+            inserted_bytes: 0,
             deleted: 0,
             vocab: self.vocab.clone(),
             fresh: Fresh::default(),
@@ -411,7 +414,8 @@ impl Writer {
             let mark = ctx.events.len();
             let fresh_mark = ctx.fresh.mark();
             let unindexed_mark = ctx.unindexed.len();
-            let (ins, changed, reset) = (ctx.inserted, ctx.counts_changed, ctx.vocab_reset);
+            let (ins, bytes, del) = (ctx.inserted, ctx.inserted_bytes, ctx.deleted);
+            let (changed, reset) = (ctx.counts_changed, ctx.vocab_reset);
             if let Err(e) = self
                 .conn
                 .prepare_cached("SAVEPOINT job")
@@ -432,6 +436,8 @@ impl Writer {
                     let _ = self.conn.execute_batch("ROLLBACK TO job; RELEASE job");
                     ctx.events.truncate(mark);
                     ctx.inserted = ins;
+                    ctx.inserted_bytes = bytes;
+                    ctx.deleted = del;
                     ctx.counts_changed = changed;
                     ctx.vocab_reset = reset;
                     ctx.fresh.truncate(fresh_mark);
@@ -477,7 +483,15 @@ impl Writer {
             self.vocab.clear();
         }
         self.vocab.extend(ctx.fresh.take());
-        self.counters.deleted.fetch_add(
+        // The counters follow what committed, whichever job wrote it; they
+        // are bumped before any caller hears back, so `/api/v1/info` never
+        // lags an acknowledged message.
+        let c = &self.counters;
+        c.accepted
+            .fetch_add(ctx.inserted as u64, std::sync::atomic::Ordering::Relaxed);
+        c.accepted_size
+            .fetch_add(ctx.inserted_bytes, std::sync::atomic::Ordering::Relaxed);
+        c.deleted.fetch_add(
             (ctx.deleted + pruned) as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
@@ -522,18 +536,25 @@ mod tests {
         )
     }
 
-    fn insert_job(subject: &str, body: &str) -> Box<dyn Job> {
-        let raw = format!("From: a@example.com\r\nSubject: {subject}\r\n\r\n{body}\r\n");
-        let p = Prepared::new(
+    fn raw(subject: &str, body: &str) -> String {
+        format!("From: a@example.com\r\nSubject: {subject}\r\n\r\n{body}\r\n")
+    }
+
+    fn prepared(subject: &str, body: &str) -> Prepared {
+        Prepared::new(
             NewMessage {
-                raw: raw.into_bytes(),
+                raw: raw(subject, body).into_bytes(),
                 mail_from: "a@example.com".into(),
                 rcpt_to: vec![],
                 username: None,
             },
             3,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    fn insert_job(subject: &str, body: &str) -> Box<dyn Job> {
+        let p = prepared(subject, body);
         let (tx, _rx) = oneshot::channel();
         fn_job(move |c, ctx| insert(c, ctx, p), tx)
     }
@@ -610,5 +631,40 @@ mod tests {
             .query_row("SELECT count(*) FROM mailbox", [], |r| r.get(0))
             .unwrap();
         assert_eq!(total, 1);
+    }
+
+    /// The runtime counters (`/api/v1/info`) follow what committed, whatever
+    /// job wrote it: two inserts count with their raw sizes; an insert whose
+    /// job failed afterwards (rolled back to its savepoint) counts nothing.
+    #[test]
+    fn counters_follow_committed_inserts_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        let doomed = prepared("doomed", "rolled back");
+        let (tx, _rx) = oneshot::channel();
+        let failing = fn_job(
+            move |c, ctx: &mut Ctx| {
+                insert(c, ctx, doomed)?;
+                Err::<String, _>(StorageError::Invalid("fails after inserting".into()))
+            },
+            tx,
+        );
+        w.run_batch(vec![
+            insert_job("a", "one"),
+            failing,
+            insert_job("b", "three"),
+        ]);
+        let total: i64 = w
+            .conn
+            .query_row("SELECT count(*) FROM mailbox", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(total, 2);
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        assert_eq!(w.counters.accepted.load(relaxed), 2);
+        assert_eq!(
+            w.counters.accepted_size.load(relaxed),
+            (raw("a", "one").len() + raw("b", "three").len()) as u64
+        );
+        assert_eq!(w.counters.deleted.load(relaxed), 0);
     }
 }
