@@ -2,8 +2,9 @@
 //! an HTTP API compatible with Mailpit's `/api/v1`, and a web UI with live
 //! updates.
 //!
-//! Data flows `smtp` → `storage` (the one trait seam: where messages live) →
-//! `api` / `ui`. [`Catcher`] binds everything and [`Catcher::run`] serves it;
+//! Data flows `smtp` → `storage` → `api` / `ui`; the SMTP server sees the
+//! store only as an [`smtp::Deliver`]. docs/ARCHITECTURE.md follows a
+//! message file by file. [`Catcher`] binds everything and [`Catcher::run`] serves it;
 //! [`run`] does both for `mailsafe serve`.
 
 pub mod api;
@@ -97,7 +98,12 @@ impl Catcher {
             idle_timeout: config.smtp_idle_timeout,
             drain_timeout: config.shutdown_timeout,
         };
-        let smtp = SmtpServer::bind(&config.smtp_bind, options, store.clone()).await?;
+        let smtp = SmtpServer::bind(
+            &config.smtp_bind,
+            options,
+            std::sync::Arc::new(store.clone()),
+        )
+        .await?;
         let http = tokio::net::TcpListener::bind(&config.http_bind)
             .await
             .map_err(|source| Error::Bind {

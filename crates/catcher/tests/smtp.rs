@@ -9,8 +9,10 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mailsafe_catcher::smtp::{AuthPolicy, Credentials};
-use mailsafe_catcher::storage::Store;
+use mailsafe_catcher::smtp::{
+    AuthPolicy, Credentials, Deliver, Delivery, ServerOptions, SmtpServer,
+};
+use mailsafe_catcher::storage::{NewMessage, StorageError, Store};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -155,6 +157,76 @@ async fn smtp_and_send_api_messages_are_counted_alike() {
     assert_eq!(stats["SMTPAcceptedSize"].as_u64(), Some(bytes), "{info}");
     assert_eq!(stats["MessagesDeleted"].as_u64(), Some(0), "{info}");
     server.stop().await;
+}
+
+/// A `Deliver` that keeps messages in memory and fails the first one, so
+/// the SMTP server can be driven without a database.
+#[derive(Default)]
+struct FakeSink {
+    delivered: std::sync::Mutex<Vec<NewMessage>>,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl Deliver for FakeSink {
+    fn deliver(&self, msg: NewMessage) -> Delivery<'_> {
+        Box::pin(async move {
+            if self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                return Err(StorageError::Commit {
+                    path: "/fake/mail.db".into(),
+                    reason: "disk full".into(),
+                });
+            }
+            let mut got = self.delivered.lock().unwrap();
+            got.push(msg);
+            Ok(format!("fake{}", got.len()))
+        })
+    }
+}
+
+/// The SMTP server delivers to whatever `Deliver` it is given: a failing
+/// delivery is answered 451 with the sink's reason and the session goes
+/// on; a good one is answered 250 with the sink's ID, and the sink got the
+/// envelope and the dot-unstuffed content.
+#[tokio::test]
+async fn smtp_server_delivers_to_a_fake_sink() {
+    let sink = Arc::new(FakeSink::default());
+    let server = SmtpServer::bind("127.0.0.1:0", ServerOptions::default(), sink.clone())
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let mut c = Raw::connect(addr).await;
+    assert_eq!(c.cmd("EHLO client").await, 250);
+    for attempt in ["first", "second"] {
+        assert_eq!(c.cmd("MAIL FROM:<a@example.com>").await, 250);
+        assert_eq!(c.cmd("RCPT TO:<b@example.com>").await, 250);
+        assert_eq!(c.cmd("RCPT TO:<c@example.com>").await, 250);
+        assert_eq!(c.cmd("DATA").await, 354);
+        c.send(format!("Subject: {attempt}\r\n\r\n..dot\r\n.\r\n").as_bytes())
+            .await;
+        let (code, lines) = c.reply().await;
+        if attempt == "first" {
+            assert_eq!(code, 451, "{lines:?}");
+            assert!(lines[0].contains("disk full"), "{lines:?}");
+        } else {
+            assert_eq!(
+                (code, lines[0].as_str()),
+                (250, "2.0.0 Ok: queued as fake1")
+            );
+        }
+    }
+    assert_eq!(c.cmd("QUIT").await, 221);
+    let got = sink.delivered.lock().unwrap().clone();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].mail_from, "a@example.com");
+    assert_eq!(got[0].rcpt_to, ["b@example.com", "c@example.com"]);
+    assert_eq!(got[0].raw, b"Subject: second\r\n\r\n.dot\r\n");
+    assert_eq!(got[0].username, None);
+    stop.send(()).unwrap();
+    task.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

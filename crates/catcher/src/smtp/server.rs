@@ -1,7 +1,7 @@
 //! The SMTP server: accepts TCP connections (optionally with implicit TLS),
 //! drives one [`Session`] per connection, upgrades on STARTTLS, and hands
-//! every message to the [`Store`], answering 250 only after the store says
-//! the message is durable.
+//! every message to its [`Deliver`] (the store), answering 250 only after
+//! it says the message is durable.
 //!
 //! Defences against hostile clients live here, where the clock and sockets
 //! are: a cap on concurrent connections (extra ones get 421 and are closed),
@@ -22,8 +22,9 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout};
 use tokio_rustls::TlsAcceptor;
 
+use super::deliver::Deliver;
 use super::proto::{Event, Limits, Reply, Session};
-use crate::storage::{NewMessage, Store};
+use crate::storage::NewMessage;
 
 /// Bytes read from a socket at a time; with the session's own bounded
 /// buffers this caps per-connection memory apart from the message itself.
@@ -130,15 +131,16 @@ struct Shared {
     idle_timeout: Duration,
     max_connections: usize,
     connections: Arc<Semaphore>,
-    store: Store,
+    sink: Arc<dyn Deliver>,
 }
 
 impl SmtpServer {
-    /// Binds `addr` (use port 0 for a free port).
+    /// Binds `addr` (use port 0 for a free port); accepted messages go to
+    /// `sink`.
     pub async fn bind(
         addr: &str,
         mut options: ServerOptions,
-        store: Store,
+        sink: Arc<dyn Deliver>,
     ) -> Result<Self, ServerError> {
         let listener = TcpListener::bind(addr)
             .await
@@ -155,7 +157,7 @@ impl SmtpServer {
             idle_timeout: options.idle_timeout,
             max_connections,
             connections: Arc::new(Semaphore::new(max_connections)),
-            store,
+            sink,
         };
         Ok(Self {
             listener,
@@ -321,8 +323,8 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 Event::Deliver(envelope) => {
                     let size = envelope.data.len();
                     let outcome = shared
-                        .store
-                        .insert(NewMessage {
+                        .sink
+                        .deliver(NewMessage {
                             raw: envelope.data,
                             mail_from: envelope.mail_from,
                             rcpt_to: envelope.rcpt_to,
