@@ -235,9 +235,11 @@ pub async fn build_image(
         let d = d.clone();
         let target = target.clone();
         let page_size = m.db.page_size;
+        // The snapshot's own delta must leave the db at its manifest's size.
+        let own = (d.snapshot_id() == Some(m.id.as_str())).then_some(m.db.page_count);
         let enc = opts.key.clone();
         let touched = tokio::task::spawn_blocking(move || {
-            apply_delta(&stored, &d, &target, page_size, enc.as_deref())
+            apply_delta(&stored, &d, &target, page_size, own, enc.as_deref())
         })
         .await
         .map_err(|e| Error::Other(format!("restore worker failed: {e}")))??;
@@ -433,12 +435,16 @@ fn check_stored(stored: &[u8], sha256: &str, size: u64, key: &str) -> Result<(),
 }
 
 /// Checks a stored delta pack and writes its pages into the image, streaming
-/// (one page in memory). Returns the page numbers it wrote.
+/// (one page in memory). Returns the page numbers it wrote. The header must
+/// match the manifest: its page size always, and the page count of the
+/// snapshot's own delta (`own_page_count`, the last one a manifest lists) is
+/// the manifest's.
 fn apply_delta(
     stored: &[u8],
     d: &ObjectRef,
     target: &Target,
     page_size: u32,
+    own_page_count: Option<u32>,
     enc: Option<&Key>,
 ) -> Result<Vec<u32>, Error> {
     let key = d.key.as_str();
@@ -452,7 +458,7 @@ fn apply_delta(
         None => stored,
     };
     let mut touched = Vec::new();
-    decode_delta_stream(packed, key, page_size, |p, page| {
+    decode_delta_stream(packed, key, page_size, own_page_count, |p, page| {
         target.write_at(page, u64::from(p - 1) * u64::from(page_size))?;
         touched.push(p);
         Ok(())
@@ -463,13 +469,16 @@ fn apply_delta(
 /// Decodes a zstd-compressed delta pack (as stored, after decryption) of
 /// snapshot pages of `page_size`, calling `page(pgno, bytes)` for each page
 /// in pack order with one page in memory at a time. Every malformation (bad
-/// magic, other page size, page number outside `1..=page_count`, short or
-/// trailing data, bad zstd) is an [`Error::Verification`] naming `key`; no
-/// input makes it panic or allocate more than a page.
+/// magic, other page size, a db size other than `page_count` when given
+/// (the manifest's, for the snapshot's own delta), page number outside
+/// `1..=page_count`, short or trailing data, bad zstd) is an
+/// [`Error::Verification`] naming `key`; no input makes it panic or
+/// allocate more than a page.
 pub fn decode_delta_stream(
     packed: &[u8],
     key: &str,
     page_size: u32,
+    page_count: Option<u32>,
     mut page: impl FnMut(u32, &[u8]) -> Result<(), Error>,
 ) -> Result<format::DeltaHeader, Error> {
     let bad = |why: String| Error::Verification(format!("{key}: {why}"));
@@ -491,6 +500,12 @@ pub fn decode_delta_stream(
         return Err(bad(format!(
             "page size {}, the snapshot's is {page_size}",
             h.page_size
+        )));
+    }
+    if let Some(want) = page_count.filter(|&n| n != h.page_count) {
+        return Err(bad(format!(
+            "delta header says the db has {} pages, its manifest says {want}",
+            h.page_count
         )));
     }
     if h.pages > h.page_count {
@@ -661,5 +676,65 @@ pub fn sqlite_check(path: &Path, check: IntegrityCheck, snapshot: &str) -> Resul
         Err(e) => Err(Error::Verification(format!(
             "snapshot {snapshot}: the rebuilt image is not a readable SQLite database ({pragma}: {e})"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packed_delta(page_count: u32) -> Vec<u8> {
+        let page = vec![7u8; 512];
+        let raw = format::encode_delta(512, page_count, &[(1, &page[..]), (3, &page[..])]);
+        zstd::bulk::compress(&raw, 3).unwrap()
+    }
+
+    /// The snapshot's own delta must leave the db at its manifest's page
+    /// count, and its pages must be of the manifest's page size; checked
+    /// from the header, before any page is handed out.
+    #[test]
+    fn delta_headers_are_checked_against_their_manifest() {
+        let packed = packed_delta(5);
+        let mut seen = Vec::new();
+        let h = decode_delta_stream(&packed, "deltas/x", 512, Some(5), |p, _| {
+            seen.push(p);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((h.page_count, seen), (5, vec![1, 3]));
+        decode_delta_stream(&packed, "deltas/x", 512, None, |_, _| Ok(())).unwrap();
+        let mut called = false;
+        let err = decode_delta_stream(&packed, "deltas/x", 512, Some(9), |_, _| {
+            called = true;
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(!called, "no page before the header is checked");
+        assert_eq!(err.exit_code(), 4);
+        assert!(
+            err.to_string().contains("deltas/x") && err.to_string().contains("9"),
+            "{err}"
+        );
+        let err =
+            decode_delta_stream(&packed, "deltas/x", 1024, Some(5), |_, _| Ok(())).unwrap_err();
+        assert!(err.to_string().contains("page size"), "{err}");
+    }
+
+    /// A chunk whose zstd frame expands past the chunk size the manifest
+    /// allows is refused without allocating more than that size.
+    #[test]
+    fn chunk_decompression_is_capped_at_the_chunk_size() {
+        let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 3).unwrap();
+        let c = ChunkRef {
+            sha256: "00".repeat(32),
+            stored_sha256: format::sha256_hex(&bomb),
+            stored_size: bomb.len() as u64,
+            pack: None,
+            offset: None,
+            pack_size: None,
+        };
+        let err = open_chunk(&bomb, &c, "chunks/bomb", 256 * 1024, None).unwrap_err();
+        assert_eq!(err.exit_code(), 4);
+        assert!(err.to_string().contains("chunks/bomb"), "{err}");
     }
 }
