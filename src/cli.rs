@@ -860,7 +860,8 @@ fn snapshots(args: SnapshotsArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     runtime()?.block_on(async {
         let store = open_replica(&args.replica).await?;
-        let list = mailsafe::restore::list_snapshots(&*store, 16)
+        let key = args.replica.encryption_key()?;
+        let list = mailsafe::restore::list_snapshots(&*store, 16, key.as_deref())
             .await
             .with_context(|| format!("cannot list snapshots of {}", args.replica.replica))?;
         if args.json {
@@ -1080,12 +1081,19 @@ fn prune(args: PruneArgs) -> anyhow::Result<()> {
     let rt = runtime()?;
     let report = rt.block_on(async {
         let store = open_store(&args.replica).await?;
+        let key = args.replica.encryption_key()?;
         if policy.is_empty() {
             tracing::warn!("no --keep-* rule given: every snapshot is kept; only unreferenced objects are collected");
         }
         anyhow::Ok(
-            mailsafe::retention::prune(store.as_ref(), &policy, args.retention.gc_grace, args.dry_run)
-                .await?,
+            mailsafe::retention::prune(
+                store.as_ref(),
+                &policy,
+                args.retention.gc_grace,
+                args.dry_run,
+                key.as_deref(),
+            )
+            .await?,
         )
     })?;
     if args.json {

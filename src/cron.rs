@@ -313,7 +313,13 @@ async fn round<F: Future<Output = Instant>>(
     progress.set(Stage::Prune);
     let prune = stop
         .bound(
-            retention::prune(store.as_ref(), &config.policy, config.gc_grace, false),
+            retention::prune(
+                store.as_ref(),
+                &config.policy,
+                config.gc_grace,
+                false,
+                config.encryption.as_deref(),
+            ),
             |d| d,
         )
         .await

@@ -30,8 +30,10 @@ use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::Serialize;
 
 use crate::Error;
+use crate::crypto::Key;
 use crate::format::{self, Manifest};
-use crate::store::ObjectStore;
+use crate::manifest;
+use crate::store::{ObjectStore, StoreError};
 
 /// Which snapshots to keep. Every rule counts from the newest snapshot
 /// backwards; a snapshot kept by any rule is kept. With no rule at all,
@@ -183,41 +185,90 @@ fn store_err(store: &dyn ObjectStore, what: &str, e: impl std::fmt::Display) -> 
     Error::Other(format!("{what} in {}: {e}", store.describe()))
 }
 
-/// Snapshot id of a manifest key, if it is one.
-fn manifest_id(key: &str) -> Option<&str> {
-    key.strip_prefix(format::MANIFESTS)?.strip_suffix(".json")
-}
+/// How far ahead of this host's clock the newest snapshot id of a
+/// *plaintext* replica may be before `prune` refuses to act on it. Nothing
+/// authenticates a plaintext manifest, so anyone who can put an object can
+/// plant one dated 2999 that would become the history head and make
+/// `keep-last` forget every real snapshot. A day is far beyond any clock
+/// skew between a writer and the prune job (tests step clocks by hours)
+/// yet stops that cheap attack; encrypted replicas authenticate every
+/// manifest instead (see docs/FORMAT.md, Hostile manifests).
+pub const MAX_HEAD_AHEAD: chrono::Duration = chrono::Duration::days(1);
 
-/// Reads every manifest. Unreadable ones are returned by key in the second
-/// list: GC must then not trust its reference set.
+/// Reads every manifest through the one reader ([`manifest::read`]:
+/// checked, and authenticated against `key`). One that fails is never used
+/// to decide a deletion: the whole prune stops with an
+/// [`Error::Verification`] naming its key, before anything is deleted.
 async fn load_manifests(
     store: &dyn ObjectStore,
-) -> Result<(BTreeMap<String, Manifest>, Vec<String>), Error> {
+    key: Option<&Key>,
+) -> Result<BTreeMap<String, Manifest>, Error> {
     let list = store
         .list(format::MANIFESTS)
         .await
         .map_err(|e| store_err(store, "listing manifests/", e))?;
     let mut manifests = BTreeMap::new();
-    let mut bad = Vec::new();
     for meta in list {
-        let Some(id) = manifest_id(&meta.key) else {
+        let Some(id) = format::manifest_id(&meta.key) else {
             continue;
         };
-        // The JSON only: an embedded delta pack is not needed here.
-        let body = match format::get_manifest(store, &meta.key).await {
-            Ok(b) => b,
-            // Deleted since the listing (another prune): not a snapshot.
-            Err(crate::store::StoreError::NotFound { .. }) => continue,
-            Err(e) => return Err(store_err(store, &format!("reading {}", meta.key), e)),
-        };
-        match serde_json::from_slice::<Manifest>(&body) {
-            Ok(m) if m.format == format::FORMAT_NAME && m.id == id => {
+        match manifest::read(store, &meta.key, key).await {
+            Ok(m) => {
                 manifests.insert(id.to_string(), m);
             }
-            _ => bad.push(meta.key.clone()),
+            // Deleted since the listing (another prune): not a snapshot.
+            Err(Error::Store(StoreError::NotFound { .. })) => continue,
+            Err(Error::Store(e)) => {
+                return Err(store_err(store, &format!("reading {}", meta.key), e));
+            }
+            Err(e) => {
+                let why = match e {
+                    Error::Verification(why) => why,
+                    other => other.to_string(),
+                };
+                return Err(Error::Verification(format!(
+                    "{why}; prune deletes nothing while a manifest of {} fails its checks \
+                     (if {} is not a snapshot of yours, move it away and prune again)",
+                    store.describe(),
+                    meta.key
+                )));
+            }
         }
     }
-    Ok((manifests, bad))
+    Ok(manifests)
+}
+
+/// Refuses a plaintext replica whose head is dated far in the future (see
+/// [`MAX_HEAD_AHEAD`]).
+fn check_head_time(
+    store: &dyn ObjectStore,
+    manifests: &BTreeMap<String, Manifest>,
+    key: Option<&Key>,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    if key.is_some() {
+        return Ok(());
+    }
+    let Some((id, t)) = manifests
+        .keys()
+        .next_back()
+        .and_then(|id| Some((id, format::snapshot_id_time(id)?)))
+    else {
+        return Ok(());
+    };
+    if t > now + MAX_HEAD_AHEAD {
+        return Err(Error::Verification(format!(
+            "{}: the newest snapshot of {} is dated {}, more than {} h ahead of this host's clock ({}); \
+             a plaintext manifest is not authenticated, so prune deletes nothing rather than trust it \
+             (if it is not a snapshot of yours, move it away; if a writer's clock is that far off, fix it)",
+            format::manifest_key(id),
+            store.describe(),
+            t.to_rfc3339(),
+            MAX_HEAD_AHEAD.num_hours(),
+            now.to_rfc3339()
+        )));
+    }
+    Ok(())
 }
 
 /// Every object key the manifests `ids` need, base manifests included.
@@ -266,14 +317,20 @@ async fn copy_out(store: &dyn ObjectStore, d: &format::ObjectRef) -> Result<(), 
 
 /// Forgets the snapshots `policy` does not keep, then deletes objects no kept
 /// snapshot references that are older than `grace`. With `dry_run`, deletes
-/// nothing and reports what it would delete.
+/// nothing and reports what it would delete. Every manifest is read
+/// through the one reader and authenticated with `key` (an encrypted
+/// replica needs its key); if any fails, or a plaintext replica's head is
+/// dated far ahead (see [`MAX_HEAD_AHEAD`]), nothing is deleted and the
+/// error ([`Error::Verification`], exit 4) names the key.
 pub async fn prune(
     store: &dyn ObjectStore,
     policy: &Policy,
     grace: Duration,
     dry_run: bool,
+    key: Option<&Key>,
 ) -> Result<PruneReport, Error> {
-    let (manifests, bad) = load_manifests(store).await?;
+    let manifests = load_manifests(store, key).await?;
+    check_head_time(store, &manifests, key, Utc::now())?;
     let listed: Vec<(String, DateTime<Utc>)> = manifests
         .values()
         .map(|m| (m.id.clone(), m.created))
@@ -356,15 +413,6 @@ pub async fn prune(
         }
     }
 
-    if !bad.is_empty() {
-        tracing::warn!(
-            replica = %store.describe(),
-            unreadable = ?bad,
-            "some manifests cannot be read; skipping garbage collection so that nothing they might reference is deleted"
-        );
-        return Ok(report);
-    }
-
     let mut refs = references(&manifests, &needed);
     let mut candidates = Vec::new();
     for prefix in [format::CHUNKS, format::PACKS, format::DELTAS] {
@@ -376,10 +424,7 @@ pub async fn prune(
     }
     // A snapshot may have committed its manifest while we listed: whatever
     // a manifest we did not see references is protected too.
-    let (again, bad_again) = load_manifests(store).await?;
-    if !bad_again.is_empty() {
-        return Ok(report);
-    }
+    let again = load_manifests(store, key).await?;
     let new_ids: BTreeSet<String> = again
         .keys()
         .filter(|id| !manifests.contains_key(*id))

@@ -15,8 +15,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mailsafe::format::{self, Manifest};
-use mailsafe::store::ObjectStore;
+use mailsafe::format::Manifest;
 use mailsafe::store::fs::FsStore;
 use watch_support::*;
 
@@ -112,14 +111,7 @@ fn insert_until(db: &rusqlite::Connection, from: i64, to: i64) {
 
 /// Every manifest of the replica, in id (history) order.
 async fn manifests_of(replica: &Path) -> Vec<Manifest> {
-    let store = FsStore::new(replica);
-    let mut out = Vec::new();
-    for meta in store.list(format::MANIFESTS).await.unwrap() {
-        let body = format::get_manifest(&store, &meta.key).await.unwrap();
-        out.push(Manifest::from_json(&meta.key, &body).unwrap());
-    }
-    out.sort_by(|a, b| a.id.cmp(&b.id));
-    out
+    manifests(&FsStore::new(replica)).await
 }
 
 /// A source db (WAL) and a `file://` replica in one temp dir.

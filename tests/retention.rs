@@ -536,3 +536,190 @@ async fn rebase_repacks_sparse_packs_and_gc_follows_pack_use() {
     };
     assert_eq!(rows(&rusqlite::Connection::open(&out).unwrap()), rows(&db));
 }
+
+/// Every key in the replica.
+async fn keys(replica: &dyn ObjectStore) -> Vec<String> {
+    let list = replica.list("").await.unwrap();
+    list.into_iter().map(|o| o.key).collect()
+}
+
+/// Runs `prune --keep-last 1 --gc-grace 0s` (with `key` as
+/// `MAILSAFE_ENCRYPTION_KEY` when given), asserts it exits 4 naming
+/// `names` and deleted nothing; returns its stderr.
+async fn prune_refused(
+    s3: &common::S3,
+    url: &str,
+    replica: &dyn ObjectStore,
+    key: Option<&str>,
+    names: &str,
+) -> String {
+    let before = keys(replica).await;
+    let mut cmd = s3.mailsafe();
+    cmd.args([
+        "prune",
+        "--replica",
+        url,
+        "--keep-last",
+        "1",
+        "--gc-grace",
+        "0s",
+    ]);
+    cmd.env_remove("MAILSAFE_ENCRYPTION_KEY");
+    if let Some(k) = key {
+        cmd.env("MAILSAFE_ENCRYPTION_KEY", k);
+    }
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains(names), "stderr does not name {names}: {err}");
+    assert_eq!(
+        before,
+        keys(replica).await,
+        "prune deleted something: {err}"
+    );
+    err
+}
+
+/// A copy of `m`'s JSON as the manifest of snapshot `id`, `edit`ed; stored
+/// at `id`'s key.
+async fn plant(
+    replica: &dyn ObjectStore,
+    m: &format::Manifest,
+    id: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> String {
+    let mut v = serde_json::to_value(m).unwrap();
+    v["id"] = id.into();
+    v["created"] = "2999-12-31T00:00:00Z".into();
+    edit(&mut v);
+    let key = format::manifest_key(id);
+    replica
+        .put(&key, Bytes::from(serde_json::to_vec(&v).unwrap()))
+        .await
+        .unwrap();
+    key
+}
+
+/// A replica at `prefix` with three snapshots of a db of rows 1..=3
+/// (encrypted with `key` when given); returns it and its head manifest.
+async fn three_snapshots(
+    s3: &common::S3,
+    prefix: &str,
+    dir: &std::path::Path,
+    key: Option<mailsafe::crypto::Key>,
+) -> (std::sync::Arc<dyn ObjectStore>, format::Manifest) {
+    let replica = store(s3, prefix).await;
+    let db_path = dir.join(format!("{prefix}.db"));
+    let db = create_db(&db_path);
+    let mut snap =
+        Snapshotter::new(&db_path, replica.clone()).with_key(key.map(std::sync::Arc::new));
+    for k in 1..=3i64 {
+        insert(&db, k);
+        snap.snapshot().await.unwrap();
+    }
+    let head = manifests(replica.as_ref()).await.pop().unwrap();
+    (replica, head)
+}
+
+/// Scenario 3 of issue 12: someone holding only a PutObject credential
+/// plants a manifest dated 2999 in an encrypted replica. Prune reads every
+/// manifest through the one reader: the planted one has no valid MAC, so
+/// prune deletes nothing, names it and exits 4 (on the old code it became
+/// "newest" and `--keep-last 1` forgot every real snapshot). Without the
+/// key an encrypted replica is not pruned at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_refuses_an_unauthenticated_manifest_in_an_encrypted_replica() {
+    let s3 = common::s3();
+    let url = s3.url("hostile-enc");
+    let dir = tempfile::tempdir().unwrap();
+    let raw = [9u8; 32];
+    let key = mailsafe::crypto::Key::from_bytes(&raw);
+    let (replica, head) = three_snapshots(&s3, "hostile-enc", dir.path(), Some(key)).await;
+    let hex_key = hex::encode(raw);
+
+    // No MAC at all.
+    let planted = plant(
+        replica.as_ref(),
+        &head,
+        "29991231T000000.000Z-deadbeef",
+        |v| {
+            v.as_object_mut().unwrap().remove("encryption");
+        },
+    )
+    .await;
+    prune_refused(&s3, &url, replica.as_ref(), Some(&hex_key), &planted).await;
+    replica.delete(&planted).await.unwrap();
+    // The real key id, a MAC that does not verify.
+    let planted = plant(
+        replica.as_ref(),
+        &head,
+        "29991231T000000.000Z-deadbee2",
+        |_| {},
+    )
+    .await;
+    prune_refused(&s3, &url, replica.as_ref(), Some(&hex_key), &planted).await;
+    // Without the key nothing can be authenticated: nothing is pruned.
+    prune_refused(&s3, &url, replica.as_ref(), None, "MAILSAFE_ENCRYPTION_KEY").await;
+    replica.delete(&planted).await.unwrap();
+
+    // The replica as written prunes, and the head restores every row.
+    for cmd in [
+        vec!["prune", "--keep-last", "1", "--gc-grace", "0s"],
+        vec![
+            "restore",
+            "--db",
+            dir.path().join("out.db").to_str().unwrap(),
+        ],
+    ] {
+        common::run_ok(
+            s3.mailsafe()
+                .args(&cmd)
+                .args(["--replica", &url])
+                .env("MAILSAFE_ENCRYPTION_KEY", &hex_key),
+        );
+    }
+    assert_eq!(row_ids(&dir.path().join("out.db")), 3);
+}
+
+/// Hostile manifests in a plaintext replica: a wrong version, an id that
+/// does not match its key, absurd sizes, and a well-formed manifest dated
+/// 2099 (nothing authenticates a plaintext manifest; the head being far
+/// ahead of the clock is what gives it away). Each makes prune delete
+/// nothing, name it and exit 4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_refuses_hostile_manifests_in_a_plaintext_replica() {
+    let s3 = common::s3();
+    let url = s3.url("hostile-plain");
+    let dir = tempfile::tempdir().unwrap();
+    let (replica, head) = three_snapshots(&s3, "hostile-plain", dir.path(), None).await;
+    let soon = "20991231T000000.000Z-0000000";
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, Edit, &str); 4] = [
+        ("1", |v| v["version"] = 99.into(), "version 99"),
+        (
+            "2",
+            |v| v["id"] = "20991231T000000.000Z-00000009".into(),
+            "does not match",
+        ),
+        ("3", |v| v["chunk_pages"] = u32::MAX.into(), "chunk_pages"),
+        // Well formed, parent = the real head: only its date is wrong.
+        ("4", |_| {}, "ahead"),
+    ];
+    for (n, edit, why) in cases {
+        let id = format!("{soon}{n}");
+        let planted = plant(replica.as_ref(), &head, &id, |v| {
+            v["parent"] = head.id.clone().into();
+            if head.is_base() {
+                v["base"] = id.clone().into();
+            }
+            edit(v)
+        })
+        .await;
+        let err = prune_refused(&s3, &url, replica.as_ref(), None, &planted).await;
+        assert!(err.contains(why), "case {n}: {err}");
+        replica.delete(&planted).await.unwrap();
+    }
+    let r = restore(&s3, &url, &dir.path().join("out.db"), &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(row_ids(&dir.path().join("out.db")), 3);
+}

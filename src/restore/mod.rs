@@ -347,13 +347,16 @@ pub struct SnapshotInfo {
     pub error: Option<String>,
 }
 
-/// Lists every snapshot, oldest first. Unreadable manifests are listed with
+/// Lists every snapshot in history (id) order, each manifest read through
+/// the one reader (checked, and authenticated against `key`: an encrypted
+/// replica lists only with its key). Unreadable manifests are listed with
 /// their error rather than hidden.
 pub async fn list_snapshots(
     store: &dyn ObjectStore,
     parallelism: usize,
+    key: Option<&Key>,
 ) -> Result<Vec<SnapshotInfo>, Error> {
-    let all = plan::load_all(store, parallelism).await?;
+    let all = plan::load_all(store, parallelism, key).await?;
     Ok(all
         .into_iter()
         .map(|(id, m)| match m {

@@ -24,6 +24,7 @@ use futures::{StreamExt, TryStreamExt};
 use crate::Error;
 use crate::crypto::{self, Key};
 use crate::format::{self, ChunkRef, Manifest};
+use crate::manifest;
 use crate::store::{DynStore, StoreError};
 
 /// Objects uploaded concurrently. Small: packs are several MiB, so a few in
@@ -300,15 +301,18 @@ fn check_same_key(m: &Manifest, key: &str, enc: Option<&Key>) -> Result<(), Erro
     }
 }
 
-/// Reads and parses a manifest, authenticating it when encrypting; `None`
-/// when it is missing or unusable (the caller then starts a fresh base).
+/// Reads a manifest through the one reader ([`crate::manifest`]),
+/// authenticating it when encrypting; `None` when it is missing or unusable
+/// (the caller then starts a fresh base). A manifest written under another
+/// key is an error (see [`check_same_key`]), checked before authentication
+/// so that the message says which keys differ.
 async fn read_manifest(
     store: &DynStore,
     key: &str,
     enc: Option<&Key>,
 ) -> Result<Option<Manifest>, Error> {
     let m = match format::get_manifest(store.as_ref(), key).await {
-        Ok(b) => match Manifest::from_json(key, &b) {
+        Ok(b) => match manifest::parse(key, &b) {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "manifest unusable; next snapshot is a full base");
@@ -319,7 +323,7 @@ async fn read_manifest(
         Err(e) => return Err(e.into()),
     };
     check_same_key(&m, key, enc)?;
-    if let Err(e) = crypto::check_manifest(&m, key, enc) {
+    if let Err(e) = manifest::authenticate(&m, key, enc) {
         // Same key id but a bad MAC: forged or damaged. Never build on it.
         tracing::warn!(error = %e, "manifest failed authentication; next snapshot is a full base");
         return Ok(None);
