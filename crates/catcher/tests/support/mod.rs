@@ -68,6 +68,47 @@ impl ApiServer {
     }
 }
 
+/// Calls the API `router` in-process with `tower::ServiceExt::oneshot`
+/// (axum's testing example): no socket and no port, for tests that only
+/// need requests and responses. Returns the status and the body as JSON
+/// (`Null` when it is empty or not JSON).
+pub async fn call(
+    router: &axum::Router,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (axum::http::StatusCode, serde_json::Value) {
+    use tower::ServiceExt;
+    let mut req = axum::http::Request::builder().method(method).uri(path);
+    let body = match body {
+        Some(v) => {
+            req = req.header("content-type", "application/json");
+            axum::body::Body::from(v.to_string())
+        }
+        None => axum::body::Body::empty(),
+    };
+    let res = router
+        .clone()
+        .oneshot(req.body(body).unwrap())
+        .await
+        .unwrap();
+    let status = res.status();
+    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// `GET path` through [`call`], asserting 200; the body as JSON.
+pub async fn get_json(router: &axum::Router, path: &str) -> serde_json::Value {
+    let (status, v) = call(router, "GET", path, None).await;
+    assert_eq!(status, 200, "GET {path}: {v}");
+    v
+}
+
 /// A running catcher and the means to stop it.
 pub struct Server {
     pub smtp: SocketAddr,
