@@ -29,7 +29,7 @@ use crate::Error;
 use crate::retention::{self, Policy, PruneReport};
 use crate::snapshot::{SnapshotReport, Snapshotter};
 use crate::store::DynStore;
-use crate::watch::lease::Lease;
+use crate::watch::lease::{Lease, VolumeLock};
 
 /// A parsed schedule: standard 5-field cron, evaluated in UTC.
 #[derive(Debug, Clone)]
@@ -242,21 +242,44 @@ impl From<Error> for RoundError {
     }
 }
 
+/// What a run keeps between rounds.
+struct Writer {
+    snapshotter: Snapshotter,
+    /// The run's [`VolumeLock`]: taken when free, kept across rounds, so
+    /// that a killed run's lease is taken over at once by the next run on
+    /// its volume.
+    volume: Option<VolumeLock>,
+}
+
+impl Writer {
+    fn new(db: &std::path::Path, store: &DynStore, config: &RoundConfig) -> Self {
+        Self {
+            snapshotter: Snapshotter::new(db, store.clone()).with_key(config.encryption.clone()),
+            volume: None,
+        }
+    }
+}
+
 /// One round: lease, snapshot if changed, release, retention, GC, each
 /// step bounded by the shutdown deadline once there is one.
 async fn round<F: Future<Output = Instant>>(
-    snapshotter: &mut Snapshotter,
+    writer: &mut Writer,
     store: &DynStore,
     config: &RoundConfig,
     progress: &Progress,
     stop: &mut Stop<F>,
 ) -> Result<RoundReport, RoundError> {
     progress.set(Stage::Lease);
+    let Writer {
+        snapshotter,
+        volume,
+    } = writer;
+    VolumeLock::try_hold(volume, snapshotter.db());
     // The lease release keeps a reserve of the deadline, as in `watch`.
     let before_release = |d: Instant| d - crate::watch::release_reserve(d);
     let mut lease = stop
         .bound(
-            Lease::try_acquire(store.clone(), config.lease_ttl),
+            Lease::try_acquire(store.clone(), config.lease_ttl, volume.as_ref()),
             before_release,
         )
         .await
@@ -357,8 +380,8 @@ pub async fn once(
     shutdown: impl Future<Output = Instant>,
 ) -> Result<RoundReport, Error> {
     let mut stop = Stop::new(shutdown);
-    let mut snapshotter = Snapshotter::new(db, store.clone()).with_key(config.encryption.clone());
-    match round(&mut snapshotter, &store, config, progress, &mut stop).await {
+    let mut writer = Writer::new(db, &store, config);
+    match round(&mut writer, &store, config, progress, &mut stop).await {
         Ok(r) => Ok(r),
         Err(RoundError::Failed(e)) => Err(e),
         Err(RoundError::Cut) => Err(cut_off(progress)),
@@ -379,7 +402,7 @@ pub async fn scheduled(
     shutdown: impl Future<Output = Instant>,
 ) -> Result<(), Error> {
     let mut stop = Stop::new(shutdown);
-    let mut snapshotter = Snapshotter::new(db, store.clone()).with_key(config.encryption.clone());
+    let mut writer = Writer::new(db, &store, config);
     loop {
         let now = chrono::Utc::now();
         let next = schedule.next_after(now)?;
@@ -393,7 +416,7 @@ pub async fn scheduled(
             tracing::warn!(db = %db.display(), "database does not exist (yet); skipping this round");
             continue;
         }
-        match round(&mut snapshotter, &store, config, progress, &mut stop).await {
+        match round(&mut writer, &store, config, progress, &mut stop).await {
             Ok(_) => {}
             Err(RoundError::Failed(e)) => tracing::error!("round failed: {e}"),
             Err(RoundError::Cut) => return Err(cut_off(progress)),

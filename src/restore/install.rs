@@ -90,7 +90,7 @@ fn temp_prefix(target: &Path) -> String {
 /// another open file holds it. (`File::try_lock` needs Rust 1.89; the MSRV
 /// is 1.85.) The lock lasts until every handle of this open file is closed,
 /// which a killed process's are.
-fn try_lock(file: &File) -> std::io::Result<bool> {
+pub(crate) fn try_lock(file: &File) -> std::io::Result<bool> {
     use std::os::fd::AsRawFd;
     // SAFETY: flock on a file descriptor that `file` keeps open.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };

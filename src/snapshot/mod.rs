@@ -126,6 +126,11 @@ impl Snapshotter {
         }
     }
 
+    /// The database this snapshotter reads.
+    pub fn db(&self) -> &std::path::Path {
+        &self.db
+    }
+
     /// Sets the target stored size of chunk packs (default 2 MiB, or
     /// `MAILSAFE_PACK_BYTES`); small packs let tests make many from a small
     /// db, benchmarks compare sizes.

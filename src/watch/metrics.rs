@@ -73,6 +73,9 @@ struct State {
     last_error: Option<String>,
     /// Whether this process holds the replica's writer lease.
     lease_held: bool,
+    /// Set while another process's lease keeps this one from writing: who
+    /// holds it and until when at most we wait, for `/healthz`.
+    lease_wait: Option<String>,
 }
 
 /// Everything `/metrics` and `/healthz` report. Shared between the watch
@@ -162,6 +165,7 @@ impl Metrics {
             s.last_snapshot_id = Some(id.to_string());
         }
         s.last_error = None;
+        s.lease_wait = None;
         // Changes seen after the snapshot started may not be in it; the watch
         // loop records them again, so clearing here never hides one.
         if s.pending_since.is_some_and(|p| p <= started) {
@@ -179,6 +183,12 @@ impl Metrics {
     pub fn record_error(&self, message: &str) {
         self.snapshot_errors.fetch_add(1, Ordering::Relaxed);
         self.state().last_error = Some(message.to_string());
+    }
+
+    /// Records that another process's lease keeps us from writing
+    /// (`Some(why)`), or no longer does (`None`).
+    pub fn set_lease_wait(&self, why: Option<String>) {
+        self.state().lease_wait = why;
     }
 
     /// Records whether the writer lease is held.
@@ -214,14 +224,19 @@ impl Metrics {
         let now = chrono::Utc::now();
         let lag = self.lag_seconds(now);
         let s = self.state();
+        let waiting = s
+            .lease_wait
+            .as_deref()
+            .map(|w| format!("waiting for the writer lease: {w}\n"))
+            .unwrap_or_default();
         if lag > max_lag.as_secs_f64() {
             let err = s.last_error.as_deref().unwrap_or("none");
             return Err(format!(
-                "changes waiting {lag:.1}s for upload (limit {}s); last error: {err}\n",
+                "changes waiting {lag:.1}s for upload (limit {}s); last error: {err}\n{waiting}",
                 max_lag.as_secs_f64()
             ));
         }
-        Ok(format!("ok lag={lag:.3}s\n"))
+        Ok(format!("ok lag={lag:.3}s\n{waiting}"))
     }
 
     /// The Prometheus text exposition of every metric.
@@ -506,6 +521,15 @@ mod tests {
         let err = m.health(Duration::from_secs(5)).unwrap_err();
         assert!(err.contains("connection refused"), "{err}");
         assert!(m.health(Duration::from_secs(60)).is_ok());
+        // A writer kept out by another's lease says so, healthy or not.
+        m.set_lease_wait(Some("held by host b until 12:00:05".into()));
+        let ok = m.health(Duration::from_secs(60)).unwrap();
+        assert!(
+            ok.contains("waiting for the writer lease: held by host b"),
+            "{ok}"
+        );
+        let err = m.health(Duration::from_secs(5)).unwrap_err();
+        assert!(err.contains("waiting for the writer lease"), "{err}");
     }
 
     #[test]

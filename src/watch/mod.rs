@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use crate::snapshot::{SnapshotReport, Snapshotter};
 use crate::store::DynStore;
 use changes::Changes;
-use lease::{Ensured, Lease, LeaseError};
+use lease::{Ensured, Lease, LeaseError, VolumeLock};
 use metrics::Metrics;
 
 /// How often a watcher blocked by another writer's lease looks again.
@@ -131,6 +131,9 @@ struct Loop {
     metrics: Arc<Metrics>,
     snapshotter: Snapshotter,
     lease: Option<Lease>,
+    /// Held from the first lease attempt on, for the process's lifetime:
+    /// lets a successor on this volume prove we are dead (see [`lease`]).
+    volume: Option<VolumeLock>,
     pending: Option<Pending>,
     /// Consecutive failed attempts; 0 when healthy.
     failures: u32,
@@ -173,6 +176,7 @@ pub async fn run(
         store,
         metrics,
         lease: None,
+        volume: None,
         pending: None,
         failures: 0,
         retry_at: None,
@@ -344,6 +348,7 @@ impl Loop {
                 self.metrics.record_error(&failure.to_string());
                 match &failure {
                     Failure::Busy(holder) => {
+                        self.metrics.set_lease_wait(Some(holder.clone()));
                         if self.blocked_by.as_deref() != Some(holder.as_str()) {
                             tracing::warn!("{failure}; not writing, retrying until it is free");
                             self.blocked_by = Some(holder.clone());
@@ -367,7 +372,13 @@ impl Loop {
     async fn lease_then_snapshot(&mut self) -> Result<SnapshotReport, Failure> {
         match &mut self.lease {
             None => {
-                let lease = Lease::try_acquire(self.store.clone(), self.config.lease_ttl).await?;
+                VolumeLock::try_hold(&mut self.volume, &self.config.db);
+                let lease = Lease::try_acquire(
+                    self.store.clone(),
+                    self.config.lease_ttl,
+                    self.volume.as_ref(),
+                )
+                .await?;
                 tracing::info!(epoch = lease.epoch(), "took the replica's writer lease");
                 self.metrics.set_lease_held(true);
                 self.lease = Some(lease);

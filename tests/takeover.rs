@@ -1,0 +1,161 @@
+//! Crash takeover of the writer lease, against real SeaweedFS and the real
+//! binary: after `kill -9` of `watch`, a restart on the same volume takes the
+//! dead process's lease at once (it proves the holder dead through the
+//! volume lock beside the db), while a writer on another volume waits for the
+//! lease to expire and says so in its log and in `/healthz`.
+//!
+//! Prints `TAKEOVER same_volume_ms=… new_volume_ms=…` for bench/RESULTS.md.
+
+mod common;
+mod watch_support;
+
+use std::time::{Duration, Instant};
+
+use watch_support::{Watcher, create_db, insert, restored_rows, store};
+
+/// Polls `cond` every 50 ms until it holds, at most `limit`; returns how
+/// long it took. Panics with `what` and `logs()` otherwise.
+async fn wait_until<F, Fut>(
+    limit: Duration,
+    what: &str,
+    logs: impl Fn() -> String,
+    cond: F,
+) -> Duration
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if cond().await {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{what}: not within {limit:?}; log:\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn manifest_count(s3: &common::S3, prefix: &str) -> usize {
+    store(s3, prefix)
+        .await
+        .list(mailsafe::format::MANIFESTS)
+        .await
+        .unwrap()
+        .len()
+}
+
+async fn healthz(w: &Watcher) -> String {
+    match reqwest::get(format!("{}/healthz", w.http)).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+fn kill9(w: &mut Watcher) {
+    w.child.kill().unwrap(); // SIGKILL: no release, no final snapshot
+    w.child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_then_restart_on_the_same_volume_takes_over_in_seconds() {
+    let s3 = common::s3();
+    let prefix = "takeover";
+    let url = s3.url(prefix);
+    let endpoint = s3.server.endpoint.clone();
+    let (vol1, vol2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let db_path = vol1.path().join("app.db");
+    let db = create_db(&db_path);
+    insert(&db, 1);
+
+    // A: the writer that will crash, with the default 2-minute lease.
+    let mut a = Watcher::start(&s3, &endpoint, &db_path, &url, &[]);
+    a.wait_caught_up(Duration::from_secs(30)).await;
+    kill9(&mut a);
+    let before = manifest_count(&s3, prefix).await;
+    assert!(before >= 1);
+
+    // D: another pod on another volume. It cannot prove A dead: it waits,
+    // and says until when, in its log and in /healthz.
+    let other_db = vol2.path().join("app.db");
+    drop(create_db(&other_db));
+    let d = Watcher::start(&s3, &endpoint, &other_db, &url, &[]);
+    wait_until(
+        Duration::from_secs(30),
+        "the writer on another volume reports the lease it waits for",
+        || d.logs(),
+        || async { d.logs().contains("can be taken at") },
+    )
+    .await;
+    assert!(
+        d.logs().contains("is being written by another process"),
+        "{}",
+        d.logs()
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "/healthz of the waiting writer names the lease",
+        || d.logs(),
+        || async { healthz(&d).await.contains("waiting for the writer lease") },
+    )
+    .await;
+
+    // C: A restarted on its volume (same db). It gets the volume lock the
+    // kernel dropped with A, sees its own volume in A's live lease, and takes
+    // over at once. Its lease is short so that D's wait can be measured.
+    let started = Instant::now();
+    let mut c = Watcher::start(&s3, &endpoint, &db_path, &url, &["--lease-ttl", "8s"]);
+    c.metric("mailsafe_lease_held").await; // its HTTP server is up
+    insert(&db, 2);
+    let same_volume = wait_until(
+        Duration::from_secs(60),
+        "the first commit after the restart reaches the replica",
+        || c.logs(),
+        || async { manifest_count(&s3, prefix).await > before },
+    )
+    .await;
+    let from_start = started.elapsed();
+    assert!(
+        same_volume < Duration::from_secs(2),
+        "the first new commit took {same_volume:?} to reach the replica; log:\n{}",
+        c.logs()
+    );
+    assert!(c.logs().contains("taking over at once"), "{}", c.logs());
+    assert_eq!(
+        restored_rows(&s3, &url, &vol1.path().join("restored.db")),
+        2
+    );
+    assert_eq!(
+        d.metric("mailsafe_snapshots_total{result=\"uploaded\"}")
+            .await,
+        0.0,
+        "the writer on another volume must not write while C holds the lease"
+    );
+
+    // C crashes too. D, on another volume, takes the lease only once it has
+    // expired: at most the TTL plus the skew allowance (2 s for 8 s) plus
+    // its 2 s retry, after C's last renewal.
+    kill9(&mut c);
+    let new_volume = wait_until(
+        Duration::from_secs(60),
+        "the writer on another volume takes the expired lease",
+        || d.logs(),
+        || async { d.metric("mailsafe_lease_held").await == 1.0 },
+    )
+    .await;
+    assert!(
+        new_volume <= Duration::from_secs(8 + 2 + 2 + 10),
+        "{new_volume:?}"
+    );
+    println!(
+        "TAKEOVER same_volume_ms={} (commit to replica; {} ms from process start) \
+         new_volume_ms={} (kill -9 to lease taken, lease TTL 8 s)",
+        same_volume.as_millis(),
+        from_start.as_millis(),
+        new_volume.as_millis()
+    );
+    drop(d);
+}
