@@ -207,16 +207,7 @@ impl Store {
         }
         self.write(move |c, ctx| {
             let pre = ctx.prefix.clone();
-            let Some(oid): Option<i64> = c
-                .query_row(
-                    &format!("SELECT id FROM {pre}tags WHERE Name = ?1"),
-                    params![old],
-                    |r| r.get(0),
-                )
-                .optional()?
-            else {
-                return Err(StorageError::NotFound(format!("tag {old}")));
-            };
+            let oid = tag_id(c, &pre, &old)?;
             let existing: Option<i64> = c
                 .query_row(
                     &format!("SELECT id FROM {pre}tags WHERE Name = ?1 AND id != ?2"),
@@ -233,14 +224,7 @@ impl Store {
                         ),
                         params![nid, oid],
                     )?;
-                    c.execute(
-                        &format!("DELETE FROM {pre}message_tags WHERE tag = ?1"),
-                        params![oid],
-                    )?;
-                    c.execute(
-                        &format!("DELETE FROM {pre}tags WHERE id = ?1"),
-                        params![oid],
-                    )?;
+                    drop_tag(c, &pre, oid)?;
                 }
                 None => {
                     c.execute(
@@ -260,29 +244,33 @@ impl Store {
         let name = name.to_string();
         self.write(move |c, ctx| {
             let pre = ctx.prefix.clone();
-            let Some(tid): Option<i64> = c
-                .query_row(
-                    &format!("SELECT id FROM {pre}tags WHERE Name = ?1"),
-                    params![name],
-                    |r| r.get(0),
-                )
-                .optional()?
-            else {
-                return Err(StorageError::NotFound(format!("tag {name}")));
-            };
-            c.execute(
-                &format!("DELETE FROM {pre}message_tags WHERE tag = ?1"),
-                params![tid],
-            )?;
-            c.execute(
-                &format!("DELETE FROM {pre}tags WHERE id = ?1"),
-                params![tid],
-            )?;
+            drop_tag(c, &pre, tag_id(c, &pre, &name)?)?;
             ctx.events.push(Event::Prune);
             Ok(())
         })
         .await
     }
+}
+
+/// The row id of tag `name`; `NotFound` names the tag.
+fn tag_id(c: &rusqlite::Connection, pre: &str, name: &str) -> Result<i64, StorageError> {
+    c.query_row(
+        &format!("SELECT id FROM {pre}tags WHERE Name = ?1"),
+        params![name],
+        |r| r.get(0),
+    )
+    .optional()?
+    .ok_or_else(|| StorageError::NotFound(format!("tag {name}")))
+}
+
+/// Removes tag `id` from every message and deletes it.
+fn drop_tag(c: &rusqlite::Connection, pre: &str, id: i64) -> Result<(), StorageError> {
+    c.execute(
+        &format!("DELETE FROM {pre}message_tags WHERE tag = ?1"),
+        params![id],
+    )?;
+    c.execute(&format!("DELETE FROM {pre}tags WHERE id = ?1"), params![id])?;
+    Ok(())
 }
 
 fn push_read_events(ctx: &mut Ctx, ids: &[String], read: bool) {
