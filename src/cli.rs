@@ -208,6 +208,20 @@ pub struct ServeArgs {
     /// Basic auth users from an htpasswd file (bcrypt or plain).
     #[arg(long, env = "MP_UI_AUTH_FILE")]
     pub ui_auth_file: Option<PathBuf>,
+    /// Close HTTP connections that have not sent a complete request head
+    /// this long after connecting or after their last response.
+    #[arg(long, env = "MAILSAFE_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub http_header_timeout: std::time::Duration,
+    /// Most open HTTP connections (websockets included); more get 503.
+    #[arg(long, env = "MAILSAFE_HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub http_max_connections: usize,
+    /// Most open HTTP connections from one IP address; more get 503.
+    #[arg(
+        long,
+        env = "MAILSAFE_HTTP_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 256
+    )]
+    pub http_max_connections_per_ip: usize,
 }
 
 /// `mailsafe snapshot`.
@@ -591,6 +605,12 @@ fn catcher_config(args: &ServeArgs) -> anyhow::Result<mailsafe_catcher::Config> 
         ui_tls_key: args.ui_tls_key.clone(),
         label: args.label.clone(),
         ui_auth: ui_auth.map(|c| c.into_basic_auth()),
+        http_limits: mailsafe_catcher::api::HttpLimits {
+            header_read_timeout: args.http_header_timeout,
+            max_connections: args.http_max_connections,
+            max_connections_per_ip: args.http_max_connections_per_ip,
+            ..Default::default()
+        },
     })
 }
 

@@ -63,6 +63,8 @@ pub struct Config {
     /// HTTP basic auth guarding the API and UI (`MP_UI_AUTH`,
     /// `MP_UI_AUTH_FILE`); the health probes stay open.
     pub ui_auth: Option<crate::api::BasicAuth>,
+    /// Timeouts and connection caps of the HTTP listener.
+    pub http_limits: crate::api::HttpLimits,
 }
 
 impl Default for Config {
@@ -90,6 +92,7 @@ impl Default for Config {
             ui_tls_key: None,
             label: String::new(),
             ui_auth: None,
+            http_limits: crate::api::HttpLimits::default(),
         }
     }
 }

@@ -43,6 +43,7 @@ pub struct Catcher {
     label: String,
     ui_auth: Option<api::BasicAuth>,
     data_budget: Option<std::sync::Arc<smtp::DataBudget>>,
+    http_limits: api::HttpLimits,
 }
 
 impl Catcher {
@@ -119,6 +120,7 @@ impl Catcher {
             label: config.label,
             ui_auth: config.ui_auth,
             data_budget,
+            http_limits: config.http_limits,
         })
     }
 
@@ -162,17 +164,13 @@ impl Catcher {
         };
         let router = http_router(&self.store, self.label, self.ui_auth);
         let http_stop = stopped(stop_rx.clone());
-        let http = match self.http_tls {
-            Some(tls) => {
-                let listener = api::TlsListener::new(self.http, &tls).map_err(Error::Http)?;
-                let serve = axum::serve(listener, router).with_graceful_shutdown(http_stop);
-                tokio::spawn(async move { serve.await })
-            }
-            None => {
-                let serve = axum::serve(self.http, router).with_graceful_shutdown(http_stop);
-                tokio::spawn(async move { serve.await })
-            }
-        };
+        let http = tokio::spawn(api::serve(
+            self.http,
+            router,
+            self.http_tls,
+            self.http_limits,
+            http_stop,
+        ));
         let smtp = tokio::spawn(self.smtp.run(stopped(stop_rx)));
         shutdown.await;
         tracing::info!("shutting down: SMTP first, then HTTP");

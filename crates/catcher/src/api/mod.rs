@@ -10,6 +10,7 @@ mod auth;
 mod events;
 mod handlers;
 mod send;
+mod serve;
 mod swagger;
 mod thumb;
 pub mod tls;
@@ -25,7 +26,7 @@ use axum::routing::{get, post, put};
 use crate::storage::{StorageError, Store};
 
 pub use auth::{AuthError, BasicAuth, Credentials, require_basic_auth};
-pub use tls::TlsListener;
+pub use serve::{HttpLimits, serve};
 
 /// Settings of the HTTP API.
 #[derive(Debug, Clone)]
