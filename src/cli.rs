@@ -222,6 +222,15 @@ pub struct ServeArgs {
         default_value_t = 256
     )]
     pub http_max_connections_per_ip: usize,
+    /// Browser origins allowed to call the API besides the UI's own,
+    /// comma-separated (`*` for any), as Mailpit's `MP_API_CORS`.
+    #[arg(long, env = "MP_API_CORS", default_value = "")]
+    pub api_cors: String,
+    /// Host names accepted in the `Host` header besides localhost names and
+    /// loopback IPs, comma-separated (`*` for any). A catcher bound to a
+    /// loopback address refuses other hosts (DNS rebinding protection).
+    #[arg(long, env = "MAILSAFE_HTTP_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub http_allowed_hosts: Vec<String>,
 }
 
 /// `mailsafe snapshot`.
@@ -610,6 +619,10 @@ fn catcher_config(args: &ServeArgs) -> anyhow::Result<mailsafe_catcher::Config> 
             max_connections: args.http_max_connections,
             max_connections_per_ip: args.http_max_connections_per_ip,
             ..Default::default()
+        },
+        origins: mailsafe_catcher::api::OriginPolicy {
+            cors: args.api_cors.clone(),
+            allowed_hosts: args.http_allowed_hosts.clone(),
         },
     })
 }

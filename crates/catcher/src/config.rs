@@ -65,6 +65,9 @@ pub struct Config {
     pub ui_auth: Option<crate::api::BasicAuth>,
     /// Timeouts and connection caps of the HTTP listener.
     pub http_limits: crate::api::HttpLimits,
+    /// Browser origins allowed to use the API (`MP_API_CORS`) and the `Host`
+    /// allow-list against DNS rebinding (`MAILSAFE_HTTP_ALLOWED_HOSTS`).
+    pub origins: crate::api::OriginPolicy,
 }
 
 impl Default for Config {
@@ -93,6 +96,7 @@ impl Default for Config {
             label: String::new(),
             ui_auth: None,
             http_limits: crate::api::HttpLimits::default(),
+            origins: crate::api::OriginPolicy::default(),
         }
     }
 }

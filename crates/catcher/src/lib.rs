@@ -44,6 +44,7 @@ pub struct Catcher {
     ui_auth: Option<api::BasicAuth>,
     data_budget: Option<std::sync::Arc<smtp::DataBudget>>,
     http_limits: api::HttpLimits,
+    origins: api::OriginPolicy,
 }
 
 impl Catcher {
@@ -121,6 +122,7 @@ impl Catcher {
             ui_auth: config.ui_auth,
             data_budget,
             http_limits: config.http_limits,
+            origins: config.origins,
         })
     }
 
@@ -162,7 +164,15 @@ impl Catcher {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        let router = http_router(&self.store, self.label, self.ui_auth);
+        // DNS-rebinding protection for a loopback listener (see api::origin).
+        let host_check = api::HostCheck::for_listener(&self.origins, self.http_addr().ip());
+        let router = http_router(&self.store, self.label, self.ui_auth, self.origins.cors);
+        let router = match host_check {
+            Some(check) => {
+                router.layer(axum::middleware::from_fn_with_state(check, api::check_host))
+            }
+            None => router,
+        };
         let http_stop = stopped(stop_rx.clone());
         let http = tokio::spawn(api::serve(
             self.http,
@@ -201,10 +211,16 @@ impl Catcher {
 
 /// The HTTP side: Mailpit's `/api/v1` and the web UI on one router, both
 /// behind basic auth when it is configured (the API keeps its probes open).
-fn http_router(store: &Store, label: String, auth: Option<api::BasicAuth>) -> axum::Router {
+fn http_router(
+    store: &Store,
+    label: String,
+    auth: Option<api::BasicAuth>,
+    cors: String,
+) -> axum::Router {
     let options = api::ApiOptions {
         label,
         auth: auth.clone(),
+        cors,
         ..api::ApiOptions::default()
     };
     let ui = match auth {

@@ -170,7 +170,7 @@ async fn bad_ids_and_traversal_are_404_or_400_never_500() {
         "//etc/passwd".into(),
         "/api/v1/../../etc/passwd".into(),
     ] {
-        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
         let (status, body) = raw_http(server.http, req.as_bytes()).await;
         // 301 only cleans repeated slashes (as Mailpit's router does); the
         // target is a path on this server, which is then a 404 too.
@@ -386,8 +386,9 @@ async fn oversized_bodies_get_413_and_oversized_headers_are_refused() {
         assert_eq!(r.status(), 413, "{method} {path} with a length");
         // Chunked, no length: the limit applies to what streams in.
         let mut conn = tokio::net::TcpStream::connect(server.http).await.unwrap();
-        let head =
-            format!("{method} {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
         conn.write_all(head.as_bytes()).await.unwrap();
         let chunk = [
             format!("{:x}\r\n", 1024 * 1024).into_bytes(),
@@ -420,7 +421,7 @@ async fn oversized_bodies_get_413_and_oversized_headers_are_refused() {
     drop(big);
     // A megabyte of headers is refused without harm.
     let req = format!(
-        "GET /api/v1/messages HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "GET /api/v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
         "h".repeat(1024 * 1024)
     );
     let (status, _) = raw_http(server.http, req.as_bytes()).await;

@@ -178,7 +178,7 @@ async fn https_with_htpasswd_and_plain_basic_auth_and_no_secret_in_logs() {
     // Plain HTTP to the HTTPS port gets no HTTP answer.
     let mut plain = tokio::net::TcpStream::connect(server.http).await.unwrap();
     plain
-        .write_all(b"GET /api/v1/messages HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /api/v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await
         .unwrap();
     let mut out = Vec::new();

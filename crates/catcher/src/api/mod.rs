@@ -9,6 +9,7 @@
 mod auth;
 mod events;
 mod handlers;
+mod origin;
 mod send;
 mod serve;
 mod swagger;
@@ -26,6 +27,7 @@ use axum::routing::{get, post, put};
 use crate::storage::{StorageError, Store};
 
 pub use auth::{AuthError, BasicAuth, Credentials, require_basic_auth};
+pub use origin::{HostCheck, OriginPolicy, check_host};
 pub use serve::{HttpLimits, serve};
 
 /// Settings of the HTTP API.
@@ -40,6 +42,12 @@ pub struct ApiOptions {
     /// and `/readyz` stay open for Kubernetes probes. Layer the same value
     /// over the UI router with [`require_basic_auth`].
     pub auth: Option<BasicAuth>,
+    /// Origins allowed to call the API from a browser besides the UI's own
+    /// (`MP_API_CORS`, see [`OriginPolicy::cors`]).
+    pub cors: String,
+    /// Most `/api/events` websockets open at once; more get 503 (the UI
+    /// opens one per tab).
+    pub max_event_subscribers: usize,
 }
 
 impl Default for ApiOptions {
@@ -48,6 +56,8 @@ impl Default for ApiOptions {
             max_body: 70 * 1024 * 1024,
             label: String::new(),
             auth: None,
+            cors: String::new(),
+            max_event_subscribers: 256,
         }
     }
 }
@@ -57,6 +67,8 @@ impl Default for ApiOptions {
 pub(crate) struct AppState {
     pub store: Store,
     pub opts: Arc<ApiOptions>,
+    /// Places for `/api/events` subscribers.
+    pub subscribers: Arc<tokio::sync::Semaphore>,
 }
 
 /// The API's routes over `store`. Merge the UI router into it (or it into
@@ -64,8 +76,13 @@ pub(crate) struct AppState {
 /// probes.
 pub fn router(store: Store, opts: ApiOptions) -> Router {
     let auth = opts.auth.clone();
+    let cors = origin::CorsState {
+        cors: origin::Cors::parse(&opts.cors),
+        auth: auth.is_some(),
+    };
     let max_body = opts.max_body;
     let state = AppState {
+        subscribers: events::subscriber_slots(opts.max_event_subscribers),
         store,
         opts: Arc::new(opts),
     };
@@ -107,6 +124,9 @@ pub fn router(store: Store, opts: ApiOptions) -> Router {
         )),
         None => r,
     };
+    // Outside basic auth: a foreign origin is refused before credentials are
+    // looked at, and preflights (sent without credentials) are answered.
+    let r = r.layer(axum::middleware::from_fn_with_state(cors, origin::cors));
     let probes = Router::new()
         .route("/livez", get(h::live))
         .route("/readyz", get(h::ready))
