@@ -486,29 +486,6 @@ pub fn manifest_object(json: &[u8], delta: Option<&[u8]>) -> Vec<u8> {
     out
 }
 
-/// Reads the JSON part of the manifest object at `key` without downloading
-/// an embedded delta pack: a ranged GET of [`MANIFEST_PEEK`] bytes, and the
-/// whole object only when the JSON is longer than that.
-pub async fn get_manifest(
-    store: &dyn crate::store::ObjectStore,
-    key: &str,
-) -> Result<bytes::Bytes, crate::store::StoreError> {
-    let head = store.get_range(key, 0..MANIFEST_PEEK).await?;
-    let whole = if (head.len() as u64) < MANIFEST_PEEK {
-        head
-    } else {
-        match json_len(&head) {
-            Some(n) => return Ok(head.slice(..n)),
-            None => store.get(key).await?,
-        }
-    };
-    Ok(match json_len(&whole) {
-        Some(n) => whole.slice(..n),
-        // Not JSON: the parser reports it, naming the key.
-        None => whole,
-    })
-}
-
 /// Reads the stored bytes of delta pack `d`: from the manifest object that
 /// embeds it (version 2), or, when that manifest is gone (forgotten by
 /// `prune`, which copies the bytes out first) or for version 1, from

@@ -22,6 +22,8 @@
 //! failures come back as [`Error::Store`] unchanged (a caller may treat a
 //! manifest deleted since its listing as gone).
 
+use bytes::Bytes;
+
 use crate::Error;
 use crate::crypto::{self, Key};
 use crate::format::{self, Manifest};
@@ -29,6 +31,48 @@ use crate::store::ObjectStore;
 
 /// Largest page count SQLite allows (`2^32 - 2`).
 pub const MAX_PAGE_COUNT: u32 = u32::MAX - 1;
+/// Largest manifest object a reader downloads whole. A base manifest's JSON
+/// is about 300 bytes per 256 KiB chunk (1/870 of the db), so this allows
+/// a db of about 200 GiB, far beyond a mail catcher's; a larger object is
+/// refused rather than read into memory.
+pub const MAX_MANIFEST_BYTES: u64 = 256 << 20;
+
+/// Reads the JSON part of the manifest object at `key` without downloading
+/// an embedded delta pack: a ranged GET of [`format::MANIFEST_PEEK`] bytes,
+/// and the whole object (at most [`MAX_MANIFEST_BYTES`]) only when the JSON
+/// is longer than that.
+pub async fn fetch(store: &dyn ObjectStore, key: &str) -> Result<Bytes, Error> {
+    fetch_capped(store, key, MAX_MANIFEST_BYTES).await
+}
+
+async fn fetch_capped(store: &dyn ObjectStore, key: &str, cap: u64) -> Result<Bytes, Error> {
+    let head = store.get_range(key, 0..format::MANIFEST_PEEK).await?;
+    let whole = if (head.len() as u64) < format::MANIFEST_PEEK {
+        head
+    } else {
+        match format::json_len(&head) {
+            Some(n) => return Ok(head.slice(..n)),
+            None => fetch_whole(store, key, cap).await?,
+        }
+    };
+    Ok(match format::json_len(&whole) {
+        Some(n) => whole.slice(..n),
+        // Not JSON: the parser reports it, naming the key.
+        None => whole,
+    })
+}
+
+/// The whole object at `key`, refused past `cap` bytes: one ranged GET of
+/// `cap + 1` bytes, so even a hostile object costs at most that much memory.
+async fn fetch_whole(store: &dyn ObjectStore, key: &str, cap: u64) -> Result<Bytes, Error> {
+    let body = store.get_range(key, 0..cap + 1).await?;
+    if body.len() as u64 > cap {
+        return Err(Error::Verification(format!(
+            "{key}: manifest object is larger than {cap} bytes; refusing to read it"
+        )));
+    }
+    Ok(body)
+}
 
 /// Parses the manifest stored at `key` (`manifests/<id>.json`; the bytes may
 /// carry an embedded delta pack after the JSON) and checks it (see
@@ -144,27 +188,28 @@ pub fn authenticate(m: &Manifest, key: &str, enc: Option<&Key>) -> Result<(), Er
 }
 
 /// Reads, checks and authenticates the manifest at `key`, fetching its JSON
-/// only (not an embedded delta pack, see [`format::get_manifest`]).
+/// only (not an embedded delta pack, see [`fetch`]).
 pub async fn read(
     store: &dyn ObjectStore,
     key: &str,
     enc: Option<&Key>,
 ) -> Result<Manifest, Error> {
-    let bytes = format::get_manifest(store, key).await?;
+    let bytes = fetch(store, key).await?;
     let m = parse(key, &bytes)?;
     authenticate(&m, key, enc)?;
     Ok(m)
 }
 
-/// [`read`] with one plain GET of the whole object: for a base manifest,
-/// which carries no delta pack and whose chunk list often outgrows
-/// [`format::MANIFEST_PEEK`] (saves a round trip).
+/// [`read`] with one GET of the whole object (at most
+/// [`MAX_MANIFEST_BYTES`]): for a base manifest, which carries no delta pack
+/// and whose chunk list often outgrows [`format::MANIFEST_PEEK`] (saves a
+/// round trip).
 pub async fn read_whole(
     store: &dyn ObjectStore,
     key: &str,
     enc: Option<&Key>,
 ) -> Result<Manifest, Error> {
-    let bytes = store.get(key).await?;
+    let bytes = fetch_whole(store, key, MAX_MANIFEST_BYTES).await?;
     let m = parse(key, &bytes)?;
     authenticate(&m, key, enc)?;
     Ok(m)
@@ -328,5 +373,32 @@ mod tests {
         );
         // Encrypted, no key given.
         assert_eq!(authenticate(&m, &key, None).unwrap_err().exit_code(), 4);
+    }
+
+    /// A manifest object past the cap is refused after reading at most
+    /// cap + 1 bytes; one within it reads as usual, embedded delta or not.
+    #[tokio::test]
+    async fn manifest_objects_are_read_up_to_a_cap() {
+        let store = crate::store::memory::MemoryStore::new("cap");
+        let key = format::manifest_key(ID);
+        let json = incremental().to_string();
+        let mut big = json.clone().into_bytes();
+        big.push(format::EMBED_SEPARATOR);
+        big.extend(vec![0u8; 100_000]);
+        store.put(&key, Bytes::from(big)).await.unwrap();
+        let got = fetch(&store, &key).await.unwrap();
+        assert_eq!(got, json.as_bytes());
+        // A JSON longer than the peek, past the cap: refused, naming the key.
+        let long = format!("[{}\"{}\"]", " ".repeat(100_000), "x");
+        store.put(&key, Bytes::from(long.clone())).await.unwrap();
+        let err = fetch_capped(&store, &key, 80_000).await.unwrap_err();
+        assert_eq!(err.exit_code(), 4);
+        assert!(err.to_string().contains(&key), "{err}");
+        assert_eq!(
+            fetch_capped(&store, &key, 200_000).await.unwrap(),
+            long.as_bytes()
+        );
+        let err = read_whole(&store, &key, None).await.unwrap_err();
+        assert_eq!(err.exit_code(), 4, "not a manifest: {err}");
     }
 }

@@ -316,16 +316,18 @@ async fn read_manifest(
     key: &str,
     enc: Option<&Key>,
 ) -> Result<Option<Manifest>, Error> {
-    let m = match format::get_manifest(store.as_ref(), key).await {
-        Ok(b) => match manifest::parse(key, &b) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "manifest unusable; next snapshot is a full base");
-                return Ok(None);
-            }
-        },
-        Err(StoreError::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let parsed = match manifest::fetch(store.as_ref(), key).await {
+        Ok(b) => manifest::parse(key, &b),
+        Err(Error::Store(StoreError::NotFound { .. })) => return Ok(None),
+        Err(Error::Store(e)) => return Err(e.into()),
+        Err(e) => Err(e),
+    };
+    let m = match parsed {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "manifest unusable; next snapshot is a full base");
+            return Ok(None);
+        }
     };
     check_same_key(&m, key, enc)?;
     if let Err(e) = manifest::authenticate(&m, key, enc) {
