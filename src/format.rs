@@ -11,6 +11,7 @@
 //! | `deltas/<id>` | zstd of a delta pack: the pages one snapshot changed (see [`DeltaHeader`]); written by version 1, and by `prune` when it forgets a snapshot whose embedded delta a kept one still needs |
 //! | `packs/<id>-<n>` | version 2: many chunks' stored bytes back to back; a [`ChunkRef`] names its pack, offset and length |
 //! | `lease/<epoch>.json` | the single-writer lease, one object per epoch (see `watch::lease`) |
+//! | `head.json` | the anchor: id of the newest base snapshot, a hint that lets readers find the newest snapshot with one LIST whatever the history's length (see `history`) |
 //!
 //! Snapshot ids are `YYYYMMDDTHHMMSS.mmmZ-<8 hex>` (UTC), so keys sort by time
 //! and a listing of `manifests/` is already in snapshot order.
@@ -49,6 +50,8 @@ pub const CHUNKS: &str = "chunks/";
 pub const DELTAS: &str = "deltas/";
 /// Key prefix of chunk packs (format version 2).
 pub const PACKS: &str = "packs/";
+/// Key of the history anchor (see `crate::history`).
+pub const HEAD_KEY: &str = "head.json";
 /// Key prefix of the writer lease epochs (`lease/<epoch, 20 digits>.json`).
 pub const LEASE_PREFIX: &str = "lease/";
 

@@ -10,6 +10,7 @@ pub mod cron;
 pub mod crypto;
 pub mod error;
 pub mod format;
+pub mod history;
 pub mod manifest;
 pub mod restore;
 pub mod retention;

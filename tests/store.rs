@@ -150,6 +150,17 @@ async fn s3_list_paginates_past_1000_keys() {
         expected.iter().map(String::as_str).collect::<Vec<_>>()
     );
     assert_eq!(store.list("k/011").await.unwrap().len(), 100);
+    // StartAfter: only what follows, past the 1000-key page boundary too.
+    let after = store.list_after("k/", "k/01200").await.unwrap();
+    assert_eq!(
+        keys(&after),
+        expected[1201..]
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    );
+    assert!(store.list_after("k/", "k/01233").await.unwrap().is_empty());
+    assert_eq!(store.list_after("k/", "a").await.unwrap().len(), n);
 }
 
 #[tokio::test]

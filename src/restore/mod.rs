@@ -153,7 +153,7 @@ pub async fn restore(
     let id = match plan::pick_id(store, &opts.pick).await {
         Ok(id) => id,
         Err(Error::NoBackup(why))
-            if opts.if_replica_exists && plan::list_ids(store).await?.is_empty() =>
+            if opts.if_replica_exists && crate::history::newest_id(store).await?.is_none() =>
         {
             tracing::info!(replica = %store.describe(), "no snapshot in the replica, skipping restore (--if-replica-exists): {why}");
             return Ok(RestoreOutcome::SkippedNoReplica);

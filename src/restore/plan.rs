@@ -97,46 +97,37 @@ pub fn id_time(id: &str) -> Option<DateTime<Utc>> {
 /// is never the manifests' clocks: see docs/FORMAT.md, History order). Keys under
 /// `manifests/` that are not `<id>.json` are ignored.
 pub async fn list_ids(store: &dyn ObjectStore) -> Result<Vec<String>, Error> {
-    let mut ids: Vec<String> = store
-        .list(format::MANIFESTS)
-        .await?
-        .into_iter()
-        .filter_map(|meta| {
-            let id = format::manifest_id(&meta.key)?;
-            (!id.is_empty() && !id.contains('/')).then(|| id.to_string())
-        })
-        .collect();
-    ids.sort();
-    Ok(ids)
+    Ok(crate::history::all_ids(store).await?)
 }
 
-/// Resolves `pick` against the replica's snapshot ids.
+/// Resolves `pick` against the replica's snapshot ids without listing the
+/// whole history (see [`crate::history`]): the newest through the anchor,
+/// an id by its manifest, `--at` by the time prefix of ids.
 pub async fn pick_id(store: &dyn ObjectStore, pick: &Pick) -> Result<String, Error> {
-    let ids = list_ids(store).await?;
     let where_ = store.describe();
     match pick {
-        Pick::Latest => ids
-            .last()
-            .cloned()
+        Pick::Latest => crate::history::newest_id(store)
+            .await?
             .ok_or_else(|| Error::NoBackup(format!("no snapshot in {where_}"))),
         Pick::Id(id) => {
-            if ids.iter().any(|i| i == id) {
+            let exists = format::snapshot_id_time(id).is_some()
+                && match store.head(&format::manifest_key(id)).await {
+                    Ok(_) => true,
+                    Err(StoreError::NotFound { .. }) => false,
+                    Err(e) => return Err(e.into()),
+                };
+            if exists {
                 Ok(id.clone())
             } else {
                 Err(Error::NoBackup(format!("no snapshot {id:?} in {where_}")))
             }
         }
-        Pick::At(at) => ids
-            .iter()
-            .rev()
-            .find(|id| id_time(id).is_some_and(|t| t <= *at))
-            .cloned()
-            .ok_or_else(|| {
-                Error::NoBackup(format!(
-                    "no snapshot taken at or before {} in {where_}",
-                    at.to_rfc3339()
-                ))
-            }),
+        Pick::At(at) => crate::history::id_at(store, *at).await?.ok_or_else(|| {
+            Error::NoBackup(format!(
+                "no snapshot taken at or before {} in {where_}",
+                at.to_rfc3339()
+            ))
+        }),
     }
 }
 

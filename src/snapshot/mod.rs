@@ -231,6 +231,16 @@ impl Snapshotter {
         self.store.put_if_absent(&key, Bytes::from(body)).await?;
         objects += 1;
         bytes += len;
+        if m.manifest.is_base() {
+            // The anchor lets readers skip the history before this base (at
+            // most one re-base per 64 snapshots, so this PUT is rare); a
+            // failure only makes their listing longer.
+            if let Err(e) =
+                crate::history::advance_anchor(self.store.as_ref(), &m.manifest.id).await
+            {
+                tracing::warn!(error = %e, "could not move the history anchor; readers will list further back");
+            }
+        }
 
         let report = SnapshotReport {
             id: Some(m.manifest.id.clone()),
@@ -338,23 +348,18 @@ async fn read_manifest(
     Ok(Some(m))
 }
 
-/// Finds the newest manifest in the replica (the last key under
-/// `manifests/`) and its base, so a new process continues the history
+/// Finds the newest manifest in the replica (through the history anchor,
+/// see [`crate::history`]) and its base, so a new process continues the history
 /// incrementally. A replica whose newest manifest cannot be used (corrupt,
 /// unknown version, missing base, failed authentication) is not an error
 /// here: the next snapshot is then a fresh base, which is always correct. A
 /// newest manifest written under another encryption key is an error (see
 /// [`check_same_key`]).
 async fn load_state(store: &DynStore, enc: Option<&Key>) -> Result<Option<State>, Error> {
-    let list = store.list(format::MANIFESTS).await?;
-    let Some(key) = list
-        .iter()
-        .rev()
-        .map(|o| o.key.as_str())
-        .find(|k| format::manifest_id(k).is_some())
-    else {
+    let Some(id) = crate::history::newest_id(store.as_ref()).await? else {
         return Ok(None);
     };
+    let key = &format::manifest_key(&id);
     let Some(last) = read_manifest(store, key, enc).await? else {
         return Ok(None);
     };

@@ -286,6 +286,26 @@ impl ObjectStore for MemoryStore {
             .collect())
     }
 
+    async fn list_after(
+        &self,
+        prefix: &str,
+        start_after: &str,
+    ) -> Result<Vec<ObjectMeta>, StoreError> {
+        use std::ops::Bound;
+        let mut s = self.lock();
+        self.begin(&mut s, Op::List, prefix)?;
+        let from = if start_after >= prefix {
+            Bound::Excluded(start_after.to_string())
+        } else {
+            Bound::Included(prefix.to_string())
+        };
+        Ok(s.objects
+            .range((from, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, o)| Self::meta(k, o))
+            .collect())
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.write(Op::Delete, key, |_, s| {
             s.objects.remove(key);

@@ -126,6 +126,20 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError>;
     /// Lists every object whose key starts with `prefix`, sorted by key.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
+    /// Lists the objects whose key starts with `prefix` and sorts strictly
+    /// after `start_after`, sorted by key. On S3 this is one request when
+    /// few keys follow (`StartAfter`), whatever lies before: finding what is
+    /// newer than a known snapshot costs O(new), not O(history). The default
+    /// filters a full [`ObjectStore::list`].
+    async fn list_after(
+        &self,
+        prefix: &str,
+        start_after: &str,
+    ) -> Result<Vec<ObjectMeta>, StoreError> {
+        let mut all = self.list(prefix).await?;
+        all.retain(|m| m.key.as_str() > start_after);
+        Ok(all)
+    }
     /// Deletes an object; deleting a missing object is not an error.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Size, time and version tag of one object, or
@@ -238,6 +252,15 @@ pub(crate) mod tests {
             .map(|m| m.key)
             .collect();
         assert_eq!(keys, ["a/b/one", "a/two"]);
+        let after: Vec<_> = store
+            .list_after("a/", "a/b/one")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
+        assert_eq!(after, ["a/two"], "strictly after, within the prefix");
+        assert!(store.list_after("a/", "a/two").await.unwrap().is_empty());
         let keys: Vec<_> = store
             .list("a/t")
             .await

@@ -86,6 +86,56 @@ impl std::fmt::Debug for S3Options {
 }
 
 impl S3Store {
+    /// Lists `prefix` (relative to the replica), from after `start_after`
+    /// when given (S3's `StartAfter`, so the server skips what lies before).
+    async fn list_from(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> Result<Vec<ObjectMeta>, StoreError> {
+        // The replica root lists as "prefix/" so that "mail" never matches
+        // "mailbox/...".
+        let full = |rel: &str| {
+            if self.prefix.is_empty() {
+                rel.to_string()
+            } else {
+                format!("{}/{rel}", self.prefix)
+            }
+        };
+        let full_prefix = full(prefix);
+        let strip = if self.prefix.is_empty() {
+            0
+        } else {
+            self.prefix.len() + 1
+        };
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&full_prefix)
+            .set_start_after(start_after.map(full))
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.map_err(e, &full_prefix))?;
+            for obj in page.contents() {
+                let Some(key) = obj.key() else { continue };
+                let Some(rel) = key.get(strip..) else {
+                    continue;
+                };
+                out.push(ObjectMeta {
+                    key: rel.to_string(),
+                    size: obj.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+                    last_modified: obj.last_modified().and_then(to_chrono),
+                    etag: obj.e_tag().map(str::to_string),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
     /// A store for `bucket` under `prefix`, configured from the AWS chain
     /// (see the module docs). `endpoint` overrides `AWS_ENDPOINT_URL(_S3)`.
     pub async fn new(
@@ -437,43 +487,15 @@ impl ObjectStore for S3Store {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        // The replica root lists as "prefix/" so that "mail" never matches
-        // "mailbox/...".
-        let full_prefix = if self.prefix.is_empty() {
-            prefix.to_string()
-        } else {
-            format!("{}/{prefix}", self.prefix)
-        };
-        let strip = if self.prefix.is_empty() {
-            0
-        } else {
-            self.prefix.len() + 1
-        };
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(&full_prefix)
-            .into_paginator()
-            .send();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.map_err(e, &full_prefix))?;
-            for obj in page.contents() {
-                let Some(key) = obj.key() else { continue };
-                let Some(rel) = key.get(strip..) else {
-                    continue;
-                };
-                out.push(ObjectMeta {
-                    key: rel.to_string(),
-                    size: obj.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
-                    last_modified: obj.last_modified().and_then(to_chrono),
-                    etag: obj.e_tag().map(str::to_string),
-                });
-            }
-        }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        self.list_from(prefix, None).await
+    }
+
+    async fn list_after(
+        &self,
+        prefix: &str,
+        start_after: &str,
+    ) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.list_from(prefix, Some(start_after)).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {

@@ -432,6 +432,16 @@ impl ObjectStore for MeteredStore {
         r
     }
 
+    async fn list_after(
+        &self,
+        prefix: &str,
+        start_after: &str,
+    ) -> Result<Vec<ObjectMeta>, StoreError> {
+        let r = self.inner.list_after(prefix, start_after).await;
+        self.count(Op::List, 0, &r);
+        r
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let r = self.inner.delete(key).await;
         self.count(Op::Delete, 0, &r);

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Cost of a long history (issue 19): restore of the newest snapshot and a
+# writer's start-up (`mailsafe snapshot` after a change: it loads the newest
+# manifest first, as `watch` does) with N older manifests beside it.
+#
+# One SeaweedFS (scripts/s3.sh), one small WAL db snapshotted once; then N
+# synthetic manifests with older ids are added (boto3, 64 at a time: only
+# their keys matter, nothing reads them), and for each N the two commands are
+# timed (best of RUNS) and their S3 requests counted through bench/s3proxy.
+#
+# Env: SIZES ("0 1000 100000"; 1000000 takes ~10 min to synthesise), RUNS (3),
+# MAILSAFE_BIN (default target/release/mailsafe, built if missing),
+# BENCH_KEEP=1 keeps the work dir. Results: the history-bench section of
+# bench/RESULTS.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+SIZES=${SIZES:-0 1000 100000}
+RUNS=${RUNS:-3}
+log() { echo "[history-bench] $*" >&2; }
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/mailsafe-history-bench.XXXXXX")"
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+trap bench_cleanup EXIT
+MAILSAFE_BIN=${MAILSAFE_BIN:-$ROOT/target/release/mailsafe}
+[ -x "$MAILSAFE_BIN" ] || cargo build -q --release -p mailsafe --bin mailsafe >&2
+profile=dev
+case "$MAILSAFE_BIN" in */release/*) profile=release ;; esac
+
+bench_s3_start bench-history
+start_proxy meter
+export AWS_ENDPOINT_URL="http://127.0.0.1:$PROXY_PORT"
+URL=s3://bench-history/h
+requests() { stats "$PROXY_PORT" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(sum(o["requests"] for o in s["ops"].values()))'; }
+
+python3 - "$WORK/app.db" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+db.execute("PRAGMA journal_mode=wal")
+db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, body TEXT)")
+db.executemany("INSERT INTO t(body) VALUES (?)", [("x" * 500,)] * 200)
+db.commit()
+PY
+"$MAILSAFE_BIN" snapshot --db "$WORK/app.db" --replica "$URL" >/dev/null
+
+# synth N: older manifests up to N in all (ids in 2020, one per second).
+synth() {
+  python3 - "$1" "$S3" <<'PY'
+import sys, datetime, boto3, concurrent.futures as cf
+n, endpoint = int(sys.argv[1]), sys.argv[2]
+s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+have = 0
+pages = s3.get_paginator("list_objects_v2").paginate(Bucket="bench-history", Prefix="h/manifests/2020")
+for p in pages:
+    have += p.get("KeyCount", 0)
+t0 = datetime.datetime(2020, 1, 1)
+def put(i):
+    t = t0 + datetime.timedelta(seconds=i)
+    key = f"h/manifests/{t:%Y%m%dT%H%M%S}.000Z-{i:08x}.json"
+    s3.put_object(Bucket="bench-history", Key=key, Body=b"{}")
+with cf.ThreadPoolExecutor(64) as ex:
+    list(ex.map(put, range(have, n)))
+PY
+}
+
+# timed NAME CMD... -> "best_s requests" (requests of the last run)
+timed() {
+  local best="" t0 t1 r
+  for _ in $(seq "$RUNS"); do
+    reset_stats "$PROXY_PORT"
+    t0=$(date +%s.%N)
+    "$@" >/dev/null
+    t1=$(date +%s.%N)
+    r=$(requests)
+    best=$(python3 -c "b='$best'; t=$t1-$t0; print(f'{t:.3f}' if not b or t < float(b) else b)")
+  done
+  echo "$best $r"
+}
+
+rows=""
+for n in $SIZES; do
+  [ "$n" -gt 0 ] && { log "synthesising $n older manifests"; synth "$n"; }
+  rm -f "$WORK/out.db"*
+  read -r rs rr < <(timed "$MAILSAFE_BIN" restore --db "$WORK/out.db" --replica "$URL" --force)
+  python3 -c "import sqlite3; c=sqlite3.connect('$WORK/app.db'); c.execute('INSERT INTO t(body) VALUES (1)'); c.commit()"
+  read -r ss sr < <(RUNS=1 timed "$MAILSAFE_BIN" snapshot --db "$WORK/app.db" --replica "$URL")
+  log "N=$n: restore ${rs}s ($rr requests), writer start-up + snapshot ${ss}s ($sr requests)"
+  rows+="| $n | $rs | $rr | $ss | $sr |"$'\n'
+done
+
+section="## Long histories (bench/history.sh)
+
+$(bench_context "$profile"), SeaweedFS on loopback through bench/s3proxy (requests counted).
+The newest snapshot of a small db with N older manifests beside it: \`restore\` (best of $RUNS) and a
+writer's start-up plus one incremental snapshot (\`mailsafe snapshot\`, which finds the newest manifest
+as \`watch\` does). Target: restore within 10% of the N=0 figure.
+
+| older manifests | restore s | restore requests | start-up + snapshot s | requests |
+|---|---|---|---|---|
+${rows}"
+write_results_section history-bench "$section"
+echo "$section"
