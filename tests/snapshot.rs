@@ -1186,6 +1186,32 @@ async fn every_snapshot_of_a_churning_db_restores_to_its_committed_state() {
             taken.push((id, lo, hi));
         }
     }
+    // The writer changes the page size at commit 900. A loaded machine
+    // commits slower, not wrongly: wait for it (a condition, generously
+    // bounded), then snapshot a few times across and after the change.
+    let waited = std::time::Instant::now();
+    while committed.load(Ordering::SeqCst) < 950 && !writer.is_finished() {
+        assert!(
+            waited.elapsed() < std::time::Duration::from_secs(300),
+            "the writer is stuck at commit {}",
+            committed.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for _ in 0..5 {
+        if writer.is_finished() {
+            break;
+        }
+        let lo = committed.load(Ordering::SeqCst);
+        let r = snap(&mut s).await;
+        let hi = committed.load(Ordering::SeqCst);
+        incremental += u32::from(!r.full_scan);
+        bases += u32::from(r.base);
+        if let Some(id) = r.id {
+            taken.push((id, lo, hi));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     stop.store(true, Ordering::SeqCst);
     writer.join().unwrap();
     // One more after the writer stopped: exactly its last commit.
