@@ -45,6 +45,7 @@ pub struct Catcher {
     data_budget: Option<std::sync::Arc<smtp::DataBudget>>,
     http_limits: api::HttpLimits,
     origins: api::OriginPolicy,
+    max_message_size: usize,
 }
 
 impl Catcher {
@@ -123,6 +124,7 @@ impl Catcher {
             data_budget,
             http_limits: config.http_limits,
             origins: config.origins,
+            max_message_size: config.max_message_size,
         })
     }
 
@@ -166,7 +168,15 @@ impl Catcher {
         };
         // DNS-rebinding protection for a loopback listener (see api::origin).
         let host_check = api::HostCheck::for_listener(&self.origins, self.http_addr().ip());
-        let router = http_router(&self.store, self.label, self.ui_auth, self.origins.cors);
+        let options = api::ApiOptions {
+            label: self.label,
+            auth: self.ui_auth,
+            cors: self.origins.cors,
+            max_message_size: self.max_message_size,
+            memory_budget: self.data_budget.clone(),
+            ..api::ApiOptions::default()
+        };
+        let router = http_router(&self.store, options);
         let router = match host_check {
             Some(check) => {
                 router.layer(axum::middleware::from_fn_with_state(check, api::check_host))
@@ -211,19 +221,8 @@ impl Catcher {
 
 /// The HTTP side: Mailpit's `/api/v1` and the web UI on one router, both
 /// behind basic auth when it is configured (the API keeps its probes open).
-fn http_router(
-    store: &Store,
-    label: String,
-    auth: Option<api::BasicAuth>,
-    cors: String,
-) -> axum::Router {
-    let options = api::ApiOptions {
-        label,
-        auth: auth.clone(),
-        cors,
-        ..api::ApiOptions::default()
-    };
-    let ui = match auth {
+fn http_router(store: &Store, options: api::ApiOptions) -> axum::Router {
+    let ui = match options.auth.clone() {
         Some(auth) => ui::router().layer(axum::middleware::from_fn_with_state(
             auth,
             api::require_basic_auth,

@@ -342,6 +342,7 @@ async fn errors_are_404_or_400_and_nothing_crashes() {
         let r = s
             .http
             .request(method.clone(), format!("{}{path}", s.base))
+            .header("Content-Type", "application/json")
             .body("{\"IDs\": [")
             .send()
             .await
@@ -363,16 +364,18 @@ async fn errors_are_404_or_400_and_nothing_crashes() {
     let v = s.json("/api/v1/messages?start=99999999999").await;
     assert_eq!(v["count"], 0);
     assert_eq!(v["total"], 1);
-    // Oversized body.
+    // Oversized body: refused before it is read, so the client sees the 413
+    // or, when the server's close overtakes it, a failed upload.
     let big = vec![b'a'; 71 * 1024 * 1024];
     let r = s
         .http
         .post(format!("{}/api/v1/send", s.base))
         .body(big)
         .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 413);
+        .await;
+    if let Ok(r) = r {
+        assert_eq!(r.status(), 413);
+    }
     // Still alive.
     assert_eq!(s.get("/livez").await.status(), 200);
     assert_eq!(s.get("/readyz").await.status(), 200);

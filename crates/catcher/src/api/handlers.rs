@@ -9,7 +9,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
+use super::request::{Delete, RenameTag, SetRead, SetTags};
 use super::{ApiError, AppState};
+use serde::de::DeserializeOwned;
 
 type Params = Query<HashMap<String, String>>;
 
@@ -61,7 +63,7 @@ fn form_decode(s: &str) -> String {
 /// Turns a form body into the JSON object a Mailpit handler expects:
 /// repeated `ids` keys collect into `IDs`, `true`/`false` become booleans.
 /// The PyPI `mailpit-api-client` sends its delete and read-status requests
-/// this way.
+/// this way. The body is at most the 1 MiB body limit, so the tree is small.
 fn form_to_json(body: &[u8]) -> Value {
     let text = String::from_utf8_lossy(body);
     let mut obj = serde_json::Map::new();
@@ -90,56 +92,25 @@ fn is_form(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
 }
 
-/// Parses a request body: JSON (an empty body counts as `{}`), or a form
-/// when the client says so. Go's decoder (which Mailpit clients were written
-/// against) matches field names case-insensitively, so lookups below do too.
-fn body_of(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+/// Parses a request body into its typed request: JSON (an empty body counts
+/// as `{}`), or a form when the client says so.
+fn body_of<T: DeserializeOwned + Default>(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<T, ApiError> {
     if is_form(headers) {
-        return Ok(form_to_json(body));
+        return serde_json::from_value(form_to_json(body))
+            .map_err(|e| ApiError::Bad(format!("invalid form body: {e}")));
     }
     json_body(body)
 }
 
-/// Parses a JSON body; an empty body counts as `{}`.
-fn json_body(body: &Bytes) -> Result<Value, ApiError> {
+/// Parses a JSON body into its typed request; an empty body counts as `{}`.
+fn json_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
-        return Ok(Value::Object(Default::default()));
+        return Ok(T::default());
     }
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::Bad(format!("invalid JSON body: {e}")))?;
-    if !v.is_object() {
-        return Err(ApiError::Bad(
-            "invalid JSON body: expected an object".into(),
-        ));
-    }
-    Ok(v)
-}
-
-/// Case-insensitive field lookup in a JSON object.
-pub(crate) fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
-    v.as_object()?
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v)
-        .filter(|v| !v.is_null())
-}
-
-/// A field that must be an array of strings when present.
-pub(crate) fn string_list(v: &Value, name: &str) -> Result<Vec<String>, ApiError> {
-    match field(v, name) {
-        None => Ok(Vec::new()),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|x| {
-                x.as_str().map(str::to_string).ok_or_else(|| {
-                    ApiError::Bad(format!("invalid JSON body: {name} must hold strings"))
-                })
-            })
-            .collect(),
-        Some(_) => Err(ApiError::Bad(format!(
-            "invalid JSON body: {name} must be an array of strings"
-        ))),
-    }
+    serde_json::from_slice(body).map_err(|e| ApiError::Bad(format!("invalid JSON body: {e}")))
 }
 
 fn ok_text() -> Response {
@@ -159,22 +130,8 @@ pub async fn set_read(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let v = body_of(&headers, &body)?;
-    let ids = string_list(&v, "IDs")?;
-    let read = match field(&v, "Read") {
-        None => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            return Err(ApiError::Bad(
-                "invalid JSON body: Read must be a boolean".into(),
-            ));
-        }
-    };
-    let search = field(&v, "Search")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .trim()
-        .to_string();
+    let req: SetRead = body_of(&headers, &body)?;
+    let (ids, read, search) = (req.ids.0, req.read, req.search.trim().to_string());
     if !ids.is_empty() && !search.is_empty() {
         return Err(ApiError::Bad(
             "You may specify either IDs or a search query, not both".into(),
@@ -197,8 +154,7 @@ pub async fn delete_messages(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let v = body_of(&headers, &body)?;
-    let ids = string_list(&v, "IDs")?;
+    let ids = body_of::<Delete>(&headers, &body)?.ids.0;
     if ids.is_empty() {
         s.store.delete_all().await?;
     } else {
@@ -370,9 +326,8 @@ pub async fn tags(State(s): State<AppState>) -> Result<Response, ApiError> {
 
 /// `PUT /api/v1/tags`: replace the tags of the given messages.
 pub async fn set_tags(State(s): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let v = json_body(&body)?;
-    let ids = string_list(&v, "IDs")?;
-    let tags = string_list(&v, "Tags")?;
+    let req: SetTags = json_body(&body)?;
+    let (ids, tags) = (req.ids.0, req.tags.0);
     if ids.is_empty() {
         return Err(ApiError::Bad("no IDs provided".into()));
     }
@@ -386,11 +341,7 @@ pub async fn rename_tag(
     Path(tag): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let v = json_body(&body)?;
-    let name = field(&v, "Name")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
+    let name = json_body::<RenameTag>(&body)?.name;
     if name.trim().is_empty() {
         return Err(ApiError::Bad("no new tag name provided".into()));
     }

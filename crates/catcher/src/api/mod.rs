@@ -10,6 +10,7 @@ mod auth;
 mod events;
 mod handlers;
 mod origin;
+mod request;
 mod send;
 mod serve;
 mod swagger;
@@ -33,9 +34,15 @@ pub use serve::{HttpLimits, serve};
 /// Settings of the HTTP API.
 #[derive(Debug, Clone)]
 pub struct ApiOptions {
-    /// Largest request body accepted, in bytes (413 above it). The send API
-    /// carries base64 attachments, so this is larger than the message limit.
+    /// Largest request body accepted, in bytes (413 above it), on every
+    /// route but the send API: the others take IDs, tags and flags.
     pub max_body: usize,
+    /// Largest message the send API builds, and largest body it reads
+    /// (`MP_MAX_MESSAGE_SIZE`, as in Mailpit).
+    pub max_message_size: usize,
+    /// The memory budget the send API reserves from, shared with SMTP
+    /// sessions (`MAILSAFE_SMTP_MAX_DATA_MEMORY`); `None` = no cap.
+    pub memory_budget: Option<Arc<crate::smtp::DataBudget>>,
     /// Optional label shown by the web UI (`MP_LABEL`).
     pub label: String,
     /// Basic auth for the API (`MP_UI_AUTH` / `MP_UI_AUTH_FILE`); `/livez`
@@ -53,7 +60,9 @@ pub struct ApiOptions {
 impl Default for ApiOptions {
     fn default() -> Self {
         Self {
-            max_body: 70 * 1024 * 1024,
+            max_body: 1024 * 1024,
+            max_message_size: 50 * 1024 * 1024,
+            memory_budget: None,
             label: String::new(),
             auth: None,
             cors: String::new(),
@@ -174,6 +183,9 @@ pub(crate) enum ApiError {
     BadJson(String),
     /// 500: the store failed.
     Internal(String),
+    /// Another status with `{"Error": message}` (the send API's 413, 415
+    /// and 503).
+    Status(StatusCode, String),
 }
 
 impl From<StorageError> for ApiError {
@@ -204,6 +216,9 @@ impl IntoResponse for ApiError {
                 true,
             ),
             ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m, false),
+            ApiError::Status(status, m) => {
+                (status, serde_json::json!({ "Error": m }).to_string(), true)
+            }
         };
         let mut res = (status, body).into_response();
         res.headers_mut().insert(

@@ -1,16 +1,17 @@
 //! `POST /api/v1/send`: builds a MIME message from Mailpit's JSON send
 //! request and stores it exactly as if it had arrived over SMTP.
 
+use std::sync::Arc;
+
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use serde_json::Value;
 
-use super::handlers::{field, string_list};
+use super::request::{SendAddress, SendRequest};
 use super::{ApiError, AppState};
+use crate::smtp::DataBudget;
 use crate::storage::NewMessage;
 
 /// Headers the request may not set through `Headers` (they come from the
@@ -40,31 +41,21 @@ struct Part {
     content_id: String,
 }
 
-fn named_list(v: &Value, key: &str) -> Result<Vec<Named>, ApiError> {
-    let Some(arr) = field(v, key) else {
-        return Ok(Vec::new());
-    };
-    let arr = arr
-        .as_array()
-        .ok_or_else(|| ApiError::BadJson(format!("{key} must be an array")))?;
-    arr.iter()
-        .map(|a| {
-            let email = field(a, "Email")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .trim();
-            if !valid_email(email) {
-                return Err(ApiError::BadJson(format!("invalid {key} address: {email}")));
-            }
-            Ok(Named {
-                name: field(a, "Name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-                email: email.to_string(),
-            })
-        })
-        .collect()
+/// The typed addresses of one list (`To`, `Cc`, `ReplyTo`), checked.
+fn named_list(list: &[SendAddress], key: &str) -> Result<Vec<Named>, ApiError> {
+    list.iter().map(|a| named(a, key)).collect()
+}
+
+/// One typed address, checked.
+fn named(a: &SendAddress, key: &str) -> Result<Named, ApiError> {
+    let email = a.email.trim();
+    if !valid_email(email) {
+        return Err(ApiError::BadJson(format!("invalid {key} address: {email}")));
+    }
+    Ok(Named {
+        name: a.name.clone(),
+        email: email.to_string(),
+    })
 }
 
 /// A plain `local@domain` check: what `net/mail.ParseAddress` accepts for a
@@ -168,91 +159,52 @@ fn sniff(data: &[u8]) -> &'static str {
 type Built = (Vec<u8>, String, Vec<String>, Vec<String>);
 
 /// Builds the raw message; returns it with the envelope recipients.
-fn build(v: &Value) -> Result<Built, ApiError> {
-    let from = field(v, "From").ok_or_else(|| ApiError::BadJson("From is required".into()))?;
-    let from = Named {
-        name: field(from, "Name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
-        email: field(from, "Email")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
-    };
-    if !valid_email(&from.email) {
-        return Err(ApiError::BadJson(format!(
-            "invalid From address: {}",
-            from.email
-        )));
-    }
-    let to = named_list(v, "To")?;
-    let cc = named_list(v, "Cc")?;
-    let reply_to = named_list(v, "ReplyTo")?;
-    let bcc = string_list(v, "Bcc")
-        .map_err(|_| ApiError::BadJson("Bcc must be an array of strings".into()))?;
-    for b in &bcc {
+fn build(v: &SendRequest) -> Result<Built, ApiError> {
+    let from = v
+        .from
+        .as_ref()
+        .ok_or_else(|| ApiError::BadJson("From is required".into()))?;
+    let from = named(from, "From")?;
+    let to = named_list(&v.to.0, "To")?;
+    let cc = named_list(&v.cc.0, "Cc")?;
+    let reply_to = named_list(&v.reply_to.0, "ReplyTo")?;
+    let bcc = &v.bcc.0;
+    for b in bcc {
         if !valid_email(b) {
             return Err(ApiError::BadJson(format!("invalid Bcc address: {b}")));
         }
     }
-    let tags = string_list(v, "Tags")
-        .map_err(|_| ApiError::BadJson("Tags must be an array of strings".into()))?;
-    let str_field = |k: &str| {
-        field(v, k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
-    let subject = str_field("Subject");
-    let text = str_field("Text");
-    let html = str_field("HTML");
+    let tags = v.tags.0.clone();
+    let (subject, text, html) = (&v.subject, &v.text, &v.html);
 
     let mut atts = Vec::new();
     let mut inl = Vec::new();
-    if let Some(list) = field(v, "Attachments") {
-        let list = list
-            .as_array()
-            .ok_or_else(|| ApiError::BadJson("Attachments must be an array".into()))?;
-        for a in list {
-            let filename = field(a, "Filename")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let content = field(a, "Content")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            // Data URLs ("data:image/png;base64,....") are accepted too.
-            let content = content.rsplit(',').next().unwrap_or_default();
-            let data = base64::engine::general_purpose::STANDARD
-                .decode(content.trim())
-                .map_err(|e| {
-                    ApiError::BadJson(format!(
-                        "error decoding base64 attachment \"{filename}\": {e}"
-                    ))
-                })?;
-            let ct = field(a, "ContentType")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let p = Part {
-                content_type: if ct.is_empty() {
-                    sniff(&data).to_string()
-                } else {
-                    ct.replace(['\r', '\n'], "")
-                },
-                data,
-                filename,
-                content_id: field(a, "ContentID")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .replace(['<', '>', '\r', '\n'], ""),
-            };
-            if p.content_id.is_empty() {
-                atts.push(p);
+    for a in &v.attachments.0 {
+        let filename = a.filename.clone();
+        // Data URLs ("data:image/png;base64,....") are accepted too.
+        let content = a.content.rsplit(',').next().unwrap_or_default();
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(content.trim())
+            .map_err(|e| {
+                ApiError::BadJson(format!(
+                    "error decoding base64 attachment \"{filename}\": {e}"
+                ))
+            })?;
+        let ct = &a.content_type;
+        let p = Part {
+            content_type: if ct.is_empty() {
+                sniff(&data).to_string()
             } else {
-                inl.push(p);
-            }
+                ct.replace(['\r', '\n'], "")
+            },
+            data,
+            filename,
+            content_id: a.content_id.replace(['<', '>', '\r', '\n'], ""),
+        };
+        if p.content_id.is_empty() {
+            atts.push(p);
+        } else {
+            inl.push(p);
         }
     }
 
@@ -268,7 +220,7 @@ fn build(v: &Value) -> Result<Built, ApiError> {
     if !reply_to.is_empty() {
         head.push_str(&format!("Reply-To: {}\r\n", join(&reply_to)));
     }
-    head.push_str(&format!("Subject: {}\r\n", encode_word(&subject)));
+    head.push_str(&format!("Subject: {}\r\n", encode_word(subject)));
     head.push_str(&format!("Date: {}\r\n", chrono::Utc::now().to_rfc2822()));
     let domain = from
         .email
@@ -283,39 +235,28 @@ fn build(v: &Value) -> Result<Built, ApiError> {
     if !tags.is_empty() {
         head.push_str(&format!("X-Tags: {}\r\n", encode_word(&tags.join(", "))));
     }
-    if let Some(h) = field(v, "Headers") {
-        let h = h
-            .as_object()
-            .ok_or_else(|| ApiError::BadJson("Headers must be an object".into()))?;
-        for (k, val) in h {
-            if RESTRICTED.iter().any(|r| r.eq_ignore_ascii_case(k)) {
-                return Err(ApiError::BadJson(format!(
-                    "cannot overwrite header: \"{k}\""
-                )));
-            }
-            if k.is_empty() || !k.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
-                return Err(ApiError::BadJson(format!("invalid header name: \"{k}\"")));
-            }
-            let val = val
-                .as_str()
-                .ok_or_else(|| ApiError::BadJson(format!("header \"{k}\" must be a string")))?;
-            head.push_str(&format!(
-                "{k}: {}\r\n",
-                encode_word(&val.replace(['\r', '\n'], " "))
-            ));
+    for (k, val) in &v.headers.0 {
+        if RESTRICTED.iter().any(|r| r.eq_ignore_ascii_case(k)) {
+            return Err(ApiError::BadJson(format!(
+                "cannot overwrite header: \"{k}\""
+            )));
         }
+        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+            return Err(ApiError::BadJson(format!("invalid header name: \"{k}\"")));
+        }
+        head.push_str(&format!(
+            "{k}: {}\r\n",
+            encode_word(&val.replace(['\r', '\n'], " "))
+        ));
     }
     head.push_str("MIME-Version: 1.0\r\n");
 
     let mut body = if html.is_empty() {
-        text_part("text/plain", &text)
+        text_part("text/plain", text)
     } else {
         multipart(
             "alternative",
-            vec![
-                text_part("text/plain", &text),
-                text_part("text/html", &html),
-            ],
+            vec![text_part("text/plain", text), text_part("text/html", html)],
         )
     };
     if !inl.is_empty() {
@@ -338,20 +279,33 @@ fn build(v: &Value) -> Result<Built, ApiError> {
     Ok((raw, from.email, rcpt, tags))
 }
 
-/// The handler.
-pub async fn send(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let v: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadJson(format!("invalid JSON body: {e}")))?;
-    if !v.is_object() {
-        return Err(ApiError::BadJson(
-            "invalid JSON body: expected an object".into(),
-        ));
+/// The handler: checks the request's size and type before reading it,
+/// reserves memory for it, then builds and stores the message.
+pub async fn send(State(s): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let headers = req.headers().clone();
+    let limit = s.opts.max_message_size;
+    let length = declared_length(&headers);
+    if length.is_some_and(|n| n > limit) {
+        return Err(too_large(limit));
     }
-    let (raw, mail_from, rcpt_to, _tags) = build(&v)?;
+    require_json(&headers)?;
+    let _reservation = reserve(&s, length.unwrap_or(limit))?;
+    let body = axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| too_large(limit))?;
+    // Building decodes and re-encodes every attachment: off the runtime.
+    let built = tokio::task::spawn_blocking(move || {
+        let v: SendRequest = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadJson(format!("invalid JSON body: {e}")))?;
+        drop(body);
+        build(&v)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("building the message failed: {e}")))??;
+    let (raw, mail_from, rcpt_to, _tags) = built;
+    if raw.len() > limit {
+        return Err(too_large(limit));
+    }
     let username = super::auth::basic_user(&headers);
     let id = s
         .store
@@ -363,4 +317,76 @@ pub async fn send(
         })
         .await?;
     Ok(Json(serde_json::json!({ "ID": id })).into_response())
+}
+
+/// The body length the client announced, if any.
+fn declared_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::Status(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body too large: the limit is {limit} bytes (MP_MAX_MESSAGE_SIZE)"),
+    )
+}
+
+/// Only JSON is accepted: a cross-site HTML form can post `text/plain`,
+/// `multipart/form-data` or a urlencoded body without a CORS preflight, so
+/// taking those would let any web page a developer visits inject mail.
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let mime = ct.split(';').next().unwrap_or_default().trim();
+    if mime.eq_ignore_ascii_case("application/json") {
+        return Ok(());
+    }
+    Err(ApiError::Status(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        format!("the send API takes JSON: Content-Type must be application/json, not {ct:?}"),
+    ))
+}
+
+/// Memory of a send request reserved from the SMTP data budget, given back
+/// when the request is done.
+struct Reservation {
+    budget: Arc<DataBudget>,
+    bytes: usize,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
+    }
+}
+
+/// Reserves what a send request of `body` bytes holds at its peak: the
+/// body, the parsed request (about the body again), the decoded
+/// attachments (3/4 of it) and the built message (about the body again):
+/// `3 x body`, capped at the whole budget so a request within the size
+/// limit can always run once others are done. A full budget is a 503 the
+/// client may retry, as SMTP answers 452.
+fn reserve(s: &AppState, body: usize) -> Result<Option<Reservation>, ApiError> {
+    let Some(budget) = &s.opts.memory_budget else {
+        return Ok(None);
+    };
+    let bytes = body.saturating_mul(3).min(budget.limit());
+    if !budget.try_reserve(bytes) {
+        return Err(ApiError::Status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too much message content in memory right now; retry later".into(),
+        ));
+    }
+    Ok(Some(Reservation {
+        budget: budget.clone(),
+        bytes,
+    }))
 }

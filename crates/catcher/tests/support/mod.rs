@@ -310,3 +310,19 @@ pub fn rss_kib() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }
+
+/// The first bytes the server answers on `rd` while the client may still be
+/// uploading, or `None` when the connection was reset: a server that refuses
+/// a body early (413) closes with the rest unread, and the reset that causes
+/// can overtake its answer on the client's side.
+pub async fn early_answer(rd: &mut tokio::net::tcp::OwnedReadHalf) -> Option<String> {
+    let mut answer = vec![0u8; 256];
+    match tokio::time::timeout(Duration::from_secs(60), rd.read(&mut answer))
+        .await
+        .expect("answered in time")
+    {
+        Ok(n) => Some(String::from_utf8_lossy(&answer[..n]).into_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
+        Err(e) => panic!("reading the answer: {e}"),
+    }
+}
