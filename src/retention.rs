@@ -621,4 +621,77 @@ mod tests {
         };
         assert_eq!(kept(p, &s), vec!["s00", "s03"]);
     }
+
+    /// Engine test on the in-memory store (no S3: the order of reads and
+    /// deletions is the point). A manifest that fails the one reader, or a
+    /// store failure while reading manifests, makes prune delete nothing;
+    /// once the replica is sound again prune forgets and collects as usual.
+    #[tokio::test]
+    async fn prune_deletes_nothing_unless_every_manifest_checks_out() {
+        use crate::store::memory::{Fault, MemoryStore, Op};
+        let mem = MemoryStore::new("mem");
+        // Every object is two hours old: past any grace period.
+        mem.set_now(Utc::now() - chrono::Duration::hours(2));
+        let store: crate::store::DynStore = std::sync::Arc::new(mem.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let db_path = dir.path().join("m.db");
+        let db = rusqlite::Connection::open(&db_path).unwrap();
+        db.execute_batch("PRAGMA journal_mode=wal; CREATE TABLE t(x);")
+            .unwrap();
+        let mut snap = crate::snapshot::Snapshotter::new(&db_path, store.clone());
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            db.execute("INSERT INTO t VALUES (?1)", [i]).unwrap();
+            ids.push(snap.snapshot().await.unwrap().id.unwrap());
+        }
+        let stray = format::chunk_key(&"ab".repeat(32));
+        store
+            .put(&stray, bytes::Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        let policy = Policy {
+            keep_last: Some(1),
+            ..Policy::default()
+        };
+        let grace = Duration::from_secs(60);
+
+        let planted = format::manifest_key("29991231T000000.000Z-00000001");
+        let body = br#"{"format":"mailsafe-manifest","version":99}"#;
+        store
+            .put(&planted, bytes::Bytes::from_static(body))
+            .await
+            .unwrap();
+        let before = mem.keys();
+        let err = prune(store.as_ref(), &policy, grace, false, None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 4, "{err}");
+        assert!(err.to_string().contains(&planted), "{err}");
+        assert_eq!(mem.keys(), before, "nothing deleted");
+        store.delete(&planted).await.unwrap();
+
+        // A read failure of one manifest: no verdict, nothing deleted.
+        mem.fail(Op::Get, "manifests/", Fault::Fail);
+        let before = mem.keys();
+        let err = prune(store.as_ref(), &policy, grace, false, None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 1, "{err}");
+        assert_eq!(mem.keys(), before, "nothing deleted");
+
+        let report = prune(store.as_ref(), &policy, grace, false, None)
+            .await
+            .unwrap();
+        assert_eq!(report.snapshots[0].id, ids[2], "the head is newest");
+        assert!(report.deleted_objects.contains(&stray), "{report:?}");
+        let left: Vec<String> = mem
+            .keys()
+            .into_iter()
+            .filter_map(|k| format::manifest_id(&k).map(str::to_string))
+            .collect();
+        assert!(
+            left.contains(&ids[2]) && !left.contains(&ids[1]),
+            "{left:?}"
+        );
+    }
 }
