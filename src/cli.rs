@@ -90,6 +90,10 @@ impl ReplicaArgs {
 /// `forget`).
 #[derive(Debug, Clone, Default, ClapArgs)]
 pub struct RetentionArgs {
+    /// Keep every snapshot taken within this long of the newest (e.g. `1h`,
+    /// `7d`).
+    #[arg(long, env = "MAILSAFE_KEEP_WITHIN", value_parser = humantime::parse_duration)]
+    pub keep_within: Option<std::time::Duration>,
     /// Keep the N newest snapshots.
     #[arg(long, env = "MAILSAFE_KEEP_LAST")]
     pub keep_last: Option<u32>,
@@ -358,6 +362,15 @@ pub struct WatchArgs {
     /// inotify fails).
     #[arg(long, env = "MAILSAFE_POLL_INTERVAL", value_parser = humantime::parse_duration)]
     pub poll_interval: Option<std::time::Duration>,
+    /// Retention applied in process. Without any --keep-* flag, watch thins
+    /// by default: every snapshot of the last hour, hourly for a day, daily
+    /// for a week.
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+    /// How often retention and GC run (after new snapshots only); 0 turns
+    /// in-process retention off (then keep a `prune` job).
+    #[arg(long, env = "MAILSAFE_RETENTION_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub retention_interval: std::time::Duration,
 }
 
 /// `mailsafe cron`.
@@ -1030,6 +1043,7 @@ async fn open_store(replica: &ReplicaArgs) -> anyhow::Result<mailsafe::store::Dy
 
 fn retention_policy(r: &RetentionArgs) -> mailsafe::retention::Policy {
     mailsafe::retention::Policy {
+        keep_within: r.keep_within,
         keep_last: r.keep_last,
         keep_hourly: r.keep_hourly,
         keep_daily: r.keep_daily,
@@ -1057,6 +1071,18 @@ fn watch(args: WatchArgs) -> anyhow::Result<()> {
         config.debounce = args.debounce;
         config.max_delay = args.max_delay;
         config.lease_ttl = args.lease_ttl;
+        config.retention = (!args.retention_interval.is_zero()).then(|| {
+            let policy = retention_policy(&args.retention);
+            mailsafe::watch::Retention {
+                policy: if policy.is_empty() {
+                    mailsafe::retention::Policy::default_thinning()
+                } else {
+                    policy
+                },
+                gc_grace: args.retention.gc_grace,
+                interval: args.retention_interval,
+            }
+        });
         if let Some(p) = args.poll_interval {
             config.poll_interval = p;
             config.force_poll = true;

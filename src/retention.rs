@@ -40,6 +40,9 @@ use crate::store::{ObjectStore, StoreError};
 /// everything is kept.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Policy {
+    /// Keep every snapshot taken within this long of the newest one
+    /// (restic's `--keep-within`).
+    pub keep_within: Option<Duration>,
     /// Keep the N newest snapshots.
     pub keep_last: Option<u32>,
     /// Keep the newest snapshot of each of the last N hours that have one.
@@ -53,10 +56,26 @@ pub struct Policy {
 impl Policy {
     /// Whether no rule is set (then nothing is forgotten).
     pub fn is_empty(&self) -> bool {
-        self.keep_last.is_none()
+        self.keep_within.is_none()
+            && self.keep_last.is_none()
             && self.keep_hourly.is_none()
             && self.keep_daily.is_none()
             && self.keep_weekly.is_none()
+    }
+
+    /// The thinning `watch` and `serve --replica` apply when the user sets
+    /// no policy of their own: every snapshot of the last hour, then one an
+    /// hour for a day, one a day for a week. A sidecar writes ~4,800
+    /// snapshots an hour under steady mail; this keeps a replica left alone
+    /// for a year at about 4,800 + 24 + 7 manifests instead of millions.
+    pub fn default_thinning() -> Policy {
+        Policy {
+            keep_within: Some(Duration::from_secs(3600)),
+            keep_last: None,
+            keep_hourly: Some(24),
+            keep_daily: Some(7),
+            keep_weekly: None,
+        }
     }
 }
 
@@ -69,8 +88,8 @@ pub struct Decision {
     pub created: DateTime<Utc>,
     /// Whether it is kept.
     pub keep: bool,
-    /// The rules that keep it (`last`, `hourly`, `daily`, `weekly`,
-    /// `newest`, `no-policy`).
+    /// The rules that keep it (`within`, `last`, `hourly`, `daily`,
+    /// `weekly`, `newest`, `no-policy`).
     pub reasons: Vec<&'static str>,
 }
 
@@ -114,6 +133,8 @@ pub fn decide(policy: &Policy, snapshots: &[(String, DateTime<Utc>)]) -> Vec<Dec
             (w.year(), w.week(), 0, 0)
         }),
     ];
+    // keep-within counts back from the newest snapshot's (clamped) time.
+    let newest_time = clamped.first().copied();
     let mut left: Vec<u32> = rules.iter().map(|r| r.1.unwrap_or(0)).collect();
     let mut last_bucket: Vec<Option<(i32, u32, u32, u32)>> = vec![None; rules.len()];
 
@@ -125,6 +146,11 @@ pub fn decide(policy: &Policy, snapshots: &[(String, DateTime<Utc>)]) -> Vec<Dec
             let mut reasons = Vec::new();
             if policy.is_empty() {
                 reasons.push("no-policy");
+            }
+            if let (Some(within), Some(newest)) = (policy.keep_within, newest_time) {
+                if (newest - *bucket_time).to_std().unwrap_or_default() <= within {
+                    reasons.push("within");
+                }
             }
             for (r, (name, _, bucket)) in rules.iter().enumerate() {
                 if left[r] == 0 {
@@ -487,6 +513,43 @@ mod tests {
     fn no_policy_keeps_everything() {
         let s = snaps(&["2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z"]);
         assert_eq!(kept(Policy::default(), &s), vec!["s00", "s01"]);
+    }
+
+    #[test]
+    fn keep_within_counts_back_from_the_newest_snapshot() {
+        let s = snaps(&[
+            "2026-11-01T00:00:00Z",
+            "2026-11-01T09:00:00Z",
+            "2026-11-01T09:30:00Z",
+            "2026-11-01T10:00:00Z",
+        ]);
+        let p = Policy {
+            keep_within: Some(Duration::from_secs(3600)),
+            ..Policy::default()
+        };
+        // Measured from the newest snapshot, not from now: a replica left
+        // alone keeps its last hour forever.
+        assert_eq!(kept(p, &s), vec!["s01", "s02", "s03"]);
+    }
+
+    /// Issue 19's figure: a sidecar snapshotting every 0.75 s for a day
+    /// keeps the last hour, 24 hourly and (within a day) 1 daily under the
+    /// default thinning: bounded, whatever the history's length.
+    #[test]
+    fn default_thinning_bounds_a_day_of_steady_snapshots() {
+        let t0 = at("2026-11-01T00:00:00Z");
+        let n = 24 * 4800;
+        let s: Vec<(String, DateTime<Utc>)> = (0..n)
+            .map(|i| {
+                (
+                    format!("s{i:07}"),
+                    t0 + chrono::Duration::milliseconds(750 * i as i64),
+                )
+            })
+            .collect();
+        let k = kept(Policy::default_thinning(), &s).len();
+        println!("FIGURE default thinning: {n} snapshots over 24 h -> {k} kept");
+        assert!((4800..=4800 + 24 + 7 + 1).contains(&k), "{k} kept");
     }
 
     #[test]

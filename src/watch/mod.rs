@@ -62,6 +62,33 @@ pub struct WatchConfig {
     pub max_backoff: Duration,
     /// Encrypts the snapshots when set (see [`crate::crypto`]).
     pub encryption: Option<std::sync::Arc<crate::crypto::Key>>,
+    /// Retention and GC applied in process; `None` keeps every snapshot.
+    pub retention: Option<Retention>,
+}
+
+/// Retention applied by the watch loop itself, so a sidecar left alone keeps
+/// a bounded replica without a separate prune job.
+#[derive(Debug, Clone)]
+pub struct Retention {
+    /// Which snapshots to keep.
+    pub policy: crate::retention::Policy,
+    /// GC grace: unreferenced objects younger than this are kept.
+    pub gc_grace: Duration,
+    /// How often to apply it, counted from start-up; only after new
+    /// snapshots (an idle watcher makes no request).
+    pub interval: Duration,
+}
+
+impl Default for Retention {
+    /// [`crate::retention::Policy::default_thinning`] every 10 minutes with
+    /// the documented 1 h GC grace.
+    fn default() -> Self {
+        Self {
+            policy: crate::retention::Policy::default_thinning(),
+            gc_grace: Duration::from_secs(3600),
+            interval: Duration::from_secs(600),
+        }
+    }
 }
 
 impl WatchConfig {
@@ -76,6 +103,7 @@ impl WatchConfig {
             lease_ttl: Duration::from_secs(120),
             max_backoff: Duration::from_secs(15),
             encryption: None,
+            retention: Some(Retention::default()),
         }
     }
 }
@@ -147,6 +175,12 @@ struct Loop {
     /// shutdown, a different stamp means a commit we may not have seen.
     synced: Option<changes::Stamp>,
     outcome: WatchOutcome,
+    /// The retention run in flight, if any (it runs beside the snapshots:
+    /// GC's grace period and re-listing keep it safe, as with `cron`).
+    prune: Option<tokio::task::JoinHandle<()>>,
+    /// When retention is next due, and `outcome.snapshots` at its last run.
+    next_prune: Instant,
+    pruned_at_snapshots: u64,
 }
 
 /// Runs the watch loop on `config.db`, writing to `store` (wrap it in
@@ -184,7 +218,13 @@ pub async fn run(
         deadline: None,
         synced: None,
         outcome: WatchOutcome::default(),
+        prune: None,
+        next_prune: Instant::now(),
+        pruned_at_snapshots: 0,
     };
+    if let Some(r) = &lp.config.retention {
+        lp.next_prune = Instant::now() + r.interval;
+    }
 
     // The catcher (or any app) may create the db after we start.
     if !lp.config.db.exists() {
@@ -227,12 +267,58 @@ pub async fn run(
                     break;
                 }
             }
+            _ = tokio::time::sleep_until(lp.next_prune), if lp.config.retention.is_some() => {
+                lp.start_prune();
+            }
         }
+    }
+    if let Some(t) = lp.prune.take() {
+        // Like a killed `prune`: what it deleted is consistent, the rest
+        // waits for the next run.
+        t.abort();
     }
     lp.finish(&mut changes).await
 }
 
 impl Loop {
+    /// Starts a retention run in the background if one is due: new
+    /// snapshots since the last run and none still running.
+    fn start_prune(&mut self) {
+        let Some(r) = self.config.retention.clone() else {
+            return;
+        };
+        self.next_prune = Instant::now() + r.interval;
+        if self.prune.as_ref().is_some_and(|t| !t.is_finished())
+            || self.outcome.snapshots == self.pruned_at_snapshots
+        {
+            return;
+        }
+        self.pruned_at_snapshots = self.outcome.snapshots;
+        let store = self.store.clone();
+        let key = self.config.encryption.clone();
+        self.prune = Some(tokio::spawn(async move {
+            match crate::retention::prune(
+                store.as_ref(),
+                &r.policy,
+                r.gc_grace,
+                false,
+                key.as_deref(),
+            )
+            .await
+            {
+                Ok(rep) => tracing::info!(
+                    forgotten = rep.forgotten.len(),
+                    deleted_objects = rep.deleted_objects.len(),
+                    deleted_bytes = rep.deleted_bytes,
+                    "retention and garbage collection done"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention failed; retrying at the next interval")
+                }
+            }
+        }));
+    }
+
     /// Records a change seen at `seen`.
     fn mark(&mut self, seen: Instant) {
         let wall_seen = wall(seen);
