@@ -10,13 +10,19 @@
 #   3. stop; restore the replica to a new file, directly from SeaweedFS,
 #      timed, and check the restored row count.
 # CPU seconds and peak RSS come from /usr/bin/time over every process of the
-# tool across phases 1-2 (and the final sync at stop).
+# tool across phases 1-2 (and the final sync at stop). The steady window is
+# also metered alone (issue 18: a sidecar lives there for weeks, and the
+# first backup hid it): the tool process's CPU from /proc (utime+stime)
+# when the counters are reset and after the settle, and for mailsafe the
+# snapshots that hashed the whole db ("full scans", from its debug log).
 # mailsafe runs as `watch` (default; BENCH_MAILSAFE_MODE=loop runs
 # `snapshot` once a second instead, as issue 3 asked before `watch` existed).
 #
-# Env: BENCH_MIB (200), BENCH_COUNT (300), BENCH_RATE (30), SETTLE (20),
+# Env: BENCH_MIB (200; the db size, any size: RESULTS.md gets one section
+# per size), BENCH_COUNT (300), BENCH_RATE (30), SETTLE (20),
 # QUIET (5), MAILSAFE_BIN (default target/release/mailsafe, built if
-# missing), BENCH_KEEP=1 keeps the work dir. Results: bench/RESULTS.md
+# missing), BENCH_LABEL (names the RESULTS.md section), BENCH_KEEP=1 keeps
+# the work dir. Results: bench/RESULTS.md
 # (the section between the engine markers) and $WORK/results.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -96,6 +102,9 @@ restored_rows() {
   fi
 }
 
+# CPU seconds (user+system) so far of the program /usr/bin/time ($1) runs.
+cpu_of() { awk '{printf "%.2f\n", ($14 + $15) / 100}' "/proc/$(ps -o pid= --ppid "$1" | head -1 | tr -d ' ')/stat"; }
+
 run_load() { python3 bench/maildb.py load "$1" --count "$COUNT" --rate "$RATE" >/dev/null; }
 
 ########## Litestream
@@ -126,10 +135,12 @@ wait_quiet "$LS_PORT"
 T1=$(date +%s.%N)
 stats "$LS_PORT" >"$WORK/ls.first.json"
 reset_stats "$LS_PORT"
+LS_CPU0=$(cpu_of "$LS_PID")
 log "litestream: steady state ($COUNT emails at $RATE/s, then ${SETTLE}s)"
 run_load "$WORK/ls/mail.db"
 sleep "$SETTLE"
 stats "$LS_PORT" >"$WORK/ls.steady.json"
+LS_STEADY_CPU=$(echo "$(cpu_of "$LS_PID") - $LS_CPU0" | bc)
 stop_timed "$LS_PID"
 LS_ROWS=$(sqlite3 "$WORK/ls/mail.db" "select count(*) from mailbox")
 log "litestream: restore"
@@ -168,6 +179,8 @@ fi
 T1=$(date +%s.%N)
 stats "$MS_PORT" >"$WORK/ms.first.json"
 reset_stats "$MS_PORT"
+[ "$MODE" = watch ] && MS_CPU0=$(cpu_of "$MS_PID")
+MS_LOG_LINES=$(wc -l <"$WORK/ms/log")
 log "mailsafe: steady state"
 if [ "$MODE" != watch ]; then
   (
@@ -185,6 +198,12 @@ fi
 run_load "$WORK/ms/mail.db"
 sleep "$SETTLE"
 stats "$MS_PORT" >"$WORK/ms.steady.json"
+MS_STEADY_CPU=nan
+[ "$MODE" = watch ] && MS_STEADY_CPU=$(echo "$(cpu_of "$MS_PID") - $MS_CPU0" | bc)
+MS_STEADY_LOG=$(tail -n +"$((MS_LOG_LINES + 1))" "$WORK/ms/log")
+MS_FULL_SCANS=$(grep -c "hashing every chunk" <<<"$MS_STEADY_LOG" || true)
+MS_WAL_RESETS=$(grep -c "wal reset" <<<"$MS_STEADY_LOG" || true)
+MS_RESET_MAX_US=$(grep -o 'write_lock_held_us[^0-9]*[0-9]*' <<<"$MS_STEADY_LOG" | grep -o '[0-9]*$' | sort -n | tail -1 || true)
 touch "$WORK/ms/stop"
 # A failed final snapshot is a result: watch exits non-zero and says what is
 # not in the replica (the 14:13 session-2 run went unexplained for want of it).
@@ -208,7 +227,16 @@ MS_RESTORE_S=$(echo "$R1 - $R0" | bc)
 [ "$MODE" = watch ] && MS_FIRST_S=$(echo "$MS_FIRST_S - $QUIET" | bc)
 
 ########## report
+case "$MAILSAFE_BIN" in */release/*) PROFILE=release ;; */debug/*) PROFILE=dev ;; *) PROFILE="$(basename "$MAILSAFE_BIN")" ;; esac
+BENCH_CONTEXT=$(bench_context "$PROFILE")
+export BENCH_CONTEXT LS_STEADY_CPU MS_STEADY_CPU MS_FULL_SCANS MS_WAL_RESETS MS_RESET_MAX_US
 export WORK DB_BYTES BASE_ROWS COUNT RATE SETTLE MODE MS_SNAPSHOTS \
   LS_CPU LS_RSS LS_FIRST_S LS_RESTORE_S LS_ROWS LS_RESTORED_ROWS \
   MS_CPU MS_RSS MS_FIRST_S MS_RESTORE_S MS_ROWS MS_RESTORED_ROWS MS_EXIT MS_SNAPSHOTS_STEADY
-python3 bench/engine_report.py
+# One section per db size (and BENCH_LABEL, e.g. before/after a change);
+# the plain 200 MiB run keeps its historical marker.
+MARKER=engine-bench
+if [ "$MIB" != 200 ] || [ -n "${BENCH_LABEL:-}" ]; then MARKER="engine-bench-${MIB}mib${BENCH_LABEL:+-$BENCH_LABEL}"; fi
+SECTION=$(python3 bench/engine_report.py)
+echo "$SECTION"
+write_results_section "$MARKER" "$SECTION"

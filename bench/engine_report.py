@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Turns the measurements of bench/engine.sh (env vars + proxy stats JSON in
-$WORK) into a table: printed, written to $WORK/results.json, and put into
-bench/RESULTS.md between the engine markers (the rest of the file is kept)."""
+$WORK) into a table: printed (engine.sh puts it into bench/RESULTS.md with
+lib.sh's write_results_section) and written to $WORK/results.json."""
 import datetime
 import json
 import os
@@ -9,7 +9,6 @@ import subprocess
 
 E = os.environ
 W = E["WORK"]
-BEGIN, END = "<!-- engine-bench:begin -->", "<!-- engine-bench:end -->"
 
 
 def js(name):
@@ -46,6 +45,7 @@ rows = [
     row("steady state: PUT requests", op(ls_, "PUT", "PUT_PART"), op(ms_, "PUT", "PUT_PART"), 1.0),
     row("steady state: PUT-class requests (PUT/POST/LIST)", put_class(ls_), put_class(ms_), None),
     row("steady state: GET+HEAD requests", op(ls_, "GET", "HEAD"), op(ms_, "GET", "HEAD"), None),
+    row("steady state: sidecar CPU seconds", float(E["LS_STEADY_CPU"]), float(E["MS_STEADY_CPU"]), 0.5, "{:,.2f}"),
     row("CPU seconds (whole run)", float(E["LS_CPU"]), float(E["MS_CPU"]), 0.5, "{:,.2f}"),
     row("peak RSS MiB", int(E["LS_RSS"]) / 1024, int(E["MS_RSS"]) / 1024, 0.3, "{:,.1f}"),
     row("restore seconds", float(E["LS_RESTORE_S"]), float(E["MS_RESTORE_S"]), 0.3, "{:,.2f}"),
@@ -66,6 +66,9 @@ notes = [
     f"mailsafe `watch` exit code: {E.get('MS_EXIT', '?')} "
     f"({E.get('MS_SNAPSHOTS_STEADY', '?')} snapshots uploaded, first backup included)",
     f"steady-state error responses from S3 (non-2xx): Litestream {errors(ls_)}, mailsafe {errors(ms_)}",
+    f"mailsafe in the steady window: {E.get('MS_FULL_SCANS', '?')} full scans (snapshots that hashed every chunk), "
+    f"{E.get('MS_WAL_RESETS', '?')} WAL resets, write lock held at most "
+    f"{int(E['MS_RESET_MAX_US']) / 1000 if E.get('MS_RESET_MAX_US', '').isdigit() else '-'} ms",
 ]
 
 now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -74,15 +77,17 @@ try:
 except OSError:
     rev = "?"
 lines = [
-    BEGIN,
-    "## Backup engine vs Litestream (bench/engine.sh)",
+    f"## Backup engine vs Litestream, {int(E['DB_BYTES']) / 2**20:.0f} MiB db (bench/engine.sh)",
+    "",
+    E.get("BENCH_CONTEXT", ""),
     "",
     f"Run {now} at {rev}: db {int(E['DB_BYTES']) / 2**20:.0f} MiB ({E['BASE_ROWS']} mails, WAL), load "
     f"{E['COUNT']} mails at {E['RATE']}/s then {E['SETTLE']} s settle; Litestream 0.5 `replicate` "
     f"(sync-interval 1s) vs mailsafe "
     + ("`watch`" if E["MODE"] == "watch" else f"`snapshot` once a second ({E['MS_SNAPSHOTS']} runs)")
     + "; same SeaweedFS, each metered by bench/s3proxy (wire bytes incl. headers). "
-    "CPU and RSS from /usr/bin/time over all the tool's processes; restore straight from SeaweedFS. "
+    "CPU and RSS from /usr/bin/time over all the tool's processes (steady state: the tool's own process, /proc, "
+    "counters reset to settle end); restore straight from SeaweedFS. "
     "2 shared cores: timings are noisy.",
     "",
     "| metric | Litestream | mailsafe | ratio | target | met |",
@@ -96,20 +101,9 @@ lines.append("")
 for name, (a, b) in checks.items():
     lines.append(f"- {name}: {a} vs {b} -> {'ok' if a == b else '**MISMATCH**'}")
 lines.extend(f"- {n}" for n in notes)
-lines.append(END)
 section = "\n".join(lines) + "\n"
 print(section)
 
 with open(os.path.join(W, "results.json"), "w") as f:
     json.dump({"rows": rows, "checks": checks, "first": {"litestream": lf, "mailsafe": mf},
                "steady": {"litestream": ls_, "mailsafe": ms_}}, f, indent=1)
-
-path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
-old = open(path).read() if os.path.exists(path) else "# Benchmark results\n\n"
-if BEGIN in old and END in old:
-    head, rest = old.split(BEGIN, 1)
-    new = head + section.rstrip("\n") + rest.split(END, 1)[1]
-else:
-    new = old.rstrip("\n") + "\n\n" + section
-with open(path, "w") as f:
-    f.write(new)

@@ -2,8 +2,10 @@
 //!
 //! Pages are read through SQLite (`sqlite_dbpage`) inside one read
 //! transaction, never by copying the file, so a snapshot is always a state
-//! some writer committed, and the writer is never blocked. Changed pages are
-//! found from the WAL's new frames when possible, else by hashing every chunk.
+//! some writer committed, and reading never blocks the writer. Changed pages
+//! are found from the WAL's new frames when possible, else by hashing every
+//! chunk; `watch` pins the WAL ([`pin`]) so that in steady state it always
+//! is possible.
 //!
 //! The reading side ([`reader`]) runs on a blocking thread and streams
 //! compressed objects through a small bounded channel to the uploader here,
@@ -12,8 +14,11 @@
 //! incremental snapshot's delta pack travels inside the manifest object, so
 //! in steady state a snapshot is exactly one PUT.
 
+mod pin;
 mod reader;
 pub mod wal;
+
+pub use pin::{RESET_FRAMES, WalReset};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,6 +58,9 @@ pub struct SnapshotReport {
     pub delta_pages: u64,
     /// The new snapshot's `db.image_sha256`.
     pub image_sha256: Option<String>,
+    /// The WAL reset done after this snapshot, if the pinned WAL had grown
+    /// past its threshold (see [`Snapshotter::with_wal_pin`]).
+    pub wal_reset: Option<WalReset>,
 }
 
 /// What a snapshotter remembers between calls: the last manifest and what
@@ -110,6 +118,12 @@ pub struct Snapshotter {
     key: Option<Arc<Key>>,
     /// Target stored size of a chunk pack.
     pack_bytes: usize,
+    /// Whether to pin the WAL between snapshots ([`pin`]).
+    wal_pin: bool,
+    /// WAL frames after which a pinned WAL is reset.
+    reset_frames: u32,
+    /// The pin, once taken.
+    pin: Option<pin::Pin>,
 }
 
 impl Snapshotter {
@@ -123,12 +137,33 @@ impl Snapshotter {
             loaded: false,
             key: None,
             pack_bytes: reader::pack_target(),
+            wal_pin: false,
+            reset_frames: RESET_FRAMES,
+            pin: None,
         }
     }
 
     /// The database this snapshotter reads.
     pub fn db(&self) -> &std::path::Path {
         &self.db
+    }
+
+    /// Holds a read transaction on the database between snapshots (WAL mode
+    /// only) so that the WAL cannot restart unseen, and resets it safely
+    /// after a snapshot once it holds `RESET_FRAMES` frames: in steady state
+    /// no snapshot then reads the whole db (issue 18). For the long-lived
+    /// `watch`; a one-shot snapshot has nothing to pin for. The reset briefly
+    /// takes the database's write lock and checkpoints (see `pin`).
+    pub fn with_wal_pin(mut self, on: bool) -> Self {
+        self.wal_pin = on;
+        self
+    }
+
+    /// Sets the WAL size (frames) that triggers a reset of a pinned WAL
+    /// (default [`RESET_FRAMES`]); tests make it small.
+    pub fn with_wal_reset_frames(mut self, frames: u32) -> Self {
+        self.reset_frames = frames.max(1);
+        self
     }
 
     /// Sets the target stored size of chunk packs (default 2 MiB, or
@@ -149,8 +184,59 @@ impl Snapshotter {
     }
 
     /// Takes one snapshot: uploads what changed since the previous one and
-    /// writes its manifest last. Uploads nothing if nothing changed.
+    /// writes its manifest last. Uploads nothing if nothing changed. With a
+    /// WAL pin, then resets the WAL if it has grown (also after a failed
+    /// attempt: an outage must not let the WAL grow without bound).
     pub async fn snapshot(&mut self) -> Result<SnapshotReport, Error> {
+        let mut result = self.snapshot_once().await;
+        let reset = self.reset_if_grown().await;
+        if let Ok(r) = &mut result {
+            r.wal_reset = reset;
+        }
+        result
+    }
+
+    /// Resets the pinned WAL if it holds `reset_frames` frames or more.
+    async fn reset_if_grown(&mut self) -> Option<WalReset> {
+        if self.pin.as_ref()?.wal_frames() < self.reset_frames {
+            return None;
+        }
+        let mut pin = self.pin.take()?;
+        let prev = self.state.as_ref().and_then(|s| s.last.source.wal.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            let r = pin.reset(prev.as_ref());
+            (r, pin)
+        })
+        .await;
+        match done {
+            Ok((Ok(r), pin)) => {
+                self.pin = Some(pin);
+                if let Some(r) = r {
+                    tracing::debug!(
+                        db = %self.db.display(),
+                        frames = r.frames,
+                        checkpointed = r.checkpointed,
+                        carried = r.carried,
+                        write_lock_held_us = r.write_lock_held.as_micros() as u64,
+                        "wal reset"
+                    );
+                }
+                r
+            }
+            Ok((Err(e), _)) => {
+                // The pin is dropped: the WAL is free to restart, and the
+                // next snapshot follows it as best it can (maybe a full scan).
+                tracing::warn!(db = %self.db.display(), error = %e, "could not reset the pinned WAL; unpinned");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(db = %self.db.display(), error = %e, "WAL reset panicked; unpinned");
+                None
+            }
+        }
+    }
+
+    async fn snapshot_once(&mut self) -> Result<SnapshotReport, Error> {
         if !self.loaded {
             self.state = load_state(&self.store, self.key.as_deref()).await?;
             self.loaded = true;
@@ -162,13 +248,33 @@ impl Snapshotter {
         let prev = self.state.clone();
         let key = self.key.clone();
         let pack_bytes = self.pack_bytes;
+        let mut pin = self.pin.take();
+        let wal_pin = self.wal_pin;
         let reader = tokio::task::spawn_blocking(move || {
-            reader::read(&db, prev.as_ref(), key.as_deref(), pack_bytes, tx)
+            if wal_pin && pin.is_none() {
+                // Taken before the read: the position it records is then
+                // covered by the pin.
+                match pin::Pin::open(&db) {
+                    Ok(p) => pin = p,
+                    Err(e) => tracing::debug!(db = %db.display(), error = %e, "cannot pin the WAL"),
+                }
+            }
+            let pinned = pin.as_ref().and_then(pin::Pin::guarantee);
+            let r = reader::read(
+                &db,
+                prev.as_ref(),
+                key.as_deref(),
+                pack_bytes,
+                tx,
+                pinned.as_ref(),
+            );
+            (r, pin)
         });
         let uploaded = upload_all(&self.store, rx).await;
-        let outcome = reader
+        let (outcome, pin) = reader
             .await
             .map_err(|e| Error::Other(format!("snapshot of {}: {e}", self.db.display())))?;
+        self.pin = pin;
         // An upload error is the cause when both failed: the reader only
         // stops because the uploader hung up.
         let (mut objects, mut bytes) = uploaded?;
@@ -184,6 +290,7 @@ impl Snapshotter {
                     // (older) position, which is merely more work.
                     s.last.source = source;
                 }
+                self.pin_covers_state();
                 return Ok(SnapshotReport {
                     db_size,
                     ..Default::default()
@@ -251,6 +358,7 @@ impl Snapshotter {
             base: m.manifest.is_base(),
             delta_pages: m.delta_pages,
             image_sha256: Some(m.manifest.db.image_sha256.clone()),
+            wal_reset: None,
         };
         tracing::debug!(db = %self.db.display(), id = %m.manifest.id, objects, bytes, "snapshot written");
         self.state = Some(State {
@@ -258,7 +366,17 @@ impl Snapshotter {
             base_chunks: m.base_chunks,
             effective: m.effective,
         });
+        self.pin_covers_state();
         Ok(report)
+    }
+
+    /// The state's position was just taken by a read that began while the
+    /// pin was held: the pin covers it, and any carry is spent.
+    fn pin_covers_state(&mut self) {
+        if let Some(p) = &mut self.pin {
+            p.covers_prev = true;
+            p.carry = None;
+        }
     }
 }
 

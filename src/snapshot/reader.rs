@@ -5,12 +5,13 @@
 //! Everything that determines the snapshot's content happens inside that one
 //! read transaction, so the image is exactly one committed state even while
 //! the application writes. In WAL mode the transaction never blocks the
-//! writer; we never checkpoint (`SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE`, and
-//! `query_only` so this connection cannot write).
+//! writer; this reader never checkpoints (`SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE`,
+//! and `query_only` so this connection cannot write): only `watch`'s WAL
+//! pin does, briefly (see [`super::pin`]).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::OsString;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use bytes::Bytes;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::mpsc::Sender;
 
+use super::pin::Guarantee;
 use super::wal::{ScanEnd, WalFile, WalHeader};
 use super::{State, Upload};
 use crate::Error;
@@ -75,15 +77,8 @@ fn sqlite_err(db: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
 /// Refuses a missing path (we never create a database) and a file that is
 /// not SQLite, with messages naming the path.
 fn check_sqlite_file(db: &Path) -> Result<(), Error> {
-    let mut f = std::fs::File::open(db).map_err(|e| Error::io(db, e))?;
     let mut magic = [0u8; 16];
-    let mut n = 0;
-    while n < 16 {
-        match f.read(&mut magic[n..]).map_err(|e| Error::io(db, e))? {
-            0 => break,
-            k => n += k,
-        }
-    }
+    let n = super::wal::read_prefix(db, &mut magic).map_err(|e| Error::io(db, e))?;
     // A zero-length file is a valid, empty SQLite database.
     if n == 0 || &magic[..n] == b"SQLite format 3\0" {
         return Ok(());
@@ -94,7 +89,9 @@ fn check_sqlite_file(db: &Path) -> Result<(), Error> {
     )))
 }
 
-fn open(db: &Path) -> Result<Connection, Error> {
+/// Opens `db` for reading pages: never creates it, never checkpoints on
+/// close, and cannot write (`query_only`).
+pub(super) fn open(db: &Path) -> Result<Connection, Error> {
     let err = sqlite_err(db);
     // READ_WRITE without CREATE: a WAL-mode reader needs to write the -shm
     // index, but a missing database must never be created by a backup.
@@ -119,7 +116,8 @@ fn open(db: &Path) -> Result<Connection, Error> {
     Ok(conn)
 }
 
-fn wal_path(db: &Path) -> PathBuf {
+/// The `-wal` file of `db`.
+pub(super) fn wal_path(db: &Path) -> PathBuf {
     let mut p = OsString::from(db.as_os_str());
     p.push("-wal");
     PathBuf::from(p)
@@ -127,19 +125,58 @@ fn wal_path(db: &Path) -> PathBuf {
 
 /// What the WAL said before our read transaction began.
 #[derive(Default)]
-struct PreScan {
+pub(super) struct PreScan {
     header: Option<WalHeader>,
     /// The last commit frame before BEGIN: the position we record.
-    f0: Option<WalPosition>,
+    pub f0: Option<WalPosition>,
     /// Pages committed since the previous snapshot's position, when that
     /// position could be followed.
-    pages: Option<BTreeSet<u32>>,
+    pub pages: Option<BTreeSet<u32>>,
+    /// The wal-index and the WAL header disagreed (a restart being written).
+    in_flight: bool,
 }
 
 /// Scans the WAL before BEGIN: from the previous position if it is still in
-/// this WAL (or in the generation just before it, with its frames intact),
-/// else just to find the last commit.
-fn wal_pre(path: &Path, prev: Option<&WalPosition>) -> std::io::Result<PreScan> {
+/// this WAL (or in the generation just before it, with its frames intact, or
+/// after it while a [`Pin`](super::pin) guarantees no other restart), else
+/// just to find the last commit. A pin's carried pages stand in for the
+/// frames before its reset.
+pub(super) fn wal_pre(
+    path: &Path,
+    prev: Option<&WalPosition>,
+    pinned: Option<&Guarantee>,
+) -> std::io::Result<PreScan> {
+    // With a carry, the frames up to `carry.to` are already accounted for.
+    let (prev, pinned, carried) = match pinned {
+        Some(g) => match &g.carry {
+            Some(c) if c.from.as_ref() == prev => (Some(&c.to), Some(g), c.pages.clone()),
+            // Carried from another position: the pin began after `prev`.
+            Some(_) => (prev, None, BTreeSet::new()),
+            None => (prev, Some(g), BTreeSet::new()),
+        },
+        None => (prev, None, BTreeSet::new()),
+    };
+    let mut pre = wal_pre_from(path, prev, pinned)?;
+    // A pinned WAL restarts at most once, and the writer finishes writing
+    // the new header within its commit: looking again shortly settles it
+    // (a full scan costs far more than these few milliseconds).
+    let mut tries = 0;
+    while pre.in_flight && pinned.is_some() && tries < 50 {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        pre = wal_pre_from(path, prev, pinned)?;
+        tries += 1;
+    }
+    if let Some(p) = &mut pre.pages {
+        p.extend(carried);
+    }
+    Ok(pre)
+}
+
+fn wal_pre_from(
+    path: &Path,
+    prev: Option<&WalPosition>,
+    pinned: Option<&Guarantee>,
+) -> std::io::Result<PreScan> {
     // What is published now is visible to our transaction, which starts
     // later; commits in the file beyond it may not be. So F0 is capped here,
     // and the scan after BEGIN picks up whatever lies past it.
@@ -160,7 +197,12 @@ fn wal_pre(path: &Path, prev: Option<&WalPosition>) -> std::io::Result<PreScan> 
     let limit = match published {
         Some((mx, s1, s2)) if s1 == h.salt1 && s2 == h.salt2 => mx,
         // Unreadable, or a restart in flight: no position we can prove.
-        _ => return Ok(PreScan::default()),
+        _ => {
+            return Ok(PreScan {
+                in_flight: true,
+                ..Default::default()
+            });
+        }
     };
     if let Some(p) = prev {
         if p.salt1 == h.salt1 && p.salt2 == h.salt2 && p.frame <= limit && wal.holds(&h, p)? {
@@ -175,7 +217,28 @@ fn wal_pre(path: &Path, prev: Option<&WalPosition>) -> std::io::Result<PreScan> 
                 header: Some(h),
                 f0: Some(s.commit),
                 pages: Some(s.pages),
+                in_flight: false,
             });
+        }
+        // Pinned since before `p` was taken, in `p`'s generation: this is
+        // the one restart the pin lets through, which happened before any
+        // frame was added after the pin began (so after `p`), and every frame
+        // of this generation came after the pin began.
+        if let Some(g) = pinned {
+            if g.generation == Some((p.salt1, p.salt2)) && h.salt1 == p.salt1.wrapping_add(1) {
+                let new = wal.scan_to(&h, &h.start(), limit)?;
+                tracing::debug!(
+                    from = p.frame,
+                    new_to = new.commit.frame,
+                    "wal: restart while pinned"
+                );
+                return Ok(PreScan {
+                    header: Some(h),
+                    f0: Some(new.commit),
+                    pages: Some(new.pages),
+                    in_flight: false,
+                });
+            }
         }
         // The WAL restarted once since `p` (salt-1 is incremented at each
         // restart). A restart needs every old frame checkpointed, and the new
@@ -211,16 +274,26 @@ fn wal_pre(path: &Path, prev: Option<&WalPosition>) -> std::io::Result<PreScan> 
                         header: Some(h),
                         f0: Some(new.commit),
                         pages: Some(pages),
+                        in_flight: false,
                     });
                 }
             }
         }
     }
     let s = wal.scan_to(&h, &h.start(), limit)?;
+    // Pinned since before the previous snapshot while the WAL had no
+    // header: this generation is the first since, all of it is new.
+    let pages = pinned
+        .filter(|g| prev.is_none() && g.generation.is_none())
+        .map(|_| s.pages.clone());
+    if pages.is_some() {
+        tracing::debug!(to = s.commit.frame, "wal: new since pinned");
+    }
     Ok(PreScan {
         header: Some(h),
         f0: Some(s.commit),
-        pages: None,
+        pages,
+        in_flight: false,
     })
 }
 
@@ -232,6 +305,7 @@ fn wal_pre(path: &Path, prev: Option<&WalPosition>) -> std::io::Result<PreScan> 
 fn wal_post(
     path: &Path,
     pre: PreScan,
+    pinned: Option<&Guarantee>,
 ) -> std::io::Result<(Option<WalPosition>, Option<BTreeSet<u32>>)> {
     let (Some(h), Some(f0)) = (pre.header, pre.f0) else {
         return Ok((None, None));
@@ -239,6 +313,24 @@ fn wal_post(
     let Some(mut wal) = WalFile::open(path)? else {
         return Ok((None, None));
     };
+    if let (Some(g), Some(now)) = (pinned, wal.header) {
+        // The one restart a pin begun in `h`'s generation lets through
+        // (see `pin`): no frame was added to `h` after F0 before it, and all
+        // of the new generation is new.
+        if g.generation == Some((h.salt1, h.salt2)) && now.salt1 == h.salt1.wrapping_add(1) {
+            let s = wal.scan(&now, &now.start())?;
+            tracing::debug!(
+                from = f0.frame,
+                new_to = s.commit.frame,
+                "wal: restart while pinned, during the snapshot"
+            );
+            let pages = pre.pages.map(|mut p| {
+                p.extend(s.pages);
+                p
+            });
+            return Ok((Some(f0), pages));
+        }
+    }
     if wal.header != Some(h) || !wal.holds(&h, &f0)? {
         return Ok((None, None));
     }
@@ -547,6 +639,7 @@ pub(crate) fn read(
     enc: Option<&Key>,
     pack_bytes: usize,
     tx: Sender<Upload>,
+    pinned: Option<&Guarantee>,
 ) -> Result<Outcome, Error> {
     check_sqlite_file(db)?;
     let conn = open(db)?;
@@ -558,7 +651,7 @@ pub(crate) fn read(
     let wal_file = wal_path(db);
     let prev_pos = prev.and_then(|s| s.last.source.wal.as_ref());
     let pre = if wal_mode {
-        wal_pre(&wal_file, prev_pos).map_err(|e| Error::io(&wal_file, e))?
+        wal_pre(&wal_file, prev_pos, pinned).map_err(|e| Error::io(&wal_file, e))?
     } else {
         PreScan::default()
     };
@@ -591,7 +684,7 @@ pub(crate) fn read(
     let created = chrono::Utc::now();
     let result = first.and_then(|_| {
         let (wal_pos, wal_pages) = if wal_mode {
-            wal_post(&wal_file, pre).map_err(|e| Error::io(&wal_file, e))?
+            wal_post(&wal_file, pre, pinned).map_err(|e| Error::io(&wal_file, e))?
         } else {
             (None, None)
         };
@@ -688,6 +781,14 @@ fn in_txn(
     effective.resize(n_chunks as usize, [0u8; 32]);
     let mut buf = Vec::with_capacity((chunk_pages * page_size) as usize);
     let full_scan = wal_pages.is_none();
+    if full_scan {
+        // The O(db size) path: bench/engine.sh counts these lines.
+        tracing::debug!(
+            full_scan,
+            pages = page_count,
+            "snapshot: hashing every chunk"
+        );
+    }
     let delta_pages: BTreeSet<u32> = match wal_pages {
         Some(mut changed) => {
             // O(change): only the pages the WAL names, plus any growth (every

@@ -263,14 +263,12 @@ impl WalFile {
 /// starting after this call sees at least this frame. Returns `None` when the
 /// header cannot be read consistently (no `-shm`, or being rewritten).
 pub fn published(shm: &Path) -> io::Result<Option<(u32, u32, u32)>> {
-    let mut f = match File::open(shm) {
-        Ok(f) => f,
+    let mut b = [0u8; 96];
+    match read_prefix(shm, &mut b) {
+        Ok(96) => {}
+        Ok(_) => return Ok(None),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
-    };
-    let mut b = [0u8; 96];
-    if f.read_exact(&mut b).is_err() {
-        return Ok(None);
     }
     // Two copies of the header; SQLite's own readers trust it only when both
     // agree and it is initialised.
@@ -280,6 +278,86 @@ pub fn published(shm: &Path) -> io::Result<Option<(u32, u32, u32)>> {
     let ne = |o: usize| u32::from_ne_bytes(b[o..o + 4].try_into().expect("4 bytes"));
     // mxFrame is native-endian; the salts are the WAL header's bytes copied.
     Ok(Some((ne(16), be32(&b, 32), be32(&b, 36))))
+}
+
+/// How many frames of the WAL a checkpoint has copied into the db
+/// (`nBackfill` of the wal-index's checkpoint info, after its two 48-byte
+/// headers), or `None` if the `-shm` is missing or short.
+pub fn backfilled(shm: &Path) -> io::Result<Option<u32>> {
+    let mut b = [0u8; 100];
+    match read_prefix(shm, &mut b) {
+        Ok(100) => Ok(Some(u32::from_ne_bytes(
+            b[96..100].try_into().expect("4 bytes"),
+        ))),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Handles on files SQLite locks (the db, its `-shm`) kept open while a
+/// [`Held`] lives: see [`read_prefix`].
+static HELD: std::sync::Mutex<Vec<(std::path::PathBuf, std::sync::Arc<File>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Keeps the files given to [`hold`] open until dropped.
+#[derive(Debug)]
+pub(crate) struct Held(Vec<std::path::PathBuf>);
+
+/// Keeps `paths` (those that exist) open for [`read_prefix`] until the
+/// returned guard is dropped. Needed while we hold SQLite locks on them that
+/// must last (the WAL pin): closing *any* descriptor of a file drops every
+/// POSIX lock the process holds on it (fcntl semantics), SQLite's included,
+/// and reading the db header or the wal-index by open/read/close did exactly
+/// that to the pin's read lock.
+pub(crate) fn hold(paths: &[&Path]) -> io::Result<Held> {
+    let mut held = Vec::new();
+    let mut map = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    for &p in paths {
+        let f = match File::open(p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        map.push((p.to_path_buf(), std::sync::Arc::new(f)));
+        held.push(p.to_path_buf());
+    }
+    Ok(Held(held))
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut map = HELD.lock().unwrap_or_else(|e| e.into_inner());
+        for p in &self.0 {
+            if let Some(i) = map.iter().position(|(q, _)| q == p) {
+                map.remove(i);
+            }
+        }
+    }
+}
+
+/// Reads the first `buf.len()` bytes of `path` (fewer if it is shorter);
+/// returns how many. Through a handle kept open by [`hold`] when there is
+/// one, so that no descriptor of a locked file is ever closed.
+pub(crate) fn read_prefix(path: &Path, buf: &mut [u8]) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let held = {
+        let map = HELD.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter().find(|(p, _)| p == path).map(|(_, f)| f.clone())
+    };
+    let mut own = None;
+    let f: &File = match &held {
+        Some(f) => f,
+        None => own.insert(File::open(path)?),
+    };
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], n as u64)? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
 }
 
 fn parse_header(h: &[u8; WAL_HEADER as usize]) -> Option<WalHeader> {

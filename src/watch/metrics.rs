@@ -88,6 +88,12 @@ pub struct Metrics {
     snapshot_errors: AtomicU64,
     snapshot_bytes: AtomicU64,
     change_events: AtomicU64,
+    /// Snapshots that hashed every chunk of the db (O(db size)).
+    full_scans: AtomicU64,
+    /// Resets of the pinned WAL.
+    wal_resets: AtomicU64,
+    /// The longest the application's writers waited for a reset (µs).
+    wal_reset_max_lock_us: AtomicU64,
     /// Microseconds the last snapshot took.
     last_duration_us: AtomicU64,
     state: Mutex<State>,
@@ -171,6 +177,24 @@ impl Metrics {
         if s.pending_since.is_some_and(|p| p <= started) {
             s.pending_since = None;
         }
+    }
+
+    /// Records how the engine did a successful snapshot: whether it read
+    /// every page, and the WAL reset after it (see `snapshot::pin`).
+    pub fn record_engine(&self, report: &crate::snapshot::SnapshotReport) {
+        if report.full_scan {
+            self.full_scans.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(r) = &report.wal_reset {
+            self.wal_resets.fetch_add(1, Ordering::Relaxed);
+            self.wal_reset_max_lock_us
+                .fetch_max(r.write_lock_held.as_micros() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Snapshots so far that hashed every chunk of the db.
+    pub fn full_scans(&self) -> u64 {
+        self.full_scans.load(Ordering::Relaxed)
     }
 
     /// Forgets the pending change: the loop re-records any change it still
@@ -313,6 +337,36 @@ impl Metrics {
                 format!(
                     "{:.6}",
                     self.last_duration_us.load(Ordering::Relaxed) as f64 / 1e6
+                ),
+            )],
+        );
+        metric(
+            "mailsafe_full_scans_total",
+            "counter",
+            "Snapshots that read and hashed every page of the db (the first one, and whenever the WAL could not tell what changed).",
+            vec![(
+                String::new(),
+                self.full_scans.load(Ordering::Relaxed).to_string(),
+            )],
+        );
+        metric(
+            "mailsafe_wal_resets_total",
+            "counter",
+            "Resets of the WAL pinned between snapshots (write lock, record the pages, PASSIVE checkpoint).",
+            vec![(
+                String::new(),
+                self.wal_resets.load(Ordering::Relaxed).to_string(),
+            )],
+        );
+        metric(
+            "mailsafe_wal_reset_max_lock_seconds",
+            "gauge",
+            "Longest time a WAL reset held the database's write lock (application commits wait that long).",
+            vec![(
+                String::new(),
+                format!(
+                    "{:.6}",
+                    self.wal_reset_max_lock_us.load(Ordering::Relaxed) as f64 / 1e6
                 ),
             )],
         );

@@ -152,6 +152,15 @@ fn wall(at: Instant) -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now() - chrono::Duration::from_std(ago).unwrap_or_default()
 }
 
+/// The watcher's snapshotter: the engine's, with the WAL pinned between
+/// snapshots so that steady state never reads the whole db (issue 18; see
+/// `snapshot::pin`).
+fn new_snapshotter(config: &WatchConfig, store: &DynStore) -> Snapshotter {
+    Snapshotter::new(&config.db, store.clone())
+        .with_key(config.encryption.clone())
+        .with_wal_pin(true)
+}
+
 /// The state of the loop that survives between snapshots.
 struct Loop {
     config: WatchConfig,
@@ -204,8 +213,7 @@ pub async fn run(
     );
     tokio::pin!(shutdown);
     let mut lp = Loop {
-        snapshotter: Snapshotter::new(&config.db, store.clone())
-            .with_key(config.encryption.clone()),
+        snapshotter: new_snapshotter(&config, &store),
         config,
         store,
         metrics,
@@ -387,6 +395,7 @@ impl Loop {
                     report.uploaded_bytes,
                     started.elapsed(),
                 );
+                self.metrics.record_engine(&report);
                 if let Some(id) = &report.id {
                     self.outcome.snapshots += 1;
                     self.outcome.last_snapshot = Some(id.clone());
@@ -394,6 +403,7 @@ impl Loop {
                         id,
                         bytes = report.uploaded_bytes,
                         objects = report.uploaded_objects,
+                        full_scan = report.full_scan,
                         took_ms = started.elapsed().as_millis() as u64,
                         "snapshot uploaded"
                     );
@@ -470,8 +480,7 @@ impl Loop {
                 self.lease = Some(lease);
                 // Another process may have written since this snapshotter
                 // was created: start from what the replica says.
-                self.snapshotter = Snapshotter::new(&self.config.db, self.store.clone())
-                    .with_key(self.config.encryption.clone());
+                self.snapshotter = new_snapshotter(&self.config, &self.store);
             }
             Some(lease) => match lease.ensure().await {
                 Ok(Ensured::Continued)
@@ -483,8 +492,7 @@ impl Loop {
                         epoch = lease.epoch(),
                         "retook the writer lease after another process held it; continuing from the replica's newest snapshot"
                     );
-                    self.snapshotter = Snapshotter::new(&self.config.db, self.store.clone())
-                        .with_key(self.config.encryption.clone());
+                    self.snapshotter = new_snapshotter(&self.config, &self.store);
                 }
                 Err(e) => {
                     self.metrics.set_lease_held(false);
