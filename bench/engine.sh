@@ -200,10 +200,10 @@ sleep "$SETTLE"
 stats "$MS_PORT" >"$WORK/ms.steady.json"
 MS_STEADY_CPU=nan
 [ "$MODE" = watch ] && MS_STEADY_CPU=$(echo "$(cpu_of "$MS_PID") - $MS_CPU0" | bc)
-MS_STEADY_LOG=$(tail -n +"$((MS_LOG_LINES + 1))" "$WORK/ms/log")
+MS_STEADY_LOG=$(tail -n +"$((MS_LOG_LINES + 1))" "$WORK/ms/log" | sed 's/\x1b\[[0-9;]*m//g')
 MS_FULL_SCANS=$(grep -c "hashing every chunk" <<<"$MS_STEADY_LOG" || true)
 MS_WAL_RESETS=$(grep -c "wal reset" <<<"$MS_STEADY_LOG" || true)
-MS_RESET_MAX_US=$(grep -o 'write_lock_held_us[^0-9]*[0-9]*' <<<"$MS_STEADY_LOG" | grep -o '[0-9]*$' | sort -n | tail -1 || true)
+MS_RESET_MAX_US=$(grep -o 'write_lock_held_us=[0-9]*' <<<"$MS_STEADY_LOG" | cut -d= -f2 | sort -n | tail -1 || true)
 touch "$WORK/ms/stop"
 # A failed final snapshot is a result: watch exits non-zero and says what is
 # not in the replica (the 14:13 session-2 run went unexplained for want of it).

@@ -33,6 +33,12 @@
 //! (the checkpoint copies at most about [`RESET_FRAMES`] pages and syncs):
 //! measured in tests/snapshot.rs and bench/RESULTS.md, milliseconds.
 //!
+//! The guarantee rests on our locks lasting: they are POSIX locks, and one
+//! `close()` of any descriptor of the db or its `-shm` anywhere in this
+//! process drops them all (SQLite's own connections avoid that; raw reads
+//! must go through `wal::read_prefix`, which uses a handle the pin keeps
+//! open). tests/snapshot.rs checks the pin against another process.
+//!
 //! The pin is in memory only: after a restart of `watch` the first snapshot
 //! may full-scan, as before. In rollback-journal mode a read transaction
 //! would block the writer, so there is no pin.
