@@ -138,6 +138,14 @@ impl Pin {
     /// Pins `db`; `Ok(None)` when it is not in WAL mode (a read transaction
     /// would then block the writer).
     pub fn open(db: &Path) -> Result<Option<Pin>, Error> {
+        // The header says WAL mode (read/write versions 2) without taking
+        // any SQLite lock: a rollback-journal db, where every snapshot asks
+        // again, costs no connection (nor a busy wait behind its writer).
+        let mut header = [0u8; 20];
+        let n = super::wal::read_prefix(db, &mut header).map_err(|e| Error::io(db, e))?;
+        if n < 20 || header[18] != 2 {
+            return Ok(None);
+        }
         let conn = reader::open(db)?;
         let mut pin = Pin {
             db: db.to_path_buf(),
