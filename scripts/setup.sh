@@ -2,7 +2,8 @@
 # Installs everything the tests and benchmarks need on a fresh machine:
 # SeaweedFS (S3), faketime (clock steps), Litestream (benchmark peer), Postfix's smtp-source and swaks
 # (SMTP clients), Debian chromium (UI tests), kubernetes-validate (manifest
-# checks), and the npm packages used by the browser and client tests.
+# checks), moto 4 in a venv (an S3 server without conditional writes), and
+# the npm packages used by the browser and client tests.
 # Idempotent: each step is skipped when its tool is already present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +40,16 @@ python3 -c 'import mailpit' >/dev/null 2>&1 || pip_need+=(mailpit-api-client)
 if [ ${#pip_need[@]} -gt 0 ]; then
   log "pip install ${pip_need[*]}"
   python3 -m pip install -q --disable-pip-version-check "${pip_need[@]}"
+fi
+
+# moto 4 predates S3 conditional writes (it accepts If-None-Match over an
+# existing key): tests/unsafe_store.rs runs it as the store a writer must
+# refuse. Its own venv, so that it cannot clash with other Python packages.
+MOTO_VENV=/opt/mailsafe-moto4
+if ! "$MOTO_VENV/bin/python" -c 'import moto.server' >/dev/null 2>&1; then
+  log "pip install moto[server]==4.2.14 into $MOTO_VENV"
+  python3 -m venv "$MOTO_VENV"
+  "$MOTO_VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]==4.2.14'
 fi
 
 if [ -f tests/browser/package.json ] && [ ! -d tests/browser/node_modules ]; then

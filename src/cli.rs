@@ -86,6 +86,18 @@ impl ReplicaArgs {
     }
 }
 
+/// Flags of the commands that write a replica under its lease (`watch`,
+/// `cron`, `serve --replica`).
+#[derive(Debug, Clone, Default, ClapArgs)]
+pub struct WriterArgs {
+    /// Write even to a store that ignores conditional writes (it accepts a
+    /// create of an existing key with If-None-Match). Without this, such a
+    /// store is refused (exit 5), since its lease cannot keep two writers
+    /// apart. Only safe with a single writer.
+    #[arg(long, env = "MAILSAFE_UNSAFE_NO_CONDITIONAL_WRITES")]
+    pub unsafe_no_conditional_writes: bool,
+}
+
 /// Retention policy flags, shared by `cron` and `prune` (like restic's
 /// `forget`).
 #[derive(Debug, Clone, Default, ClapArgs)]
@@ -235,6 +247,8 @@ pub struct ServeArgs {
     /// loopback address refuses other hosts (DNS rebinding protection).
     #[arg(long, env = "MAILSAFE_HTTP_ALLOWED_HOSTS", value_delimiter = ',')]
     pub http_allowed_hosts: Vec<String>,
+    #[command(flatten)]
+    pub writer: WriterArgs,
 }
 
 /// `mailsafe snapshot`.
@@ -371,6 +385,8 @@ pub struct WatchArgs {
     /// in-process retention off (then keep a `prune` job).
     #[arg(long, env = "MAILSAFE_RETENTION_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub retention_interval: std::time::Duration,
+    #[command(flatten)]
+    pub writer: WriterArgs,
 }
 
 /// `mailsafe cron`.
@@ -394,6 +410,8 @@ pub struct CronArgs {
     pub shutdown_timeout: std::time::Duration,
     #[command(flatten)]
     pub retention: RetentionArgs,
+    #[command(flatten)]
+    pub writer: WriterArgs,
 }
 
 /// `mailsafe prune`.
@@ -651,7 +669,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             endpoint: args.endpoint.clone(),
             encryption_key_file: args.encryption_key_file.clone(),
         };
-        return run_until_shutdown(serve_replicated(config, replica, timeout))?;
+        let writer = args.writer.clone();
+        return run_until_shutdown(serve_replicated(config, replica, timeout, writer))?;
     }
     // The catcher's own drain ends before the watchdog does.
     config.shutdown_timeout = timeout - shutdown_margin(timeout);
@@ -694,6 +713,7 @@ async fn serve_replicated(
     mut config: mailsafe_catcher::Config,
     replica: ReplicaArgs,
     shutdown_timeout: std::time::Duration,
+    writer: WriterArgs,
 ) -> anyhow::Result<()> {
     let signal = termination_signal()?;
     let m = mailsafe::watch::metrics::Metrics::new();
@@ -716,7 +736,7 @@ async fn serve_replicated(
             return Ok(());
         }
     };
-    run_replicated(started, deadline_rx).await
+    run_replicated(started, deadline_rx, writer).await
 }
 
 /// What `serve --replica` has once started.
@@ -784,6 +804,7 @@ async fn start_replicated(
 async fn run_replicated(
     started: Started,
     deadline_rx: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
+    writer: WriterArgs,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     use mailsafe::watch::{self, WatchConfig};
@@ -809,6 +830,7 @@ async fn run_replicated(
     };
     let mut wc = WatchConfig::new(&db);
     wc.encryption = key;
+    wc.unsafe_no_conditional_writes = writer.unsafe_no_conditional_writes;
     let watch_run = watch::run(wc, store, m, async move {
         let _ = done_rx.wait_for(|d| *d).await;
         set_phase("taking the final snapshot");
@@ -1083,6 +1105,7 @@ fn watch(args: WatchArgs) -> anyhow::Result<()> {
                 interval: args.retention_interval,
             }
         });
+        config.unsafe_no_conditional_writes = args.writer.unsafe_no_conditional_writes;
         if let Some(p) = args.poll_interval {
             config.poll_interval = p;
             config.force_poll = true;
@@ -1101,6 +1124,7 @@ fn cron(args: CronArgs) -> anyhow::Result<()> {
         gc_grace: args.retention.gc_grace,
         lease_ttl: std::time::Duration::from_secs(120),
         encryption: args.replica.encryption_key()?,
+        unsafe_no_conditional_writes: args.writer.unsafe_no_conditional_writes,
     };
     run_until_shutdown(async move {
         let signal = termination_signal()?;
@@ -1203,10 +1227,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             }
             // A store error reached us without being wrapped: a malformed
             // replica URL is a usage error like any other bad flag value.
-            match e.downcast_ref::<mailsafe::store::StoreError>() {
-                Some(mailsafe::store::StoreError::InvalidUrl { .. }) => Some(2),
-                _ => None,
-            }
+            e.downcast_ref::<mailsafe::store::StoreError>()
+                .map(|e| e.exit_code())
+                .filter(|c| *c != 1)
         })
         .unwrap_or(1)
 }

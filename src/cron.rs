@@ -87,6 +87,9 @@ pub struct RoundConfig {
     pub lease_ttl: Duration,
     /// Encrypts the snapshots of a round when set.
     pub encryption: Option<Arc<crate::crypto::Key>>,
+    /// Writes even if the store ignores conditional writes (see
+    /// [`crate::store::probe_conditional_writes`]).
+    pub unsafe_no_conditional_writes: bool,
 }
 
 /// The step a round is at.
@@ -249,6 +252,9 @@ struct Writer {
     /// that a killed run's lease is taken over at once by the next run on
     /// its volume.
     volume: Option<VolumeLock>,
+    /// Whether the store was found to refuse conditional creates of
+    /// existing keys (probed before the run's first lease).
+    probed: bool,
 }
 
 impl Writer {
@@ -256,6 +262,7 @@ impl Writer {
         Self {
             snapshotter: Snapshotter::new(db, store.clone()).with_key(config.encryption.clone()),
             volume: None,
+            probed: false,
         }
     }
 }
@@ -270,13 +277,25 @@ async fn round<F: Future<Output = Instant>>(
     stop: &mut Stop<F>,
 ) -> Result<RoundReport, RoundError> {
     progress.set(Stage::Lease);
+    // The lease release keeps a reserve of the deadline, as in `watch`.
+    let before_release = |d: Instant| d - crate::watch::release_reserve(d);
     let Writer {
         snapshotter,
         volume,
+        probed,
     } = writer;
+    if !*probed {
+        let probe = crate::store::probe_conditional_writes(
+            store.as_ref(),
+            config.unsafe_no_conditional_writes,
+        );
+        stop.bound(probe, before_release)
+            .await
+            .ok_or(RoundError::Cut)?
+            .map_err(Error::from)?;
+        *probed = true;
+    }
     VolumeLock::try_hold(volume, snapshotter.db());
-    // The lease release keeps a reserve of the deadline, as in `watch`.
-    let before_release = |d: Instant| d - crate::watch::release_reserve(d);
     let mut lease = stop
         .bound(
             Lease::try_acquire(store.clone(), config.lease_ttl, volume.as_ref()),
@@ -418,6 +437,10 @@ pub async fn scheduled(
         }
         match round(&mut writer, &store, config, progress, &mut stop).await {
             Ok(_) => {}
+            // No round can ever write to such a store: stop.
+            Err(RoundError::Failed(
+                e @ Error::Store(crate::store::StoreError::NoConditionalWrites { .. }),
+            )) => return Err(e),
             Err(RoundError::Failed(e)) => tracing::error!("round failed: {e}"),
             Err(RoundError::Cut) => return Err(cut_off(progress)),
         }

@@ -2,7 +2,8 @@
 //!
 //! Every error names the key, path or address involved, and maps to one of the
 //! documented exit codes (see [`Error::exit_code`]): 2 usage, 3 no backup
-//! found, 4 verification failed, 1 anything else.
+//! found, 4 verification failed, 5 the store ignores conditional writes, 1
+//! anything else.
 
 use std::path::PathBuf;
 
@@ -50,13 +51,15 @@ pub enum Error {
 
 impl Error {
     /// The process exit code documented in the README: 2 usage, 3 no backup
-    /// found, 4 verification failed, 1 anything else.
+    /// found, 4 verification failed, 5 the store ignores conditional writes
+    /// (a writer refuses it), 1 anything else.
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::NoBackup(_) => 3,
             Error::Verification(_) => 4,
-            Error::Usage(_) | Error::Store(StoreError::InvalidUrl { .. }) => 2,
-            Error::Io { .. } | Error::Sqlite { .. } | Error::Store(_) | Error::Other(_) => 1,
+            Error::Usage(_) => 2,
+            Error::Store(e) => e.exit_code(),
+            Error::Io { .. } | Error::Sqlite { .. } | Error::Other(_) => 1,
         }
     }
 
@@ -95,5 +98,10 @@ mod tests {
         });
         assert_eq!(store.exit_code(), 1);
         assert!(store.to_string().contains("chunks/ab"), "{store}");
+        let unsafe_store = Error::from(StoreError::NoConditionalWrites {
+            store: "s3://b/p at http://127.0.0.1:9000".into(),
+            key: "lease/probe".into(),
+        });
+        assert_eq!(unsafe_store.exit_code(), 5);
     }
 }

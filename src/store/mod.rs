@@ -93,6 +93,22 @@ pub enum StoreError {
         /// What failed.
         detail: String,
     },
+    /// The store accepted a conditional create of an existing key (it
+    /// ignores `If-None-Match`), so two writers could not be kept apart.
+    #[error(
+        "{store} ignores conditional writes: a create of the existing key {key} with \
+         If-None-Match was accepted instead of refused (412), so the single-writer lease \
+         cannot fence two writers and they could interleave two histories; refusing to \
+         write. Use a store that supports conditional writes, or pass \
+         --unsafe-no-conditional-writes (MAILSAFE_UNSAFE_NO_CONDITIONAL_WRITES=true) to \
+         write anyway, with at most one writer"
+    )]
+    NoConditionalWrites {
+        /// The store, as described by [`ObjectStore::describe`].
+        store: String,
+        /// The probe key.
+        key: String,
+    },
     /// Anything else, with a message that names what was involved.
     #[error("{0}")]
     Other(String),
@@ -104,6 +120,17 @@ impl StoreError {
     /// (bad URL, credentials, missing bucket or object).
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unreachable { .. } | StoreError::Other(_))
+    }
+
+    /// The process exit code this error ends a command with when it is the
+    /// cause (README, "Exit codes"): 2 for a malformed replica URL (a usage
+    /// error), 5 for a store that ignores conditional writes, else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StoreError::InvalidUrl { .. } => 2,
+            StoreError::NoConditionalWrites { .. } => 5,
+            _ => 1,
+        }
     }
 }
 
@@ -155,6 +182,43 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
 
 /// A shared handle to any object store.
 pub type DynStore = Arc<dyn ObjectStore>;
+
+/// Key of the object [`probe_conditional_writes`] writes (under `lease/`,
+/// where the lease ignores names that are not `<epoch>.json`).
+pub const PROBE_KEY: &str = "lease/probe";
+
+/// Checks that `store` refuses a conditional create of an existing key, as
+/// the lease needs: writes [`PROBE_KEY`], then creates it again with
+/// [`ObjectStore::put_if_absent`], which must fail with
+/// [`StoreError::AlreadyExists`]. Some S3-compatible servers ignore
+/// `If-None-Match` and overwrite; then this returns
+/// [`StoreError::NoConditionalWrites`], unless `allow_unsafe` (the
+/// `--unsafe-no-conditional-writes` flag), which logs a warning instead.
+/// Two requests; writers run it before their first lease.
+pub async fn probe_conditional_writes(
+    store: &dyn ObjectStore,
+    allow_unsafe: bool,
+) -> Result<(), StoreError> {
+    store.put(PROBE_KEY, Bytes::from_static(b"probe\n")).await?;
+    match store
+        .put_if_absent(PROBE_KEY, Bytes::from_static(b"probe again\n"))
+        .await
+    {
+        Err(StoreError::AlreadyExists { .. }) => Ok(()),
+        Ok(()) => {
+            let e = StoreError::NoConditionalWrites {
+                store: store.describe(),
+                key: PROBE_KEY.to_string(),
+            };
+            if !allow_unsafe {
+                return Err(e);
+            }
+            tracing::warn!("{e}; writing anyway, as --unsafe-no-conditional-writes asks");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
 
 /// Opens the store a replica URL names: `s3://bucket[/prefix]` or
 /// `file:///path`. `endpoint` overrides the S3 endpoint (else
@@ -308,6 +372,25 @@ pub(crate) mod tests {
             Err(StoreError::NotFound { .. })
         ));
         assert!(store.get("../escape").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_probe_refuses_a_store_that_ignores_conditional_writes() {
+        let m = memory::MemoryStore::new("probe");
+        probe_conditional_writes(&m, false).await.unwrap();
+        m.ignore_conditional_writes(true);
+        probe_conditional_writes(&m, true).await.unwrap();
+        let err = probe_conditional_writes(&m, false).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, StoreError::NoConditionalWrites { .. }),
+            "{msg}"
+        );
+        assert!(msg.contains("memory://probe"), "names the store: {msg}");
+        assert!(
+            msg.contains("--unsafe-no-conditional-writes"),
+            "names the flag: {msg}"
+        );
     }
 
     #[test]

@@ -64,6 +64,10 @@ pub struct WatchConfig {
     pub encryption: Option<std::sync::Arc<crate::crypto::Key>>,
     /// Retention and GC applied in process; `None` keeps every snapshot.
     pub retention: Option<Retention>,
+    /// Writes even if the store ignores conditional writes (see
+    /// [`crate::store::probe_conditional_writes`]); else such a store ends
+    /// the loop with an error.
+    pub unsafe_no_conditional_writes: bool,
 }
 
 /// Retention applied by the watch loop itself, so a sidecar left alone keeps
@@ -104,6 +108,7 @@ impl WatchConfig {
             max_backoff: Duration::from_secs(15),
             encryption: None,
             retention: Some(Retention::default()),
+            unsafe_no_conditional_writes: false,
         }
     }
 }
@@ -171,6 +176,11 @@ struct Loop {
     /// Held from the first lease attempt on, for the process's lifetime:
     /// lets a successor on this volume prove we are dead (see [`lease`]).
     volume: Option<VolumeLock>,
+    /// Whether the store was found to refuse conditional creates of
+    /// existing keys (probed once, before the first lease).
+    probed: bool,
+    /// An error no retry can fix: the loop ends with it.
+    fatal: Option<crate::Error>,
     pending: Option<Pending>,
     /// Consecutive failed attempts; 0 when healthy.
     failures: u32,
@@ -219,6 +229,8 @@ pub async fn run(
         metrics,
         lease: None,
         volume: None,
+        probed: false,
+        fatal: None,
         pending: None,
         failures: 0,
         retry_at: None,
@@ -271,6 +283,9 @@ pub async fn run(
             _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
                 changes.drain();
                 lp.attempt(None, &mut shutdown).await;
+                if let Some(e) = lp.fatal.take() {
+                    return Err(e);
+                }
                 if lp.deadline.is_some() {
                     break;
                 }
@@ -439,6 +454,12 @@ impl Loop {
                 let delay = match failure {
                     Failure::Busy(_) => BUSY_RETRY,
                     Failure::Store(_) => backoff(self.failures, self.config.max_backoff),
+                    Failure::Fatal(e) => {
+                        tracing::error!("{e}");
+                        self.metrics.record_error(&e.to_string());
+                        self.fatal = Some(e);
+                        return;
+                    }
                 };
                 self.retry_at = Some(Instant::now() + delay);
                 self.metrics.record_error(&failure.to_string());
@@ -450,6 +471,7 @@ impl Loop {
                             self.blocked_by = Some(holder.clone());
                         }
                     }
+                    Failure::Fatal(_) => {}
                     Failure::Store(_) => {
                         if self.failures == 1 {
                             tracing::warn!(
@@ -468,6 +490,20 @@ impl Loop {
     async fn lease_then_snapshot(&mut self) -> Result<SnapshotReport, Failure> {
         match &mut self.lease {
             None => {
+                if !self.probed {
+                    crate::store::probe_conditional_writes(
+                        self.store.as_ref(),
+                        self.config.unsafe_no_conditional_writes,
+                    )
+                    .await
+                    .map_err(|e| match e {
+                        e @ crate::store::StoreError::NoConditionalWrites { .. } => {
+                            Failure::Fatal(e.into())
+                        }
+                        e => Failure::Store(e.to_string()),
+                    })?;
+                    self.probed = true;
+                }
                 VolumeLock::try_hold(&mut self.volume, &self.config.db);
                 let lease = Lease::try_acquire(
                     self.store.clone(),
@@ -603,12 +639,15 @@ enum Failure {
     Busy(String),
     /// The store or the snapshot failed.
     Store(String),
+    /// Retrying cannot help (a store that ignores conditional writes).
+    Fatal(crate::Error),
 }
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Busy(s) | Failure::Store(s) => f.write_str(s),
+            Failure::Fatal(e) => write!(f, "{e}"),
         }
     }
 }
