@@ -20,6 +20,9 @@ pub enum Error {
     /// The SMTP server could not start.
     #[error(transparent)]
     Smtp(#[from] crate::smtp::server::ServerError),
+    /// A TLS certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),

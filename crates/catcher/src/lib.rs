@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod smtp;
 pub mod storage;
+pub mod tls;
 pub mod ui;
 
 use std::future::Future;
@@ -59,7 +60,7 @@ impl Catcher {
         };
         let store = Store::open(&config.database, store_options)?;
         let tls = match (&config.smtp_tls_cert, &config.smtp_tls_key) {
-            (Some(cert), Some(key)) => Some(smtp::server::load_tls(cert, key)?),
+            (Some(cert), Some(key)) => Some(tls::load(cert, key)?),
             (None, None) => None,
             _ => {
                 return Err(Error::Config(
@@ -73,7 +74,7 @@ impl Catcher {
             ));
         }
         let http_tls = match (&config.ui_tls_cert, &config.ui_tls_key) {
-            (Some(cert), Some(key)) => Some(smtp::server::load_tls(cert, key)?),
+            (Some(cert), Some(key)) => Some(tls::load(cert, key)?),
             (None, None) => None,
             _ => {
                 return Err(Error::Config(

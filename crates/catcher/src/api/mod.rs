@@ -15,7 +15,6 @@ mod send;
 mod serve;
 mod swagger;
 mod thumb;
-pub mod tls;
 
 use std::sync::Arc;
 

@@ -119,7 +119,7 @@ pub async fn serve(
         per_ip: Mutex::new(HashMap::new()),
         max_per_ip: limits.max_connections_per_ip.max(1),
     });
-    let tls = tls.map(|config| super::tls::acceptor(&config));
+    let tls = tls.map(|config| crate::tls::acceptor(&config));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)

@@ -11,7 +11,6 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,47 +72,6 @@ pub enum ServerError {
         /// Why.
         source: io::Error,
     },
-    /// The TLS certificate or key could not be loaded.
-    #[error("cannot load TLS {what} from {path}: {reason}")]
-    Tls {
-        /// `certificate` or `key`.
-        what: &'static str,
-        /// The file.
-        path: String,
-        /// Why.
-        reason: String,
-    },
-}
-
-/// Loads a PEM certificate chain and private key into a rustls server
-/// configuration.
-pub fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, ServerError> {
-    let tls_err = |what, path: &Path, reason: String| ServerError::Tls {
-        what,
-        path: path.display().to_string(),
-        reason,
-    };
-    let cert_pem = std::fs::read(cert).map_err(|e| tls_err("certificate", cert, e.to_string()))?;
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tls_err("certificate", cert, e.to_string()))?;
-    if certs.is_empty() {
-        return Err(tls_err("certificate", cert, "no certificate found".into()));
-    }
-    let key_pem = std::fs::read(key).map_err(|e| tls_err("key", key, e.to_string()))?;
-    let private = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| tls_err("key", key, e.to_string()))?
-        .ok_or_else(|| tls_err("key", key, "no private key found".into()))?;
-    // Name the provider explicitly: several rustls users in the workspace
-    // may enable more than one, and then the implicit default panics.
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls_err("certificate", cert, e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, private)
-        .map_err(|e| tls_err("key", key, e.to_string()))?;
-    Ok(Arc::new(config))
 }
 
 /// A bound SMTP server, ready to [`run`](SmtpServer::run).
