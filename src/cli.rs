@@ -592,10 +592,10 @@ fn shutdown_deadline(
 /// Maps `serve`'s flags and `MP_*` variables onto the catcher's config.
 fn catcher_config(args: &ServeArgs) -> anyhow::Result<mailsafe_catcher::Config> {
     use anyhow::Context;
-    use mailsafe_catcher::smtp::{AuthPolicy, Credentials};
+    use mailsafe_catcher::auth::{AuthPolicy, Credentials};
     let mut users = Credentials::default();
     if let Some(list) = &args.smtp_auth {
-        users.extend(Credentials::parse(list)?);
+        users.extend(Credentials::from_pairs(list, "MP_SMTP_AUTH")?);
     }
     if let Some(path) = &args.smtp_auth_file {
         users.extend(Credentials::from_file(path)?);
@@ -611,8 +611,8 @@ fn catcher_config(args: &ServeArgs) -> anyhow::Result<mailsafe_catcher::Config> 
     };
     let ui_auth = match (&args.ui_auth, &args.ui_auth_file) {
         (None, None) => None,
-        (Some(pairs), None) => Some(mailsafe_catcher::api::Credentials::from_pairs(pairs)?),
-        (None, Some(path)) => Some(mailsafe_catcher::api::Credentials::from_file(path)?),
+        (Some(pairs), None) => Some(Credentials::from_pairs(pairs, "MP_UI_AUTH")?),
+        (None, Some(path)) => Some(Credentials::from_file(path)?),
         (Some(_), Some(_)) => anyhow::bail!("set MP_UI_AUTH or MP_UI_AUTH_FILE, not both"),
     };
     let max_message_size = args
@@ -655,6 +655,7 @@ fn catcher_config(args: &ServeArgs) -> anyhow::Result<mailsafe_catcher::Config> 
             cors: args.api_cors.clone(),
             allowed_hosts: args.http_allowed_hosts.clone(),
         },
+        ..mailsafe_catcher::Config::default()
     })
 }
 

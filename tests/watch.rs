@@ -564,3 +564,52 @@ async fn watch_applies_retention_in_process() {
     w.stop(Duration::from_secs(30));
     assert_eq!(restored_rows(&s3, &url, &dir.path().join("restored.db")), 8);
 }
+
+/// `/healthz` says what failed in words anyone who reaches the port may
+/// read; the bucket, prefix and endpoint go to the log only. The store's
+/// endpoint is a closed port, so every attempt fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_says_what_failed_but_not_the_bucket_or_endpoint() {
+    let s3 = common::s3();
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("app.db");
+    let db = create_db(&db_path);
+    insert(&db, 1);
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let url = s3.url("healthz-words");
+    let w = Watcher::start(&s3, &dead, &db_path, &url, &["--health-max-lag", "1s"]);
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let body = loop {
+        // Failing on lag alone comes first ("last error: none" while the
+        // first attempt is still retrying); wait for the recorded failure.
+        if let Ok(r) = client.get(format!("{}/healthz", w.http)).send().await
+            && r.status() != 200
+        {
+            let body = r.text().await.unwrap();
+            if !body.contains("last error: none") {
+                break body;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz never failed; log:\n{}",
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        body.contains("uploading a snapshot to the replica failed"),
+        "{body}"
+    );
+    let port = dead.rsplit(':').next().unwrap();
+    for detail in [s3.bucket.as_str(), "healthz-words", port] {
+        assert!(!body.contains(detail), "{detail} in {body}");
+    }
+    let logs = w.logs();
+    for detail in [s3.bucket.as_str(), "healthz-words", port] {
+        assert!(logs.contains(detail), "{detail} not in the log:\n{logs}");
+    }
+    // The final flush cannot succeed either; the drop kills the process.
+    drop(w);
+}

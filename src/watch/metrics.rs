@@ -203,7 +203,8 @@ impl Metrics {
         self.state().pending_since = None;
     }
 
-    /// Records a failed snapshot attempt.
+    /// Records a failed snapshot attempt; `message` is shown by `/healthz`,
+    /// so it must not carry keys, bucket names or endpoints.
     pub fn record_error(&self, message: &str) {
         self.snapshot_errors.fetch_add(1, Ordering::Relaxed);
         self.state().last_error = Some(message.to_string());

@@ -449,6 +449,9 @@ impl Loop {
                     self.metrics.record_change(p.first_wall);
                 }
                 self.failures += 1;
+                // `/healthz` says what failed; keys, bucket and endpoint
+                // only go to the log.
+                let public = failure.public();
                 // Waiting for another writer's lease: look again soon, so a
                 // rolling update hands over within seconds.
                 let delay = match failure {
@@ -456,13 +459,13 @@ impl Loop {
                     Failure::Store(_) => backoff(self.failures, self.config.max_backoff),
                     Failure::Fatal(e) => {
                         tracing::error!("{e}");
-                        self.metrics.record_error(&e.to_string());
+                        self.metrics.record_error(public);
                         self.fatal = Some(e);
                         return;
                     }
                 };
                 self.retry_at = Some(Instant::now() + delay);
-                self.metrics.record_error(&failure.to_string());
+                self.metrics.record_error(public);
                 match &failure {
                     Failure::Busy(holder) => {
                         self.metrics.set_lease_wait(Some(holder.clone()));
@@ -478,6 +481,11 @@ impl Loop {
                                 replica = %self.store.describe(),
                                 "snapshot failed, retrying with backoff (up to {:?}): {failure}",
                                 self.config.max_backoff
+                            );
+                        } else {
+                            tracing::info!(
+                                failures = self.failures,
+                                "snapshot failed again: {failure}"
                             );
                         }
                     }
@@ -641,6 +649,18 @@ enum Failure {
     Store(String),
     /// Retrying cannot help (a store that ignores conditional writes).
     Fatal(crate::Error),
+}
+
+impl Failure {
+    /// What failed, in words anyone who can reach `/healthz` may read: the
+    /// detail (object keys, bucket, endpoint, the lease holder) is logged.
+    fn public(&self) -> &'static str {
+        match self {
+            Failure::Busy(_) => "another writer holds the replica's lease",
+            Failure::Store(_) => "uploading a snapshot to the replica failed (details in the log)",
+            Failure::Fatal(_) => "the replica's store cannot be used safely (details in the log)",
+        }
+    }
 }
 
 impl std::fmt::Display for Failure {

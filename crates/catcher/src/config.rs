@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::smtp::AuthPolicy;
+use crate::auth::AuthPolicy;
 
 /// Everything the catcher needs to start.
 #[derive(Debug, Clone)]
@@ -51,6 +51,9 @@ pub struct Config {
     pub smtp_max_data_memory: usize,
     /// Close SMTP connections idle this long.
     pub smtp_idle_timeout: Duration,
+    /// Close SMTP connections whose TLS handshake (implicit TLS or
+    /// STARTTLS) takes longer than this.
+    pub smtp_tls_handshake_timeout: Duration,
     /// How long shutdown waits for SMTP transactions in flight.
     pub shutdown_timeout: Duration,
     /// PEM certificate: serve the API and web UI over HTTPS
@@ -62,7 +65,7 @@ pub struct Config {
     pub label: String,
     /// HTTP basic auth guarding the API and UI (`MP_UI_AUTH`,
     /// `MP_UI_AUTH_FILE`); the health probes stay open.
-    pub ui_auth: Option<crate::api::BasicAuth>,
+    pub ui_auth: Option<crate::auth::BasicAuth>,
     /// Timeouts and connection caps of the HTTP listener.
     pub http_limits: crate::api::HttpLimits,
     /// Browser origins allowed to use the API (`MP_API_CORS`) and the `Host`
@@ -90,6 +93,7 @@ impl Default for Config {
             smtp_max_connections: 1000,
             smtp_max_data_memory: 256 * 1024 * 1024,
             smtp_idle_timeout: Duration::from_secs(300),
+            smtp_tls_handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(10),
             ui_tls_cert: None,
             ui_tls_key: None,

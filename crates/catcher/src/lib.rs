@@ -8,6 +8,7 @@
 //! [`run`] does both for `mailsafe serve`.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod smtp;
@@ -42,7 +43,7 @@ pub struct Catcher {
     http_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     shutdown_timeout: Duration,
     label: String,
-    ui_auth: Option<api::BasicAuth>,
+    ui_auth: Option<auth::BasicAuth>,
     data_budget: Option<std::sync::Arc<smtp::DataBudget>>,
     http_limits: api::HttpLimits,
     origins: api::OriginPolicy,
@@ -100,6 +101,7 @@ impl Catcher {
             implicit_tls: config.smtp_implicit_tls,
             max_connections: config.smtp_max_connections,
             idle_timeout: config.smtp_idle_timeout,
+            tls_handshake_timeout: config.smtp_tls_handshake_timeout,
             drain_timeout: config.shutdown_timeout,
         };
         let smtp = SmtpServer::bind(

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use base64::Engine;
-use mailsafe_catcher::api::{ApiOptions, Credentials};
+use mailsafe_catcher::api::ApiOptions;
+use mailsafe_catcher::auth::Credentials;
 use mailsafe_catcher::storage::{NewMessage, Store, StoreOptions};
 use md5::Digest;
 use serde_json::{Value, json};
@@ -860,7 +861,7 @@ async fn websocket_streams_mailpit_events() {
 
 #[tokio::test]
 async fn basic_auth_guards_the_api_but_not_the_probes() {
-    let creds = Credentials::from_pairs("alice:s3cret bob:hunter2").unwrap();
+    let creds = Credentials::from_pairs("alice:s3cret bob:hunter2", "MP_UI_AUTH").unwrap();
     let s = start_with(
         StoreOptions::default(),
         ApiOptions {
@@ -896,10 +897,10 @@ async fn basic_auth_guards_the_api_but_not_the_probes() {
     let file = dir.path().join("htpasswd");
     std::fs::write(&file, format!("carol:{}\n", bcrypt::hash("pw", 4).unwrap())).unwrap();
     let creds = Credentials::from_file(&file).unwrap();
-    assert!(creds.check("carol", "pw"));
-    assert!(!creds.check("carol", "pw2"));
-    assert!(!creds.check("dave", "pw"));
-    assert!(Credentials::from_pairs("nocolon").is_err());
+    assert!(creds.verify("carol", "pw"));
+    assert!(!creds.verify("carol", "pw2"));
+    assert!(!creds.verify("dave", "pw"));
+    assert!(Credentials::from_pairs("nocolon", "MP_UI_AUTH").is_err());
 }
 
 #[tokio::test]

@@ -5,42 +5,14 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use mailsafe_catcher::api::Credentials;
-use mailsafe_catcher::smtp::{AuthPolicy, Credentials as SmtpCredentials};
+use mailsafe_catcher::auth::{AuthPolicy, Credentials};
 use mailsafe_catcher::{Catcher, Config};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Everything logged by this test binary, at every level.
-fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        struct W(Arc<Mutex<Vec<u8>>>);
-        impl Write for W {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let sink = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || W(sink.clone()))
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).unwrap();
-        buf
-    })
-}
 
 /// A client that trusts only the test's self-signed certificate.
 fn https_client(cert_pem: &[u8]) -> reqwest::Client {
@@ -79,7 +51,7 @@ async fn https_with_htpasswd_and_plain_basic_auth_and_no_secret_in_logs() {
         c.ui_tls_key = Some(k2);
         c.ui_auth = Some(auth);
         c.smtp_auth = AuthPolicy::Users(Arc::new(
-            SmtpCredentials::parse(&format!("sam:{SMTP_PASS}")).unwrap(),
+            Credentials::from_pairs(&format!("sam:{SMTP_PASS}"), "MP_SMTP_AUTH").unwrap(),
         ));
         c.smtp_auth_allow_insecure = true;
     })
@@ -247,7 +219,7 @@ async fn tls_settings_must_come_in_pairs_and_secrets_stay_out_of_errors() {
     assert!(!err.contains("not a key at all"), "{err}");
     // A malformed auth entry is reported by position, never by content (it
     // could be half a password with a space in it).
-    let err = Credentials::from_pairs("alice:ok half-of-a-password")
+    let err = Credentials::from_pairs("alice:ok half-of-a-password", "MP_UI_AUTH")
         .unwrap_err()
         .to_string();
     assert!(

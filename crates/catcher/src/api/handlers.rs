@@ -290,7 +290,7 @@ pub async fn part_thumb(
     let jpeg =
         tokio::task::spawn_blocking(move || super::thumb::thumbnail(&p.data, &p.content_type))
             .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            .map_err(|e| ApiError::internal("making the thumbnail failed", e))?;
     let mut res = jpeg.into_response();
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/jpeg"));
@@ -439,6 +439,44 @@ fn attr_escape(s: &str) -> String {
         .replace('<', "&lt;")
 }
 
+/// Inline parts whose `cid:` references are rewritten; a message with more
+/// keeps the rest as they are (its HTML still renders, minus those images).
+pub(crate) const MAX_LINKED_INLINE: usize = 1000;
+
+/// Points `cid:ID` references in `html` at the API's part URLs, as Mailpit
+/// does, in one pass over the HTML: one replace per part was O(parts x
+/// HTML size), and a part whose ID is a prefix of another's (`a`, `a@b`)
+/// corrupted the longer reference. A reference runs from `cid:` to the next
+/// quote, bracket, parenthesis or whitespace.
+fn link_inline_parts(html: &str, id: &str, inline: &[crate::storage::Attachment]) -> String {
+    let targets: HashMap<&str, &str> = inline
+        .iter()
+        .filter(|p| !p.content_id.is_empty())
+        .take(MAX_LINKED_INLINE)
+        .map(|p| (p.content_id.as_str(), p.part_id.as_str()))
+        .collect();
+    if targets.is_empty() {
+        return html.to_owned();
+    }
+    let id = attr_escape(id);
+    let mut out = String::with_capacity(html.len());
+    let mut rest = html;
+    while let Some(at) = rest.find("cid:") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 4..];
+        let end = after
+            .find(|c: char| c.is_whitespace() || "\"'<>()".contains(c))
+            .unwrap_or(after.len());
+        match targets.get(&after[..end]) {
+            Some(part) => out.push_str(&format!("/api/v1/message/{id}/part/{part}")),
+            None => out.push_str(&rest[at..at + 4 + end]),
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// `GET /view/{ID}.html` and `GET /view/{ID}.txt`.
 pub async fn view(
     State(s): State<AppState>,
@@ -450,28 +488,23 @@ pub async fn view(
         if m.html.is_empty() {
             return Err(ApiError::NotFound);
         }
-        let mut html = m.html;
-        // Inline images point at the API, as in Mailpit.
-        for p in &m.inline {
-            if !p.content_id.is_empty() {
-                html = html.replace(
-                    &format!("cid:{}", p.content_id),
-                    &format!(
-                        "/api/v1/message/{}/part/{}",
-                        attr_escape(&m.head.id),
-                        p.part_id
-                    ),
-                );
+        let embed = q.get("embed").is_some_and(|v| v == "1");
+        // A hostile message can carry megabytes of HTML and thousands of
+        // inline parts: rewrite it on the blocking pool, not on a worker.
+        let html = tokio::task::spawn_blocking(move || {
+            let mut html = link_inline_parts(&m.html, &m.head.id, &m.inline);
+            if embed {
+                html = html.replace("<a ", "<a target=\"_blank\" rel=\"noreferrer noopener\" ");
+                if !html.to_ascii_lowercase().contains("<html") {
+                    html = format!(
+                        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"></head><body>{html}</body></html>"
+                    );
+                }
             }
-        }
-        if q.get("embed").is_some_and(|v| v == "1") {
-            html = html.replace("<a ", "<a target=\"_blank\" rel=\"noreferrer noopener\" ");
-            if !html.to_ascii_lowercase().contains("<html") {
-                html = format!(
-                    "<!DOCTYPE html><html><head><meta charset=\"utf-8\"></head><body>{html}</body></html>"
-                );
-            }
-        }
+            html
+        })
+        .await
+        .map_err(|e| ApiError::internal("rendering the message failed", e))?;
         Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response())
     } else if let Some(id) = file.strip_suffix(".txt") {
         let m = s.store.message(id).await?;
@@ -490,14 +523,14 @@ pub async fn live() -> Response {
     (StatusCode::OK, "ok").into_response()
 }
 
-/// `GET /readyz`: the database answers.
+/// `GET /readyz`: the database answers. The reason for a failure (paths,
+/// SQLite's message) goes to the log, not to whoever can reach the probe.
 pub async fn ready(State(s): State<AppState>) -> Response {
     match s.store.counts().await {
         Ok(_) => (StatusCode::OK, "ok").into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("database not ready: {e}"),
-        )
-            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed: the database does not answer");
+            (StatusCode::SERVICE_UNAVAILABLE, "database not ready\n").into_response()
+        }
     }
 }

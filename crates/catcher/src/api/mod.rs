@@ -24,9 +24,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 
+use crate::auth::BasicAuth;
 use crate::storage::{StorageError, Store};
 
-pub use auth::{AuthError, BasicAuth, Credentials, require_basic_auth};
+pub use auth::require_basic_auth;
 pub use origin::{HostCheck, OriginPolicy, check_host};
 pub use serve::{HttpLimits, serve};
 
@@ -180,11 +181,22 @@ pub(crate) enum ApiError {
     Bad(String),
     /// 400 with `{"Error": message}` (the send API's error shape).
     BadJson(String),
-    /// 500: the store failed.
-    Internal(String),
+    /// 500 saying what failed in words any client may see; the details
+    /// (file paths, table names, SQLite's message) only go to the log, see
+    /// [`ApiError::internal`].
+    Internal(&'static str),
     /// Another status with `{"Error": message}` (the send API's 413, 415
     /// and 503).
     Status(StatusCode, String),
+}
+
+impl ApiError {
+    /// A 500 answered with `what` (client-visible, fixed text) after
+    /// logging `detail`, which may name paths and tables.
+    pub(crate) fn internal(what: &'static str, detail: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "{what}");
+        ApiError::Internal(what)
+    }
 }
 
 impl From<StorageError> for ApiError {
@@ -192,10 +204,7 @@ impl From<StorageError> for ApiError {
         match e {
             StorageError::NotFound(_) => ApiError::NotFound,
             StorageError::Invalid(m) => ApiError::Bad(m),
-            e => {
-                tracing::error!(error = %e, "storage error in API");
-                ApiError::Internal(e.to_string())
-            }
+            e => ApiError::internal("the message store failed", e),
         }
     }
 }
@@ -214,7 +223,7 @@ impl IntoResponse for ApiError {
                 serde_json::json!({ "Error": m }).to_string(),
                 true,
             ),
-            ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m, false),
+            ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{m}\n"), false),
             ApiError::Status(status, m) => {
                 (status, serde_json::json!({ "Error": m }).to_string(), true)
             }

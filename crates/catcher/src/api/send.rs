@@ -84,12 +84,25 @@ fn encode_word(s: &str) -> String {
 }
 
 fn fmt_addr(n: &Named) -> String {
-    if n.name.is_empty() {
-        n.email.clone()
-    } else if n.name.is_ascii() {
-        format!("\"{}\" <{}>", n.name.replace(['"', '\\'], ""), n.email)
+    match display_name(&n.name) {
+        None => n.email.clone(),
+        Some(name) => format!("{name} <{}>", n.email),
+    }
+}
+
+/// A display name as it may appear in an address header, or `None` when
+/// nothing is left of it. Control characters are dropped (a CR or LF would
+/// end the header and let the name add its own, e.g. `Bcc:`); an ASCII name
+/// is quoted without the characters that could close the quotes, anything
+/// else is RFC 2047 encoded.
+fn display_name(name: &str) -> Option<String> {
+    let clean: String = name.chars().filter(|c| !c.is_control()).collect();
+    if clean.is_empty() {
+        None
+    } else if clean.is_ascii() {
+        Some(format!("\"{}\"", clean.replace(['"', '\\'], "")))
     } else {
-        format!("{} <{}>", encode_word(&n.name), n.email)
+        Some(encode_word(&clean))
     }
 }
 
@@ -301,7 +314,7 @@ pub async fn send(State(s): State<AppState>, req: Request) -> Result<Response, A
         build(&v)
     })
     .await
-    .map_err(|e| ApiError::Internal(format!("building the message failed: {e}")))??;
+    .map_err(|e| ApiError::internal("building the message failed", e))??;
     let (raw, mail_from, rcpt_to, _tags) = built;
     if raw.len() > limit {
         return Err(too_large(limit));

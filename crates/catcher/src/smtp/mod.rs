@@ -1,18 +1,16 @@
 //! The catcher's SMTP server.
 //!
 //! [`proto`] is the protocol as a sans-IO state machine (bytes in, events
-//! out; fuzzed by `fuzz/`), [`auth`] holds SMTP AUTH credentials, [`budget`]
+//! out; fuzzed by `fuzz/`; credentials live in [`crate::auth`]), [`budget`]
 //! caps message content held in memory across sessions, and [`server`]
 //! drives sessions over tokio TCP/TLS and hands each message to a
 //! [`Deliver`] (the store), answering 250 only once it is durable.
 
-pub mod auth;
 pub mod budget;
 pub mod deliver;
 pub mod proto;
 pub mod server;
 
-pub use auth::{AuthPolicy, Credentials};
 pub use budget::DataBudget;
 pub use deliver::{Deliver, Delivery};
 pub use proto::Limits;

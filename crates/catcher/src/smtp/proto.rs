@@ -21,8 +21,8 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use super::auth::{AuthPolicy, Credentials};
 use super::budget::DataBudget;
+use crate::auth::{AuthPolicy, Credentials};
 
 /// Protocol limits and the features this server offers.
 #[derive(Debug, Clone)]
@@ -137,7 +137,33 @@ pub enum Event {
     StartTls(Reply),
     /// Write the final reply carried here and close the connection.
     Close(Reply),
+    /// Check these credentials against the configured users (a bcrypt
+    /// check is slow on purpose, so the driver runs it off the async
+    /// workers), then call [`Session::authenticated`]; the session produces
+    /// nothing else until then.
+    Authenticate(Login),
 }
+
+/// A username and password received in AUTH PLAIN or LOGIN.
+#[derive(PartialEq, Eq)]
+pub struct Login {
+    /// The authentication identity.
+    pub user: String,
+    /// The password, as sent.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Login {
+    // A password must never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Login({:?}, <redacted>)", self.user)
+    }
+}
+
+/// Failed AUTH attempts a session may make; the next failure is answered
+/// 421 and the connection closed, so one connection cannot guess passwords
+/// at the speed of the pipe.
+pub const MAX_AUTH_FAILURES: u32 = 3;
 
 /// Where the session is in the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +180,8 @@ enum Phase {
     AuthLoginUser,
     /// Waiting for the AUTH LOGIN password of this user.
     AuthLoginPass,
+    /// Credentials were handed out for checking; waiting for the verdict.
+    Authenticating,
     /// STARTTLS was accepted; the driver is upgrading the connection.
     TlsPending,
     /// QUIT was answered; nothing more is read.
@@ -177,6 +205,10 @@ pub struct Session {
     username: Option<String>,
     /// Username received in AUTH LOGIN, kept until the password arrives.
     login_user: Option<String>,
+    /// Username being checked (see [`Event::Authenticate`]).
+    authenticating: Option<String>,
+    /// Failed AUTH attempts in this session.
+    auth_failures: u32,
     mail_from: Option<String>,
     rcpt_to: Vec<String>,
     data: Vec<u8>,
@@ -212,6 +244,8 @@ impl Session {
             tls,
             username: None,
             login_user: None,
+            authenticating: None,
+            auth_failures: 0,
             mail_from: None,
             rcpt_to: Vec::new(),
             data: Vec::new(),
@@ -277,7 +311,9 @@ impl Session {
                 return Some(ev);
             }
             match self.phase {
-                Phase::Delivering | Phase::TlsPending | Phase::Closed => return None,
+                Phase::Delivering | Phase::Authenticating | Phase::TlsPending | Phase::Closed => {
+                    return None;
+                }
                 Phase::Data => {
                     if !self.step_data() {
                         return None;
@@ -317,6 +353,34 @@ impl Session {
             }
         };
         self.push(reply);
+    }
+
+    /// Reports the verdict on an [`Event::Authenticate`]. The
+    /// [`MAX_AUTH_FAILURES`]th failure closes the session with 421.
+    pub fn authenticated(&mut self, ok: bool) {
+        if self.phase != Phase::Authenticating {
+            return;
+        }
+        self.phase = Phase::Command;
+        let user = self.authenticating.take().unwrap_or_default();
+        self.auth_verdict(user, ok);
+    }
+
+    fn auth_verdict(&mut self, user: String, ok: bool) {
+        if ok {
+            self.username = Some(user);
+            return self.push(Reply::new(235, "2.7.0 Authentication successful"));
+        }
+        self.auth_failures += 1;
+        if self.auth_failures >= MAX_AUTH_FAILURES {
+            self.phase = Phase::Closed;
+            self.pending.push_back(Event::Close(Reply::new(
+                421,
+                "4.7.0 Too many failed authentication attempts, closing connection",
+            )));
+        } else {
+            self.push(Reply::new(535, "5.7.8 Authentication credentials invalid"));
+        }
     }
 
     /// The connection now runs over TLS: RFC 3207 requires forgetting
@@ -826,16 +890,24 @@ impl Session {
     }
 
     fn check_credentials(&mut self, user: &[u8], pass: &[u8]) {
-        let ok = match &self.limits.auth {
-            AuthPolicy::None => false,
-            AuthPolicy::AcceptAny => true,
-            AuthPolicy::Users(creds) => verify(creds, user, pass),
-        };
-        if ok {
-            self.username = Some(String::from_utf8_lossy(user).into_owned());
-            self.push(Reply::new(235, "2.7.0 Authentication successful"));
-        } else {
-            self.push(Reply::new(535, "5.7.8 Authentication credentials invalid"));
+        let name = String::from_utf8_lossy(user).into_owned();
+        match &self.limits.auth {
+            AuthPolicy::None => self.auth_verdict(name, false),
+            AuthPolicy::AcceptAny => self.auth_verdict(name, true),
+            AuthPolicy::Users(_) => {
+                match (String::from_utf8(user.to_vec()), std::str::from_utf8(pass)) {
+                    (Ok(user), Ok(password)) => {
+                        self.authenticating = Some(user.clone());
+                        self.phase = Phase::Authenticating;
+                        self.pending.push_back(Event::Authenticate(Login {
+                            user,
+                            password: password.to_owned(),
+                        }));
+                    }
+                    // No configured user or password is anything but UTF-8.
+                    _ => self.auth_verdict(name, false),
+                }
+            }
         }
     }
 }
@@ -871,7 +943,7 @@ pub fn fuzz_session(input: &[u8]) -> std::collections::BTreeSet<u16> {
         0 => AuthPolicy::None,
         1 => AuthPolicy::AcceptAny,
         _ => AuthPolicy::Users(Arc::new(
-            Credentials::parse("u:p").expect("static credentials parse"),
+            Credentials::from_pairs("u:p", "fuzz").expect("static credentials parse"),
         )),
     };
     let limits = Arc::new(Limits {
@@ -920,6 +992,13 @@ pub fn fuzz_session(input: &[u8]) -> std::collections::BTreeSet<u16> {
                     check(&r);
                     break 'input;
                 }
+                Event::Authenticate(login) => {
+                    let ok = match &limits.auth {
+                        AuthPolicy::Users(creds) => creds.verify(&login.user, &login.password),
+                        _ => panic!("only configured users need checking"),
+                    };
+                    session.authenticated(ok);
+                }
             }
             assert!(session.data.len() <= limits.max_message_size);
             if let Some(budget) = &limits.data_budget {
@@ -937,13 +1016,6 @@ pub fn fuzz_session(input: &[u8]) -> std::collections::BTreeSet<u16> {
         assert_eq!(budget.used(), 0, "a closed session gives its memory back");
     }
     seen
-}
-
-fn verify(creds: &Credentials, user: &[u8], pass: &[u8]) -> bool {
-    match (std::str::from_utf8(user), std::str::from_utf8(pass)) {
-        (Ok(u), Ok(p)) => creds.verify(u, p),
-        _ => false,
-    }
 }
 
 enum Line {
@@ -1032,6 +1104,13 @@ mod tests {
                 Event::Deliver(e) => {
                     mails.push(e);
                     s.delivered(Ok("ID1".into()));
+                }
+                Event::Authenticate(login) => {
+                    let ok = match &s.limits.auth {
+                        AuthPolicy::Users(c) => c.verify(&login.user, &login.password),
+                        _ => unreachable!("only configured users are checked by the driver"),
+                    };
+                    s.authenticated(ok);
                 }
             }
         }
@@ -1210,7 +1289,7 @@ mod tests {
 
     #[test]
     fn auth_plain_and_login() {
-        let creds = Credentials::parse("alice:secret bob:pw").unwrap();
+        let creds = Credentials::from_pairs("alice:secret bob:pw", "test").unwrap();
         let limits = Limits {
             auth: AuthPolicy::Users(Arc::new(creds)),
             auth_allow_insecure: true,
@@ -1235,6 +1314,49 @@ mod tests {
         let (codes, _) = run(&mut s, input.as_bytes());
         assert_eq!(codes, vec![250, 334, 501, 334, 334, 235, 503]);
         assert_eq!(s.username.as_deref(), Some("bob"));
+    }
+
+    #[test]
+    fn third_failed_auth_closes_the_session_with_421() {
+        let creds = Credentials::from_pairs("alice:secret", "test").unwrap();
+        let limits = Limits {
+            auth: AuthPolicy::Users(Arc::new(creds)),
+            auth_allow_insecure: true,
+            ..Limits::default()
+        };
+        let mut s = session(limits);
+        let bad = BASE64.encode(b"\0alice\0wrong");
+        let unknown = BASE64.encode(b"\0mallory\0secret");
+        let input = format!(
+            "EHLO c\r\nAUTH PLAIN {bad}\r\nAUTH PLAIN {unknown}\r\nAUTH PLAIN {bad}\r\nNOOP\r\n"
+        );
+        let (codes, _) = run(&mut s, input.as_bytes());
+        // The NOOP after the close is never read.
+        assert_eq!(codes, vec![250, 535, 535, 421]);
+        assert!(s.username.is_none());
+        // The credentials wait for the driver's verdict: nothing else is
+        // answered meanwhile, pipelined commands included.
+        let mut s = session(Limits {
+            auth: AuthPolicy::Users(Arc::new(Credentials::from_pairs("a:b", "t").unwrap())),
+            auth_allow_insecure: true,
+            ..Limits::default()
+        });
+        s.feed(
+            format!(
+                "EHLO c\r\nAUTH PLAIN {}\r\nNOOP\r\n",
+                BASE64.encode(b"\0a\0b")
+            )
+            .as_bytes(),
+        );
+        assert!(matches!(s.next_event(), Some(Event::Reply(r)) if r.code == 250));
+        let Some(Event::Authenticate(login)) = s.next_event() else {
+            panic!("credentials go to the driver");
+        };
+        assert_eq!(format!("{login:?}"), "Login(\"a\", <redacted>)");
+        assert!(s.next_event().is_none());
+        s.authenticated(true);
+        assert!(matches!(s.next_event(), Some(Event::Reply(r)) if r.code == 235));
+        assert!(matches!(s.next_event(), Some(Event::Reply(r)) if r.code == 250));
     }
 
     #[test]

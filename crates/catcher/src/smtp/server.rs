@@ -23,6 +23,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::deliver::Deliver;
 use super::proto::{Event, Limits, Reply, Session};
+use crate::auth::AuthPolicy;
 use crate::storage::NewMessage;
 
 /// Bytes read from a socket at a time; with the session's own bounded
@@ -43,6 +44,11 @@ pub struct ServerOptions {
     pub max_connections: usize,
     /// Close a connection that makes no progress for this long.
     pub idle_timeout: Duration,
+    /// Close a connection whose TLS handshake (implicit TLS or STARTTLS)
+    /// has not completed after this long: a handshake is not progress, and
+    /// a client that opens the TLS port and says nothing must not hold a
+    /// connection slot for the whole idle timeout.
+    pub tls_handshake_timeout: Duration,
     /// On shutdown, how long sessions may take to finish the transaction
     /// they are in.
     pub drain_timeout: Duration,
@@ -56,6 +62,7 @@ impl Default for ServerOptions {
             implicit_tls: false,
             max_connections: 1000,
             idle_timeout: Duration::from_secs(300),
+            tls_handshake_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -87,6 +94,7 @@ struct Shared {
     tls: Option<TlsAcceptor>,
     implicit_tls: bool,
     idle_timeout: Duration,
+    tls_handshake_timeout: Duration,
     max_connections: usize,
     connections: Arc<Semaphore>,
     sink: Arc<dyn Deliver>,
@@ -113,6 +121,7 @@ impl SmtpServer {
             tls: options.tls.map(TlsAcceptor::from),
             implicit_tls: options.implicit_tls,
             idle_timeout: options.idle_timeout,
+            tls_handshake_timeout: options.tls_handshake_timeout,
             max_connections,
             connections: Arc::new(Semaphore::new(max_connections)),
             sink,
@@ -208,7 +217,7 @@ async fn serve_connection(
         let Some(acceptor) = &shared.tls else {
             return Ok(());
         };
-        let mut tls = timeout(shared.idle_timeout, acceptor.accept(stream))
+        let mut tls = timeout(shared.tls_handshake_timeout, acceptor.accept(stream))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
         let mut session = Session::new(shared.limits.clone(), true);
@@ -225,7 +234,7 @@ async fn serve_connection(
             let Some(acceptor) = &shared.tls else {
                 return Ok(());
             };
-            let mut tls = timeout(shared.idle_timeout, acceptor.accept(plain))
+            let mut tls = timeout(shared.tls_handshake_timeout, acceptor.accept(plain))
                 .await
                 .map_err(|_| {
                     io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
@@ -293,7 +302,18 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                         Ok(id) => tracing::debug!(id = %id, size, "message stored"),
                         Err(e) => tracing::error!(error = %e, size, "storing a message failed"),
                     }
-                    session.delivered(outcome.map_err(|e| e.to_string()));
+                    // The client learns that storing failed, not where or
+                    // why (paths and SQLite's words are for the log).
+                    session
+                        .delivered(outcome.map_err(|_| "could not store the message".to_string()));
+                }
+                Event::Authenticate(login) => {
+                    let ok = match &shared.limits.auth {
+                        AuthPolicy::Users(creds) => creds.check(login.user, login.password).await,
+                        // The session only asks when users are configured.
+                        _ => false,
+                    };
+                    session.authenticated(ok);
                 }
                 Event::StartTls(reply) => {
                     reply.write_to(&mut out);
