@@ -67,7 +67,7 @@ lines = [
     "## Hostile HTTP: memory of `mailsafe serve` (bench/hostile_http.sh)",
     "",
     f"{context}; VmRSS sampled every 50 ms. Defaults: header-read timeout 10 s, 1024 connections, 256 per IP,",
-    "1 MiB body limit (send API: MP_MAX_MESSAGE_SIZE 50 MB, reserving 3x its body from the 256 MB budget SMTP uses),",
+    "1 MiB body limit (send API: MP_MAX_MESSAGE_SIZE 50 MB, reserving 6x its body from the 256 MB budget SMTP uses),",
     "256 websocket subscribers.",
     "",
     f"| Phase | Answers | Peak RSS MiB | {before_label}: answers | peak RSS MiB |",

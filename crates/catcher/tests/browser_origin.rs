@@ -115,6 +115,22 @@ async fn websocket_and_api_refuse_foreign_origins() {
             .to_ascii_lowercase()
             .contains("access-control-allow-origin")
     );
+    // An opaque origin (the UI's sandboxed preview loading a cid image) may
+    // GET without being able to read the answer cross-origin; it may not
+    // change anything nor open the websocket.
+    let null = format!("{host}Origin: null\r\n");
+    let answer = raw(addr, "GET", "/api/v1/messages", &null).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        !answer
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin")
+    );
+    let answer = raw(addr, "DELETE", "/api/v1/messages", &null).await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    let (status, _) = ws_handshake(addr, &null).await;
+    assert!(status.starts_with("HTTP/1.1 403"), "{status}");
+    assert_eq!(server.count().await, 1);
     server.stop().await;
 }
 

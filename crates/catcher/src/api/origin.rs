@@ -7,7 +7,9 @@
 //!   (comma- or space-separated, port-exact), or the list is `*`. Allowed
 //!   requests get `Access-Control-Allow-Origin: <origin>` and Mailpit's
 //!   method and header lists; `OPTIONS /api/v1/…` preflights get a blank 200.
-//!   Requests without `Origin` (curl, API clients, same-origin GETs) pass.
+//!   Requests without `Origin` (curl, API clients, same-origin GETs) pass,
+//!   and so do plain GETs from opaque origins (`Origin: null`: the UI's
+//!   sandboxed message preview loading inline images), without CORS headers.
 //!   This is also what keeps a foreign page off the `/api/events` websocket,
 //!   which browsers open with an `Origin` and without CORS preflight.
 //! - **DNS rebinding**: a page on `evil.example` whose DNS flips to 127.0.0.1
@@ -144,6 +146,17 @@ pub(crate) async fn cors(State(state): State<CorsState>, req: Request, next: Nex
             .ok()
             .and_then(origin_host)
             .is_some_and(|o| state.cors.allows(&o, host));
+        // `Origin: null` comes from opaque origins, among them the UI's own
+        // sandboxed message preview loading its inline (cid) images. Let
+        // such plain GETs through as if they carried no Origin: without
+        // CORS headers the page cannot read the answer, and a websocket
+        // upgrade (not covered by CORS) is still refused.
+        let opaque_read = origin.as_bytes().eq_ignore_ascii_case(b"null")
+            && matches!(*req.method(), Method::GET | Method::HEAD)
+            && !req.headers().contains_key(header::UPGRADE);
+        if !allowed && opaque_read {
+            return next.run(req).await;
+        }
         if !allowed {
             tracing::warn!(origin = ?origin, "blocking request from unauthorized origin");
             return (
