@@ -149,6 +149,28 @@ async fn in_data(server: &Server) -> Raw {
     c
 }
 
+/// Ends the DATA of `c` with `body` and expects the memory cap's 452.
+async fn assert_refused_for_memory(c: &mut Raw, body: &str) {
+    c.send(body.as_bytes()).await;
+    c.send(b".\r\n").await;
+    let (code, lines) = c.reply().await;
+    assert_eq!(
+        (code, lines[0].as_str()),
+        (452, "4.3.1 Insufficient system storage, try again later")
+    );
+}
+
+/// Sends `body` as a new transaction on a session that is already past
+/// EHLO; returns the final reply code.
+async fn retry(c: &mut Raw, body: &str) -> u16 {
+    assert_eq!(c.cmd("MAIL FROM:<a@x>").await, 250);
+    assert_eq!(c.cmd("RCPT TO:<b@y>").await, 250);
+    assert_eq!(c.cmd("DATA").await, 354);
+    c.send(body.as_bytes()).await;
+    c.send(b".\r\n").await;
+    c.reply().await.0
+}
+
 /// Polls until `cond` holds (the server reads sockets on its own schedule).
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -175,13 +197,7 @@ async fn global_memory_cap_refuses_with_452_and_the_sessions_go_on() {
     a.send(body.as_bytes()).await;
     eventually("A's content is held", || budget.used() >= 3 * MIB).await;
     let mut b = in_data(&server).await;
-    b.send(body.as_bytes()).await;
-    b.send(b".\r\n").await;
-    let (code, lines) = b.reply().await;
-    assert_eq!(
-        (code, lines[0].as_str()),
-        (452, "4.3.1 Insufficient system storage, try again later")
-    );
+    assert_refused_for_memory(&mut b, &body).await;
     assert!(budget.used() <= budget.limit());
     // B's share came back and the session goes on; a small message fits in
     // what A leaves free.
@@ -194,12 +210,7 @@ async fn global_memory_cap_refuses_with_452_and_the_sessions_go_on() {
     a.send(b".\r\n").await;
     assert_eq!(a.reply().await.0, 250);
     assert_eq!(budget.used(), 0);
-    assert_eq!(b.cmd("MAIL FROM:<a@x>").await, 250);
-    assert_eq!(b.cmd("RCPT TO:<b@y>").await, 250);
-    assert_eq!(b.cmd("DATA").await, 354);
-    b.send(body.as_bytes()).await;
-    b.send(b".\r\n").await;
-    assert_eq!(b.reply().await.0, 250);
+    assert_eq!(retry(&mut b, &body).await, 250);
     assert_eq!(server.count().await, 3);
 
     // A client that vanishes mid-message gives its share back too.
@@ -309,5 +320,36 @@ async fn mime_that_trips_the_parser_is_stored_and_later_mail_still_flows() {
             assert_eq!(r.status(), 200, "{url}");
         }
     }
+    server.stop().await;
+}
+
+/// What storing a message holds beside its raw bytes (parsed parts, search
+/// text, the compressed copy: 2x the raw size) comes out of the same
+/// budget: with A holding 4 MiB of a 6 MiB budget, B's 900 KiB message fits
+/// while it arrives (1 MiB) but not while it is stored (+1.8 MiB), so B is
+/// answered 452; once A is gone, B's retry is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storing_a_message_counts_against_the_memory_cap() {
+    const MIB: usize = 1024 * 1024;
+    let mut server = Server::start(|c, _| {
+        c.max_message_size = 4 * MIB;
+        c.smtp_max_data_memory = 6 * MIB;
+    })
+    .await;
+    let budget = server.budget.clone().expect("a cap is configured");
+    let held = format!("{}\r\n", "m".repeat(1022)).repeat(3 * 1024); // 3 MiB
+    let small = format!("{}\r\n", "s".repeat(1022)).repeat(900); // 900 KiB
+    let mut a = in_data(&server).await;
+    a.send(held.as_bytes()).await;
+    // 3 MiB of content is held in a 4 MiB buffer (grown by doubling).
+    eventually("A's buffer is reserved", || budget.used() >= 4 * MIB).await;
+    let mut b = in_data(&server).await;
+    assert_refused_for_memory(&mut b, &small).await;
+    assert!(budget.used() <= budget.limit());
+    drop(a);
+    eventually("A's share is back", || budget.used() == 0).await;
+    assert_eq!(retry(&mut b, &small).await, 250);
+    assert_eq!(budget.used(), 0);
+    assert_eq!(server.count().await, 1);
     server.stop().await;
 }

@@ -7,7 +7,10 @@
 //! that message's content is thrown away as it arrives and the client is
 //! answered `452 4.3.1` (a temporary error: it retries later), while every
 //! other session goes on. Reservations are released when the message has
-//! been stored, refused or abandoned (the session is dropped).
+//! been stored, refused or abandoned (the session is dropped). Storing a
+//! message holds more than its raw bytes (parsed parts, search text, the
+//! compressed copy), so the server reserves that too while it stores, and
+//! answers `452 4.3.1` when it is not free (`smtp::server`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -51,10 +54,31 @@ impl DataBudget {
             .is_ok()
     }
 
+    /// Reserves `n` bytes if they fit, returned when the guard is dropped.
+    pub fn reserve(self: &std::sync::Arc<Self>, n: usize) -> Option<Reservation> {
+        self.try_reserve(n).then(|| Reservation {
+            budget: self.clone(),
+            bytes: n,
+        })
+    }
+
     /// Returns `n` bytes reserved earlier.
     pub fn release(&self, n: usize) {
         let prev = self.used.fetch_sub(n, Ordering::AcqRel);
         debug_assert!(prev >= n, "released more than reserved");
+    }
+}
+
+/// Bytes reserved from a [`DataBudget`], given back on drop.
+#[derive(Debug)]
+pub struct Reservation {
+    budget: std::sync::Arc<DataBudget>,
+    bytes: usize,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
     }
 }
 

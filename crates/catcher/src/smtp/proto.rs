@@ -276,6 +276,11 @@ impl Session {
         self.progress
     }
 
+    /// Bytes of the shared budget this session holds for message content.
+    pub fn reserved(&self) -> usize {
+        self.reserved
+    }
+
     /// Whether the session runs over TLS.
     pub fn is_tls(&self) -> bool {
         self.tls
@@ -332,6 +337,21 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Answers a [`Event::Deliver`] that was not attempted because the
+    /// memory delivery needs is not free: `452 4.3.1`, as for content that
+    /// does not fit while it arrives; the client retries later.
+    pub fn delivery_refused(&mut self) {
+        if self.phase != Phase::Delivering {
+            return;
+        }
+        self.release_data();
+        self.phase = Phase::Command;
+        self.push(Reply::new(
+            452,
+            "4.3.1 Insufficient system storage, try again later",
+        ));
     }
 
     /// Reports the outcome of a [`Event::Deliver`]: the stored message ID,

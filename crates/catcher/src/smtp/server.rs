@@ -30,6 +30,12 @@ use crate::storage::NewMessage;
 /// buffers this caps per-connection memory apart from the message itself.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Memory storing a message holds beside its raw bytes, as a multiple of
+/// them: the parsed parts and search text (about the raw size) and the
+/// compressed copy (zstd's buffer is sized for the worst case, the raw
+/// size).
+const DELIVERY_OVERHEAD: usize = 2;
+
 /// How the server runs, beyond the protocol limits.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -289,6 +295,31 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 Event::Reply(reply) => reply.write_to(&mut out),
                 Event::Deliver(envelope) => {
                     let size = envelope.data.len();
+                    // The raw copy is already counted (the session's
+                    // reservation); storing it holds about as much again
+                    // in parsed parts and search text, and again in the
+                    // compressed copy. Capped at what is left of the budget
+                    // beside the raw copy, so a message within the size
+                    // limit always goes through once others are done.
+                    let _held = match &shared.limits.data_budget {
+                        None => None,
+                        Some(budget) => {
+                            let extra = size
+                                .saturating_mul(DELIVERY_OVERHEAD)
+                                .min(budget.limit().saturating_sub(session.reserved()));
+                            match budget.reserve(extra) {
+                                Some(held) => Some(held),
+                                None => {
+                                    tracing::warn!(
+                                        size,
+                                        "no memory to store a message; answering 452"
+                                    );
+                                    session.delivery_refused();
+                                    continue;
+                                }
+                            }
+                        }
+                    };
                     let outcome = shared
                         .sink
                         .deliver(NewMessage {
