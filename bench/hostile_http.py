@@ -18,37 +18,14 @@ import threading
 import time
 import http.client
 
+import rss  # bench/rss.py: the shared RSS sampler
+
 PID, PORT, SMTP = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 HOST = f"127.0.0.1:{PORT}"
 
 
 def status(field):
-    with open(f"/proc/{PID}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) // 1024  # MiB
-    return 0
-
-
-class Sampler(threading.Thread):
-    """Samples VmRSS every 50 ms; keeps the maximum per phase."""
-
-    def __init__(self):
-        super().__init__(daemon=True)
-        self.peak = 0
-        self.running = True
-
-    def run(self):
-        while self.running:
-            try:
-                self.peak = max(self.peak, status("VmRSS"))
-            except OSError:
-                return
-            time.sleep(0.05)
-
-    def take(self):
-        p, self.peak = self.peak, status("VmRSS")
-        return p
+    return rss.status(PID, field)
 
 
 class Normal(threading.Thread):
@@ -193,7 +170,7 @@ async def subscribers(n, mails):
 
 async def main():
     out = {"baseline_rss_mib": status("VmRSS")}
-    sampler = Sampler()
+    sampler = rss.Sampler(PID)
     sampler.start()
     normal = Normal()
     normal.start()

@@ -18,38 +18,15 @@ import sys
 import threading
 import time
 
+import rss  # bench/rss.py: the shared RSS sampler
+
 PID, PORT = int(sys.argv[1]), int(sys.argv[2])
 ONLY_BIG = "--only-big" in sys.argv
 MB = 1_000_000
 
 
 def status(field):
-    with open(f"/proc/{PID}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) // 1024  # MiB
-    return 0
-
-
-class Sampler(threading.Thread):
-    """Samples VmRSS every 50 ms; keeps the maximum per phase."""
-
-    def __init__(self):
-        super().__init__(daemon=True)
-        self.peak = 0
-        self.running = True
-
-    def run(self):
-        while self.running:
-            try:
-                self.peak = max(self.peak, status("VmRSS"))
-            except OSError:
-                return
-            time.sleep(0.05)
-
-    def take(self):
-        p, self.peak = self.peak, status("VmRSS")
-        return p
+    return rss.status(PID, field)
 
 
 async def reply(reader):
@@ -138,7 +115,7 @@ def count(codes):
 
 
 async def main():
-    sampler = Sampler()
+    sampler = rss.Sampler(PID)
     sampler.start()
     res = {"baseline_rss_mib": status("VmRSS")}
     big = big_message(30 * MB)
