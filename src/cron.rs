@@ -305,6 +305,7 @@ async fn round<F: Future<Output = Instant>>(
         .ok_or(RoundError::Cut)?
         .map_err(|e| Error::Other(e.to_string()))?;
     progress.set(Stage::Snapshot);
+    snapshotter.set_writer(Some(lease.writer()));
     let snap = stop.bound(snapshotter.snapshot(), before_release).await;
     progress.set(Stage::Release);
     if let Some(Ok(s)) = &snap {

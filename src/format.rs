@@ -133,6 +133,43 @@ pub struct Manifest {
     /// absent for plaintext backups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<Encryption>,
+    /// The lease holder that wrote this snapshot (see [`fenced`]); absent in
+    /// manifests of older versions and of `snapshot`, which takes no lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<Writer>,
+}
+
+/// Who wrote a manifest: the writer's lease epoch and identity.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Writer {
+    /// The epoch of the `lease/<epoch>.json` the writer held.
+    pub epoch: u64,
+    /// The writer's host name.
+    pub host: String,
+    /// The writer's random process id (the lease record's `owner`).
+    pub owner: String,
+}
+
+/// The fencing rule, in one place: given the writer epochs of every manifest
+/// in id (history) order, says which were written by a *fenced* writer, one
+/// whose lease had already been taken over: a manifest whose epoch is lower
+/// than that of an earlier manifest. Such a late write (a paused process
+/// that finished an upload after losing its lease) is never "newest" for
+/// `restore` nor the head that retention keeps. Manifests without a writer
+/// (older versions, `snapshot`) are never fenced and fence nothing.
+pub fn fenced(epochs: &[Option<u64>]) -> Vec<bool> {
+    let mut highest = 0;
+    epochs
+        .iter()
+        .map(|e| match *e {
+            Some(e) if e < highest => true,
+            Some(e) => {
+                highest = e;
+                false
+            }
+            None => false,
+        })
+        .collect()
 }
 
 /// How a snapshot's objects are encrypted, and the manifest's MAC.
@@ -604,6 +641,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_lower_epoch_after_a_higher_one_is_fenced() {
+        let f = fenced(&[
+            Some(1),
+            None,
+            Some(1),
+            Some(3),
+            Some(2),
+            None,
+            Some(3),
+            Some(1),
+            Some(4),
+        ]);
+        assert_eq!(
+            f,
+            [false, false, false, false, true, false, false, true, false]
+        );
+        assert!(fenced(&[]).is_empty());
+    }
+
+    #[test]
     fn chunk_pages_covers_every_page_size() {
         assert_eq!(chunk_pages(4096), 64);
         assert_eq!(chunk_pages(512), 512);
@@ -681,6 +738,7 @@ mod tests {
             source: SourcePosition::default(),
             stats: SnapshotStats::default(),
             encryption: None,
+            writer: None,
         }
     }
 

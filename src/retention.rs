@@ -357,9 +357,17 @@ pub async fn prune(
 ) -> Result<PruneReport, Error> {
     let manifests = load_manifests(store, key).await?;
     check_head_time(store, &manifests, key, Utc::now())?;
+    // A fenced writer's late manifests are never the head: they get no
+    // decision, so they are forgotten unless a kept snapshot builds on them.
+    let epochs: Vec<Option<u64>> = manifests
+        .values()
+        .map(|m| m.writer.as_ref().map(|w| w.epoch))
+        .collect();
     let listed: Vec<(String, DateTime<Utc>)> = manifests
         .values()
-        .map(|m| (m.id.clone(), m.created))
+        .zip(format::fenced(&epochs))
+        .filter(|(_, fenced)| !fenced)
+        .map(|(m, _)| (m.id.clone(), m.created))
         .collect();
     let decisions = decide(policy, &listed);
     let kept: BTreeSet<String> = decisions

@@ -99,7 +99,12 @@ async fn kill_9_then_restart_on_the_same_volume_takes_over_in_seconds() {
         Duration::from_secs(30),
         "/healthz of the waiting writer names the lease",
         || d.logs(),
-        || async { healthz(&d).await.contains("waiting for the writer lease") },
+        || async {
+            {
+                let h = healthz(&d).await;
+                h.contains("waiting for the writer lease") && h.contains("can be taken at")
+            }
+        },
     )
     .await;
 
@@ -158,4 +163,57 @@ async fn kill_9_then_restart_on_the_same_volume_takes_over_in_seconds() {
         new_volume.as_millis()
     );
     drop(d);
+}
+
+/// Real fencing between two live processes on one db: A's lease lapses
+/// while it is idle, B (which waited) takes it over, marking A's epoch
+/// superseded. At A's next commit A learns it was fenced, names B and exits
+/// non-zero instead of writing; B backs the commit up, and every manifest
+/// B wrote carries B's newer epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_taken_over_stops_and_names_the_other() {
+    let s3 = common::s3();
+    let prefix = "fenced";
+    let url = s3.url(prefix);
+    let endpoint = s3.server.endpoint.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("app.db");
+    let db = create_db(&db_path);
+    insert(&db, 1);
+    let mut a = Watcher::start(&s3, &endpoint, &db_path, &url, &["--lease-ttl", "3s"]);
+    a.wait_caught_up(Duration::from_secs(30)).await;
+    let b = Watcher::start(&s3, &endpoint, &db_path, &url, &["--lease-ttl", "60s"]);
+    // A is idle: its lease lapses and B takes it.
+    wait_until(
+        Duration::from_secs(60),
+        "B takes the lapsed lease",
+        || b.logs(),
+        || async { b.metric("mailsafe_lease_held").await == 1.0 },
+    )
+    .await;
+    insert(&db, 2);
+    let status = a.wait(Duration::from_secs(60));
+    let logs = a.logs();
+    assert!(!status.success(), "A must exit non-zero; log:\n{logs}");
+    assert!(logs.contains("was taken over by another process"), "{logs}");
+    assert!(
+        logs.contains(&format!("pid {}", b.child.id())),
+        "A must name B; log:\n{logs}"
+    );
+    b.wait_caught_up(Duration::from_secs(30)).await;
+    assert_eq!(restored_rows(&s3, &url, &dir.path().join("restored.db")), 2);
+    let ms = watch_support::manifests(store(&s3, prefix).await.as_ref()).await;
+    let epochs: Vec<u64> = ms
+        .iter()
+        .map(|m| {
+            m.writer
+                .as_ref()
+                .expect("every manifest names its writer")
+                .epoch
+        })
+        .collect();
+    assert!(
+        epochs.windows(2).all(|w| w[0] <= w[1]) && epochs.first() < epochs.last(),
+        "epochs along history: {epochs:?}"
+    );
 }

@@ -150,7 +150,7 @@ pub async fn restore(
         }
         _ => {}
     }
-    let id = match plan::pick_id(store, &opts.pick).await {
+    let id = match plan::pick_id(store, &opts.pick, opts.key.as_deref()).await {
         Ok(id) => id,
         Err(Error::NoBackup(why))
             if opts.if_replica_exists && crate::history::newest_id(store).await?.is_none() =>
@@ -297,7 +297,7 @@ pub async fn verify(
     pick: &Pick,
     opts: &VerifyOptions,
 ) -> Result<RestoreReport, Error> {
-    let id = plan::pick_id(store, pick).await?;
+    let id = plan::pick_id(store, pick, opts.key.as_deref()).await?;
     verify_id(store, &id, opts).await
 }
 

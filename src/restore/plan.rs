@@ -103,10 +103,16 @@ pub async fn list_ids(store: &dyn ObjectStore) -> Result<Vec<String>, Error> {
 /// Resolves `pick` against the replica's snapshot ids without listing the
 /// whole history (see [`crate::history`]): the newest through the anchor,
 /// an id by its manifest, `--at` by the time prefix of ids.
-pub async fn pick_id(store: &dyn ObjectStore, pick: &Pick) -> Result<String, Error> {
+///
+/// "Latest" skips a fenced writer's late manifests ([`newest_unfenced`]).
+pub async fn pick_id(
+    store: &dyn ObjectStore,
+    pick: &Pick,
+    key: Option<&Key>,
+) -> Result<String, Error> {
     let where_ = store.describe();
     match pick {
-        Pick::Latest => crate::history::newest_id(store)
+        Pick::Latest => newest_unfenced(store, key)
             .await?
             .ok_or_else(|| Error::NoBackup(format!("no snapshot in {where_}"))),
         Pick::Id(id) => {
@@ -129,6 +135,47 @@ pub async fn pick_id(store: &dyn ObjectStore, pick: &Pick) -> Result<String, Err
             ))
         }),
     }
+}
+
+/// The newest snapshot that was not written by a fenced writer
+/// ([`format::fenced`]). Usually one manifest read and one lease listing: a
+/// newest manifest written under the newest lease epoch (or without a
+/// lease) cannot follow a higher epoch. Otherwise every manifest's epoch is
+/// read (unreadable or unauthentic ones count as written without a lease).
+pub async fn newest_unfenced(
+    store: &dyn ObjectStore,
+    key: Option<&Key>,
+) -> Result<Option<String>, Error> {
+    let Some(newest) = crate::history::newest_id(store).await? else {
+        return Ok(None);
+    };
+    let epoch_of = |m: &Manifest| m.writer.as_ref().map(|w| w.epoch);
+    let head = load_authentic(store, &newest, key).await?;
+    match epoch_of(&head) {
+        None => return Ok(Some(newest)),
+        Some(e) if e >= crate::watch::lease::newest_epoch(store).await? => {
+            return Ok(Some(newest));
+        }
+        Some(_) => {}
+    }
+    let ids = list_ids(store).await?;
+    let epochs: Vec<Option<u64>> = futures::stream::iter(&ids)
+        .map(|id| async move {
+            load_authentic(store, id, key)
+                .await
+                .ok()
+                .and_then(|m| epoch_of(&m))
+        })
+        .buffered(16)
+        .collect()
+        .await;
+    let fenced = format::fenced(&epochs);
+    Ok(ids
+        .iter()
+        .zip(fenced)
+        .rev()
+        .find(|(_, f)| !f)
+        .map(|(id, _)| id.clone()))
 }
 
 /// Maps a missing object to a verification failure (a snapshot that names an
@@ -235,6 +282,72 @@ pub async fn load_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two writers interleaved on a fixed schedule: A (epoch 1) snapshots,
+    /// B takes the lease (epoch 2) and snapshots, then A, which has not yet
+    /// noticed, finishes a late snapshot whose id sorts after B's. `restore`
+    /// picks B's, and retention's head is B's too (A's late one is forgotten).
+    #[tokio::test]
+    async fn a_fenced_writers_late_manifest_is_never_newest() {
+        use crate::format::Writer;
+        use crate::snapshot::Snapshotter;
+        let mem = crate::store::memory::MemoryStore::new("fence");
+        let store: crate::store::DynStore = std::sync::Arc::new(mem.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("PRAGMA journal_mode=wal; CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        let writer = |epoch| Writer {
+            epoch,
+            host: "h".into(),
+            owner: format!("writer-{epoch}"),
+        };
+        let mut a = Snapshotter::new(&db, store.clone());
+        a.set_writer(Some(writer(1)));
+        a.snapshot().await.unwrap().id.unwrap();
+        conn.execute("INSERT INTO t VALUES (2)", []).unwrap();
+        let mut b = Snapshotter::new(&db, store.clone());
+        b.set_writer(Some(writer(2)));
+        let by_b = b.snapshot().await.unwrap().id.unwrap();
+        // The lease epoch B took (only its key matters here).
+        mem.put(
+            "lease/00000000000000000002.json",
+            bytes::Bytes::from_static(b"{}"),
+        )
+        .await
+        .unwrap();
+        conn.execute("INSERT INTO t VALUES (3)", []).unwrap();
+        // Ids have millisecond resolution: let the clock pass B's.
+        while format::snapshot_id_time(&format::new_snapshot_id(Utc::now()))
+            <= format::snapshot_id_time(&by_b)
+        {
+            tokio::task::yield_now().await;
+        }
+        let late = a.snapshot().await.unwrap().id.unwrap();
+        assert!(late > by_b, "{late} must sort after {by_b}");
+
+        let picked = pick_id(store.as_ref(), &Pick::Latest, None).await.unwrap();
+        assert_eq!(
+            picked, by_b,
+            "restore must not pick the fenced writer's {late}"
+        );
+        let policy = crate::retention::Policy {
+            keep_last: Some(1),
+            ..Default::default()
+        };
+        let report = crate::retention::prune(
+            store.as_ref(),
+            &policy,
+            std::time::Duration::ZERO,
+            true,
+            None,
+        )
+        .await
+        .unwrap();
+        assert!(report.forgotten.contains(&late), "{report:?}");
+        assert!(!report.forgotten.contains(&by_b), "{report:?}");
+    }
 
     #[test]
     fn id_time_reads_the_sortable_stamp() {

@@ -124,6 +124,8 @@ pub struct Snapshotter {
     reset_frames: u32,
     /// The pin, once taken.
     pin: Option<pin::Pin>,
+    /// Recorded in every manifest (see [`format::fenced`]).
+    writer: Option<format::Writer>,
 }
 
 impl Snapshotter {
@@ -140,7 +142,14 @@ impl Snapshotter {
             wal_pin: false,
             reset_frames: RESET_FRAMES,
             pin: None,
+            writer: None,
         }
+    }
+
+    /// Sets the lease holder recorded in the next manifests (`None`: none,
+    /// as `snapshot` writes without a lease).
+    pub fn set_writer(&mut self, writer: Option<format::Writer>) {
+        self.writer = writer;
     }
 
     /// The database this snapshotter reads.
@@ -303,6 +312,7 @@ impl Snapshotter {
         // included, and an embedded delta's offset is where the JSON ends;
         // both depend on the JSON's own length, so settle it by iterating
         // (the length only grows, by a digit at a time, so this ends fast).
+        m.manifest.writer = self.writer.clone();
         let needed = m.manifest.stats.stored_bytes;
         let delta = m.delta.take();
         let embed_len = delta.as_ref().map_or(0, |d| 1 + d.len() as u64);

@@ -915,6 +915,7 @@ fn in_txn(
             ..Default::default()
         },
         encryption: None,
+        writer: None,
     };
     Ok(Outcome::Changed(Box::new(Changed {
         manifest,
@@ -1011,6 +1012,7 @@ fn base_manifest(
             ..Default::default()
         },
         encryption: None,
+        writer: None,
     }
 }
 

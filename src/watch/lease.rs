@@ -18,6 +18,18 @@
 //! Other processes treat a lease as expired only `SKEW` after its written
 //! expiry, which absorbs clock differences between hosts.
 //!
+//! **Fencing.** The holder renews its epoch object with a conditional
+//! replace ([`ObjectStore::put_if_match`] on the version it wrote). A process
+//! that takes over a lease that was neither released nor already superseded
+//! first marks the old epoch object `superseded_by` with a conditional
+//! replace on the version it read, and only then creates the next epoch. So
+//! a holder that renews after a takeover (paused, or with a clock gone
+//! wrong) fails its renewal instead of writing on, and a takeover racing a
+//! renewal fails and looks again. A holder that finds a newer epoch stops
+//! ([`LeaseError::Fenced`]). Every manifest records its writer's epoch
+//! ([`crate::format::Writer`]), so a write that was already in flight when
+//! the lease was lost is recognisable afterwards ([`crate::format::fenced`]).
+//!
 //! **Crash takeover.** Waiting out the TTL is only needed when the holder
 //! may still be alive. A writer holds a [`VolumeLock`] for its lifetime: an
 //! `flock` on `<db>-mailsafe.lock` next to the database, a file that also
@@ -66,6 +78,22 @@ pub enum LeaseError {
         /// plus the skew allowance).
         free_at: chrono::DateTime<chrono::Utc>,
     },
+    /// Another process took the lease over while we held it: we must stop
+    /// writing.
+    #[error(
+        "replica {replica}: this writer's lease (epoch {ours}) was taken over by another process \
+         ({holder}, lease epoch {epoch}); stopping, since two writers would interleave two histories"
+    )]
+    Fenced {
+        /// The replica, as described by the store.
+        replica: String,
+        /// Our epoch.
+        ours: u64,
+        /// Who holds it now.
+        holder: String,
+        /// The newer epoch.
+        epoch: u64,
+    },
     /// The object store failed.
     #[error("lease on {replica}: {source}")]
     Store {
@@ -99,6 +127,11 @@ pub struct LeaseRecord {
     /// absent in records of older versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<String>,
+    /// Set by the process that took this lease over without its holder
+    /// releasing it: the epoch it took. The holder's next conditional renewal
+    /// fails on this change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<u64>,
 }
 
 impl LeaseRecord {
@@ -121,7 +154,7 @@ impl LeaseRecord {
 
     /// Whether a process other than the holder may take over now.
     fn is_free(&self, now: chrono::DateTime<chrono::Utc>) -> bool {
-        self.released || now > self.free_at()
+        self.released || self.superseded_by.is_some() || now > self.free_at()
     }
 }
 
@@ -211,6 +244,28 @@ impl VolumeLock {
     }
 }
 
+/// The highest lease epoch ever taken on `store`'s prefix (0 if none):
+/// every manifest's writer epoch is at most this (see
+/// [`crate::format::fenced`]).
+pub async fn newest_epoch(store: &dyn crate::store::ObjectStore) -> Result<u64, StoreError> {
+    Ok(store
+        .list(LEASE_PREFIX)
+        .await?
+        .iter()
+        .filter_map(|m| epoch_of_key(&m.key))
+        .max()
+        .unwrap_or(0))
+}
+
+/// The epoch of a `lease/<epoch>.json` key.
+fn epoch_of_key(key: &str) -> Option<u64> {
+    let name = key.rsplit('/').next()?;
+    name.strip_suffix(".json")?.parse::<u64>().ok()
+}
+
+/// The newest epoch, its record (if readable) and its version tag.
+type Newest = (u64, Option<LeaseRecord>, Option<String>);
+
 fn epoch_key(epoch: u64) -> String {
     format!("{LEASE_PREFIX}{epoch:020}.json")
 }
@@ -229,6 +284,9 @@ pub struct Lease {
     acquired: chrono::DateTime<chrono::Utc>,
     /// Our [`VolumeLock`]'s id, when we hold one.
     volume: Option<String>,
+    /// The version tag of our epoch object as we last wrote it, for the
+    /// conditional renewal (`None` if the store did not report one).
+    etag: Option<String>,
 }
 
 /// What [`Lease::ensure`] found.
@@ -276,6 +334,7 @@ impl Lease {
             valid_until: Instant::now(),
             acquired: chrono::Utc::now(),
             volume: volume.map(|v| v.id().to_string()),
+            etag: None,
         };
         lease.take_next_epoch().await?;
         Ok(lease)
@@ -320,27 +379,53 @@ impl Lease {
 
     /// The newest epoch record, if any. Unreadable records count as taken
     /// epochs held by nobody (so they are never reused).
-    async fn newest(&self) -> Result<Option<(u64, Option<LeaseRecord>)>, LeaseError> {
-        let list = self
-            .store
-            .list(LEASE_PREFIX)
+    async fn newest(&self) -> Result<Option<Newest>, LeaseError> {
+        let epoch = newest_epoch(self.store.as_ref())
             .await
             .map_err(|e| self.err(e))?;
-        let newest = list
-            .iter()
-            .filter_map(|m| {
-                let name = m.key.rsplit('/').next()?;
-                name.strip_suffix(".json")?.parse::<u64>().ok()
-            })
-            .max();
-        let Some(epoch) = newest else {
+        if epoch == 0 {
             return Ok(None);
+        }
+        // The version first: if the object changes after it, a conditional
+        // replace with it fails, which is the safe side.
+        let etag = match self.store.head(&epoch_key(epoch)).await {
+            Ok(meta) => meta.etag,
+            Err(StoreError::NotFound { .. }) => return Ok(Some((epoch, None, None))),
+            Err(e) => return Err(self.err(e)),
         };
         match self.store.get(&epoch_key(epoch)).await {
-            Ok(body) => Ok(Some((epoch, serde_json::from_slice(&body).ok()))),
+            Ok(body) => Ok(Some((epoch, serde_json::from_slice(&body).ok(), etag))),
             // Deleted between list and get: someone is cleaning up behind a
             // newer epoch; report it as taken so the caller looks again.
-            Err(StoreError::NotFound { .. }) => Ok(Some((epoch, None))),
+            Err(StoreError::NotFound { .. }) => Ok(Some((epoch, None, None))),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Marks the live epoch `rec` (version `etag`) as superseded by
+    /// `next`, so that its holder's conditional renewal fails. `false` when
+    /// it changed since it was read (renewed, or taken by another): look
+    /// again.
+    async fn supersede(
+        &self,
+        rec: &LeaseRecord,
+        etag: Option<&str>,
+        next: u64,
+    ) -> Result<bool, LeaseError> {
+        let Some(etag) = etag else {
+            // The store reports no versions: nothing to fence with.
+            return Ok(true);
+        };
+        let mut fenced = rec.clone();
+        fenced.superseded_by = Some(next);
+        let body = Bytes::from(serde_json::to_vec_pretty(&fenced).unwrap_or_default());
+        match self
+            .store
+            .put_if_match(&epoch_key(rec.epoch), body, etag)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(StoreError::PreconditionFailed { .. } | StoreError::NotFound { .. }) => Ok(false),
             Err(e) => Err(self.err(e)),
         }
     }
@@ -360,6 +445,7 @@ impl Lease {
             },
             released,
             volume: self.volume.clone(),
+            superseded_by: None,
         }
     }
 
@@ -377,21 +463,36 @@ impl Lease {
             let newest = self.newest().await?;
             let next = match &newest {
                 None => 1,
-                Some((epoch, Some(rec)))
-                    if rec.owner == self.owner || rec.is_free(chrono::Utc::now()) =>
+                Some((epoch, Some(rec), _)) if rec.owner == self.owner => epoch + 1,
+                Some((epoch, Some(rec), _)) if rec.released || rec.superseded_by.is_some() => {
+                    epoch + 1
+                }
+                Some((epoch, Some(rec), etag))
+                    if rec.is_free(chrono::Utc::now()) || self.holder_is_dead(rec) =>
                 {
+                    if self.holder_is_dead(rec) {
+                        tracing::info!(
+                            replica = %self.store.describe(),
+                            "the writer lease (epoch {epoch}) is held by {}, which ran on this \
+                             volume and has exited (its volume lock is ours now); taking over at once",
+                            rec.holder()
+                        );
+                    }
+                    if !self.supersede(rec, etag.as_deref(), epoch + 1).await? {
+                        continue;
+                    }
                     epoch + 1
                 }
-                Some((epoch, Some(rec))) if self.holder_is_dead(rec) => {
-                    tracing::info!(
-                        replica = %self.store.describe(),
-                        "the writer lease (epoch {epoch}) is held by {}, which ran on this \
-                         volume and has exited (its volume lock is ours now); taking over at once",
-                        rec.holder()
-                    );
-                    epoch + 1
-                }
-                Some((epoch, Some(rec))) => {
+                Some((epoch, Some(rec), _)) => {
+                    // A newer epoch than ours, live: we were taken over.
+                    if self.epoch != 0 && *epoch > self.epoch {
+                        return Err(LeaseError::Fenced {
+                            replica: self.store.describe(),
+                            ours: self.epoch,
+                            holder: rec.holder(),
+                            epoch: *epoch,
+                        });
+                    }
                     return Err(LeaseError::Busy {
                         replica: self.store.describe(),
                         holder: rec.holder(),
@@ -400,7 +501,7 @@ impl Lease {
                         free_at: rec.free_at(),
                     });
                 }
-                Some((epoch, None)) => {
+                Some((epoch, None, _)) => {
                     // An unreadable or vanished newest epoch: treat as a
                     // stale record and move past it.
                     epoch + 1
@@ -416,6 +517,13 @@ impl Lease {
                     self.epoch = next;
                     self.acquired = rec.acquired;
                     self.valid_until = start + self.ttl;
+                    // The version renewals are conditional on.
+                    self.etag = self
+                        .store
+                        .head(&epoch_key(next))
+                        .await
+                        .map_err(|e| self.err(e))?
+                        .etag;
                     self.cleanup_below(next).await;
                     return Ok(others_wrote);
                 }
@@ -432,13 +540,7 @@ impl Lease {
             return;
         };
         for m in list {
-            let older = m
-                .key
-                .rsplit('/')
-                .next()
-                .and_then(|n| n.strip_suffix(".json"))
-                .and_then(|n| n.parse::<u64>().ok())
-                .is_some_and(|e| e < epoch);
+            let older = epoch_of_key(&m.key).is_some_and(|e| e < epoch);
             if older {
                 let _ = self.store.delete(&m.key).await;
             }
@@ -465,14 +567,10 @@ impl Lease {
             return Ok(Ensured::Continued);
         }
         if now < self.valid_until {
-            // Still ours: nobody takes an unexpired lease, so a plain put of
-            // our own epoch object is safe.
+            // Ours by our clock; the conditional replace proves nobody took
+            // it over meanwhile (see the module doc).
             let rec = self.record(self.epoch, false);
-            let body = Bytes::from(serde_json::to_vec_pretty(&rec).unwrap_or_default());
-            self.store
-                .put(&epoch_key(self.epoch), body)
-                .await
-                .map_err(|e| self.err(e))?;
+            self.write_own(rec).await?;
             self.valid_until = now + self.ttl;
             return Ok(Ensured::Continued);
         }
@@ -487,13 +585,51 @@ impl Lease {
             return Ok(());
         }
         let rec = self.record(self.epoch, true);
-        let body = Bytes::from(serde_json::to_vec_pretty(&rec).unwrap_or_default());
-        self.store
-            .put(&epoch_key(self.epoch), body)
-            .await
-            .map_err(|e| self.err(e))?;
         self.valid_until = Instant::now();
-        Ok(())
+        self.write_own(rec).await
+    }
+
+    /// Replaces our epoch object with `rec`, conditionally on the version
+    /// we last wrote; [`LeaseError::Fenced`] when it changed (a takeover
+    /// marked it superseded).
+    async fn write_own(&mut self, rec: LeaseRecord) -> Result<(), LeaseError> {
+        let key = epoch_key(self.epoch);
+        let body = Bytes::from(serde_json::to_vec_pretty(&rec).unwrap_or_default());
+        let Some(etag) = self.etag.clone() else {
+            // The store reports no versions: a plain put, as before.
+            return self.store.put(&key, body).await.map_err(|e| self.err(e));
+        };
+        match self.store.put_if_match(&key, body, &etag).await {
+            Ok(tag) => {
+                self.etag = Some(tag);
+                Ok(())
+            }
+            Err(StoreError::PreconditionFailed { .. } | StoreError::NotFound { .. }) => {
+                self.valid_until = Instant::now();
+                let (epoch, holder) = match self.newest().await? {
+                    Some((epoch, Some(rec), _)) => (epoch, rec.holder()),
+                    Some((epoch, None, _)) => (epoch, "unknown".into()),
+                    None => (self.epoch, "unknown".into()),
+                };
+                Err(LeaseError::Fenced {
+                    replica: self.store.describe(),
+                    ours: self.epoch,
+                    holder,
+                    epoch,
+                })
+            }
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Who we are, for the manifests we write (see
+    /// [`crate::format::Writer`]).
+    pub fn writer(&self) -> crate::format::Writer {
+        crate::format::Writer {
+            epoch: self.epoch,
+            host: self.host.clone(),
+            owner: self.owner.clone(),
+        }
     }
 }
 
@@ -557,10 +693,14 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(b.epoch(), 2);
-        // A learns it before writing, and does not write.
+        // A learns it before writing, and stops: it was fenced.
         assert!(matches!(
             a.ensure().await,
-            Err(LeaseError::Busy { epoch: 2, .. })
+            Err(LeaseError::Fenced {
+                ours: 1,
+                epoch: 2,
+                ..
+            })
         ));
         // Releasing A's lapsed lease must not touch B's.
         a.release().await.unwrap();
@@ -600,6 +740,8 @@ mod tests {
         let winners = results.iter().filter(|r| r.is_ok()).count();
         assert_eq!(winners, 1, "{results:?}");
     }
+
+    use crate::store::memory::Op;
 
     fn memory() -> (crate::store::memory::MemoryStore, DynStore) {
         let m = crate::store::memory::MemoryStore::new("lease");
@@ -665,5 +807,94 @@ mod tests {
         assert!(*free_at <= before + chrono::Duration::seconds(126), "{err}");
         assert!(*free_at > before + chrono::Duration::seconds(110), "{err}");
         assert!(err.to_string().contains("can be taken at"), "{err}");
+    }
+
+    /// A takeover the holder does not see coming (its own clock says the
+    /// lease is still its own): the taker marks the old epoch superseded
+    /// with a conditional replace, so the holder's conditional renewal fails
+    /// and it stops, naming the other writer. The taker here proves the
+    /// holder dead with a volume id it shares (as a restarted pod would),
+    /// which makes the schedule exact: no TTL has to pass.
+    #[tokio::test]
+    async fn a_holder_taken_over_is_fenced_at_its_next_renewal() {
+        let (mem, s) = memory();
+        let (v1, v2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let lock1 = VolumeLock::try_acquire(&v1.path().join("a.db"))
+            .unwrap()
+            .unwrap();
+        // Step 1: A takes the lease with a short TTL.
+        let ttl = Duration::from_millis(400);
+        let mut a = Lease::try_acquire(s.clone(), ttl, Some(&lock1))
+            .await
+            .unwrap();
+        // Step 2: B, whose volume lock carries A's volume id, takes over.
+        std::fs::write(
+            VolumeLock::path_for(&v2.path().join("b.db")),
+            format!("{}\n", lock1.id()),
+        )
+        .unwrap();
+        let lock2 = VolumeLock::try_acquire(&v2.path().join("b.db"))
+            .unwrap()
+            .unwrap();
+        let puts = mem.requests(Op::PutIfMatch);
+        let b = Lease::try_acquire(s.clone(), Duration::from_secs(60), Some(&lock2))
+            .await
+            .unwrap();
+        assert_eq!(b.epoch(), 2);
+        assert_eq!(
+            mem.requests(Op::PutIfMatch),
+            puts + 1,
+            "the old epoch was fenced"
+        );
+        // (Epoch 1 itself is then cleaned up: A's renewal finds it gone.)
+        assert!(s.get(&epoch_key(1)).await.is_err());
+        // Step 3: A wants to write. Within its TTL it renews (conditional
+        // replace, refused); past it, it finds the newer epoch. Either way it
+        // is fenced and names B.
+        tokio::time::sleep(ttl / 2 + Duration::from_millis(20)).await;
+        let err = a.ensure().await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LeaseError::Fenced {
+                    ours: 1,
+                    epoch: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(&b.owner),
+            "names the other writer: {err}"
+        );
+        // Step 4: A's manifests carry epoch 1, B's epoch 2: the rule knows.
+        assert_eq!(a.writer().epoch, 1);
+        assert_eq!(b.writer().epoch, 2);
+    }
+
+    #[tokio::test]
+    async fn a_renewal_without_takeover_is_a_conditional_replace() {
+        let (mem, s) = memory();
+        let ttl = Duration::from_millis(400);
+        let mut a = Lease::try_acquire(s.clone(), ttl, None).await.unwrap();
+        let (puts, cas) = (mem.requests(Op::Put), mem.requests(Op::PutIfMatch));
+        tokio::time::sleep(ttl / 2 + Duration::from_millis(20)).await;
+        match a.ensure().await.unwrap() {
+            // Renewed in time: one conditional replace, no plain put.
+            Ensured::Continued => {
+                assert_eq!(mem.requests(Op::PutIfMatch), cas + 1);
+                assert_eq!(mem.requests(Op::Put), puts);
+            }
+            // A loaded machine slept past the TTL: retaken, nobody between.
+            other => assert_eq!(
+                other,
+                Ensured::Retaken {
+                    others_wrote: false
+                }
+            ),
+        }
+        a.release().await.unwrap();
+        assert_eq!(mem.requests(Op::Put), puts, "release is conditional too");
     }
 }

@@ -455,8 +455,27 @@ impl Loop {
                 // Waiting for another writer's lease: look again soon, so a
                 // rolling update hands over within seconds.
                 let delay = match failure {
-                    Failure::Busy(_) => BUSY_RETRY,
+                    Failure::Busy(..) => BUSY_RETRY,
                     Failure::Store(_) => backoff(self.failures, self.config.max_backoff),
+                    Failure::Fenced(msg) => {
+                        let since = self
+                            .pending
+                            .map(|p| {
+                                p.first_wall
+                                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                            })
+                            .unwrap_or_else(|| "-".into());
+                        let e = crate::Error::Other(format!(
+                            "{msg}; the changes committed to {} since {since} were NOT uploaded by this process",
+                            self.config.db.display()
+                        ));
+                        tracing::error!("{e}");
+                        self.metrics.set_lease_held(false);
+                        self.lease = None;
+                        self.metrics.record_error(public);
+                        self.fatal = Some(e);
+                        return;
+                    }
                     Failure::Fatal(e) => {
                         tracing::error!("{e}");
                         self.metrics.record_error(public);
@@ -467,14 +486,18 @@ impl Loop {
                 self.retry_at = Some(Instant::now() + delay);
                 self.metrics.record_error(public);
                 match &failure {
-                    Failure::Busy(holder) => {
-                        self.metrics.set_lease_wait(Some(holder.clone()));
+                    Failure::Busy(holder, free_at) => {
+                        // Public: when, not who (the holder is in the log).
+                        self.metrics.set_lease_wait(Some(format!(
+                            "another writer holds it; if that writer is gone, it can be taken at {}",
+                            free_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        )));
                         if self.blocked_by.as_deref() != Some(holder.as_str()) {
                             tracing::warn!("{failure}; not writing, retrying until it is free");
                             self.blocked_by = Some(holder.clone());
                         }
                     }
-                    Failure::Fatal(_) => {}
+                    Failure::Fatal(_) | Failure::Fenced(_) => {}
                     Failure::Store(_) => {
                         if self.failures == 1 {
                             tracing::warn!(
@@ -545,6 +568,9 @@ impl Loop {
             },
         }
         self.metrics.set_lease_held(true);
+        // Every manifest names the epoch it was written under.
+        let writer = self.lease.as_ref().map(Lease::writer);
+        self.snapshotter.set_writer(writer);
         self.snapshotter
             .snapshot()
             .await
@@ -643,12 +669,15 @@ impl Loop {
 /// Why an attempt failed.
 #[derive(Debug)]
 enum Failure {
-    /// Another process holds the lease (its description).
-    Busy(String),
+    /// Another process holds the lease (its description, and when it can
+    /// be taken if not renewed).
+    Busy(String, chrono::DateTime<chrono::Utc>),
     /// The store or the snapshot failed.
     Store(String),
     /// Retrying cannot help (a store that ignores conditional writes).
     Fatal(crate::Error),
+    /// Another process took our lease over: stop (its description).
+    Fenced(String),
 }
 
 impl Failure {
@@ -656,9 +685,10 @@ impl Failure {
     /// detail (object keys, bucket, endpoint, the lease holder) is logged.
     fn public(&self) -> &'static str {
         match self {
-            Failure::Busy(_) => "another writer holds the replica's lease",
+            Failure::Busy(..) => "another writer holds the replica's lease",
             Failure::Store(_) => "uploading a snapshot to the replica failed (details in the log)",
             Failure::Fatal(_) => "the replica's store cannot be used safely (details in the log)",
+            Failure::Fenced(_) => "another writer took the replica's lease over; this one stopped",
         }
     }
 }
@@ -666,7 +696,7 @@ impl Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Busy(s) | Failure::Store(s) => f.write_str(s),
+            Failure::Busy(s, _) | Failure::Store(s) | Failure::Fenced(s) => f.write_str(s),
             Failure::Fatal(e) => write!(f, "{e}"),
         }
     }
@@ -675,7 +705,8 @@ impl std::fmt::Display for Failure {
 impl From<LeaseError> for Failure {
     fn from(e: LeaseError) -> Self {
         match e {
-            LeaseError::Busy { .. } => Failure::Busy(e.to_string()),
+            LeaseError::Busy { free_at, .. } => Failure::Busy(e.to_string(), free_at),
+            LeaseError::Fenced { .. } => Failure::Fenced(e.to_string()),
             LeaseError::Store { .. } => Failure::Store(e.to_string()),
         }
     }

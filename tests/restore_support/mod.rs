@@ -191,6 +191,7 @@ impl ReplicaWriter {
             source: SourcePosition::default(),
             stats,
             encryption: None,
+            writer: None,
         };
         if let Some(k) = &self.key {
             k.sign_manifest(&mut m);
