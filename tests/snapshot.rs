@@ -1324,6 +1324,25 @@ fn check_stress_state(path: &Path, model: &mut Model, at: &mut u64) -> u64 {
     k
 }
 
+/// One snapshot of the churn test: records its id with the commits seen
+/// before and after it, and whether it was incremental or a base.
+async fn take(
+    s: &mut Snapshotter,
+    committed: &AtomicU64,
+    taken: &mut Vec<(String, u64, u64)>,
+    incremental: &mut u32,
+    bases: &mut u32,
+) {
+    let lo = committed.load(Ordering::SeqCst);
+    let r = snap(s).await;
+    let hi = committed.load(Ordering::SeqCst);
+    *incremental += u32::from(!r.full_scan);
+    *bases += u32::from(r.base);
+    if let Some(id) = r.id {
+        taken.push((id, lo, hi));
+    }
+}
+
 /// The engine under adversarial change (the 11:18 bench failure: a delta
 /// that missed pages appended during a load): a writer appends, rewrites and
 /// deletes rows of a WAL db that grows and shrinks through chunk boundaries,
@@ -1374,14 +1393,7 @@ async fn every_snapshot_of_a_churning_db_restores_to_its_committed_state() {
             s = Snapshotter::new(&path, store.clone());
         }
         tokio::time::sleep(std::time::Duration::from_millis(10 + mix(i) % 120)).await;
-        let lo = committed.load(Ordering::SeqCst);
-        let r = snap(&mut s).await;
-        let hi = committed.load(Ordering::SeqCst);
-        incremental += u32::from(!r.full_scan);
-        bases += u32::from(r.base);
-        if let Some(id) = r.id {
-            taken.push((id, lo, hi));
-        }
+        take(&mut s, &committed, &mut taken, &mut incremental, &mut bases).await;
     }
     // The writer changes the page size at commit 900. A loaded machine
     // commits slower, not wrongly: wait for it (a condition, generously
@@ -1399,14 +1411,7 @@ async fn every_snapshot_of_a_churning_db_restores_to_its_committed_state() {
         if writer.is_finished() {
             break;
         }
-        let lo = committed.load(Ordering::SeqCst);
-        let r = snap(&mut s).await;
-        let hi = committed.load(Ordering::SeqCst);
-        incremental += u32::from(!r.full_scan);
-        bases += u32::from(r.base);
-        if let Some(id) = r.id {
-            taken.push((id, lo, hi));
-        }
+        take(&mut s, &committed, &mut taken, &mut incremental, &mut bases).await;
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     stop.store(true, Ordering::SeqCst);
