@@ -127,15 +127,9 @@ pub struct RetentionArgs {
 /// `mailsafe serve`.
 #[derive(Debug, ClapArgs)]
 pub struct ServeArgs {
-    /// SQLite database file of the catcher.
-    #[arg(long, env = "MP_DATABASE", default_value = "mailsafe.db")]
-    pub db: PathBuf,
-    /// SMTP listen address.
-    #[arg(long, env = "MP_SMTP_BIND_ADDR", default_value = "0.0.0.0:1025")]
-    pub smtp: String,
-    /// HTTP (API and web UI) listen address.
-    #[arg(long, env = "MP_UI_BIND_ADDR", default_value = "0.0.0.0:8025")]
-    pub listen: String,
+    /// The catcher's own options (`MP_*` and `MAILSAFE_*`).
+    #[command(flatten)]
+    pub catcher: mailsafe_catcher::options::Options,
     /// Replica URL: when set, restore on start if the db is missing, and back
     /// up continuously while running.
     #[arg(long, env = "MAILSAFE_REPLICA")]
@@ -152,101 +146,6 @@ pub struct ServeArgs {
     /// not in the replica.
     #[arg(long, env = "MAILSAFE_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: std::time::Duration,
-    /// Tenant ID: prefixes every table so several catchers can share a db.
-    #[arg(long, env = "MP_TENANT_ID", default_value = "")]
-    pub tenant_id: String,
-    /// Keep at most this many messages, pruning the oldest (0 = unlimited).
-    #[arg(long, env = "MP_MAX_MESSAGES", default_value_t = 500)]
-    pub max_messages: u64,
-    /// Prune messages older than this (e.g. `36h`, `7d`).
-    #[arg(long, env = "MP_MAX_AGE", value_parser = humantime::parse_duration)]
-    pub max_age: Option<std::time::Duration>,
-    /// Largest accepted message, in MB.
-    #[arg(long, env = "MP_MAX_MESSAGE_SIZE", default_value_t = 50)]
-    pub max_message_size: usize,
-    /// Most recipients per message; more are refused with 452.
-    #[arg(long, env = "MP_SMTP_MAX_RECIPIENTS", default_value_t = 100)]
-    pub smtp_max_recipients: usize,
-    /// SMTP AUTH users, space-separated `user:password` pairs (passwords may
-    /// be bcrypt hashes). Makes authentication mandatory.
-    #[arg(long, env = "MP_SMTP_AUTH", hide_env_values = true)]
-    pub smtp_auth: Option<String>,
-    /// File of `user:password` lines (htpasswd style, bcrypt allowed).
-    #[arg(long, env = "MP_SMTP_AUTH_FILE")]
-    pub smtp_auth_file: Option<PathBuf>,
-    /// Offer SMTP AUTH and accept any username and password.
-    #[arg(long, env = "MP_SMTP_AUTH_ACCEPT_ANY")]
-    pub smtp_auth_accept_any: bool,
-    /// Allow AUTH PLAIN/LOGIN on connections without TLS.
-    #[arg(long, env = "MP_SMTP_AUTH_ALLOW_INSECURE")]
-    pub smtp_auth_allow_insecure: bool,
-    /// PEM certificate for SMTP STARTTLS (or implicit TLS).
-    #[arg(long, env = "MP_SMTP_TLS_CERT")]
-    pub smtp_tls_cert: Option<PathBuf>,
-    /// PEM private key for SMTP TLS.
-    #[arg(long, env = "MP_SMTP_TLS_KEY")]
-    pub smtp_tls_key: Option<PathBuf>,
-    /// Refuse MAIL until the client has issued STARTTLS.
-    #[arg(long, env = "MP_SMTP_REQUIRE_STARTTLS")]
-    pub smtp_require_starttls: bool,
-    /// Implicit TLS (SMTPS): TLS from the first byte, as Mailpit's
-    /// `MP_SMTP_REQUIRE_TLS`.
-    #[arg(long, env = "MP_SMTP_REQUIRE_TLS")]
-    pub smtp_require_tls: bool,
-    /// Same as `--smtp-require-tls`.
-    #[arg(long, env = "MP_SMTP_TLS_IMPLICIT")]
-    pub smtp_tls_implicit: bool,
-    /// Most concurrent SMTP connections; more are refused with 421.
-    #[arg(long, env = "MAILSAFE_SMTP_MAX_CONNECTIONS", default_value_t = 1000)]
-    pub smtp_max_connections: usize,
-    /// Close SMTP connections that make no progress for this long.
-    #[arg(long, env = "MAILSAFE_SMTP_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
-    pub smtp_idle_timeout: std::time::Duration,
-    /// Message content (MB) all SMTP sessions may hold in memory at once;
-    /// a message that would exceed it gets 452 4.3.1 (the client retries).
-    /// At least --max-message-size; 0 = no cap.
-    #[arg(long, env = "MAILSAFE_SMTP_MAX_DATA_MEMORY", default_value_t = 256)]
-    pub smtp_max_data_memory: usize,
-    /// PEM certificate: serve the web UI and API over HTTPS (with
-    /// --ui-tls-key).
-    #[arg(long, env = "MP_UI_TLS_CERT", requires = "ui_tls_key")]
-    pub ui_tls_cert: Option<PathBuf>,
-    /// PEM private key for HTTPS.
-    #[arg(long, env = "MP_UI_TLS_KEY", requires = "ui_tls_cert")]
-    pub ui_tls_key: Option<PathBuf>,
-    /// Label shown in the web UI.
-    #[arg(long, env = "MP_LABEL", default_value = "")]
-    pub label: String,
-    /// Basic auth for the web UI and API: space-separated `user:password`
-    /// pairs.
-    #[arg(long, env = "MP_UI_AUTH", hide_env_values = true)]
-    pub ui_auth: Option<String>,
-    /// Basic auth users from an htpasswd file (bcrypt or plain).
-    #[arg(long, env = "MP_UI_AUTH_FILE")]
-    pub ui_auth_file: Option<PathBuf>,
-    /// Close HTTP connections that have not sent a complete request head
-    /// this long after connecting or after their last response.
-    #[arg(long, env = "MAILSAFE_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub http_header_timeout: std::time::Duration,
-    /// Most open HTTP connections (websockets included); more get 503.
-    #[arg(long, env = "MAILSAFE_HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
-    pub http_max_connections: usize,
-    /// Most open HTTP connections from one IP address; more get 503.
-    #[arg(
-        long,
-        env = "MAILSAFE_HTTP_MAX_CONNECTIONS_PER_IP",
-        default_value_t = 256
-    )]
-    pub http_max_connections_per_ip: usize,
-    /// Browser origins allowed to call the API besides the UI's own,
-    /// comma-separated (`*` for any), as Mailpit's `MP_API_CORS`.
-    #[arg(long, env = "MP_API_CORS", default_value = "")]
-    pub api_cors: String,
-    /// Host names accepted in the `Host` header besides localhost names and
-    /// loopback IPs, comma-separated (`*` for any). A catcher bound to a
-    /// loopback address refuses other hosts (DNS rebinding protection).
-    #[arg(long, env = "MAILSAFE_HTTP_ALLOWED_HOSTS", value_delimiter = ',')]
-    pub http_allowed_hosts: Vec<String>,
     #[command(flatten)]
     pub writer: WriterArgs,
 }
@@ -589,79 +488,9 @@ fn shutdown_deadline(
     }
 }
 
-/// Maps `serve`'s flags and `MP_*` variables onto the catcher's config.
-fn catcher_config(args: &ServeArgs) -> anyhow::Result<mailsafe_catcher::Config> {
-    use anyhow::Context;
-    use mailsafe_catcher::auth::{AuthPolicy, Credentials};
-    let mut users = Credentials::default();
-    if let Some(list) = &args.smtp_auth {
-        users.extend(Credentials::from_pairs(list, "MP_SMTP_AUTH")?);
-    }
-    if let Some(path) = &args.smtp_auth_file {
-        users.extend(Credentials::from_file(path)?);
-    }
-    let smtp_auth = if !users.is_empty() {
-        AuthPolicy::Users(std::sync::Arc::new(users))
-    } else if args.smtp_auth_accept_any {
-        AuthPolicy::AcceptAny
-    } else if args.smtp_auth.is_some() || args.smtp_auth_file.is_some() {
-        anyhow::bail!("SMTP auth is configured but lists no users");
-    } else {
-        AuthPolicy::None
-    };
-    let ui_auth = match (&args.ui_auth, &args.ui_auth_file) {
-        (None, None) => None,
-        (Some(pairs), None) => Some(Credentials::from_pairs(pairs, "MP_UI_AUTH")?),
-        (None, Some(path)) => Some(Credentials::from_file(path)?),
-        (Some(_), Some(_)) => anyhow::bail!("set MP_UI_AUTH or MP_UI_AUTH_FILE, not both"),
-    };
-    let max_message_size = args
-        .max_message_size
-        .checked_mul(1024 * 1024)
-        .context("--max-message-size is too large")?;
-    Ok(mailsafe_catcher::Config {
-        database: args.db.clone(),
-        smtp_bind: args.smtp.clone(),
-        http_bind: args.listen.clone(),
-        tenant: args.tenant_id.clone(),
-        max_messages: args.max_messages,
-        max_age: args.max_age,
-        max_message_size,
-        smtp_max_recipients: args.smtp_max_recipients,
-        smtp_auth,
-        smtp_auth_allow_insecure: args.smtp_auth_allow_insecure,
-        smtp_tls_cert: args.smtp_tls_cert.clone(),
-        smtp_tls_key: args.smtp_tls_key.clone(),
-        smtp_require_starttls: args.smtp_require_starttls,
-        smtp_implicit_tls: args.smtp_require_tls || args.smtp_tls_implicit,
-        smtp_max_connections: args.smtp_max_connections,
-        smtp_idle_timeout: args.smtp_idle_timeout,
-        smtp_max_data_memory: args
-            .smtp_max_data_memory
-            .checked_mul(1024 * 1024)
-            .context("--smtp-max-data-memory is too large")?,
-        shutdown_timeout: args.shutdown_timeout,
-        ui_tls_cert: args.ui_tls_cert.clone(),
-        ui_tls_key: args.ui_tls_key.clone(),
-        label: args.label.clone(),
-        ui_auth: ui_auth.map(|c| c.into_basic_auth()),
-        http_limits: mailsafe_catcher::api::HttpLimits {
-            header_read_timeout: args.http_header_timeout,
-            max_connections: args.http_max_connections,
-            max_connections_per_ip: args.http_max_connections_per_ip,
-            ..Default::default()
-        },
-        origins: mailsafe_catcher::api::OriginPolicy {
-            cors: args.api_cors.clone(),
-            allowed_hosts: args.http_allowed_hosts.clone(),
-        },
-        ..mailsafe_catcher::Config::default()
-    })
-}
-
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     use anyhow::Context;
-    let mut config = catcher_config(&args)?;
+    let mut config = args.catcher.into_config()?;
     let db = config.database.display().to_string();
     let timeout = args.shutdown_timeout;
     if let Some(replica) = args.replica.clone() {

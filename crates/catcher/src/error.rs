@@ -14,6 +14,9 @@ pub enum Error {
     /// The configuration is inconsistent.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// Credentials (`MP_SMTP_AUTH*`, `MP_UI_AUTH*`) could not be read.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
     /// The message store could not be opened.
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),

@@ -11,6 +11,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod options;
 pub mod smtp;
 pub mod storage;
 pub mod tls;
