@@ -5,13 +5,16 @@ Usage: hostile_http.py PID HTTP_PORT SMTP_PORT
 Phases (each bounded): 300 slow-loris connections sending half a request
 head (held until the server closes them); 300 websocket subscribers that
 never read while 200 mails arrive over SMTP; 8 x 60 MB `PUT /api/v1/tags`
-bodies at once (2.4 M IDs each); 4 x 20 MB `POST /api/v1/send` at once.
+bodies at once (2.4 M IDs each); one `POST /api/v1/send` near the 50 MB
+limit (a 36 MB incompressible attachment, 48 MB of JSON); 4 x 20 MB
+`POST /api/v1/send` at once.
 A normal client polls `GET /api/v1/messages` every 100 ms meanwhile. Prints
 one JSON object: VmRSS peak per phase, VmHWM, status counts, how long the
 slow-loris connections lived, and the normal client's latency.
 """
 import asyncio
 import base64
+import os
 import json
 import sys
 import threading
@@ -110,8 +113,10 @@ async def big_tags(total=60_000_000):
     return code
 
 
-async def big_send(size=20_000_000):
-    content = base64.b64encode(b"x" * size).decode()
+async def big_send(size=20_000_000, noise=False):
+    data = os.urandom(size) if noise else b"x" * size
+    content = base64.b64encode(data).decode()
+    del data
     body = json.dumps({
         "From": {"Email": "a@example.com"}, "To": [{"Email": "b@example.com"}],
         "Subject": "big", "Text": "hi",
@@ -182,6 +187,12 @@ async def main():
     out["ws_300_not_reading"] = {"codes": codes, "peak_rss_mib": sampler.take()}
     codes = await asyncio.gather(*(big_tags() for _ in range(8)))
     out["tags_8x60MB"] = {"codes": codes, "peak_rss_mib": sampler.take()}
+    # One send near the size limit, alone: what a single request raises the
+    # peak by (the acceptance is 64 MiB).
+    start = status("VmRSS")
+    code = await big_send(36_000_000, noise=True)
+    peak = sampler.take()
+    out["send_1x48MB"] = {"codes": [code], "peak_rss_mib": peak, "rise_mib": peak - start}
     codes = await asyncio.gather(*(big_send() for _ in range(4)))
     out["send_4x20MB"] = {"codes": codes, "peak_rss_mib": sampler.take()}
     await asyncio.sleep(1)

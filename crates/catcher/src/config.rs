@@ -49,6 +49,9 @@ pub struct Config {
     /// a message within the limit always fits once others are done; 0 means
     /// no cap.
     pub smtp_max_data_memory: usize,
+    /// How long a send API request waits for that memory budget before it
+    /// is answered 503 with `Retry-After`.
+    pub send_budget_wait: Duration,
     /// Close SMTP connections idle this long.
     pub smtp_idle_timeout: Duration,
     /// Close SMTP connections whose TLS handshake (implicit TLS or
@@ -92,6 +95,7 @@ impl Default for Config {
             smtp_implicit_tls: false,
             smtp_max_connections: 1000,
             smtp_max_data_memory: 256 * 1024 * 1024,
+            send_budget_wait: Duration::from_secs(10),
             smtp_idle_timeout: Duration::from_secs(300),
             smtp_tls_handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(10),

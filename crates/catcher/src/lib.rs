@@ -49,6 +49,7 @@ pub struct Catcher {
     http_limits: api::HttpLimits,
     origins: api::OriginPolicy,
     max_message_size: usize,
+    send_budget_wait: Duration,
 }
 
 impl Catcher {
@@ -129,6 +130,7 @@ impl Catcher {
             http_limits: config.http_limits,
             origins: config.origins,
             max_message_size: config.max_message_size,
+            send_budget_wait: config.send_budget_wait,
         })
     }
 
@@ -178,6 +180,7 @@ impl Catcher {
             cors: self.origins.cors,
             max_message_size: self.max_message_size,
             memory_budget: self.data_budget.clone(),
+            send_budget_wait: self.send_budget_wait,
             ..api::ApiOptions::default()
         };
         let router = http_router(&self.store, options);

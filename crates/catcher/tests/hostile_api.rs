@@ -443,3 +443,76 @@ async fn oversized_bodies_get_413_and_oversized_headers_are_refused() {
     assert_eq!(r.status(), 200);
     server.stop().await;
 }
+
+/// A send request whose attachment is `size` bytes of base64 (`A`s), so
+/// its strings are spooled rather than held.
+fn large_send(subject: &str, content: &str) -> String {
+    serde_json::json!({
+        "From": {"Email": "a@example.com"},
+        "To": [{"Email": "b@example.com"}],
+        "Subject": subject,
+        "Text": "hi",
+        "Attachments": [{"Filename": "big.bin", "Content": content}],
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_large_sends_queue_for_the_budget_and_bad_spooled_strings_are_400() {
+    // A budget of 48 MiB takes one large send (40 MiB reserved) at a time.
+    let server = Server::start(|c, _| {
+        c.max_message_size = 20 * 1024 * 1024;
+        c.smtp_max_data_memory = 48 * 1024 * 1024;
+        c.send_budget_wait = Duration::from_secs(300);
+    })
+    .await;
+    let url = format!("http://{}/api/v1/send", server.http);
+    let http = client();
+    let post = |body: String| {
+        http.post(&url)
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+    };
+    // Three 12 MB sends at once: they wait their turn and all get stored
+    // (session 4's code answered two of them 503 at once).
+    let sends = (0..3).map(|i| {
+        let body = large_send(&format!("big {i}"), &"QUJD".repeat(3_000_000));
+        post(body)
+    });
+    for r in futures::future::join_all(sends).await {
+        let r = r.unwrap();
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    }
+    assert_eq!(server.count().await, 3);
+    assert_eq!(server.budget.as_ref().unwrap().used(), 0);
+    // Bad content in spooled strings is the client's error, as in short ones.
+    let long = "QUJD".repeat(10_000);
+    for (body, want) in [
+        (large_send("b64", &format!("{long}!!!!")), "big.bin"),
+        (large_send("pad", &format!("QQ=={long}")), "big.bin"),
+        (
+            large_send("esc", &long).replacen(
+                "\"Text\":\"hi\"",
+                &format!("\"Text\":\"{long}\\x\""),
+                1,
+            ),
+            "invalid JSON",
+        ),
+        (
+            large_send("cut", &long)[..30_000].to_string(),
+            "invalid JSON",
+        ),
+    ] {
+        let r = post(body).await.unwrap();
+        assert_eq!(r.status(), 400);
+        let text = r.text().await.unwrap();
+        assert!(text.contains(want), "{text}");
+    }
+    // Fields besides the bodies are held, so they are capped (4 MiB).
+    let r = post(large_send(&"s".repeat(5 * 1024 * 1024), "QUJD"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(server.count().await, 3);
+}

@@ -15,16 +15,6 @@ use std::time::Duration;
 use support::*;
 use tokio::io::AsyncWriteExt;
 
-/// Peak resident memory of this process (server and client), in KiB.
-fn hwm_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_60mb_tags_body_is_413_and_rss_stays_bounded() {
     let mut server = Server::start(|_, _| {}).await;
@@ -117,6 +107,7 @@ async fn send_api_takes_only_json_within_the_size_limit_and_the_budget() {
     let mut server = Server::start(|c, _| {
         c.max_message_size = 1024 * 1024;
         c.smtp_max_data_memory = 8 * 1024 * 1024;
+        c.send_budget_wait = Duration::from_millis(200);
     })
     .await;
     let url = format!("http://{}/api/v1/send", server.http);
@@ -171,14 +162,15 @@ async fn send_api_takes_only_json_within_the_size_limit_and_the_budget() {
     );
     drop(rd);
     writer.abort();
-    // While SMTP holds the whole memory budget, the send API waits its
-    // turn: 503, then 200 once the budget is free.
+    // While SMTP holds the whole memory budget for longer than the send
+    // API waits: 503 with Retry-After, then 200 once the budget is free.
     let budget = server.budget.clone().expect("a budget is configured");
     assert!(budget.try_reserve(budget.limit()));
     let r = post("application/json", send_body("busy", 10))
         .await
         .unwrap();
     assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "5");
     budget.release(budget.limit());
     let r = post("application/json", send_body("free", 10))
         .await

@@ -55,6 +55,9 @@ pub struct ApiOptions {
     /// Most `/api/events` websockets open at once; more get 503 (the UI
     /// opens one per tab).
     pub max_event_subscribers: usize,
+    /// How long a send request waits for the memory budget before it is
+    /// answered 503 with `Retry-After`.
+    pub send_budget_wait: std::time::Duration,
 }
 
 impl Default for ApiOptions {
@@ -67,6 +70,7 @@ impl Default for ApiOptions {
             auth: None,
             cors: String::new(),
             max_event_subscribers: 256,
+            send_budget_wait: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -185,10 +189,17 @@ pub(crate) enum ApiError {
     /// (file paths, table names, SQLite's message) only go to the log, see
     /// [`ApiError::internal`].
     Internal(&'static str),
-    /// Another status with `{"Error": message}` (the send API's 413, 415
-    /// and 503).
+    /// Another status with `{"Error": message}` (the send API's 413 and
+    /// 415).
     Status(StatusCode, String),
+    /// 503 with `{"Error": message}` and `Retry-After` (the send API while
+    /// the memory budget is full).
+    Busy(String),
 }
+
+/// Seconds a client told to come back (503) waits: about what storing one
+/// large message takes.
+const RETRY_AFTER_SECS: &str = "5";
 
 impl ApiError {
     /// A 500 answered with `what` (client-visible, fixed text) after
@@ -226,6 +237,14 @@ impl IntoResponse for ApiError {
             ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{m}\n"), false),
             ApiError::Status(status, m) => {
                 (status, serde_json::json!({ "Error": m }).to_string(), true)
+            }
+            ApiError::Busy(m) => {
+                let mut res = ApiError::Status(StatusCode::SERVICE_UNAVAILABLE, m).into_response();
+                res.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(RETRY_AFTER_SECS),
+                );
+                return res;
             }
         };
         let mut res = (status, body).into_response();

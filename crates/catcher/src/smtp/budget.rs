@@ -10,15 +10,22 @@
 //! been stored, refused or abandoned (the session is dropped). Storing a
 //! message holds more than its raw bytes (parsed parts, search text, the
 //! compressed copy), so the server reserves that too while it stores, and
-//! answers `452 4.3.1` when it is not free (`smtp::server`).
+//! answers `452 4.3.1` when it is not free (`smtp::server`). The send API
+//! reserves from the same budget and may wait a little for it
+//! ([`DataBudget::reserve_within`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Notify;
 
 /// Bytes of message content the SMTP sessions may hold at once.
 #[derive(Debug)]
 pub struct DataBudget {
     limit: usize,
     used: AtomicUsize,
+    /// Woken at every release, for [`DataBudget::reserve_within`].
+    freed: Notify,
 }
 
 impl DataBudget {
@@ -27,6 +34,7 @@ impl DataBudget {
         Self {
             limit,
             used: AtomicUsize::new(0),
+            freed: Notify::new(),
         }
     }
 
@@ -62,10 +70,33 @@ impl DataBudget {
         })
     }
 
+    /// Reserves `n` bytes, waiting up to `wait` for others to release
+    /// them; `None` when they did not fit in that time.
+    pub async fn reserve_within(
+        self: &std::sync::Arc<Self>,
+        n: usize,
+        wait: Duration,
+    ) -> Option<Reservation> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before trying, so a release in between wakes us.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(r) = self.reserve(n) {
+                return Some(r);
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return None;
+            }
+        }
+    }
+
     /// Returns `n` bytes reserved earlier.
     pub fn release(&self, n: usize) {
         let prev = self.used.fetch_sub(n, Ordering::AcqRel);
         debug_assert!(prev >= n, "released more than reserved");
+        self.freed.notify_waiters();
     }
 }
 
@@ -98,5 +129,25 @@ mod tests {
         assert_eq!(b.used(), 40);
         assert!(b.try_reserve(60));
         assert!(!b.try_reserve(usize::MAX));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_reservation_gets_what_is_released() {
+        let b = std::sync::Arc::new(DataBudget::new(100));
+        let held = b.reserve(100).unwrap();
+        assert!(
+            b.reserve_within(1, Duration::from_millis(10))
+                .await
+                .is_none()
+        );
+        let waiter = {
+            let b = b.clone();
+            tokio::spawn(async move { b.reserve_within(50, Duration::from_secs(600)).await })
+        };
+        drop(held);
+        let got = waiter.await.unwrap().expect("reserved once released");
+        assert_eq!(b.used(), 50);
+        drop(got);
+        assert_eq!(b.used(), 0);
     }
 }

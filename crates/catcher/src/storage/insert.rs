@@ -2,11 +2,15 @@
 //! (parse, Bcc from the envelope, compression, search texts) off the writer
 //! thread, and [`insert`] writes the rows inside a writer batch.
 
+use std::io::{Seek, Write};
+
 use rusqlite::{Connection, params};
 
 use super::error::StorageError;
 use super::index;
-use super::model::{Event, Head, MessageSummary, NewMessage, new_id, now_ms, rfc3339_ms};
+use super::model::{
+    Event, Head, MessageSummary, NewMessage, SpooledMessage, new_id, now_ms, rfc3339_ms, spool,
+};
 use super::parse::{self, Parsed};
 use super::rows::add_tags;
 use super::search::clean;
@@ -35,12 +39,34 @@ impl Store {
         self.write(move |conn, ctx| insert(conn, ctx, prepared))
             .await
     }
+
+    /// Stores a message whose raw bytes are spooled (the send API), holding
+    /// only a chunk of them at a time: the summary is parsed from
+    /// `msg.summary`, the raw bytes are compressed from spool to spool and
+    /// written into the row in chunks. Otherwise the same path as
+    /// [`Store::insert`].
+    pub async fn insert_spooled(&self, msg: SpooledMessage) -> Result<String, StorageError> {
+        let level = self.options().compression_level;
+        let prepared = tokio::task::spawn_blocking(move || Prepared::spooled(msg, level))
+            .await
+            .map_err(|e| StorageError::Task(e.to_string()))??;
+        self.write(move |conn, ctx| insert(conn, ctx, prepared))
+            .await
+    }
+}
+
+/// The compressed raw message of a [`Prepared`].
+enum Compressed {
+    /// In memory (SMTP, where the raw copy is in memory anyway).
+    Bytes(Vec<u8>),
+    /// In a spool (the send API), with its length.
+    Spooled(tempfile::SpooledTempFile, u64),
 }
 
 /// A message parsed and compressed, ready for the writer.
 pub struct Prepared {
     parsed: Parsed,
-    compressed: Vec<u8>,
+    compressed: Compressed,
     size: i64,
     username: String,
     created: i64,
@@ -51,38 +77,10 @@ impl Prepared {
     /// Parses and compresses `msg` (CPU work kept off the writer thread).
     pub fn new(mut msg: NewMessage, level: i32) -> Result<Prepared, StorageError> {
         let mut parsed = parse::parse(&msg.raw);
-        // Like Mailpit: envelope recipients the headers do not name (e.g.
-        // frameworks that leave Bcc out of the headers) are recorded as Bcc.
-        let known: Vec<String> = parsed
-            .to
-            .iter()
-            .chain(&parsed.cc)
-            .chain(&parsed.bcc)
-            .map(|a| a.address.to_lowercase())
-            .collect();
-        let mut missing: Vec<String> = Vec::new();
-        for r in &msg.rcpt_to {
-            let r = r.trim().trim_matches(|c| c == '<' || c == '>');
-            let l = r.to_lowercase();
-            if !r.is_empty()
-                && !known.contains(&l)
-                && !missing.iter().any(|m| m.to_lowercase() == l)
-            {
-                missing.push(r.to_string());
-            }
-        }
-        if !missing.is_empty() {
-            if parsed.bcc.is_empty() {
-                let mut raw = format!("Bcc: {}\r\n", missing.join(", ")).into_bytes();
-                raw.extend_from_slice(&msg.raw);
-                msg.raw = raw;
-            }
-            parsed
-                .bcc
-                .extend(missing.into_iter().map(|address| parse::Address {
-                    name: String::new(),
-                    address,
-                }));
+        if let Some(bcc) = envelope_bcc(&mut parsed, &msg.rcpt_to) {
+            let mut raw = bcc;
+            raw.extend_from_slice(&msg.raw);
+            msg.raw = raw;
         }
         let compressed = zstd::bulk::compress(&msg.raw, level)?;
         let search = search_texts(&parsed);
@@ -90,11 +88,73 @@ impl Prepared {
             search,
             parsed,
             size: msg.raw.len() as i64,
-            compressed,
+            compressed: Compressed::Bytes(compressed),
             username: msg.username.unwrap_or_default(),
             created: now_ms(),
         })
     }
+
+    /// Parses `msg.summary` and compresses the spooled raw bytes into
+    /// another spool, a chunk at a time (the zstd stream keeps its window,
+    /// 8 MiB at most at the levels used here, not the message).
+    pub fn spooled(mut msg: SpooledMessage, level: i32) -> Result<Prepared, StorageError> {
+        let mut parsed = parse::parse(&msg.summary);
+        drop(std::mem::take(&mut msg.summary));
+        let bcc = envelope_bcc(&mut parsed, &msg.rcpt_to).unwrap_or_default();
+        let mut enc = zstd::stream::Encoder::new(spool(), level)?;
+        enc.write_all(&bcc)?;
+        msg.raw.rewind()?;
+        std::io::copy(&mut msg.raw, &mut enc)?;
+        drop(msg.raw);
+        let mut out = enc.finish()?;
+        let len = out.stream_position()?;
+        out.rewind()?;
+        let search = search_texts(&parsed);
+        Ok(Prepared {
+            search,
+            parsed,
+            size: (bcc.len() as u64 + msg.raw_len) as i64,
+            compressed: Compressed::Spooled(out, len),
+            username: msg.username.unwrap_or_default(),
+            created: now_ms(),
+        })
+    }
+}
+
+/// Like Mailpit: envelope recipients the headers do not name (e.g.
+/// frameworks that leave Bcc out of the headers) are recorded as Bcc, in
+/// `parsed` and, when the message has no Bcc header, in a `Bcc:` header
+/// line returned to put in front of the raw message.
+fn envelope_bcc(parsed: &mut Parsed, rcpt_to: &[String]) -> Option<Vec<u8>> {
+    let known: Vec<String> = parsed
+        .to
+        .iter()
+        .chain(&parsed.cc)
+        .chain(&parsed.bcc)
+        .map(|a| a.address.to_lowercase())
+        .collect();
+    let mut missing: Vec<String> = Vec::new();
+    for r in rcpt_to {
+        let r = r.trim().trim_matches(|c| c == '<' || c == '>');
+        let l = r.to_lowercase();
+        if !r.is_empty() && !known.contains(&l) && !missing.iter().any(|m| m.to_lowercase() == l) {
+            missing.push(r.to_string());
+        }
+    }
+    if missing.is_empty() {
+        return None;
+    }
+    let header = parsed
+        .bcc
+        .is_empty()
+        .then(|| format!("Bcc: {}\r\n", missing.join(", ")).into_bytes());
+    parsed
+        .bcc
+        .extend(missing.into_iter().map(|address| parse::Address {
+            name: String::new(),
+            address,
+        }));
+    header
 }
 
 /// The cleaned and encoded search texts of a message (CPU work kept off
@@ -163,10 +223,26 @@ pub fn insert(conn: &Connection, ctx: &mut Ctx, p: Prepared) -> Result<String, S
         p.username,
     ])?;
     let rowid = conn.last_insert_rowid();
-    conn.prepare_cached(&format!(
-        "INSERT INTO {pre}mailbox_data (id, Raw) VALUES (?1, ?2)"
-    ))?
-    .execute(params![rowid, p.compressed])?;
+    match p.compressed {
+        Compressed::Bytes(bytes) => {
+            conn.prepare_cached(&format!(
+                "INSERT INTO {pre}mailbox_data (id, Raw) VALUES (?1, ?2)"
+            ))?
+            .execute(params![rowid, bytes])?;
+        }
+        Compressed::Spooled(mut file, len) => {
+            // A zeroblob row, then written in place: binding the whole blob
+            // would make SQLite copy it (twice, with the record it builds).
+            conn.prepare_cached(&format!(
+                "INSERT INTO {pre}mailbox_data (id, Raw) VALUES (?1, zeroblob(?2))"
+            ))?
+            .execute(params![rowid, len as i64])?;
+            let table = format!("{pre}mailbox_data");
+            let mut blob =
+                conn.blob_open(rusqlite::MAIN_DB, table.as_str(), "Raw", rowid, false)?;
+            std::io::copy(&mut file, &mut blob)?;
+        }
+    }
     index::store_text(conn, pre, rowid, &p.search)?;
     ctx.unindexed.push((rowid, p.search));
     let mut tags: Vec<String> = Vec::new();

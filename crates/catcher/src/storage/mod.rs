@@ -37,7 +37,7 @@ mod writer;
 pub use error::StorageError;
 pub use model::{
     Event, Head, ListUnsubscribe, MessageDetail, MessageSummary, MessagesPage, NewMessage,
-    PartData, RuntimeStats, StoreOptions, new_boundary,
+    PartData, RuntimeStats, SPOOL_MEMORY, SpooledMessage, StoreOptions, new_boundary, spool,
 };
 pub use parse::{
     Address, Attachment, Checksums, canonical_header_key, clean_tag, fuzz_mime, html_to_text,

@@ -52,6 +52,38 @@ pub struct NewMessage {
     pub username: Option<String>,
 }
 
+/// Bytes a [`spool`] keeps in memory before it moves to a temporary file.
+pub const SPOOL_MEMORY: usize = 1024 * 1024;
+
+/// A buffer for message bytes that must not all be held in memory (the send
+/// API's body, the message it builds, its compressed copy): the first
+/// [`SPOOL_MEMORY`] bytes stay in memory, the rest go to an unnamed file in
+/// the system's temporary directory (`TMPDIR`), removed when it is dropped.
+pub fn spool() -> tempfile::SpooledTempFile {
+    tempfile::spooled_tempfile(SPOOL_MEMORY)
+}
+
+/// A message whose raw bytes are already in a [`spool`] (the send API),
+/// stored without ever holding them whole: the store parses `summary` for the
+/// summary row and search text, and streams `raw` through zstd into the row.
+#[derive(Debug)]
+pub struct SpooledMessage {
+    /// The same message as `raw` with large bodies cut short: headers and
+    /// MIME structure alike, attachment bodies empty, text bodies cut to
+    /// their first MiB. What the summary, the tags and search are made from.
+    pub summary: Vec<u8>,
+    /// The raw RFC 5322 bytes, from position 0.
+    pub raw: tempfile::SpooledTempFile,
+    /// Length of `raw` in bytes.
+    pub raw_len: u64,
+    /// Envelope sender.
+    pub mail_from: String,
+    /// Envelope recipients.
+    pub rcpt_to: Vec<String>,
+    /// The authenticated user, if any.
+    pub username: Option<String>,
+}
+
 /// A live notification for the websocket (`/api/events`), serialised
 /// exactly like Mailpit's messages: `{"Type": "new", "Data": {...}}` (see
 /// [`Event::kind`] for each variant's `Type`).

@@ -301,14 +301,25 @@ pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
     (c, k)
 }
 
-/// Resident memory of this test process, in KiB.
-pub fn rss_kib() -> u64 {
+/// A memory figure of this test process from `/proc/self/status`, in KiB.
+fn status_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
+}
+
+/// Resident memory of this test process, in KiB.
+pub fn rss_kib() -> u64 {
+    status_kib("VmRSS:")
+}
+
+/// Peak resident memory of this test process (server and client), in KiB.
+/// Per process: a test that measures it needs a test binary of its own.
+pub fn hwm_kib() -> u64 {
+    status_kib("VmHWM:")
 }
 
 /// The first bytes the server answers on `rd` while the client may still be
