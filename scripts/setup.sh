@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests and benchmarks need on a fresh machine:
 # SeaweedFS (S3), faketime (clock steps), Litestream (benchmark peer), Postfix's smtp-source and swaks
-# (SMTP clients), Debian chromium (UI tests), kubernetes-validate (manifest
+# (SMTP clients), fetchmail (POP3 client), Debian chromium (UI tests), kubernetes-validate (manifest
 # checks), moto 4 in a venv (an S3 server without conditional writes), and
 # the npm packages used by the browser and client tests.
 # Idempotent: each step is skipped when its tool is already present.
@@ -17,6 +17,8 @@ command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
 # faketime: clock-step tests run the binary with its wall clock moved.
 command -v faketime >/dev/null 2>&1 || need_apt+=(faketime)
+# fetchmail: a real POP3 client for the catcher's POP3 server tests.
+command -v fetchmail >/dev/null 2>&1 || need_apt+=(fetchmail)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

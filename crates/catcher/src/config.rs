@@ -74,6 +74,23 @@ pub struct Config {
     /// Browser origins allowed to use the API (`MP_API_CORS`) and the `Host`
     /// allow-list against DNS rebinding (`MAILSAFE_HTTP_ALLOWED_HOSTS`).
     pub origins: crate::api::OriginPolicy,
+    /// POP3 listen address (`MP_POP3_BIND_ADDR`).
+    pub pop3_bind: String,
+    /// POP3 users (`MP_POP3_AUTH`, `MP_POP3_AUTH_FILE`); as in Mailpit, the
+    /// POP3 server runs only when some are configured.
+    pub pop3_auth: Option<std::sync::Arc<crate::auth::Credentials>>,
+    /// PEM certificate for POP3 (`MP_POP3_TLS_CERT`).
+    pub pop3_tls_cert: Option<PathBuf>,
+    /// PEM private key for POP3 (`MP_POP3_TLS_KEY`).
+    pub pop3_tls_key: Option<PathBuf>,
+    /// With a POP3 certificate, offer STLS on a plain listener
+    /// (`MAILSAFE_POP3_STLS`) instead of Mailpit's implicit TLS (POP3S).
+    pub pop3_stls: bool,
+    /// Most concurrent POP3 connections; more get `-ERR` and are closed.
+    pub pop3_max_connections: usize,
+    /// Close POP3 connections that send no complete line this long (RFC
+    /// 1939: at least 10 minutes).
+    pub pop3_idle_timeout: Duration,
 }
 
 impl Default for Config {
@@ -105,6 +122,13 @@ impl Default for Config {
             ui_auth: None,
             http_limits: crate::api::HttpLimits::default(),
             origins: crate::api::OriginPolicy::default(),
+            pop3_bind: "0.0.0.0:1110".into(),
+            pop3_auth: None,
+            pop3_tls_cert: None,
+            pop3_tls_key: None,
+            pop3_stls: false,
+            pop3_max_connections: 100,
+            pop3_idle_timeout: Duration::from_secs(600),
         }
     }
 }

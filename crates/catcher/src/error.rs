@@ -20,9 +20,9 @@ pub enum Error {
     /// The message store could not be opened.
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
-    /// The SMTP server could not start.
+    /// The SMTP or POP3 server could not bind its address.
     #[error(transparent)]
-    Smtp(#[from] crate::smtp::server::ServerError),
+    Listen(#[from] crate::listen::BindError),
     /// A TLS certificate or key could not be loaded.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),

@@ -11,7 +11,9 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod listen;
 pub mod options;
+pub mod pop3;
 pub mod smtp;
 pub mod storage;
 pub mod tls;
@@ -39,6 +41,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
 pub struct Catcher {
     store: Store,
     smtp: SmtpServer,
+    /// Runs only when POP3 users are configured, as in Mailpit.
+    pop3: Option<pop3::Pop3Server>,
     http: tokio::net::TcpListener,
     /// Serve HTTP over TLS with this configuration (`MP_UI_TLS_*`).
     http_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
@@ -62,29 +66,13 @@ impl Catcher {
             ..StoreOptions::default()
         };
         let store = Store::open(&config.database, store_options)?;
-        let tls = match (&config.smtp_tls_cert, &config.smtp_tls_key) {
-            (Some(cert), Some(key)) => Some(tls::load(cert, key)?),
-            (None, None) => None,
-            _ => {
-                return Err(Error::Config(
-                    "MP_SMTP_TLS_CERT and MP_SMTP_TLS_KEY must be set together".into(),
-                ));
-            }
-        };
+        let tls = tls_pair(&config.smtp_tls_cert, &config.smtp_tls_key, "MP_SMTP_TLS")?;
         if tls.is_none() && (config.smtp_implicit_tls || config.smtp_require_starttls) {
             return Err(Error::Config(
                 "SMTP TLS is required but MP_SMTP_TLS_CERT/MP_SMTP_TLS_KEY are not set".into(),
             ));
         }
-        let http_tls = match (&config.ui_tls_cert, &config.ui_tls_key) {
-            (Some(cert), Some(key)) => Some(tls::load(cert, key)?),
-            (None, None) => None,
-            _ => {
-                return Err(Error::Config(
-                    "MP_UI_TLS_CERT and MP_UI_TLS_KEY must be set together".into(),
-                ));
-            }
-        };
+        let http_tls = tls_pair(&config.ui_tls_cert, &config.ui_tls_key, "MP_UI_TLS")?;
         let data_budget = (config.smtp_max_data_memory > 0).then(|| {
             let cap = config.smtp_max_data_memory.max(config.max_message_size);
             std::sync::Arc::new(smtp::DataBudget::new(cap))
@@ -112,6 +100,26 @@ impl Catcher {
             std::sync::Arc::new(store.clone()),
         )
         .await?;
+        let pop3 = match &config.pop3_auth {
+            None => None,
+            Some(users) => {
+                let options = pop3::Pop3Options {
+                    limits: pop3::proto::Limits {
+                        name: pop3_name(&config.label),
+                        ..pop3::proto::Limits::default()
+                    },
+                    users: users.clone(),
+                    tls: tls_pair(&config.pop3_tls_cert, &config.pop3_tls_key, "MP_POP3_TLS")?,
+                    implicit_tls: !config.pop3_stls,
+                    max_connections: config.pop3_max_connections,
+                    idle_timeout: config.pop3_idle_timeout,
+                    tls_handshake_timeout: config.smtp_tls_handshake_timeout,
+                    drain_timeout: config.shutdown_timeout,
+                    data_budget: data_budget.clone(),
+                };
+                Some(pop3::Pop3Server::bind(&config.pop3_bind, options, store.clone()).await?)
+            }
+        };
         let http = tokio::net::TcpListener::bind(&config.http_bind)
             .await
             .map_err(|source| Error::Bind {
@@ -121,6 +129,7 @@ impl Catcher {
         Ok(Self {
             store,
             smtp,
+            pop3,
             http,
             http_tls,
             shutdown_timeout: config.shutdown_timeout,
@@ -139,6 +148,13 @@ impl Catcher {
         self.smtp
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// The POP3 address actually bound, when POP3 runs.
+    pub fn pop3_addr(&self) -> Option<SocketAddr> {
+        self.pop3
+            .as_ref()
+            .map(|p| p.local_addr().expect("a bound listener has an address"))
     }
 
     /// Whether the API and UI are served over HTTPS.
@@ -198,9 +214,12 @@ impl Catcher {
             self.http_limits,
             http_stop,
         ));
+        let pop3 = self
+            .pop3
+            .map(|p| tokio::spawn(p.run(stopped(stop_rx.clone()))));
         let smtp = tokio::spawn(self.smtp.run(stopped(stop_rx)));
         shutdown.await;
-        tracing::info!("shutting down: SMTP first, then HTTP");
+        tracing::info!("shutting down: SMTP and POP3 first, then HTTP");
         // One deadline for both: the drain of SMTP sessions and of HTTP
         // connections (keep-alive, websockets) together stay within the
         // shutdown timeout.
@@ -210,6 +229,13 @@ impl Catcher {
         if tokio::time::timeout_at(deadline, smtp).await.is_err() {
             tracing::warn!("SMTP sessions still open at the shutdown deadline; closing them");
             smtp_abort.abort();
+        }
+        if let Some(pop3) = pop3 {
+            let pop3_abort = pop3.abort_handle();
+            if tokio::time::timeout_at(deadline, pop3).await.is_err() {
+                tracing::warn!("POP3 sessions still open at the shutdown deadline; closing them");
+                pop3_abort.abort();
+            }
         }
         let http_abort = http.abort_handle();
         match tokio::time::timeout_at(deadline, http).await {
@@ -223,6 +249,32 @@ impl Catcher {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// Loads a TLS certificate and key given as a pair (`{what}_CERT` and
+/// `{what}_KEY`): both or neither.
+fn tls_pair(
+    cert: &Option<std::path::PathBuf>,
+    key: &Option<std::path::PathBuf>,
+    what: &str,
+) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, Error> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(tls::load(cert, key)?)),
+        (None, None) => Ok(None),
+        _ => Err(Error::Config(format!(
+            "{what}_CERT and {what}_KEY must be set together"
+        ))),
+    }
+}
+
+/// The name the POP3 greeting gives, as Mailpit's (`mailsafe (label)`).
+fn pop3_name(label: &str) -> String {
+    if label.is_empty() {
+        "mailsafe".into()
+    } else {
+        let label: String = label.chars().filter(|c| !c.is_control()).collect();
+        format!("mailsafe ({label})")
     }
 }
 

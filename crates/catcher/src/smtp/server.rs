@@ -4,9 +4,10 @@
 //! it says the message is durable.
 //!
 //! Defences against hostile clients live here, where the clock and sockets
-//! are: a cap on concurrent connections (extra ones get 421 and are closed),
-//! an idle timeout that only progress resets (a complete line, or message
-//! content), a write timeout, and fixed-size read buffers.
+//! are: an idle timeout that only progress resets (a complete line, or
+//! message content) and fixed-size read buffers; the connection cap (extra
+//! connections get 421 and are closed), write and TLS handshake timeouts
+//! are [`crate::listen`]'s, shared with POP3.
 
 use std::future::Future;
 use std::io;
@@ -14,16 +15,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
-use tokio::time::{Instant, timeout};
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use super::deliver::Deliver;
 use super::proto::{Event, Limits, Reply, Session};
 use crate::auth::AuthPolicy;
+use crate::listen::{self, Admission, BindError};
 use crate::storage::NewMessage;
 
 /// Bytes read from a socket at a time; with the session's own bounded
@@ -74,24 +75,11 @@ impl Default for ServerOptions {
     }
 }
 
-/// Errors setting up the SMTP server.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    /// The listen address could not be bound.
-    #[error("cannot listen for SMTP on {addr}: {source}")]
-    Bind {
-        /// The address asked for.
-        addr: String,
-        /// Why.
-        source: io::Error,
-    },
-}
-
 /// A bound SMTP server, ready to [`run`](SmtpServer::run).
 pub struct SmtpServer {
     listener: TcpListener,
     shared: Arc<Shared>,
-    drain_timeout: Duration,
+    admission: Admission,
 }
 
 /// What every session task needs.
@@ -101,8 +89,6 @@ struct Shared {
     implicit_tls: bool,
     idle_timeout: Duration,
     tls_handshake_timeout: Duration,
-    max_connections: usize,
-    connections: Arc<Semaphore>,
     sink: Arc<dyn Deliver>,
 }
 
@@ -113,29 +99,30 @@ impl SmtpServer {
         addr: &str,
         mut options: ServerOptions,
         sink: Arc<dyn Deliver>,
-    ) -> Result<Self, ServerError> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: addr.to_owned(),
-                source,
-            })?;
+    ) -> Result<Self, BindError> {
+        let listener = listen::bind("SMTP", addr).await?;
         options.limits.starttls = options.tls.is_some() && !options.implicit_tls;
-        let max_connections = options.max_connections.max(1);
         let shared = Shared {
             limits: Arc::new(options.limits),
             tls: options.tls.map(TlsAcceptor::from),
             implicit_tls: options.implicit_tls,
             idle_timeout: options.idle_timeout,
             tls_handshake_timeout: options.tls_handshake_timeout,
-            max_connections,
-            connections: Arc::new(Semaphore::new(max_connections)),
             sink,
+        };
+        let refusal = Reply {
+            code: 421,
+            lines: vec!["4.7.0 Too many connections, try again later".into()],
         };
         Ok(Self {
             listener,
             shared: Arc::new(shared),
-            drain_timeout: options.drain_timeout,
+            admission: Admission {
+                protocol: "SMTP",
+                max_connections: options.max_connections,
+                refusal: refusal.to_bytes(),
+                drain_timeout: options.drain_timeout,
+            },
         })
     }
 
@@ -149,67 +136,17 @@ impl SmtpServer {
     /// (up to the drain timeout), and returns. Every message answered 250
     /// was committed before its answer, so nothing acknowledged is lost.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let mut sessions = JoinSet::new();
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => self.admit(stream, peer, &mut sessions, &stop_rx),
-                    Err(e) => {
-                        // Usually EMFILE: back off instead of spinning.
-                        tracing::warn!(error = %e, "SMTP accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-            }
-        }
-        drop(self.listener);
-        let _ = stop_tx.send(true);
-        let drained = timeout(self.drain_timeout, async {
-            while sessions.join_next().await.is_some() {}
-        })
+        let shared = self.shared;
+        listen::serve(
+            self.listener,
+            self.admission,
+            shutdown,
+            |stream, _, stop| {
+                let shared = shared.clone();
+                async move { serve_connection(stream, &shared, stop).await }
+            },
+        )
         .await;
-        if drained.is_err() {
-            tracing::warn!(
-                sessions = sessions.len(),
-                "SMTP sessions still open after the drain timeout; closing them"
-            );
-            sessions.shutdown().await;
-        }
-    }
-
-    fn admit(
-        &self,
-        mut stream: TcpStream,
-        peer: SocketAddr,
-        sessions: &mut JoinSet<()>,
-        stop: &watch::Receiver<bool>,
-    ) {
-        let _ = stream.set_nodelay(true);
-        let Ok(permit) = self.shared.connections.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, max = self.shared.max_connections, "SMTP connection refused: too many connections");
-            // Answer in a detached task so a client that does not read
-            // cannot stall the accept loop.
-            tokio::spawn(async move {
-                let reply = Reply {
-                    code: 421,
-                    lines: vec!["4.7.0 Too many connections, try again later".into()],
-                };
-                let _ = timeout(Duration::from_secs(5), stream.write_all(&reply.to_bytes())).await;
-            });
-            return;
-        };
-        let shared = self.shared.clone();
-        let stop = stop.clone();
-        sessions.spawn(async move {
-            let _permit = permit;
-            if let Err(e) = serve_connection(stream, &shared, stop).await {
-                tracing::debug!(%peer, error = %e, "SMTP connection ended");
-            }
-        });
     }
 }
 
@@ -223,9 +160,7 @@ async fn serve_connection(
         let Some(acceptor) = &shared.tls else {
             return Ok(());
         };
-        let mut tls = timeout(shared.tls_handshake_timeout, acceptor.accept(stream))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        let mut tls = listen::tls_accept(acceptor, stream, shared.tls_handshake_timeout).await?;
         let mut session = Session::new(shared.limits.clone(), true);
         write(&mut tls, &session.greeting().to_bytes(), shared).await?;
         drive(&mut tls, &mut session, shared, &mut stop, &mut buf).await?;
@@ -240,11 +175,7 @@ async fn serve_connection(
             let Some(acceptor) = &shared.tls else {
                 return Ok(());
             };
-            let mut tls = timeout(shared.tls_handshake_timeout, acceptor.accept(plain))
-                .await
-                .map_err(|_| {
-                    io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
-                })??;
+            let mut tls = listen::tls_accept(acceptor, plain, shared.tls_handshake_timeout).await?;
             session.tls_established();
             match drive(&mut tls, &mut session, shared, &mut stop, &mut buf).await? {
                 Outcome::Closed | Outcome::StartTls => Ok(()),
@@ -266,13 +197,7 @@ async fn write<S: AsyncWrite + Unpin>(
     bytes: &[u8],
     shared: &Shared,
 ) -> io::Result<()> {
-    // A client that stops reading must not pin the session forever.
-    timeout(shared.idle_timeout, async {
-        stream.write_all(bytes).await?;
-        stream.flush().await
-    })
-    .await
-    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "SMTP write timed out"))?
+    listen::write_within(stream, bytes, shared.idle_timeout).await
 }
 
 /// Runs the session over `stream` until it closes or asks for TLS.

@@ -113,6 +113,8 @@ pub async fn get_json(router: &axum::Router, path: &str) -> serde_json::Value {
 pub struct Server {
     pub smtp: SocketAddr,
     pub http: SocketAddr,
+    /// The POP3 address, when POP3 users are configured.
+    pub pop3: Option<SocketAddr>,
     pub store: Store,
     pub db: PathBuf,
     pub stop: Option<oneshot::Sender<()>>,
@@ -138,6 +140,7 @@ impl Server {
             catcher.store().clone(),
         );
         let budget = catcher.data_budget().cloned();
+        let pop3 = catcher.pop3_addr();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(catcher.run(async {
             let _ = rx.await;
@@ -145,6 +148,7 @@ impl Server {
         Server {
             smtp,
             http,
+            pop3,
             store,
             db,
             stop: Some(tx),
