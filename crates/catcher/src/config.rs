@@ -91,6 +91,9 @@ pub struct Config {
     /// Close POP3 connections that send no complete line this long (RFC
     /// 1939: at least 10 minutes).
     pub pop3_idle_timeout: Duration,
+    /// POST each new message's summary here (`MP_WEBHOOK_URL`,
+    /// `MP_WEBHOOK_LIMIT`, `MP_WEBHOOK_DELAY`); `None` sends nothing.
+    pub webhook: Option<crate::webhook::WebhookConfig>,
 }
 
 impl Default for Config {
@@ -129,6 +132,7 @@ impl Default for Config {
             pop3_stls: false,
             pop3_max_connections: 100,
             pop3_idle_timeout: Duration::from_secs(600),
+            webhook: None,
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod smtp;
 pub mod storage;
 pub mod tls;
 pub mod ui;
+pub mod webhook;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -43,6 +44,11 @@ pub struct Catcher {
     smtp: SmtpServer,
     /// Runs only when POP3 users are configured, as in Mailpit.
     pop3: Option<pop3::Pop3Server>,
+    /// Webhook target and its counters, when `MP_WEBHOOK_URL` is set.
+    webhook: Option<(
+        webhook::WebhookConfig,
+        std::sync::Arc<webhook::WebhookStats>,
+    )>,
     http: tokio::net::TcpListener,
     /// Serve HTTP over TLS with this configuration (`MP_UI_TLS_*`).
     http_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
@@ -127,6 +133,12 @@ impl Catcher {
                 source,
             })?;
         Ok(Self {
+            webhook: config.webhook.clone().map(|mut w| {
+                if w.label.is_empty() {
+                    w.label = config.label.clone();
+                }
+                (w, std::sync::Arc::default())
+            }),
             store,
             smtp,
             pop3,
@@ -155,6 +167,11 @@ impl Catcher {
         self.pop3
             .as_ref()
             .map(|p| p.local_addr().expect("a bound listener has an address"))
+    }
+
+    /// What the webhook task has done, when webhooks are configured.
+    pub fn webhook_stats(&self) -> Option<std::sync::Arc<webhook::WebhookStats>> {
+        self.webhook.as_ref().map(|(_, stats)| stats.clone())
     }
 
     /// Whether the API and UI are served over HTTPS.
@@ -214,6 +231,10 @@ impl Catcher {
             self.http_limits,
             http_stop,
         ));
+        if let Some((config, stats)) = self.webhook {
+            webhook::spawn(&self.store, config, stats, stopped(stop_rx.clone()))
+                .map_err(|e| Error::Config(format!("webhook client: {e}")))?;
+        }
         let pop3 = self
             .pop3
             .map(|p| tokio::spawn(p.run(stopped(stop_rx.clone()))));

@@ -115,6 +115,8 @@ pub struct Server {
     pub http: SocketAddr,
     /// The POP3 address, when POP3 users are configured.
     pub pop3: Option<SocketAddr>,
+    /// The webhook task's counters, when webhooks are configured.
+    pub webhook: Option<std::sync::Arc<mailsafe_catcher::webhook::WebhookStats>>,
     pub store: Store,
     pub db: PathBuf,
     pub stop: Option<oneshot::Sender<()>>,
@@ -141,6 +143,7 @@ impl Server {
         );
         let budget = catcher.data_budget().cloned();
         let pop3 = catcher.pop3_addr();
+        let webhook = catcher.webhook_stats();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(catcher.run(async {
             let _ = rx.await;
@@ -149,6 +152,7 @@ impl Server {
             smtp,
             http,
             pop3,
+            webhook,
             store,
             db,
             stop: Some(tx),
