@@ -21,8 +21,8 @@ rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly -
 cd fuzz
 if [ "$#" -gt 0 ]; then targets="$*"; else targets=$(cargo +nightly fuzz list); fi
 for t in $targets; do
-  # Only restore_parse needs the backup engine; the catcher targets build
-  # without it (and without the AWS SDK).
+  # Only restore_parse needs the backup engine (without its S3 store, so
+  # never the AWS SDK); the catcher targets build without it.
   features=(--no-default-features)
   [ "$t" = restore_parse ] && features=()
   echo "[fuzz] $t for ${secs}s" >&2

@@ -21,6 +21,9 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --no-fail-fast
+# The engine without its S3 store (no AWS SDK): what the fuzzer and any
+# non-S3 user of the engine build; its file and memory store tests run.
+cargo test -p mailsafe_engine --no-default-features --no-fail-fast
 
 if [ -x tests/browser/run.sh ]; then
   tests/browser/run.sh

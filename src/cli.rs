@@ -598,7 +598,7 @@ async fn start_replicated(
         force: false,
         integrity_check: mailsafe::restore::IntegrityCheck::Quick,
         parallelism: mailsafe::restore::DEFAULT_PARALLELISM,
-        progress: false,
+        progress: mailsafe::progress::none(),
         key: key.clone(),
     };
     mailsafe::restore::restore(&*store, &opts)
@@ -736,7 +736,7 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         force: args.force,
         integrity_check: integrity(args.integrity_check),
         parallelism: args.parallelism.max(1),
-        progress: true,
+        progress: crate::progress::stderr_bytes(),
         key: args.replica.encryption_key()?,
     };
     runtime()?.block_on(async {

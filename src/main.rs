@@ -2,6 +2,7 @@
 //! exit code. Everything else lives in `cli` and the library.
 
 mod cli;
+mod progress;
 
 use std::process::ExitCode;
 

@@ -1,5 +1,5 @@
 //! Fuzzes what restore reads from a possibly hostile bucket: manifests
-//! (`parse_manifest`, with the format's version check), stored delta packs
+//! (`manifest::parse`, the one manifest reader with its bounds), stored delta packs
 //! (`decode_delta_stream`, raw and as a zstd frame) and encrypted objects
 //! (`Key::open`). No input may panic, hang or make a page number escape
 //! `1..=page_count`; every object key restore derives from an accepted
@@ -12,9 +12,9 @@ use std::path::{Component, Path};
 
 use libfuzzer_sys::fuzz_target;
 use mailsafe::crypto::Key;
-use mailsafe::format;
+use mailsafe::format::{self, Manifest};
+use mailsafe::manifest;
 use mailsafe::restore::build::decode_delta_stream;
-use mailsafe::restore::plan::parse_manifest;
 
 fn inside(key: &str, prefix: &str) {
     assert!(key.starts_with(prefix), "{key:?} outside {prefix}");
@@ -28,10 +28,13 @@ fn inside(key: &str, prefix: &str) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    // A key that is not `manifests/<id>.json` skips the id-matches-key check,
-    // so the fuzzer reaches the checks behind it.
-    for key in ["fuzz", "manifests/fuzz.json"] {
-        if let Ok(m) = parse_manifest(data, key) {
+    // The reader checks that the id matches the key: read the id first and
+    // store the input under its own key, so the fuzzer reaches the checks
+    // behind that one; and once under a fixed key, for that check itself.
+    let own = Manifest::from_json("fuzz", data).map(|m| format::manifest_key(&m.id));
+    for key in [own.unwrap_or_default(), "manifests/fuzz.json".to_string()] {
+        let key = key.as_str();
+        if let Ok(m) = manifest::parse(key, data) {
             inside(&format::manifest_key(&m.base), format::MANIFESTS);
             if let Some(p) = &m.parent {
                 inside(&format::manifest_key(p), format::MANIFESTS);
@@ -56,7 +59,7 @@ fuzz_target!(|data: &[u8]| {
     for page_size in [512u32, 4096] {
         let check = |bytes: &[u8]| {
             let mut max = 0u32;
-            if let Ok(h) = decode_delta_stream(bytes, "deltas/fuzz", page_size, |p, page| {
+            if let Ok(h) = decode_delta_stream(bytes, "deltas/fuzz", page_size, None, |p, page| {
                 assert_eq!(page.len(), page_size as usize);
                 max = max.max(p);
                 Ok(())

@@ -12,6 +12,7 @@ pub mod error;
 pub mod format;
 pub mod history;
 pub mod manifest;
+pub mod progress;
 pub mod restore;
 pub mod retention;
 pub mod snapshot;

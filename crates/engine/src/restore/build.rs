@@ -29,9 +29,8 @@ use crate::store::ObjectStore;
 pub struct BuildOptions {
     /// Objects downloaded concurrently.
     pub parallelism: usize,
-    /// Advanced by stored bytes as objects arrive; hidden when not on a
-    /// terminal.
-    pub progress: indicatif::ProgressBar,
+    /// Advanced by stored bytes as objects arrive.
+    pub progress: Arc<dyn crate::progress::Progress>,
     /// Decrypts objects of an encrypted snapshot.
     pub key: Option<Arc<Key>>,
 }
@@ -40,7 +39,7 @@ impl Default for BuildOptions {
     fn default() -> Self {
         Self {
             parallelism: super::DEFAULT_PARALLELISM,
-            progress: indicatif::ProgressBar::hidden(),
+            progress: crate::progress::none(),
             key: None,
         }
     }

@@ -18,7 +18,6 @@ pub mod build;
 pub mod install;
 pub mod plan;
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,6 +30,7 @@ pub use plan::{Pick, RestorePlan};
 
 use crate::Error;
 use crate::crypto::Key;
+use crate::progress::Progress;
 use crate::store::ObjectStore;
 
 /// Downloads in flight by default. With one object per ~256 KiB chunk
@@ -58,8 +58,8 @@ pub struct RestoreOptions {
     pub integrity_check: IntegrityCheck,
     /// Concurrent downloads.
     pub parallelism: usize,
-    /// Show a progress bar (only ever drawn when stderr is a terminal).
-    pub progress: bool,
+    /// Told the bytes to download and each object as it arrives.
+    pub progress: Arc<dyn Progress>,
     /// Key of an encrypted replica.
     pub key: Option<Arc<Key>>,
 }
@@ -75,7 +75,7 @@ impl RestoreOptions {
             force: false,
             integrity_check: IntegrityCheck::Quick,
             parallelism: DEFAULT_PARALLELISM,
-            progress: false,
+            progress: crate::progress::none(),
             key: None,
         }
     }
@@ -108,19 +108,6 @@ pub enum RestoreOutcome {
     SkippedDbExists,
     /// `--if-replica-exists` and the replica has no snapshot: nothing done.
     SkippedNoReplica,
-}
-
-fn progress_bar(enabled: bool) -> indicatif::ProgressBar {
-    if !enabled || !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(0);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
-    ) {
-        bar.set_style(style);
-    }
-    bar
 }
 
 /// Restores a snapshot to `opts.target`, verified, atomically.
@@ -177,11 +164,11 @@ pub async fn restore(
     let build_opts = BuildOptions {
         key: opts.key.clone(),
         parallelism: opts.parallelism,
-        progress: progress_bar(opts.progress),
+        progress: opts.progress.clone(),
     };
     let built = Instant::now();
     let stats = build::build_image(store, &plan, file, &tmp_path, &build_opts).await?;
-    build_opts.progress.finish_and_clear();
+    build_opts.progress.finish();
     let checked = Instant::now();
     // The image must be on disk before the rename, and checked by SQLite:
     // the two are independent (one writes back, the other reads the page

@@ -1,5 +1,6 @@
 //! Where backups live: the [`ObjectStore`] trait and its implementations,
-//! S3 (`s3://bucket/prefix`, on aws-sdk-s3, see [`s3`]), a local directory
+//! S3 (`s3://bucket/prefix`, on aws-sdk-s3, see `s3`; behind the default-on
+//! `s3` feature, so the rest builds without the SDK), a local directory
 //! (`file:///path`, see [`fs`]) and, for engine tests, memory with scripted
 //! faults and a settable clock ([`memory`]). [`open`] picks one from a
 //! replica URL.
@@ -9,6 +10,7 @@
 
 pub mod fs;
 pub mod memory;
+#[cfg(feature = "s3")]
 pub mod s3;
 
 use std::ops::Range;
@@ -234,8 +236,19 @@ pub async fn open(url: &str, endpoint: Option<&str>) -> Result<DynStore, StoreEr
                 reason: "no bucket name after s3://".into(),
             });
         }
-        let store = s3::S3Store::new(bucket, prefix, endpoint).await?;
-        Ok(Arc::new(store))
+        #[cfg(feature = "s3")]
+        {
+            let store = s3::S3Store::new(bucket, prefix, endpoint).await?;
+            Ok(Arc::new(store))
+        }
+        #[cfg(not(feature = "s3"))]
+        {
+            let _ = (prefix, endpoint);
+            Err(StoreError::InvalidUrl {
+                url: url.into(),
+                reason: "this build has no S3 support (the engine's `s3` feature is off)".into(),
+            })
+        }
     } else if let Some(path) = url.strip_prefix("file://") {
         if path.is_empty() {
             return Err(StoreError::InvalidUrl {
