@@ -109,6 +109,24 @@ fn mp_environment_configures_smtp_and_sigterm_stops_cleanly() {
     let (_, out) = swaks(smtp, &args);
     assert!(out.contains("452 4.5.3"), "{out}");
 
+    stop(&mut child, &log_path);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        !log.contains("wonderland"),
+        "a password reached the log: {log}"
+    );
+
+    // Two messages were acknowledged (one plain, one to the two accepted
+    // recipients); both are in the file.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM mailbox", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 2);
+}
+
+/// Stops `child` with SIGTERM and waits (bounded) for it to exit 0.
+fn stop(child: &mut Child, log_path: &std::path::Path) {
     let pid = child.id().to_string();
     assert!(
         Command::new("kill")
@@ -125,18 +143,92 @@ fn mp_environment_configures_smtp_and_sigterm_stops_cleanly() {
         assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     };
-    let log = std::fs::read_to_string(&log_path).unwrap();
+    let log = std::fs::read_to_string(log_path).unwrap();
     assert!(status.success(), "exit {status}: {log}");
-    assert!(
-        !log.contains("wonderland"),
-        "a password reached the log: {log}"
-    );
+}
 
-    // Two messages were acknowledged (one plain, one to the two accepted
-    // recipients); both are in the file.
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    let n: i64 = conn
-        .query_row("SELECT count(*) FROM mailbox", [], |r| r.get(0))
+/// `GET path` on 127.0.0.1:`port` over plain HTTP/1.0; the whole answer.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Mailpit's value syntax as a Mailpit deployment writes it: `1` for a
+/// boolean (clap's own parser refused it), `0` MB for no size limit (it
+/// used to be a 0-byte limit), `yes` for the UI setting.
+#[test]
+fn mailpit_booleans_and_unlimited_size_reach_smtp_and_the_ui() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("serve.log");
+    let (smtp, http) = (free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mailsafe"))
+        .arg("serve")
+        .env("MP_DATABASE", dir.path().join("mail.db"))
+        .env("MP_SMTP_BIND_ADDR", format!("127.0.0.1:{smtp}"))
+        .env("MP_UI_BIND_ADDR", format!("127.0.0.1:{http}"))
+        .env("MP_SMTP_AUTH_ACCEPT_ANY", "1")
+        .env("MP_SMTP_AUTH_ALLOW_INSECURE", "1")
+        .env("MP_MAX_MESSAGE_SIZE", "0")
+        .env("MP_HIDE_DELETE_ALL_BUTTON", "yes")
+        .env("MP_DISABLE_VERSION_CHECK", "true")
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
         .unwrap();
-    assert_eq!(n, 2);
+    wait_listening(smtp, &mut child);
+    wait_listening(http, &mut child);
+    let body = dir.path().join("body.txt");
+    std::fs::write(&body, "y".repeat(2 * 1024 * 1024)).unwrap();
+    let (ok, out) = swaks(
+        smtp,
+        &[
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            "anyone",
+            "--auth-password",
+            "anything",
+            "--body",
+            body.to_str().unwrap(),
+        ],
+    );
+    let tail = &out[out.len().saturating_sub(1500)..];
+    assert!(ok, "{tail}");
+    assert!(
+        out.contains("SIZE 0"),
+        "RFC 1870 no-limit SIZE expected: {}",
+        &out[..out.len().min(1500)]
+    );
+    let webui = http_get(http, "/api/v1/webui");
+    assert!(webui.contains("\"HideDeleteAllButton\":true"), "{webui}");
+    stop(&mut child, &log_path);
+}
+
+/// A Mailpit option that is not implemented stops the start, naming it,
+/// instead of being ignored.
+#[test]
+fn an_unimplemented_mailpit_option_stops_the_start_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mailsafe"))
+        .arg("serve")
+        .env("MP_DATABASE", dir.path().join("mail.db"))
+        .env("MP_SMTP_BIND_ADDR", "127.0.0.1:0")
+        .env("MP_UI_BIND_ADDR", "127.0.0.1:0")
+        .env("MP_ENABLE_CHAOS", "true")
+        .env("MP_SMTP_RELAY_HOST", "smtp.example.org")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("MP_ENABLE_CHAOS") && err.contains("MP_SMTP_RELAY_"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("mail.db").exists(),
+        "nothing may start: {err}"
+    );
 }

@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use crate::auth::AuthPolicy;
 
+/// `max_message_size` meaning no limit (`MP_MAX_MESSAGE_SIZE=0`); SMTP
+/// then advertises `SIZE 0` (RFC 1870: no fixed maximum), as Mailpit does.
+pub const UNLIMITED: usize = usize::MAX;
+
 /// Everything the catcher needs to start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -22,8 +26,12 @@ pub struct Config {
     pub max_messages: u64,
     /// Prune messages older than this (`MP_MAX_AGE`).
     pub max_age: Option<Duration>,
-    /// Largest accepted message in bytes (`MP_MAX_MESSAGE_SIZE` is in MB).
+    /// Largest accepted message in bytes (`MP_MAX_MESSAGE_SIZE` is in MB);
+    /// [`UNLIMITED`] for none.
     pub max_message_size: usize,
+    /// zstd level of stored raw messages (`MP_COMPRESSION` 1-3 maps onto
+    /// it).
+    pub compression_level: i32,
     /// Most recipients per message (`MP_SMTP_MAX_RECIPIENTS`).
     pub smtp_max_recipients: usize,
     /// SMTP AUTH: off, accept anything, or a set of users (`MP_SMTP_AUTH`,
@@ -66,6 +74,9 @@ pub struct Config {
     pub ui_tls_key: Option<PathBuf>,
     /// Label shown by the web UI (`MP_LABEL`).
     pub label: String,
+    /// Hide the UI's "Delete all" button (`MP_HIDE_DELETE_ALL_BUTTON`,
+    /// served by `/api/v1/webui`).
+    pub hide_delete_all_button: bool,
     /// HTTP basic auth guarding the API and UI (`MP_UI_AUTH`,
     /// `MP_UI_AUTH_FILE`); the health probes stay open.
     pub ui_auth: Option<crate::auth::BasicAuth>,
@@ -106,6 +117,7 @@ impl Default for Config {
             max_messages: 500,
             max_age: None,
             max_message_size: 50 * 1024 * 1024,
+            compression_level: crate::storage::StoreOptions::default().compression_level,
             smtp_max_recipients: 100,
             smtp_auth: AuthPolicy::None,
             smtp_auth_allow_insecure: false,
@@ -122,6 +134,7 @@ impl Default for Config {
             ui_tls_cert: None,
             ui_tls_key: None,
             label: String::new(),
+            hide_delete_all_button: false,
             ui_auth: None,
             http_limits: crate::api::HttpLimits::default(),
             origins: crate::api::OriginPolicy::default(),

@@ -14,6 +14,12 @@ pub enum Error {
     /// The configuration is inconsistent.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// Options that Mailpit has but this catcher does not implement (yet)
+    /// were set: refused rather than ignored.
+    #[error(
+        "not implemented by mailsafe's catcher: {0}; unset it (README, \"Mailpit options\", lists what is supported)"
+    )]
+    NotImplemented(String),
     /// Credentials (`MP_SMTP_AUTH*`, `MP_UI_AUTH*`) could not be read.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),

@@ -54,6 +54,7 @@ pub struct Catcher {
     http_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     shutdown_timeout: Duration,
     label: String,
+    hide_delete_all_button: bool,
     ui_auth: Option<auth::BasicAuth>,
     data_budget: Option<std::sync::Arc<smtp::DataBudget>>,
     http_limits: api::HttpLimits,
@@ -69,6 +70,7 @@ impl Catcher {
             tenant: config.tenant.clone(),
             max_messages: config.max_messages,
             max_age: config.max_age,
+            compression_level: config.compression_level,
             ..StoreOptions::default()
         };
         let store = Store::open(&config.database, store_options)?;
@@ -80,7 +82,14 @@ impl Catcher {
         }
         let http_tls = tls_pair(&config.ui_tls_cert, &config.ui_tls_key, "MP_UI_TLS")?;
         let data_budget = (config.smtp_max_data_memory > 0).then(|| {
-            let cap = config.smtp_max_data_memory.max(config.max_message_size);
+            // Room for one message of the largest size, so it always fits
+            // once others are done; without a size limit the budget alone
+            // bounds one message.
+            let cap = if config.max_message_size == config::UNLIMITED {
+                config.smtp_max_data_memory
+            } else {
+                config.smtp_max_data_memory.max(config.max_message_size)
+            };
             std::sync::Arc::new(smtp::DataBudget::new(cap))
         });
         let options = ServerOptions {
@@ -146,6 +155,7 @@ impl Catcher {
             http_tls,
             shutdown_timeout: config.shutdown_timeout,
             label: config.label,
+            hide_delete_all_button: config.hide_delete_all_button,
             ui_auth: config.ui_auth,
             data_budget,
             http_limits: config.http_limits,
@@ -209,6 +219,7 @@ impl Catcher {
         let host_check = api::HostCheck::for_listener(&self.origins, self.http_addr().ip());
         let options = api::ApiOptions {
             label: self.label,
+            hide_delete_all_button: self.hide_delete_all_button,
             auth: self.ui_auth,
             cors: self.origins.cors,
             max_message_size: self.max_message_size,

@@ -427,7 +427,7 @@ pub async fn webui(State(s): State<AppState>) -> Response {
         "SpamAssassin": false,
         "ChaosEnabled": false,
         "DuplicatesIgnored": false,
-        "HideDeleteAllButton": false,
+        "HideDeleteAllButton": s.opts.hide_delete_all_button,
     }))
     .into_response()
 }

@@ -45,6 +45,8 @@ pub struct ApiOptions {
     pub memory_budget: Option<Arc<crate::smtp::DataBudget>>,
     /// Optional label shown by the web UI (`MP_LABEL`).
     pub label: String,
+    /// Hide the UI's "Delete all" button (`MP_HIDE_DELETE_ALL_BUTTON`).
+    pub hide_delete_all_button: bool,
     /// Basic auth for the API (`MP_UI_AUTH` / `MP_UI_AUTH_FILE`); `/livez`
     /// and `/readyz` stay open for Kubernetes probes. Layer the same value
     /// over the UI router with [`require_basic_auth`].
@@ -67,6 +69,7 @@ impl Default for ApiOptions {
             max_message_size: 50 * 1024 * 1024,
             memory_budget: None,
             label: String::new(),
+            hide_delete_all_button: false,
             auth: None,
             cors: String::new(),
             max_event_subscribers: 256,

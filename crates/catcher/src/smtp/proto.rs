@@ -680,7 +680,12 @@ impl Session {
         let mut lines = vec![
             greeting,
             "PIPELINING".into(),
-            format!("SIZE {}", self.limits.max_message_size),
+            // RFC 1870: `SIZE 0` is "no fixed maximum" (MP_MAX_MESSAGE_SIZE=0).
+            if self.limits.max_message_size == crate::config::UNLIMITED {
+                "SIZE 0".into()
+            } else {
+                format!("SIZE {}", self.limits.max_message_size)
+            },
             "8BITMIME".into(),
             "SMTPUTF8".into(),
             "ENHANCEDSTATUSCODES".into(),
