@@ -158,6 +158,48 @@ async fn smtp_and_send_api_messages_are_counted_alike() {
     server.stop().await;
 }
 
+/// `SMTPRejected` in `/api/v1/info` counts the messages and recipients the
+/// server refused (it was always 0): an announced SIZE over the limit, a
+/// recipient over the limit and a message over the limit are three; a
+/// syntax error is none, and neither is a stored message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_messages_and_recipients_count_as_smtp_rejected() {
+    let mut server = Server::start(|c, _| {
+        c.max_message_size = 1024;
+        c.smtp_max_recipients = 2;
+    })
+    .await;
+    let mut c = Raw::connect(server.smtp).await;
+    assert_eq!(c.cmd("EHLO client").await, 250);
+    assert_eq!(c.cmd("MAIL FROM:<a@example.com> SIZE=999999").await, 552);
+    assert_eq!(c.cmd("MAIL FROM:<a@example.com>").await, 250);
+    assert_eq!(c.cmd("RCPT TO:<not an address").await, 501);
+    assert_eq!(c.cmd("RCPT TO:<b@example.com>").await, 250);
+    assert_eq!(c.cmd("RCPT TO:<c@example.com>").await, 250);
+    assert_eq!(c.cmd("RCPT TO:<d@example.com>").await, 452);
+    assert_eq!(c.cmd("DATA").await, 354);
+    let big = format!("Subject: big\r\n\r\n{}\r\n.", "x".repeat(2000));
+    assert_eq!(c.cmd(&big).await, 552);
+    assert_eq!(c.cmd("MAIL FROM:<a@example.com>").await, 250);
+    assert_eq!(c.cmd("RCPT TO:<b@example.com>").await, 250);
+    assert_eq!(c.cmd("DATA").await, 354);
+    assert_eq!(c.cmd("Subject: ok\r\n\r\nbody\r\n.").await, 250);
+    assert_eq!(c.cmd("QUIT").await, 221);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let info: serde_json::Value = http
+        .get(format!("http://{}/api/v1/info", server.http))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let stats = &info["RuntimeStats"];
+    assert_eq!(stats["SMTPRejected"].as_u64(), Some(3), "{info}");
+    assert_eq!(stats["SMTPAccepted"].as_u64(), Some(1), "{info}");
+    server.stop().await;
+}
+
 /// A `Deliver` that keeps messages in memory and fails the first one, so
 /// the SMTP server can be driven without a database.
 #[derive(Default)]

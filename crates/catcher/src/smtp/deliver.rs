@@ -19,10 +19,20 @@ pub trait Deliver: Send + Sync + 'static {
     /// Stores `msg`; resolves to its ID once it is durable, or to why it
     /// could not be stored (the client is answered 451 and retries).
     fn deliver(&self, msg: NewMessage) -> Delivery<'_>;
+
+    /// Counts `n` messages or recipients the server refused (Mailpit's
+    /// `SMTPRejected`, see `Session::take_rejected`).
+    fn rejected(&self, n: u64) {
+        let _ = n;
+    }
 }
 
 impl Deliver for Store {
     fn deliver(&self, msg: NewMessage) -> Delivery<'_> {
         Box::pin(self.insert(msg))
+    }
+
+    fn rejected(&self, n: u64) {
+        self.note_rejected(n);
     }
 }

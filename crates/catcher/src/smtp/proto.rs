@@ -226,6 +226,9 @@ pub struct Session {
     /// Counts complete lines consumed, so the driver can tell a client that
     /// makes progress from one that trickles bytes (slow loris).
     progress: u64,
+    /// Messages and recipients refused since the driver last asked
+    /// ([`Session::take_rejected`]).
+    rejected: u64,
 }
 
 const CRLF_DOT_CRLF_MAX: usize = 3;
@@ -255,6 +258,7 @@ impl Session {
             data_line_start: true,
             pending: VecDeque::new(),
             progress: 0,
+            rejected: 0,
         }
     }
 
@@ -339,6 +343,17 @@ impl Session {
         }
     }
 
+    /// Messages and recipients this session refused since the last call, for
+    /// Mailpit's `SMTPRejected` in `/api/v1/info`. Mailpit counts a message
+    /// it cannot parse and a recipient its allow-list refuses; this catcher
+    /// stores every message it can read and has no allow-list, so it counts
+    /// the refusals a client sees for a message it sent or announced (size
+    /// over the limit, no memory, storing failed) and for a recipient over
+    /// `MP_SMTP_MAX_RECIPIENTS`. Syntax errors are not refusals.
+    pub fn take_rejected(&mut self) -> u64 {
+        std::mem::take(&mut self.rejected)
+    }
+
     /// Answers a [`Event::Deliver`] that was not attempted because the
     /// memory delivery needs is not free: `452 4.3.1`, as for content that
     /// does not fit while it arrives; the client retries later.
@@ -348,6 +363,7 @@ impl Session {
         }
         self.release_data();
         self.phase = Phase::Command;
+        self.rejected += 1;
         self.push(Reply::new(
             452,
             "4.3.1 Insufficient system storage, try again later",
@@ -367,6 +383,7 @@ impl Session {
         let reply = match outcome {
             Ok(id) => Reply::new(250, format!("2.0.0 Ok: queued as {id}")),
             Err(why) => {
+                self.rejected += 1;
                 // One line only: the reason must not break the reply framing.
                 let why: String = why.chars().filter(|c| !c.is_control()).take(200).collect();
                 Reply::new(451, format!("4.3.0 Error: {why}"))
@@ -557,6 +574,7 @@ impl Session {
         if self.data_size > self.limits.max_message_size {
             self.reset_transaction();
             self.phase = Phase::Command;
+            self.rejected += 1;
             self.push(Reply::new(
                 552,
                 "5.3.4 Message size exceeds fixed maximum message size",
@@ -566,6 +584,7 @@ impl Session {
         if self.over_budget {
             self.reset_transaction();
             self.phase = Phase::Command;
+            self.rejected += 1;
             self.push(Reply::new(
                 452,
                 "4.3.1 Insufficient system storage, try again later",
@@ -739,6 +758,7 @@ impl Session {
                 match size {
                     None => return self.push(Reply::new(501, "5.5.4 Bad SIZE parameter")),
                     Some(n) if n > self.limits.max_message_size as u64 => {
+                        self.rejected += 1;
                         return self.push(Reply::new(
                             552,
                             "5.3.4 Message size exceeds fixed maximum message size",
@@ -773,6 +793,7 @@ impl Session {
             _ => return self.push(Reply::new(501, "5.1.3 Bad recipient address syntax")),
         };
         if self.rcpt_to.len() >= self.limits.max_recipients {
+            self.rejected += 1;
             return self.push(Reply::new(452, "4.5.3 Error: too many recipients"));
         }
         self.rcpt_to.push(addr);
@@ -796,6 +817,7 @@ impl Session {
             .is_some_and(|b| b.is_exhausted())
         {
             // Refuse before the client streams a message we cannot keep.
+            self.rejected += 1;
             return self.push(Reply::new(
                 452,
                 "4.3.1 Insufficient system storage, try again later",

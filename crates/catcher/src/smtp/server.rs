@@ -283,6 +283,10 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         }
+        let rejected = session.take_rejected();
+        if rejected > 0 {
+            shared.sink.rejected(rejected);
+        }
         if stopping && !session.in_transaction() {
             Reply {
                 code: 421,

@@ -224,7 +224,8 @@ pub struct RuntimeStats {
     pub accepted: u64,
     /// Bytes of messages stored.
     pub accepted_size: u64,
-    /// Messages the SMTP server rejected (reported via [`Store::note_rejected`]).
+    /// Messages and recipients the SMTP server refused (reported via
+    /// [`Store::note_rejected`](super::Store::note_rejected)).
     pub rejected: u64,
     /// Messages deleted or pruned.
     pub deleted: u64,

@@ -77,9 +77,10 @@ impl Store {
         }
     }
 
-    /// Records that the SMTP server refused a message (shown in `/api/v1/info`).
-    pub fn note_rejected(&self) {
-        self.inner.counters.rejected.fetch_add(1, Ordering::Relaxed);
+    /// Records that the SMTP server refused `n` messages or recipients
+    /// (`SMTPRejected` in `/api/v1/info`).
+    pub fn note_rejected(&self, n: u64) {
+        self.inner.counters.rejected.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Opens (creating if needed) the database at `path`, applies pending
