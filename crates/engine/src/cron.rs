@@ -304,6 +304,11 @@ async fn round<F: Future<Output = Instant>>(
         .await
         .ok_or(RoundError::Cut)?
         .map_err(|e| Error::Other(e.to_string()))?;
+    // Before the epoch's first manifest (see `lease::written_epoch_bound`).
+    stop.bound(lease.mark_writing(), before_release)
+        .await
+        .ok_or(RoundError::Cut)?
+        .map_err(|e| Error::Other(e.to_string()))?;
     progress.set(Stage::Snapshot);
     snapshotter.set_writer(Some(lease.writer()));
     let snap = stop.bound(snapshotter.snapshot(), before_release).await;

@@ -23,13 +23,29 @@
 //! `--at` narrows its listing by the time encoded in ids (ids sort by time
 //! and are strictly increasing along a history): the hour's prefix first,
 //! then the day's, month's and year's, then everything.
+//!
+//! **Fencing, in one place.** A manifest written by a fenced writer (one
+//! whose lease had been taken over, see [`format::fenced`]) is never the
+//! snapshot that `restore`, `restore --at` or a starting writer builds on.
+//! Deciding that for the newest snapshot needs no older manifest: the lease
+//! says which epochs may have written ([`lease::written_epoch_bound`]), so a
+//! manifest of that epoch (or of no lease) is unfenced, and walking back from
+//! the newest skips only the late manifests after it ([`newest_unfenced`]).
+//! Manifests that fail their checks or authentication on the way (planted,
+//! damaged) are skipped with a warning, unless none is usable: then the
+//! newest one's error is the answer. A key that does not match the replica
+//! (another key id, or no key for an encrypted replica) is an error at once,
+//! never a reason to skip.
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::format;
+use crate::Error;
+use crate::crypto::Key;
+use crate::format::{self, Manifest};
 use crate::store::{ObjectStore, StoreError};
+use crate::watch::lease;
 
 /// Content of the anchor object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +143,202 @@ pub async fn id_at(
         }
     }
     Ok(None)
+}
+
+/// What one manifest is to a reader looking for the newest usable snapshot.
+enum Candidate {
+    /// Checked and authentic.
+    Usable(Box<Manifest>),
+    /// Gone (pruned since the listing) or failed its checks or
+    /// authentication: skipped, with the reason.
+    Skipped(Option<Error>),
+}
+
+/// Reads candidate `id`. Errors of the store and key mismatches are errors;
+/// a manifest that is missing, malformed or not authentic is skipped.
+async fn candidate(
+    store: &dyn ObjectStore,
+    id: &str,
+    key: Option<&Key>,
+) -> Result<Candidate, Error> {
+    let mkey = format::manifest_key(id);
+    let bytes = match crate::manifest::fetch(store, &mkey).await {
+        Ok(b) => b,
+        Err(Error::Store(StoreError::NotFound { .. })) => return Ok(Candidate::Skipped(None)),
+        Err(e @ Error::Store(_)) => return Err(e),
+        Err(e) => return Ok(Candidate::Skipped(Some(e))),
+    };
+    let m = match crate::manifest::parse(&mkey, &bytes) {
+        Ok(m) => m,
+        Err(e) => return Ok(Candidate::Skipped(Some(e))),
+    };
+    match (&m.encryption, key) {
+        // The wrong key or none: the caller must fix its configuration.
+        (Some(e), Some(k)) if e.key_id != k.id() => crate::manifest::authenticate(&m, &mkey, key)?,
+        (Some(_), None) => crate::manifest::authenticate(&m, &mkey, key)?,
+        // A bad MAC, or plaintext in an encrypted replica: planted or
+        // damaged.
+        _ => {
+            if let Err(e) = crate::manifest::authenticate(&m, &mkey, key) {
+                return Ok(Candidate::Skipped(Some(e)));
+            }
+        }
+    }
+    Ok(Candidate::Usable(Box::new(m)))
+}
+
+/// The writer epoch a manifest records, if it was written under a lease.
+fn epoch_of(m: &Manifest) -> Option<u64> {
+    m.writer.as_ref().map(|w| w.epoch)
+}
+
+/// The newest snapshot among `ids` (history order) that a fenced writer did
+/// not write, given `bound`, the highest writer epoch any manifest may have
+/// ([`lease::written_epoch_bound`]): walking back from the newest, the first
+/// usable manifest written under `bound` or without a lease. The manifests
+/// passed over on the way were written under a lower epoch after every
+/// manifest of a higher one, so they are fenced. [`Walk::Stale`] when the
+/// walk ends with only such manifests: the bound is stale (an epoch marked
+/// itself but its manifest never landed, or was pruned), and only the whole
+/// history decides ([`unfenced_by_reading_all`]).
+async fn walk_back(
+    store: &dyn ObjectStore,
+    ids: &[String],
+    key: Option<&Key>,
+    bound: u64,
+) -> Result<Walk, Error> {
+    let mut first_error = None;
+    let mut fenced = 0usize;
+    for id in ids.iter().rev() {
+        match candidate(store, id, key).await? {
+            Candidate::Usable(m) => match epoch_of(&m) {
+                Some(e) if e < bound => fenced += 1,
+                _ => {
+                    if fenced > 0 {
+                        tracing::warn!(
+                            replica = %store.describe(),
+                            skipped = fenced,
+                            snapshot = %m.id,
+                            "skipped newer manifests written by a writer whose lease had been taken over"
+                        );
+                    }
+                    return Ok(Walk::Found(m));
+                }
+            },
+            Candidate::Skipped(None) => {}
+            Candidate::Skipped(Some(e)) => {
+                tracing::warn!(replica = %store.describe(), error = %e, "skipping a manifest that failed its checks");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Ok(if fenced > 0 {
+        Walk::Stale
+    } else {
+        Walk::Nothing(first_error)
+    })
+}
+
+/// How [`walk_back`] ended.
+enum Walk {
+    /// The newest unfenced usable snapshot.
+    Found(Box<Manifest>),
+    /// Only fenced-looking manifests: the lease's bound is stale.
+    Stale,
+    /// No usable manifest at all; the newest one's error, if any failed.
+    Nothing(Option<Error>),
+}
+
+/// The exact fencing rule over every snapshot among `ids` (history order):
+/// reads each manifest (16 at a time). For the rare case the lease cannot
+/// decide (see [`walk_back`]), and for `--at` before the newest writer.
+/// Manifests that fail their checks are left out; when none is usable, the
+/// newest one's error is the answer.
+async fn unfenced_by_reading_all(
+    store: &dyn ObjectStore,
+    ids: &[String],
+    key: Option<&Key>,
+) -> Result<Option<Manifest>, Error> {
+    use futures::StreamExt as _;
+    let read: Vec<Candidate> = futures::stream::iter(ids)
+        .map(|id| candidate(store, id, key))
+        .buffered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let mut newest_error = None;
+    let mut usable = Vec::new();
+    for c in read {
+        match c {
+            Candidate::Usable(m) => usable.push(*m),
+            Candidate::Skipped(e) => newest_error = e.or(newest_error),
+        }
+    }
+    if usable.is_empty() {
+        return newest_error.map_or(Ok(None), Err);
+    }
+    let epochs: Vec<Option<u64>> = usable.iter().map(epoch_of).collect();
+    let fenced = format::fenced(&epochs);
+    Ok(usable
+        .into_iter()
+        .zip(fenced)
+        .rev()
+        .find(|(_, f)| !f)
+        .map(|(m, _)| m))
+}
+
+/// The newest snapshot that a fenced writer did not write, read and
+/// authenticated against `key`: what `restore` restores and what a starting
+/// writer continues (see the module doc). Usually three requests (anchor,
+/// LIST after it, lease LIST + GET) and one manifest GET, whatever the
+/// history length.
+pub async fn newest_unfenced(
+    store: &dyn ObjectStore,
+    key: Option<&Key>,
+) -> Result<Option<Manifest>, Error> {
+    let ids = recent_ids(store).await?;
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    let bound = lease::written_epoch_bound(store).await?;
+    match walk_back(store, &ids, key, bound).await? {
+        Walk::Found(m) => Ok(Some(*m)),
+        Walk::Nothing(Some(e)) => Err(e),
+        // A stale bound, or manifests pruned since the listing: the whole
+        // history decides.
+        Walk::Stale | Walk::Nothing(None) => {
+            unfenced_by_reading_all(store, &all_ids(store).await?, key).await
+        }
+    }
+}
+
+/// The newest snapshot taken at or before `at` (by the time its id encodes)
+/// that a fenced writer did not write. A candidate written by the newest
+/// writer that wrote (or without a lease) is decided at once; an older
+/// writer's candidate needs the epochs of every snapshot before it, so that
+/// case reads each manifest up to `at` (16 at a time; default thinning keeps
+/// a replica near 5,000 snapshots).
+pub async fn unfenced_at(
+    store: &dyn ObjectStore,
+    at: DateTime<Utc>,
+    key: Option<&Key>,
+) -> Result<Option<Manifest>, Error> {
+    let Some(newest) = id_at(store, at).await? else {
+        return Ok(None);
+    };
+    let bound = lease::written_epoch_bound(store).await?;
+    if let Candidate::Usable(m) = candidate(store, &newest, key).await? {
+        if epoch_of(&m).is_none_or(|e| e >= bound) {
+            return Ok(Some(*m));
+        }
+    }
+    let ids: Vec<String> = all_ids(store)
+        .await?
+        .into_iter()
+        .filter(|id| id.as_str() <= newest.as_str())
+        .collect();
+    unfenced_by_reading_all(store, &ids, key).await
 }
 
 /// Moves the anchor forward to base snapshot `base` (called after its
@@ -283,5 +495,177 @@ mod tests {
             Some(ids[0].clone())
         );
         assert_eq!(id_at(&s, at("2020-01-01T00:00:00Z")).await.unwrap(), None);
+    }
+
+    /// A lease record for `epoch`, as a writer writes it.
+    fn lease_record(epoch: u64, wrote: bool, written_below: u64) -> Bytes {
+        Bytes::from(
+            serde_json::json!({
+                "epoch": epoch, "owner": "o", "host": "h", "pid": 1,
+                "acquired": "2026-12-06T00:00:00Z", "expires": "2026-12-06T00:02:00Z",
+                "wrote": wrote, "written_below": written_below,
+            })
+            .to_string(),
+        )
+    }
+
+    /// A db and writers on one memory store (see [`fenced_history`]).
+    struct Scene {
+        mem: MemoryStore,
+        store: crate::store::DynStore,
+        conn: rusqlite::Connection,
+        db: std::path::PathBuf,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Scene {
+        fn new() -> Self {
+            let mem = MemoryStore::new("fence");
+            let dir = tempfile::tempdir().unwrap();
+            let db = dir.path().join("app.db");
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            conn.execute_batch("PRAGMA journal_mode=wal; CREATE TABLE t(x);")
+                .unwrap();
+            Scene {
+                store: std::sync::Arc::new(mem.clone()),
+                mem,
+                conn,
+                db,
+                _dir: dir,
+            }
+        }
+
+        fn writer(&self, epoch: u64) -> crate::snapshot::Snapshotter {
+            let mut w = crate::snapshot::Snapshotter::new(&self.db, self.store.clone());
+            w.set_writer(Some(format::Writer {
+                epoch,
+                host: "h".into(),
+                owner: format!("writer-{epoch}"),
+            }));
+            w
+        }
+
+        /// Commits a row and snapshots it with `w`; the new id.
+        async fn snap(&self, w: &mut crate::snapshot::Snapshotter, row: i64) -> String {
+            self.conn
+                .execute("INSERT INTO t VALUES (?1)", [row])
+                .unwrap();
+            // Ids have millisecond resolution: let the clock pass the newest.
+            let newest = newest_id(&self.mem).await.unwrap().unwrap_or_default();
+            while format::new_snapshot_id(Utc::now()) <= newest {
+                tokio::task::yield_now().await;
+            }
+            w.snapshot().await.unwrap().id.unwrap()
+        }
+    }
+
+    /// The fenced scenario on a fixed schedule: A (epoch 1) snapshots, B
+    /// takes the lease (epoch 2, has written) and snapshots, then A finishes
+    /// a late snapshot that sorts after B's. Returns (scene, B's, A's late).
+    async fn fenced_history() -> (Scene, String, String) {
+        let s = Scene::new();
+        let mut a = s.writer(1);
+        s.snap(&mut a, 1).await;
+        let mut b = s.writer(2);
+        let by_b = s.snap(&mut b, 2).await;
+        s.mem
+            .put("lease/00000000000000000002.json", lease_record(2, true, 1))
+            .await
+            .unwrap();
+        let late = s.snap(&mut a, 3).await;
+        assert!(late > by_b);
+        (s, by_b, late)
+    }
+
+    #[tokio::test]
+    async fn at_and_a_starting_writer_skip_a_fenced_writers_late_manifest() {
+        let (s, by_b, late) = fenced_history().await;
+        let at = unfenced_at(&s.mem, Utc::now(), None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(at.id, by_b, "--at now must not pick the fenced {late}");
+        // A writer starting now (epoch 3) continues B's history, not A's.
+        s.mem
+            .put("lease/00000000000000000003.json", lease_record(3, true, 2))
+            .await
+            .unwrap();
+        let mut c = s.writer(3);
+        let by_c = s.snap(&mut c, 4).await;
+        let m = crate::manifest::read(&s.mem, &format::manifest_key(&by_c), None)
+            .await
+            .unwrap();
+        assert_eq!(m.parent.as_deref(), Some(by_b.as_str()), "built on {m:?}");
+        assert_eq!(
+            newest_unfenced(&s.mem, None).await.unwrap().unwrap().id,
+            by_c
+        );
+    }
+
+    #[tokio::test]
+    async fn a_taker_that_has_not_written_fences_nothing_and_costs_no_history_read() {
+        let s = Scene::new();
+        let mut a = s.writer(1);
+        for row in 0..20 {
+            s.snap(&mut a, row).await;
+        }
+        let newest = newest_id(&s.mem).await.unwrap().unwrap();
+        // B took epoch 2 (A's record is gone, as a takeover deletes it) and
+        // has not written yet.
+        s.mem
+            .put("lease/00000000000000000002.json", lease_record(2, false, 1))
+            .await
+            .unwrap();
+        let gets = s.mem.requests(Op::Get);
+        let m = newest_unfenced(&s.mem, None).await.unwrap().unwrap();
+        assert_eq!(m.id, newest);
+        assert_eq!(
+            s.mem.requests(Op::Get) - gets,
+            3,
+            "anchor, lease record and one manifest"
+        );
+        // A record of an older version says nothing: the whole rule
+        // decides, with the same answer.
+        s.mem
+            .put("lease/00000000000000000002.json", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        assert_eq!(
+            newest_unfenced(&s.mem, None).await.unwrap().unwrap().id,
+            newest
+        );
+    }
+
+    #[tokio::test]
+    async fn a_planted_manifest_in_an_encrypted_replica_is_skipped_not_fatal() {
+        let s = Scene::new();
+        let key = std::sync::Arc::new(Key::parse(&[7u8; 32], "test").unwrap());
+        let mut a = s.writer(1).with_key(Some(key.clone()));
+        let real = s.snap(&mut a, 1).await;
+        // Someone with write access but no key plants a plaintext manifest
+        // that sorts last (a copy of a real one under a new id).
+        let plain = Scene::new();
+        let mut p = plain.writer(1);
+        let donor = plain.snap(&mut p, 1).await;
+        let body = plain.mem.get(&format::manifest_key(&donor)).await.unwrap();
+        let planted = "29991231T000000.000Z-00000001";
+        let text = String::from_utf8(body.to_vec())
+            .unwrap()
+            .replace(&donor, planted);
+        s.mem
+            .put(&format::manifest_key(planted), Bytes::from(text))
+            .await
+            .unwrap();
+        let picked = newest_unfenced(&s.mem, Some(&key)).await.unwrap().unwrap();
+        assert_eq!(picked.id, real);
+        let at = unfenced_at(&s.mem, "3000-01-01T00:00:00Z".parse().unwrap(), Some(&key))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(at.id, real);
+        // Without the key the encrypted snapshots are refused, not skipped.
+        s.mem.delete(&format::manifest_key(planted)).await.unwrap();
+        let err = newest_unfenced(&s.mem, None).await.unwrap_err();
+        assert!(err.to_string().contains("encrypted"), "{err}");
     }
 }

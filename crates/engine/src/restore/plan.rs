@@ -104,7 +104,8 @@ pub async fn list_ids(store: &dyn ObjectStore) -> Result<Vec<String>, Error> {
 /// whole history (see [`crate::history`]): the newest through the anchor,
 /// an id by its manifest, `--at` by the time prefix of ids.
 ///
-/// "Latest" skips a fenced writer's late manifests ([`newest_unfenced`]).
+/// "Latest" and `--at` skip a fenced writer's late manifests and planted or
+/// damaged ones ([`crate::history::newest_unfenced`]).
 pub async fn pick_id(
     store: &dyn ObjectStore,
     pick: &Pick,
@@ -112,8 +113,9 @@ pub async fn pick_id(
 ) -> Result<String, Error> {
     let where_ = store.describe();
     match pick {
-        Pick::Latest => newest_unfenced(store, key)
+        Pick::Latest => crate::history::newest_unfenced(store, key)
             .await?
+            .map(|m| m.id)
             .ok_or_else(|| Error::NoBackup(format!("no snapshot in {where_}"))),
         Pick::Id(id) => {
             let exists = format::snapshot_id_time(id).is_some()
@@ -128,54 +130,16 @@ pub async fn pick_id(
                 Err(Error::NoBackup(format!("no snapshot {id:?} in {where_}")))
             }
         }
-        Pick::At(at) => crate::history::id_at(store, *at).await?.ok_or_else(|| {
-            Error::NoBackup(format!(
-                "no snapshot taken at or before {} in {where_}",
-                at.to_rfc3339()
-            ))
-        }),
+        Pick::At(at) => crate::history::unfenced_at(store, *at, key)
+            .await?
+            .map(|m| m.id)
+            .ok_or_else(|| {
+                Error::NoBackup(format!(
+                    "no snapshot taken at or before {} in {where_}",
+                    at.to_rfc3339()
+                ))
+            }),
     }
-}
-
-/// The newest snapshot that was not written by a fenced writer
-/// ([`format::fenced`]). Usually one manifest read and one lease listing: a
-/// newest manifest written under the newest lease epoch (or without a
-/// lease) cannot follow a higher epoch. Otherwise every manifest's epoch is
-/// read (unreadable or unauthentic ones count as written without a lease).
-pub async fn newest_unfenced(
-    store: &dyn ObjectStore,
-    key: Option<&Key>,
-) -> Result<Option<String>, Error> {
-    let Some(newest) = crate::history::newest_id(store).await? else {
-        return Ok(None);
-    };
-    let epoch_of = |m: &Manifest| m.writer.as_ref().map(|w| w.epoch);
-    let head = load_authentic(store, &newest, key).await?;
-    match epoch_of(&head) {
-        None => return Ok(Some(newest)),
-        Some(e) if e >= crate::watch::lease::newest_epoch(store).await? => {
-            return Ok(Some(newest));
-        }
-        Some(_) => {}
-    }
-    let ids = list_ids(store).await?;
-    let epochs: Vec<Option<u64>> = futures::stream::iter(&ids)
-        .map(|id| async move {
-            load_authentic(store, id, key)
-                .await
-                .ok()
-                .and_then(|m| epoch_of(&m))
-        })
-        .buffered(16)
-        .collect()
-        .await;
-    let fenced = format::fenced(&epochs);
-    Ok(ids
-        .iter()
-        .zip(fenced)
-        .rev()
-        .find(|(_, f)| !f)
-        .map(|(id, _)| id.clone()))
 }
 
 /// Maps a missing object to a verification failure (a snapshot that names an

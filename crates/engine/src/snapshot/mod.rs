@@ -476,21 +476,30 @@ async fn read_manifest(
     Ok(Some(m))
 }
 
-/// Finds the newest manifest in the replica (through the history anchor,
-/// see [`crate::history`]) and its base, so a new process continues the history
-/// incrementally. A replica whose newest manifest cannot be used (corrupt,
+/// Finds the newest manifest in the replica that a fenced writer did not
+/// write and that passes its checks ([`crate::history::newest_unfenced`]),
+/// and its base, so a new process continues the history incrementally (a
+/// planted or late manifest is passed over, not built on). A replica whose newest manifest cannot be used (corrupt,
 /// unknown version, missing base, failed authentication) is not an error
 /// here: the next snapshot is then a fresh base, which is always correct. A
 /// newest manifest written under another encryption key is an error (see
 /// [`check_same_key`]).
 async fn load_state(store: &DynStore, enc: Option<&Key>) -> Result<Option<State>, Error> {
-    let Some(id) = crate::history::newest_id(store.as_ref()).await? else {
-        return Ok(None);
+    let last = match crate::history::newest_unfenced(store.as_ref(), enc).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return Ok(None),
+        Err(e @ Error::Store(_)) => return Err(e),
+        // No usable manifest among the newest: the listed newest says why
+        // (another key is refused) or the next snapshot is a fresh base.
+        Err(e) => {
+            if let Some(id) = crate::history::newest_id(store.as_ref()).await? {
+                read_manifest(store, &format::manifest_key(&id), enc).await?;
+            }
+            tracing::warn!(error = %e, "no usable manifest; next snapshot is a full base");
+            return Ok(None);
+        }
     };
-    let key = &format::manifest_key(&id);
-    let Some(last) = read_manifest(store, key, enc).await? else {
-        return Ok(None);
-    };
+    let key = &format::manifest_key(&last.id);
     let base_chunks = if last.is_base() {
         Arc::new(last.chunks.clone())
     } else {

@@ -132,6 +132,17 @@ pub struct LeaseRecord {
     /// fails on this change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub superseded_by: Option<u64>,
+    /// Whether this epoch may have written a manifest: set (conditionally,
+    /// like a renewal) before its first manifest is stored. `None` in
+    /// records of older versions, which count as having written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrote: Option<bool>,
+    /// The highest earlier epoch that may have written a manifest, carried
+    /// from record to record at each takeover (older records are deleted).
+    /// With [`Self::wrote`] it bounds the writer epochs of every manifest
+    /// without reading them (see [`written_epoch_bound`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_below: Option<u64>,
 }
 
 impl LeaseRecord {
@@ -150,6 +161,18 @@ impl LeaseRecord {
         let ttl = (self.expires - self.acquired).to_std().unwrap_or_default();
         let skew = SKEW.min(ttl / 4);
         self.expires + chrono::Duration::from_std(skew).unwrap_or_default()
+    }
+
+    /// The highest epoch, this one or an earlier one, that may have written
+    /// a manifest. Records of older versions say nothing, so their own
+    /// epoch is the (safe) answer.
+    fn written_bound(&self) -> u64 {
+        match self.wrote {
+            Some(false) => self
+                .written_below
+                .unwrap_or_else(|| self.epoch.saturating_sub(1)),
+            _ => self.epoch,
+        }
     }
 
     /// Whether a process other than the holder may take over now.
@@ -257,6 +280,28 @@ pub async fn newest_epoch(store: &dyn crate::store::ObjectStore) -> Result<u64, 
         .unwrap_or(0))
 }
 
+/// An upper bound on the writer epoch of every manifest in `store`'s
+/// prefix: the newest lease record's own epoch if it has written (or is of
+/// an older version), else the highest earlier epoch that may have (see
+/// [`LeaseRecord::written_below`]). Two requests (LIST, GET), whatever the
+/// history. The fencing rule uses it to decide the newest snapshot without
+/// reading older manifests (see [`crate::history::newest_unfenced`]): a
+/// writer that took over but has not written yet fences nothing.
+pub async fn written_epoch_bound(store: &dyn crate::store::ObjectStore) -> Result<u64, StoreError> {
+    let epoch = newest_epoch(store).await?;
+    if epoch == 0 {
+        return Ok(0);
+    }
+    match store.get(&epoch_key(epoch)).await {
+        Ok(body) => Ok(serde_json::from_slice::<LeaseRecord>(&body)
+            .map_or(epoch, |rec| rec.written_bound().min(epoch))),
+        // Deleted meanwhile (a newer epoch cleans up) or unreadable: the
+        // epoch itself is the safe bound.
+        Err(StoreError::NotFound { .. }) => Ok(epoch),
+        Err(e) => Err(e),
+    }
+}
+
 /// The epoch of a `lease/<epoch>.json` key.
 fn epoch_of_key(key: &str) -> Option<u64> {
     let name = key.rsplit('/').next()?;
@@ -287,6 +332,11 @@ pub struct Lease {
     /// The version tag of our epoch object as we last wrote it, for the
     /// conditional renewal (`None` if the store did not report one).
     etag: Option<String>,
+    /// Whether our epoch record says it may have written (see
+    /// [`Lease::mark_writing`]).
+    wrote: bool,
+    /// [`LeaseRecord::written_below`] of our epoch.
+    written_below: u64,
 }
 
 /// What [`Lease::ensure`] found.
@@ -335,6 +385,8 @@ impl Lease {
             acquired: chrono::Utc::now(),
             volume: volume.map(|v| v.id().to_string()),
             etag: None,
+            wrote: false,
+            written_below: 0,
         };
         lease.take_next_epoch().await?;
         Ok(lease)
@@ -446,6 +498,8 @@ impl Lease {
             released,
             volume: self.volume.clone(),
             superseded_by: None,
+            wrote: Some(self.wrote),
+            written_below: Some(self.written_below),
         }
     }
 
@@ -508,6 +562,15 @@ impl Lease {
                 }
             };
             let others_wrote = self.epoch != 0 && next != self.epoch + 1;
+            // Carried forward: the records below `next` are deleted once it
+            // is ours, and readers need this bound (see
+            // [`written_epoch_bound`]).
+            self.written_below = match &newest {
+                None => 0,
+                Some((_, Some(rec), _)) => rec.written_bound(),
+                Some((epoch, None, _)) => *epoch,
+            };
+            self.wrote = false;
             let start = Instant::now();
             let mut rec = self.record(next, false);
             rec.acquired = chrono::Utc::now();
@@ -576,6 +639,31 @@ impl Lease {
         }
         let others_wrote = self.take_next_epoch().await?;
         Ok(Ensured::Retaken { others_wrote })
+    }
+
+    /// Records in our epoch object, before the first manifest of this epoch
+    /// is stored, that this epoch may now have written (see
+    /// [`written_epoch_bound`]). One conditional replace per epoch (it
+    /// renews the lease too); no request afterwards. Fails with
+    /// [`LeaseError::Fenced`] when the lease was taken over, so a writer
+    /// learns it before its first write. Call it after [`Lease::ensure`].
+    pub async fn mark_writing(&mut self) -> Result<(), LeaseError> {
+        if self.wrote {
+            return Ok(());
+        }
+        self.wrote = true;
+        let now = Instant::now();
+        let rec = self.record(self.epoch, false);
+        match self.write_own(rec).await {
+            Ok(()) => {
+                self.valid_until = now + self.ttl;
+                Ok(())
+            }
+            Err(e) => {
+                self.wrote = false;
+                Err(e)
+            }
+        }
     }
 
     /// Gives the lease up so that a waiting process can take it at once.

@@ -567,6 +567,15 @@ impl Loop {
                 }
             },
         }
+        if let Some(lease) = &mut self.lease {
+            // Before this epoch's first manifest: readers then know that an
+            // older writer's late manifest is fenced (see
+            // `lease::written_epoch_bound`).
+            if let Err(e) = lease.mark_writing().await {
+                self.metrics.set_lease_held(false);
+                return Err(e.into());
+            }
+        }
         self.metrics.set_lease_held(true);
         // Every manifest names the epoch it was written under.
         let writer = self.lease.as_ref().map(Lease::writer);
