@@ -196,8 +196,9 @@ fn epoch_of(m: &Manifest) -> Option<u64> {
 /// not write, given `bound`, the highest writer epoch any manifest may have
 /// ([`lease::written_epoch_bound`]): walking back from the newest, the first
 /// usable manifest written under `bound` or without a lease. The manifests
-/// passed over on the way were written under a lower epoch after every
-/// manifest of a higher one, so they are fenced. [`Walk::Stale`] when the
+/// passed over on the way were written under a lower epoch after a manifest
+/// of the bound's epoch, so they are fenced (once that manifest is seen: a
+/// lease-less one met before it is the answer only then). [`Walk::Stale`] when the
 /// walk ends with only such manifests: the bound is stale (an epoch marked
 /// itself but its manifest never landed, or was pruned), and only the whole
 /// history decides ([`unfenced_by_reading_all`]).
@@ -209,11 +210,19 @@ async fn walk_back(
 ) -> Result<Walk, Error> {
     let mut first_error = None;
     let mut fenced = 0usize;
+    // A lease-less manifest met after skipping some: never fenced itself,
+    // but the skipped ones (newer) are fenced only if a manifest of the
+    // bound's epoch comes before them, which the walk has yet to see.
+    let mut leaseless: Option<Box<Manifest>> = None;
     for id in ids.iter().rev() {
         match candidate(store, id, key).await? {
             Candidate::Usable(m) => match epoch_of(&m) {
                 Some(e) if e < bound => fenced += 1,
+                None if fenced > 0 => {
+                    leaseless.get_or_insert(m);
+                }
                 _ => {
+                    let m = leaseless.take().unwrap_or(m);
                     if fenced > 0 {
                         tracing::warn!(
                             replica = %store.describe(),
@@ -667,5 +676,27 @@ mod tests {
         s.mem.delete(&format::manifest_key(planted)).await.unwrap();
         let err = newest_unfenced(&s.mem, None).await.unwrap_err();
         assert!(err.to_string().contains("encrypted"), "{err}");
+    }
+
+    /// Epoch 2 marked itself as writing and died before its manifest landed
+    /// (a `kill -9` in between): its bound is stale. A lease-less snapshot
+    /// older than epoch 1's newest must not win; the whole rule decides.
+    #[tokio::test]
+    async fn a_stale_bound_never_picks_an_older_leaseless_snapshot() {
+        let s = Scene::new();
+        let mut a = s.writer(1);
+        s.snap(&mut a, 1).await;
+        let mut plain = crate::snapshot::Snapshotter::new(&s.db, s.store.clone());
+        s.snap(&mut plain, 2).await;
+        let mut a = s.writer(1);
+        let newest = s.snap(&mut a, 3).await;
+        s.mem
+            .put("lease/00000000000000000002.json", lease_record(2, true, 1))
+            .await
+            .unwrap();
+        assert_eq!(
+            newest_unfenced(&s.mem, None).await.unwrap().unwrap().id,
+            newest
+        );
     }
 }

@@ -86,25 +86,6 @@ fn temp_prefix(target: &Path) -> String {
     format!(".{name}.mailsafe-restore-")
 }
 
-/// Takes an exclusive `flock` on `file` without waiting: `Ok(false)` when
-/// another open file holds it. (`File::try_lock` needs Rust 1.89; the MSRV
-/// is 1.85.) The lock lasts until every handle of this open file is closed,
-/// which a killed process's are.
-pub(crate) fn try_lock(file: &File) -> std::io::Result<bool> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a file descriptor that `file` keeps open.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(e)
-    }
-}
-
 /// Removes the temp files a killed restore of `target` left next to it:
 /// those nobody holds the lock of (see [`temp_next_to`]). A temp file of a
 /// restore still running is locked and left alone. Returns the paths removed.
@@ -126,7 +107,7 @@ pub fn sweep_stale_temps(target: &Path) -> Vec<PathBuf> {
         };
         // Locked: a live restore owns it. Unlocked: its owner died (a
         // process's flock goes with it), so nothing will ever rename it.
-        if !matches!(try_lock(&file), Ok(true)) {
+        if !matches!(crate::store::fs::try_lock(&file), Ok(true)) {
             continue;
         }
         match std::fs::remove_file(&path) {
@@ -152,7 +133,7 @@ pub fn temp_next_to(target: &Path) -> Result<tempfile::NamedTempFile, Error> {
         .prefix(&temp_prefix(target))
         .tempfile_in(&dir)
         .map_err(|e| Error::io(&dir, e))?;
-    match try_lock(tmp.as_file()) {
+    match crate::store::fs::try_lock(tmp.as_file()) {
         Ok(true) => Ok(tmp),
         Ok(false) => Err(Error::io(
             tmp.path(),

@@ -4,7 +4,11 @@
 //! Writes are atomic and durable: the body goes to a temp file in the target
 //! directory, is fsynced, then renamed into place and the directory fsynced,
 //! so a crash leaves either the old object or the new one, never a torn file.
-//! Temp files start with [`TMP_PREFIX`] and are never listed.
+//! Temp files start with [`TMP_PREFIX`] and are never listed. A writer holds
+//! an `flock` on its temp file until the file is in place, so [`FsStore::list`]
+//! can tell the temp file of a writer that was killed (nobody holds its
+//! lock; the kernel dropped it with the process) from one being written, and
+//! removes the former as it passes.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
@@ -75,19 +79,60 @@ fn meta_of(key: String, meta: &fs::Metadata) -> ObjectMeta {
     }
 }
 
-/// Writes `body` to a fresh temp file next to `path`, fsynced. Returns the
-/// temp path; the caller renames or links it into place.
-fn write_temp(path: &Path, body: &[u8]) -> std::io::Result<PathBuf> {
+/// Takes an exclusive `flock` on `file` without waiting: `Ok(false)` when
+/// another open file holds it. (`File::try_lock` needs Rust 1.89; the MSRV
+/// is 1.85.) The lock lasts until every handle of this open file is closed,
+/// which a killed process's are.
+pub(crate) fn try_lock(file: &File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a file descriptor that `file` keeps open.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// A temp file being written, locked (see the module doc) until dropped.
+struct Temp {
+    path: PathBuf,
+    /// Kept open: closing it drops the lock.
+    _file: File,
+}
+
+/// Writes `body` to a fresh temp file next to `path`, fsynced and locked.
+/// The caller renames or links it into place, then drops it.
+fn write_temp(path: &Path, body: &[u8]) -> std::io::Result<Temp> {
     let dir = path.parent().expect("object paths have a parent");
     fs::create_dir_all(dir)?;
     let tmp = dir.join(format!("{TMP_PREFIX}{:016x}", rand::random::<u64>()));
     let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-    let res = file.write_all(body).and_then(|()| file.sync_all());
+    // Nobody else knows the name yet, so this cannot be refused.
+    let res = try_lock(&file)
+        .and_then(|_| file.write_all(body))
+        .and_then(|()| file.sync_all());
     if let Err(e) = res {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    Ok(tmp)
+    Ok(Temp {
+        path: tmp,
+        _file: file,
+    })
+}
+
+/// Removes temp file `path` if its writer is gone (nobody holds its lock).
+/// Best effort: a leftover only costs disk space.
+fn sweep_if_dead(path: &Path) {
+    let Ok(file) = File::open(path) else { return };
+    if matches!(try_lock(&file), Ok(true)) && fs::remove_file(path).is_ok() {
+        tracing::info!(path = %path.display(), "removed the temp file of an interrupted write");
+    }
 }
 
 /// Makes a rename or link in `dir` durable.
@@ -107,8 +152,8 @@ impl ObjectStore for FsStore {
         blocking(move || {
             let tmp =
                 write_temp(&path, &body).map_err(|e| this.io_err("cannot write", &path, e))?;
-            if let Err(e) = fs::rename(&tmp, &path) {
-                let _ = fs::remove_file(&tmp);
+            if let Err(e) = fs::rename(&tmp.path, &path) {
+                let _ = fs::remove_file(&tmp.path);
                 return Err(this.io_err("cannot write", &path, e));
             }
             sync_dir(path.parent().unwrap()).map_err(|e| this.io_err("cannot sync", &path, e))
@@ -128,8 +173,8 @@ impl ObjectStore for FsStore {
                 write_temp(&path, &body).map_err(|e| this.io_err("cannot write", &path, e))?;
             // link(2) fails if the target exists, unlike rename: this makes the
             // create-if-absent atomic even against other processes.
-            let linked = fs::hard_link(&tmp, &path);
-            let _ = fs::remove_file(&tmp);
+            let linked = fs::hard_link(&tmp.path, &path);
+            let _ = fs::remove_file(&tmp.path);
             match linked {
                 Ok(()) => sync_dir(path.parent().unwrap())
                     .map_err(|e| this.io_err("cannot sync", &path, e)),
@@ -195,6 +240,7 @@ impl ObjectStore for FsStore {
                     let name = entry.file_name();
                     let Some(name) = name.to_str() else { continue };
                     if name.starts_with(TMP_PREFIX) {
+                        sweep_if_dead(&entry.path());
                         continue;
                     }
                     let key = format!("{rel}{name}");
@@ -269,13 +315,13 @@ impl ObjectStore for FsStore {
                 write_temp(&path, &body).map_err(|e| this.io_err("cannot write", &path, e))?;
             let res = match current(&key) {
                 Ok(now) if now == etag => {
-                    fs::rename(&tmp, &path).map_err(|e| this.io_err("cannot write", &path, e))
+                    fs::rename(&tmp.path, &path).map_err(|e| this.io_err("cannot write", &path, e))
                 }
                 Ok(_) => Err(StoreError::PreconditionFailed { key: key.clone() }),
                 Err(e) => Err(e),
             };
             if res.is_err() {
-                let _ = fs::remove_file(&tmp);
+                let _ = fs::remove_file(&tmp.path);
             }
             res?;
             sync_dir(path.parent().unwrap()).map_err(|e| this.io_err("cannot sync", &path, e))?;
@@ -288,6 +334,35 @@ impl ObjectStore for FsStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A killed writer's temp file (nobody holds its lock) goes at the next
+    /// listing; one being written (locked) stays.
+    #[tokio::test]
+    async fn list_sweeps_a_dead_writers_temp_file_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::new(dir.path());
+        store
+            .put("manifests/a.json", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        let sub = dir.path().join("manifests");
+        let dead = sub.join(format!("{TMP_PREFIX}dead"));
+        fs::write(&dead, b"half").unwrap();
+        let live = write_temp(&sub.join("b.json"), b"being written").unwrap();
+        let keys: Vec<String> = store
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
+        assert_eq!(keys, ["manifests/a.json"]);
+        assert!(!dead.exists(), "the dead writer's temp file is swept");
+        assert!(
+            live.path.exists(),
+            "a live writer's temp file is left alone"
+        );
+    }
 
     #[tokio::test]
     async fn round_trip_list_range_delete_and_conditionals() {

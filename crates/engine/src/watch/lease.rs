@@ -214,7 +214,7 @@ impl VolumeLock {
             .truncate(false)
             .open(&path)?;
         // The same non-blocking flock as restore's temp files.
-        if !crate::restore::install::try_lock(&file)? {
+        if !crate::store::fs::try_lock(&file)? {
             return Ok(None);
         }
         let mut text = String::new();
