@@ -1,7 +1,8 @@
 //! Client-side encryption of backups against a real S3. Read side (replicas
 //! built by the independent writer in `restore_support`): an encrypted
 //! replica restores with the right key only; a missing or wrong key and a
-//! tampered manifest fail with exit 4; the key never appears in any output.
+//! tampered manifest asked for by id fail with exit 4 (a tampered newest one
+//! is skipped, never restored); the key never appears in any output.
 //! Write side (the binary itself): `snapshot`, `cron`, `watch` and `serve --replica`
 //! with a key round-trip through `restore`; the bucket holds no plaintext of
 //! a marker row and no plain content hash; mixing keys on one prefix is
@@ -222,19 +223,43 @@ async fn missing_or_wrong_key_and_tampering_fail_with_exit_4() {
         .put(&key, Bytes::from(serde_json::to_vec(&v).unwrap()))
         .await
         .unwrap();
-    let out = keyed(&s3, &["restore", "--db", t, "--replica", &url], Some(g), 4);
+    let id = format::manifest_id(&key).unwrap().to_string();
+    // Asked for by id, it fails with exit 4 naming the key.
+    let by_id = ["restore", "--db", t, "--replica", &url, "--snapshot", &id];
+    let out = keyed(&s3, &by_id, Some(g), 4);
     assert!(
         stderr(&out).contains("authentication failed") && stderr(&out).contains(&key),
         "{}",
         stderr(&out)
     );
+    assert!(!target.exists());
+    // As the newest, it is skipped with a warning naming it (a manifest
+    // planted by someone without the key must not stop restores): the
+    // snapshot before it is restored, never the tampered one.
+    let older = path(dir.path(), "older.db");
+    let o = older.to_str().unwrap();
+    let out = keyed(&s3, &["restore", "--db", o, "--replica", &url], Some(g), 0);
+    assert!(
+        stderr(&out).contains("authentication failed") && stderr(&out).contains(&key),
+        "{}",
+        stderr(&out)
+    );
+    let rows: i64 = rusqlite::Connection::open(&older)
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM mail WHERE body = 'needle-in-the-haystack'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, 0, "the tampered snapshot's row must not be restored");
     // Stripping the encryption block does not make it pass either.
     v.as_object_mut().unwrap().remove("encryption");
     w.store
         .put(&key, Bytes::from(serde_json::to_vec(&v).unwrap()))
         .await
         .unwrap();
-    let out = keyed(&s3, &["restore", "--db", t, "--replica", &url], Some(g), 4);
+    let out = keyed(&s3, &by_id, Some(g), 4);
     assert!(stderr(&out).contains("not encrypted"), "{}", stderr(&out));
     assert!(!target.exists());
 
