@@ -15,21 +15,45 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
-/// bcrypt checks that may run at once, process-wide (SMTP and HTTP share
-/// it): half the cores, at least one. A bcrypt check is ~50-250 ms of CPU
-/// by design; unbounded, a burst of AUTH attempts would fill tokio's
-/// blocking pool (which the store's reads use too) and every core, and
-/// mail would stall behind password guesses.
-static BCRYPT_POOL: LazyLock<Semaphore> = LazyLock::new(|| {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    Semaphore::new((cores / 2).max(1))
-});
+/// bcrypt checks that may run at once, process-wide (SMTP, POP3 and HTTP
+/// share it): [`bcrypt_threads`] of `MAILSAFE_BCRYPT_THREADS`, by default
+/// half the cores, at least one. A bcrypt check is ~50-250 ms of CPU by
+/// design; unbounded, a burst of AUTH attempts would fill tokio's blocking
+/// pool (which the store's reads use too) and every core, and mail would
+/// stall behind password guesses.
+static BCRYPT_POOL: OnceLock<Semaphore> = OnceLock::new();
+
+/// The size of the bcrypt pool for a configured `threads` (0 = the
+/// default, half the cores, at least one).
+pub fn bcrypt_threads(threads: usize) -> usize {
+    match threads {
+        0 => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (cores / 2).max(1)
+        }
+        n => n,
+    }
+}
+
+/// Sizes the process-wide bcrypt pool (see [`bcrypt_threads`]); only the
+/// first call before any check takes effect (a process runs one catcher;
+/// tests that start several share the first one's pool). Returns whether
+/// this call set it.
+pub fn set_bcrypt_threads(threads: usize) -> bool {
+    BCRYPT_POOL
+        .set(Semaphore::new(bcrypt_threads(threads)))
+        .is_ok()
+}
+
+fn bcrypt_pool() -> &'static Semaphore {
+    BCRYPT_POOL.get_or_init(|| Semaphore::new(bcrypt_threads(0)))
+}
 
 /// Whether and how the SMTP server accepts AUTH.
 #[derive(Debug, Clone, Default)]
@@ -215,7 +239,7 @@ impl Credentials {
             return self.verify(&user, &password);
         }
         // The semaphore is never closed, so acquiring only waits.
-        let Ok(_permit) = BCRYPT_POOL.acquire().await else {
+        let Ok(_permit) = bcrypt_pool().acquire().await else {
             return false;
         };
         let creds = self.clone();
@@ -307,10 +331,16 @@ pub enum Verdict {
 }
 
 impl BasicAuth {
-    /// Replaces the per-client throttle (tests use a short window).
+    /// Replaces the per-client throttle (`MAILSAFE_HTTP_AUTH_MAX_FAILURES`,
+    /// `MAILSAFE_HTTP_AUTH_WINDOW`; tests use a short window).
     pub fn with_throttle(mut self, throttle: Throttle) -> Self {
         self.throttle = Arc::new(throttle);
         self
+    }
+
+    /// The throttle's failures allowed per window, and the window.
+    pub fn throttle_limits(&self) -> (u32, Duration) {
+        (self.throttle.max_failures, self.throttle.window)
     }
 
     /// Judges a request from `client` carrying `credentials` (user,
@@ -360,11 +390,14 @@ pub struct Throttle {
     clients: Mutex<HashMap<Option<IpAddr>, (u32, Instant)>>,
 }
 
+/// Clients a [`Throttle`] tracks at most by default.
+pub const THROTTLE_CLIENTS: usize = 4096;
+
 impl Default for Throttle {
     /// 10 failures a minute: room for a person mistyping a password, far
     /// too few for guessing.
     fn default() -> Self {
-        Self::new(10, Duration::from_secs(60), 4096)
+        Self::new(10, Duration::from_secs(60), THROTTLE_CLIENTS)
     }
 }
 
@@ -487,6 +520,13 @@ mod tests {
         assert!(creds.check("bob".into(), "plain".into()).await);
         assert_eq!(creds.bcrypt_checks(), 3);
         ticker.abort();
+    }
+
+    #[test]
+    fn the_bcrypt_pool_is_half_the_cores_unless_configured() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(bcrypt_threads(0), (cores / 2).max(1));
+        assert_eq!(bcrypt_threads(3), 3);
     }
 
     #[test]

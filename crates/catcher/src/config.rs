@@ -62,9 +62,17 @@ pub struct Config {
     pub send_budget_wait: Duration,
     /// Close SMTP connections idle this long.
     pub smtp_idle_timeout: Duration,
-    /// Close SMTP connections whose TLS handshake (implicit TLS or
-    /// STARTTLS) takes longer than this.
+    /// Close SMTP and POP3 connections whose TLS handshake (implicit TLS or
+    /// STARTTLS) takes longer than this (`MAILSAFE_TLS_HANDSHAKE_TIMEOUT`,
+    /// which sets the HTTPS one in `http_limits` too).
     pub smtp_tls_handshake_timeout: Duration,
+    /// bcrypt checks that may run at once, process-wide
+    /// (`MAILSAFE_BCRYPT_THREADS`; 0 = half the cores, at least one; see
+    /// [`crate::auth::set_bcrypt_threads`]).
+    pub bcrypt_threads: usize,
+    /// Most `/api/events` websockets at once
+    /// (`MAILSAFE_HTTP_MAX_EVENT_SUBSCRIBERS`); more get 503.
+    pub max_event_subscribers: usize,
     /// How long shutdown waits for SMTP transactions in flight.
     pub shutdown_timeout: Duration,
     /// PEM certificate: serve the API and web UI over HTTPS
@@ -130,6 +138,8 @@ impl Default for Config {
             send_budget_wait: Duration::from_secs(10),
             smtp_idle_timeout: Duration::from_secs(300),
             smtp_tls_handshake_timeout: Duration::from_secs(10),
+            bcrypt_threads: 0,
+            max_event_subscribers: 256,
             shutdown_timeout: Duration::from_secs(10),
             ui_tls_cert: None,
             ui_tls_key: None,

@@ -61,6 +61,7 @@ pub struct Catcher {
     origins: api::OriginPolicy,
     max_message_size: usize,
     send_budget_wait: Duration,
+    max_event_subscribers: usize,
 }
 
 impl Catcher {
@@ -74,6 +75,7 @@ impl Catcher {
             ..StoreOptions::default()
         };
         let store = Store::open(&config.database, store_options)?;
+        auth::set_bcrypt_threads(config.bcrypt_threads);
         let tls = tls_pair(&config.smtp_tls_cert, &config.smtp_tls_key, "MP_SMTP_TLS")?;
         if tls.is_none() && (config.smtp_implicit_tls || config.smtp_require_starttls) {
             return Err(Error::Config(
@@ -162,6 +164,7 @@ impl Catcher {
             origins: config.origins,
             max_message_size: config.max_message_size,
             send_budget_wait: config.send_budget_wait,
+            max_event_subscribers: config.max_event_subscribers,
         })
     }
 
@@ -225,6 +228,7 @@ impl Catcher {
             max_message_size: self.max_message_size,
             memory_budget: self.data_budget.clone(),
             send_budget_wait: self.send_budget_wait,
+            max_event_subscribers: self.max_event_subscribers,
             ..api::ApiOptions::default()
         };
         let router = http_router(&self.store, options);

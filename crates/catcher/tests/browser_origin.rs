@@ -10,7 +10,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use mailsafe_catcher::api::{ApiOptions, OriginPolicy};
+use mailsafe_catcher::api::OriginPolicy;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -215,15 +215,9 @@ async fn a_loopback_catcher_refuses_rebound_host_names() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_subscribers_are_capped() {
-    let s = ApiServer::start(
-        Default::default(),
-        ApiOptions {
-            max_event_subscribers: 2,
-            ..ApiOptions::default()
-        },
-    )
-    .await;
-    let addr: SocketAddr = s.base.trim_start_matches("http://").parse().unwrap();
+    // The cap as configured (`MAILSAFE_HTTP_MAX_EVENT_SUBSCRIBERS`).
+    let mut s = Server::start(|c, _| c.max_event_subscribers = 2).await;
+    let addr = s.http;
     let host = format!("Host: {addr}\r\n");
     let (a, _a) = ws_handshake(addr, &host).await;
     let (b, b_conn) = ws_handshake(addr, &host).await;
@@ -244,4 +238,5 @@ async fn event_subscribers_are_capped() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    s.stop().await;
 }

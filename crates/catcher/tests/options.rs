@@ -329,6 +329,37 @@ fn rows(dir: &std::path::Path) -> Vec<(Vec<(&'static str, String)>, Expect)> {
             one("MAILSAFE_HTTP_ALLOWED_HOSTS", "a.test,b.test"),
             Parsed(|c| c.origins.allowed_hosts == ["a.test", "b.test"]),
         ),
+        (
+            vec![
+                ("MAILSAFE_HTTP_AUTH_MAX_FAILURES", "3".into()),
+                ("MP_UI_AUTH", "alice:secret".into()),
+            ],
+            Parsed(|c| c.ui_auth.as_ref().unwrap().throttle_limits().0 == 3),
+        ),
+        (
+            vec![
+                ("MAILSAFE_HTTP_AUTH_WINDOW", "5m".into()),
+                ("MP_UI_AUTH", "alice:secret".into()),
+            ],
+            Parsed(|c| {
+                c.ui_auth.as_ref().unwrap().throttle_limits() == (10, Duration::from_secs(300))
+            }),
+        ),
+        (
+            one("MAILSAFE_BCRYPT_THREADS", "3"),
+            Parsed(|c| c.bcrypt_threads == 3),
+        ),
+        (
+            one("MAILSAFE_HTTP_MAX_EVENT_SUBSCRIBERS", "2"),
+            Parsed(|c| c.max_event_subscribers == 2),
+        ),
+        (
+            one("MAILSAFE_TLS_HANDSHAKE_TIMEOUT", "3s"),
+            Parsed(|c| {
+                c.smtp_tls_handshake_timeout == Duration::from_secs(3)
+                    && c.http_limits.tls_handshake_timeout == Duration::from_secs(3)
+            }),
+        ),
     ]
     .into_iter()
     .chain(relay_and_forward_rows())

@@ -332,6 +332,38 @@ pub struct Options {
         )
     )]
     pub http_max_connections_per_ip: usize,
+    /// Failed HTTP basic-auth attempts one client IP (IPv6: /64) may make
+    /// per `--http-auth-window` before it is answered 429.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "MAILSAFE_HTTP_AUTH_MAX_FAILURES", default_value_t = 10)
+    )]
+    pub http_auth_max_failures: u32,
+    /// The window of `--http-auth-max-failures`.
+    #[cfg_attr(feature = "cli", arg(long, env = "MAILSAFE_HTTP_AUTH_WINDOW", default_value = "60s", value_parser = humantime::parse_duration))]
+    pub http_auth_window: std::time::Duration,
+    /// bcrypt password checks (SMTP, POP3 and HTTP auth) that may run at
+    /// once; 0 = half the cores, at least one.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "MAILSAFE_BCRYPT_THREADS", default_value_t = 0)
+    )]
+    pub bcrypt_threads: usize,
+    /// Most `/api/events` websockets open at once (the UI opens one per
+    /// tab); more get 503.
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long,
+            env = "MAILSAFE_HTTP_MAX_EVENT_SUBSCRIBERS",
+            default_value_t = 256
+        )
+    )]
+    pub http_max_event_subscribers: usize,
+    /// How long a client may take over its TLS handshake (HTTPS, SMTP
+    /// implicit TLS and STARTTLS, POP3) before it is dropped.
+    #[cfg_attr(feature = "cli", arg(long, env = "MAILSAFE_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration))]
+    pub tls_handshake_timeout: std::time::Duration,
     /// Host names accepted in the `Host` header besides localhost names and
     /// loopback IPs, comma-separated (`*` for any). A catcher bound to a
     /// loopback address refuses other hosts (DNS rebinding protection).
@@ -458,13 +490,23 @@ impl Options {
             ui_tls_key,
             label: self.label,
             hide_delete_all_button: self.hide_delete_all_button,
-            ui_auth: ui_auth.map(|c| c.into_basic_auth()),
+            ui_auth: ui_auth.map(|c| {
+                c.into_basic_auth()
+                    .with_throttle(crate::auth::Throttle::new(
+                        self.http_auth_max_failures,
+                        self.http_auth_window,
+                        crate::auth::THROTTLE_CLIENTS,
+                    ))
+            }),
             http_limits: crate::api::HttpLimits {
                 header_read_timeout: self.http_header_timeout,
                 max_connections: self.http_max_connections,
                 max_connections_per_ip: self.http_max_connections_per_ip,
-                ..Default::default()
+                tls_handshake_timeout: self.tls_handshake_timeout,
             },
+            smtp_tls_handshake_timeout: self.tls_handshake_timeout,
+            bcrypt_threads: self.bcrypt_threads,
+            max_event_subscribers: self.http_max_event_subscribers,
             origins: crate::api::OriginPolicy {
                 cors: self.api_cors,
                 allowed_hosts: self.http_allowed_hosts,
