@@ -1,13 +1,15 @@
 //! The `mailsafe` binary: parse the command line, run, map the outcome to an
-//! exit code. Everything else lives in `cli` and the library.
+//! exit code. `cli` holds the flags, dispatch and output; `serve` joins the
+//! catcher and the engine; `shutdown` bounds how the long-lived modes stop.
 
 mod cli;
-mod progress;
+mod serve;
+mod shutdown;
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args = <cli::Args as clap::Parser>::parse();
+    let args = <cli::args::Args as clap::Parser>::parse();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

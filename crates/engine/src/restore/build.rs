@@ -604,8 +604,10 @@ fn decode_hex32(s: &str) -> [u8; 32] {
     format::parse_sha256(s).unwrap_or_default()
 }
 
-/// Which SQLite check runs on a rebuilt image.
+/// Which SQLite check runs on a rebuilt image. With the `cli` feature it is
+/// also the `--integrity-check` flag's value (the doc lines are its help).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum IntegrityCheck {
     /// `PRAGMA quick_check`.
@@ -613,7 +615,7 @@ pub enum IntegrityCheck {
     Quick,
     /// `PRAGMA integrity_check`.
     Full,
-    /// No SQLite check (hashes are still verified).
+    /// Skip SQLite's check (object and image hashes are still verified).
     None,
 }
 

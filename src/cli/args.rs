@@ -1,0 +1,365 @@
+//! The command line: the subcommands and their flags (each also read from a
+//! `MAILSAFE_*` or Mailpit `MP_*` environment variable). clap only: what the
+//! flags do is in `cli` (dispatch), `serve` and the engine.
+
+use std::path::PathBuf;
+
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+use mailsafe::restore::IntegrityCheck;
+
+/// Keeps a live SQLite database safe on S3, and runs a Mailpit-compatible mail
+/// catcher.
+#[derive(Debug, Parser)]
+#[command(name = "mailsafe", version, about)]
+pub struct Args {
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        env = "MAILSAFE_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+    /// The subcommand to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// `2026-11-29T09:00:00Z INFO message key=value`.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the mail catcher (SMTP + HTTP API + web UI), optionally with
+    /// restore-on-start and continuous backup to a replica.
+    Serve(Box<ServeArgs>),
+    /// Take one consistent, incremental snapshot of a database.
+    Snapshot(SnapshotArgs),
+    /// Restore the newest (or a chosen) snapshot, verified, to a path.
+    Restore(RestoreArgs),
+    /// List the snapshots in a replica.
+    Snapshots(SnapshotsArgs),
+    /// Check everything a restore would check, without installing anything.
+    Verify(VerifyArgs),
+    /// Watch a database and upload a snapshot within about a second of every
+    /// change (the Kubernetes sidecar).
+    Watch(WatchArgs),
+    /// Scheduled snapshots with retention and garbage collection.
+    Cron(CronArgs),
+    /// Apply retention and garbage-collect unreferenced objects.
+    Prune(PruneArgs),
+}
+
+/// Where the replica lives.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct ReplicaArgs {
+    /// Replica URL: `s3://bucket/prefix` or `file:///path`.
+    #[arg(long, env = "MAILSAFE_REPLICA")]
+    pub replica: String,
+    /// S3 endpoint for S3-compatible stores (path-style addressing is used
+    /// with a custom endpoint). Defaults to `AWS_ENDPOINT_URL_S3` /
+    /// `AWS_ENDPOINT_URL`.
+    #[arg(long, env = "MAILSAFE_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// File holding the backup encryption key (32 raw bytes, 64 hex digits
+    /// or base64). Without it, `MAILSAFE_ENCRYPTION_KEY` may hold the key
+    /// itself; with neither, backups are not encrypted.
+    #[arg(long, env = "MAILSAFE_ENCRYPTION_KEY_FILE")]
+    pub encryption_key_file: Option<PathBuf>,
+}
+
+impl ReplicaArgs {
+    /// The configured encryption key, if any. Errors never contain the key.
+    pub fn encryption_key(&self) -> anyhow::Result<Option<std::sync::Arc<mailsafe::crypto::Key>>> {
+        Ok(
+            mailsafe::crypto::Key::from_sources(self.encryption_key_file.as_deref())?
+                .map(std::sync::Arc::new),
+        )
+    }
+}
+
+/// Flags of the commands that write a replica under its lease (`watch`,
+/// `cron`, `serve --replica`).
+#[derive(Debug, Clone, Default, ClapArgs)]
+pub struct WriterArgs {
+    /// Write even to a store that ignores conditional writes (it accepts a
+    /// create of an existing key with If-None-Match). Without this, such a
+    /// store is refused (exit 5), since its lease cannot keep two writers
+    /// apart. Only safe with a single writer.
+    #[arg(long, env = "MAILSAFE_UNSAFE_NO_CONDITIONAL_WRITES")]
+    pub unsafe_no_conditional_writes: bool,
+}
+
+/// Retention policy flags, shared by `cron` and `prune` (like restic's
+/// `forget`).
+#[derive(Debug, Clone, Default, ClapArgs)]
+pub struct RetentionArgs {
+    /// Keep every snapshot taken within this long of the newest (e.g. `1h`,
+    /// `7d`).
+    #[arg(long, env = "MAILSAFE_KEEP_WITHIN", value_parser = humantime::parse_duration)]
+    pub keep_within: Option<std::time::Duration>,
+    /// Keep the N newest snapshots.
+    #[arg(long, env = "MAILSAFE_KEEP_LAST")]
+    pub keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last N hours.
+    #[arg(long, env = "MAILSAFE_KEEP_HOURLY")]
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N days.
+    #[arg(long, env = "MAILSAFE_KEEP_DAILY")]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest snapshot of each of the last N ISO weeks.
+    #[arg(long, env = "MAILSAFE_KEEP_WEEKLY")]
+    pub keep_weekly: Option<u32>,
+    /// Objects unreferenced by any kept snapshot are deleted only once older
+    /// than this, so a snapshot being uploaded concurrently is never broken.
+    #[arg(long, env = "MAILSAFE_GC_GRACE", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub gc_grace: std::time::Duration,
+}
+
+/// `mailsafe serve`.
+#[derive(Debug, ClapArgs)]
+// `--replica` is required in `ReplicaArgs`; here the whole group is
+// optional, and clap still requires it once any replica flag is given.
+#[command(mut_arg("replica", |a| a.required(false)))]
+pub struct ServeArgs {
+    /// The catcher's own options (`MP_*` and `MAILSAFE_*`).
+    #[command(flatten)]
+    pub catcher: mailsafe_catcher::options::Options,
+    /// The replica: when set, restore on start if the db is missing, and
+    /// back up continuously while running.
+    #[command(flatten)]
+    pub replica: Option<ReplicaArgs>,
+    /// How long shutdown may take after SIGTERM, SMTP drain and final
+    /// snapshot included. Past it the process exits 1 anyway, saying what is
+    /// not in the replica.
+    #[arg(long, env = "MAILSAFE_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: std::time::Duration,
+    #[command(flatten)]
+    pub writer: WriterArgs,
+}
+
+/// `mailsafe snapshot`.
+#[derive(Debug, ClapArgs)]
+pub struct SnapshotArgs {
+    /// The SQLite database to back up.
+    #[arg(long, env = "MAILSAFE_DB")]
+    pub db: PathBuf,
+    #[command(flatten)]
+    pub replica: ReplicaArgs,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `mailsafe restore`.
+#[derive(Debug, ClapArgs)]
+pub struct RestoreArgs {
+    /// The database path the backup belongs to; also the restore target
+    /// unless `--output` is given.
+    #[arg(long, env = "MAILSAFE_DB")]
+    pub db: PathBuf,
+    #[command(flatten)]
+    pub replica: ReplicaArgs,
+    /// Restore this snapshot id instead of the newest.
+    #[arg(long, conflicts_with = "at")]
+    pub snapshot: Option<String>,
+    /// Restore the newest snapshot taken at or before this RFC 3339 time.
+    #[arg(long)]
+    pub at: Option<String>,
+    /// Write the restored database here instead of `--db`.
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+    /// Do nothing (exit 0) if the target database already exists.
+    #[arg(long, env = "MAILSAFE_IF_DB_NOT_EXISTS")]
+    pub if_db_not_exists: bool,
+    /// Do nothing (exit 0) if the replica has no snapshot.
+    #[arg(long, env = "MAILSAFE_IF_REPLICA_EXISTS")]
+    pub if_replica_exists: bool,
+    /// Replace an existing database at the target.
+    #[arg(long)]
+    pub force: bool,
+    /// SQLite check run on the restored image before it is installed.
+    #[arg(long, default_value = "quick")]
+    pub integrity_check: IntegrityCheck,
+    /// Concurrent downloads.
+    #[arg(long, default_value_t = mailsafe::restore::DEFAULT_PARALLELISM)]
+    pub parallelism: usize,
+}
+
+/// `mailsafe snapshots`.
+#[derive(Debug, ClapArgs)]
+pub struct SnapshotsArgs {
+    #[command(flatten)]
+    pub replica: ReplicaArgs,
+    /// Print the list as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `mailsafe verify`.
+#[derive(Debug, ClapArgs)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub replica: ReplicaArgs,
+    /// Verify this snapshot instead of the newest.
+    #[arg(long)]
+    pub snapshot: Option<String>,
+    /// Verify every snapshot in the replica.
+    #[arg(long, conflicts_with = "snapshot")]
+    pub all: bool,
+    /// SQLite check run on the rebuilt image.
+    #[arg(long, default_value = "quick")]
+    pub integrity_check: IntegrityCheck,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `mailsafe watch`.
+#[derive(Debug, ClapArgs)]
+pub struct WatchArgs {
+    /// The SQLite database to watch (it may not exist yet).
+    #[arg(long, env = "MAILSAFE_DB")]
+    pub db: PathBuf,
+    #[command(flatten)]
+    pub replica: ReplicaArgs,
+    /// Serve `/metrics` and `/healthz` on this address.
+    #[arg(long, env = "MAILSAFE_LISTEN")]
+    pub listen: Option<String>,
+    /// Quiet time after the last change before a snapshot is taken.
+    #[arg(long, env = "MAILSAFE_DEBOUNCE", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub debounce: std::time::Duration,
+    /// Longest delay between a change and its snapshot, however busy the db.
+    /// (750 ms leaves room for the upload itself within a one-second RPO.)
+    #[arg(long, env = "MAILSAFE_MAX_DELAY", default_value = "750ms", value_parser = humantime::parse_duration)]
+    pub max_delay: std::time::Duration,
+    /// How long shutdown may take after SIGTERM, final snapshot and lease
+    /// release included. Past it the process exits 1 anyway, saying what is
+    /// not in the replica.
+    #[arg(long, env = "MAILSAFE_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: std::time::Duration,
+    /// `/healthz` fails when a change has waited longer than this.
+    #[arg(long, env = "MAILSAFE_HEALTH_MAX_LAG", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub health_max_lag: std::time::Duration,
+    /// Lifetime of the replica's single-writer lease. It is renewed only
+    /// before a write, so an idle watcher makes no request for it; a second
+    /// writer waits until the lease is released or this long after its last
+    /// renewal.
+    #[arg(long, env = "MAILSAFE_LEASE_TTL", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub lease_ttl: std::time::Duration,
+    /// Detect changes by polling the db files every this often instead of
+    /// inotify (for file systems without inotify; used automatically when
+    /// inotify fails).
+    #[arg(long, env = "MAILSAFE_POLL_INTERVAL", value_parser = humantime::parse_duration)]
+    pub poll_interval: Option<std::time::Duration>,
+    /// Retention applied in process. Without any --keep-* flag, watch thins
+    /// by default: every snapshot of the last hour, hourly for a day, daily
+    /// for a week.
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+    /// How often retention and GC run (after new snapshots only); 0 turns
+    /// in-process retention off (then keep a `prune` job).
+    #[arg(long, env = "MAILSAFE_RETENTION_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub retention_interval: std::time::Duration,
+    #[command(flatten)]
+    pub writer: WriterArgs,
+}
+
+/// `mailsafe cron`.
+#[derive(Debug, ClapArgs)]
+pub struct CronArgs {
+    /// The SQLite database to back up.
+    #[arg(long, env = "MAILSAFE_DB")]
+    pub db: PathBuf,
+    #[command(flatten)]
+    pub replica: ReplicaArgs,
+    /// Standard 5-field cron expression, evaluated in UTC.
+    #[arg(long, env = "MAILSAFE_SCHEDULE", required_unless_present = "once")]
+    pub schedule: Option<String>,
+    /// Run one round (snapshot if changed, retention, GC) and exit.
+    #[arg(long, conflicts_with = "schedule")]
+    pub once: bool,
+    /// How long shutdown may take after SIGTERM: a round in flight may
+    /// finish its snapshot (retention waits for the next round). Past it the
+    /// process exits 1 anyway, saying what was not done.
+    #[arg(long, env = "MAILSAFE_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: std::time::Duration,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+    #[command(flatten)]
+    pub writer: WriterArgs,
+}
+
+/// `mailsafe prune`.
+#[derive(Debug, ClapArgs)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub replica: ReplicaArgs,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+    /// Print what would be deleted, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn serve(argv: &[&str]) -> ServeArgs {
+        let args = Args::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        match args.command {
+            Command::Serve(a) => *a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// `serve`'s replica flags are `ReplicaArgs` itself: absent, no replica;
+    /// given, the same fields `restore` and `watch` read.
+    #[test]
+    fn serve_flattens_the_replica_flags() {
+        assert!(serve(&["mailsafe", "serve"]).replica.is_none());
+        let r = serve(&[
+            "mailsafe",
+            "serve",
+            "--replica",
+            "file:///tmp/r",
+            "--endpoint",
+            "http://127.0.0.1:1",
+        ])
+        .replica
+        .expect("a replica");
+        assert_eq!(r.replica, "file:///tmp/r");
+        assert_eq!(r.endpoint.as_deref(), Some("http://127.0.0.1:1"));
+    }
+
+    /// `--integrity-check` takes the engine's own enum.
+    #[test]
+    fn integrity_check_values_are_the_engines() {
+        let args = Args::try_parse_from([
+            "mailsafe",
+            "verify",
+            "--replica",
+            "file:///tmp/r",
+            "--integrity-check",
+            "full",
+        ])
+        .unwrap();
+        let Command::Verify(v) = args.command else {
+            panic!("not verify")
+        };
+        assert_eq!(v.integrity_check, IntegrityCheck::Full);
+    }
+}

@@ -1,0 +1,333 @@
+//! Dispatch: runs each subcommand from its parsed flags ([`args`]), prints
+//! through [`render`], and maps the outcome to an exit code. The long-lived
+//! modes stop through `crate::shutdown`; `serve` itself is `crate::serve`.
+//!
+//! This is binary code: it may use `anyhow` and add `.context()`; the library
+//! modules it calls return typed errors (see `mailsafe::Error`).
+
+pub mod args;
+mod render;
+
+use anyhow::Context;
+
+use crate::shutdown::{
+    Undone, cron_undone, replica_undone, run_until_shutdown, runtime, shutdown_deadline,
+    shutdown_margin, termination_signal,
+};
+use args::{
+    Args, Command, CronArgs, LogFormat, PruneArgs, ReplicaArgs, RestoreArgs, RetentionArgs,
+    ServeArgs, SnapshotArgs, SnapshotsArgs, VerifyArgs, WatchArgs,
+};
+
+/// Runs the parsed command.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    match args.command {
+        Command::Serve(a) => serve(*a),
+        Command::Snapshot(a) => snapshot(a),
+        Command::Restore(a) => restore(a),
+        Command::Snapshots(a) => snapshots(a),
+        Command::Verify(a) => verify(a),
+        Command::Watch(a) => watch(a),
+        Command::Cron(a) => cron(a),
+        Command::Prune(a) => prune(a),
+    }
+}
+
+/// `serve`: the flags and the process's shutdown around [`crate::serve::run`].
+/// With a replica, the catcher's drain may use half the shutdown timeout and
+/// the final snapshot what is left; without, the drain ends just before the
+/// watchdog.
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    use mailsafe::watch::metrics::{MeteredStore, Metrics};
+    let mut config = args.catcher.into_config()?;
+    let timeout = args.shutdown_timeout;
+    run_until_shutdown(async move {
+        // Installed before anything starts, so an early SIGTERM is not fatal.
+        let signal = termination_signal()?;
+        let Some(r) = args.replica else {
+            config.shutdown_timeout = timeout - shutdown_margin(timeout);
+            let undone = "every message answered 250 had been committed to the database";
+            let undone: Undone = Box::new(|| undone.to_string());
+            let phase = "draining SMTP sessions and HTTP connections";
+            let shutdown = shutdown_deadline(signal, timeout, phase, undone);
+            return crate::serve::run(config, None, shutdown).await;
+        };
+        let metrics = Metrics::new();
+        let shutdown = shutdown_deadline(
+            signal,
+            timeout,
+            "draining SMTP sessions",
+            replica_undone(metrics.clone()),
+        );
+        config.shutdown_timeout = timeout / 2;
+        let replica = crate::serve::Replica {
+            store: MeteredStore::wrap(open_replica(&r).await?, metrics.clone()),
+            metrics,
+            key: r.encryption_key()?,
+            unsafe_no_conditional_writes: args.writer.unsafe_no_conditional_writes,
+            url: r.replica,
+        };
+        crate::serve::run(config, Some(replica), shutdown).await
+    })?
+}
+
+/// Logs go to stderr so that `--json` output on stdout stays parseable.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MAILSAFE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(
+            // The AWS SDK logs every retried connection at INFO; our own
+            // retry loops already report each state change once.
+            "info,aws_smithy_runtime=warn,aws_smithy_runtime_api=warn,aws_config=warn,hyper_util=warn",
+        ));
+    // Never TRACE from other crates, whatever MAILSAFE_LOG says: at TRACE
+    // the AWS SDK prints canonical requests and request headers, which
+    // carry the session token (also when it comes from IRSA/STS, so it
+    // cannot be redacted by value). DEBUG and above carry no secrets
+    // (tests/secrets.rs runs every command at trace to keep it so).
+    let no_foreign_trace = tracing_subscriber::filter::filter_fn(|m| {
+        *m.level() != tracing::Level::TRACE || m.target().starts_with("mailsafe")
+    });
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.finish().with(no_foreign_trace).init(),
+        LogFormat::Json => builder.json().finish().with(no_foreign_trace).init(),
+    }
+}
+
+fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
+    let key = args.replica.encryption_key()?;
+    let report = runtime()?.block_on(async {
+        let store = open_replica(&args.replica).await?;
+        let mut snapshotter = mailsafe::snapshot::Snapshotter::new(&args.db, store).with_key(key);
+        snapshotter
+            .snapshot()
+            .await
+            .with_context(|| format!("snapshot of {} failed", args.db.display()))
+    })?;
+    render::snapshot(&report, args.json)
+}
+
+/// Opens the replica of every command. Its errors keep their exit code
+/// (a malformed URL is a usage error, 2) through [`exit_code`].
+async fn open_replica(r: &ReplicaArgs) -> anyhow::Result<mailsafe::store::DynStore> {
+    mailsafe::store::open(&r.replica, r.endpoint.as_deref())
+        .await
+        .map_err(mailsafe::Error::from)
+        .with_context(|| format!("cannot open replica {}", r.replica))
+}
+
+fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    use mailsafe::restore::{Pick, RestoreOptions};
+    let pick = Pick::from_flags(args.snapshot.as_deref(), args.at.as_deref())?;
+    let target = args.output.clone().unwrap_or_else(|| args.db.clone());
+    let opts = RestoreOptions {
+        pick,
+        target: target.clone(),
+        if_db_not_exists: args.if_db_not_exists,
+        if_replica_exists: args.if_replica_exists,
+        force: args.force,
+        integrity_check: args.integrity_check,
+        parallelism: args.parallelism.max(1),
+        progress: render::download_bar(),
+        key: args.replica.encryption_key()?,
+    };
+    runtime()?.block_on(async {
+        let store = open_replica(&args.replica).await?;
+        mailsafe::restore::restore(&*store, &opts)
+            .await
+            .with_context(|| {
+                format!(
+                    "restore from {} to {} failed",
+                    args.replica.replica,
+                    target.display()
+                )
+            })?;
+        Ok(())
+    })
+}
+
+fn snapshots(args: SnapshotsArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let store = open_replica(&args.replica).await?;
+        let key = args.replica.encryption_key()?;
+        let list = mailsafe::restore::list_snapshots(&*store, 16, key.as_deref())
+            .await
+            .with_context(|| format!("cannot list snapshots of {}", args.replica.replica))?;
+        render::snapshots(&list, args.json)
+    })
+}
+
+fn verify(args: VerifyArgs) -> anyhow::Result<()> {
+    use mailsafe::restore::Pick;
+    let opts = mailsafe::restore::VerifyOptions {
+        integrity_check: args.integrity_check,
+        parallelism: mailsafe::restore::DEFAULT_PARALLELISM,
+        key: args.replica.encryption_key()?,
+    };
+    runtime()?.block_on(async {
+        let store = open_replica(&args.replica).await?;
+        let what = &args.replica.replica;
+        if !args.all {
+            let pick = Pick::from_flags(args.snapshot.as_deref(), None)?;
+            let report = mailsafe::restore::verify(&*store, &pick, &opts)
+                .await
+                .with_context(|| format!("verify of {what} failed"))?;
+            return render::verified(&report, args.json);
+        }
+        let results = mailsafe::restore::verify_all(&*store, &opts)
+            .await
+            .with_context(|| format!("verify of {what} failed"))?;
+        render::verified_all(&results, args.json)?;
+        let failed: Vec<&str> = results
+            .iter()
+            .filter(|(_, r)| r.is_err())
+            .map(|(id, _)| id.as_str())
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(mailsafe::Error::Verification(format!(
+                "{} of {} snapshots in {what} failed: {}",
+                failed.len(),
+                results.len(),
+                failed.join(", ")
+            ))
+            .into())
+        }
+    })
+}
+
+fn retention_policy(r: &RetentionArgs) -> mailsafe::retention::Policy {
+    mailsafe::retention::Policy {
+        keep_within: r.keep_within,
+        keep_last: r.keep_last,
+        keep_hourly: r.keep_hourly,
+        keep_daily: r.keep_daily,
+        keep_weekly: r.keep_weekly,
+    }
+}
+
+fn watch(args: WatchArgs) -> anyhow::Result<()> {
+    use mailsafe::watch::{self, WatchConfig, metrics};
+    run_until_shutdown(async move {
+        let signal = termination_signal()?;
+        let m = metrics::Metrics::new();
+        let shutdown = shutdown_deadline(
+            signal,
+            args.shutdown_timeout,
+            "taking the final snapshot",
+            replica_undone(m.clone()),
+        );
+        let store = metrics::MeteredStore::wrap(open_replica(&args.replica).await?, m.clone());
+        if let Some(listen) = &args.listen {
+            watch::serve_http(listen, m.clone(), args.health_max_lag).await?;
+        }
+        let mut config = WatchConfig::new(&args.db);
+        config.encryption = args.replica.encryption_key()?;
+        config.debounce = args.debounce;
+        config.max_delay = args.max_delay;
+        config.lease_ttl = args.lease_ttl;
+        config.retention = (!args.retention_interval.is_zero()).then(|| {
+            let policy = retention_policy(&args.retention);
+            mailsafe::watch::Retention {
+                policy: if policy.is_empty() {
+                    mailsafe::retention::Policy::default_thinning()
+                } else {
+                    policy
+                },
+                gc_grace: args.retention.gc_grace,
+                interval: args.retention_interval,
+            }
+        });
+        config.unsafe_no_conditional_writes = args.writer.unsafe_no_conditional_writes;
+        if let Some(p) = args.poll_interval {
+            config.poll_interval = p;
+            config.force_poll = true;
+        }
+        watch::run(config, store, m, shutdown).await?;
+        anyhow::Ok(())
+    })?
+}
+
+fn cron(args: CronArgs) -> anyhow::Result<()> {
+    use mailsafe::cron::{self, RoundConfig, Schedule};
+    let schedule = args.schedule.as_deref().map(Schedule::parse).transpose()?;
+    let config = RoundConfig {
+        policy: retention_policy(&args.retention),
+        gc_grace: args.retention.gc_grace,
+        lease_ttl: std::time::Duration::from_secs(120),
+        encryption: args.replica.encryption_key()?,
+        unsafe_no_conditional_writes: args.writer.unsafe_no_conditional_writes,
+    };
+    run_until_shutdown(async move {
+        let signal = termination_signal()?;
+        let store = open_replica(&args.replica).await?;
+        let progress = cron::Progress::new(&args.db, &store);
+        let shutdown = shutdown_deadline(
+            signal,
+            args.shutdown_timeout,
+            "finishing the cron round",
+            cron_undone(progress.clone()),
+        );
+        match schedule {
+            Some(s) => cron::scheduled(&args.db, store, &s, &config, &progress, shutdown).await?,
+            None => {
+                if !args.db.exists() {
+                    return Err(anyhow::anyhow!(
+                        "database {} does not exist; nothing to back up",
+                        args.db.display()
+                    ));
+                }
+                cron::once(&args.db, store, &config, &progress, shutdown)
+                    .await
+                    .with_context(|| format!("cron round for {}", args.db.display()))?;
+            }
+        }
+        Ok(())
+    })?
+}
+
+fn prune(args: PruneArgs) -> anyhow::Result<()> {
+    let policy = retention_policy(&args.retention);
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        let store = open_replica(&args.replica).await?;
+        let key = args.replica.encryption_key()?;
+        if policy.is_empty() {
+            tracing::warn!("no --keep-* rule given: every snapshot is kept; only unreferenced objects are collected");
+        }
+        anyhow::Ok(
+            mailsafe::retention::prune(
+                store.as_ref(),
+                &policy,
+                args.retention.gc_grace,
+                args.dry_run,
+                key.as_deref(),
+            )
+            .await?,
+        )
+    })?;
+    render::pruned(&report, args.json)
+}
+
+/// Maps an error to the documented exit code (README, "Exit codes"): usage
+/// errors exit 2 through clap before we get here.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    err.chain()
+        .find_map(|e| {
+            if let Some(e) = e.downcast_ref::<mailsafe::Error>() {
+                return Some(e.exit_code());
+            }
+            // A store error reached us without being wrapped: a malformed
+            // replica URL is a usage error like any other bad flag value.
+            e.downcast_ref::<mailsafe::store::StoreError>()
+                .map(|e| e.exit_code())
+                .filter(|c| *c != 1)
+        })
+        .unwrap_or(1)
+}
