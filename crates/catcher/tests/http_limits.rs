@@ -2,7 +2,8 @@
 //! raw sockets for the slow clients: half-sent headers are cut off after the
 //! header-read timeout (also on idle keep-alive connections), the global and
 //! per-IP connection caps refuse what is over them while other clients are
-//! served, and a stalled TLS handshake is cut off.
+//! served, a stalled TLS handshake is cut off, and a websocket subscriber
+//! that stops reading is dropped and its place freed.
 //!
 //! Timeouts are configured short (1-2 s) and every wait is bounded far above
 //! them, so the tests do not depend on machine speed.
@@ -193,4 +194,102 @@ async fn a_stalled_tls_handshake_is_cut_off() {
     let mut c = TcpStream::connect(server.http).await.unwrap();
     closed_within(&mut c, Duration::from_secs(8), "stalled TLS handshake").await;
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_subscriber_that_stops_reading_is_dropped() {
+    let mut server = Server::start(|c, _| c.max_event_subscribers = 1).await;
+    // One subscriber with a tiny receive buffer, which never reads.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(server.http).await.unwrap();
+    let upgrade = "GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n\
+                   Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    stalled.write_all(upgrade.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(BOUND, stalled.read(&mut byte))
+            .await
+            .expect("upgrade answered in time")
+            .unwrap();
+        assert!(n == 1, "closed during the upgrade");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    // Its place is taken: a second subscriber is refused.
+    let second = raw_ws_status(server.http).await;
+    assert!(second.contains("503"), "{second}");
+    // 24 MB of events (16 KB subjects): far more than the socket buffers
+    // and the 256 KiB write buffer hold, so the server's writes stall.
+    let subject = "s".repeat(16 * 1024);
+    for batch in 0..30 {
+        let inserts = (0..50).map(|i| {
+            server.store.insert(mailsafe_catcher::storage::NewMessage {
+                raw: format!("Subject: {batch} {i} {subject}\r\n\r\nbody\r\n").into_bytes(),
+                mail_from: "a@example.com".into(),
+                rcpt_to: vec!["b@example.com".into()],
+                username: None,
+            })
+        });
+        for r in futures::future::join_all(inserts).await {
+            r.unwrap();
+        }
+    }
+    // Within the 10 s send timeout (bounded generously) the stalled
+    // subscriber is dropped: its connection closes and a new subscriber
+    // gets its place. Before, it held the place for as long as it lived.
+    let mut sink = vec![0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let answer = raw_ws_status(server.http).await;
+        if answer.contains("101") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled subscriber kept its place: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The stalled connection was closed by the server (reading it now
+    // drains what was buffered, then ends).
+    let drained = tokio::time::timeout(BOUND, async {
+        while let Ok(n) = stalled.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        drained.is_ok(),
+        "the stalled subscriber's connection is still open"
+    );
+    server.stop().await;
+}
+
+/// The status line of a websocket upgrade to `/api/events` (the connection
+/// is dropped right after).
+async fn raw_ws_status(server: SocketAddr) -> String {
+    let mut c = TcpStream::connect(server).await.unwrap();
+    let upgrade = "GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n\
+                   Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    c.write_all(upgrade.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(BOUND, c.read(&mut buf))
+        .await
+        .expect("answered in time")
+        .unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
