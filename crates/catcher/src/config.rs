@@ -113,6 +113,11 @@ pub struct Config {
     /// POST each new message's summary here (`MP_WEBHOOK_URL`,
     /// `MP_WEBHOOK_LIMIT`, `MP_WEBHOOK_DELAY`); `None` sends nothing.
     pub webhook: Option<crate::webhook::WebhookConfig>,
+    /// Relay server for releases and auto-relay (`MP_SMTP_RELAY_*`);
+    /// `None` turns release off.
+    pub relay: Option<crate::relay::RelayConfig>,
+    /// Forward a copy of every new message (`MP_SMTP_FORWARD_*`).
+    pub forward: Option<crate::relay::ForwardConfig>,
 }
 
 impl Default for Config {
@@ -156,6 +161,8 @@ impl Default for Config {
             pop3_max_connections: 100,
             pop3_idle_timeout: Duration::from_secs(600),
             webhook: None,
+            relay: None,
+            forward: None,
         }
     }
 }

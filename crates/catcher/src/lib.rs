@@ -14,6 +14,7 @@ pub mod error;
 pub mod listen;
 pub mod options;
 pub mod pop3;
+pub mod relay;
 pub mod smtp;
 pub mod storage;
 pub mod tls;
@@ -44,6 +45,8 @@ pub struct Catcher {
     smtp: SmtpServer,
     /// Runs only when POP3 users are configured, as in Mailpit.
     pop3: Option<pop3::Pop3Server>,
+    /// The relay server for releases, when configured.
+    relay: Option<relay::RelayConfig>,
     /// Webhook target and its counters, when `MP_WEBHOOK_URL` is set.
     webhook: Option<(
         webhook::WebhookConfig,
@@ -111,12 +114,18 @@ impl Catcher {
             tls_handshake_timeout: config.smtp_tls_handshake_timeout,
             drain_timeout: config.shutdown_timeout,
         };
-        let smtp = SmtpServer::bind(
-            &config.smtp_bind,
-            options,
-            std::sync::Arc::new(store.clone()),
-        )
-        .await?;
+        // With auto-relay or forwarding, SMTP delivers through the outbound
+        // queue (store first, relay after); otherwise straight to the store.
+        let sink: std::sync::Arc<dyn smtp::Deliver> = match (&config.relay, &config.forward) {
+            (Some(r), _) if r.all || r.matching.is_some() => {
+                relay::Outbound::start(store.clone(), config.relay.clone(), config.forward.clone())
+            }
+            (_, Some(_)) => {
+                relay::Outbound::start(store.clone(), config.relay.clone(), config.forward.clone())
+            }
+            _ => std::sync::Arc::new(store.clone()),
+        };
+        let smtp = SmtpServer::bind(&config.smtp_bind, options, sink).await?;
         let pop3 = match &config.pop3_auth {
             None => None,
             Some(users) => {
@@ -144,6 +153,7 @@ impl Catcher {
                 source,
             })?;
         Ok(Self {
+            relay: config.relay.clone(),
             webhook: config.webhook.clone().map(|mut w| {
                 if w.label.is_empty() {
                     w.label = config.label.clone();
@@ -223,6 +233,7 @@ impl Catcher {
         let options = api::ApiOptions {
             label: self.label,
             hide_delete_all_button: self.hide_delete_all_button,
+            relay: self.relay.map(std::sync::Arc::new),
             auth: self.ui_auth,
             cors: self.origins.cors,
             max_message_size: self.max_message_size,

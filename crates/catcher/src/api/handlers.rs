@@ -298,13 +298,37 @@ pub async fn part_thumb(
     Ok(res)
 }
 
-/// `POST /api/v1/message/{ID}/release`: relaying is not configured here.
+/// `POST /api/v1/message/{ID}/release` with `{"To": [...]}`: sends the
+/// message through the relay server (see `relay::release`); `ok`, or 400
+/// with why (a refused address, the relay server's error).
 pub async fn release(
     State(s): State<AppState>,
     Path(id): Path<String>,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
-    s.store.resolve_id(&id).await?;
-    Err(ApiError::Bad("SMTP relay is disabled".into()))
+    #[derive(serde::Deserialize, Default)]
+    struct Release {
+        #[serde(rename = "To", default)]
+        to: Vec<String>,
+    }
+    let raw = s.store.raw(&id).await?;
+    let Some(relay) = s.opts.relay.clone() else {
+        return Err(ApiError::Bad("SMTP relay is disabled".into()));
+    };
+    let req: Release = json_body(&body)?;
+    if req.to.len() > 1000 {
+        return Err(ApiError::Bad("too many addresses".into()));
+    }
+    match crate::relay::release(&relay, &raw, &req.to).await {
+        Ok(()) => {
+            tracing::info!(id = %id, to = %req.to.join(", "), "message released");
+            Ok(([(header::CONTENT_TYPE, "text/plain")], "ok").into_response())
+        }
+        Err(e) => {
+            tracing::error!(id = %id, error = %e, "release failed");
+            Err(ApiError::Bad(e.to_string()))
+        }
+    }
 }
 
 /// HTML/link/SpamAssassin checks are not provided.
@@ -415,14 +439,25 @@ pub async fn info(State(s): State<AppState>) -> Result<Response, ApiError> {
 pub async fn webui(State(s): State<AppState>) -> Response {
     Json(serde_json::json!({
         "Label": s.opts.label,
-        "MessageRelay": {
-            "Enabled": false,
-            "SMTPServer": "",
-            "ReturnPath": "",
-            "AllowedRecipients": "",
-            "BlockedRecipients": "",
-            "OverrideFrom": "",
-            "PreserveMessageIDs": false,
+        "MessageRelay": match &s.opts.relay {
+            None => serde_json::json!({
+                "Enabled": false,
+                "SMTPServer": "",
+                "ReturnPath": "",
+                "AllowedRecipients": "",
+                "BlockedRecipients": "",
+                "OverrideFrom": "",
+                "PreserveMessageIDs": false,
+            }),
+            Some(r) => serde_json::json!({
+                "Enabled": true,
+                "SMTPServer": format!("{}:{}", r.target.host, r.target.port),
+                "ReturnPath": r.return_path.clone().unwrap_or_default(),
+                "AllowedRecipients": r.allowed.as_ref().map(|re| re.as_str()).unwrap_or(""),
+                "BlockedRecipients": r.blocked.as_ref().map(|re| re.as_str()).unwrap_or(""),
+                "OverrideFrom": r.override_from.clone().unwrap_or_default(),
+                "PreserveMessageIDs": r.preserve_message_ids,
+            }),
         },
         "SpamAssassin": false,
         "ChaosEnabled": false,

@@ -60,6 +60,9 @@ pub struct ApiOptions {
     /// How long a send request waits for the memory budget before it is
     /// answered 503 with `Retry-After`.
     pub send_budget_wait: std::time::Duration,
+    /// The relay server `POST /api/v1/message/{ID}/release` sends through
+    /// (`MP_SMTP_RELAY_*`); `None` refuses releases.
+    pub relay: Option<Arc<crate::relay::RelayConfig>>,
 }
 
 impl Default for ApiOptions {
@@ -74,6 +77,7 @@ impl Default for ApiOptions {
             cors: String::new(),
             max_event_subscribers: 256,
             send_budget_wait: std::time::Duration::from_secs(10),
+            relay: None,
         }
     }
 }
