@@ -284,18 +284,69 @@ fn rows(dir: &std::path::Path) -> Vec<(Vec<(&'static str, String)>, Expect)> {
             Refused("MP_TAGS_DISABLE"),
         ),
         (one("MP_TAGS_USERNAME", "1"), Refused("MP_TAGS_USERNAME")),
-        // POP3 and webhooks (H4 replaces these refusals)
-        (one("MP_POP3_BIND_ADDR", "127.0.0.1:1110"), Refused("POP3")),
-        (one("MP_POP3_AUTH", "a:b"), Refused("POP3")),
-        (one("MP_POP3_AUTH_FILE", "/tmp/x"), Refused("POP3")),
-        (one("MP_POP3_TLS_CERT", "/tmp/x"), Refused("POP3")),
-        (one("MP_POP3_TLS_KEY", "/tmp/x"), Refused("POP3")),
+        // POP3 (runs only with users, as in Mailpit) and webhooks
+        (
+            one("MP_POP3_BIND_ADDR", "127.0.0.1:1110"),
+            Parsed(|c| c.pop3_bind == "127.0.0.1:1110" && c.pop3_auth.is_none()),
+        ),
+        (
+            one("MP_POP3_AUTH", "a:b"),
+            Parsed(|c| c.pop3_auth.as_ref().is_some_and(|u| u.verify("a", "b"))),
+        ),
+        (
+            one("MP_POP3_AUTH_FILE", &users.display().to_string()),
+            Parsed(|c| {
+                c.pop3_auth
+                    .as_ref()
+                    .is_some_and(|u| u.verify("alice", "secret"))
+            }),
+        ),
+        (
+            vec![
+                ("MP_POP3_AUTH", "a:b".into()),
+                ("MP_POP3_AUTH_FILE", users.display().to_string()),
+            ],
+            Invalid("not both"),
+        ),
+        (
+            vec![
+                ("MP_POP3_TLS_CERT", cert.clone()),
+                ("MP_POP3_TLS_KEY", key.clone()),
+            ],
+            Parsed(|c| c.pop3_tls_cert.is_some() && c.pop3_tls_key.is_some() && !c.pop3_stls),
+        ),
+        (one("MAILSAFE_POP3_STLS", "true"), Parsed(|c| c.pop3_stls)),
         (
             one("MP_WEBHOOK_URL", "http://127.0.0.1:9/hook"),
-            Refused("webhooks"),
+            Parsed(|c| {
+                c.webhook.as_ref().is_some_and(|w| {
+                    w.url.as_str() == "http://127.0.0.1:9/hook"
+                        && w.interval == Duration::from_secs(1)
+                        && w.delay.is_zero()
+                })
+            }),
         ),
-        (one("MP_WEBHOOK_LIMIT", "5"), Parsed(|_| true)),
-        (one("MP_WEBHOOK_DELAY", "2"), Parsed(|_| true)),
+        (one("MP_WEBHOOK_URL", "ftp://x/y"), Invalid("http or https")),
+        (
+            vec![
+                ("MP_WEBHOOK_URL", "https://h.test/x".into()),
+                ("MP_WEBHOOK_LIMIT", "5".into()),
+                ("MP_WEBHOOK_DELAY", "2".into()),
+            ],
+            Parsed(|c| {
+                c.webhook.as_ref().is_some_and(|w| {
+                    w.interval == Duration::from_secs(5) && w.delay == Duration::from_secs(2)
+                })
+            }),
+        ),
+        (
+            one("MP_WEBHOOK_LIMIT", "0"),
+            Parsed(|c| c.webhook.is_none()),
+        ),
+        (
+            one("MP_WEBHOOK_DELAY", "2"),
+            Parsed(|c| c.webhook.is_none()),
+        ),
         // mailsafe's own
         (
             one("MAILSAFE_SMTP_MAX_CONNECTIONS", "7"),
@@ -362,18 +413,15 @@ fn rows(dir: &std::path::Path) -> Vec<(Vec<(&'static str, String)>, Expect)> {
         ),
     ]
     .into_iter()
-    .chain(relay_and_forward_rows())
+    .chain(relay_and_forward_rows(dir))
     .collect()
 }
 
-/// Mailpit's env-only relay and forward settings: each one alone is refused
-/// (not implemented yet), naming its group.
-fn relay_and_forward_rows() -> Vec<(Vec<(&'static str, String)>, Expect)> {
+/// Mailpit's relay and forward settings: each variable with a host (and
+/// forwarding's recipients) configures the relay or forward; Mailpit's
+/// checks refuse bad combinations; YAML files as Mailpit writes them.
+fn relay_and_forward_rows(dir: &std::path::Path) -> Vec<(Vec<(&'static str, String)>, Expect)> {
     const RELAY: &[&str] = &[
-        "MP_SMTP_RELAY_CONFIG",
-        "MP_SMTP_RELAY_ALL",
-        "MP_SMTP_RELAY_MATCHING",
-        "MP_SMTP_RELAY_HOST",
         "MP_SMTP_RELAY_PORT",
         "MP_SMTP_RELAY_STARTTLS",
         "MP_SMTP_RELAY_TLS",
@@ -390,9 +438,6 @@ fn relay_and_forward_rows() -> Vec<(Vec<(&'static str, String)>, Expect)> {
         "MP_SMTP_RELAY_FWD_SMTP_ERRORS",
     ];
     const FORWARD: &[&str] = &[
-        "MP_SMTP_FORWARD_CONFIG",
-        "MP_SMTP_FORWARD_TO",
-        "MP_SMTP_FORWARD_HOST",
         "MP_SMTP_FORWARD_PORT",
         "MP_SMTP_FORWARD_STARTTLS",
         "MP_SMTP_FORWARD_TLS",
@@ -405,15 +450,104 @@ fn relay_and_forward_rows() -> Vec<(Vec<(&'static str, String)>, Expect)> {
         "MP_SMTP_FORWARD_OVERRIDE_FROM",
         "MP_SMTP_FORWARD_FWD_SMTP_ERRORS",
     ];
-    // A value every one of them takes: booleans read "1" as true, ports
-    // as 25, strings and paths as they are.
-    let set =
-        |k: &'static str| vec![(k, if k.ends_with("_PORT") { "25" } else { "1" }.to_string())];
-    RELAY
+    // A value each one takes.
+    let value = |k: &str| {
+        if k.ends_with("_PORT") {
+            "2525"
+        } else if k.ends_with("_AUTH") {
+            "none"
+        } else if k.ends_with("_PATH") || k.ends_with("_FROM") {
+            "b@x.test"
+        } else {
+            "1"
+        }
+        .to_string()
+    };
+    let host = |k: &'static str| (k, "smtp.test".to_string());
+    let relay_yaml = dir.join("relay.yaml");
+    std::fs::write(&relay_yaml, "host: relay.test\nport: 587\nstarttls: true\n").unwrap();
+    let forward_yaml = dir.join("forward.yaml");
+    std::fs::write(&forward_yaml, "host: fwd.test\nto: a@x.test, b@x.test\n").unwrap();
+    let mut rows: Vec<(Vec<(&'static str, String)>, Expect)> = RELAY
         .iter()
-        .map(|k| (set(k), Refused("SMTP relay")))
-        .chain(FORWARD.iter().map(|k| (set(k), Refused("SMTP forwarding"))))
-        .collect()
+        .map(|k| {
+            (
+                vec![host("MP_SMTP_RELAY_HOST"), (*k, value(k))],
+                Parsed(|c| {
+                    c.relay
+                        .as_ref()
+                        .is_some_and(|r| r.target.host == "smtp.test")
+                }),
+            )
+        })
+        .chain(FORWARD.iter().map(|k| {
+            (
+                vec![
+                    host("MP_SMTP_FORWARD_HOST"),
+                    ("MP_SMTP_FORWARD_TO", "a@x.test".into()),
+                    (*k, value(k)),
+                ],
+                Parsed(|c| c.forward.as_ref().is_some_and(|f| f.to == ["a@x.test"])),
+            )
+        }))
+        .collect();
+    rows.extend([
+        (
+            vec![("MP_SMTP_RELAY_CONFIG", relay_yaml.display().to_string())],
+            Parsed(|c| {
+                c.relay.as_ref().is_some_and(|r| {
+                    (r.target.host.as_str(), r.target.port, r.target.starttls)
+                        == ("relay.test", 587, true)
+                })
+            }),
+        ),
+        (
+            vec![("MP_SMTP_RELAY_CONFIG", "/nonexistent/relay.yaml".into())],
+            Invalid("MP_SMTP_RELAY_CONFIG"),
+        ),
+        (
+            vec![("MP_SMTP_FORWARD_CONFIG", forward_yaml.display().to_string())],
+            Parsed(|c| {
+                c.forward
+                    .as_ref()
+                    .is_some_and(|f| f.to == ["a@x.test", "b@x.test"])
+            }),
+        ),
+        (
+            vec![
+                host("MP_SMTP_RELAY_HOST"),
+                ("MP_SMTP_RELAY_ALL", "1".into()),
+            ],
+            Parsed(|c| c.relay.as_ref().is_some_and(|r| r.all)),
+        ),
+        (
+            vec![("MP_SMTP_RELAY_ALL", "1".into())],
+            Invalid("relay host"),
+        ),
+        (
+            vec![
+                host("MP_SMTP_RELAY_HOST"),
+                ("MP_SMTP_RELAY_MATCHING", "^dev@".into()),
+            ],
+            Parsed(|c| c.relay.as_ref().is_some_and(|r| r.matching.is_some())),
+        ),
+        (
+            vec![
+                host("MP_SMTP_RELAY_HOST"),
+                ("MP_SMTP_RELAY_AUTH", "plain".into()),
+            ],
+            Invalid("username"),
+        ),
+        (
+            vec![host("MP_SMTP_FORWARD_HOST")],
+            Invalid("To addresses missing"),
+        ),
+        (
+            vec![("MP_SMTP_FORWARD_TO", "a@x.test".into())],
+            Parsed(|c| c.forward.is_none()),
+        ),
+    ]);
+    rows
 }
 
 fn self_signed(dir: &std::path::Path) -> (String, String) {

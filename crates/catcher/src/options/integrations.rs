@@ -1,8 +1,6 @@
 //! Options of Mailpit's integrations: relay (release), forwarding, POP3 and
-//! webhooks. Parsed with Mailpit's names and syntax, but not implemented
-//! yet: [`Integrations::unsupported`] names every one that is set, and the
-//! catcher refuses to start on it rather than ignore it. Each group's
-//! refusal goes once its feature is built.
+//! webhooks, with Mailpit's names and syntax; [`Integrations::apply`] maps
+//! them onto the config (`crate::relay`, `crate::pop3`, `crate::webhook`).
 
 #[cfg(feature = "cli")]
 use super::value::mailpit_bool;
@@ -358,6 +356,10 @@ pub struct Pop3Options {
         arg(id = "pop3_tls_key", long = "pop3-tls-key", env = "MP_POP3_TLS_KEY")
     )]
     pub tls_key: Option<std::path::PathBuf>,
+    /// With a POP3 certificate, offer STLS on a plain listener instead of
+    /// Mailpit's implicit TLS (POP3S).
+    #[cfg_attr(feature = "cli", arg(id = "pop3_stls", long = "pop3-stls", env = "MAILSAFE_POP3_STLS", value_parser = mailpit_bool))]
+    pub stls: bool,
 }
 
 /// Mailpit's webhook.
@@ -370,7 +372,8 @@ pub struct WebhookOptions {
         arg(id = "webhook_url", long = "webhook-url", env = "MP_WEBHOOK_URL")
     )]
     pub url: Option<String>,
-    /// Most webhook requests per second (0 = no limit).
+    /// Seconds after a webhook request in which new messages send none
+    /// (Mailpit's `rate.Sometimes` interval; 0 = one request per message).
     #[cfg_attr(
         feature = "cli",
         arg(
@@ -395,60 +398,99 @@ pub struct WebhookOptions {
 }
 
 impl Integrations {
-    /// Pushes the name of every option that is set (a non-default value)
-    /// onto `out`: none of them is implemented yet.
-    pub fn unsupported(&self, out: &mut Vec<&'static str>) {
-        let r = &self.relay;
-        let relay_set = r.config.is_some()
-            || r.all
-            || r.matching.is_some()
-            || r.host.is_some()
-            || r.port.is_some()
-            || r.starttls
-            || r.tls
-            || r.allow_insecure
-            || r.auth.is_some()
-            || r.username.is_some()
-            || r.password.is_some()
-            || r.secret.is_some()
-            || r.return_path.is_some()
-            || r.override_from.is_some()
-            || r.allowed_recipients.is_some()
-            || r.blocked_recipients.is_some()
-            || r.preserve_message_ids
-            || r.fwd_smtp_errors;
-        if relay_set {
-            out.push("SMTP relay (MP_SMTP_RELAY_*, --smtp-relay-*)");
+    /// Sets the integrations' part of `config`: POP3 users, TLS and
+    /// address, the webhook, the relay (YAML file or `MP_SMTP_RELAY_*`;
+    /// a file replaces the variables, as Mailpit reads it over them) and
+    /// forwarding. `label` is `MP_LABEL` (webhooks send it).
+    pub fn apply(self, config: &mut crate::Config) -> Result<(), crate::Error> {
+        use crate::Error;
+        use crate::auth::Credentials;
+        let p = self.pop3;
+        let users = match (&p.auth, &p.auth_file) {
+            (None, None) => None,
+            (Some(pairs), None) => Some(Credentials::from_pairs(pairs, "MP_POP3_AUTH")?),
+            (None, Some(path)) => Some(Credentials::from_file(path)?),
+            (Some(_), Some(_)) => {
+                return Err(Error::Config(
+                    "set MP_POP3_AUTH or MP_POP3_AUTH_FILE, not both".into(),
+                ));
+            }
+        };
+        if users.is_none() && (p.tls_cert.is_some() || p.tls_key.is_some()) {
+            tracing::warn!("MP_POP3_TLS_* set without POP3 users: POP3 stays off (as in Mailpit)");
         }
-        let f = &self.forward;
-        let forward_set = f.config.is_some()
-            || f.to.is_some()
-            || f.host.is_some()
-            || f.port.is_some()
-            || f.starttls
-            || f.tls
-            || f.allow_insecure
-            || f.auth.is_some()
-            || f.username.is_some()
-            || f.password.is_some()
-            || f.secret.is_some()
-            || f.return_path.is_some()
-            || f.override_from.is_some()
-            || f.fwd_smtp_errors;
-        if forward_set {
-            out.push("SMTP forwarding (MP_SMTP_FORWARD_*, --smtp-forward-config)");
+        config.pop3_auth = users.map(std::sync::Arc::new);
+        if let Some(bind) = p.bind {
+            config.pop3_bind = bind;
         }
-        let p = &self.pop3;
-        if p.auth.is_some()
-            || p.auth_file.is_some()
-            || p.tls_cert.is_some()
-            || p.tls_key.is_some()
-            || p.bind.is_some()
-        {
-            out.push("POP3 (MP_POP3_*, --pop3*)");
+        config.pop3_tls_cert = p.tls_cert;
+        config.pop3_tls_key = p.tls_key;
+        config.pop3_stls = p.stls;
+
+        let w = self.webhook;
+        if let Some(url) = w.url.filter(|u| !u.is_empty()) {
+            let url = crate::webhook::WebhookConfig::parse_url(&url).map_err(Error::Config)?;
+            let mut hook = crate::webhook::WebhookConfig::new(url);
+            hook.interval = std::time::Duration::from_secs(w.limit.into());
+            hook.delay = std::time::Duration::from_secs(w.delay.into());
+            config.webhook = Some(hook);
         }
-        if self.webhook.url.is_some() {
-            out.push("webhooks (MP_WEBHOOK_URL, --webhook-url)");
+
+        let r = self.relay;
+        let relay_settings = match &r.config {
+            Some(path) => crate::relay::Settings::from_yaml_file(path)
+                .map_err(|e| Error::Config(format!("MP_SMTP_RELAY_CONFIG: {e}")))?,
+            None => crate::relay::Settings {
+                host: r.host.unwrap_or_default(),
+                port: r.port.unwrap_or(0),
+                starttls: r.starttls,
+                tls: r.tls,
+                allow_insecure: r.allow_insecure,
+                auth: r.auth.unwrap_or_default(),
+                username: r.username.unwrap_or_default(),
+                password: r.password.unwrap_or_default(),
+                secret: r.secret.unwrap_or_default(),
+                return_path: r.return_path.unwrap_or_default(),
+                override_from: r.override_from.unwrap_or_default(),
+                allowed_recipients: r.allowed_recipients.unwrap_or_default(),
+                blocked_recipients: r.blocked_recipients.unwrap_or_default(),
+                preserve_message_ids: r.preserve_message_ids,
+                forward_smtp_errors: r.fwd_smtp_errors,
+                ..Default::default()
+            },
+        };
+        if r.all && r.matching.as_ref().is_some_and(|m| !m.is_empty()) {
+            return Err(Error::Config(
+                "set MP_SMTP_RELAY_ALL or MP_SMTP_RELAY_MATCHING, not both".into(),
+            ));
         }
+        config.relay =
+            crate::relay::RelayConfig::new(&relay_settings, r.all, r.matching.as_deref())
+                .map_err(|e| Error::Config(e.to_string()))?;
+
+        let f = self.forward;
+        let forward_settings = match &f.config {
+            Some(path) => crate::relay::Settings::from_yaml_file(path)
+                .map_err(|e| Error::Config(format!("MP_SMTP_FORWARD_CONFIG: {e}")))?,
+            None => crate::relay::Settings {
+                host: f.host.unwrap_or_default(),
+                port: f.port.unwrap_or(0),
+                starttls: f.starttls,
+                tls: f.tls,
+                allow_insecure: f.allow_insecure,
+                auth: f.auth.unwrap_or_default(),
+                username: f.username.unwrap_or_default(),
+                password: f.password.unwrap_or_default(),
+                secret: f.secret.unwrap_or_default(),
+                return_path: f.return_path.unwrap_or_default(),
+                override_from: f.override_from.unwrap_or_default(),
+                to: f.to.unwrap_or_default(),
+                forward_smtp_errors: f.fwd_smtp_errors,
+                ..Default::default()
+            },
+        };
+        config.forward = crate::relay::ForwardConfig::new(&forward_settings)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        Ok(())
     }
 }

@@ -467,7 +467,7 @@ impl Options {
         let smtp_max_data_memory = value::megabytes(self.smtp_max_data_memory)
             .map_err(|e| too_large("MAILSAFE_SMTP_MAX_DATA_MEMORY", e))?
             .unwrap_or(0);
-        Ok(Config {
+        let mut config = Config {
             database: db,
             smtp_bind: self.smtp,
             http_bind: self.listen,
@@ -512,7 +512,9 @@ impl Options {
                 allowed_hosts: self.http_allowed_hosts,
             },
             ..Config::default()
-        })
+        };
+        self.integrations.apply(&mut config)?;
+        Ok(config)
     }
 
     /// Stops the start on any option that is set (to a value other than
@@ -600,7 +602,6 @@ impl Options {
             "MP_TAGS_DISABLE (--tags-disable)",
         );
         refuse(self.tags_username, "MP_TAGS_USERNAME (--tags-username)");
-        self.integrations.unsupported(&mut out);
         if out.is_empty() {
             return Ok(());
         }
