@@ -1082,3 +1082,111 @@ Content-Disposition: attachment; filename=\"doc.pdf\"\r\nContent-Transfer-Encodi
         404
     );
 }
+
+/// `latest` with `query` names the newest message matching the search, on
+/// every route that takes an ID (parallel test runs read their own mail);
+/// `/view/latest` and `/view/{ID}` are the UI's deep links; `?dl=1` makes
+/// raw a download; parts are `inline`.
+#[tokio::test]
+async fn latest_with_query_is_the_newest_match_everywhere() {
+    let s = start().await;
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .unwrap();
+    let location = |path: String| {
+        let c = no_redirects.clone();
+        let url = format!("{}{path}", s.base);
+        async move {
+            let r = c.get(url).send().await.unwrap();
+            assert_eq!(r.status(), 302, "{path}");
+            r.headers()["location"].to_str().unwrap().to_string()
+        }
+    };
+    assert_eq!(location("/view/latest".into()).await, "/", "empty mailbox");
+
+    let run1 = s
+        .insert(&multipart_message().replace("bob@example.org", "alice+run1@example.org"))
+        .await;
+    let other = s
+        .insert(&simple("a@example.com", "bob@example.org", "other", "hi"))
+        .await;
+    let run2 = s
+        .insert(&simple(
+            "a@example.com",
+            "alice+run2@example.org",
+            "run2",
+            "code 222",
+        ))
+        .await;
+    let q = format!("?query={}", urlencode("to:alice+run1@example.org"));
+
+    let m = s.json(&format!("/api/v1/message/latest{q}")).await;
+    assert_eq!(m["ID"], run1.as_str(), "not the newest overall ({run2})");
+    let plain = s.json("/api/v1/message/latest").await;
+    assert_eq!(plain["ID"], run2.as_str());
+    let h = s.json(&format!("/api/v1/message/latest/headers{q}")).await;
+    assert_eq!(h["Message-Id"], json!(["<multi-1@example.com>"]));
+    let raw = s.get(&format!("/api/v1/message/latest/raw{q}")).await;
+    assert!(raw.headers().get("content-disposition").is_none());
+    assert!(raw.text().await.unwrap().contains("alice+run1@example.org"));
+    let dl = s.get(&format!("/api/v1/message/latest/raw{q}&dl=1")).await;
+    assert_eq!(
+        dl.headers()["content-disposition"],
+        format!("attachment; filename=\"{run1}.eml\"").as_str()
+    );
+    let part = s.get(&format!("/api/v1/message/latest/part/2{q}")).await;
+    assert_eq!(part.status(), 200);
+    assert_eq!(
+        part.headers()["content-disposition"],
+        "inline; filename=\"numbers.pdf\""
+    );
+    assert_eq!(part.bytes().await.unwrap().to_vec(), pdf());
+    let txt = s
+        .get(&format!("/view/latest.txt{q}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(txt.trim(), "Hello Bob, the quarterly numbers are attached.");
+    let html = s.get(&format!("/view/latest.html{q}")).await;
+    assert_eq!(html.status(), 200);
+    assert!(
+        html.text()
+            .await
+            .unwrap()
+            .contains(&format!("/api/v1/message/{run1}/part/1.2"))
+    );
+
+    // Nothing matches: 404, not some other message.
+    let none = format!("?query={}", urlencode("to:nobody@example.org"));
+    for path in [
+        "/api/v1/message/latest",
+        "/api/v1/message/latest/raw",
+        "/view/latest.txt",
+    ] {
+        assert_eq!(
+            s.get(&format!("{path}{none}")).await.status(),
+            404,
+            "{path}"
+        );
+    }
+
+    // Deep links.
+    assert_eq!(
+        location("/view/latest".into()).await,
+        format!("/view/{run2}")
+    );
+    assert_eq!(
+        location(format!("/view/latest{q}")).await,
+        format!("/view/{run1}")
+    );
+    assert_eq!(location(format!("/view/latest{none}")).await, "/");
+    assert_eq!(
+        location(format!("/view/{other}")).await,
+        format!("/?m={other}")
+    );
+    assert_eq!(s.get("/view/..%2Fetc").await.status(), 404);
+    assert_eq!(s.get("/view/nosuchid").await.status(), 404);
+}

@@ -176,6 +176,28 @@ fn query_of(q: &HashMap<String, String>) -> Result<String, ApiError> {
     Ok(query.to_string())
 }
 
+/// The message `id` names: itself, or for `latest` the newest message, or
+/// with a non-empty `query` parameter the newest message matching it (as
+/// Mailpit's `LatestID`: parallel test runs each read their own mail).
+/// 404 when nothing matches.
+async fn message_id(
+    s: &AppState,
+    id: String,
+    q: &HashMap<String, String>,
+) -> Result<String, ApiError> {
+    if id != "latest" || q.get("query").is_none_or(|v| v.trim().is_empty()) {
+        return Ok(id);
+    }
+    let query = query_of(q)?;
+    let tz = q.get("tz").cloned().unwrap_or_default();
+    let page = s.store.search(&query, &tz, 0, 1).await?;
+    page.messages
+        .into_iter()
+        .next()
+        .map(|m| m.head.id)
+        .ok_or(ApiError::NotFound)
+}
+
 /// `GET /api/v1/search`
 pub async fn search(State(s): State<AppState>, Query(q): Params) -> Result<Response, ApiError> {
     let query = query_of(&q)?;
@@ -199,7 +221,9 @@ pub async fn delete_search(
 pub async fn message(
     State(s): State<AppState>,
     Path(id): Path<String>,
+    Query(q): Params,
 ) -> Result<Response, ApiError> {
+    let id = message_id(&s, id, &q).await?;
     Ok(Json(s.store.message(&id).await?).into_response())
 }
 
@@ -207,14 +231,26 @@ pub async fn message(
 pub async fn headers(
     State(s): State<AppState>,
     Path(id): Path<String>,
+    Query(q): Params,
 ) -> Result<Response, ApiError> {
+    let id = message_id(&s, id, &q).await?;
     Ok(Json(s.store.headers(&id).await?).into_response())
 }
 
-/// `GET /api/v1/message/{ID}/raw`
-pub async fn raw(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+/// `GET /api/v1/message/{ID}/raw`; `?dl=1` makes it a download named
+/// `{ID}.eml`, as in Mailpit.
+pub async fn raw(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Params,
+) -> Result<Response, ApiError> {
+    let id = s.store.resolve_id(&message_id(&s, id, &q).await?).await?;
     let raw = s.store.raw(&id).await?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], raw).into_response())
+    let mut res = ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], raw).into_response();
+    if q.get("dl").is_some_and(|v| v == "1") {
+        set_filename(res.headers_mut(), "attachment", &format!("{id}.eml"));
+    }
+    Ok(res)
 }
 
 /// Part IDs are dotted numbers (`2`, `1.2.3`); anything else cannot name a
@@ -238,6 +274,7 @@ async fn part_response(s: &AppState, id: &str, part: &str) -> Result<Response, A
         return Err(ApiError::NotFound);
     }
     let p = s.store.part(id, part).await?;
+    let name = p.file_name.clone();
     let mut res = p.data.into_response();
     let h = res.headers_mut();
     h.insert(
@@ -245,20 +282,25 @@ async fn part_response(s: &AppState, id: &str, part: &str) -> Result<Response, A
         HeaderValue::from_str(&p.content_type)
             .unwrap_or(HeaderValue::from_static("application/octet-stream")),
     );
-    set_filename(h, &p.file_name);
+    set_filename(h, "inline", &name);
     Ok(res)
 }
 
-/// Names the file in `Content-Disposition` as Mailpit does, with the name made
-/// safe (no quotes, slashes or control characters; ASCII only) so a hostile
-/// attachment name cannot inject headers or steer where a browser saves it.
-fn set_filename(h: &mut axum::http::HeaderMap, file_name: &str) {
+/// Names the file in `Content-Disposition` (`inline` or `attachment`) as
+/// Mailpit does, with the name made safe (no quotes, slashes or control
+/// characters; ASCII only) so a hostile attachment name cannot inject
+/// headers or steer where a browser saves it.
+fn set_filename(h: &mut axum::http::HeaderMap, disposition: &str, file_name: &str) {
     let name = safe_filename(file_name);
     if name.is_empty() {
+        h.insert(
+            header::CONTENT_DISPOSITION,
+            HeaderValue::from_static("inline"),
+        );
         return;
     }
     let v = format!(
-        "filename=\"{}\"",
+        "{disposition}; filename=\"{}\"",
         name.chars()
             .map(|c| if c.is_ascii() { c } else { '_' })
             .collect::<String>()
@@ -272,7 +314,9 @@ fn set_filename(h: &mut axum::http::HeaderMap, file_name: &str) {
 pub async fn part(
     State(s): State<AppState>,
     Path((id, part)): Path<(String, String)>,
+    Query(q): Params,
 ) -> Result<Response, ApiError> {
+    let id = message_id(&s, id, &q).await?;
     part_response(&s, &id, &part).await
 }
 
@@ -281,10 +325,12 @@ pub async fn part(
 pub async fn part_thumb(
     State(s): State<AppState>,
     Path((id, part)): Path<(String, String)>,
+    Query(q): Params,
 ) -> Result<Response, ApiError> {
     if !valid_part_id(&part) {
         return Err(ApiError::NotFound);
     }
+    let id = message_id(&s, id, &q).await?;
     let p = s.store.part(&id, &part).await?;
     let name = p.file_name.clone();
     let jpeg =
@@ -294,7 +340,7 @@ pub async fn part_thumb(
     let mut res = jpeg.into_response();
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/jpeg"));
-    set_filename(h, &name);
+    set_filename(h, "inline", &name);
     Ok(res)
 }
 
@@ -512,14 +558,46 @@ fn link_inline_parts(html: &str, id: &str, inline: &[crate::storage::Attachment]
     out
 }
 
-/// `GET /view/{ID}.html` and `GET /view/{ID}.txt`.
+/// `GET /view/{ID}.html` and `GET /view/{ID}.txt` (`latest` with an
+/// optional `query`, as for the API), and the web UI's deep links:
+/// `/view/latest[?query=…]` redirects to the newest (matching) message's
+/// `/view/{ID}` (to `/` when there is none), which redirects to the UI with
+/// that message open (404 for an unknown ID).
 pub async fn view(
     State(s): State<AppState>,
     Path(file): Path<String>,
     Query(q): Params,
 ) -> Result<Response, ApiError> {
+    if file == "latest" {
+        let to = match message_id(&s, file, &q).await {
+            Ok(id) if id != "latest" => format!("/view/{id}"),
+            Ok(_) => match s.store.resolve_id("latest").await {
+                Ok(id) => format!("/view/{id}"),
+                Err(_) => "/".into(),
+            },
+            Err(ApiError::NotFound) => "/".into(),
+            Err(e) => return Err(e),
+        };
+        return Ok(found(&to));
+    }
+    if !file.contains('.') {
+        // A message ID (no extension): the UI opens it. Only ID characters
+        // go into the redirect.
+        if file.is_empty()
+            || file.len() > 64
+            || !file
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ApiError::NotFound);
+        }
+        // An unknown ID is a 404 here, not a UI showing nothing.
+        let id = s.store.resolve_id(&file).await?;
+        return Ok(found(&format!("/?m={id}")));
+    }
     if let Some(id) = file.strip_suffix(".html") {
-        let m = s.store.message(id).await?;
+        let id = message_id(&s, id.to_string(), &q).await?;
+        let m = s.store.message(&id).await?;
         if m.html.is_empty() {
             return Err(ApiError::NotFound);
         }
@@ -542,7 +620,8 @@ pub async fn view(
         .map_err(|e| ApiError::internal("rendering the message failed", e))?;
         Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response())
     } else if let Some(id) = file.strip_suffix(".txt") {
-        let m = s.store.message(id).await?;
+        let id = message_id(&s, id.to_string(), &q).await?;
+        let m = s.store.message(&id).await?;
         Ok((
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
             m.text,
@@ -551,6 +630,11 @@ pub async fn view(
     } else {
         Err(ApiError::NotFound)
     }
+}
+
+/// A `302 Found` to `to` (a path on this server).
+fn found(to: &str) -> Response {
+    (StatusCode::FOUND, [(header::LOCATION, to.to_string())]).into_response()
 }
 
 /// `GET /livez`: the process is up.
