@@ -21,6 +21,8 @@
 #        is a rate, so a smaller count still measures it)
 #        MAILSAFE_BIN=path/to/mailsafe PROFILE_LABEL="dev build" bench/ingest.sh
 #                                           (skip the build; say which profile)
+#        WEBHOOK_BENCH=1 MESSAGES=5000 bench/ingest.sh   (ingest without and with
+#                                           a webhook receiver answering in 2 s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -74,6 +76,85 @@ if [ -z "$bin" ]; then
   log "building mailsafe (release)"
   cargo build --release --bin mailsafe >&2
   bin="$root/target/release/mailsafe"
+fi
+
+# WEBHOOK_BENCH=1: SMTP ingest without and with a webhook receiver that
+# answers each POST after 2 s (issue 15: within 10%), alternating ROUNDS
+# times; MP_WEBHOOK_LIMIT=0 (a request per message, the worst case: the
+# queue fills and the rest is dropped). Writes section smtp-ingest-webhook.
+if [ -n "${WEBHOOK_BENCH:-}" ]; then
+  hook_port=$(free_port)
+  python3 - "$hook_port" >"$work/hook.log" 2>&1 <<'PY' &
+import sys, time, threading
+from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+count = 0
+lock = threading.Lock()
+class H(BaseHTTPRequestHandler):
+    def do_POST(self):
+        global count
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with lock:
+            count += 1
+        time.sleep(2)
+        self.send_response(200); self.end_headers(); self.wfile.write(b"ok")
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(str(count).encode())
+    def log_message(self, *a): pass
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+PY
+  pids+=($!)
+  wait_port "$hook_port"
+  # One mailsafe run with the given extra environment; prints msgs/s.
+  run_once() {
+    local sp hp pid rate
+    sp=$(free_port); hp=$(free_port)
+    rm -f "$work/wh.db"*
+    env MP_MAX_MESSAGES="$MAX_MESSAGES" "$@" "$bin" serve --db "$work/wh.db" \
+      --smtp "127.0.0.1:$sp" --listen "127.0.0.1:$hp" 2>>"$work/wh.log" &
+    pid=$!
+    wait_port "$sp"
+    rate=$(blast "$sp" "$MESSAGES")
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    echo "$rate"
+  }
+  ROUNDS="${ROUNDS:-3}"
+  without=(); with=()
+  for r in $(seq 1 "$ROUNDS"); do
+    without+=("$(run_once MAILSAFE_LOG=warn)")
+    with+=("$(run_once MAILSAFE_LOG=warn MP_WEBHOOK_URL="http://127.0.0.1:$hook_port/hook" MP_WEBHOOK_LIMIT=0)")
+    log "round $r: without ${without[-1]} msgs/s, with a 2 s webhook ${with[-1]} msgs/s"
+  done
+  posts=$(curl -s "http://127.0.0.1:$hook_port/count")
+  summary=$(python3 - "${without[*]}" "${with[*]}" <<'PY'
+import statistics, sys
+a = [float(x) for x in sys.argv[1].split()]
+b = [float(x) for x in sys.argv[2].split()]
+ma, mb = statistics.median(a), statistics.median(b)
+print(f"{ma:.0f}|{mb:.0f}|{(mb - ma) / ma * 100:+.1f}")
+PY
+)
+  IFS='|' read -r med_without med_with delta <<<"$summary"
+  section=$(cat <<EOF
+## SMTP ingest with a slow webhook receiver
+
+\`WEBHOOK_BENCH=1 bench/ingest.sh\`, $(bench_context "$label") (load average $load_before at the start),
+\`MP_MAX_MESSAGES=$MAX_MESSAGES\`, Postfix \`smtp-source -s $SESSIONS -l $SIZE\`, $MESSAGES messages a run,
+$ROUNDS rounds alternating without and with \`MP_WEBHOOK_URL\` pointing at a receiver on 127.0.0.1 that answers
+each POST after 2 s, \`MP_WEBHOOK_LIMIT=0\` (a request per message, the worst case). The receiver got $posts
+requests over all rounds: 4 run at once and 128 wait, the rest are dropped and counted, never waited for.
+
+| run | msgs/s (each round) | median |
+|---|---|---|
+| no webhook | ${without[*]} | $med_without |
+| webhook answering in 2 s | ${with[*]} | $med_with |
+
+Change with the webhook: **${delta}%** (target: within 10%).
+EOF
+)
+  write_results_section smtp-ingest-webhook "$section"
+  echo "$section"
+  exit 0
 fi
 
 smtp_port=$(free_port); http_port=$(free_port)
