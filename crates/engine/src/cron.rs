@@ -2,7 +2,7 @@
 //! either in-process on a 5-field cron schedule (UTC) or once (`--once`, for
 //! a Kubernetes CronJob).
 //!
-//! A round takes the writer lease (see [`crate::watch::lease`]) so that a
+//! A round takes the writer lease (see [`crate::lease`]) so that a
 //! cron job never interleaves its snapshots with a running watcher's; if the
 //! lease is held, the round fails with a message naming the holder rather
 //! than waiting, because a CronJob that waits only piles up behind the next.
@@ -26,10 +26,10 @@ use tokio::time::Instant;
 use serde::Serialize;
 
 use crate::Error;
+use crate::lease::{Lease, VolumeLock};
 use crate::retention::{self, Policy, PruneReport};
 use crate::snapshot::{SnapshotReport, Snapshotter};
 use crate::store::DynStore;
-use crate::watch::lease::{Lease, VolumeLock};
 
 /// A parsed schedule: standard 5-field cron, evaluated in UTC.
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@
 //! | `chunks/<sha256>` | zstd of [`Manifest::chunk_pages`] consecutive pages; named by the sha256 of the *uncompressed* bytes, so identical content is stored once |
 //! | `deltas/<id>` | zstd of a delta pack: the pages one snapshot changed (see [`DeltaHeader`]); written by version 1, and by `prune` when it forgets a snapshot whose embedded delta a kept one still needs |
 //! | `packs/<id>-<n>` | version 2: many chunks' stored bytes back to back; a [`ChunkRef`] names its pack, offset and length |
-//! | `lease/<epoch>.json` | the single-writer lease, one object per epoch (see `watch::lease`) |
+//! | `lease/<epoch>.json` | the single-writer lease, one object per epoch (see `lease`) |
 //! | `head.json` | the anchor: id of the newest base snapshot, a hint that lets readers find the newest snapshot with one LIST whatever the history's length (see `history`) |
 //!
 //! Snapshot ids are `YYYYMMDDTHHMMSS.mmmZ-<8 hex>` (UTC), so keys sort by time

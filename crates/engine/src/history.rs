@@ -44,8 +44,8 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 use crate::crypto::Key;
 use crate::format::{self, Manifest};
+use crate::lease;
 use crate::store::{ObjectStore, StoreError};
-use crate::watch::lease;
 
 /// Content of the anchor object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod error;
 pub mod format;
 pub mod history;
+pub mod lease;
 pub mod manifest;
 pub mod progress;
 pub mod restore;

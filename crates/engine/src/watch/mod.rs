@@ -24,7 +24,6 @@
 //! request cannot stretch it). The binary adds an outer watchdog on top.
 
 pub mod changes;
-pub mod lease;
 pub mod metrics;
 
 use std::future::Future;
@@ -34,10 +33,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::lease::{Ensured, Lease, LeaseError, VolumeLock};
 use crate::snapshot::{SnapshotReport, Snapshotter};
 use crate::store::DynStore;
 use changes::Changes;
-use lease::{Ensured, Lease, LeaseError, VolumeLock};
 use metrics::Metrics;
 
 /// How often a watcher blocked by another writer's lease looks again.
