@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use crate::auth::AuthPolicy;
 
-/// `max_message_size` meaning no limit (`MP_MAX_MESSAGE_SIZE=0`); SMTP
-/// then advertises `SIZE 0` (RFC 1870: no fixed maximum), as Mailpit does.
-pub const UNLIMITED: usize = usize::MAX;
+/// `max_message_size` meaning no limit; defined by the SMTP limits that
+/// interpret it, so that `smtp` does not import the config.
+pub use crate::smtp::UNLIMITED;
 
 /// Everything the catcher needs to start.
 #[derive(Debug, Clone)]

@@ -14,4 +14,8 @@ pub mod server;
 pub use budget::DataBudget;
 pub use deliver::{Deliver, Delivery};
 pub use proto::Limits;
+
+/// `max_message_size` meaning no limit (`MP_MAX_MESSAGE_SIZE=0`); SMTP
+/// then advertises `SIZE 0` (RFC 1870: no fixed maximum), as Mailpit does.
+pub const UNLIMITED: usize = usize::MAX;
 pub use server::{ServerOptions, SmtpServer};

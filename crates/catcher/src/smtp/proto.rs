@@ -700,7 +700,7 @@ impl Session {
             greeting,
             "PIPELINING".into(),
             // RFC 1870: `SIZE 0` is "no fixed maximum" (MP_MAX_MESSAGE_SIZE=0).
-            if self.limits.max_message_size == crate::config::UNLIMITED {
+            if self.limits.max_message_size == super::UNLIMITED {
                 "SIZE 0".into()
             } else {
                 format!("SIZE {}", self.limits.max_message_size)
