@@ -197,6 +197,29 @@ pub(super) fn summary_row(r: &Row<'_>) -> rusqlite::Result<MessageSummary> {
     })
 }
 
+/// The page of `messages` from `start`, with the mailbox's (total, unread)
+/// and those of what the page was chosen from (the same for a plain
+/// listing, the matches for a search), as Mailpit's list and search answer.
+fn page(
+    c: &Connection,
+    pre: &str,
+    (total, unread): (u64, u64),
+    (matched, matched_unread): (u64, u64),
+    start: u64,
+    messages: Vec<MessageSummary>,
+) -> Result<MessagesPage, StorageError> {
+    Ok(MessagesPage {
+        total,
+        unread,
+        count: messages.len() as u64,
+        messages_count: matched,
+        messages_unread: matched_unread,
+        start,
+        tags: all_tags(c, pre)?,
+        messages,
+    })
+}
+
 pub(super) fn all_tags(conn: &Connection, pre: &str) -> Result<Vec<String>, StorageError> {
     Ok(conn
         .prepare_cached(&format!(
@@ -351,16 +374,7 @@ impl Store {
                     summary_row,
                 )?
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(MessagesPage {
-                total,
-                unread,
-                count: messages.len() as u64,
-                messages_count: total,
-                messages_unread: unread,
-                start,
-                tags: all_tags(c, pre)?,
-                messages,
-            })
+            page(c, pre, (total, unread), (total, unread), start, messages)
         })
         .await
     }
@@ -395,16 +409,14 @@ impl Store {
                 ))?
                 .query_map(params_from_iter(args.iter()), summary_row)?
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(MessagesPage {
-                total,
-                unread,
-                count: messages.len() as u64,
-                messages_count: matched,
-                messages_unread: matched_unread,
+            page(
+                c,
+                pre,
+                (total, unread),
+                (matched, matched_unread),
                 start,
-                tags: all_tags(c, pre)?,
                 messages,
-            })
+            )
         })
         .await
     }
