@@ -12,7 +12,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac_md5::hmac_md5_hex;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
@@ -106,6 +106,9 @@ pub struct RelayError {
     pub code: Option<u16>,
 }
 
+/// Longest reply line read from a relay server (RFC 5321 allows 512).
+const MAX_REPLY_LINE: u64 = 4096;
+
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
@@ -130,12 +133,15 @@ impl Conn {
         let mut text = Vec::new();
         loop {
             let mut line = String::new();
-            let n = match timeout(self.timeout, self.io.read_line(&mut line)).await {
+            // A reply line is short; a server that never ends one must not
+            // grow this buffer.
+            let mut bounded = (&mut self.io).take(MAX_REPLY_LINE);
+            let n = match timeout(self.timeout, bounded.read_line(&mut line)).await {
                 Err(_) => return Err(self.fail(stage, "timed out", None)),
                 Ok(Err(e)) => return Err(self.fail(stage, e.to_string(), None)),
                 Ok(Ok(n)) => n,
             };
-            if n == 0 || line.len() < 3 || line.len() > 4096 {
+            if n == 0 || line.len() < 3 || !line.ends_with('\n') {
                 return Err(self.fail(stage, "connection closed or bad reply", None));
             }
             let code: u16 = line[..3]
