@@ -218,13 +218,13 @@ fn an_unimplemented_mailpit_option_stops_the_start_naming_it() {
         .env("MP_SMTP_BIND_ADDR", "127.0.0.1:0")
         .env("MP_UI_BIND_ADDR", "127.0.0.1:0")
         .env("MP_ENABLE_CHAOS", "true")
-        .env("MP_SMTP_RELAY_HOST", "smtp.example.org")
+        .env("MP_TAGS_CONFIG", "/tmp/tags.yml")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("MP_ENABLE_CHAOS") && err.contains("MP_SMTP_RELAY_"),
+        err.contains("MP_ENABLE_CHAOS") && err.contains("MP_TAGS_CONFIG"),
         "{err}"
     );
     assert!(
