@@ -175,6 +175,8 @@ fn mailpit_booleans_and_unlimited_size_reach_smtp_and_the_ui() {
         .env("MP_MAX_MESSAGE_SIZE", "0")
         .env("MP_HIDE_DELETE_ALL_BUTTON", "yes")
         .env("MP_DISABLE_VERSION_CHECK", "true")
+        .env("MP_TAGS_USERNAME", "1")
+        .env("MP_TAGS_TITLE_CASE", "yes")
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
@@ -191,6 +193,8 @@ fn mailpit_booleans_and_unlimited_size_reach_smtp_and_the_ui() {
             "anyone",
             "--auth-password",
             "anything",
+            "--to",
+            "alice+signup@example.org",
             "--body",
             body.to_str().unwrap(),
         ],
@@ -204,6 +208,12 @@ fn mailpit_booleans_and_unlimited_size_reach_smtp_and_the_ui() {
     );
     let webui = http_get(http, "/api/v1/webui");
     assert!(webui.contains("\"HideDeleteAllButton\":true"), "{webui}");
+    // Plus-address tag (on by default), Title-cased, and the AUTH user.
+    let list = http_get(http, "/api/v1/messages");
+    assert!(
+        list.contains("\"Signup\"") && list.contains("\"anyone\""),
+        "{list}"
+    );
     stop(&mut child, &log_path);
 }
 

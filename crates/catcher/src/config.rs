@@ -29,6 +29,9 @@ pub struct Config {
     /// Largest accepted message in bytes (`MP_MAX_MESSAGE_SIZE` is in MB);
     /// [`UNLIMITED`] for none.
     pub max_message_size: usize,
+    /// Automatic tags of new messages (`MP_TAGS_DISABLE`,
+    /// `MP_TAGS_TITLE_CASE`, `MP_TAGS_USERNAME`).
+    pub tagging: crate::storage::Tagging,
     /// zstd level of stored raw messages (`MP_COMPRESSION` 1-3 maps onto
     /// it).
     pub compression_level: i32,
@@ -131,6 +134,7 @@ impl Default for Config {
             max_age: None,
             max_message_size: 50 * 1024 * 1024,
             compression_level: crate::storage::StoreOptions::default().compression_level,
+            tagging: crate::storage::Tagging::default(),
             smtp_max_recipients: 100,
             smtp_auth: AuthPolicy::None,
             smtp_auth_allow_insecure: false,

@@ -75,6 +75,7 @@ impl Catcher {
             max_messages: config.max_messages,
             max_age: config.max_age,
             compression_level: config.compression_level,
+            tagging: config.tagging.clone(),
             ..StoreOptions::default()
         };
         let store = Store::open(&config.database, store_options)?;

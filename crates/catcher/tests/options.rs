@@ -277,13 +277,21 @@ fn rows(dir: &std::path::Path) -> Vec<(Vec<(&'static str, String)>, Expect)> {
         ),
         (
             one("MP_TAGS_TITLE_CASE", "1"),
-            Refused("MP_TAGS_TITLE_CASE"),
+            Parsed(|c| c.tagging.title_case),
         ),
         (
             one("MP_TAGS_DISABLE", "plus-addresses"),
-            Refused("MP_TAGS_DISABLE"),
+            Parsed(|c| !c.tagging.plus_addresses && c.tagging.x_tags),
         ),
-        (one("MP_TAGS_USERNAME", "1"), Refused("MP_TAGS_USERNAME")),
+        (
+            one("MP_TAGS_DISABLE", "X-Tags, plus-addressing"),
+            Parsed(|c| !c.tagging.plus_addresses && !c.tagging.x_tags),
+        ),
+        (
+            one("MP_TAGS_DISABLE", "subjects"),
+            Invalid("MP_TAGS_DISABLE"),
+        ),
+        (one("MP_TAGS_USERNAME", "1"), Parsed(|c| c.tagging.username)),
         // POP3 (runs only with users, as in Mailpit) and webhooks
         (
             one("MP_POP3_BIND_ADDR", "127.0.0.1:1110"),

@@ -280,13 +280,14 @@ pub struct Options {
     /// Not implemented yet: tag rules from a YAML file.
     #[cfg_attr(feature = "cli", arg(long, env = "MP_TAGS_CONFIG"))]
     pub tags_config: Option<PathBuf>,
-    /// Not implemented yet: Title-case automatic tags.
+    /// Title-case tags from plus-addresses and `X-Tags`.
     #[cfg_attr(feature = "cli", arg(long, env = "MP_TAGS_TITLE_CASE", value_parser = mailpit_bool))]
     pub tags_title_case: bool,
-    /// Not implemented yet: turn off `plus-addresses`/`x-tags` tagging.
+    /// Turn off automatic tagging, comma-separated: `plus-addresses`,
+    /// `x-tags`.
     #[cfg_attr(feature = "cli", arg(long, env = "MP_TAGS_DISABLE"))]
     pub tags_disable: Option<String>,
-    /// Not implemented yet: tag with the SMTP AUTH user name.
+    /// Tag messages with the SMTP AUTH user name.
     #[cfg_attr(feature = "cli", arg(long, env = "MP_TAGS_USERNAME", value_parser = mailpit_bool))]
     pub tags_username: bool,
 
@@ -467,7 +468,25 @@ impl Options {
         let smtp_max_data_memory = value::megabytes(self.smtp_max_data_memory)
             .map_err(|e| too_large("MAILSAFE_SMTP_MAX_DATA_MEMORY", e))?
             .unwrap_or(0);
+        let mut tagging = crate::storage::Tagging {
+            title_case: self.tags_title_case,
+            username: self.tags_username,
+            ..Default::default()
+        };
+        for part in self.tags_disable.as_deref().unwrap_or_default().split(',') {
+            match part.trim().to_ascii_lowercase().as_str() {
+                "" => {}
+                "x-tags" | "xtags" => tagging.x_tags = false,
+                "plus-addresses" | "plus-addressing" => tagging.plus_addresses = false,
+                other => {
+                    return Err(Error::Config(format!(
+                        "invalid MP_TAGS_DISABLE option {other:?}: expected plus-addresses or x-tags"
+                    )));
+                }
+            }
+        }
         let mut config = Config {
+            tagging,
             database: db,
             smtp_bind: self.smtp,
             http_bind: self.listen,
@@ -593,15 +612,6 @@ impl Options {
         );
         refuse(self.tag.is_some(), "MP_TAG (--tag)");
         refuse(self.tags_config.is_some(), "MP_TAGS_CONFIG (--tags-config)");
-        refuse(
-            self.tags_title_case,
-            "MP_TAGS_TITLE_CASE (--tags-title-case)",
-        );
-        refuse(
-            self.tags_disable.is_some(),
-            "MP_TAGS_DISABLE (--tags-disable)",
-        );
-        refuse(self.tags_username, "MP_TAGS_USERNAME (--tags-username)");
         if out.is_empty() {
             return Ok(());
         }

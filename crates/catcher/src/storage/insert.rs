@@ -15,6 +15,7 @@ use super::parse::{self, Parsed};
 use super::rows::add_tags;
 use super::search::clean;
 use super::store::Store;
+use super::tagging::Tagging;
 use super::writer::Ctx;
 
 impl Store {
@@ -26,15 +27,16 @@ impl Store {
     /// caller can store a message without counting it.
     pub async fn insert(&self, msg: NewMessage) -> Result<String, StorageError> {
         let level = self.options().compression_level;
+        let tagging = self.options().tagging.clone();
         // Parsing and compression run outside the writer so they spread over
         // cores; large messages go to the blocking pool so they do not stall
         // the async runtime.
         let prepared = if msg.raw.len() > 256 * 1024 {
-            tokio::task::spawn_blocking(move || Prepared::new(msg, level))
+            tokio::task::spawn_blocking(move || Prepared::new(msg, level, &tagging))
                 .await
                 .map_err(|e| StorageError::Task(e.to_string()))??
         } else {
-            Prepared::new(msg, level)?
+            Prepared::new(msg, level, &tagging)?
         };
         self.write(move |conn, ctx| insert(conn, ctx, prepared))
             .await
@@ -47,7 +49,8 @@ impl Store {
     /// [`Store::insert`].
     pub async fn insert_spooled(&self, msg: SpooledMessage) -> Result<String, StorageError> {
         let level = self.options().compression_level;
-        let prepared = tokio::task::spawn_blocking(move || Prepared::spooled(msg, level))
+        let tagging = self.options().tagging.clone();
+        let prepared = tokio::task::spawn_blocking(move || Prepared::spooled(msg, level, &tagging))
             .await
             .map_err(|e| StorageError::Task(e.to_string()))??;
         self.write(move |conn, ctx| insert(conn, ctx, prepared))
@@ -74,9 +77,15 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Parses and compresses `msg` (CPU work kept off the writer thread).
-    pub fn new(mut msg: NewMessage, level: i32) -> Result<Prepared, StorageError> {
+    /// Parses and compresses `msg` (CPU work kept off the writer thread);
+    /// its automatic tags follow `tagging`.
+    pub fn new(
+        mut msg: NewMessage,
+        level: i32,
+        tagging: &Tagging,
+    ) -> Result<Prepared, StorageError> {
         let mut parsed = parse::parse(&msg.raw);
+        parsed.tags = tagging.tags(&parsed, msg.username.as_deref());
         if let Some(bcc) = envelope_bcc(&mut parsed, &msg.rcpt_to) {
             let mut raw = bcc;
             raw.extend_from_slice(&msg.raw);
@@ -97,8 +106,13 @@ impl Prepared {
     /// Parses `msg.summary` and compresses the spooled raw bytes into
     /// another spool, a chunk at a time (the zstd stream keeps its window,
     /// 8 MiB at most at the levels used here, not the message).
-    pub fn spooled(mut msg: SpooledMessage, level: i32) -> Result<Prepared, StorageError> {
+    pub fn spooled(
+        mut msg: SpooledMessage,
+        level: i32,
+        tagging: &Tagging,
+    ) -> Result<Prepared, StorageError> {
         let mut parsed = parse::parse(&msg.summary);
+        parsed.tags = tagging.tags(&parsed, msg.username.as_deref());
         drop(std::mem::take(&mut msg.summary));
         let bcc = envelope_bcc(&mut parsed, &msg.rcpt_to).unwrap_or_default();
         let mut enc = zstd::stream::Encoder::new(spool(), level)?;

@@ -32,6 +32,7 @@ mod rows;
 mod schema;
 pub mod search;
 mod store;
+mod tagging;
 mod writer;
 
 pub use error::StorageError;
@@ -44,6 +45,7 @@ pub use parse::{
 };
 pub use schema::tenant_prefix;
 pub use store::Store;
+pub use tagging::Tagging;
 
 #[cfg(test)]
 mod tests {

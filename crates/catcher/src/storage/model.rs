@@ -25,6 +25,8 @@ pub struct StoreOptions {
     pub read_connections: usize,
     /// zstd level for raw messages.
     pub compression_level: i32,
+    /// Which automatic tags new messages get.
+    pub tagging: super::Tagging,
 }
 
 impl Default for StoreOptions {
@@ -35,6 +37,7 @@ impl Default for StoreOptions {
             max_age: None,
             read_connections: 4,
             compression_level: 3,
+            tagging: super::Tagging::default(),
         }
     }
 }

@@ -549,6 +549,7 @@ mod tests {
                 username: None,
             },
             3,
+            &crate::storage::Tagging::default(),
         )
         .unwrap()
     }
