@@ -26,7 +26,7 @@ pub struct StoreOptions {
     /// zstd level for raw messages.
     pub compression_level: i32,
     /// Which automatic tags new messages get.
-    pub tagging: super::Tagging,
+    pub tagging: super::tagging::Tagging,
 }
 
 impl Default for StoreOptions {
@@ -37,7 +37,7 @@ impl Default for StoreOptions {
             max_age: None,
             read_connections: 4,
             compression_level: 3,
-            tagging: super::Tagging::default(),
+            tagging: super::tagging::Tagging::default(),
         }
     }
 }
