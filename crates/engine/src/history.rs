@@ -31,11 +31,13 @@
 //! says which epochs may have written ([`lease::written_epoch_bound`]), so a
 //! manifest of that epoch (or of no lease) is unfenced, and walking back from
 //! the newest skips only the late manifests after it ([`newest_unfenced`]).
-//! Manifests that fail their checks or authentication on the way (planted,
-//! damaged) are skipped with a warning, unless none is usable: then the
-//! newest one's error is the answer. A key that does not match the replica
-//! (another key id, or no key for an encrypted replica) is an error at once,
-//! never a reason to skip.
+//! In an encrypted replica, manifests that fail authentication on the way
+//! (planted by someone without the key, or damaged) are skipped with a
+//! warning, unless none is usable: then the newest one's error is the
+//! answer. Nothing proves a plaintext manifest is not the writer's, so there
+//! a damaged one is an error, as are an unknown (newer) version and a key
+//! that does not match the replica (another key id, or none for an
+//! encrypted replica): never a reason to fall back to older data.
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -154,8 +156,11 @@ enum Candidate {
     Skipped(Option<Error>),
 }
 
-/// Reads candidate `id`. Errors of the store and key mismatches are errors;
-/// a manifest that is missing, malformed or not authentic is skipped.
+/// Reads candidate `id`. Errors of the store, key mismatches, unknown
+/// versions and, in a plaintext replica, any damage are errors; a manifest
+/// that is missing (pruned meanwhile) is skipped, and so is one that an
+/// encrypted replica's key proves is not its writer's (it fails
+/// authentication or does not even parse).
 async fn candidate(
     store: &dyn ObjectStore,
     id: &str,
@@ -170,7 +175,21 @@ async fn candidate(
     };
     let m = match crate::manifest::parse(&mkey, &bytes) {
         Ok(m) => m,
-        Err(e) => return Ok(Candidate::Skipped(Some(e))),
+        Err(e) => {
+            // A newer version is a newer writer's: never skipped (that
+            // would restore older data); only an encrypted replica can
+            // prove that garbage is not its writer's (it could not be
+            // authenticated either).
+            let newer = matches!(
+                Manifest::from_json(&mkey, &bytes),
+                Err(format::FormatError::UnsupportedVersion { .. })
+            );
+            return if key.is_some() && !newer {
+                Ok(Candidate::Skipped(Some(e)))
+            } else {
+                Err(e)
+            };
+        }
     };
     match (&m.encryption, key) {
         // The wrong key or none: the caller must fix its configuration.
@@ -392,6 +411,7 @@ pub async fn advance_anchor(store: &dyn ObjectStore, base: &str) -> Result<bool,
 mod tests {
     use super::*;
     use crate::store::memory::{MemoryStore, Op};
+    use crate::test_support::{Scene, lease_record};
 
     fn id(t: &str, n: u32) -> String {
         format!("{t}-{n:08x}")
@@ -504,68 +524,6 @@ mod tests {
             Some(ids[0].clone())
         );
         assert_eq!(id_at(&s, at("2020-01-01T00:00:00Z")).await.unwrap(), None);
-    }
-
-    /// A lease record for `epoch`, as a writer writes it.
-    fn lease_record(epoch: u64, wrote: bool, written_below: u64) -> Bytes {
-        Bytes::from(
-            serde_json::json!({
-                "epoch": epoch, "owner": "o", "host": "h", "pid": 1,
-                "acquired": "2026-12-06T00:00:00Z", "expires": "2026-12-06T00:02:00Z",
-                "wrote": wrote, "written_below": written_below,
-            })
-            .to_string(),
-        )
-    }
-
-    /// A db and writers on one memory store (see [`fenced_history`]).
-    struct Scene {
-        mem: MemoryStore,
-        store: crate::store::DynStore,
-        conn: rusqlite::Connection,
-        db: std::path::PathBuf,
-        _dir: tempfile::TempDir,
-    }
-
-    impl Scene {
-        fn new() -> Self {
-            let mem = MemoryStore::new("fence");
-            let dir = tempfile::tempdir().unwrap();
-            let db = dir.path().join("app.db");
-            let conn = rusqlite::Connection::open(&db).unwrap();
-            conn.execute_batch("PRAGMA journal_mode=wal; CREATE TABLE t(x);")
-                .unwrap();
-            Scene {
-                store: std::sync::Arc::new(mem.clone()),
-                mem,
-                conn,
-                db,
-                _dir: dir,
-            }
-        }
-
-        fn writer(&self, epoch: u64) -> crate::snapshot::Snapshotter {
-            let mut w = crate::snapshot::Snapshotter::new(&self.db, self.store.clone());
-            w.set_writer(Some(format::Writer {
-                epoch,
-                host: "h".into(),
-                owner: format!("writer-{epoch}"),
-            }));
-            w
-        }
-
-        /// Commits a row and snapshots it with `w`; the new id.
-        async fn snap(&self, w: &mut crate::snapshot::Snapshotter, row: i64) -> String {
-            self.conn
-                .execute("INSERT INTO t VALUES (?1)", [row])
-                .unwrap();
-            // Ids have millisecond resolution: let the clock pass the newest.
-            let newest = newest_id(&self.mem).await.unwrap().unwrap_or_default();
-            while format::new_snapshot_id(Utc::now()) <= newest {
-                tokio::task::yield_now().await;
-            }
-            w.snapshot().await.unwrap().id.unwrap()
-        }
     }
 
     /// The fenced scenario on a fixed schedule: A (epoch 1) snapshots, B
