@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Cost of a long history (issue 19): restore of the newest snapshot and a
 # writer's start-up (`mailsafe snapshot` after a change: it loads the newest
-# manifest first, as `watch` does) with N older manifests beside it.
+# manifest first, as `watch` does) with N older manifests beside it; and
+# `prune` and `snapshots`, which need every snapshot's summary, before and
+# after prune has written the day indexes (index/, see docs/FORMAT.md).
 #
 # One SeaweedFS (scripts/s3.sh), one small WAL db snapshotted once; then N
-# synthetic manifests with older ids are added (boto3, 64 at a time: only
-# their keys matter, nothing reads them), and for each N the two commands are
-# timed (best of RUNS) and their S3 requests counted through bench/s3proxy.
+# older manifests are added (boto3, 64 at a time: copies of the real base
+# manifest under ids in 2020, one per second, so every command can read
+# them), and for each N the commands are timed (best of RUNS for restore) and
+# their S3 requests counted through bench/s3proxy. No prune deletes anything
+# (the keep-all one forgets nothing, the keep-last one is a dry run), so
+# each N builds on the last.
 #
 # Env: SIZES ("0 1000 100000"; 1000000 takes ~10 min to synthesise), RUNS (3),
 # MAILSAFE_BIN (default target/release/mailsafe, built if missing),
@@ -43,13 +48,21 @@ db.executemany("INSERT INTO t(body) VALUES (?)", [("x" * 500,)] * 200)
 db.commit()
 PY
 "$MAILSAFE_BIN" snapshot --db "$WORK/app.db" --replica "$URL" >/dev/null
+REAL=$(python3 - "$S3" <<'PY'
+import sys, boto3
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1")
+keys = [o["Key"] for o in s3.list_objects_v2(Bucket="bench-history", Prefix="h/manifests/")["Contents"]]
+print(keys[-1])
+PY
+)
 
 # synth N: older manifests up to N in all (ids in 2020, one per second).
 synth() {
-  python3 - "$1" "$S3" <<'PY'
-import sys, datetime, boto3, concurrent.futures as cf
-n, endpoint = int(sys.argv[1]), sys.argv[2]
+  python3 - "$1" "$S3" "$REAL" <<'PY'
+import sys, json, datetime, boto3, concurrent.futures as cf
+n, endpoint, real = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+proto = json.loads(s3.get_object(Bucket="bench-history", Key=real)["Body"].read())
 have = 0
 pages = s3.get_paginator("list_objects_v2").paginate(Bucket="bench-history", Prefix="h/manifests/2020")
 for p in pages:
@@ -57,8 +70,9 @@ for p in pages:
 t0 = datetime.datetime(2020, 1, 1)
 def put(i):
     t = t0 + datetime.timedelta(seconds=i)
-    key = f"h/manifests/{t:%Y%m%dT%H%M%S}.000Z-{i:08x}.json"
-    s3.put_object(Bucket="bench-history", Key=key, Body=b"{}")
+    sid = f"{t:%Y%m%dT%H%M%S}.000Z-{i:08x}"
+    m = dict(proto, id=sid, base=sid, parent=None, created=f"{t:%Y-%m-%dT%H:%M:%S}Z")
+    s3.put_object(Bucket="bench-history", Key=f"h/manifests/{sid}.json", Body=json.dumps(m).encode())
 with cf.ThreadPoolExecutor(64) as ex:
     list(ex.map(put, range(have, n)))
 PY
@@ -85,8 +99,17 @@ for n in $SIZES; do
   read -r rs rr < <(timed "$MAILSAFE_BIN" restore --db "$WORK/out.db" --replica "$URL" --force)
   python3 -c "import sqlite3; c=sqlite3.connect('$WORK/app.db'); c.execute('INSERT INTO t(body) VALUES (1)'); c.commit()"
   read -r ss sr < <(RUNS=1 timed "$MAILSAFE_BIN" snapshot --db "$WORK/app.db" --replica "$URL")
+  # Before and after the day indexes: `snapshots` and a dry-run prune that
+  # would keep only the newest (it reads what it keeps); in between, a
+  # prune that keeps everything writes the indexes of past days.
+  read -r l1 l1r < <(RUNS=1 timed "$MAILSAFE_BIN" snapshots --replica "$URL")
+  read -r d1 d1r < <(RUNS=1 timed "$MAILSAFE_BIN" prune --replica "$URL" --keep-last 1 --dry-run)
+  read -r pw pwr < <(RUNS=1 timed "$MAILSAFE_BIN" prune --replica "$URL" --keep-within 36500d)
+  read -r l2 l2r < <(RUNS=1 timed "$MAILSAFE_BIN" snapshots --replica "$URL")
+  read -r d2 d2r < <(RUNS=1 timed "$MAILSAFE_BIN" prune --replica "$URL" --keep-last 1 --dry-run)
   log "N=$n: restore ${rs}s ($rr requests), writer start-up + snapshot ${ss}s ($sr requests)"
-  rows+="| $n | $rs | $rr | $ss | $sr |"$'\n'
+  log "N=$n: snapshots ${l1}s ($l1r) -> ${l2}s ($l2r), prune --dry-run ${d1}s ($d1r) -> ${d2}s ($d2r), index-writing prune ${pw}s ($pwr)"
+  rows+="| $n | $rs | $rr | $ss | $sr | $l1 / $l1r | $l2 / $l2r | $d1 / $d1r | $d2 / $d2r | $pw / $pwr |"$'\n'
 done
 
 section="## Long histories (bench/history.sh)
@@ -94,10 +117,13 @@ section="## Long histories (bench/history.sh)
 $(bench_context "$profile"), SeaweedFS on loopback through bench/s3proxy (requests counted).
 The newest snapshot of a small db with N older manifests beside it: \`restore\` (best of $RUNS) and a
 writer's start-up plus one incremental snapshot (\`mailsafe snapshot\`, which finds the newest manifest
-as \`watch\` does). Target: restore within 10% of the N=0 figure.
+as \`watch\` does). Target: restore within 10% of the N=0 figure. Then, seconds / requests, before and
+after the day indexes (docs/FORMAT.md): \`snapshots\`, and \`prune --keep-last 1 --dry-run\` (reads what it
+keeps); the indexes are written by a \`prune --keep-within 36500d\` in between (keeps everything, so it
+reads every manifest twice: last column).
 
-| older manifests | restore s | restore requests | start-up + snapshot s | requests |
-|---|---|---|---|---|
+| older manifests | restore s | restore requests | start-up + snapshot s | requests | snapshots s / req | snapshots, indexed | prune dry-run s / req | prune dry-run, indexed | index-writing prune |
+|---|---|---|---|---|---|---|---|---|---|
 ${rows}"
 write_results_section history-bench "$section"
 echo "$section"

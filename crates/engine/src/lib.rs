@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod error;
 pub mod format;
 pub mod history;
+pub mod index;
 pub mod lease;
 pub mod manifest;
 pub mod progress;
@@ -19,5 +20,8 @@ pub mod retention;
 pub mod snapshot;
 pub mod store;
 pub mod watch;
+
+#[cfg(test)]
+mod test_support;
 
 pub use error::Error;

@@ -32,6 +32,7 @@ use serde::Serialize;
 use crate::Error;
 use crate::crypto::Key;
 use crate::format::{self, Manifest};
+use crate::index::Summary;
 use crate::manifest;
 use crate::store::{ObjectStore, StoreError};
 
@@ -205,6 +206,11 @@ pub struct PruneReport {
     pub young_unreferenced: u64,
     /// Objects still referenced by a kept snapshot.
     pub referenced_objects: u64,
+    /// Manifests read (the other snapshots were summarised by day indexes,
+    /// see [`crate::index`]).
+    pub manifests_read: usize,
+    /// Days whose index this prune wrote.
+    pub indexed_days: Vec<String>,
 }
 
 fn store_err(store: &dyn ObjectStore, what: &str, e: impl std::fmt::Display) -> Error {
@@ -221,44 +227,55 @@ fn store_err(store: &dyn ObjectStore, what: &str, e: impl std::fmt::Display) -> 
 /// manifest instead (see docs/FORMAT.md, Hostile manifests).
 pub const MAX_HEAD_AHEAD: chrono::Duration = chrono::Duration::days(1);
 
-/// Reads every manifest through the one reader ([`manifest::read`]:
-/// checked, and authenticated against `key`). One that fails is never used
-/// to decide a deletion: the whole prune stops with an
-/// [`Error::Verification`] naming its key, before anything is deleted.
-async fn load_manifests(
+/// The refusal for a snapshot whose manifest failed its checks: one that
+/// fails is never used to decide a deletion, so the whole prune stops with
+/// an [`Error::Verification`] naming its key, before anything is deleted.
+fn refuse(store: &dyn ObjectStore, id: &str, e: &Error) -> Error {
+    let why = match e {
+        Error::Verification(why) => why.clone(),
+        other => other.to_string(),
+    };
+    Error::Verification(format!(
+        "{why}; prune deletes nothing while a manifest of {} fails its checks \
+         (if {} is not a snapshot of yours, move it away and prune again)",
+        store.describe(),
+        format::manifest_key(id)
+    ))
+}
+
+/// Reads the manifests `ids` through the one reader ([`manifest::read`]:
+/// checked, and authenticated against `key`), 16 at a time. Any that fails
+/// its checks refuses the prune ([`refuse`]); one deleted since it was
+/// listed (another prune) is left out.
+async fn read_manifests(
     store: &dyn ObjectStore,
+    ids: impl IntoIterator<Item = String>,
     key: Option<&Key>,
 ) -> Result<BTreeMap<String, Manifest>, Error> {
-    let list = store
-        .list(format::MANIFESTS)
-        .await
-        .map_err(|e| store_err(store, "listing manifests/", e))?;
+    use futures::StreamExt as _;
+    let read: Vec<(String, Result<Manifest, Error>)> = futures::stream::iter(ids)
+        .map(|id| async move {
+            let m = manifest::read(store, &format::manifest_key(&id), key).await;
+            (id, m)
+        })
+        .buffered(16)
+        .collect()
+        .await;
     let mut manifests = BTreeMap::new();
-    for meta in list {
-        let Some(id) = format::manifest_id(&meta.key) else {
-            continue;
-        };
-        match manifest::read(store, &meta.key, key).await {
+    for (id, m) in read {
+        match m {
             Ok(m) => {
-                manifests.insert(id.to_string(), m);
+                manifests.insert(id, m);
             }
-            // Deleted since the listing (another prune): not a snapshot.
-            Err(Error::Store(StoreError::NotFound { .. })) => continue,
+            Err(Error::Store(StoreError::NotFound { .. })) => {}
             Err(Error::Store(e)) => {
-                return Err(store_err(store, &format!("reading {}", meta.key), e));
+                return Err(store_err(
+                    store,
+                    &format!("reading {}", format::manifest_key(&id)),
+                    e,
+                ));
             }
-            Err(e) => {
-                let why = match e {
-                    Error::Verification(why) => why,
-                    other => other.to_string(),
-                };
-                return Err(Error::Verification(format!(
-                    "{why}; prune deletes nothing while a manifest of {} fails its checks \
-                     (if {} is not a snapshot of yours, move it away and prune again)",
-                    store.describe(),
-                    meta.key
-                )));
-            }
+            Err(e) => return Err(refuse(store, &id, &e)),
         }
     }
     Ok(manifests)
@@ -268,18 +285,14 @@ async fn load_manifests(
 /// [`MAX_HEAD_AHEAD`]).
 fn check_head_time(
     store: &dyn ObjectStore,
-    manifests: &BTreeMap<String, Manifest>,
+    head: Option<&str>,
     key: Option<&Key>,
     now: DateTime<Utc>,
 ) -> Result<(), Error> {
     if key.is_some() {
         return Ok(());
     }
-    let Some((id, t)) = manifests
-        .keys()
-        .next_back()
-        .and_then(|id| Some((id, format::snapshot_id_time(id)?)))
-    else {
+    let Some((id, t)) = head.and_then(|id| Some((id, format::snapshot_id_time(id)?))) else {
         return Ok(());
     };
     if t > now + MAX_HEAD_AHEAD {
@@ -355,19 +368,32 @@ pub async fn prune(
     dry_run: bool,
     key: Option<&Key>,
 ) -> Result<PruneReport, Error> {
-    let manifests = load_manifests(store, key).await?;
-    check_head_time(store, &manifests, key, Utc::now())?;
+    // What to keep is decided from summaries (day indexes where current,
+    // manifests elsewhere: see crate::index), not by reading every manifest.
+    let sums = crate::index::summaries(store, key, 16).await?;
+    let mut summaries: BTreeMap<String, Summary> = BTreeMap::new();
+    for (id, entry) in &sums.entries {
+        match entry {
+            Ok(s) => {
+                summaries.insert(id.clone(), s.clone());
+            }
+            Err(e) => return Err(refuse(store, id, e)),
+        }
+    }
+    check_head_time(
+        store,
+        summaries.keys().next_back().map(String::as_str),
+        key,
+        Utc::now(),
+    )?;
     // A fenced writer's late manifests are never the head: they get no
     // decision, so they are forgotten unless a kept snapshot builds on them.
-    let epochs: Vec<Option<u64>> = manifests
-        .values()
-        .map(|m| m.writer.as_ref().map(|w| w.epoch))
-        .collect();
-    let listed: Vec<(String, DateTime<Utc>)> = manifests
+    let epochs: Vec<Option<u64>> = summaries.values().map(|s| s.epoch).collect();
+    let listed: Vec<(String, DateTime<Utc>)> = summaries
         .values()
         .zip(format::fenced(&epochs))
         .filter(|(_, fenced)| !fenced)
-        .map(|(m, _)| (m.id.clone(), m.created))
+        .map(|(s, _)| (s.id.clone(), s.created))
         .collect();
     let decisions = decide(policy, &listed);
     let kept: BTreeSet<String> = decisions
@@ -379,17 +405,17 @@ pub async fn prune(
     let needed: BTreeSet<String> = kept
         .iter()
         .flat_map(|id| {
-            let base = manifests.get(id).map(|m| m.base.clone());
+            let base = summaries.get(id).map(|s| s.base.clone());
             std::iter::once(id.clone()).chain(base)
         })
         .collect();
     for id in &needed {
-        if !manifests.contains_key(id) {
+        if !summaries.contains_key(id) {
             return Err(Error::Verification(format!(
                 "snapshot {} is built on base {id}, whose manifest {} is missing from {}; \
                  refusing to prune a replica that is already broken",
                 kept.iter()
-                    .find(|k| manifests.get(*k).is_some_and(|m| &m.base == id))
+                    .find(|k| summaries.get(*k).is_some_and(|s| &s.base == id))
                     .map(String::as_str)
                     .unwrap_or("?"),
                 format::manifest_key(id),
@@ -397,42 +423,48 @@ pub async fn prune(
             )));
         }
     }
+    // What is kept is read whole: its object references, and a check that
+    // an index told the truth about it.
+    let manifests = read_manifests(store, needed.iter().cloned(), key).await?;
+    for (id, m) in &manifests {
+        if summaries.get(id) != Some(&Summary::of(m)) {
+            return Err(Error::Verification(format!(
+                "{}: the day index {} disagrees with this manifest; prune deletes nothing \
+                 (move the index away and prune again)",
+                format::manifest_key(id),
+                crate::index::index_key(&id[..8])
+            )));
+        }
+    }
     let mut report = PruneReport {
         dry_run,
         kept_as_base: needed.difference(&kept).cloned().collect(),
-        forgotten: manifests
+        forgotten: summaries
             .keys()
             .filter(|id| !needed.contains(*id))
             .cloned()
             .collect(),
         snapshots: decisions,
+        manifests_read: sums.manifests_read + manifests.len(),
         ..PruneReport::default()
     };
+    let forgotten: BTreeSet<String> = report.forgotten.iter().cloned().collect();
 
     // Delta packs embedded in manifests about to go that a kept snapshot
     // still lists: copied out first, so they are never lost.
-    let listed_by_kept: HashSet<&str> = needed
-        .iter()
-        .filter_map(|id| manifests.get(id))
-        .flat_map(|m| m.deltas.iter().map(|d| d.key.as_str()))
-        .collect();
-    for id in &report.forgotten {
-        let Some(m) = manifests.get(id) else { continue };
-        let own = format::delta_key(id);
-        let Some(d) = m
-            .deltas
-            .iter()
-            .find(|d| d.key == own && d.embedded().is_some())
-        else {
+    let mut copied = BTreeSet::new();
+    for d in manifests.values().flat_map(|m| &m.deltas) {
+        let Some((mkey, _)) = d.embedded() else {
             continue;
         };
-        if !listed_by_kept.contains(own.as_str()) {
+        let goes = format::manifest_id(&mkey).is_some_and(|id| forgotten.contains(id));
+        if !goes || !copied.insert(d.key.clone()) {
             continue;
         }
         if !dry_run {
             copy_out(store, d).await?;
         }
-        report.copied_deltas.push(own);
+        report.copied_deltas.push(d.key.clone());
     }
 
     // Forget first: once a manifest is gone nobody can pick that snapshot,
@@ -457,13 +489,22 @@ pub async fn prune(
         candidates.extend(list);
     }
     // A snapshot may have committed its manifest while we listed: whatever
-    // a manifest we did not see references is protected too.
-    let again = load_manifests(store, key).await?;
-    let new_ids: BTreeSet<String> = again
-        .keys()
-        .filter(|id| !manifests.contains_key(*id))
-        .cloned()
+    // a manifest we did not see references is protected too (with its
+    // base's chunks, reading that base if it is not kept).
+    let new_ids: BTreeSet<String> = crate::history::all_ids(store)
+        .await
+        .map_err(|e| store_err(store, "listing manifests/", e))?
+        .into_iter()
+        .filter(|id| !summaries.contains_key(id))
         .collect();
+    let mut again = read_manifests(store, new_ids.iter().cloned(), key).await?;
+    let bases: BTreeSet<String> = again
+        .values()
+        .map(|m| m.base.clone())
+        .filter(|b| !again.contains_key(b) && !manifests.contains_key(b))
+        .collect();
+    again.extend(read_manifests(store, bases, key).await?);
+    again.extend(manifests.iter().map(|(k, m)| (k.clone(), m.clone())));
     refs.extend(references(&again, &new_ids));
 
     let now = Utc::now();
@@ -487,6 +528,16 @@ pub async fn prune(
         }
         report.deleted_bytes += meta.size;
         report.deleted_objects.push(meta.key);
+    }
+    if !dry_run {
+        // The next prune reads one index per past day instead of its
+        // manifests; failing to write one only costs that.
+        match crate::index::write_closed_days(store, key, &sums, &forgotten, Utc::now()).await {
+            Ok(days) => report.indexed_days = days,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not write the day indexes; the next prune reads manifests")
+            }
+        }
     }
     Ok(report)
 }

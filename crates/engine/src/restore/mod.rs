@@ -334,30 +334,32 @@ pub struct SnapshotInfo {
     pub error: Option<String>,
 }
 
-/// Lists every snapshot in history (id) order, each manifest read through
-/// the one reader (checked, and authenticated against `key`: an encrypted
-/// replica lists only with its key). Unreadable manifests are listed with
-/// their error rather than hidden.
+/// Lists every snapshot in history (id) order from the day indexes where
+/// they are current and otherwise from the manifests, each read through the
+/// one reader (checked, and authenticated against `key`: an encrypted
+/// replica lists only with its key); see [`crate::index`]. Unreadable
+/// manifests are listed with their error rather than hidden.
 pub async fn list_snapshots(
     store: &dyn ObjectStore,
     parallelism: usize,
     key: Option<&Key>,
 ) -> Result<Vec<SnapshotInfo>, Error> {
-    let all = plan::load_all(store, parallelism, key).await?;
+    let all = crate::index::summaries(store, key, parallelism).await?;
     Ok(all
+        .entries
         .into_iter()
-        .map(|(id, m)| match m {
-            Ok(m) => SnapshotInfo {
-                kind: Some(if m.base == m.id {
+        .map(|(id, s)| match s {
+            Ok(s) => SnapshotInfo {
+                kind: Some(if s.base == s.id {
                     "base"
                 } else {
                     "incremental"
                 }),
-                created: Some(m.created),
-                base: Some(m.base),
-                db_size: Some(u64::from(m.db.page_size) * u64::from(m.db.page_count)),
-                stored_bytes: Some(m.stats.stored_bytes),
-                new_bytes: Some(m.stats.new_bytes),
+                created: Some(s.created),
+                base: Some(s.base),
+                db_size: Some(s.db_size),
+                stored_bytes: Some(s.stored_bytes),
+                new_bytes: Some(s.new_bytes),
                 error: None,
                 id,
             },

@@ -4,7 +4,6 @@
 //! single data byte is downloaded.
 
 use chrono::{DateTime, Utc};
-use futures::{StreamExt, TryStreamExt};
 
 use crate::Error;
 use crate::crypto::Key;
@@ -215,32 +214,6 @@ pub async fn plan(
         deltas: manifest.deltas.clone(),
         manifest,
     })
-}
-
-/// Downloads every manifest, `parallelism` at a time, in id (history)
-/// order, each checked and authenticated against `key` like any other read.
-/// A manifest that fails is returned as an error in its slot so that a
-/// listing can show it without hiding the others.
-pub async fn load_all(
-    store: &dyn ObjectStore,
-    parallelism: usize,
-    key: Option<&Key>,
-) -> Result<Vec<(String, Result<Manifest, Error>)>, Error> {
-    let ids = list_ids(store).await?;
-    let out = futures::stream::iter(ids)
-        .map(|id| async move {
-            let m = load_authentic(store, &id, key).await;
-            match m {
-                // A store failure other than a missing object (throttling,
-                // network) fails the whole listing rather than one row.
-                Err(Error::Store(e)) => Err(Error::Store(e)),
-                m => Ok((id, m)),
-            }
-        })
-        .buffered(parallelism.max(1))
-        .try_collect()
-        .await?;
-    Ok(out)
 }
 
 #[cfg(test)]
