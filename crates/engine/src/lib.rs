@@ -21,7 +21,7 @@ pub mod snapshot;
 pub mod store;
 pub mod watch;
 
+pub use error::Error;
+
 #[cfg(test)]
 mod test_support;
-
-pub use error::Error;
