@@ -244,12 +244,15 @@ pub async fn write_closed_days(
 ) -> Result<Vec<String>, Error> {
     let mut days: BTreeMap<&str, Vec<&Summary>> = BTreeMap::new();
     let mut broken: BTreeSet<&str> = BTreeSet::new();
+    // Days this prune forgot a snapshot of: their index (if any) is stale.
+    let mut touched: BTreeSet<&str> = BTreeSet::new();
     for (id, entry) in &s.entries {
         let day = day_of(id);
         match entry {
             Ok(sum) if !forgotten.contains(id) => days.entry(day).or_default().push(sum),
             Ok(_) => {
                 days.entry(day).or_default();
+                touched.insert(day);
             }
             Err(_) => {
                 broken.insert(day);
@@ -258,13 +261,8 @@ pub async fn write_closed_days(
     }
     let mut written = Vec::new();
     for (day, list) in days {
-        let untouched = s.indexed_days.contains(day) && !list.is_empty() && {
-            // Current before this prune, and nothing of it was forgotten.
-            s.entries
-                .keys()
-                .filter(|id| day_of(id) == day)
-                .all(|id| !forgotten.contains(id))
-        };
+        // Current before this prune, and nothing of it was forgotten.
+        let untouched = s.indexed_days.contains(day) && !touched.contains(day);
         if untouched || broken.contains(day) || !closed(day, now) {
             continue;
         }

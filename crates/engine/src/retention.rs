@@ -311,16 +311,20 @@ fn check_head_time(
 }
 
 /// Every object key the manifests `ids` need, base manifests included.
-fn references(manifests: &BTreeMap<String, Manifest>, ids: &BTreeSet<String>) -> HashSet<String> {
+/// `get` looks a manifest up by id (the snapshot's own, and its base's).
+fn references<'a>(
+    ids: &BTreeSet<String>,
+    get: impl Fn(&str) -> Option<&'a Manifest>,
+) -> HashSet<String> {
     let mut refs = HashSet::new();
     for id in ids {
-        let Some(m) = manifests.get(id) else { continue };
+        let Some(m) = get(id) else { continue };
         refs.insert(format::manifest_key(&m.id));
         refs.insert(format::manifest_key(&m.base));
         for d in &m.deltas {
             refs.insert(d.key.clone());
         }
-        if let Some(base) = manifests.get(&m.base) {
+        if let Some(base) = get(&m.base) {
             // A pack stays while any kept base uses any chunk in it.
             for c in &base.chunks {
                 refs.insert(c.object_key());
@@ -479,7 +483,7 @@ pub async fn prune(
         }
     }
 
-    let mut refs = references(&manifests, &needed);
+    let mut refs = references(&needed, |id| manifests.get(id));
     let mut candidates = Vec::new();
     for prefix in [format::CHUNKS, format::PACKS, format::DELTAS] {
         let list = store
@@ -504,8 +508,9 @@ pub async fn prune(
         .filter(|b| !again.contains_key(b) && !manifests.contains_key(b))
         .collect();
     again.extend(read_manifests(store, bases, key).await?);
-    again.extend(manifests.iter().map(|(k, m)| (k.clone(), m.clone())));
-    refs.extend(references(&again, &new_ids));
+    refs.extend(references(&new_ids, |id| {
+        again.get(id).or_else(|| manifests.get(id))
+    }));
 
     let now = Utc::now();
     let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
