@@ -64,10 +64,14 @@ impl Scene {
         self.conn
             .execute("INSERT INTO t VALUES (?1)", [row])
             .unwrap();
-        // Ids have millisecond resolution: let the clock pass the newest.
-        let newest = newest_id(&self.mem).await.unwrap().unwrap_or_default();
-        while format::new_snapshot_id(Utc::now()) <= newest {
-            tokio::task::yield_now().await;
+        // Ids have millisecond resolution and a random suffix: two ids of
+        // the same millisecond sort by chance (CI once drew exactly that).
+        // Wait for a strictly later millisecond so the order is the script's.
+        let newest = newest_id(&self.mem).await.unwrap();
+        if let Some(t) = newest.as_deref().and_then(format::snapshot_id_time) {
+            while Utc::now() < t + chrono::Duration::milliseconds(1) {
+                tokio::task::yield_now().await;
+            }
         }
         w.snapshot().await.unwrap().id.unwrap()
     }
