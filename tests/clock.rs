@@ -38,15 +38,12 @@ fn libfaketime() -> std::path::PathBuf {
 /// such as `-2h`; `None` runs on the real clock). Monotonic time is left
 /// alone, as on a host whose wall clock is wrong.
 fn mailsafe_at(offset: Option<&str>) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailsafe"));
+    let mut cmd = common::mailsafe();
     if let Some(off) = offset {
         cmd.env("LD_PRELOAD", libfaketime())
             .env("FAKETIME", off)
             .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
             .env("FAKETIME_DONT_RESET", "1");
-    }
-    for var in common::CA_VARS {
-        cmd.env_remove(var);
     }
     cmd.env_remove("MAILSAFE_ENCRYPTION_KEY");
     cmd

@@ -274,7 +274,7 @@ async fn packed_replica(s3: &common::S3, prefix: &str, dir: &std::path::Path) ->
     let db = path(dir, "packed.db");
     let conn = create_db(&db, 4096, "wal");
     insert_rows(&conn, 3000, 1000);
-    let st = store(s3, prefix).await;
+    let st = s3.store(prefix).await;
     let mut snap = mailsafe::snapshot::Snapshotter::new(&db, st.clone()).with_pack_bytes(400 << 10);
     let r = snap.snapshot().await.unwrap();
     let id = r.id.unwrap();
@@ -309,7 +309,7 @@ async fn flipped_bit_in_one_chunk_of_a_pack() {
         .find(|(_, c)| c.offset.unwrap() > 0)
         .unwrap();
     let (pack, range) = c.location();
-    let st = store(&s3, "packflip").await;
+    let st = s3.store("packflip").await;
     let mut body = st.get(&pack).await.unwrap().to_vec();
     let mid = (range.start + range.end) / 2;
     body[mid as usize] ^= 0x04;
@@ -333,7 +333,7 @@ async fn truncated_pack() {
     let dir = tempfile::tempdir().unwrap();
     let m = packed_replica(&s3, "packtrunc", dir.path()).await;
     let pack = m.chunks[0].pack.clone().unwrap();
-    let st = store(&s3, "packtrunc").await;
+    let st = s3.store("packtrunc").await;
     let mut body = st.get(&pack).await.unwrap().to_vec();
     body.truncate(body.len() / 2);
     st.put(&pack, Bytes::from(body)).await.unwrap();

@@ -263,7 +263,7 @@ async fn kill_9_during_uploads_never_breaks_the_replica() {
         "GC deleted {} orphaned object(s)",
         report["deleted_objects"].as_array().map_or(0, Vec::len)
     );
-    let store = watch_support::store(&s3, "crash").await;
+    let store = s3.store("crash").await;
     let listed: BTreeSet<String> = store
         .list("")
         .await

@@ -81,7 +81,7 @@ async fn sigterm_during_a_slow_round_finishes_the_snapshot_and_skips_retention()
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("slow.db");
     let url = s3.url("cron-slow");
-    let replica = store(&s3, "cron-slow").await;
+    let replica = s3.store("cron-slow").await;
     let db = create_db(&db_path);
     for id in 1..=2 {
         insert(&db, id);

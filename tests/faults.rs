@@ -20,8 +20,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::free_port;
 use common::proxy::Proxy;
-use watch_support::{Watcher, free_port};
+use watch_support::Watcher;
 
 /// Phase lengths: (load before faults, 503/reset/latency phase, outage).
 fn phases() -> (u64, u64, u64) {

@@ -29,11 +29,11 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::free_port;
 use serde_json::{Value, json};
 
 /// SMTP client: sends numbered emails, one connection each (as an app
@@ -170,14 +170,6 @@ impl Drop for Proc {
             let _ = self.child.wait();
         }
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Blocking HTTP through reqwest on a private runtime.

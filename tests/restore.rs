@@ -14,7 +14,7 @@ async fn round_trip(page_size: u32, mode: &str) {
     let dir = tempfile::tempdir().unwrap();
     let db = path(dir.path(), "app.db");
     let conn = create_db(&db, page_size, mode);
-    let mut w = ReplicaWriter::new(store(&s3, "rt").await);
+    let mut w = ReplicaWriter::new(s3.store("rt").await);
     let mut expected = Vec::new();
     for (i, rows) in [200usize, 1, 500].into_iter().enumerate() {
         insert_rows(&conn, rows, 300);
@@ -84,7 +84,7 @@ async fn round_trip_wal_64k() {
 async fn empty_db_round_trip() {
     let s3 = common::s3();
     let dir = tempfile::tempdir().unwrap();
-    let mut w = ReplicaWriter::new(store(&s3, "").await);
+    let mut w = ReplicaWriter::new(s3.store("").await);
     w.base(4096, &[], at(0)).await;
     let target = path(dir.path(), "empty.db");
     let out = run(
@@ -107,7 +107,7 @@ async fn point_in_time_picks_newest_at_or_before() {
     let dir = tempfile::tempdir().unwrap();
     let db = path(dir.path(), "src.db");
     let conn = create_db(&db, 4096, "wal");
-    let mut w = ReplicaWriter::new(store(&s3, "pitr").await);
+    let mut w = ReplicaWriter::new(s3.store("pitr").await);
     let mut states = Vec::new();
     for i in 0..3 {
         insert_rows(&conn, 10 * (i + 1), 100);
@@ -377,7 +377,7 @@ async fn snapshots_lists_and_verify_checks_every_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let db = path(dir.path(), "src.db");
     let conn = create_db(&db, 4096, "wal");
-    let mut w = ReplicaWriter::new(store(&s3, "l").await);
+    let mut w = ReplicaWriter::new(s3.store("l").await);
     let mut ids = Vec::new();
     for i in 0..3 {
         insert_rows(&conn, 100, 200);
@@ -441,7 +441,7 @@ async fn v1_replica_still_restores_and_is_continued_in_packs() {
     let (_, img) = image(&conn, &db);
     let v1_id = w.incremental(&img, at(1)).await;
     let url = s3.url("v1");
-    let st = store(&s3, "v1").await;
+    let st = s3.store("v1").await;
     let key = mailsafe::format::manifest_key(&v1_id);
     let raw: serde_json::Value = serde_json::from_slice(&st.get(&key).await.unwrap()).unwrap();
     assert_eq!(raw["version"], 1);

@@ -63,7 +63,7 @@ async fn encrypted(
     let conn = create_db(&db, 4096, "wal");
     insert_rows(&conn, 300, 400);
     let (ps, img) = image(&conn, &db);
-    let mut w = ReplicaWriter::new(store(s3, prefix).await);
+    let mut w = ReplicaWriter::new(s3.store(prefix).await);
     w.key = Some(Key::from_bytes(&RAW_KEY));
     w.base(ps, &img, at(0)).await;
     conn.execute(
@@ -328,7 +328,7 @@ async fn snapshot_with_key_round_trips_and_leaks_no_plaintext() {
         None,
         0,
     );
-    let plain = all_objects(&store(&s3, "plain").await).await;
+    let plain = all_objects(&s3.store("plain").await).await;
     assert!(
         plain.iter().any(|(_, b)| reveals(b, MARKER)),
         "control: the plaintext replica should contain the marker"
@@ -362,7 +362,7 @@ async fn snapshot_with_key_round_trips_and_leaks_no_plaintext() {
     // The bucket: no marker anywhere; chunks and deltas sealed; manifests
     // signed with the key id; no chunk named by (or listing) the plain
     // sha256 of the db's chunk contents.
-    let st = store(&s3, "enc").await;
+    let st = s3.store("enc").await;
     let objects = all_objects(&st).await;
     let (ps, img) = image(&conn, &db);
     let plain_hashes: Vec<String> = img
@@ -544,7 +544,7 @@ async fn watch_with_key_round_trips() {
     );
     assert!(!w.logs().contains(&hex::encode(RAW_KEY)));
 
-    let objects = all_objects(&store(&s3, "watched").await).await;
+    let objects = all_objects(&s3.store("watched").await).await;
     // Format v2: each incremental snapshot's delta pack is inside its
     // manifest object, sealed like a `deltas/<id>` object would be.
     let embedded: Vec<Bytes> = objects
@@ -596,7 +596,7 @@ async fn serve_replica_with_key_round_trips() {
     // start, adds its own, and both flush on SIGTERM.
     for (pod, sent) in [(1, 3), (2, 6)] {
         let db = path(dir.path(), &format!("pod{pod}.db"));
-        let (smtp, http) = (watch_support::free_port(), watch_support::free_port());
+        let (smtp, http) = (common::free_port(), common::free_port());
         let log = path(dir.path(), &format!("pod{pod}.log"));
         let mut child = s3
             .mailsafe()
@@ -656,7 +656,7 @@ async fn serve_replica_with_key_round_trips() {
             .unwrap();
         assert_eq!(n, sent, "pod {pod}");
     }
-    let objects = all_objects(&store(&s3, "served").await).await;
+    let objects = all_objects(&s3.store("served").await).await;
     for (k, body) in &objects {
         assert!(!reveals(body, MARKER), "{k} holds the marker subject");
         if k.starts_with(format::MANIFESTS) {
@@ -668,14 +668,8 @@ async fn serve_replica_with_key_round_trips() {
     let out = s3
         .mailsafe()
         .args(["serve", "--db", db.to_str().unwrap()])
-        .args([
-            "--smtp",
-            &format!("127.0.0.1:{}", watch_support::free_port()),
-        ])
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{}", watch_support::free_port()),
-        ])
+        .args(["--smtp", &format!("127.0.0.1:{}", common::free_port())])
+        .args(["--listen", &format!("127.0.0.1:{}", common::free_port())])
         .args(["--replica", &url])
         .output()
         .unwrap();

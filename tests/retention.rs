@@ -46,7 +46,7 @@ fn prune(s3: &common::S3, url: &str, args: &[&str]) -> serde_json::Value {
 async fn prune_keeps_what_it_says_and_collects_only_old_garbage() {
     let s3 = common::s3();
     let url = s3.url("ret");
-    let replica = store(&s3, "ret").await;
+    let replica = s3.store("ret").await;
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("ret.db");
     let db = create_db(&db_path);
@@ -158,7 +158,7 @@ async fn prune_keeps_what_it_says_and_collects_only_old_garbage() {
 async fn prune_copies_out_embedded_deltas_that_kept_snapshots_need() {
     let s3 = common::s3();
     let url = s3.url("copyout");
-    let replica = store(&s3, "copyout").await;
+    let replica = s3.store("copyout").await;
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("c.db");
     let db = create_db(&db_path);
@@ -272,7 +272,7 @@ async fn prune_copies_out_embedded_deltas_that_kept_snapshots_need() {
 async fn gc_racing_snapshots_never_breaks_one() {
     let s3 = common::s3();
     let url = s3.url("race");
-    let replica = store(&s3, "race").await;
+    let replica = s3.store("race").await;
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("race.db");
     let db = create_db(&db_path);
@@ -322,7 +322,7 @@ async fn gc_racing_snapshots_never_breaks_one() {
 async fn cron_once_snapshots_only_changes_and_applies_retention() {
     let s3 = common::s3();
     let url = s3.url("cron");
-    let replica = store(&s3, "cron").await;
+    let replica = s3.store("cron").await;
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("cron.db");
     let db = create_db(&db_path);
@@ -411,7 +411,7 @@ fn packs_of(m: &format::Manifest) -> HashSet<String> {
 async fn rebase_repacks_sparse_packs_and_gc_follows_pack_use() {
     let s3 = common::s3();
     let url = s3.url("repack");
-    let replica = store(&s3, "repack").await;
+    let replica = s3.store("repack").await;
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("repack.db");
     let db = create_db(&db_path);
@@ -608,7 +608,7 @@ async fn three_snapshots(
     dir: &std::path::Path,
     key: Option<mailsafe::crypto::Key>,
 ) -> (std::sync::Arc<dyn ObjectStore>, format::Manifest) {
-    let replica = store(s3, prefix).await;
+    let replica = s3.store(prefix).await;
     let db_path = dir.join(format!("{prefix}.db"));
     let db = create_db(&db_path);
     let mut snap =

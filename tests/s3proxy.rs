@@ -8,18 +8,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use mailsafe::store::s3::{S3Options, S3Store};
-use mailsafe::store::{ObjectStore, StoreError};
+use mailsafe::store::s3::S3Options;
+use mailsafe::store::{DynStore, StoreError};
 
 use common::proxy::Proxy;
 
-async fn store_via(proxy: &Proxy, s3: &common::S3, attempts: u32) -> S3Store {
+async fn store_via(proxy: &Proxy, s3: &common::S3, attempts: u32) -> DynStore {
     let opts = S3Options {
         endpoint: Some(proxy.endpoint.clone()),
         max_attempts: Some(attempts),
-        credentials: Some((s3.server.access_key.clone(), s3.server.secret_key.clone())),
+        ..s3.server.options()
     };
-    S3Store::with_options(&s3.bucket, "p", opts).await.unwrap()
+    s3.store_with("p", opts).await
 }
 
 #[tokio::test]

@@ -99,7 +99,7 @@ fn backup_commands_never_print_credentials_or_keys() {
     std::fs::write(&wrong_key, [7u8; 32]).unwrap();
     let bad_key = path(dir.path(), "bad.key");
     std::fs::write(&bad_key, format!("{FAKE_SECRET}-not-32-bytes")).unwrap();
-    let dead = format!("http://127.0.0.1:{}", watch_support::free_port());
+    let dead = format!("http://127.0.0.1:{}", common::free_port());
 
     for (round, level) in [None, Some("debug"), Some("trace")].into_iter().enumerate() {
         let url = s3.url(&format!("r{round}"));
@@ -251,10 +251,10 @@ fn watch_and_serve_never_print_credentials_or_passwords() {
             ("ok", None),
             (
                 "unreachable",
-                Some(format!("http://127.0.0.1:{}", watch_support::free_port())),
+                Some(format!("http://127.0.0.1:{}", common::free_port())),
             ),
         ] {
-            let (smtp, http) = (watch_support::free_port(), watch_support::free_port());
+            let (smtp, http) = (common::free_port(), common::free_port());
             let mut c = cmd(&s3, level);
             c.args(["serve", "--db"])
                 .arg(path(dir.path(), &format!("serve-{lv}-{name}.db")))

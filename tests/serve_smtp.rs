@@ -3,17 +3,12 @@
 //! variable reaches the SMTP server and that shutdown is clean and keeps
 //! every acknowledged message.
 
-use std::net::TcpListener;
+mod common;
+
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::free_port;
 
 fn wait_listening(port: u16, child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -56,7 +51,7 @@ fn mp_environment_configures_smtp_and_sigterm_stops_cleanly() {
     let db = dir.path().join("mail.db");
     let log_path = dir.path().join("serve.log");
     let (smtp, http) = (free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mailsafe"))
+    let mut child = common::mailsafe()
         .arg("serve")
         .env("MP_DATABASE", &db)
         .env("MP_SMTP_BIND_ADDR", format!("127.0.0.1:{smtp}"))
@@ -165,7 +160,7 @@ fn mailpit_booleans_and_unlimited_size_reach_smtp_and_the_ui() {
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("serve.log");
     let (smtp, http) = (free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mailsafe"))
+    let mut child = common::mailsafe()
         .arg("serve")
         .env("MP_DATABASE", dir.path().join("mail.db"))
         .env("MP_SMTP_BIND_ADDR", format!("127.0.0.1:{smtp}"))
@@ -222,7 +217,7 @@ fn mailpit_booleans_and_unlimited_size_reach_smtp_and_the_ui() {
 #[test]
 fn an_unimplemented_mailpit_option_stops_the_start_naming_it() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_mailsafe"))
+    let out = common::mailsafe()
         .arg("serve")
         .env("MP_DATABASE", dir.path().join("mail.db"))
         .env("MP_SMTP_BIND_ADDR", "127.0.0.1:0")

@@ -14,103 +14,62 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use bytes::Bytes;
 use mailsafe::format::{self, Manifest};
 use mailsafe::snapshot::{SnapshotReport, Snapshotter};
-use mailsafe::store::s3::{S3Options, S3Store};
 use mailsafe::store::{DynStore, ObjectMeta, ObjectStore, StoreError};
+use mailsafe::watch::metrics::{self, MeteredStore, Metrics};
 use rusqlite::Connection;
 
-/// A real store that counts the requests made through it (a decorator, not
-/// a mock: every call reaches SeaweedFS).
-#[derive(Debug)]
-struct Counting {
-    inner: DynStore,
-    requests: AtomicU64,
-    puts: AtomicU64,
-    put_bytes: AtomicU64,
+/// A real store metered by the engine's own [`MeteredStore`] (a decorator,
+/// not a mock: every call reaches SeaweedFS). Derefs to the store;
+/// `store.store.clone()` is the `DynStore` a snapshotter takes.
+struct Counted {
+    store: DynStore,
+    metrics: Arc<Metrics>,
+    s3: common::S3,
 }
 
-impl Counting {
+impl std::ops::Deref for Counted {
+    type Target = dyn ObjectStore;
+    fn deref(&self) -> &(dyn ObjectStore + 'static) {
+        &*self.store
+    }
+}
+
+impl Counted {
+    /// (requests, PUTs, bytes PUT) so far.
     fn counts(&self) -> (u64, u64, u64) {
         (
-            self.requests.load(Ordering::SeqCst),
-            self.puts.load(Ordering::SeqCst),
-            self.put_bytes.load(Ordering::SeqCst),
+            self.metrics.total_requests(),
+            self.metrics.requests(metrics::Op::Put),
+            self.metrics.bytes(metrics::Op::Put),
         )
     }
-    fn put_seen(&self, body: &Bytes) {
-        self.requests.fetch_add(1, Ordering::SeqCst);
-        self.puts.fetch_add(1, Ordering::SeqCst);
-        self.put_bytes
-            .fetch_add(body.len() as u64, Ordering::SeqCst);
+
+    /// A replica under `sub` inside this one's prefix, counted with it.
+    async fn sub(&self, sub: &str) -> DynStore {
+        MeteredStore::wrap(
+            self.s3.store(&format!("replica/{sub}")).await,
+            self.metrics.clone(),
+        )
     }
 }
 
-#[async_trait::async_trait]
-impl ObjectStore for Counting {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
-        self.put_seen(&body);
-        self.inner.put(key, body).await
-    }
-    async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
-        self.put_seen(&body);
-        self.inner.put_if_absent(key, body).await
-    }
-    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        self.requests.fetch_add(1, Ordering::SeqCst);
-        self.inner.get(key).await
-    }
-    async fn get_range(&self, key: &str, r: std::ops::Range<u64>) -> Result<Bytes, StoreError> {
-        self.requests.fetch_add(1, Ordering::SeqCst);
-        self.inner.get_range(key, r).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        self.requests.fetch_add(1, Ordering::SeqCst);
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.requests.fetch_add(1, Ordering::SeqCst);
-        self.inner.delete(key).await
-    }
-    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
-        self.requests.fetch_add(1, Ordering::SeqCst);
-        self.inner.head(key).await
-    }
-    async fn put_if_match(&self, key: &str, body: Bytes, etag: &str) -> Result<String, StoreError> {
-        self.put_seen(&body);
-        self.inner.put_if_match(key, body, etag).await
-    }
-}
-
-/// A counting store on a fresh bucket of the test server.
-async fn store() -> Arc<Counting> {
+/// A counted store on a fresh bucket of the test server.
+async fn store() -> Counted {
     store_at(&common::s3()).await
 }
 
-/// A counting store on `s3`'s bucket, replica prefix `replica`.
-async fn store_at(s3: &common::S3) -> Arc<Counting> {
+/// A counted store on `s3`'s bucket, replica prefix `replica`.
+async fn store_at(s3: &common::S3) -> Counted {
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
         .with_env_filter("mailsafe=debug")
         .try_init();
-    let inner = S3Store::with_options(
-        &s3.bucket,
-        "replica",
-        S3Options {
-            endpoint: Some(s3.server.endpoint.clone()),
-            max_attempts: None,
-            credentials: Some((s3.server.access_key.clone(), s3.server.secret_key.clone())),
-        },
-    )
-    .await
-    .unwrap();
-    Arc::new(Counting {
-        inner: Arc::new(inner),
-        requests: AtomicU64::new(0),
-        puts: AtomicU64::new(0),
-        put_bytes: AtomicU64::new(0),
-    })
+    let metrics = Metrics::new();
+    Counted {
+        store: MeteredStore::wrap(s3.store("replica").await, metrics.clone()),
+        metrics,
+        s3: s3.clone(),
+    }
 }
 
 async fn manifest(store: &dyn ObjectStore, id: &str) -> Manifest {
@@ -259,7 +218,7 @@ async fn wal_db_incremental_exact_and_unchanged_uploads_nothing() {
         insert(&db, i, 700);
     }
     let store = store().await;
-    let mut s = Snapshotter::new(&path, store.clone());
+    let mut s = Snapshotter::new(&path, store.store.clone());
     let first = snap(&mut s).await;
     assert!(first.base && first.full_scan, "{first:?}");
     let out = dir.path().join("r1.db");
@@ -301,7 +260,7 @@ async fn wal_db_incremental_exact_and_unchanged_uploads_nothing() {
     // A new snapshotter (a new process) continues the same history from the
     // stored manifest, still reading only the WAL's new frames.
     insert(&db, 302, 700);
-    let mut fresh = Snapshotter::new(&path, store.clone());
+    let mut fresh = Snapshotter::new(&path, store.store.clone());
     let fourth = snap(&mut fresh).await;
     assert!(!fourth.base && !fourth.full_scan, "{fourth:?}");
     let out = dir.path().join("r4.db");
@@ -312,7 +271,7 @@ async fn wal_db_incremental_exact_and_unchanged_uploads_nothing() {
 
     // Unchanged for a new process too: reads the manifest, uploads nothing.
     let before = store.counts();
-    let mut fresh = Snapshotter::new(&path, store.clone());
+    let mut fresh = Snapshotter::new(&path, store.store.clone());
     assert_eq!(snap(&mut fresh).await.id, None);
     let after = store.counts();
     assert_eq!((after.1, after.2), (before.1, before.2), "no PUT");
@@ -339,10 +298,7 @@ async fn page_sizes_and_journal_modes_round_trip() {
             insert(&db, r, 3000);
         }
         // Each db in its own replica prefix of the same bucket.
-        let sub: DynStore = Arc::new(Prefixed {
-            inner: store.clone(),
-            prefix: format!("db{i}/"),
-        });
+        let sub = store.sub(&format!("db{i}/")).await;
         let mut s = Snapshotter::new(&path, sub.clone());
         let a = snap(&mut s).await;
         let out = dir.path().join(format!("out{i}.db"));
@@ -369,61 +325,13 @@ async fn page_sizes_and_journal_modes_round_trip() {
     }
 }
 
-/// Puts a replica under a sub-prefix of another store.
-#[derive(Debug)]
-struct Prefixed {
-    inner: Arc<Counting>,
-    prefix: String,
-}
-
-#[async_trait::async_trait]
-impl ObjectStore for Prefixed {
-    fn describe(&self) -> String {
-        format!("{}{}", self.inner.describe(), self.prefix)
-    }
-    async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
-        self.inner.put(&format!("{}{key}", self.prefix), body).await
-    }
-    async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
-        self.inner
-            .put_if_absent(&format!("{}{key}", self.prefix), body)
-            .await
-    }
-    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        self.inner.get(&format!("{}{key}", self.prefix)).await
-    }
-    async fn get_range(&self, key: &str, r: std::ops::Range<u64>) -> Result<Bytes, StoreError> {
-        self.inner
-            .get_range(&format!("{}{key}", self.prefix), r)
-            .await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        let mut l = self.inner.list(&format!("{}{prefix}", self.prefix)).await?;
-        for m in &mut l {
-            m.key = m.key[self.prefix.len()..].to_string();
-        }
-        Ok(l)
-    }
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.inner.delete(&format!("{}{key}", self.prefix)).await
-    }
-    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
-        self.inner.head(&format!("{}{key}", self.prefix)).await
-    }
-    async fn put_if_match(&self, key: &str, body: Bytes, etag: &str) -> Result<String, StoreError> {
-        self.inner
-            .put_if_match(&format!("{}{key}", self.prefix), body, etag)
-            .await
-    }
-}
-
 #[tokio::test]
 async fn empty_db_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("empty.db");
     std::fs::File::create(&path).unwrap();
     let store = store().await;
-    let mut s = Snapshotter::new(&path, store.clone());
+    let mut s = Snapshotter::new(&path, store.store.clone());
     let r = snap(&mut s).await;
     assert_eq!(r.db_size, 0);
     let out = dir.path().join("out.db");
@@ -455,7 +363,7 @@ async fn one_row_on_a_100_mib_db_uploads_under_2_percent() {
     }
     db.execute_batch("COMMIT").unwrap();
     let store = store().await;
-    let mut s = Snapshotter::new(&path, store.clone());
+    let mut s = Snapshotter::new(&path, store.store.clone());
     let first = snap(&mut s).await;
     assert!(first.db_size >= 100 << 20, "{first:?}");
     db.execute(
@@ -464,7 +372,7 @@ async fn one_row_on_a_100_mib_db_uploads_under_2_percent() {
     )
     .unwrap();
     // A new process, as a cron job would be.
-    let mut s = Snapshotter::new(&path, store.clone());
+    let mut s = Snapshotter::new(&path, store.store.clone());
     let second = snap(&mut s).await;
     assert!(!second.full_scan && !second.base, "{second:?}");
     assert!(
@@ -537,7 +445,7 @@ async fn snapshots_during_continuous_writes_are_committed_states() {
         let writer = spawn_writer(&path, 200, true, &committed, &stop);
         let s3 = common::s3();
         let store = store_at(&s3).await;
-        let mut s = Snapshotter::new(&path, store.clone());
+        let mut s = Snapshotter::new(&path, store.store.clone());
         let mut taken = Vec::new();
         let mut incremental = 0;
         for _ in 0..12 {
@@ -611,7 +519,7 @@ async fn wal_restart_is_followed_incrementally() {
         insert(&db, i, 100);
     }
     let store = store().await;
-    let mut s = Snapshotter::new(&path, store.clone());
+    let mut s = Snapshotter::new(&path, store.store.clone());
     let a = snap(&mut s).await;
     for i in 211..=230 {
         insert(&db, i, 100);
@@ -671,7 +579,7 @@ async fn pinned_wal_restarts_never_cause_a_full_scan() {
         let db = create(&path, "WAL", 4096);
         db.execute_batch("PRAGMA wal_autocheckpoint = 20").unwrap();
         let store = store().await;
-        let mut s = Snapshotter::new(&path, store.clone())
+        let mut s = Snapshotter::new(&path, store.store.clone())
             .with_wal_pin(pinned)
             .with_wal_reset_frames(100);
         let mut id = 0;
@@ -717,7 +625,7 @@ async fn pin_holds_against_an_application_in_another_process() {
     let path = dir.path().join("other.db");
     drop(create(&path, "WAL", 4096));
     let store = store().await;
-    let mut s = Snapshotter::new(&path, store.clone()).with_wal_pin(true);
+    let mut s = Snapshotter::new(&path, store.store.clone()).with_wal_pin(true);
     assert!(snap(&mut s).await.full_scan);
     let mut id = 0;
     for round in 0..3 {
@@ -767,7 +675,7 @@ async fn pinned_wal_resets_under_a_continuous_writer_block_it_briefly() {
     let stop = Arc::new(AtomicBool::new(false));
     let writer = spawn_writer(&path, 20, false, &committed, &stop);
     let store = store().await;
-    let mut s = Snapshotter::new(&path, store.clone())
+    let mut s = Snapshotter::new(&path, store.store.clone())
         .with_wal_pin(true)
         .with_wal_reset_frames(100);
     let mut resets = Vec::new();
@@ -884,7 +792,7 @@ async fn large_sparse_db_stores_repeated_chunks_once() {
     }
     insert(&db, 2, 5000);
     let store = store().await;
-    let mut s = Snapshotter::new(&path, store.clone());
+    let mut s = Snapshotter::new(&path, store.store.clone());
     let r = snap(&mut s).await;
     assert!(r.db_size > 1200 << 20, "{r:?}");
     assert!(r.uploaded_bytes < 2 << 20, "{r:?}");
@@ -947,19 +855,7 @@ async fn cli_snapshots_a_sqlite3_cli_db_and_reports_json() {
     assert_eq!(third["uploaded_bytes"], 0, "{third}");
 
     // Rebuild the newest from the bucket and compare content with sqlite3.
-    let store: DynStore = Arc::new(
-        S3Store::with_options(
-            &s3.bucket,
-            "cli",
-            S3Options {
-                endpoint: Some(s3.server.endpoint.clone()),
-                max_attempts: None,
-                credentials: Some((s3.server.access_key.clone(), s3.server.secret_key.clone())),
-            },
-        )
-        .await
-        .unwrap(),
-    );
+    let store = s3.store("cli").await;
     let out = dir.path().join("out.db");
     rebuild(&*store, second["id"].as_str().unwrap(), &out).await;
     let c = open_checked(&out);
@@ -1069,7 +965,7 @@ async fn rollback_mode_writer_is_not_blocked_during_upload() {
     drop(db);
     let counting = store().await;
     let store: DynStore = Arc::new(Slow {
-        inner: counting.clone(),
+        inner: counting.store.clone(),
         delay: std::time::Duration::from_millis(150),
     });
     let started = Arc::new(AtomicBool::new(false));
@@ -1374,7 +1270,7 @@ async fn every_snapshot_of_a_churning_db_restores_to_its_committed_state() {
     };
     let s3 = common::s3();
     let store = store_at(&s3).await;
-    let mut s = Snapshotter::new(&path, store.clone());
+    let mut s = Snapshotter::new(&path, store.store.clone());
     let mut taken = Vec::new();
     let (mut incremental, mut bases) = (0, 0);
     // Snapshots start once the seed (commit 0, indistinguishable by `meta`
@@ -1390,7 +1286,7 @@ async fn every_snapshot_of_a_churning_db_restores_to_its_committed_state() {
         }
         if i % 8 == 7 {
             // A new process: continues from the newest manifest.
-            s = Snapshotter::new(&path, store.clone());
+            s = Snapshotter::new(&path, store.store.clone());
         }
         tokio::time::sleep(std::time::Duration::from_millis(10 + mix(i) % 120)).await;
         take(&mut s, &committed, &mut taken, &mut incremental, &mut bases).await;

@@ -11,17 +11,9 @@ use sha2::{Digest, Sha256};
 
 /// A store on a fresh bucket under `prefix`, with the test keys.
 async fn s3_store(s3: &common::S3, prefix: &str) -> S3Store {
-    S3Store::with_options(&s3.bucket, prefix, options(&s3.server))
+    S3Store::with_options(&s3.bucket, prefix, s3.server.options())
         .await
         .unwrap()
-}
-
-fn options(server: &common::Server) -> S3Options {
-    S3Options {
-        endpoint: Some(server.endpoint.clone()),
-        max_attempts: Some(3),
-        credentials: Some((server.access_key.clone(), server.secret_key.clone())),
-    }
 }
 
 fn keys(list: &[store::ObjectMeta]) -> Vec<&str> {
@@ -257,7 +249,7 @@ async fn s3_wrong_credentials_name_endpoint_and_bucket_but_not_the_secret() {
     ] {
         let opts = S3Options {
             credentials: Some(creds.clone()),
-            ..options(&s3.server)
+            ..s3.server.options()
         };
         let store = S3Store::with_options(&s3.bucket, "p", opts).await.unwrap();
         for err in [
@@ -287,7 +279,7 @@ async fn s3_wrong_credentials_name_endpoint_and_bucket_but_not_the_secret() {
 async fn s3_missing_bucket_is_named() {
     let s3 = common::s3();
     let bucket = format!("{}-missing", s3.bucket);
-    let store = S3Store::with_options(&bucket, "p", options(&s3.server))
+    let store = S3Store::with_options(&bucket, "p", s3.server.options())
         .await
         .unwrap();
     for err in [

@@ -11,7 +11,7 @@ mod watch_support;
 
 use std::time::{Duration, Instant};
 
-use watch_support::{Watcher, create_db, insert, restored_rows, store};
+use watch_support::{Watcher, create_db, insert, restored_rows};
 
 /// Polls `cond` every 50 ms until it holds, at most `limit`; returns how
 /// long it took. Panics with `what` and `logs()` otherwise.
@@ -40,7 +40,7 @@ where
 }
 
 async fn manifest_count(s3: &common::S3, prefix: &str) -> usize {
-    store(s3, prefix)
+    s3.store(prefix)
         .await
         .list(mailsafe::format::MANIFESTS)
         .await
@@ -202,7 +202,7 @@ async fn a_writer_taken_over_stops_and_names_the_other() {
     );
     b.wait_caught_up(Duration::from_secs(30)).await;
     assert_eq!(restored_rows(&s3, &url, &dir.path().join("restored.db")), 2);
-    let ms = watch_support::manifests(store(&s3, prefix).await.as_ref()).await;
+    let ms = watch_support::manifests(s3.store(prefix).await.as_ref()).await;
     let epochs: Vec<u64> = ms
         .iter()
         .map(|m| {

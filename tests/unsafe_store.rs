@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{S3, Server};
-use watch_support::{Watcher, create_db, free_port, insert, store};
+use common::{S3, Server, free_port};
+use watch_support::{Watcher, create_db, insert};
 
 /// The Python of the venv scripts/setup.sh installs old moto into
 /// (`MAILSAFE_TEST_MOTO_PYTHON` overrides it).
@@ -111,7 +111,7 @@ async fn writers_refuse_a_store_that_ignores_conditional_writes() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(5), "cron must exit 5:\n{err}");
     assert!(err.contains("ignores conditional writes"), "{err}");
-    let replica = store(&s3, "refused").await;
+    let replica = s3.store("refused").await;
     let written = replica.list(mailsafe::format::MANIFESTS).await.unwrap();
     assert!(written.is_empty(), "nothing may be written: {written:?}");
 
@@ -127,7 +127,7 @@ async fn writers_refuse_a_store_that_ignores_conditional_writes() {
     w.wait_caught_up(Duration::from_secs(60)).await;
     let logs = w.stop(Duration::from_secs(30));
     assert!(logs.contains("writing anyway"), "{logs}");
-    let replica = store(&s3, "overridden").await;
+    let replica = s3.store("overridden").await;
     assert!(
         !replica
             .list(mailsafe::format::MANIFESTS)

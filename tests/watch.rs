@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
+use common::free_port;
 use watch_support::*;
 
 /// Commits at ~30/s while polling the replica for new manifests; a commit
@@ -25,7 +26,7 @@ async fn rpo_under_steady_load_and_final_flush() {
     let db = create_db(&db_path);
     let mut w = Watcher::start(&s3, &s3.server.endpoint, &db_path, &url, &[]);
     w.wait_caught_up(Duration::from_secs(30)).await;
-    let replica = store(&s3, "rpo").await;
+    let replica = s3.store("rpo").await;
 
     // The workload runs in a thread; the replica is polled from here.
     let load_secs = 10.0;
@@ -283,7 +284,7 @@ async fn two_watchers_on_one_prefix_never_interleave() {
     b.stop(Duration::from_secs(30));
 
     // One history: each manifest's parent is the one before it.
-    let replica = store(&s3, "two").await;
+    let replica = s3.store("two").await;
     let ms = manifests(replica.as_ref()).await;
     for pair in ms.windows(2) {
         assert_eq!(
@@ -539,7 +540,7 @@ async fn watch_applies_retention_in_process() {
             "0s",
         ],
     );
-    let replica = store(&s3, "thin").await;
+    let replica = s3.store("thin").await;
     // Eight separate snapshots: one row, then wait until it is uploaded.
     for id in 1..=8 {
         insert(&db, id);

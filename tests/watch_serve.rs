@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use watch_support::free_port;
+use common::free_port;
 
 struct Serve {
     child: Child,

@@ -13,8 +13,11 @@ pub mod proxy;
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use mailsafe::store::DynStore;
+use mailsafe::store::s3::{S3Options, S3Store};
 
 /// CA-bundle variables some environments set; mailsafe (and Litestream) must
 /// not pick them up when talking to loopback S3 over plain HTTP.
@@ -94,9 +97,36 @@ impl S3 {
     pub fn client(&self) -> aws_sdk_s3::Client {
         self.server.client()
     }
+
+    /// The engine's store on this bucket under replica `prefix`, for tests
+    /// that write or read the replica directly.
+    pub async fn store(&self, prefix: &str) -> DynStore {
+        self.store_with(prefix, self.server.options()).await
+    }
+
+    /// The same with other `options`, e.g. another endpoint (a proxy in
+    /// front of the server) or another number of attempts per request.
+    pub async fn store_with(&self, prefix: &str, options: S3Options) -> DynStore {
+        Arc::new(
+            S3Store::with_options(&self.bucket, prefix, options)
+                .await
+                .unwrap_or_else(|e| panic!("store on bucket {}: {e}", self.bucket)),
+        )
+    }
 }
 
 impl Server {
+    /// [`S3Options`] for this server with its keys (no credential chain)
+    /// and 3 attempts per request: enough to ride over a warming server,
+    /// few enough that a test of failures does not wait out 8.
+    pub fn options(&self) -> S3Options {
+        S3Options {
+            endpoint: Some(self.endpoint.clone()),
+            max_attempts: Some(3),
+            credentials: Some((self.access_key.clone(), self.secret_key.clone())),
+        }
+    }
+
     /// An SDK client for this server (path-style, static keys, us-east-1).
     pub fn client(&self) -> aws_sdk_s3::Client {
         let creds = aws_sdk_s3::config::Credentials::new(
@@ -192,6 +222,16 @@ pub fn s3() -> S3 {
     );
     server.create_bucket(&bucket);
     S3 { server, bucket }
+}
+
+/// A port free on 127.0.0.1 right now, for a child process to bind. (A
+/// child cannot be handed a listener; another process could take the port
+/// in between, which on a test machine's loopback does not happen.)
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
 }
 
 /// The `mailsafe` binary under test, with CA-bundle and AWS profile/endpoint

@@ -7,7 +7,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -15,24 +14,9 @@ use mailsafe::format::{
     self, ChunkRef, DbInfo, Manifest, ObjectRef, SnapshotStats, SourcePosition,
 };
 use mailsafe::store::DynStore;
-use mailsafe::store::s3::{S3Options, S3Store};
 use rusqlite::Connection;
 
 use crate::common;
-
-/// A store on `s3`'s fresh bucket under `prefix`.
-pub async fn store(s3: &common::S3, prefix: &str) -> DynStore {
-    let opts = S3Options {
-        endpoint: Some(s3.server.endpoint.clone()),
-        max_attempts: Some(2),
-        credentials: Some((s3.server.access_key.clone(), s3.server.secret_key.clone())),
-    };
-    Arc::new(
-        S3Store::with_options(&s3.bucket, prefix, opts)
-            .await
-            .unwrap(),
-    )
-}
 
 /// Creates a db at `path` with `page_size` and journal `mode`, and a table
 /// `mail(id INTEGER PRIMARY KEY, body TEXT)`.
@@ -323,7 +307,7 @@ pub async fn replica_with_base(
     let conn = create_db(&db, 4096, "wal");
     insert_rows(&conn, rows, len);
     let (ps, img) = image(&conn, &db);
-    let mut w = ReplicaWriter::new(store(s3, prefix).await);
+    let mut w = ReplicaWriter::new(s3.store(prefix).await);
     w.base(ps, &img, at(0)).await;
     (w, db, conn)
 }

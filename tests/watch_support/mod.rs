@@ -6,15 +6,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use mailsafe::format::{self, Manifest};
 use mailsafe::store::ObjectStore;
-use mailsafe::store::s3::{S3Options, S3Store};
 use rusqlite::Connection;
 
-use crate::common::S3;
+use crate::common::{S3, free_port};
 
 /// Seconds since the Unix epoch, as a float.
 pub fn unix_now() -> f64 {
@@ -22,15 +20,6 @@ pub fn unix_now() -> f64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64()
-}
-
-/// A port free on 127.0.0.1 right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A WAL database with table `t(id, at, payload)` at `path`.
@@ -72,28 +61,6 @@ pub fn row_ids(path: &Path) -> i64 {
         .unwrap();
     assert_eq!(Some(n).filter(|n| *n > 0), max, "rows are not 1..=n");
     n
-}
-
-/// A store on the test bucket, for reading the replica directly.
-pub async fn store(s3: &S3, prefix: &str) -> Arc<dyn ObjectStore> {
-    store_at(s3, &s3.server.endpoint, prefix).await
-}
-
-/// A store on the test bucket through `endpoint` (e.g. a proxy).
-pub async fn store_at(s3: &S3, endpoint: &str, prefix: &str) -> Arc<dyn ObjectStore> {
-    Arc::new(
-        S3Store::with_options(
-            &s3.bucket,
-            prefix,
-            S3Options {
-                endpoint: Some(endpoint.to_string()),
-                max_attempts: Some(3),
-                credentials: Some((s3.server.access_key.clone(), s3.server.secret_key.clone())),
-            },
-        )
-        .await
-        .unwrap(),
-    )
 }
 
 /// Every manifest in the replica, by id (sorted = by time).

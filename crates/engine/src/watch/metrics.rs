@@ -134,6 +134,12 @@ impl Metrics {
         self.ops[op.index()].requests.load(Ordering::Relaxed)
     }
 
+    /// Bytes moved by requests of one operation so far (sent for puts,
+    /// received for gets).
+    pub fn bytes(&self, op: Op) -> u64 {
+        self.ops[op.index()].bytes.load(Ordering::Relaxed)
+    }
+
     /// Records that a change of the database was seen at `at`. Only the
     /// oldest pending change matters for lag, so later ones keep it.
     pub fn record_change(&self, at: chrono::DateTime<chrono::Utc>) {
