@@ -71,15 +71,15 @@ test('the page reconnects to a restarted server and shows mail sent after', { sk
     await page.evaluate(() => { window.__sameDocument = true; });
 
     await stop(server);
-    await page.waitForSelector('#conn:not(.live)', { timeout: 5000 });
+    await page.waitForSelector('#conn:not(.live)', { timeout: 15000 });
 
     server = serve(httpPort, smtpPort);
     await waitHttp(`${base}/api/v1/messages`);
     // Backoff tops out at 5 s; allow a little more.
-    await page.waitForSelector('#conn.live', { timeout: 8000 });
+    await page.waitForSelector('#conn.live', { timeout: 20000 });
 
     await sendMailVia(smtpPort, { subject: 'After restart' });
-    await page.locator('#messages li', { hasText: 'After restart' }).waitFor({ timeout: 3000 });
+    await page.locator('#messages li', { hasText: 'After restart' }).waitFor({ timeout: 15000 });
     assert.equal(await page.evaluate(() => window.__sameDocument), true, 'page was reloaded');
     await shot(page, 'reconnected');
   } finally {
