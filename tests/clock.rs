@@ -59,13 +59,16 @@ fn snapshot_at(offset: Option<&str>, db: &Path, url: &str) {
     );
 }
 
-/// One `mailsafe cron --once --keep-last 1` round at clock `offset`.
+/// One `mailsafe cron --once --keep-last 1 --json` round at clock `offset`
+/// after a commit: it reports its new snapshot as the one kept, and its
+/// history before it as forgotten.
 fn cron_once_at(offset: Option<&str>, db: &Path, url: &str) {
-    common::run_ok(
+    let out = common::run_ok(
         mailsafe_at(offset)
             .args([
                 "cron",
                 "--once",
+                "--json",
                 "--keep-last",
                 "1",
                 "--gc-grace",
@@ -75,6 +78,11 @@ fn cron_once_at(offset: Option<&str>, db: &Path, url: &str) {
             .arg(db)
             .args(["--replica", url]),
     );
+    let round: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = round["snapshot"]["id"].as_str().expect("a new snapshot");
+    let prune = &round["prune"];
+    assert_eq!(prune["snapshots"][0]["id"], id, "{round}");
+    assert!(!prune["forgotten"].as_array().unwrap().is_empty(), "{round}");
 }
 
 /// `mailsafe prune` on the real clock; returns its JSON report.

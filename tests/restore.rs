@@ -523,3 +523,96 @@ async fn v1_replica_still_restores_and_is_continued_in_packs() {
     let out = run(&s3, &["verify", "--replica", &url]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+/// `--dry-run` says what a restore would do and writes nothing, refusing
+/// what the restore would refuse; `--json` reports every outcome.
+#[tokio::test]
+async fn dry_run_plans_without_writing_and_json_reports_each_outcome() {
+    let s3 = common::s3();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, db, conn) = replica_with_base(&s3, "p", dir.path(), 50, 100).await;
+    insert_rows(&conn, 5, 100);
+    let (_, img) = image(&conn, &db);
+    let newest = w.incremental(&img, at(60)).await;
+    let url = s3.url("p");
+    let target = path(dir.path(), "new.db");
+    let t = target.to_str().unwrap();
+    let json = |out: &std::process::Output| -> serde_json::Value {
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(out));
+        serde_json::from_slice(&out.stdout).expect("one JSON document on stdout")
+    };
+
+    let before = files_in(dir.path());
+    let plan = json(&run(
+        &s3,
+        &[
+            "restore",
+            "--db",
+            t,
+            "--replica",
+            &url,
+            "--dry-run",
+            "--json",
+        ],
+    ));
+    assert_eq!(plan["outcome"], "dry-run", "{plan}");
+    assert_eq!(plan["snapshot"], newest.as_str(), "{plan}");
+    assert_eq!(plan["deltas"], 1, "{plan}");
+    assert_eq!(plan["replaces"], false, "{plan}");
+    assert_eq!(plan["target"], t, "{plan}");
+    assert_eq!(plan["db_size"], img.len(), "{plan}");
+    assert!(plan["objects"].as_u64().unwrap() >= 2, "{plan}");
+    assert!(plan["download_bytes"].as_u64().unwrap() > 0, "{plan}");
+    let out = run(&s3, &["restore", "--db", t, "--replica", &url, "--dry-run"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with(&format!("would restore snapshot {newest} ")),
+        "{text}"
+    );
+    assert_eq!(files_in(dir.path()), before, "a dry run writes nothing");
+
+    let done = json(&run(
+        &s3,
+        &["restore", "--db", t, "--replica", &url, "--json"],
+    ));
+    assert_eq!(done["outcome"], "restored", "{done}");
+    assert_eq!(done["snapshot"], newest.as_str(), "{done}");
+    assert_eq!(done["db_size"], img.len(), "{done}");
+    assert_eq!(done["target"], t, "{done}");
+    assert_eq!(std::fs::read(&target).unwrap(), img);
+
+    // The target exists now: a dry run refuses it as the restore would,
+    // and with --force says it would replace it, and leaves it alone.
+    let out = run(&s3, &["restore", "--db", t, "--replica", &url, "--dry-run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
+    let plan = json(&run(
+        &s3,
+        &[
+            "restore",
+            "--db",
+            t,
+            "--replica",
+            &url,
+            "--dry-run",
+            "--force",
+            "--json",
+        ],
+    ));
+    assert_eq!(plan["replaces"], true, "{plan}");
+    let skipped = json(&run(
+        &s3,
+        &[
+            "restore",
+            "--db",
+            t,
+            "--replica",
+            &url,
+            "--if-db-not-exists",
+            "--json",
+        ],
+    ));
+    assert_eq!(skipped["outcome"], "skipped", "{skipped}");
+    assert_eq!(skipped["reason"], "db-exists", "{skipped}");
+    assert_eq!(std::fs::read(&target).unwrap(), img, "left alone");
+}

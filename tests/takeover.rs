@@ -216,4 +216,36 @@ async fn a_writer_taken_over_stops_and_names_the_other() {
         epochs.windows(2).all(|w| w[0] <= w[1]) && epochs.first() < epochs.last(),
         "epochs along history: {epochs:?}"
     );
+    // `snapshots` names each snapshot's writer: its host and lease epoch.
+    let out = common::run_ok(
+        s3.mailsafe()
+            .args(["snapshots", "--json", "--replica", &url]),
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let listed: Vec<(String, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["epoch"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let written: Vec<(String, u64)> = ms
+        .iter()
+        .map(|m| (m.id.clone(), m.writer.as_ref().unwrap().epoch))
+        .collect();
+    assert_eq!(listed, written);
+    let host = ms[0].writer.as_ref().unwrap().host.clone();
+    assert!(!host.is_empty());
+    assert!(rows.iter().all(|r| r["host"] == host.as_str()), "{rows:?}");
+    let out = common::run_ok(s3.mailsafe().args(["snapshots", "--replica", &url]));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.lines().next().unwrap().ends_with("WRITER"), "{table}");
+    let (last, epoch) = written.last().unwrap();
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(last.as_str()))
+        .unwrap();
+    assert!(row.ends_with(&format!("{host}#{epoch}")), "{table}");
 }

@@ -191,6 +191,14 @@ pub struct RestoreArgs {
     /// Concurrent downloads.
     #[arg(long, default_value_t = mailsafe::restore::DEFAULT_PARALLELISM)]
     pub parallelism: usize,
+    /// Say which snapshot would be restored, from how many objects and
+    /// bytes, to which path (and whether it would replace a database), then
+    /// stop: nothing is downloaded or written.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the result (or, with `--dry-run`, the plan) as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `mailsafe snapshots`.
@@ -286,6 +294,9 @@ pub struct CronArgs {
     /// Run one round (snapshot if changed, retention, GC) and exit.
     #[arg(long, conflicts_with = "schedule")]
     pub once: bool,
+    /// With `--once`: print what the round did as JSON on stdout.
+    #[arg(long, requires = "once")]
+    pub json: bool,
     /// How long shutdown may take after SIGTERM: a round in flight may
     /// finish its snapshot (retention waits for the next round). Past it the
     /// process exits 1 anyway, saying what was not done.

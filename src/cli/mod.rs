@@ -133,12 +133,17 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         force: args.force,
         integrity_check: args.integrity_check,
         parallelism: args.parallelism.max(1),
-        progress: render::download_bar(),
+        progress: if args.dry_run {
+            mailsafe::progress::none()
+        } else {
+            render::download_bar()
+        },
         key: args.replica.encryption_key()?,
+        dry_run: args.dry_run,
     };
     runtime()?.block_on(async {
         let store = open_replica(&args.replica).await?;
-        mailsafe::restore::restore(&*store, &opts)
+        let outcome = mailsafe::restore::restore(&*store, &opts)
             .await
             .with_context(|| {
                 format!(
@@ -147,7 +152,7 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
                     target.display()
                 )
             })?;
-        Ok(())
+        render::restored(&outcome, args.json)
     })
 }
 
@@ -283,9 +288,12 @@ fn cron(args: CronArgs) -> anyhow::Result<()> {
                         args.db.display()
                     ));
                 }
-                cron::once(&args.db, store, &config, &progress, shutdown)
+                let round = cron::once(&args.db, store, &config, &progress, shutdown)
                     .await
                     .with_context(|| format!("cron round for {}", args.db.display()))?;
+                if args.json {
+                    println!("{}", serde_json::to_string(&round)?);
+                }
             }
         }
         Ok(())

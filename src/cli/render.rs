@@ -1,6 +1,6 @@
-//! What the one-shot commands print: `snapshot`, `snapshots`, `verify` and
-//! `prune` on stdout (as text or, with `--json`, JSON), and `restore`'s
-//! download bar on stderr. Logs go elsewhere (stderr, see `cli`), so stdout
+//! What the one-shot commands print: `snapshot`, `snapshots`, `restore`,
+//! `verify` and `prune` on stdout (as text or, with `--json`, JSON), and
+//! `restore`'s download bar on stderr. Logs go elsewhere (stderr, see `cli`), so stdout
 //! stays parseable.
 
 use std::io::IsTerminal;
@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use mailsafe::Error;
 use mailsafe::progress::Progress;
-use mailsafe::restore::{RestoreReport, SnapshotInfo};
+use mailsafe::restore::{RestoreOutcome, RestoreReport, SnapshotInfo};
 use mailsafe::retention::PruneReport;
 use mailsafe::snapshot::SnapshotReport;
 
@@ -45,7 +45,7 @@ pub fn snapshots(list: &[SnapshotInfo], json: bool) -> anyhow::Result<()> {
             .unwrap_or_else(|| "-".into())
     };
     println!(
-        "{:<30} {:<24} {:<11} {:>11} {:>11} {:>11}",
+        "{:<30} {:<24} {:<11} {:>11} {:>11} {:>11}  WRITER",
         "ID", "TIME", "KIND", "DB SIZE", "STORED", "NEW"
     );
     for s in list {
@@ -53,8 +53,15 @@ pub fn snapshots(list: &[SnapshotInfo], json: bool) -> anyhow::Result<()> {
             .created
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
             .unwrap_or_default();
+        // `host#epoch`: which process (and lease term) wrote it.
+        let writer = match (&s.host, s.epoch) {
+            (Some(h), Some(e)) => format!("{h}#{e}"),
+            (None, Some(e)) => format!("#{e}"),
+            (Some(h), None) => h.clone(),
+            (None, None) => "-".into(),
+        };
         println!(
-            "{:<30} {:<24} {:<11} {:>11} {:>11} {:>11}",
+            "{:<30} {:<24} {:<11} {:>11} {:>11} {:>11}  {writer}",
             s.id,
             time,
             s.kind.unwrap_or("unreadable"),
@@ -65,6 +72,54 @@ pub fn snapshots(list: &[SnapshotInfo], json: bool) -> anyhow::Result<()> {
         if let Some(e) = &s.error {
             println!("  error: {e}");
         }
+    }
+    Ok(())
+}
+
+/// `restore`'s result. Without `--json` only a dry run prints (on stdout);
+/// a restore's own lines are its logs on stderr, as before.
+pub fn restored(outcome: &RestoreOutcome, json: bool) -> anyhow::Result<()> {
+    let skipped = |why: &str| serde_json::json!({"outcome": "skipped", "reason": why});
+    let value = match outcome {
+        RestoreOutcome::Restored(r) => {
+            let mut v = serde_json::to_value(r)?;
+            v["outcome"] = "restored".into();
+            v
+        }
+        RestoreOutcome::Planned(p) => {
+            if !json {
+                println!(
+                    "would restore snapshot {} ({}, {} on base {}) to {}{}: {} objects, {} to download, db {}",
+                    p.snapshot,
+                    p.created
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    if p.deltas == 0 {
+                        "no delta".to_string()
+                    } else {
+                        format!("{} deltas", p.deltas)
+                    },
+                    p.base,
+                    p.target.display(),
+                    if p.replaces {
+                        " (replacing the database there)"
+                    } else {
+                        ""
+                    },
+                    p.objects,
+                    indicatif::HumanBytes(p.download_bytes),
+                    indicatif::HumanBytes(p.db_size)
+                );
+                return Ok(());
+            }
+            let mut v = serde_json::to_value(p)?;
+            v["outcome"] = "dry-run".into();
+            v
+        }
+        RestoreOutcome::SkippedDbExists => skipped("db-exists"),
+        RestoreOutcome::SkippedNoReplica => skipped("no-replica"),
+    };
+    if json {
+        println!("{}", serde_json::to_string(&value)?);
     }
     Ok(())
 }

@@ -61,6 +61,10 @@ pub struct Summary {
     /// The lease epoch of its writer (see [`format::fenced`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,
+    /// Its writer's host name, for `snapshots` (absent in indexes written
+    /// before it was recorded, and for manifests without a writer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// Size of the database image, in bytes.
     pub db_size: u64,
     /// Bytes of every object the snapshot needs.
@@ -77,6 +81,7 @@ impl Summary {
             created: m.created,
             base: m.base.clone(),
             epoch: m.writer.as_ref().map(|w| w.epoch),
+            host: m.writer.as_ref().map(|w| w.host.clone()),
             db_size: u64::from(m.db.page_size) * u64::from(m.db.page_count),
             stored_bytes: m.stats.stored_bytes,
             new_bytes: m.stats.new_bytes,

@@ -62,6 +62,9 @@ pub struct RestoreOptions {
     pub progress: Arc<dyn Progress>,
     /// Key of an encrypted replica.
     pub key: Option<Arc<Key>>,
+    /// Pick the snapshot and plan the download, check the target, and stop:
+    /// nothing is downloaded or written ([`RestoreOutcome::Planned`]).
+    pub dry_run: bool,
 }
 
 impl RestoreOptions {
@@ -77,6 +80,7 @@ impl RestoreOptions {
             parallelism: DEFAULT_PARALLELISM,
             progress: crate::progress::none(),
             key: None,
+            dry_run: false,
         }
     }
 }
@@ -99,11 +103,36 @@ pub struct RestoreReport {
     pub seconds: f64,
 }
 
+/// What a restore would do: `restore --dry-run`'s answer.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlanReport {
+    /// The snapshot that would be restored.
+    pub snapshot: String,
+    /// When it was taken.
+    pub created: DateTime<Utc>,
+    /// Its base snapshot (itself for a base).
+    pub base: String,
+    /// Delta packs applied on top of the base.
+    pub deltas: usize,
+    /// Where it would be installed.
+    pub target: PathBuf,
+    /// Whether a database there would be replaced (`--force`).
+    pub replaces: bool,
+    /// Distinct objects to download.
+    pub objects: usize,
+    /// Stored bytes to download.
+    pub download_bytes: u64,
+    /// Size of the restored database, in bytes.
+    pub db_size: u64,
+}
+
 /// How a restore ended.
 #[derive(Debug, Clone)]
 pub enum RestoreOutcome {
     /// The snapshot was verified and installed.
     Restored(RestoreReport),
+    /// `dry_run`: what would have been restored; nothing was written.
+    Planned(PlanReport),
     /// `--if-db-not-exists` and the target exists: nothing done.
     SkippedDbExists,
     /// `--if-replica-exists` and the replica has no snapshot: nothing done.
@@ -155,6 +184,19 @@ pub async fn restore(
         target = %target.display(),
         "restoring"
     );
+    if opts.dry_run {
+        return Ok(RestoreOutcome::Planned(PlanReport {
+            snapshot: id,
+            created: plan.manifest.created,
+            base: plan.manifest.base.clone(),
+            deltas: plan.deltas.len(),
+            target: target.to_path_buf(),
+            replaces: state == TargetState::Database,
+            objects: plan.objects(),
+            download_bytes: plan.download_bytes(),
+            db_size: u64::from(plan.manifest.db.page_size) * u64::from(plan.manifest.db.page_count),
+        }));
+    }
     let tmp = install::temp_next_to(target)?;
     let tmp_path = tmp.path().to_path_buf();
     let file = tmp
@@ -329,6 +371,10 @@ pub struct SnapshotInfo {
     pub stored_bytes: Option<u64>,
     /// Bytes the snapshot uploaded.
     pub new_bytes: Option<u64>,
+    /// Lease epoch of its writer (none for lease-less writers).
+    pub epoch: Option<u64>,
+    /// Its writer's host name, when recorded.
+    pub host: Option<String>,
     /// Why the manifest could not be read, if it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -360,6 +406,8 @@ pub async fn list_snapshots(
                 db_size: Some(s.db_size),
                 stored_bytes: Some(s.stored_bytes),
                 new_bytes: Some(s.new_bytes),
+                epoch: s.epoch,
+                host: s.host,
                 error: None,
                 id,
             },
@@ -370,6 +418,8 @@ pub async fn list_snapshots(
                 db_size: None,
                 stored_bytes: None,
                 new_bytes: None,
+                epoch: None,
+                host: None,
                 error: Some(e.to_string()),
                 id,
             },
