@@ -199,6 +199,14 @@ pub struct RestoreArgs {
     /// Print the result (or, with `--dry-run`, the plan) as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Keep running and install each new snapshot as it appears (a
+    /// read-only copy: verified, swapped in atomically, so readers that open
+    /// the file see whole snapshots). Stops on SIGTERM/SIGINT with exit 0.
+    #[arg(long, conflicts_with_all = ["snapshot", "at", "dry_run", "if_db_not_exists", "json"])]
+    pub follow: bool,
+    /// How often `--follow` asks the replica for a newer snapshot.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, requires = "follow")]
+    pub follow_interval: std::time::Duration,
 }
 
 /// `mailsafe snapshots`.

@@ -141,6 +141,9 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         key: args.replica.encryption_key()?,
         dry_run: args.dry_run,
     };
+    if args.follow {
+        return follow(&args, opts);
+    }
     runtime()?.block_on(async {
         let store = open_replica(&args.replica).await?;
         let outcome = mailsafe::restore::restore(&*store, &opts)
@@ -154,6 +157,33 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
             })?;
         render::restored(&outcome, args.json)
     })
+}
+
+/// `restore --follow`: restores each new snapshot until SIGTERM/SIGINT.
+fn follow(args: &RestoreArgs, restore: mailsafe::restore::RestoreOptions) -> anyhow::Result<()> {
+    use mailsafe::restore::follow::{FollowOptions, follow};
+    let opts = FollowOptions {
+        restore: mailsafe::restore::RestoreOptions {
+            // A daemon's log, not a terminal's bar.
+            progress: mailsafe::progress::none(),
+            ..restore
+        },
+        interval: args.follow_interval,
+    };
+    run_until_shutdown(async move {
+        let signal = termination_signal()?;
+        let store = open_replica(&args.replica).await?;
+        follow(&*store, &opts, |_| {}, signal)
+            .await
+            .with_context(|| {
+                format!(
+                    "following {} into {} failed",
+                    args.replica.replica,
+                    opts.restore.target.display()
+                )
+            })?;
+        Ok(())
+    })?
 }
 
 fn snapshots(args: SnapshotsArgs) -> anyhow::Result<()> {

@@ -13,8 +13,10 @@
 //!
 //! `verify` runs steps 1 and 2 into a scratch file and installs nothing. On
 //! any failure the target is untouched and the temp file is removed.
+//! [`follow`] repeats a restore for each new snapshot.
 
 pub mod build;
+pub mod follow;
 pub mod install;
 pub mod plan;
 
