@@ -82,7 +82,10 @@ fn cron_once_at(offset: Option<&str>, db: &Path, url: &str) {
     let id = round["snapshot"]["id"].as_str().expect("a new snapshot");
     let prune = &round["prune"];
     assert_eq!(prune["snapshots"][0]["id"], id, "{round}");
-    assert!(!prune["forgotten"].as_array().unwrap().is_empty(), "{round}");
+    assert!(
+        !prune["forgotten"].as_array().unwrap().is_empty(),
+        "{round}"
+    );
 }
 
 /// `mailsafe prune` on the real clock; returns its JSON report.
