@@ -11,6 +11,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+mod lines;
 pub mod listen;
 pub mod options;
 pub mod pop3;

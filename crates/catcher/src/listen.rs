@@ -152,3 +152,145 @@ pub async fn tls_accept<S: AsyncRead + AsyncWrite + Unpin>(
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
 }
+
+/// A line protocol served over connections that may switch to TLS midway
+/// (SMTP STARTTLS, POP3 STLS): what [`serve_connection`] needs of it. The
+/// server's shared state implements it.
+pub(crate) trait Protocol: Sync {
+    /// One connection's protocol state.
+    type Session: Send;
+
+    /// The TLS acceptor (if any), whether TLS starts at the first byte,
+    /// and the handshake timeout.
+    fn tls(&self) -> (Option<&TlsAcceptor>, bool, Duration);
+
+    /// A new session, told whether the connection starts encrypted.
+    fn session(&self, tls: bool) -> Self::Session;
+
+    /// The handshake after [`Protocol::drive`] returned true is done.
+    fn tls_established(session: &mut Self::Session);
+
+    /// Runs `session` over `stream` (greeting first if `greet`) until it
+    /// ends (false) or the client was told to start TLS (true).
+    fn drive<S: AsyncRead + AsyncWrite + Unpin + Send>(
+        &self,
+        stream: &mut S,
+        session: &mut Self::Session,
+        greet: bool,
+        stop: watch::Receiver<bool>,
+        buf: &mut [u8],
+    ) -> impl Future<Output = io::Result<bool>> + Send;
+}
+
+/// Serves one connection of `protocol`: TLS from the first byte when it
+/// says so, otherwise in clear, upgraded when the session asks and a
+/// certificate is set; handshakes bounded by its timeout. `buf_size` is
+/// the fixed read buffer.
+pub(crate) async fn serve_connection<P: Protocol>(
+    stream: TcpStream,
+    protocol: &P,
+    stop: watch::Receiver<bool>,
+    buf_size: usize,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; buf_size];
+    let (tls, implicit_tls, handshake_timeout) = protocol.tls();
+    if implicit_tls {
+        let Some(acceptor) = tls else {
+            return Ok(());
+        };
+        let mut stream = tls_accept(acceptor, stream, handshake_timeout).await?;
+        let mut session = protocol.session(true);
+        protocol
+            .drive(&mut stream, &mut session, true, stop, &mut buf)
+            .await?;
+        return Ok(());
+    }
+    let mut plain = stream;
+    let mut session = protocol.session(false);
+    if protocol
+        .drive(&mut plain, &mut session, true, stop.clone(), &mut buf)
+        .await?
+    {
+        let Some(acceptor) = tls else {
+            return Ok(());
+        };
+        let mut stream = tls_accept(acceptor, plain, handshake_timeout).await?;
+        P::tls_established(&mut session);
+        protocol
+            .drive(&mut stream, &mut session, false, stop, &mut buf)
+            .await?;
+    }
+    Ok(())
+}
+
+/// What waiting for a client's input brought.
+pub(crate) enum Input {
+    /// This many bytes were read into the buffer.
+    Read(usize),
+    /// The client closed the connection.
+    Closed,
+    /// The idle deadline passed first.
+    IdleTimeout,
+    /// The server started shutting down (see [`IdleClock::stopping`]).
+    Stop,
+}
+
+/// A session's idle deadline, pushed back only by progress (a complete line
+/// or message content, as the session counts it), so a client that
+/// trickles bytes cannot hold a connection open, and the shutdown signal.
+pub(crate) struct IdleClock {
+    limit: Duration,
+    last_progress: u64,
+    deadline: tokio::time::Instant,
+    stop: watch::Receiver<bool>,
+    stopping: bool,
+}
+
+impl IdleClock {
+    /// Starts the clock for a session whose progress count is `progress`.
+    pub(crate) fn new(limit: Duration, progress: u64, stop: watch::Receiver<bool>) -> Self {
+        let stopping = *stop.borrow();
+        Self {
+            limit,
+            last_progress: progress,
+            deadline: tokio::time::Instant::now() + limit,
+            stop,
+            stopping,
+        }
+    }
+
+    /// True once the server is shutting down (or gone).
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping
+    }
+
+    /// Pushes the deadline back if the session's count moved.
+    pub(crate) fn progress(&mut self, progress: u64) {
+        if progress != self.last_progress {
+            self.last_progress = progress;
+            self.deadline = tokio::time::Instant::now() + self.limit;
+        }
+    }
+
+    /// Reads from `stream` into `buf`, or reports the deadline or a
+    /// shutdown, whichever comes first.
+    pub(crate) async fn read<S: AsyncRead + Unpin>(
+        &mut self,
+        stream: &mut S,
+        buf: &mut [u8],
+    ) -> io::Result<Input> {
+        use tokio::io::AsyncReadExt;
+        tokio::select! {
+            read = stream.read(buf) => Ok(match read? {
+                0 => Input::Closed,
+                n => Input::Read(n),
+            }),
+            _ = tokio::time::sleep_until(self.deadline) => Ok(Input::IdleTimeout),
+            changed = self.stop.changed(), if !self.stopping => {
+                // A dropped sender also means the server is going away.
+                self.stopping = changed.is_err() || *self.stop.borrow();
+                Ok(Input::Stop)
+            }
+        }
+    }
+}

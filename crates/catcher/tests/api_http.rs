@@ -174,6 +174,14 @@ fn simple(from: &str, to: &str, subject: &str, body: &str) -> String {
     )
 }
 
+/// Asserts that `actual` has each of `expected`'s fields with its value,
+/// naming the field that differs.
+fn assert_fields(actual: &Value, expected: Value) {
+    for (key, want) in expected.as_object().expect("expected fields") {
+        assert_eq!(&actual[key], want, "field {key} of {actual}");
+    }
+}
+
 fn checksums(data: &[u8]) -> Value {
     json!({
         "MD5": hex::encode(md5::Md5::digest(data)),
@@ -188,43 +196,28 @@ async fn multipart_message_fields_parts_and_views() {
     let id = s.insert(&multipart_message()).await;
 
     let list = s.json("/api/v1/messages").await;
-    assert_eq!(list["total"], 1);
-    assert_eq!(list["unread"], 1);
-    assert_eq!(list["count"], 1);
-    assert_eq!(list["messages_count"], 1);
-    assert_eq!(list["messages_unread"], 1);
-    assert_eq!(list["start"], 0);
-    assert_eq!(list["tags"], json!(["reports", "urgent"]));
+    assert_fields(
+        &list,
+        json!({
+            "total": 1, "unread": 1, "count": 1, "messages_count": 1, "messages_unread": 1,
+            "start": 0, "tags": ["reports", "urgent"],
+        }),
+    );
     let m = &list["messages"][0];
-    assert_eq!(m["ID"], id.as_str());
-    assert_eq!(m["MessageID"], "multi-1@example.com");
-    assert_eq!(m["Read"], false);
-    assert_eq!(
-        m["From"],
-        json!({"Name": "Jürgen Müller", "Address": "jurgen@example.com"})
+    assert_fields(
+        m,
+        json!({
+            "ID": id, "MessageID": "multi-1@example.com", "Read": false,
+            "From": {"Name": "Jürgen Müller", "Address": "jurgen@example.com"},
+            "To": [{"Name": "Bob Smith", "Address": "bob@example.org"}],
+            "Cc": [{"Name": "", "Address": "carol@example.net"}],
+            "Bcc": [],
+            "ReplyTo": [{"Name": "", "Address": "replies@example.com"}],
+            "Subject": "Grüße ✓ quarterly report", "Tags": ["reports", "urgent"],
+            "Size": multipart_message().len(), "Attachments": 1,
+            "Snippet": "Hello Bob, the quarterly numbers are attached.", "Username": "",
+        }),
     );
-    assert_eq!(
-        m["To"],
-        json!([{"Name": "Bob Smith", "Address": "bob@example.org"}])
-    );
-    assert_eq!(
-        m["Cc"],
-        json!([{"Name": "", "Address": "carol@example.net"}])
-    );
-    assert_eq!(m["Bcc"], json!([]));
-    assert_eq!(
-        m["ReplyTo"],
-        json!([{"Name": "", "Address": "replies@example.com"}])
-    );
-    assert_eq!(m["Subject"], "Grüße ✓ quarterly report");
-    assert_eq!(m["Tags"], json!(["reports", "urgent"]));
-    assert_eq!(m["Size"], multipart_message().len());
-    assert_eq!(m["Attachments"], 1);
-    assert_eq!(
-        m["Snippet"],
-        "Hello Bob, the quarterly numbers are attached."
-    );
-    assert_eq!(m["Username"], "");
     let created = chrono::DateTime::parse_from_rfc3339(m["Created"].as_str().unwrap()).unwrap();
     assert!((chrono::Utc::now() - created.to_utc()).num_seconds().abs() < 60);
 
@@ -414,34 +407,39 @@ async fn every_search_operator() {
     )
     .await;
 
-    assert_eq!(s.search_ids("invoice").await, one(&a));
-    assert_eq!(s.search_ids("INVOICE").await, one(&a));
-    assert_eq!(s.search_ids("\"big cafe\"").await, one(&b));
-    assert_eq!(s.search_ids("\"cafe big\"").await, Vec::<String>::new());
-    assert_eq!(s.search_ids("-invoice").await, two(&b, &c));
-    assert_eq!(s.search_ids("!invoice").await, two(&b, &c));
-    assert_eq!(s.search_ids("to:alice").await, one(&b));
-    assert_eq!(s.search_ids("from:alice@alpha.com").await, one(&a));
-    assert_eq!(s.search_ids("cc:gamma").await, one(&a));
-    assert_eq!(s.search_ids("bcc:hidden@secret.org").await, one(&b));
-    assert_eq!(s.search_ids("reply-to:rt@delta").await, one(&a));
-    assert_eq!(s.search_ids("reply-to:replies").await, one(&c));
-    assert_eq!(s.search_ids("addressed:bob@beta.com").await, two(&a, &b));
-    assert_eq!(s.search_ids("subject:lunch").await, one(&b));
-    assert_eq!(s.search_ids("subject:\"Invoice 2024\"").await, one(&a));
-    assert_eq!(s.search_ids("message-id:inv-2024").await, one(&a));
-    assert_eq!(s.search_ids("tag:personal").await, one(&b));
-    assert_eq!(s.search_ids("tag:reports").await, one(&c));
-    assert_eq!(s.search_ids("-tag:personal").await, two(&a, &c));
-    assert_eq!(s.search_ids("is:read").await, one(&b));
-    assert_eq!(s.search_ids("is:unread").await, two(&a, &c));
-    assert_eq!(s.search_ids("is:tagged").await, two(&b, &c));
-    assert_eq!(s.search_ids("!is:tagged").await, one(&a));
-    assert_eq!(s.search_ids("has:attachment").await, one(&c));
-    assert_eq!(s.search_ids("has:inline").await, one(&c));
-    assert_eq!(s.search_ids("larger:2kb").await, one(&c));
-    assert_eq!(s.search_ids("smaller:2kb").await, two(&a, &b));
-    assert_eq!(s.search_ids("after:2000-01-01").await, all);
+    // Each operator alone, then in combinations below.
+    for (query, want) in [
+        ("invoice", one(&a)),
+        ("INVOICE", one(&a)),
+        ("\"big cafe\"", one(&b)),
+        ("\"cafe big\"", Vec::<String>::new()),
+        ("-invoice", two(&b, &c)),
+        ("!invoice", two(&b, &c)),
+        ("to:alice", one(&b)),
+        ("from:alice@alpha.com", one(&a)),
+        ("cc:gamma", one(&a)),
+        ("bcc:hidden@secret.org", one(&b)),
+        ("reply-to:rt@delta", one(&a)),
+        ("reply-to:replies", one(&c)),
+        ("addressed:bob@beta.com", two(&a, &b)),
+        ("subject:lunch", one(&b)),
+        ("subject:\"Invoice 2024\"", one(&a)),
+        ("message-id:inv-2024", one(&a)),
+        ("tag:personal", one(&b)),
+        ("tag:reports", one(&c)),
+        ("-tag:personal", two(&a, &c)),
+        ("is:read", one(&b)),
+        ("is:unread", two(&a, &c)),
+        ("is:tagged", two(&b, &c)),
+        ("!is:tagged", one(&a)),
+        ("has:attachment", one(&c)),
+        ("has:inline", one(&c)),
+        ("larger:2kb", one(&c)),
+        ("smaller:2kb", two(&a, &b)),
+        ("after:2000-01-01", all.clone()),
+    ] {
+        assert_eq!(s.search_ids(query).await, want, "{query}");
+    }
     assert_eq!(
         s.search_ids("before:2000-01-01").await,
         Vec::<String>::new()
@@ -635,27 +633,17 @@ async fn send_api_stores_a_message_as_received() {
     let v: Value = r.json().await.unwrap();
     let id = v["ID"].as_str().unwrap().to_string();
     let m = s.json(&format!("/api/v1/message/{id}")).await;
-    assert_eq!(
-        m["From"],
-        json!({"Name": "John Doe", "Address": "john@example.com"})
+    assert_fields(
+        &m,
+        json!({
+            "From": {"Name": "John Doe", "Address": "john@example.com"},
+            "To": [{"Name": "Jane Ünicode", "Address": "jane@example.com"}],
+            "Cc": [{"Name": "", "Address": "manager@example.com"}],
+            "Bcc": [{"Name": "", "Address": "jack@example.com"}],
+            "ReplyTo": [{"Name": "Secretary", "Address": "secretary@example.com"}],
+            "Subject": "Sent via API ✓",
+        }),
     );
-    assert_eq!(
-        m["To"],
-        json!([{"Name": "Jane Ünicode", "Address": "jane@example.com"}])
-    );
-    assert_eq!(
-        m["Cc"],
-        json!([{"Name": "", "Address": "manager@example.com"}])
-    );
-    assert_eq!(
-        m["Bcc"],
-        json!([{"Name": "", "Address": "jack@example.com"}])
-    );
-    assert_eq!(
-        m["ReplyTo"],
-        json!([{"Name": "Secretary", "Address": "secretary@example.com"}])
-    );
-    assert_eq!(m["Subject"], "Sent via API ✓");
     assert_eq!(m["Text"].as_str().unwrap().trim(), "plain body");
     assert!(m["HTML"].as_str().unwrap().contains("<p>html body</p>"));
     assert_eq!(m["Tags"], json!(["api", "Test"]));
@@ -992,15 +980,9 @@ async fn smtp_message_shows_up_in_the_api() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let http_client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let v: Value = http_client
-        .get(format!("http://{http}/api/v1/messages"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let http_client = support::http_client();
+    let v: Value =
+        support::json_of(http_client.get(format!("http://{http}/api/v1/messages"))).await;
     assert_eq!(v["total"], 1);
     let m = &v["messages"][0];
     assert_eq!(m["Subject"], "über swaks");
@@ -1008,14 +990,8 @@ async fn smtp_message_shows_up_in_the_api() {
     assert_eq!(m["Tags"], json!(["e2e", "smtp"]));
     assert_eq!(m["Attachments"], 1);
     let id = m["ID"].as_str().unwrap();
-    let d: Value = http_client
-        .get(format!("http://{http}/api/v1/message/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let d: Value =
+        support::json_of(http_client.get(format!("http://{http}/api/v1/message/{id}"))).await;
     assert_eq!(d["Attachments"][0]["FileName"], "data.csv");
     assert_eq!(d["Attachments"][0]["Checksums"], checksums(b"a,b\n1,2\n"));
     assert_eq!(d["Text"].as_str().unwrap().trim(), "sent by swaks");

@@ -16,21 +16,6 @@ use sha2::Digest;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A seeded stream of incompressible bytes (xorshift64), so zstd cannot
-/// shrink the stored copy and the test sees the real cost.
-struct Noise(u64);
-
-impl Noise {
-    fn fill(&mut self, buf: &mut [u8]) {
-        for c in buf.chunks_mut(8) {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            c.copy_from_slice(&self.0.to_le_bytes()[..c.len()]);
-        }
-    }
-}
-
 /// Posts a send request over a raw socket, streaming an attachment of
 /// `size` noise bytes in 768 KiB pieces (the client holds one piece), and
 /// returns the answer's status, body and the attachment's SHA-256.
@@ -101,15 +86,9 @@ async fn a_send_near_the_size_limit_raises_peak_rss_by_less_than_64_mib() {
         .as_str()
         .unwrap()
         .to_string();
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let m: serde_json::Value = http
-        .get(format!("http://{}/api/v1/message/{id}", server.http))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let http = support::http_client();
+    let m: serde_json::Value =
+        support::json_of(http.get(format!("http://{}/api/v1/message/{id}", server.http))).await;
     let att = &m["Attachments"][0];
     assert_eq!(att["FileName"], "big.bin");
     assert_eq!(att["Size"], size as u64);

@@ -113,7 +113,7 @@ async fn smtp_and_send_api_messages_are_counted_alike() {
         250
     );
     assert_eq!(c.cmd("QUIT").await, 221);
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = support::http_client();
     let base = format!("http://{}", server.http);
     let sent = http
         .post(format!("{base}/api/v1/send"))
@@ -185,15 +185,9 @@ async fn refused_messages_and_recipients_count_as_smtp_rejected() {
     assert_eq!(c.cmd("DATA").await, 354);
     assert_eq!(c.cmd("Subject: ok\r\n\r\nbody\r\n.").await, 250);
     assert_eq!(c.cmd("QUIT").await, 221);
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let info: serde_json::Value = http
-        .get(format!("http://{}/api/v1/info", server.http))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let http = support::http_client();
+    let info: serde_json::Value =
+        support::json_of(http.get(format!("http://{}/api/v1/info", server.http))).await;
     let stats = &info["RuntimeStats"];
     assert_eq!(stats["SMTPRejected"].as_u64(), Some(3), "{info}");
     assert_eq!(stats["SMTPAccepted"].as_u64(), Some(1), "{info}");

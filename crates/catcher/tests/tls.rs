@@ -135,15 +135,12 @@ async fn https_with_htpasswd_and_plain_basic_auth_and_no_secret_in_logs() {
     assert_eq!(c.cmd("DATA").await, 354);
     c.send(b"Subject: over https\r\n\r\nhi\r\n.\r\n").await;
     assert_eq!(c.reply().await.0, 250);
-    let v: serde_json::Value = https
-        .get(format!("{base}/api/v1/messages"))
-        .basic_auth("dave", Some(UI_PLAIN_PASS))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: serde_json::Value = support::json_of(
+        https
+            .get(format!("{base}/api/v1/messages"))
+            .basic_auth("dave", Some(UI_PLAIN_PASS)),
+    )
+    .await;
     assert_eq!(v["messages"][0]["Subject"], "over https");
     assert_eq!(v["messages"][0]["Username"], "sam");
 

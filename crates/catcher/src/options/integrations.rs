@@ -23,293 +23,131 @@ pub struct Integrations {
     pub webhook: WebhookOptions,
 }
 
-/// Mailpit's SMTP relay: a config file or `MP_SMTP_RELAY_*` settings
-/// (env-only in Mailpit; hidden flags here).
-#[derive(Debug, Clone, Default)]
-#[cfg_attr(feature = "cli", derive(clap::Args))]
-pub struct RelayOptions {
-    /// YAML file configuring the relay server (enables message release).
-    #[cfg_attr(
-        feature = "cli",
-        arg(
-            id = "smtp_relay_config",
-            long = "smtp-relay-config",
-            env = "MP_SMTP_RELAY_CONFIG"
-        )
-    )]
-    pub config: Option<std::path::PathBuf>,
-    /// Auto-relay every new message through the relay server.
-    #[cfg_attr(feature = "cli", arg(id = "smtp_relay_all", long = "smtp-relay-all", env = "MP_SMTP_RELAY_ALL", value_parser = mailpit_bool))]
-    pub all: bool,
-    /// Auto-relay new messages to recipients matching this regex.
-    #[cfg_attr(
-        feature = "cli",
-        arg(
-            id = "smtp_relay_matching",
-            long = "smtp-relay-matching",
-            env = "MP_SMTP_RELAY_MATCHING"
-        )
-    )]
-    pub matching: Option<String>,
-    /// Relay setting without a file: the relay server's host.
-    #[cfg_attr(
-        feature = "cli",
-        arg(
-            id = "smtp_relay_host",
-            long = "smtp-relay-host",
-            env = "MP_SMTP_RELAY_HOST",
-            hide = true
-        )
-    )]
-    pub host: Option<String>,
-    /// Relay setting without a file: its port.
-    #[cfg_attr(
-        feature = "cli",
-        arg(
-            id = "smtp_relay_port",
-            long = "smtp-relay-port",
-            env = "MP_SMTP_RELAY_PORT",
-            hide = true
-        )
-    )]
-    pub port: Option<u16>,
-    /// Relay setting without a file: use STARTTLS.
-    #[cfg_attr(feature = "cli", arg(id = "smtp_relay_starttls", long = "smtp-relay-starttls", env = "MP_SMTP_RELAY_STARTTLS", value_parser = mailpit_bool, hide = true))]
-    pub starttls: bool,
-    /// Relay setting without a file: use implicit TLS.
-    #[cfg_attr(feature = "cli", arg(id = "smtp_relay_tls", long = "smtp-relay-tls", env = "MP_SMTP_RELAY_TLS", value_parser = mailpit_bool, hide = true))]
-    pub tls: bool,
-    /// Relay setting without a file: skip certificate checks.
-    #[cfg_attr(feature = "cli", arg(id = "smtp_relay_allow_insecure", long = "smtp-relay-allow-insecure", env = "MP_SMTP_RELAY_ALLOW_INSECURE", value_parser = mailpit_bool, hide = true))]
-    pub allow_insecure: bool,
-    /// Relay setting without a file: `none`, `plain`, `login` or `cram-md5`.
-    #[cfg_attr(
-        feature = "cli",
-        arg(
-            id = "smtp_relay_auth",
-            long = "smtp-relay-auth",
-            env = "MP_SMTP_RELAY_AUTH",
-            hide = true,
-            hide_env_values = true
-        )
-    )]
-    pub auth: Option<String>,
-    /// Relay setting without a file: user name.
-    #[cfg_attr(
-        feature = "cli",
-        arg(
-            id = "smtp_relay_username",
-            long = "smtp-relay-username",
-            env = "MP_SMTP_RELAY_USERNAME",
-            hide = true
-        )
-    )]
-    pub username: Option<String>,
-    /// Relay setting without a file: password (plain, login).
-    #[cfg_attr(
-        feature = "cli",
-        arg(
-            id = "smtp_relay_password",
-            long = "smtp-relay-password",
-            env = "MP_SMTP_RELAY_PASSWORD",
-            hide = true,
-            hide_env_values = true
-        )
-    )]
-    pub password: Option<String>,
-    /// Relay setting without a file: secret (cram-md5).
-    #[cfg_attr(
-        feature = "cli",
-        arg(
-            id = "smtp_relay_secret",
-            long = "smtp-relay-secret",
-            env = "MP_SMTP_RELAY_SECRET",
-            hide = true,
-            hide_env_values = true
-        )
-    )]
-    pub secret: Option<String>,
-    /// Relay setting without a file: bounce address to use.
-    #[cfg_attr(
-        feature = "cli",
-        arg(
-            id = "smtp_relay_return_path",
-            long = "smtp-relay-return-path",
-            env = "MP_SMTP_RELAY_RETURN_PATH",
-            hide = true
-        )
-    )]
-    pub return_path: Option<String>,
-    /// Relay setting without a file: From address to use.
-    #[cfg_attr(
-        feature = "cli",
-        arg(
-            id = "smtp_relay_override_from",
-            long = "smtp-relay-override-from",
-            env = "MP_SMTP_RELAY_OVERRIDE_FROM",
-            hide = true
-        )
-    )]
-    pub override_from: Option<String>,
-    /// Relay setting without a file: regex recipients must match to be relayed.
-    #[cfg_attr(
-        feature = "cli",
-        arg(
-            id = "smtp_relay_allowed_recipients",
-            long = "smtp-relay-allowed-recipients",
-            env = "MP_SMTP_RELAY_ALLOWED_RECIPIENTS",
-            hide = true
-        )
-    )]
-    pub allowed_recipients: Option<String>,
-    /// Relay setting without a file: regex of recipients never relayed.
-    #[cfg_attr(
-        feature = "cli",
-        arg(
-            id = "smtp_relay_blocked_recipients",
-            long = "smtp-relay-blocked-recipients",
-            env = "MP_SMTP_RELAY_BLOCKED_RECIPIENTS",
-            hide = true
-        )
-    )]
-    pub blocked_recipients: Option<String>,
-    /// Relay setting without a file: keep the original Message-ID.
-    #[cfg_attr(feature = "cli", arg(id = "smtp_relay_preserve_message_ids", long = "smtp-relay-preserve-message-ids", env = "MP_SMTP_RELAY_PRESERVE_MESSAGE_IDS", value_parser = mailpit_bool, hide = true))]
-    pub preserve_message_ids: bool,
-    /// Relay setting without a file: pass the relay's SMTP errors back to the client.
-    #[cfg_attr(feature = "cli", arg(id = "smtp_relay_fwd_smtp_errors", long = "smtp-relay-fwd-smtp-errors", env = "MP_SMTP_RELAY_FWD_SMTP_ERRORS", value_parser = mailpit_bool, hide = true))]
-    pub fwd_smtp_errors: bool,
+/// Declares the options of an SMTP server the catcher sends to (relay or
+/// forwarding): the settings Mailpit's relay and forward configs share
+/// (`MP_SMTP_<KIND>_HOST` … `_FWD_SMTP_ERRORS`, hidden flags
+/// `--smtp-<kind>-…`), then the kind's own fields, and `settings()`, which
+/// reads them (or the kind's YAML file, which replaces the variables, as
+/// Mailpit reads it over them) into one [`crate::relay::Settings`].
+macro_rules! smtp_server_options {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            kind: $id:literal, $flag:literal, $env:literal;
+            $($own:tt)*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Default)]
+        #[cfg_attr(feature = "cli", derive(clap::Args))]
+        pub struct $name {
+            /// YAML file configuring the server (replaces the variables).
+            #[cfg_attr(feature = "cli", arg(id = concat!("smtp_", $id, "_config"), long = concat!("smtp-", $flag, "-config"), env = concat!("MP_SMTP_", $env, "_CONFIG")))]
+            pub config: Option<std::path::PathBuf>,
+            /// Setting without a file: the server's host.
+            #[cfg_attr(feature = "cli", arg(id = concat!("smtp_", $id, "_host"), long = concat!("smtp-", $flag, "-host"), env = concat!("MP_SMTP_", $env, "_HOST"), hide = true))]
+            pub host: Option<String>,
+            /// Setting without a file: its port.
+            #[cfg_attr(feature = "cli", arg(id = concat!("smtp_", $id, "_port"), long = concat!("smtp-", $flag, "-port"), env = concat!("MP_SMTP_", $env, "_PORT"), hide = true))]
+            pub port: Option<u16>,
+            /// Setting without a file: use STARTTLS.
+            #[cfg_attr(feature = "cli", arg(id = concat!("smtp_", $id, "_starttls"), long = concat!("smtp-", $flag, "-starttls"), env = concat!("MP_SMTP_", $env, "_STARTTLS"), value_parser = mailpit_bool, hide = true))]
+            pub starttls: bool,
+            /// Setting without a file: use implicit TLS.
+            #[cfg_attr(feature = "cli", arg(id = concat!("smtp_", $id, "_tls"), long = concat!("smtp-", $flag, "-tls"), env = concat!("MP_SMTP_", $env, "_TLS"), value_parser = mailpit_bool, hide = true))]
+            pub tls: bool,
+            /// Setting without a file: skip certificate checks.
+            #[cfg_attr(feature = "cli", arg(id = concat!("smtp_", $id, "_allow_insecure"), long = concat!("smtp-", $flag, "-allow-insecure"), env = concat!("MP_SMTP_", $env, "_ALLOW_INSECURE"), value_parser = mailpit_bool, hide = true))]
+            pub allow_insecure: bool,
+            /// Setting without a file: `none`, `plain`, `login` or `cram-md5`.
+            #[cfg_attr(feature = "cli", arg(id = concat!("smtp_", $id, "_auth"), long = concat!("smtp-", $flag, "-auth"), env = concat!("MP_SMTP_", $env, "_AUTH"), hide = true, hide_env_values = true))]
+            pub auth: Option<String>,
+            /// Setting without a file: user name.
+            #[cfg_attr(feature = "cli", arg(id = concat!("smtp_", $id, "_username"), long = concat!("smtp-", $flag, "-username"), env = concat!("MP_SMTP_", $env, "_USERNAME"), hide = true))]
+            pub username: Option<String>,
+            /// Setting without a file: password (plain, login).
+            #[cfg_attr(feature = "cli", arg(id = concat!("smtp_", $id, "_password"), long = concat!("smtp-", $flag, "-password"), env = concat!("MP_SMTP_", $env, "_PASSWORD"), hide = true, hide_env_values = true))]
+            pub password: Option<String>,
+            /// Setting without a file: secret (cram-md5).
+            #[cfg_attr(feature = "cli", arg(id = concat!("smtp_", $id, "_secret"), long = concat!("smtp-", $flag, "-secret"), env = concat!("MP_SMTP_", $env, "_SECRET"), hide = true, hide_env_values = true))]
+            pub secret: Option<String>,
+            /// Setting without a file: bounce address to use.
+            #[cfg_attr(feature = "cli", arg(id = concat!("smtp_", $id, "_return_path"), long = concat!("smtp-", $flag, "-return-path"), env = concat!("MP_SMTP_", $env, "_RETURN_PATH"), hide = true))]
+            pub return_path: Option<String>,
+            /// Setting without a file: From address to use.
+            #[cfg_attr(feature = "cli", arg(id = concat!("smtp_", $id, "_override_from"), long = concat!("smtp-", $flag, "-override-from"), env = concat!("MP_SMTP_", $env, "_OVERRIDE_FROM"), hide = true))]
+            pub override_from: Option<String>,
+            /// Setting without a file: pass the server's SMTP errors back to the client.
+            #[cfg_attr(feature = "cli", arg(id = concat!("smtp_", $id, "_fwd_smtp_errors"), long = concat!("smtp-", $flag, "-fwd-smtp-errors"), env = concat!("MP_SMTP_", $env, "_FWD_SMTP_ERRORS"), value_parser = mailpit_bool, hide = true))]
+            pub fwd_smtp_errors: bool,
+            $($own)*
+        }
+
+        impl $name {
+            /// The server's settings: the YAML file's, or the variables'
+            /// (the shared ones, then the kind's own by `own`).
+            fn settings(
+                &self,
+                own: impl FnOnce(&Self, crate::relay::Settings) -> crate::relay::Settings,
+            ) -> Result<crate::relay::Settings, crate::Error> {
+                if let Some(path) = &self.config {
+                    return crate::relay::Settings::from_yaml_file(path).map_err(|e| {
+                        crate::Error::Config(format!(concat!("MP_SMTP_", $env, "_CONFIG: {}"), e))
+                    });
+                }
+                let shared = crate::relay::Settings {
+                    host: self.host.clone().unwrap_or_default(),
+                    port: self.port.unwrap_or(0),
+                    starttls: self.starttls,
+                    tls: self.tls,
+                    allow_insecure: self.allow_insecure,
+                    auth: self.auth.clone().unwrap_or_default(),
+                    username: self.username.clone().unwrap_or_default(),
+                    password: self.password.clone().unwrap_or_default(),
+                    secret: self.secret.clone().unwrap_or_default(),
+                    return_path: self.return_path.clone().unwrap_or_default(),
+                    override_from: self.override_from.clone().unwrap_or_default(),
+                    forward_smtp_errors: self.fwd_smtp_errors,
+                    ..Default::default()
+                };
+                Ok(own(self, shared))
+            }
+        }
+    };
 }
 
-/// Mailpit's SMTP forwarding: a config file or `MP_SMTP_FORWARD_*`
-/// settings (env-only in Mailpit; hidden flags here).
-#[derive(Debug, Clone, Default)]
-#[cfg_attr(feature = "cli", derive(clap::Args))]
-pub struct ForwardOptions {
-    /// YAML file configuring a server every message is forwarded to.
-    #[cfg_attr(
-        feature = "cli",
-        arg(
-            id = "smtp_forward_config",
-            long = "smtp-forward-config",
-            env = "MP_SMTP_FORWARD_CONFIG"
-        )
-    )]
-    pub config: Option<std::path::PathBuf>,
-    /// Forward setting without a file: the relay server's host.
-    #[cfg_attr(
-        feature = "cli",
-        arg(
-            id = "smtp_forward_host",
-            long = "smtp-forward-host",
-            env = "MP_SMTP_FORWARD_HOST",
-            hide = true
-        )
-    )]
-    pub host: Option<String>,
-    /// Forward setting without a file: its port.
-    #[cfg_attr(
-        feature = "cli",
-        arg(
-            id = "smtp_forward_port",
-            long = "smtp-forward-port",
-            env = "MP_SMTP_FORWARD_PORT",
-            hide = true
-        )
-    )]
-    pub port: Option<u16>,
-    /// Forward setting without a file: use STARTTLS.
-    #[cfg_attr(feature = "cli", arg(id = "smtp_forward_starttls", long = "smtp-forward-starttls", env = "MP_SMTP_FORWARD_STARTTLS", value_parser = mailpit_bool, hide = true))]
-    pub starttls: bool,
-    /// Forward setting without a file: use implicit TLS.
-    #[cfg_attr(feature = "cli", arg(id = "smtp_forward_tls", long = "smtp-forward-tls", env = "MP_SMTP_FORWARD_TLS", value_parser = mailpit_bool, hide = true))]
-    pub tls: bool,
-    /// Forward setting without a file: skip certificate checks.
-    #[cfg_attr(feature = "cli", arg(id = "smtp_forward_allow_insecure", long = "smtp-forward-allow-insecure", env = "MP_SMTP_FORWARD_ALLOW_INSECURE", value_parser = mailpit_bool, hide = true))]
-    pub allow_insecure: bool,
-    /// Forward setting without a file: `none`, `plain`, `login` or `cram-md5`.
-    #[cfg_attr(
-        feature = "cli",
-        arg(
-            id = "smtp_forward_auth",
-            long = "smtp-forward-auth",
-            env = "MP_SMTP_FORWARD_AUTH",
-            hide = true,
-            hide_env_values = true
-        )
-    )]
-    pub auth: Option<String>,
-    /// Forward setting without a file: user name.
-    #[cfg_attr(
-        feature = "cli",
-        arg(
-            id = "smtp_forward_username",
-            long = "smtp-forward-username",
-            env = "MP_SMTP_FORWARD_USERNAME",
-            hide = true
-        )
-    )]
-    pub username: Option<String>,
-    /// Forward setting without a file: password (plain, login).
-    #[cfg_attr(
-        feature = "cli",
-        arg(
-            id = "smtp_forward_password",
-            long = "smtp-forward-password",
-            env = "MP_SMTP_FORWARD_PASSWORD",
-            hide = true,
-            hide_env_values = true
-        )
-    )]
-    pub password: Option<String>,
-    /// Forward setting without a file: secret (cram-md5).
-    #[cfg_attr(
-        feature = "cli",
-        arg(
-            id = "smtp_forward_secret",
-            long = "smtp-forward-secret",
-            env = "MP_SMTP_FORWARD_SECRET",
-            hide = true,
-            hide_env_values = true
-        )
-    )]
-    pub secret: Option<String>,
-    /// Forward setting without a file: bounce address to use.
-    #[cfg_attr(
-        feature = "cli",
-        arg(
-            id = "smtp_forward_return_path",
-            long = "smtp-forward-return-path",
-            env = "MP_SMTP_FORWARD_RETURN_PATH",
-            hide = true
-        )
-    )]
-    pub return_path: Option<String>,
-    /// Forward setting without a file: From address to use.
-    #[cfg_attr(
-        feature = "cli",
-        arg(
-            id = "smtp_forward_override_from",
-            long = "smtp-forward-override-from",
-            env = "MP_SMTP_FORWARD_OVERRIDE_FROM",
-            hide = true
-        )
-    )]
-    pub override_from: Option<String>,
-    /// Forward setting without a file: comma-separated addresses every message is forwarded to.
-    #[cfg_attr(
-        feature = "cli",
-        arg(
-            id = "smtp_forward_to",
-            long = "smtp-forward-to",
-            env = "MP_SMTP_FORWARD_TO",
-            hide = true
-        )
-    )]
-    pub to: Option<String>,
-    /// Forward setting without a file: pass the forward server's SMTP errors back to the client.
-    #[cfg_attr(feature = "cli", arg(id = "smtp_forward_fwd_smtp_errors", long = "smtp-forward-fwd-smtp-errors", env = "MP_SMTP_FORWARD_FWD_SMTP_ERRORS", value_parser = mailpit_bool, hide = true))]
-    pub fwd_smtp_errors: bool,
+smtp_server_options! {
+    /// Mailpit's SMTP relay (message release): a config file or
+    /// `MP_SMTP_RELAY_*` settings (env-only in Mailpit; hidden flags here).
+    pub struct RelayOptions {
+        kind: "relay", "relay", "RELAY";
+        /// Auto-relay every new message through the relay server.
+        #[cfg_attr(feature = "cli", arg(id = "smtp_relay_all", long = "smtp-relay-all", env = "MP_SMTP_RELAY_ALL", value_parser = mailpit_bool))]
+        pub all: bool,
+        /// Auto-relay new messages to recipients matching this regex.
+        #[cfg_attr(feature = "cli", arg(id = "smtp_relay_matching", long = "smtp-relay-matching", env = "MP_SMTP_RELAY_MATCHING"))]
+        pub matching: Option<String>,
+        /// Relay setting without a file: regex recipients must match to be relayed.
+        #[cfg_attr(feature = "cli", arg(id = "smtp_relay_allowed_recipients", long = "smtp-relay-allowed-recipients", env = "MP_SMTP_RELAY_ALLOWED_RECIPIENTS", hide = true))]
+        pub allowed_recipients: Option<String>,
+        /// Relay setting without a file: regex of recipients never relayed.
+        #[cfg_attr(feature = "cli", arg(id = "smtp_relay_blocked_recipients", long = "smtp-relay-blocked-recipients", env = "MP_SMTP_RELAY_BLOCKED_RECIPIENTS", hide = true))]
+        pub blocked_recipients: Option<String>,
+        /// Relay setting without a file: keep the original Message-ID.
+        #[cfg_attr(feature = "cli", arg(id = "smtp_relay_preserve_message_ids", long = "smtp-relay-preserve-message-ids", env = "MP_SMTP_RELAY_PRESERVE_MESSAGE_IDS", value_parser = mailpit_bool, hide = true))]
+        pub preserve_message_ids: bool,
+    }
+}
+
+smtp_server_options! {
+    /// Mailpit's SMTP forwarding: a config file or `MP_SMTP_FORWARD_*`
+    /// settings (env-only in Mailpit; hidden flags here).
+    pub struct ForwardOptions {
+        kind: "forward", "forward", "FORWARD";
+        /// Forward setting without a file: comma-separated addresses every message is forwarded to.
+        #[cfg_attr(feature = "cli", arg(id = "smtp_forward_to", long = "smtp-forward-to", env = "MP_SMTP_FORWARD_TO", hide = true))]
+        pub to: Option<String>,
+    }
 }
 
 /// Mailpit's POP3 server.
@@ -404,18 +242,8 @@ impl Integrations {
     /// forwarding. `label` is `MP_LABEL` (webhooks send it).
     pub fn apply(self, config: &mut crate::Config) -> Result<(), crate::Error> {
         use crate::Error;
-        use crate::auth::Credentials;
         let p = self.pop3;
-        let users = match (&p.auth, &p.auth_file) {
-            (None, None) => None,
-            (Some(pairs), None) => Some(Credentials::from_pairs(pairs, "MP_POP3_AUTH")?),
-            (None, Some(path)) => Some(Credentials::from_file(path)?),
-            (Some(_), Some(_)) => {
-                return Err(Error::Config(
-                    "set MP_POP3_AUTH or MP_POP3_AUTH_FILE, not both".into(),
-                ));
-            }
-        };
+        let users = super::users_of("MP_POP3_AUTH", p.auth.as_deref(), p.auth_file.as_deref())?;
         if users.is_none() && (p.tls_cert.is_some() || p.tls_key.is_some()) {
             tracing::warn!("MP_POP3_TLS_* set without POP3 users: POP3 stays off (as in Mailpit)");
         }
@@ -437,28 +265,12 @@ impl Integrations {
         }
 
         let r = self.relay;
-        let relay_settings = match &r.config {
-            Some(path) => crate::relay::Settings::from_yaml_file(path)
-                .map_err(|e| Error::Config(format!("MP_SMTP_RELAY_CONFIG: {e}")))?,
-            None => crate::relay::Settings {
-                host: r.host.unwrap_or_default(),
-                port: r.port.unwrap_or(0),
-                starttls: r.starttls,
-                tls: r.tls,
-                allow_insecure: r.allow_insecure,
-                auth: r.auth.unwrap_or_default(),
-                username: r.username.unwrap_or_default(),
-                password: r.password.unwrap_or_default(),
-                secret: r.secret.unwrap_or_default(),
-                return_path: r.return_path.unwrap_or_default(),
-                override_from: r.override_from.unwrap_or_default(),
-                allowed_recipients: r.allowed_recipients.unwrap_or_default(),
-                blocked_recipients: r.blocked_recipients.unwrap_or_default(),
-                preserve_message_ids: r.preserve_message_ids,
-                forward_smtp_errors: r.fwd_smtp_errors,
-                ..Default::default()
-            },
-        };
+        let relay_settings = r.settings(|r, shared| crate::relay::Settings {
+            allowed_recipients: r.allowed_recipients.clone().unwrap_or_default(),
+            blocked_recipients: r.blocked_recipients.clone().unwrap_or_default(),
+            preserve_message_ids: r.preserve_message_ids,
+            ..shared
+        })?;
         if r.all && r.matching.as_ref().is_some_and(|m| !m.is_empty()) {
             return Err(Error::Config(
                 "set MP_SMTP_RELAY_ALL or MP_SMTP_RELAY_MATCHING, not both".into(),
@@ -468,27 +280,10 @@ impl Integrations {
             crate::relay::RelayConfig::new(&relay_settings, r.all, r.matching.as_deref())
                 .map_err(|e| Error::Config(e.to_string()))?;
 
-        let f = self.forward;
-        let forward_settings = match &f.config {
-            Some(path) => crate::relay::Settings::from_yaml_file(path)
-                .map_err(|e| Error::Config(format!("MP_SMTP_FORWARD_CONFIG: {e}")))?,
-            None => crate::relay::Settings {
-                host: f.host.unwrap_or_default(),
-                port: f.port.unwrap_or(0),
-                starttls: f.starttls,
-                tls: f.tls,
-                allow_insecure: f.allow_insecure,
-                auth: f.auth.unwrap_or_default(),
-                username: f.username.unwrap_or_default(),
-                password: f.password.unwrap_or_default(),
-                secret: f.secret.unwrap_or_default(),
-                return_path: f.return_path.unwrap_or_default(),
-                override_from: f.override_from.unwrap_or_default(),
-                to: f.to.unwrap_or_default(),
-                forward_smtp_errors: f.fwd_smtp_errors,
-                ..Default::default()
-            },
-        };
+        let forward_settings = self.forward.settings(|f, shared| crate::relay::Settings {
+            to: f.to.clone().unwrap_or_default(),
+            ..shared
+        })?;
         config.forward = crate::relay::ForwardConfig::new(&forward_settings)
             .map_err(|e| Error::Config(e.to_string()))?;
         Ok(())

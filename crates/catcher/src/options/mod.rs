@@ -394,26 +394,37 @@ impl Options {
         if db.is_dir() {
             db = db.join("mailpit.db");
         }
-        let mut ui_tls_cert = self.ui_tls_cert;
-        if let Some(old) = self.ui_ssl_cert {
-            deprecated("MP_UI_SSL_CERT / --ui-ssl-cert", "MP_UI_TLS_CERT");
-            ui_tls_cert.get_or_insert(old);
-        }
-        let mut ui_tls_key = self.ui_tls_key;
-        if let Some(old) = self.ui_ssl_key {
-            deprecated("MP_UI_SSL_KEY / --ui-ssl-key", "MP_UI_TLS_KEY");
-            ui_tls_key.get_or_insert(old);
-        }
-        let mut smtp_tls_cert = self.smtp_tls_cert;
-        if let Some(old) = self.smtp_ssl_cert {
-            deprecated("MP_SMTP_SSL_CERT / --smtp-ssl-cert", "MP_SMTP_TLS_CERT");
-            smtp_tls_cert.get_or_insert(old);
-        }
-        let mut smtp_tls_key = self.smtp_tls_key;
-        if let Some(old) = self.smtp_ssl_key {
-            deprecated("MP_SMTP_SSL_KEY / --smtp-ssl-key", "MP_SMTP_TLS_KEY");
-            smtp_tls_key.get_or_insert(old);
-        }
+        // A deprecated path option counts only when the current one is unset.
+        let renamed = |new: Option<PathBuf>, old: Option<PathBuf>, old_name, new_name| {
+            if old.is_some() {
+                deprecated(old_name, new_name);
+            }
+            new.or(old)
+        };
+        let ui_tls_cert = renamed(
+            self.ui_tls_cert,
+            self.ui_ssl_cert,
+            "MP_UI_SSL_CERT / --ui-ssl-cert",
+            "MP_UI_TLS_CERT",
+        );
+        let ui_tls_key = renamed(
+            self.ui_tls_key,
+            self.ui_ssl_key,
+            "MP_UI_SSL_KEY / --ui-ssl-key",
+            "MP_UI_TLS_KEY",
+        );
+        let smtp_tls_cert = renamed(
+            self.smtp_tls_cert,
+            self.smtp_ssl_cert,
+            "MP_SMTP_SSL_CERT / --smtp-ssl-cert",
+            "MP_SMTP_TLS_CERT",
+        );
+        let smtp_tls_key = renamed(
+            self.smtp_tls_key,
+            self.smtp_ssl_key,
+            "MP_SMTP_SSL_KEY / --smtp-ssl-key",
+            "MP_SMTP_TLS_KEY",
+        );
         if self.smtp_tls_required {
             deprecated(
                 "MP_SMTP_TLS_REQUIRED / --smtp-tls-required",
@@ -446,16 +457,11 @@ impl Options {
         } else {
             AuthPolicy::None
         };
-        let ui_auth = match (&self.ui_auth, &self.ui_auth_file) {
-            (None, None) => None,
-            (Some(pairs), None) => Some(Credentials::from_pairs(pairs, "MP_UI_AUTH")?),
-            (None, Some(path)) => Some(Credentials::from_file(path)?),
-            (Some(_), Some(_)) => {
-                return Err(Error::Config(
-                    "set MP_UI_AUTH or MP_UI_AUTH_FILE, not both".into(),
-                ));
-            }
-        };
+        let ui_auth = users_of(
+            "MP_UI_AUTH",
+            self.ui_auth.as_deref(),
+            self.ui_auth_file.as_deref(),
+        )?;
         let too_large = |name: &str, e: String| Error::Config(format!("{name}: {e}"));
         let max_message_size = value::megabytes(self.max_message_size)
             .map_err(|e| too_large("MP_MAX_MESSAGE_SIZE", e))?;
@@ -616,6 +622,24 @@ impl Options {
             return Ok(());
         }
         Err(Error::NotImplemented(out.join(", ")))
+    }
+}
+
+/// Users from Mailpit's pair of options `{name}` (space-separated
+/// `user:password` pairs) and `{name}_FILE` (htpasswd-style file): at most
+/// one may be set; `None` when neither is.
+pub(crate) fn users_of(
+    name: &str,
+    pairs: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<Credentials>, Error> {
+    match (pairs, file) {
+        (None, None) => Ok(None),
+        (Some(pairs), None) => Ok(Some(Credentials::from_pairs(pairs, name)?)),
+        (None, Some(path)) => Ok(Some(Credentials::from_file(path)?)),
+        (Some(_), Some(_)) => Err(Error::Config(format!(
+            "set {name} or {name}_FILE, not both"
+        ))),
     }
 }
 

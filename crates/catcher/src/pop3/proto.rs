@@ -24,6 +24,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use crate::lines::{Line, LineBuffer};
 use crate::smtp::proto::{Login, MAX_AUTH_FAILURES};
 
 /// Protocol limits and the features this server offers.
@@ -128,11 +129,7 @@ pub struct Session {
     limits: Arc<Limits>,
     phase: Phase,
     /// Unprocessed input: one read plus at most one partial line.
-    buf: Vec<u8>,
-    /// Start of the unprocessed part of `buf` (drained lazily).
-    pos: usize,
-    /// A line overflowed `max_line_length`; drop bytes until LF.
-    discarding_line: bool,
+    input: LineBuffer,
     tls: bool,
     /// The name from USER, until PASS.
     user: Option<String>,
@@ -152,9 +149,7 @@ impl Session {
         Self {
             limits,
             phase: Phase::Authorization,
-            buf: Vec::new(),
-            pos: 0,
-            discarding_line: false,
+            input: LineBuffer::default(),
             tls,
             user: None,
             auth_failures: 0,
@@ -202,11 +197,7 @@ impl Session {
         ) {
             return;
         }
-        if self.pos > 0 {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-        }
-        self.buf.extend_from_slice(input);
+        self.input.feed(input);
     }
 
     /// The next thing to do, or `None` when more input is needed (or the
@@ -219,12 +210,12 @@ impl Session {
             if !matches!(self.phase, Phase::Authorization | Phase::Transaction) {
                 return None;
             }
-            let line = self.take_line()?;
+            let line = self.input.take_line(self.limits.max_line_length)?;
             self.progress += 1;
             match line {
-                None => self.reply(err("line too long")),
-                Some(range) => {
-                    let line = self.buf[range].to_vec();
+                Line::TooLong => self.reply(err("line too long")),
+                Line::Complete(range) => {
+                    let line = self.input.get(range).to_vec();
                     self.handle_line(&line);
                 }
             }
@@ -316,42 +307,11 @@ impl Session {
         self.phase = Phase::Authorization;
         self.tls = true;
         self.user = None;
-        self.buf.clear();
-        self.pos = 0;
-        self.discarding_line = false;
+        self.input.clear();
     }
 
     fn reply(&mut self, bytes: Vec<u8>) {
         self.pending.push_back(Event::Reply(bytes));
-    }
-
-    /// Takes the next line (without CR LF); `Some(None)` for a line that
-    /// was too long (dropped as it streamed in).
-    fn take_line(&mut self) -> Option<Option<std::ops::Range<usize>>> {
-        let rest = &self.buf[self.pos..];
-        match rest.iter().position(|&b| b == b'\n') {
-            Some(i) => {
-                let start = self.pos;
-                self.pos += i + 1;
-                if std::mem::take(&mut self.discarding_line) || i + 1 > self.limits.max_line_length
-                {
-                    return Some(None);
-                }
-                let mut end = start + i;
-                if end > start && self.buf[end - 1] == b'\r' {
-                    end -= 1;
-                }
-                Some(Some(start..end))
-            }
-            None => {
-                if rest.len() >= self.limits.max_line_length {
-                    self.discarding_line = true;
-                    self.buf.clear();
-                    self.pos = 0;
-                }
-                None
-            }
-        }
     }
 
     /// Messages not marked for deletion, and their total size.
@@ -664,7 +624,7 @@ pub fn fuzz_session(input: &[u8]) -> std::collections::BTreeSet<String> {
     'input: for piece in stream.chunks(chunk) {
         session.feed(piece);
         while let Some(event) = session.next_event() {
-            assert!(session.buf.len() <= piece.len() + limits.max_line_length);
+            assert!(session.input.held() <= piece.len() + limits.max_line_length);
             match event {
                 Event::Reply(b) | Event::StartTls(b) => check(&b),
                 Event::Close(b) => {
@@ -842,7 +802,7 @@ mod tests {
         let long = [b'A'; 2000];
         s.feed(&long);
         assert!(s.next_event().is_none());
-        assert!(s.buf.len() < 600, "a long line is dropped as it arrives");
+        assert!(s.input.held() < 600, "a long line is dropped as it arrives");
         let ev = run(&mut s, b"B\r\nSTLS\r\nUSER injected\r\n");
         assert_eq!(text(&ev[..1]), "-ERR line too long\r\n");
         assert_eq!(

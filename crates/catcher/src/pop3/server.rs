@@ -15,15 +15,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use super::proto::{Entry, Event, Limits, Retrieved, Session, Verdict};
 use crate::auth::Credentials;
-use crate::listen::{self, Admission, BindError};
+use crate::listen::{self, Admission, BindError, IdleClock, Input};
 use crate::smtp::DataBudget;
 use crate::smtp::budget::Reservation;
 use crate::storage::Store;
@@ -123,40 +122,45 @@ impl Pop3Server {
             shutdown,
             |stream, _, stop| {
                 let shared = shared.clone();
-                async move { serve_connection(stream, &shared, stop).await }
+                async move { listen::serve_connection(stream, &*shared, stop, READ_CHUNK).await }
             },
         )
         .await;
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
-    shared: &Shared,
-    mut stop: watch::Receiver<bool>,
-) -> io::Result<()> {
-    let mut buf = vec![0u8; READ_CHUNK];
-    if shared.implicit_tls {
-        let Some(acceptor) = &shared.tls else {
-            return Ok(());
-        };
-        let mut tls = listen::tls_accept(acceptor, stream, shared.tls_handshake_timeout).await?;
-        let mut session = Session::new(shared.limits.clone(), true);
-        return drive(&mut tls, &mut session, shared, &mut stop, &mut buf, true)
-            .await
-            .map(drop);
+impl listen::Protocol for Shared {
+    type Session = Session;
+
+    fn tls(&self) -> (Option<&TlsAcceptor>, bool, Duration) {
+        (
+            self.tls.as_ref(),
+            self.implicit_tls,
+            self.tls_handshake_timeout,
+        )
     }
-    let mut plain = stream;
-    let mut session = Session::new(shared.limits.clone(), false);
-    if drive(&mut plain, &mut session, shared, &mut stop, &mut buf, true).await? {
-        let Some(acceptor) = &shared.tls else {
-            return Ok(());
-        };
-        let mut tls = listen::tls_accept(acceptor, plain, shared.tls_handshake_timeout).await?;
+
+    fn session(&self, tls: bool) -> Session {
+        Session::new(self.limits.clone(), tls)
+    }
+
+    fn tls_established(session: &mut Session) {
         session.tls_established();
-        drive(&mut tls, &mut session, shared, &mut stop, &mut buf, false).await?;
     }
-    Ok(())
+
+    async fn drive<S: AsyncRead + AsyncWrite + Unpin + Send>(
+        &self,
+        stream: &mut S,
+        session: &mut Session,
+        greet: bool,
+        stop: watch::Receiver<bool>,
+        buf: &mut [u8],
+    ) -> io::Result<bool> {
+        if greet {
+            write(stream, &session.greeting(), self).await?;
+        }
+        drive(stream, session, self, stop, buf).await
+    }
 }
 
 async fn write<S: AsyncWrite + Unpin>(
@@ -167,22 +171,17 @@ async fn write<S: AsyncWrite + Unpin>(
     listen::write_within(stream, bytes, shared.idle_timeout).await
 }
 
-/// Runs the session over `stream` (greeting first if `greet`) until it
-/// closes; true when the client asked for STLS and was told to go ahead.
+/// Runs the session over `stream` until it closes; true when the client
+/// asked for STLS and was told to go ahead.
 async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     session: &mut Session,
     shared: &Shared,
-    stop: &mut watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     buf: &mut [u8],
-    greet: bool,
 ) -> io::Result<bool> {
-    if greet {
-        write(stream, &session.greeting(), shared).await?;
-    }
     let mut out = Vec::with_capacity(1024);
-    let mut last_progress = session.progress();
-    let mut deadline = Instant::now() + shared.idle_timeout;
+    let mut clock = IdleClock::new(shared.idle_timeout, session.progress(), stop);
     loop {
         while let Some(event) = session.next_event() {
             match event {
@@ -238,7 +237,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         }
-        if *stop.borrow() {
+        if clock.stopping() {
             out.extend_from_slice(&session.shutdown_reply());
             write(stream, &out, shared).await?;
             return Ok(false);
@@ -247,23 +246,15 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             write(stream, &out, shared).await?;
             out.clear();
         }
-        if session.progress() != last_progress {
-            last_progress = session.progress();
-            deadline = Instant::now() + shared.idle_timeout;
-        }
-        tokio::select! {
-            read = stream.read(buf) => {
-                let n = read?;
-                if n == 0 {
-                    return Ok(false);
-                }
-                session.feed(&buf[..n]);
-            }
-            _ = tokio::time::sleep_until(deadline) => {
+        clock.progress(session.progress());
+        match clock.read(stream, buf).await? {
+            Input::Read(n) => session.feed(&buf[..n]),
+            Input::Closed => return Ok(false),
+            Input::IdleTimeout => {
                 let _ = write(stream, &session.timeout_reply(), shared).await;
                 return Ok(false);
             }
-            _ = stop.changed() => {}
+            Input::Stop => {}
         }
     }
 }

@@ -23,6 +23,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 
 use super::budget::DataBudget;
 use crate::auth::{AuthPolicy, Credentials};
+use crate::lines::{Line, LineBuffer};
 
 /// Protocol limits and the features this server offers.
 #[derive(Debug, Clone)]
@@ -194,12 +195,7 @@ pub struct Session {
     limits: Arc<Limits>,
     phase: Phase,
     /// Unprocessed input; bounded by one read plus one partial line.
-    buf: Vec<u8>,
-    /// Start of the unprocessed part of `buf`; we drain lazily so that
-    /// many short pipelined lines cost one memmove, not one each.
-    pos: usize,
-    /// A command line overflowed `max_line_length`; drop bytes until LF.
-    discarding_line: bool,
+    input: LineBuffer,
     helo: Option<String>,
     tls: bool,
     username: Option<String>,
@@ -240,9 +236,7 @@ impl Session {
         Self {
             limits,
             phase: Phase::Command,
-            buf: Vec::new(),
-            pos: 0,
-            discarding_line: false,
+            input: LineBuffer::default(),
             helo: None,
             tls,
             username: None,
@@ -304,11 +298,7 @@ impl Session {
         if matches!(self.phase, Phase::Closed | Phase::TlsPending) {
             return;
         }
-        if self.pos > 0 {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-        }
-        self.buf.extend_from_slice(input);
+        self.input.feed(input);
     }
 
     /// The next thing to do, or `None` when more input is needed (or the
@@ -329,12 +319,12 @@ impl Session {
                     }
                 }
                 _ => {
-                    let line = self.take_line()?;
+                    let line = self.input.take_line(self.limits.max_line_length)?;
                     self.progress += 1;
                     match line {
                         Line::TooLong => self.push(Reply::new(500, "5.5.2 Line too long")),
                         Line::Complete(range) => {
-                            let line = self.buf[range].to_vec();
+                            let line = self.input.get(range).to_vec();
                             self.handle_line(&line);
                         }
                     }
@@ -432,66 +422,31 @@ impl Session {
         self.helo = None;
         self.username = None;
         self.reset_transaction();
-        self.buf.clear();
-        self.pos = 0;
-        self.discarding_line = false;
+        self.input.clear();
     }
 
     fn push(&mut self, reply: Reply) {
         self.pending.push_back(Event::Reply(reply));
     }
 
-    /// Takes the next command line (without CR LF), dropping overlong lines
-    /// as they stream in.
-    fn take_line(&mut self) -> Option<Line> {
-        let rest = &self.buf[self.pos..];
-        match memchr(b'\n', rest) {
-            Some(i) => {
-                let start = self.pos;
-                self.pos += i + 1;
-                if self.discarding_line {
-                    self.discarding_line = false;
-                    return Some(Line::TooLong);
-                }
-                if i + 1 > self.limits.max_line_length {
-                    return Some(Line::TooLong);
-                }
-                let mut end = start + i;
-                if end > start && self.buf[end - 1] == b'\r' {
-                    end -= 1;
-                }
-                Some(Line::Complete(start..end))
-            }
-            None => {
-                if rest.len() >= self.limits.max_line_length {
-                    // Keep memory flat: the line is already too long, so
-                    // nothing of it matters any more.
-                    self.discarding_line = true;
-                    self.buf.clear();
-                    self.pos = 0;
-                }
-                None
-            }
-        }
-    }
-
     /// Consumes message content; returns false when more input is needed.
     fn step_data(&mut self) -> bool {
-        let rest_len = self.buf.len() - self.pos;
+        let unread = self.input.unread();
+        let rest_len = unread.len();
         if rest_len == 0 {
             return false;
         }
-        let rest = &self.buf[self.pos..];
+        let rest = self.input.get(unread.clone());
         match memchr(b'\n', rest) {
             Some(i) => {
                 let line_start = self.data_line_start;
-                let start = self.pos;
+                let start = unread.start;
                 let end = start + i + 1;
-                self.pos = end;
+                self.input.consume_to(end);
                 self.progress += 1;
                 self.data_line_start = true;
                 if line_start {
-                    let line = &self.buf[start..end];
+                    let line = self.input.get(start..end);
                     if line == b".\r\n" || line == b".\n" {
                         self.end_of_data();
                         return true;
@@ -510,11 +465,11 @@ impl Session {
                 if rest_len < CRLF_DOT_CRLF_MAX {
                     return false;
                 }
-                let start = self.pos;
-                let end = self.buf.len();
-                self.pos = end;
+                let (start, end) = (unread.start, unread.end);
+                self.input.consume_to(end);
                 self.progress += 1;
-                let skip = usize::from(self.data_line_start && self.buf[start] == b'.');
+                let skip =
+                    usize::from(self.data_line_start && self.input.get(start..end)[0] == b'.');
                 self.data_line_start = false;
                 self.keep_data(start + skip, end);
                 true
@@ -555,7 +510,7 @@ impl Session {
             }
             self.data.reserve_exact(want - self.data.len());
         }
-        self.data.extend_from_slice(&self.buf[start..end]);
+        self.data.extend_from_slice(self.input.get(start..end));
     }
 
     /// Drops the content held for the current message and returns its
@@ -1056,18 +1011,13 @@ pub fn fuzz_session(input: &[u8]) -> std::collections::BTreeSet<u16> {
         }
         // Everything complete was consumed; what is left is at most one
         // partial line (command) or a possible terminator (data).
-        assert!(session.buf.len() - session.pos <= limits.max_line_length.max(chunk));
+        assert!(session.input.unread_len() <= limits.max_line_length.max(chunk));
     }
     drop(session);
     if let Some(budget) = &limits.data_budget {
         assert_eq!(budget.used(), 0, "a closed session gives its memory back");
     }
     seen
-}
-
-enum Line {
-    Complete(std::ops::Range<usize>),
-    TooLong,
 }
 
 fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
@@ -1321,7 +1271,7 @@ mod tests {
         for _ in 0..64 {
             let (codes, _) = run(&mut s, &chunk);
             assert!(codes.is_empty());
-            assert!(s.buf.len() <= 4096 + chunk.len());
+            assert!(s.input.held() <= 4096 + chunk.len());
         }
         let (codes, _) = run(&mut s, b"\r\nNOOP\r\n");
         assert_eq!(codes, vec![500, 250]);

@@ -15,16 +15,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use super::deliver::Deliver;
 use super::proto::{Event, Limits, Reply, Session};
 use crate::auth::AuthPolicy;
-use crate::listen::{self, Admission, BindError};
+use crate::listen::{self, Admission, BindError, IdleClock, Input};
 use crate::storage::NewMessage;
 
 /// Bytes read from a socket at a time; with the session's own bounded
@@ -143,44 +142,47 @@ impl SmtpServer {
             shutdown,
             |stream, _, stop| {
                 let shared = shared.clone();
-                async move { serve_connection(stream, &shared, stop).await }
+                async move { listen::serve_connection(stream, &*shared, stop, READ_CHUNK).await }
             },
         )
         .await;
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
-    shared: &Shared,
-    mut stop: watch::Receiver<bool>,
-) -> io::Result<()> {
-    let mut buf = vec![0u8; READ_CHUNK];
-    if shared.implicit_tls {
-        let Some(acceptor) = &shared.tls else {
-            return Ok(());
-        };
-        let mut tls = listen::tls_accept(acceptor, stream, shared.tls_handshake_timeout).await?;
-        let mut session = Session::new(shared.limits.clone(), true);
-        write(&mut tls, &session.greeting().to_bytes(), shared).await?;
-        drive(&mut tls, &mut session, shared, &mut stop, &mut buf).await?;
-        return Ok(());
+impl listen::Protocol for Shared {
+    type Session = Session;
+
+    fn tls(&self) -> (Option<&TlsAcceptor>, bool, Duration) {
+        (
+            self.tls.as_ref(),
+            self.implicit_tls,
+            self.tls_handshake_timeout,
+        )
     }
-    let mut plain = stream;
-    let mut session = Session::new(shared.limits.clone(), false);
-    write(&mut plain, &session.greeting().to_bytes(), shared).await?;
-    match drive(&mut plain, &mut session, shared, &mut stop, &mut buf).await? {
-        Outcome::Closed => Ok(()),
-        Outcome::StartTls => {
-            let Some(acceptor) = &shared.tls else {
-                return Ok(());
-            };
-            let mut tls = listen::tls_accept(acceptor, plain, shared.tls_handshake_timeout).await?;
-            session.tls_established();
-            match drive(&mut tls, &mut session, shared, &mut stop, &mut buf).await? {
-                Outcome::Closed | Outcome::StartTls => Ok(()),
-            }
+
+    fn session(&self, tls: bool) -> Session {
+        Session::new(self.limits.clone(), tls)
+    }
+
+    fn tls_established(session: &mut Session) {
+        session.tls_established();
+    }
+
+    async fn drive<S: AsyncRead + AsyncWrite + Unpin + Send>(
+        &self,
+        stream: &mut S,
+        session: &mut Session,
+        greet: bool,
+        stop: watch::Receiver<bool>,
+        buf: &mut [u8],
+    ) -> io::Result<bool> {
+        if greet {
+            write(stream, &session.greeting().to_bytes(), self).await?;
         }
+        Ok(matches!(
+            drive(stream, session, self, stop, buf).await?,
+            Outcome::StartTls
+        ))
     }
 }
 
@@ -205,13 +207,11 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     session: &mut Session,
     shared: &Shared,
-    stop: &mut watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     buf: &mut [u8],
 ) -> io::Result<Outcome> {
     let mut out = Vec::with_capacity(1024);
-    let mut last_progress = session.progress();
-    let mut deadline = Instant::now() + shared.idle_timeout;
-    let mut stopping = *stop.borrow();
+    let mut clock = IdleClock::new(shared.idle_timeout, session.progress(), stop);
     loop {
         // Answer everything the input so far allows; with PIPELINING this
         // batches a whole group of replies into one write.
@@ -287,7 +287,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         if rejected > 0 {
             shared.sink.rejected(rejected);
         }
-        if stopping && !session.in_transaction() {
+        if clock.stopping() && !session.in_transaction() {
             Reply {
                 code: 421,
                 lines: vec!["4.3.2 Service shutting down, try again later".into()],
@@ -300,27 +300,16 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             write(stream, &out, shared).await?;
             out.clear();
         }
-        if session.progress() != last_progress {
-            last_progress = session.progress();
-            deadline = Instant::now() + shared.idle_timeout;
-        }
-        tokio::select! {
-            read = stream.read(buf) => {
-                let n = read?;
-                if n == 0 {
-                    return Ok(Outcome::Closed);
-                }
-                session.feed(&buf[..n]);
-            }
-            _ = tokio::time::sleep_until(deadline) => {
+        clock.progress(session.progress());
+        match clock.read(stream, buf).await? {
+            Input::Read(n) => session.feed(&buf[..n]),
+            Input::Closed => return Ok(Outcome::Closed),
+            Input::IdleTimeout => {
                 session.timeout_reply().write_to(&mut out);
                 let _ = write(stream, &out, shared).await;
                 return Ok(Outcome::Closed);
             }
-            changed = stop.changed(), if !stopping => {
-                // A dropped sender also means the server is going away.
-                stopping = changed.is_err() || *stop.borrow();
-            }
+            Input::Stop => {}
         }
     }
 }

@@ -109,6 +109,16 @@ pub async fn get_json(router: &axum::Router, path: &str) -> serde_json::Value {
     v
 }
 
+/// An HTTP client for a catcher on 127.0.0.1 (proxy settings ignored).
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// Sends `request` and parses the answer's body as JSON.
+pub async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 /// A running catcher and the means to stop it.
 pub struct Server {
     pub smtp: SocketAddr,
@@ -307,6 +317,22 @@ pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
     std::fs::write(&c, cert.cert.pem()).unwrap();
     std::fs::write(&k, cert.signing_key.serialize_pem()).unwrap();
     (c, k)
+}
+
+/// A seeded stream of incompressible bytes (xorshift64), so zstd cannot
+/// shrink the stored copy and a memory test sees the real cost.
+pub struct Noise(pub u64);
+
+impl Noise {
+    /// Fills `buf` with the stream's next bytes.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            c.copy_from_slice(&self.0.to_le_bytes()[..c.len()]);
+        }
+    }
 }
 
 /// A memory figure of this test process from `/proc/self/status`, in KiB.
