@@ -6,8 +6,9 @@ Phases (each bounded): 300 slow-loris connections sending half a request
 head (held until the server closes them); 300 websocket subscribers that
 never read while 200 mails arrive over SMTP; 8 x 60 MB `PUT /api/v1/tags`
 bodies at once (2.4 M IDs each); one `POST /api/v1/send` near the 50 MB
-limit (a 36 MB incompressible attachment, 48 MB of JSON); 4 x 20 MB
-`POST /api/v1/send` at once.
+limit (a 36 MB incompressible attachment, 48 MB of JSON); GETs of that
+message one after another (raw, the attachment part, the message view, the
+text view), each read to the end; 4 x 20 MB `POST /api/v1/send` at once.
 A normal client polls `GET /api/v1/messages` every 100 ms meanwhile. Prints
 one JSON object: VmRSS peak per phase, VmHWM, status counts, how long the
 slow-loris connections lived, and the normal client's latency.
@@ -137,6 +138,26 @@ async def big_send(size=20_000_000, noise=False):
     return code
 
 
+def get_drain(path):
+    """GETs `path`, reading the answer to the end in 64 KiB pieces; the
+    status code."""
+    c = http.client.HTTPConnection("127.0.0.1", PORT, timeout=120)
+    c.request("GET", path)
+    res = c.getresponse()
+    while res.read(65536):
+        pass
+    c.close()
+    return str(res.status)
+
+
+async def big_reads():
+    """Reads the newest message (the 48 MB send) every way the API gives it,
+    one request after another."""
+    paths = ("/api/v1/message/latest/raw", "/api/v1/message/latest/part/2",
+             "/api/v1/message/latest", "/view/latest.txt")
+    return [await asyncio.to_thread(get_drain, p) for p in paths]
+
+
 async def subscribers(n, mails):
     conns, codes = [], {}
     for i in range(n):
@@ -193,6 +214,12 @@ async def main():
     code = await big_send(36_000_000, noise=True)
     peak = sampler.take()
     out["send_1x48MB"] = {"codes": [code], "peak_rss_mib": peak, "rise_mib": peak - start}
+    # Reading that message back, request by request (raw, part, message,
+    # text view): what one GET of a 48 MB message raises the peak by.
+    start = status("VmRSS")
+    codes = await big_reads()
+    peak = sampler.take()
+    out["get_48MB"] = {"codes": codes, "peak_rss_mib": peak, "rise_mib": peak - start}
     codes = await asyncio.gather(*(big_send() for _ in range(4)))
     out["send_4x20MB"] = {"codes": codes, "peak_rss_mib": sampler.take()}
     await asyncio.sleep(1)

@@ -2,7 +2,8 @@
 # Memory of `mailsafe serve` under hostile HTTP (bench/hostile_http.py): 300
 # slow-loris connections, 300 websocket subscribers that never read while 200
 # mails arrive, 8 x 60 MB PUT /api/v1/tags bodies at once, one send near the
-# 50 MB limit (48 MB of JSON), 4 x 20 MB sends at once, with a normal API client polling meanwhile. Samples VmRSS/VmHWM
+# 50 MB limit (48 MB of JSON), GETs of that message (raw, part, message, text
+# view), 4 x 20 MB sends at once, with a normal API client polling meanwhile. Samples VmRSS/VmHWM
 # from /proc/<pid>/status. BIN=path/to/mailsafe runs another build (e.g. an
 # older commit's); BEFORE='<its JSON line>' BEFORE_LABEL=... adds it as
 # columns for a before/after comparison.
@@ -68,6 +69,12 @@ def b1(key):
         return "-"
     p = before["send_1x48MB"]
     return codes(p["codes"]) if key == "codes" else f"{p['peak_rss_mib']} (+{p['rise_mib']})"
+get = r.get("get_48MB")
+def bg(key):
+    if not before or "get_48MB" not in before:
+        return "-"
+    p = before["get_48MB"]
+    return codes(p["codes"]) if key == "codes" else f"{p['peak_rss_mib']} (+{p['rise_mib']})"
 lines = [
     "<!-- hostile-http:begin -->",
     "## Hostile HTTP: memory of `mailsafe serve` (bench/hostile_http.sh)",
@@ -83,6 +90,7 @@ lines = [
     f"| 300 websocket subscribers not reading, 200 mails arrive | {codes(ws['codes'])} | {ws['peak_rss_mib']} | {bc('ws_300_not_reading')} | {b(['ws_300_not_reading', 'peak_rss_mib'])} |",
     f"| 8 x 60 MB `PUT /api/v1/tags` at once (2.4 M IDs each) | {codes(t['codes'])} | {t['peak_rss_mib']} | {bc('tags_8x60MB')} | {b(['tags_8x60MB', 'peak_rss_mib'])} |",
     f"| one `POST /api/v1/send` near the limit (36 MB incompressible attachment, 48 MB JSON); peak (+rise) | {codes(one['codes'])} | {one['peak_rss_mib']} (+{one['rise_mib']}) | {b1('codes')} | {b1('peak')} |",
+    f"| GETs of that message one after another: raw, attachment part, message, `/view/latest.txt`; peak (+rise) | {codes(get['codes'])} | {get['peak_rss_mib']} (+{get['rise_mib']}) | {bg('codes')} | {bg('peak')} |",
     f"| 4 x 20 MB `POST /api/v1/send` at once | {codes(s['codes'])} | {s['peak_rss_mib']} | {bc('send_4x20MB')} | {b(['send_4x20MB', 'peak_rss_mib'])} |",
     f"| after the mix | - | {r['after_rss_mib']} | - | {b(['after_rss_mib'])} |",
     f"| whole run (VmHWM) | - | {r['hwm_mib']} | - | {b(['hwm_mib'])} |",

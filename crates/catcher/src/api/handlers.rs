@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::request::{Delete, RenameTag, SetRead, SetTags};
 use super::{ApiError, AppState};
+use crate::storage::PartBody;
 use serde::de::DeserializeOwned;
 
 type Params = Query<HashMap<String, String>>;
@@ -244,13 +245,51 @@ pub async fn raw(
     Path(id): Path<String>,
     Query(q): Params,
 ) -> Result<Response, ApiError> {
-    let id = s.store.resolve_id(&message_id(&s, id, &q).await?).await?;
-    let raw = s.store.raw(&id).await?;
-    let mut res = ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], raw).into_response();
+    let (id, raw) = s.store.raw_reader(&message_id(&s, id, &q).await?).await?;
+    let mut res = (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        streamed(raw),
+    )
+        .into_response();
     if q.get("dl").is_some_and(|v| v == "1") {
         set_filename(res.headers_mut(), "attachment", &format!("{id}.eml"));
     }
     Ok(res)
+}
+
+/// Largest image part a thumbnail is drawn from (bytes): it is read whole.
+const THUMB_MAX_INPUT: u64 = 16 * 1024 * 1024;
+
+/// Bytes read from a stored message per chunk of a streamed response.
+const STREAM_CHUNK: usize = 64 * 1024;
+
+/// A response body read from `reader` one chunk at a time on the blocking
+/// pool, only when the client has taken the previous one: a large message
+/// costs one chunk of memory, and a slow client holds no thread.
+fn streamed(reader: impl std::io::Read + Send + 'static) -> axum::body::Body {
+    let chunks = futures::stream::try_unfold(reader, |mut reader| async move {
+        let (reader, chunk) = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; STREAM_CHUNK];
+            let mut n = 0;
+            while n < buf.len() {
+                match reader.read(&mut buf[n..]) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            buf.truncate(n);
+            Ok((reader, buf))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        if chunk.is_empty() {
+            return Ok::<_, std::io::Error>(None);
+        }
+        Ok(Some((Bytes::from(chunk), reader)))
+    });
+    axum::body::Body::from_stream(chunks)
 }
 
 /// Part IDs are dotted numbers (`2`, `1.2.3`); anything else cannot name a
@@ -275,7 +314,15 @@ async fn part_response(s: &AppState, id: &str, part: &str) -> Result<Response, A
     }
     let p = s.store.part(id, part).await?;
     let name = p.file_name.clone();
-    let mut res = p.data.into_response();
+    let mut res = match p.data {
+        PartBody::Memory(bytes) => bytes.into_response(),
+        PartBody::Spooled { file, len } => {
+            let mut res = streamed(file).into_response();
+            res.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            res
+        }
+    };
     let h = res.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -333,10 +380,19 @@ pub async fn part_thumb(
     let id = message_id(&s, id, &q).await?;
     let p = s.store.part(&id, &part).await?;
     let name = p.file_name.clone();
-    let jpeg =
-        tokio::task::spawn_blocking(move || super::thumb::thumbnail(&p.data, &p.content_type))
-            .await
-            .map_err(|e| ApiError::internal("making the thumbnail failed", e))?;
+    let content_type = p.content_type;
+    let data = p.data;
+    let jpeg = tokio::task::spawn_blocking(move || {
+        // An image too large to read whole gets a blank thumbnail.
+        let data = data
+            .into_vec(THUMB_MAX_INPUT)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        super::thumb::thumbnail(&data, &content_type)
+    })
+    .await
+    .map_err(|e| ApiError::internal("making the thumbnail failed", e))?;
     let mut res = jpeg.into_response();
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/jpeg"));

@@ -26,6 +26,7 @@ mod index;
 mod insert;
 mod model;
 mod mutate;
+mod outline;
 mod parse;
 mod read;
 mod rows;
@@ -38,8 +39,10 @@ mod writer;
 pub use error::StorageError;
 pub use model::{
     Event, Head, ListUnsubscribe, MessageDetail, MessageSummary, MessagesPage, NewMessage,
-    PartData, RuntimeStats, SPOOL_MEMORY, SpooledMessage, StoreOptions, new_boundary, spool,
+    PartBody, PartData, RuntimeStats, SPOOL_MEMORY, SpooledMessage, StoreOptions, new_boundary,
+    spool,
 };
+pub use outline::RawReader;
 pub use parse::{
     Address, Attachment, Checksums, canonical_header_key, clean_tag, fuzz_mime, html_to_text,
 };

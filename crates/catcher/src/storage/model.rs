@@ -372,14 +372,59 @@ pub struct MessageDetail {
 }
 
 /// One MIME part's decoded content.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct PartData {
     /// Decoded bytes.
-    pub data: Vec<u8>,
+    pub data: PartBody,
     /// Content type.
     pub content_type: String,
     /// File name, may be empty.
     pub file_name: String,
+}
+
+/// A part's decoded bytes: in memory when the part is small, in a spool
+/// when it is larger than the store reads whole (see `outline::KEEP`).
+#[derive(Debug)]
+pub enum PartBody {
+    /// The bytes.
+    Memory(Vec<u8>),
+    /// The bytes in a spool, from position 0.
+    Spooled {
+        /// The spool.
+        file: tempfile::SpooledTempFile,
+        /// Its length.
+        len: u64,
+    },
+}
+
+impl PartBody {
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            PartBody::Memory(v) => v.len() as u64,
+            PartBody::Spooled { len, .. } => *len,
+        }
+    }
+
+    /// True when there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes in memory if there are at most `max`, else `None`.
+    pub fn into_vec(self, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+        match self {
+            PartBody::Memory(v) => Ok((v.len() as u64 <= max).then_some(v)),
+            PartBody::Spooled { mut file, len } => {
+                if len > max {
+                    return Ok(None);
+                }
+                let mut v = Vec::with_capacity(len as usize);
+                std::io::Read::read_to_end(&mut file, &mut v)?;
+                Ok(Some(v))
+            }
+        }
+    }
 }
 
 /// Formats Unix milliseconds as RFC 3339 UTC with milliseconds.

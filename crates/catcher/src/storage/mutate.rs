@@ -7,10 +7,11 @@ use rusqlite::{OptionalExtension, params};
 
 use super::error::StorageError;
 use super::model::{Event, Head, ListUnsubscribe, MessageDetail};
+use super::outline;
 use super::parse;
 use super::read::{
-    raw_of, resolve, rows_for_ids, search_rows, summary_row, summary_select, tags_of,
-    unsubscribe_links,
+    compressed_of, decompressing, resolve, rows_for_ids, search_rows, summary_row, summary_select,
+    tags_of, unsubscribe_links,
 };
 use super::rows::{self, counts};
 use super::store::Store;
@@ -20,21 +21,26 @@ impl Store {
     /// The full view of one message; marks it read, as Mailpit does.
     pub async fn message(&self, id: &str) -> Result<MessageDetail, StorageError> {
         let id = id.to_string();
-        let (summary, raw) = self
+        let (summary, compressed) = self
             .read(move |c, pre| {
                 let (rowid, real) = resolve(c, pre, &id)?;
                 let s = c
                     .prepare_cached(&format!("{} WHERE m.Seq = ?1", summary_select(pre)))?
                     .query_row(params![rowid], summary_row)?;
-                Ok((s, raw_of(c, pre, rowid, &real)?))
+                Ok((s, compressed_of(c, pre, rowid, &real)?))
             })
             .await?;
         if !summary.head.read {
             self.set_read(vec![summary.head.id.clone()], true).await?;
         }
-        let d = tokio::task::spawn_blocking(move || parse::detail(&raw))
-            .await
-            .map_err(|e| StorageError::Task(e.to_string()))?;
+        // Parsed from the outline: large bodies are measured as they stream
+        // past, never held (see `outline`).
+        let d = tokio::task::spawn_blocking(move || {
+            let o = outline::outline(decompressing(compressed)?, None)?;
+            Ok::<_, StorageError>(outline::detail(&o))
+        })
+        .await
+        .map_err(|e| StorageError::Task(e.to_string()))??;
         let (links, errors) = unsubscribe_links(&d.list_unsubscribe);
         Ok(MessageDetail {
             date: d

@@ -469,6 +469,39 @@ pub fn detail(raw: &[u8]) -> Detail {
     }
 }
 
+/// What reading a message part by part needs of one header block (see
+/// `outline`): the boundary of a multipart, the transfer encoding, and
+/// whether the body is text (`text/*`, or no type: plain text).
+pub(crate) struct PartHeader {
+    /// The boundary, when the part is a multipart with one.
+    pub boundary: Option<Vec<u8>>,
+    /// `Content-Transfer-Encoding`, as written.
+    pub encoding: Option<String>,
+    /// The body is text.
+    pub text: bool,
+}
+
+/// Reads a part's header block (ending with its blank line) as mail-parser
+/// does, so the outline cuts the message where mail-parser would.
+pub(crate) fn part_header(block: &[u8]) -> PartHeader {
+    let Some(m) = parse_headers_only(block) else {
+        return PartHeader {
+            boundary: None,
+            encoding: None,
+            text: true,
+        };
+    };
+    let ct = m.content_type();
+    PartHeader {
+        boundary: ct
+            .filter(|c| c.ctype().eq_ignore_ascii_case("multipart"))
+            .and_then(|c| c.attribute("boundary"))
+            .map(|b| b.as_bytes().to_vec()),
+        encoding: m.content_transfer_encoding().map(str::to_string),
+        text: ct.is_none_or(|c| c.ctype().eq_ignore_ascii_case("text")),
+    }
+}
+
 /// Finds the part with MIME path `part_id`: its decoded bytes, content type
 /// and file name. `None` when no such part exists.
 pub fn part(raw: &[u8], part_id: &str) -> Option<(Vec<u8>, String, String)> {

@@ -9,7 +9,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter, typ
 
 use super::error::StorageError;
 use super::index::Vocab;
-use super::model::{Head, MessageSummary, MessagesPage, PartData, rfc3339_ms};
+use super::model::{Head, MessageSummary, MessagesPage, PartBody, PartData, rfc3339_ms};
+use super::outline::{self, RawReader};
 use super::parse;
 use super::rows::counts;
 use super::search::{self, Compiled};
@@ -263,6 +264,38 @@ pub(super) fn raw_of(
     Ok(zstd::stream::decode_all(&blob[..])?)
 }
 
+/// Copies message `rowid`'s compressed copy into a spool, a page at a time
+/// (SQLite's incremental blob I/O): the read connection is free again as
+/// soon as the copy is made, however slowly the caller then reads, and
+/// nothing holds the whole blob.
+pub(super) fn compressed_of(
+    conn: &Connection,
+    pre: &str,
+    rowid: i64,
+    id: &str,
+) -> Result<tempfile::SpooledTempFile, StorageError> {
+    let exists = conn
+        .prepare_cached(&format!("SELECT 1 FROM {pre}mailbox_data WHERE id = ?1"))?
+        .query_row(params![rowid], |_| Ok(()))
+        .optional()?;
+    if exists.is_none() {
+        return Err(StorageError::NotFound(id.to_string()));
+    }
+    let table = format!("{pre}mailbox_data");
+    let mut blob = conn.blob_open(rusqlite::MAIN_DB, table.as_str(), "Raw", rowid, true)?;
+    let mut spooled = super::model::spool();
+    std::io::copy(&mut blob, &mut spooled)?;
+    std::io::Seek::rewind(&mut spooled)?;
+    Ok(spooled)
+}
+
+/// The raw bytes behind a spool of their compressed copy.
+pub(super) fn decompressing(
+    compressed: tempfile::SpooledTempFile,
+) -> Result<RawReader, StorageError> {
+    Ok(zstd::stream::read::Decoder::new(compressed)?)
+}
+
 pub(super) fn rows_for_ids(
     conn: &Connection,
     pre: &str,
@@ -450,29 +483,55 @@ impl Store {
         .await
     }
 
-    /// Headers of one message: canonical name → values, names sorted.
+    /// The raw bytes of one message as a reader that decompresses as it is
+    /// read (memory stays flat however large the message), with the ID it
+    /// resolved to (`latest`).
+    pub async fn raw_reader(&self, id: &str) -> Result<(String, RawReader), StorageError> {
+        let id = id.to_string();
+        self.read(move |c, pre| {
+            let (rowid, real) = resolve(c, pre, &id)?;
+            let compressed = compressed_of(c, pre, rowid, &real)?;
+            Ok((real, decompressing(compressed)?))
+        })
+        .await
+    }
+
+    /// Headers of one message: canonical name → values, names sorted. Only
+    /// the header block is decompressed.
     pub async fn headers(&self, id: &str) -> Result<BTreeMap<String, Vec<String>>, StorageError> {
-        let raw = self.raw(id).await?;
+        let (_, raw) = self.raw_reader(id).await?;
+        let block = tokio::task::spawn_blocking(move || outline::header_block(raw))
+            .await
+            .map_err(|e| StorageError::Task(e.to_string()))??;
         let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (k, v) in parse::headers(&raw) {
+        for (k, v) in parse::headers(&block) {
             map.entry(k).or_default().push(v);
         }
         Ok(map)
     }
 
     /// One MIME part of a message by its part path (e.g. `2` or `1.2`).
+    /// The message is read as an outline: a part larger than the outline
+    /// keeps comes back in a spool, decoded as it streamed past.
     pub async fn part(&self, id: &str, part_id: &str) -> Result<PartData, StorageError> {
-        let raw = self.raw(id).await?;
+        let (id, raw) = self.raw_reader(id).await?;
         let pid = part_id.to_string();
-        let id = id.to_string();
         tokio::task::spawn_blocking(move || {
-            parse::part(&raw, &pid)
-                .map(|(data, content_type, file_name)| PartData {
-                    data,
-                    content_type,
-                    file_name,
-                })
-                .ok_or_else(|| StorageError::NotFound(format!("{id} part {pid}")))
+            let o = outline::outline(raw, Some(&pid))?;
+            let (data, content_type, file_name) = parse::part(&o.text, &pid)
+                .ok_or_else(|| StorageError::NotFound(format!("{id} part {pid}")))?;
+            let data = match o.extracted {
+                Some((mut file, len)) => {
+                    std::io::Seek::rewind(&mut file)?;
+                    PartBody::Spooled { file, len }
+                }
+                None => PartBody::Memory(data),
+            };
+            Ok(PartData {
+                data,
+                content_type,
+                file_name,
+            })
         })
         .await
         .map_err(|e| StorageError::Task(e.to_string()))?
