@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests and benchmarks need on a fresh machine:
 # SeaweedFS (S3), faketime (clock steps), Litestream (benchmark peer), Postfix's smtp-source and swaks
-# (SMTP clients), fetchmail (POP3 client), Debian chromium (UI tests), kubernetes-validate (manifest
+# (SMTP clients), fetchmail (POP3 client), promtool (alert rules), Debian chromium (UI tests), kubernetes-validate (manifest
 # checks), moto 4 in a venv (an S3 server without conditional writes), and
 # the npm packages used by the browser and client tests.
 # Idempotent: each step is skipped when its tool is already present.
@@ -19,13 +19,24 @@ command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
 command -v faketime >/dev/null 2>&1 || need_apt+=(faketime)
 # fetchmail: a real POP3 client for the catcher's POP3 server tests.
 command -v fetchmail >/dev/null 2>&1 || need_apt+=(fetchmail)
+# promtool (Debian's prometheus): checks and unit-tests the alert rules and
+# dashboard queries in k8s-examples/monitoring (tests/monitoring.rs).
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
   # postfix asks questions at install time; answer "No configuration".
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   apt-get update -qq >/dev/null
+  # Packages with a daemon (postfix, prometheus) must not start one: only
+  # their tools are wanted, and a test machine's servers are the tests' own.
+  # policy-rc.d is Debian's switch for that; it is removed again after.
+  made_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made_policy=1
+  fi
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  [ -z "$made_policy" ] || rm -f /usr/sbin/policy-rc.d
 fi
 # smtp-source lives in /usr/sbin on Debian.
 if ! command -v smtp-source >/dev/null 2>&1 && [ -x /usr/sbin/smtp-source ]; then
