@@ -121,6 +121,22 @@ pub struct Config {
     pub relay: Option<crate::relay::RelayConfig>,
     /// Forward a copy of every new message (`MP_SMTP_FORWARD_*`).
     pub forward: Option<crate::relay::ForwardConfig>,
+    /// Only recipients matching this are accepted (`MP_SMTP_ALLOWED_RECIPIENTS`).
+    pub smtp_allowed_recipients: Option<regex::Regex>,
+    /// Answer refused recipients 250 and drop them
+    /// (`MP_SMTP_IGNORE_REJECTED_RECIPIENTS`).
+    pub smtp_ignore_rejected_recipients: bool,
+    /// Refuse messages whose headers contain CR CR LF instead of repairing
+    /// them (`MP_SMTP_STRICT_RFC_HEADERS`).
+    pub smtp_strict_rfc_headers: bool,
+    /// Drop a message whose Message-ID is already stored
+    /// (`MP_IGNORE_DUPLICATE_IDS`).
+    pub ignore_duplicate_ids: bool,
+    /// A message's received time is its Date header (`MP_USE_MESSAGE_DATES`).
+    pub use_message_dates: bool,
+    /// Chaos enabled, with these triggers (`MP_ENABLE_CHAOS`,
+    /// `MP_CHAOS_TRIGGERS`); `None` = off.
+    pub chaos: Option<crate::smtp::chaos::Triggers>,
 }
 
 impl Default for Config {
@@ -167,6 +183,12 @@ impl Default for Config {
             webhook: None,
             relay: None,
             forward: None,
+            smtp_allowed_recipients: None,
+            smtp_ignore_rejected_recipients: false,
+            smtp_strict_rfc_headers: false,
+            ignore_duplicate_ids: false,
+            use_message_dates: false,
+            chaos: None,
         }
     }
 }

@@ -66,6 +66,8 @@ pub struct Catcher {
     max_message_size: usize,
     send_budget_wait: Duration,
     max_event_subscribers: usize,
+    /// Chaos triggers, shared by SMTP sessions and `/api/v1/chaos`.
+    chaos: smtp::chaos::Chaos,
 }
 
 impl Catcher {
@@ -77,6 +79,8 @@ impl Catcher {
             max_age: config.max_age,
             compression_level: config.compression_level,
             tagging: config.tagging.clone(),
+            ignore_duplicate_ids: config.ignore_duplicate_ids,
+            use_message_dates: config.use_message_dates,
             ..StoreOptions::default()
         };
         let store = Store::open(&config.database, store_options)?;
@@ -99,6 +103,9 @@ impl Catcher {
             };
             std::sync::Arc::new(smtp::DataBudget::new(cap))
         });
+        let chaos: smtp::chaos::Chaos = config
+            .chaos
+            .map(|t| std::sync::Arc::new(std::sync::RwLock::new(t)));
         let options = ServerOptions {
             limits: Limits {
                 max_message_size: config.max_message_size,
@@ -107,6 +114,10 @@ impl Catcher {
                 auth: config.smtp_auth.clone(),
                 auth_allow_insecure: config.smtp_auth_allow_insecure,
                 data_budget: data_budget.clone(),
+                allowed_recipients: config.smtp_allowed_recipients.clone(),
+                ignore_rejected_recipients: config.smtp_ignore_rejected_recipients,
+                chaos: chaos.clone(),
+                strict_rfc_headers: config.smtp_strict_rfc_headers,
                 ..Limits::default()
             },
             tls,
@@ -177,6 +188,7 @@ impl Catcher {
             max_message_size: config.max_message_size,
             send_budget_wait: config.send_budget_wait,
             max_event_subscribers: config.max_event_subscribers,
+            chaos,
         })
     }
 
@@ -242,6 +254,7 @@ impl Catcher {
             memory_budget: self.data_budget.clone(),
             send_budget_wait: self.send_budget_wait,
             max_event_subscribers: self.max_event_subscribers,
+            chaos: self.chaos,
             ..api::ApiOptions::default()
         };
         let router = http_router(&self.store, options);

@@ -40,6 +40,8 @@ fn rows(dir: &std::path::Path) -> Vec<(Vec<(&'static str, String)>, Expect)> {
     let (cert, key) = self_signed(dir);
     let users = dir.join("users");
     std::fs::write(&users, "alice:secret\n").unwrap();
+    let tags = dir.join("tags.yml");
+    std::fs::write(&tags, "filters:\n  - match: from:alerts@\n    tags: ops\n").unwrap();
     let one = |k: &'static str, val: &str| vec![(k, val.to_string())];
     vec![
         // General
@@ -94,11 +96,11 @@ fn rows(dir: &std::path::Path) -> Vec<(Vec<(&'static str, String)>, Expect)> {
         ),
         (
             one("MP_USE_MESSAGE_DATES", "1"),
-            Refused("MP_USE_MESSAGE_DATES"),
+            Parsed(|c| c.use_message_dates),
         ),
         (
             one("MP_IGNORE_DUPLICATE_IDS", "true"),
-            Refused("MP_IGNORE_DUPLICATE_IDS"),
+            Parsed(|c| c.ignore_duplicate_ids),
         ),
         (one("MP_LOG_FILE", "/tmp/log"), Refused("MP_LOG_FILE")),
         (one("MP_QUIET", "1"), Refused("MP_QUIET")),
@@ -241,11 +243,11 @@ fn rows(dir: &std::path::Path) -> Vec<(Vec<(&'static str, String)>, Expect)> {
         ),
         (
             one("MP_SMTP_STRICT_RFC_HEADERS", "1"),
-            Refused("MP_SMTP_STRICT_RFC_HEADERS"),
+            Parsed(|c| c.smtp_strict_rfc_headers),
         ),
         (
             one("MP_STRICT_RFC_HEADERS", "1"),
-            Refused("MP_SMTP_STRICT_RFC_HEADERS"),
+            Parsed(|c| c.smtp_strict_rfc_headers),
         ),
         (
             one("MP_SMTP_MAX_RECIPIENTS", "5"),
@@ -257,23 +259,47 @@ fn rows(dir: &std::path::Path) -> Vec<(Vec<(&'static str, String)>, Expect)> {
         ),
         (
             one("MP_SMTP_ALLOWED_RECIPIENTS", "@example\\.org$"),
-            Refused("MP_SMTP_ALLOWED_RECIPIENTS"),
+            Parsed(|c| {
+                c.smtp_allowed_recipients
+                    .as_ref()
+                    .is_some_and(|r| r.is_match("a@example.org") && !r.is_match("a@x.com"))
+            }),
+        ),
+        (
+            one("MP_SMTP_ALLOWED_RECIPIENTS", "(unclosed"),
+            Invalid("MP_SMTP_ALLOWED_RECIPIENTS"),
         ),
         (
             one("MP_SMTP_IGNORE_REJECTED_RECIPIENTS", "1"),
-            Refused("MP_SMTP_IGNORE_REJECTED_RECIPIENTS"),
+            Parsed(|c| c.smtp_ignore_rejected_recipients),
         ),
         (one("MP_SMTP_DISABLE_RDNS", "1"), Parsed(|_| true)),
         // Chaos and tags
-        (one("MP_ENABLE_CHAOS", "true"), Refused("MP_ENABLE_CHAOS")),
+        (
+            one("MP_ENABLE_CHAOS", "true"),
+            Parsed(|c| c.chaos.is_some_and(|t| t.sender.probability == 0)),
+        ),
+        (one("MP_ENABLE_CHAOS", "0"), Parsed(|c| c.chaos.is_none())),
         (
             one("MP_CHAOS_TRIGGERS", "Recipient:451:50"),
-            Refused("MP_CHAOS_TRIGGERS"),
+            Parsed(|c| c.chaos.is_some_and(|t| t.recipient.probability == 50)),
         ),
-        (one("MP_TAG", "signup=subject:welcome"), Refused("MP_TAG")),
         (
-            one("MP_TAGS_CONFIG", "/tmp/tags.yml"),
-            Refused("MP_TAGS_CONFIG"),
+            one("MP_CHAOS_TRIGGERS", "Recipient:451"),
+            Invalid("MP_CHAOS_TRIGGERS"),
+        ),
+        (
+            one("MP_TAG", "signup=subject:welcome"),
+            Parsed(|c| c.tagging.rules.len() == 1 && c.tagging.rules[0].query == "subject:welcome"),
+        ),
+        (one("MP_TAG", "signup"), Invalid("MP_TAG")),
+        (
+            one("MP_TAGS_CONFIG", &tags.display().to_string()),
+            Parsed(|c| c.tagging.rules.len() == 1 && c.tagging.rules[0].tags == ["ops"]),
+        ),
+        (
+            one("MP_TAGS_CONFIG", "/nonexistent/tags.yml"),
+            Invalid("MP_TAGS_CONFIG"),
         ),
         (
             one("MP_TAGS_TITLE_CASE", "1"),

@@ -440,9 +440,26 @@ pub async fn not_enabled() -> Result<Response, ApiError> {
     ))
 }
 
-/// `GET|PUT /api/v1/chaos`: chaos testing is not enabled.
-pub async fn chaos() -> Result<Response, ApiError> {
-    Err(ApiError::Bad("Chaos is not enabled".into()))
+/// `GET /api/v1/chaos`: the chaos triggers (400 when chaos is not
+/// enabled, as in Mailpit).
+pub async fn chaos(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let t = crate::smtp::chaos::current(&s.opts.chaos)
+        .ok_or_else(|| ApiError::Bad("Chaos is not enabled".into()))?;
+    Ok(Json(t).into_response())
+}
+
+/// `PUT /api/v1/chaos`: replaces every trigger (one left out is off; an
+/// `ErrorCode` of 0 takes its default), answering the triggers now.
+pub async fn set_chaos(State(s): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let Some(live) = &s.opts.chaos else {
+        return Err(ApiError::Bad("Chaos is not enabled".into()));
+    };
+    let asked: crate::smtp::chaos::Triggers =
+        serde_json::from_slice(&body).map_err(|e| ApiError::Bad(e.to_string()))?;
+    let t = asked.checked().map_err(|e| ApiError::Bad(e.to_string()))?;
+    *live.write().unwrap_or_else(|e| e.into_inner()) = t;
+    tracing::info!(?t, "chaos triggers set through the API");
+    Ok(Json(t).into_response())
 }
 
 /// `GET /api/v1/tags`
@@ -531,7 +548,7 @@ pub async fn info(State(s): State<AppState>) -> Result<Response, ApiError> {
             "SMTPAccepted": st.accepted,
             "SMTPAcceptedSize": st.accepted_size,
             "SMTPRejected": st.rejected,
-            "SMTPIgnored": 0,
+            "SMTPIgnored": st.ignored,
         },
     }))
     .into_response())

@@ -63,6 +63,9 @@ pub struct ApiOptions {
     /// The relay server `POST /api/v1/message/{ID}/release` sends through
     /// (`MP_SMTP_RELAY_*`); `None` refuses releases.
     pub relay: Option<Arc<crate::relay::RelayConfig>>,
+    /// Chaos triggers shared with the SMTP sessions (`MP_ENABLE_CHAOS`);
+    /// `None` answers `/api/v1/chaos` 400, as Mailpit does.
+    pub chaos: crate::smtp::chaos::Chaos,
 }
 
 impl Default for ApiOptions {
@@ -78,6 +81,7 @@ impl Default for ApiOptions {
             max_event_subscribers: 256,
             send_budget_wait: std::time::Duration::from_secs(10),
             relay: None,
+            chaos: None,
         }
     }
 }
@@ -129,7 +133,7 @@ pub fn router(store: Store, opts: ApiOptions) -> Router {
         )
         .route("/api/v1/info", get(h::info))
         .route("/api/v1/webui", get(h::webui))
-        .route("/api/v1/chaos", get(h::chaos).put(h::chaos))
+        .route("/api/v1/chaos", get(h::chaos).put(h::set_chaos))
         .route("/api/v1/send", post(send::send))
         .route("/api/v1/swagger.json", get(swagger::swagger))
         .route("/view/{file}", get(h::view))

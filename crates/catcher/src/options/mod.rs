@@ -91,11 +91,11 @@ pub struct Options {
         arg(long, env = "MP_MAX_MESSAGE_SIZE", default_value_t = 50)
     )]
     pub max_message_size: u64,
-    /// Not implemented yet: use the message's Date header as its received
-    /// time.
+    /// Use the message's Date header as its received time.
     #[cfg_attr(feature = "cli", arg(long, env = "MP_USE_MESSAGE_DATES", value_parser = mailpit_bool))]
     pub use_message_dates: bool,
-    /// Not implemented yet: drop messages whose Message-ID is stored.
+    /// Drop (answer 250, store nothing) messages whose Message-ID is
+    /// already stored.
     #[cfg_attr(feature = "cli", arg(long, env = "MP_IGNORE_DUPLICATE_IDS", value_parser = mailpit_bool))]
     pub ignore_duplicate_ids: bool,
     /// Not implemented: logs go to stderr (`MAILSAFE_LOG_FORMAT`).
@@ -245,7 +245,8 @@ pub struct Options {
     /// Same as `--smtp-require-tls` (ours, not Mailpit's).
     #[cfg_attr(feature = "cli", arg(long, env = "MP_SMTP_TLS_IMPLICIT", value_parser = mailpit_bool))]
     pub smtp_tls_implicit: bool,
-    /// Not implemented yet: refuse headers containing CR CR LF.
+    /// Refuse (451) messages whose headers contain CR CR LF; by default
+    /// they are repaired to CR LF, as in Mailpit.
     #[cfg_attr(feature = "cli", arg(long, env = "MP_SMTP_STRICT_RFC_HEADERS", value_parser = mailpit_bool))]
     pub smtp_strict_rfc_headers: bool,
     /// Deprecated Mailpit name of `--smtp-strict-rfc-headers`.
@@ -257,10 +258,11 @@ pub struct Options {
         arg(long, env = "MP_SMTP_MAX_RECIPIENTS", default_value_t = 100)
     )]
     pub smtp_max_recipients: usize,
-    /// Not implemented yet: only recipients matching this regex.
+    /// Only recipients matching this regex are accepted (others get 550).
     #[cfg_attr(feature = "cli", arg(long, env = "MP_SMTP_ALLOWED_RECIPIENTS"))]
     pub smtp_allowed_recipients: Option<String>,
-    /// Not implemented yet: answer 2xx to refused recipients and drop them.
+    /// Answer 250 to recipients refused by --smtp-allowed-recipients and
+    /// drop them.
     #[cfg_attr(feature = "cli", arg(long, env = "MP_SMTP_IGNORE_REJECTED_RECIPIENTS", value_parser = mailpit_bool))]
     pub smtp_ignore_rejected_recipients: bool,
     /// No-op: the catcher never looks up clients' reverse DNS.
@@ -268,16 +270,18 @@ pub struct Options {
     pub smtp_disable_rdns: bool,
 
     // ---- Chaos, tags (Mailpit) ----
-    /// Not implemented yet: the chaos API.
+    /// Chaos: `/api/v1/chaos` sets SMTP errors to inject.
     #[cfg_attr(feature = "cli", arg(long, env = "MP_ENABLE_CHAOS", value_parser = mailpit_bool))]
     pub enable_chaos: bool,
-    /// Not implemented yet: chaos triggers at start.
+    /// Chaos triggers at start (enables chaos):
+    /// `Sender|Recipient|Authentication:CODE:PROBABILITY`, comma-separated.
     #[cfg_attr(feature = "cli", arg(long, env = "MP_CHAOS_TRIGGERS"))]
     pub chaos_triggers: Option<String>,
-    /// Not implemented yet: tag rules `tag1,tag2=search query`.
+    /// Tag rules: space-separated `tag1,tag2=search query` items (quote an
+    /// item with spaces).
     #[cfg_attr(feature = "cli", arg(long, short = 't', env = "MP_TAG"))]
     pub tag: Option<String>,
-    /// Not implemented yet: tag rules from a YAML file.
+    /// Tag rules from a YAML file (`filters:` of `match:` and `tags:`).
     #[cfg_attr(feature = "cli", arg(long, env = "MP_TAGS_CONFIG"))]
     pub tags_config: Option<PathBuf>,
     /// Title-case tags from plus-addresses and `X-Tags`.
@@ -474,7 +478,48 @@ impl Options {
         let smtp_max_data_memory = value::megabytes(self.smtp_max_data_memory)
             .map_err(|e| too_large("MAILSAFE_SMTP_MAX_DATA_MEMORY", e))?
             .unwrap_or(0);
+        let mut rules =
+            crate::storage::TagRule::parse_args(self.tag.as_deref().unwrap_or_default())
+                .map_err(Error::Config)?;
+        if let Some(path) = &self.tags_config {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::Config(format!("MP_TAGS_CONFIG {}: {e}", path.display())))?;
+            rules.extend(
+                crate::storage::TagRule::from_yaml(&text).map_err(|e| {
+                    Error::Config(format!("MP_TAGS_CONFIG {}: {e}", path.display()))
+                })?,
+            );
+        }
+        if self.strict_rfc_headers {
+            deprecated(
+                "MP_STRICT_RFC_HEADERS / --strict-rfc-headers",
+                "MP_SMTP_STRICT_RFC_HEADERS",
+            );
+        }
+        let smtp_allowed_recipients =
+            match self.smtp_allowed_recipients.as_deref() {
+                None | Some("") => None,
+                Some(re) => Some(regex::Regex::new(re).map_err(|e| {
+                    Error::Config(format!("MP_SMTP_ALLOWED_RECIPIENTS {re:?}: {e}"))
+                })?),
+            };
+        if self.smtp_ignore_rejected_recipients && smtp_allowed_recipients.is_none() {
+            tracing::warn!(
+                "MP_SMTP_IGNORE_REJECTED_RECIPIENTS has no effect without MP_SMTP_ALLOWED_RECIPIENTS"
+            );
+        }
+        // Triggers enable chaos by themselves, as in Mailpit.
+        let chaos = match self.chaos_triggers.as_deref() {
+            Some(t) if !t.trim().is_empty() => Some(
+                crate::smtp::chaos::Triggers::parse(t)
+                    .map_err(|e| Error::Config(format!("MP_CHAOS_TRIGGERS: {e}")))?,
+            ),
+            _ => self
+                .enable_chaos
+                .then(crate::smtp::chaos::Triggers::default),
+        };
         let mut tagging = crate::storage::Tagging {
+            rules,
             title_case: self.tags_title_case,
             username: self.tags_username,
             ..Default::default()
@@ -536,6 +581,12 @@ impl Options {
                 cors: self.api_cors,
                 allowed_hosts: self.http_allowed_hosts,
             },
+            smtp_allowed_recipients,
+            smtp_ignore_rejected_recipients: self.smtp_ignore_rejected_recipients,
+            smtp_strict_rfc_headers: self.smtp_strict_rfc_headers || self.strict_rfc_headers,
+            ignore_duplicate_ids: self.ignore_duplicate_ids,
+            use_message_dates: self.use_message_dates,
+            chaos,
             ..Config::default()
         };
         self.integrations.apply(&mut config)?;
@@ -553,14 +604,6 @@ impl Options {
         };
         refuse(self.disable_wal, "MP_DISABLE_WAL (--disable-wal)");
         refuse(self.compression == 0, "MP_COMPRESSION=0 (--compression 0)");
-        refuse(
-            self.use_message_dates,
-            "MP_USE_MESSAGE_DATES (--use-message-dates)",
-        );
-        refuse(
-            self.ignore_duplicate_ids,
-            "MP_IGNORE_DUPLICATE_IDS (--ignore-duplicate-ids)",
-        );
         refuse(
             self.log_file.is_some(),
             "MP_LOG_FILE (--log-file; logs go to stderr)",
@@ -600,24 +643,6 @@ impl Options {
                 || self.send_api_auth_accept_any,
             "MP_SEND_API_AUTH* (--send-api-auth-*)",
         );
-        refuse(
-            self.smtp_strict_rfc_headers || self.strict_rfc_headers,
-            "MP_SMTP_STRICT_RFC_HEADERS (--smtp-strict-rfc-headers)",
-        );
-        refuse(
-            self.smtp_allowed_recipients.is_some(),
-            "MP_SMTP_ALLOWED_RECIPIENTS (--smtp-allowed-recipients)",
-        );
-        refuse(
-            self.smtp_ignore_rejected_recipients,
-            "MP_SMTP_IGNORE_REJECTED_RECIPIENTS (--smtp-ignore-rejected-recipients)",
-        );
-        refuse(
-            self.enable_chaos || self.chaos_triggers.is_some(),
-            "MP_ENABLE_CHAOS / MP_CHAOS_TRIGGERS (--enable-chaos)",
-        );
-        refuse(self.tag.is_some(), "MP_TAG (--tag)");
-        refuse(self.tags_config.is_some(), "MP_TAGS_CONFIG (--tags-config)");
         if out.is_empty() {
             return Ok(());
         }

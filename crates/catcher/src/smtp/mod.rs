@@ -7,6 +7,7 @@
 //! [`Deliver`] (the store), answering 250 only once it is durable.
 
 pub mod budget;
+pub mod chaos;
 pub mod deliver;
 pub mod proto;
 pub mod server;

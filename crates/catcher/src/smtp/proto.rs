@@ -49,6 +49,19 @@ pub struct Limits {
     /// Memory for message content shared by every session of a server;
     /// `None` leaves only the per-message limit.
     pub data_budget: Option<Arc<DataBudget>>,
+    /// Only recipients matching this are accepted; others get 550
+    /// (`MP_SMTP_ALLOWED_RECIPIENTS`).
+    pub allowed_recipients: Option<regex::Regex>,
+    /// Answer refused recipients 250 and drop them, as Mailpit's
+    /// `MP_SMTP_IGNORE_REJECTED_RECIPIENTS` (a message left with none is
+    /// answered 250 and not stored).
+    pub ignore_rejected_recipients: bool,
+    /// Errors injected on purpose (Mailpit's Chaos); `None` = off.
+    pub chaos: super::chaos::Chaos,
+    /// Refuse (451) a message whose headers contain CR CR LF; otherwise
+    /// every CR CR LF is repaired to CR LF, as Mailpit does
+    /// (`MP_SMTP_STRICT_RFC_HEADERS`).
+    pub strict_rfc_headers: bool,
 }
 
 impl Default for Limits {
@@ -63,6 +76,10 @@ impl Default for Limits {
             auth: AuthPolicy::None,
             auth_allow_insecure: false,
             data_budget: None,
+            allowed_recipients: None,
+            ignore_rejected_recipients: false,
+            chaos: None,
+            strict_rfc_headers: false,
         }
     }
 }
@@ -208,6 +225,9 @@ pub struct Session {
     mail_from: Option<String>,
     rcpt_to: Vec<String>,
     data: Vec<u8>,
+    /// A recipient of this transaction was refused and ignored
+    /// (`ignore_rejected_recipients`), so DATA goes ahead without any.
+    dropped_recipients: bool,
     /// Bytes of content seen in this DATA, kept or not.
     data_size: usize,
     /// Bytes reserved from the shared [`DataBudget`] for `data` (its
@@ -241,6 +261,7 @@ impl Session {
             tls,
             username: None,
             login_user: None,
+            dropped_recipients: false,
             authenticating: None,
             auth_failures: 0,
             mail_from: None,
@@ -371,6 +392,8 @@ impl Session {
         self.release_data();
         self.phase = Phase::Command;
         let reply = match outcome {
+            // No ID: the store ignored it (a duplicate Message-ID).
+            Ok(id) if id.is_empty() => Reply::new(250, "2.0.0 Ok: queued"),
             Ok(id) => Reply::new(250, format!("2.0.0 Ok: queued as {id}")),
             Err(why) => {
                 self.rejected += 1;
@@ -423,6 +446,15 @@ impl Session {
         self.username = None;
         self.reset_transaction();
         self.input.clear();
+    }
+
+    /// The code of the chaos trigger `pick` names, when chaos is on and
+    /// the trigger fires.
+    fn chaos(
+        &self,
+        pick: impl Fn(&super::chaos::Triggers) -> super::chaos::Trigger,
+    ) -> Option<u16> {
+        super::chaos::current(&self.limits.chaos).and_then(|t| pick(&t).fire())
     }
 
     fn push(&mut self, reply: Reply) {
@@ -527,24 +559,33 @@ impl Session {
 
     fn end_of_data(&mut self) {
         if self.data_size > self.limits.max_message_size {
-            self.reset_transaction();
-            self.phase = Phase::Command;
             self.rejected += 1;
-            self.push(Reply::new(
+            return self.end_without_delivery(Reply::new(
                 552,
                 "5.3.4 Message size exceeds fixed maximum message size",
             ));
-            return;
         }
         if self.over_budget {
-            self.reset_transaction();
-            self.phase = Phase::Command;
             self.rejected += 1;
-            self.push(Reply::new(
+            return self.end_without_delivery(Reply::new(
                 452,
                 "4.3.1 Insufficient system storage, try again later",
             ));
-            return;
+        }
+        if crlf_in_headers(&self.data) {
+            if self.limits.strict_rfc_headers {
+                self.rejected += 1;
+                return self.end_without_delivery(Reply::new(
+                    451,
+                    "4.3.5 Unable to process mail: headers contain <CR><CR><LF>",
+                ));
+            }
+            repair_cr_cr_lf(&mut self.data);
+        }
+        if self.rcpt_to.is_empty() {
+            // Every recipient was refused and ignored: answered as if
+            // queued, and dropped (Mailpit does the same).
+            return self.end_without_delivery(Reply::new(250, "2.0.0 Ok: queued"));
         }
         let envelope = Envelope {
             mail_from: self.mail_from.take().unwrap_or_default(),
@@ -563,8 +604,17 @@ impl Session {
         self.pending.push_back(Event::Deliver(envelope));
     }
 
+    /// Ends the transaction at the end of DATA with `reply`, storing
+    /// nothing.
+    fn end_without_delivery(&mut self, reply: Reply) {
+        self.reset_transaction();
+        self.phase = Phase::Command;
+        self.push(reply);
+    }
+
     fn reset_transaction(&mut self) {
         self.mail_from = None;
+        self.dropped_recipients = false;
         self.rcpt_to.clear();
         self.release_data();
         self.data_size = 0;
@@ -701,6 +751,9 @@ impl Session {
         let Some((addr, params)) = parse_path(rest) else {
             return self.push(Reply::new(501, "5.1.7 Bad sender address syntax"));
         };
+        if let Some(code) = self.chaos(|t| t.sender) {
+            return self.push(Reply::new(code, "Chaos sender error"));
+        }
         for param in params {
             let (key, value) = match param.iter().position(|&b| b == b'=') {
                 Some(i) => (&param[..i], Some(&param[i + 1..])),
@@ -747,9 +800,25 @@ impl Session {
             Some((addr, _)) if !addr.is_empty() => addr,
             _ => return self.push(Reply::new(501, "5.1.3 Bad recipient address syntax")),
         };
+        if let Some(code) = self.chaos(|t| t.recipient) {
+            return self.push(Reply::new(code, "Chaos recipient error"));
+        }
         if self.rcpt_to.len() >= self.limits.max_recipients {
             self.rejected += 1;
             return self.push(Reply::new(452, "4.5.3 Error: too many recipients"));
+        }
+        if let Some(allowed) = &self.limits.allowed_recipients
+            && !allowed.is_match(&addr)
+        {
+            if self.limits.ignore_rejected_recipients {
+                self.dropped_recipients = true;
+                return self.push(Reply::new(250, "2.1.5 Ok"));
+            }
+            self.rejected += 1;
+            return self.push(Reply::new(
+                550,
+                "5.1.0 Requested action not taken: mailbox unavailable",
+            ));
         }
         self.rcpt_to.push(addr);
         self.push(Reply::new(250, "2.1.5 Ok"));
@@ -762,7 +831,7 @@ impl Session {
         if self.mail_from.is_none() {
             return self.push(Reply::new(503, "5.5.1 Error: need MAIL command"));
         }
-        if self.rcpt_to.is_empty() {
+        if self.rcpt_to.is_empty() && !self.dropped_recipients {
             return self.push(Reply::new(503, "5.5.1 Error: need RCPT command"));
         }
         if self
@@ -822,6 +891,10 @@ impl Session {
         }
         let (mech, initial) = split_verb(arg);
         let initial = trim(initial);
+        let known = mech.eq_ignore_ascii_case(b"PLAIN") || mech.eq_ignore_ascii_case(b"LOGIN");
+        if known && let Some(code) = self.chaos(|t| t.authentication) {
+            return self.push(Reply::new(code, "Chaos authentication error"));
+        }
         if mech.eq_ignore_ascii_case(b"PLAIN") {
             if initial.is_empty() {
                 self.phase = Phase::AuthPlain;
@@ -1022,6 +1095,32 @@ pub fn fuzz_session(input: &[u8]) -> std::collections::BTreeSet<u16> {
 
 fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
     haystack.iter().position(|&b| b == needle)
+}
+
+/// Whether the header section of `data` (up to its first empty line)
+/// contains CR CR LF.
+fn crlf_in_headers(data: &[u8]) -> bool {
+    let end = data
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .or_else(|| data.windows(2).position(|w| w == b"\n\n"))
+        .unwrap_or(data.len());
+    data[..end].windows(3).any(|w| w == b"\r\r\n")
+}
+
+/// Turns every CR CR LF of `data` into CR LF, in place (Mailpit's repair
+/// for clients that double the CR, mailpit#87).
+fn repair_cr_cr_lf(data: &mut Vec<u8>) {
+    let mut out = 0;
+    for i in 0..data.len() {
+        let skip =
+            data[i] == b'\r' && data.get(i + 1) == Some(&b'\r') && data.get(i + 2) == Some(&b'\n');
+        if !skip {
+            data[out] = data[i];
+            out += 1;
+        }
+    }
+    data.truncate(out);
 }
 
 fn trim(s: &[u8]) -> &[u8] {

@@ -38,8 +38,7 @@ impl Store {
         } else {
             Prepared::new(msg, level, &tagging)?
         };
-        self.write(move |conn, ctx| insert(conn, ctx, prepared))
-            .await
+        self.store_prepared(prepared).await
     }
 
     /// Stores a message whose raw bytes are spooled (the send API), holding
@@ -53,8 +52,64 @@ impl Store {
         let prepared = tokio::task::spawn_blocking(move || Prepared::spooled(msg, level, &tagging))
             .await
             .map_err(|e| StorageError::Task(e.to_string()))??;
-        self.write(move |conn, ctx| insert(conn, ctx, prepared))
-            .await
+        self.store_prepared(prepared).await
+    }
+}
+
+impl Store {
+    /// Writes a prepared message with the store's options (message dates,
+    /// duplicates), then applies the tag rules; the new ID, or an empty one
+    /// for a duplicate that was dropped.
+    async fn store_prepared(&self, mut prepared: Prepared) -> Result<String, StorageError> {
+        let opts = self.options();
+        if opts.use_message_dates
+            && let Some(date) = prepared.parsed.date_ms
+        {
+            prepared.created = date;
+        }
+        prepared.skip_duplicate = opts.ignore_duplicate_ids;
+        let id = self
+            .write(move |conn, ctx| insert(conn, ctx, prepared))
+            .await?;
+        if id.is_empty() {
+            self.note_ignored();
+            return Ok(id);
+        }
+        self.apply_tag_rules(&id).await?;
+        Ok(id)
+    }
+
+    /// Tags a new message with every rule (`MP_TAG`, `MP_TAGS_CONFIG`)
+    /// whose search matches it. Runs once the message is committed, so
+    /// the search sees it exactly as the API would (its words are indexed
+    /// at commit).
+    async fn apply_tag_rules(&self, id: &str) -> Result<(), StorageError> {
+        let rules = self.options().tagging.rules.clone();
+        if rules.is_empty() {
+            return Ok(());
+        }
+        let vocab = self.vocab();
+        let id = id.to_string();
+        let (rowid, tags) = self
+            .read(move |c, pre| {
+                let (rowid, _) = super::read::resolve(c, pre, &id)?;
+                let mut tags = Vec::new();
+                for r in &rules {
+                    if super::read::matches(c, pre, &r.query, &vocab, rowid)? {
+                        tags.extend(r.tags.iter().cloned());
+                    }
+                }
+                Ok((rowid, tags))
+            })
+            .await?;
+        if !tags.is_empty() {
+            self.write(move |c, ctx| {
+                add_tags(c, &ctx.prefix, rowid, &tags)?;
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
     }
 }
 
@@ -74,6 +129,8 @@ pub struct Prepared {
     username: String,
     created: i64,
     search: index::Prepped,
+    /// Drop the message if its Message-ID is stored already.
+    skip_duplicate: bool,
 }
 
 impl Prepared {
@@ -100,6 +157,7 @@ impl Prepared {
             compressed: Compressed::Bytes(compressed),
             username: msg.username.unwrap_or_default(),
             created: now_ms(),
+            skip_duplicate: false,
         })
     }
 
@@ -131,6 +189,7 @@ impl Prepared {
             compressed: Compressed::Spooled(out, len),
             username: msg.username.unwrap_or_default(),
             created: now_ms(),
+            skip_duplicate: false,
         })
     }
 }
@@ -213,8 +272,19 @@ fn addrs_text(a: &[parse::Address]) -> String {
 /// Inserts one prepared message inside a writer batch; returns its ID.
 pub fn insert(conn: &Connection, ctx: &mut Ctx, p: Prepared) -> Result<String, StorageError> {
     let pre = &ctx.prefix;
-    let id = new_id();
     let pp = &p.parsed;
+    if p.skip_duplicate && !pp.message_id.is_empty() {
+        let stored = conn
+            .prepare_cached(&format!(
+                "SELECT 1 FROM {pre}mailbox WHERE MessageID = ?1 LIMIT 1"
+            ))?
+            .exists(params![pp.message_id])?;
+        if stored {
+            tracing::debug!(message_id = %pp.message_id, "duplicate Message-ID: message dropped");
+            return Ok(String::new());
+        }
+    }
+    let id = new_id();
     conn.prepare_cached(&format!(
         "INSERT INTO {pre}mailbox (ID, MessageID, Subject, FromJSON, ToJSON, CcJSON, BccJSON, ReplyToJSON, \
          Size, Attachments, Inline, Snippet, Read, Created, Username) \

@@ -48,7 +48,7 @@ pub use parse::{
 };
 pub use schema::tenant_prefix;
 pub use store::Store;
-pub use tagging::Tagging;
+pub use tagging::{TagRule, Tagging};
 
 #[cfg(test)]
 mod tests {

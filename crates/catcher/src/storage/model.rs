@@ -27,6 +27,12 @@ pub struct StoreOptions {
     pub compression_level: i32,
     /// Which automatic tags new messages get.
     pub tagging: super::tagging::Tagging,
+    /// Drop a new message whose Message-ID is already stored
+    /// (`MP_IGNORE_DUPLICATE_IDS`; counted as `SMTPIgnored`).
+    pub ignore_duplicate_ids: bool,
+    /// A new message's received time is its Date header, when it has one
+    /// (`MP_USE_MESSAGE_DATES`).
+    pub use_message_dates: bool,
 }
 
 impl Default for StoreOptions {
@@ -38,6 +44,8 @@ impl Default for StoreOptions {
             read_connections: 4,
             compression_level: 3,
             tagging: super::tagging::Tagging::default(),
+            ignore_duplicate_ids: false,
+            use_message_dates: false,
         }
     }
 }
@@ -232,6 +240,8 @@ pub struct RuntimeStats {
     pub rejected: u64,
     /// Messages deleted or pruned.
     pub deleted: u64,
+    /// Messages dropped as duplicates (`MP_IGNORE_DUPLICATE_IDS`).
+    pub ignored: u64,
 }
 
 /// The live form of [`RuntimeStats`], shared by the store and its writer.
@@ -241,6 +251,7 @@ pub(crate) struct Counters {
     pub(crate) accepted_size: AtomicU64,
     pub(crate) rejected: AtomicU64,
     pub(crate) deleted: AtomicU64,
+    pub(crate) ignored: AtomicU64,
 }
 
 /// The fields Mailpit's `MessageSummary` and `Message` share, mapped from a

@@ -36,6 +36,8 @@ pub struct Parsed {
     pub tags: Vec<String>,
     /// Text searched by plain words: bodies (HTML stripped) and file names.
     pub body_text: String,
+    /// The Date header as Unix milliseconds (`MP_USE_MESSAGE_DATES`).
+    pub date_ms: Option<i64>,
 }
 
 /// One attachment or inline part, shaped like Mailpit's `Attachment`.
@@ -250,6 +252,7 @@ pub fn parse(raw: &[u8]) -> Parsed {
             snippet: String::new(),
             tags: vec![],
             body_text: String::from_utf8_lossy(raw).into_owned(),
+            date_ms: None,
         };
     };
     let text = match m.body_text(0) {
@@ -296,6 +299,7 @@ pub fn parse(raw: &[u8]) -> Parsed {
         snippet: snippet_of(&text),
         tags,
         body_text,
+        date_ms: m.date().map(|d| d.to_timestamp().saturating_mul(1000)),
     }
 }
 

@@ -327,6 +327,25 @@ pub(super) fn search_rows(
         .collect::<Result<_, _>>()?)
 }
 
+/// Whether the Mailpit search `query` matches message `rowid` (tag rules).
+pub(super) fn matches(
+    conn: &Connection,
+    pre: &str,
+    query: &str,
+    vocab: &Vocab,
+    rowid: i64,
+) -> Result<bool, StorageError> {
+    let c = search::compile(query, "", pre, vocab);
+    let q = search_sql(conn, pre, &c)?;
+    let sql = format!(
+        "SELECT 1 FROM {} WHERE ({}) AND m.Seq = ? LIMIT 1",
+        q.from, q.filter
+    );
+    let mut args = q.args;
+    args.push(Value::Integer(rowid));
+    Ok(conn.prepare(&sql)?.exists(params_from_iter(args.iter()))?)
+}
+
 pub(super) fn tags_of(
     conn: &Connection,
     pre: &str,

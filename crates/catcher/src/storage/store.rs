@@ -74,7 +74,14 @@ impl Store {
             accepted_size: c.accepted_size.load(Ordering::Relaxed),
             rejected: c.rejected.load(Ordering::Relaxed),
             deleted: c.deleted.load(Ordering::Relaxed),
+            ignored: c.ignored.load(Ordering::Relaxed),
         }
+    }
+
+    /// Records that a new message was dropped as a duplicate (`SMTPIgnored`
+    /// in `/api/v1/info`).
+    pub(crate) fn note_ignored(&self) {
+        self.inner.counters.ignored.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records that the SMTP server refused `n` messages or recipients

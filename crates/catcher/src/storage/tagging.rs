@@ -3,7 +3,9 @@
 //! `a+b+c@` gives `b` and `c`) of From, To, Cc and Bcc, and from the SMTP
 //! AUTH user name; plus-address and `X-Tags` tags optionally Title-cased.
 //! Pure functions over the parsed message: the writer only stores the
-//! result.
+//! result. Tag rules (`MP_TAG`, `MP_TAGS_CONFIG`: tags for the messages a
+//! search matches) are parsed here and applied by the store once the
+//! message is searchable (`Store::insert`).
 
 use super::parse::{Address, Parsed};
 
@@ -19,6 +21,109 @@ pub struct Tagging {
     pub title_case: bool,
     /// Tag with the SMTP AUTH user name.
     pub username: bool,
+    /// Tag rules: a new message that a rule's search matches gets its tags.
+    pub rules: Vec<TagRule>,
+}
+
+/// A tag rule: messages the search `query` matches get `tags`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagRule {
+    /// A Mailpit search (`subject:welcome`, `to:@example.org`).
+    pub query: String,
+    /// Tags to set, cleaned.
+    pub tags: Vec<String>,
+}
+
+impl TagRule {
+    /// Mailpit's `MP_TAG`: space-separated `tag1,tag2=search query` items
+    /// (double quotes keep words together: `"Signup mail=subject:welcome to:x"`);
+    /// the query is lower-cased, as Mailpit does. An item without `=` is an
+    /// error naming it.
+    pub fn parse_args(s: &str) -> Result<Vec<TagRule>, String> {
+        let mut rules = Vec::new();
+        for item in args(s) {
+            let Some((tags, query)) = item.split_once('=') else {
+                return Err(format!(
+                    "invalid MP_TAG item {item:?}: expected tag1,tag2=search"
+                ));
+            };
+            rules.extend(Self::new(query.trim().to_lowercase(), tags));
+        }
+        Ok(rules)
+    }
+
+    /// Mailpit's `MP_TAGS_CONFIG` YAML: `filters:` with `match:` (a search)
+    /// and `tags:` (comma-separated) per rule.
+    pub fn from_yaml(text: &str) -> Result<Vec<TagRule>, String> {
+        #[derive(serde::Deserialize)]
+        struct File {
+            filters: Option<Vec<Filter>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Filter {
+            #[serde(rename = "match", default)]
+            query: String,
+            #[serde(default)]
+            tags: String,
+        }
+        let file: File = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        let filters = file
+            .filters
+            .ok_or_else(|| "missing \"filters:\" list".to_string())?;
+        Ok(filters
+            .into_iter()
+            .filter_map(|f| Self::new(f.query.trim().to_string(), &f.tags))
+            .collect())
+    }
+
+    /// A rule from a query and comma-separated tags; `None` (with a
+    /// warning, as Mailpit skips it) when the query is empty or no tag is
+    /// valid.
+    fn new(query: String, tags: &str) -> Option<TagRule> {
+        if query.is_empty() {
+            tracing::warn!("ignoring a tag rule without a search");
+            return None;
+        }
+        let tags: Vec<String> = tags
+            .split(',')
+            .map(super::parse::clean_tag)
+            .filter(|t| {
+                let ok = !t.is_empty();
+                if !ok {
+                    tracing::warn!(query, "ignoring an empty tag in a tag rule");
+                }
+                ok
+            })
+            .collect();
+        (!tags.is_empty()).then_some(TagRule { query, tags })
+    }
+}
+
+/// Mailpit's `ArgsParser`: splits on spaces outside double quotes, drops
+/// the quotes.
+fn args(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut push = |cur: &mut String| {
+        let v = cur.replace('"', "").trim().to_string();
+        if !v.is_empty() {
+            out.push(v);
+        }
+        cur.clear();
+    };
+    for c in s.chars() {
+        if c == '"' {
+            quoted = !quoted;
+            cur.push(c);
+        } else if !quoted && c == ' ' {
+            push(&mut cur);
+        } else {
+            cur.push(c);
+        }
+    }
+    push(&mut cur);
+    out
 }
 
 impl Default for Tagging {
@@ -28,6 +133,7 @@ impl Default for Tagging {
             x_tags: true,
             title_case: false,
             username: false,
+            rules: Vec::new(),
         }
     }
 }
@@ -92,6 +198,36 @@ fn title_case(t: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tag_rules_parse_as_mailpit_reads_them() {
+        let rules =
+            TagRule::parse_args(r#"signup,new=subject:Welcome "Big Deal=larger:1mb to:ceo@x""#)
+                .unwrap();
+        assert_eq!(
+            rules,
+            [
+                TagRule {
+                    query: "subject:welcome".into(),
+                    tags: vec!["signup".into(), "new".into()]
+                },
+                TagRule {
+                    query: "larger:1mb to:ceo@x".into(),
+                    tags: vec!["Big Deal".into()]
+                },
+            ]
+        );
+        assert!(TagRule::parse_args("justatag").is_err());
+        let yaml = "filters:\n  - match: from:alerts@\n    tags: alert, ops\n  - match: \"\"\n    tags: x\n";
+        assert_eq!(
+            TagRule::from_yaml(yaml).unwrap(),
+            [TagRule {
+                query: "from:alerts@".into(),
+                tags: vec!["alert".into(), "ops".into()]
+            }]
+        );
+        assert!(TagRule::from_yaml("other: 1\n").is_err());
+    }
 
     fn addr(a: &str) -> Address {
         Address {
