@@ -7,7 +7,10 @@
 #   1. first backup: start the tool; done when uploads have been quiet for
 #      $QUIET s (Litestream) or the first `mailsafe snapshot` exits.
 #   2. steady state: counters reset, the load runs, then $SETTLE s more.
-#   3. stop; restore the replica to a new file, directly from SeaweedFS,
+#   3. one-row change: counters reset, one UPDATE of one mail's `read`
+#      flag (one transaction), then uploads quiet for $QUIET s: the bytes
+#      one small change costs (issue 18: <= 32 KB).
+#   4. stop; restore the replica to a new file, directly from SeaweedFS,
 #      timed, and check the restored row count.
 # CPU seconds and peak RSS come from /usr/bin/time over every process of the
 # tool across phases 1-2 (and the final sync at stop). The steady window is
@@ -18,16 +21,25 @@
 # mailsafe runs as `watch` (default; BENCH_MAILSAFE_MODE=loop runs
 # `snapshot` once a second instead, as issue 3 asked before `watch` existed).
 #
+# The first backup's CPU is the tool process's CPU when the steady window
+# starts, reported on its own.
+#
 # Env: BENCH_MIB (200; the db size, any size: RESULTS.md gets one section
 # per size), BENCH_COUNT (300), BENCH_RATE (30), SETTLE (20),
 # QUIET (5), MAILSAFE_BIN (default target/release/mailsafe, built if
 # missing), BENCH_LABEL (names the RESULTS.md section), BENCH_KEEP=1 keeps
-# the work dir. Results: bench/RESULTS.md
+# the work dir, BENCH_LITESTREAM=0 skips Litestream (quick mailsafe-only
+# iterations while profiling; its columns then read 0 and nothing is
+# written to RESULTS.md), BENCH_PERF=1 records mailsafe's steady window
+# with `perf record -g` (its CPU figure then includes perf's overhead) and
+# prints the hottest symbols; the profile stays in $WORK/perf.data (with
+# BENCH_KEEP=1). Results: bench/RESULTS.md
 # (the section between the engine markers) and $WORK/results.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 MIB=${BENCH_MIB:-200}
 COUNT=${BENCH_COUNT:-300}
 RATE=${BENCH_RATE:-30}
@@ -107,7 +119,36 @@ cpu_of() { awk '{printf "%.2f\n", ($14 + $15) / 100}' "/proc/$(ps -o pid= --ppid
 
 run_load() { python3 bench/maildb.py load "$1" --count "$COUNT" --rate "$RATE" >/dev/null; }
 
+# one_row DB PORT FILE : one UPDATE of one row, then the proxy's counters once
+# uploads have been quiet for $QUIET s (at most 30 s), written to FILE.
+one_row() {
+  reset_stats "$2"
+  python3 - "$1" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
+db.execute("UPDATE mailbox SET read = 1 - read WHERE id = (SELECT max(id) / 2 FROM mailbox)")
+PY
+  local last=-1 same=0 now
+  for _ in $(seq 1 60); do
+    sleep 0.5
+    now=$(stats "$2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"]["bytes_in"])')
+    if [ "$now" = "$last" ] && [ "$now" -gt 0 ]; then
+      same=$((same + 1))
+      [ $((same * 5)) -ge $((QUIET * 10)) ] && break
+    else
+      same=0
+    fi
+    last=$now
+  done
+  stats "$2" >"$3"
+}
+
 ########## Litestream
+if [ "${BENCH_LITESTREAM:-1}" = 0 ]; then
+  empty='{"total":{"bytes_in":0,"bytes_out":0,"requests":0},"ops":{},"status":{}}'
+  for f in first steady onerow; do echo "$empty" >"$WORK/ls.$f.json"; done
+  LS_STEADY_CPU=0 LS_FIRST_CPU=0 LS_ROWS=0 LS_RESTORED_ROWS=0 LS_CPU=0 LS_RSS=0 LS_FIRST_S=0 LS_RESTORE_S=0
+else
 log "litestream: first backup"
 mkdir -p "$WORK/ls"
 cp "$BASE" "$WORK/ls/mail.db"
@@ -141,6 +182,9 @@ run_load "$WORK/ls/mail.db"
 sleep "$SETTLE"
 stats "$LS_PORT" >"$WORK/ls.steady.json"
 LS_STEADY_CPU=$(echo "$(cpu_of "$LS_PID") - $LS_CPU0" | bc)
+LS_FIRST_CPU=$LS_CPU0
+log "litestream: one-row change"
+one_row "$WORK/ls/mail.db" "$LS_PORT" "$WORK/ls.onerow.json"
 stop_timed "$LS_PID"
 LS_ROWS=$(sqlite3 "$WORK/ls/mail.db" "select count(*) from mailbox")
 log "litestream: restore"
@@ -154,6 +198,7 @@ LS_RESTORED_ROWS=$(restored_rows "$WORK/ls/restored.db" "$LS_RESTORE_RC" "$WORK/
 read -r LS_CPU LS_RSS < <(sum_time "$WORK/ls/time")
 LS_FIRST_S=$(echo "$T1 - $T0 - $QUIET" | bc)
 LS_RESTORE_S=$(echo "$R1 - $R0" | bc)
+fi
 
 ########## mailsafe
 log "mailsafe ($MODE): first backup"
@@ -195,15 +240,32 @@ if [ "$MODE" != watch ]; then
   MS_PID=$!
   PIDS+=("$MS_PID")
 fi
+PERF_PID=
+if [ -n "${BENCH_PERF:-}" ] && [ "$MODE" = watch ]; then
+  perf record -q -F 499 -g -o "$WORK/perf.data" -p "$(ps -o pid= --ppid "$MS_PID" | head -1 | tr -d ' ')" 2>"$WORK/perf.log" &
+  PERF_PID=$!
+fi
 run_load "$WORK/ms/mail.db"
 sleep "$SETTLE"
 stats "$MS_PORT" >"$WORK/ms.steady.json"
+if [ -n "$PERF_PID" ]; then
+  kill -INT "$PERF_PID"
+  wait "$PERF_PID" || true
+  perf report -i "$WORK/perf.data" --no-children --percent-limit 1.5 --stdio -g none 2>/dev/null \
+    | grep -v '^#' | grep -v '^$' | head -40 >"$WORK/perf.txt" || true
+  log "perf: hottest symbols of the steady window (self time):"
+  cat "$WORK/perf.txt" >&2
+fi
 MS_STEADY_CPU=nan
 [ "$MODE" = watch ] && MS_STEADY_CPU=$(echo "$(cpu_of "$MS_PID") - $MS_CPU0" | bc)
 MS_STEADY_LOG=$(tail -n +"$((MS_LOG_LINES + 1))" "$WORK/ms/log" | sed 's/\x1b\[[0-9;]*m//g')
 MS_FULL_SCANS=$(grep -c "hashing every chunk" <<<"$MS_STEADY_LOG" || true)
 MS_WAL_RESETS=$(grep -c "wal reset" <<<"$MS_STEADY_LOG" || true)
 MS_RESET_MAX_US=$(grep -o 'write_lock_held_us=[0-9]*' <<<"$MS_STEADY_LOG" | cut -d= -f2 | sort -n | tail -1 || true)
+MS_FIRST_CPU=nan
+[ "$MODE" = watch ] && MS_FIRST_CPU=$MS_CPU0
+log "mailsafe: one-row change"
+one_row "$WORK/ms/mail.db" "$MS_PORT" "$WORK/ms.onerow.json"
 touch "$WORK/ms/stop"
 # A failed final snapshot is a result: watch exits non-zero and says what is
 # not in the replica (the 14:13 session-2 run went unexplained for want of it).
@@ -227,9 +289,13 @@ MS_RESTORE_S=$(echo "$R1 - $R0" | bc)
 [ "$MODE" = watch ] && MS_FIRST_S=$(echo "$MS_FIRST_S - $QUIET" | bc)
 
 ########## report
+# BENCH_PROFILE names the build of a binary copied out of target/ (e.g. a
+# "before" build kept for a side-by-side run).
 case "$MAILSAFE_BIN" in */release/*) PROFILE=release ;; */debug/*) PROFILE=dev ;; *) PROFILE="$(basename "$MAILSAFE_BIN")" ;; esac
+PROFILE=${BENCH_PROFILE:-$PROFILE}
 BENCH_CONTEXT=$(bench_context "$PROFILE")
-export BENCH_CONTEXT LS_STEADY_CPU MS_STEADY_CPU MS_FULL_SCANS MS_WAL_RESETS MS_RESET_MAX_US
+BENCH_CONTEXT="$BENCH_CONTEXT at the end of the run ($LOAD_START at its start)"
+export BENCH_CONTEXT LS_STEADY_CPU MS_STEADY_CPU LS_FIRST_CPU MS_FIRST_CPU MS_FULL_SCANS MS_WAL_RESETS MS_RESET_MAX_US
 export WORK DB_BYTES BASE_ROWS COUNT RATE SETTLE MODE MS_SNAPSHOTS \
   LS_CPU LS_RSS LS_FIRST_S LS_RESTORE_S LS_ROWS LS_RESTORED_ROWS \
   MS_CPU MS_RSS MS_FIRST_S MS_RESTORE_S MS_ROWS MS_RESTORED_ROWS MS_EXIT MS_SNAPSHOTS_STEADY
@@ -239,4 +305,8 @@ MARKER=engine-bench
 if [ "$MIB" != 200 ] || [ -n "${BENCH_LABEL:-}" ]; then MARKER="engine-bench-${MIB}mib${BENCH_LABEL:+-$BENCH_LABEL}"; fi
 SECTION=$(python3 bench/engine_report.py)
 echo "$SECTION"
-write_results_section "$MARKER" "$SECTION"
+if [ "${BENCH_LITESTREAM:-1}" = 0 ]; then
+  log "BENCH_LITESTREAM=0: not written to RESULTS.md (results in $WORK/results.json)"
+else
+  write_results_section "$MARKER" "$SECTION"
+fi

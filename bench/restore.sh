@@ -8,10 +8,16 @@
 # api_bench example, cached) at the default pack size: the pod-churn cold
 # start restores one of those (target < 1 s).
 #
+# Each restore also runs under /usr/bin/time: its CPU seconds (user+system)
+# and peak RSS (issue 18: >= 700 MB/s of db, RSS <= 64 MiB at 1 and 4 GiB).
+# The MB/s column is db bytes (10^6) per wall second of the best run.
+#
 # Env: PACKS ("4 8 16"), RUNS (3), BENCH_MIB (200), CATCHER_MIB (100; 0 skips),
 # MAILSAFE_BIN (default target/release/mailsafe, built if missing),
-# BENCH_KEEP=1 keeps the work dir. Results: the restore-bench section of
-# bench/RESULTS.md.
+# BENCH_PROFILE (names a build copied out of target/), BENCH_LABEL (a
+# section of its own, e.g. before/after), BENCH_KEEP=1 keeps the work dir.
+# Results: the restore-bench section of bench/RESULTS.md (restore-bench-LABEL
+# with a label).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -59,25 +65,32 @@ measure() {
   local name=$1 db=$2 pack=$3 src="$WORK/$1.db"
   cp "$db" "$src"
   MAILSAFE_PACK_BYTES=$pack "$MAILSAFE_BIN" snapshot --db "$src" --replica "s3://bench-restore/$name" --json >"$WORK/$name.snap.json" 2>>"$WORK/log"
-  local times=()
+  local times=() cpus=() rss=()
   for i in $(seq 1 "$RUNS"); do
     rm -f "$WORK/$name.out.db"
     local t0 t1
     t0=$(date +%s.%N)
-    "$MAILSAFE_BIN" restore --db "$WORK/$name.out.db" --replica "s3://bench-restore/$name" 2>>"$WORK/log"
+    /usr/bin/time -f "%U %S %M" -o "$WORK/$name.time" \
+      "$MAILSAFE_BIN" restore --db "$WORK/$name.out.db" --replica "s3://bench-restore/$name" 2>>"$WORK/log"
     t1=$(date +%s.%N)
     times+=("$(echo "$t1 - $t0" | bc)")
+    cpus+=("$(awk '{print $1 + $2}' "$WORK/$name.time")")
+    rss+=("$(awk '{print $3}' "$WORK/$name.time")")
   done
   cmp -s <(sqlite3 "$src" "select count(*) from sqlite_schema") <(sqlite3 "$WORK/$name.out.db" "select count(*) from sqlite_schema") ||
     { log "$name: restored db differs"; exit 1; }
-  python3 - "$name" "$db" "$pack" "$WORK" "${times[@]}" >>"$WORK/results.jsonl" <<'PY'
+  python3 - "$name" "$db" "$pack" "$WORK" "${times[*]}" "${cpus[*]}" "${rss[*]}" >>"$WORK/results.jsonl" <<'PY'
 import json, os, statistics, sys
-name, db, pack, work, *times = sys.argv[1:]
-times = sorted(float(t) for t in times)
+name, db, pack, work, times, cpus, rss = sys.argv[1:]
+times = sorted(float(t) for t in times.split())
+cpus = [float(c) for c in cpus.split()]
+rss = [int(r) for r in rss.split()]
 snap = json.load(open(f"{work}/{name}.snap.json"))
 print(json.dumps({"name": name, "db_mib": os.path.getsize(db) / 2**20, "pack_mib": int(pack) / 2**20,
                   "objects": snap["uploaded_objects"], "stored_mib": snap["uploaded_bytes"] / 2**20,
-                  "best_s": times[0], "median_s": statistics.median(times)}))
+                  "best_s": times[0], "median_s": statistics.median(times),
+                  "mb_s": os.path.getsize(db) / 1e6 / times[0],
+                  "cpu_s": statistics.median(cpus), "rss_mib": max(rss) / 1024}))
 PY
   rm -f "$src" "$WORK/$name.out.db"
 }
@@ -93,20 +106,26 @@ fi
 
 profile=dev
 case "$MAILSAFE_BIN" in */release/*) profile=release ;; esac
-section=$(python3 - "$WORK/results.jsonl" "$RUNS" "$(bench_context "$profile")" <<'PY'
+profile=${BENCH_PROFILE:-$profile}
+marker=restore-bench${BENCH_LABEL:+-$BENCH_LABEL}
+section=$(python3 - "$WORK/results.jsonl" "$RUNS" "$(bench_context "$profile")" "$marker" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 runs, context = sys.argv[2], sys.argv[3]
-out = ["<!-- restore-bench:begin -->", "## Restore time by pack size (bench/restore.sh)", "",
+marker = sys.argv[4]
+out = [f"<!-- {marker}:begin -->", "## Restore time by pack size (bench/restore.sh)", "",
        f"{context}, SeaweedFS on loopback; "
-       f"one `snapshot`, then {runs} timed `restore`s (wall s, default `--parallelism` 32, quick check).", "",
-       "| db | db MiB | pack MiB | objects | stored MiB | restore best s | median s |", "|---|---|---|---|---|---|---|"]
+       f"one `snapshot`, then {runs} timed `restore`s (wall s, default `--parallelism` 32, quick check; "
+       "CPU s median, peak RSS the highest of the runs).", "",
+       "| db | db MiB | pack MiB | objects | stored MiB | restore best s | median s | MB/s (best) | CPU s | peak RSS MiB |",
+       "|---|---|---|---|---|---|---|---|---|---|"]
 for r in rows:
     out.append(f"| {r['name']} | {r['db_mib']:.0f} | {r['pack_mib']:g} | {r['objects']} | {r['stored_mib']:.1f} | "
-               f"{r['best_s']:.2f} | {r['median_s']:.2f} |")
-out.append("<!-- restore-bench:end -->")
+               f"{r['best_s']:.2f} | {r['median_s']:.2f} | {r.get('mb_s', 0):.0f} | {r.get('cpu_s', 0):.2f} | "
+               f"{r.get('rss_mib', 0):.1f} |")
+out.append(f"<!-- {marker}:end -->")
 print("\n".join(out))
 PY
 )
-write_results_section restore-bench "$section"
+write_results_section "$marker" "$section"
 echo "$section"

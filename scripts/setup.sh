@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests and benchmarks need on a fresh machine:
 # SeaweedFS (S3), faketime (clock steps), Litestream (benchmark peer), Postfix's smtp-source and swaks
-# (SMTP clients), fetchmail (POP3 client), promtool (alert rules), Debian chromium (UI tests), kubernetes-validate (manifest
+# (SMTP clients), fetchmail (POP3 client), promtool (alert rules), perf (profiles), Debian chromium (UI tests), kubernetes-validate (manifest
 # checks), moto 4 in a venv (an S3 server without conditional writes), and
 # the npm packages used by the browser and client tests.
 # Idempotent: each step is skipped when its tool is already present.
@@ -22,6 +22,8 @@ command -v fetchmail >/dev/null 2>&1 || need_apt+=(fetchmail)
 # promtool (Debian's prometheus): checks and unit-tests the alert rules and
 # dashboard queries in k8s-examples/monitoring (tests/monitoring.rs).
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+# perf: profiles of the sidecar's steady window (BENCH_PERF=1 bench/engine.sh).
+command -v perf >/dev/null 2>&1 || need_apt+=(linux-perf)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -63,14 +63,49 @@ pub struct SnapshotReport {
     pub wal_reset: Option<WalReset>,
 }
 
+/// The base snapshot a history's incremental snapshots build on, with what
+/// each of them needs from its chunk list derived once per base instead of
+/// once per snapshot. Why: a 1 GiB db's base lists 4,100 chunks, and parsing
+/// their hex digests, summing their packs and cloning them into a lookup map
+/// on every snapshot was the part of a steady-state snapshot that grew with
+/// the db (perf of `watch` at 1 GiB, bench/RESULTS.md, issue 18).
+#[derive(Debug)]
+pub(crate) struct Base {
+    /// The base manifest's chunks, in order.
+    pub chunks: Vec<ChunkRef>,
+    /// Each chunk's content digest, parsed (`None` for a malformed one,
+    /// which then never matches).
+    pub digests: Vec<Option<[u8; 32]>>,
+    /// Stored bytes of the distinct objects the chunks need (each pack whole).
+    pub stored: u64,
+}
+
+impl Base {
+    /// Derives the digests and stored size of `chunks`.
+    pub(crate) fn new(chunks: Vec<ChunkRef>) -> Base {
+        let digests = chunks
+            .iter()
+            .map(|c| format::parse_sha256(&c.sha256))
+            .collect();
+        let stored = reader::unique_stored(&chunks);
+        Base {
+            chunks,
+            digests,
+            stored,
+        }
+    }
+}
+
 /// What a snapshotter remembers between calls: the last manifest and what
 /// is needed to continue incrementally from it.
 #[derive(Debug, Clone)]
 pub(crate) struct State {
-    /// The newest manifest of this history.
+    /// The newest manifest of this history. When it is a base, its chunk
+    /// list lives in `base` only (`last.chunks` is empty), so cloning the
+    /// state for a snapshot copies no per-chunk data.
     pub last: Manifest,
-    /// The chunks of its base manifest, in order.
-    pub base_chunks: Arc<Vec<ChunkRef>>,
+    /// Its base.
+    pub base: Arc<Base>,
     /// The content sha256 of each chunk of `last`'s image.
     pub effective: Vec<[u8; 32]>,
 }
@@ -78,20 +113,20 @@ pub(crate) struct State {
 impl State {
     /// Builds the state from a manifest and its base's chunk list, checking
     /// that together they reproduce the manifest's image digest.
-    fn new(last: Manifest, base_chunks: Arc<Vec<ChunkRef>>) -> Option<State> {
+    fn new(mut last: Manifest, base: Arc<Base>) -> Option<State> {
+        last.chunks = Vec::new();
         let n = format::chunk_count(last.db.page_size, last.db.page_count) as usize;
         let mut effective = Vec::with_capacity(n);
         for i in 0..n {
-            let hex = match last.chunk_overrides.get(&(i as u32)) {
-                Some(h) => h,
-                None => &base_chunks.get(i)?.sha256,
-            };
-            effective.push(format::parse_sha256(hex)?);
+            effective.push(match last.chunk_overrides.get(&(i as u32)) {
+                Some(h) => format::parse_sha256(h)?,
+                None => (*base.digests.get(i)?)?,
+            });
         }
         let digest = format::image_digest(last.db.page_size, last.db.page_count, &effective);
         (digest == last.db.image_sha256).then_some(State {
             last,
-            base_chunks,
+            base,
             effective,
         })
     }
@@ -371,9 +406,11 @@ impl Snapshotter {
             wal_reset: None,
         };
         tracing::debug!(db = %self.db.display(), id = %m.manifest.id, objects, bytes, "snapshot written");
+        // A base's chunk list is in `m.base` already.
+        m.manifest.chunks = Vec::new();
         self.state = Some(State {
             last: m.manifest,
-            base_chunks: m.base_chunks,
+            base: m.base,
             effective: m.effective,
         });
         self.pin_covers_state();
@@ -500,19 +537,20 @@ async fn load_state(store: &DynStore, enc: Option<&Key>) -> Result<Option<State>
         }
     };
     let key = &format::manifest_key(&last.id);
-    let base_chunks = if last.is_base() {
-        Arc::new(last.chunks.clone())
+    let mut last = last;
+    let base = if last.is_base() {
+        Arc::new(Base::new(std::mem::take(&mut last.chunks)))
     } else {
         let base_key = format::manifest_key(&last.base);
         match read_manifest(store, &base_key, enc).await? {
-            Some(b) if b.is_base() => Arc::new(b.chunks),
+            Some(b) if b.is_base() => Arc::new(Base::new(b.chunks)),
             _ => {
                 tracing::warn!(key = %base_key, "base manifest unusable; next snapshot is a full base");
                 return Ok(None);
             }
         }
     };
-    let state = State::new(last, base_chunks);
+    let state = State::new(last, base);
     if state.is_none() {
         tracing::warn!(
             key,
@@ -520,4 +558,54 @@ async fn load_state(store: &DynStore, enc: Option<&Key>) -> Result<Option<State>
         );
     }
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::Scene;
+
+    /// What a snapshotter carries between snapshots (the base's parsed
+    /// digests and stored size, derived once per base; a base manifest's
+    /// chunk list kept only there) must be exactly what a new process
+    /// derives from the replica, after deltas and after a re-base: a stale
+    /// carried base would make later deltas name wrong overrides.
+    #[tokio::test]
+    async fn carried_base_is_what_the_replica_says_across_deltas_and_rebases() {
+        let sc = Scene::new();
+        // ~2 MiB of incompressible rows: several chunks, and deltas of a
+        // few small rows stay far below a quarter of the base, so the
+        // re-base comes from the 64-delta limit.
+        sc.conn
+            .execute_batch(
+                "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 600)
+                 INSERT INTO t SELECT randomblob(3000) FROM c;",
+            )
+            .unwrap();
+        let mut w = Snapshotter::new(&sc.db, sc.store.clone());
+        let mut bases = 0;
+        for row in 0..(reader::MAX_DELTAS as i64 + 3) {
+            sc.snap(&mut w, row).await;
+            let carried = w.state.clone().unwrap();
+            let loaded = load_state(&sc.store, None).await.unwrap().unwrap();
+            assert_eq!(carried.last.id, loaded.last.id);
+            assert!(carried.last.chunks.is_empty() && loaded.last.chunks.is_empty());
+            assert!(
+                carried.base.chunks.len() >= 8,
+                "{}",
+                carried.base.chunks.len()
+            );
+            assert_eq!(carried.base.chunks, loaded.base.chunks, "row {row}");
+            assert_eq!(carried.base.digests, loaded.base.digests, "row {row}");
+            assert_eq!(carried.base.stored, loaded.base.stored, "row {row}");
+            assert_eq!(carried.effective, loaded.effective, "row {row}");
+            assert_eq!(
+                carried.last.chunk_overrides, loaded.last.chunk_overrides,
+                "row {row}"
+            );
+            bases += usize::from(carried.last.is_base());
+        }
+        // The first snapshot and the re-base after 64 deltas.
+        assert_eq!(bases, 2);
+    }
 }

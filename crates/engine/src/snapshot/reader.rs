@@ -21,7 +21,7 @@ use tokio::sync::mpsc::Sender;
 
 use super::pin::Guarantee;
 use super::wal::{ScanEnd, WalFile, WalHeader};
-use super::{State, Upload};
+use super::{Base, State, Upload};
 use crate::Error;
 use crate::crypto::{self, Key};
 use crate::format::{
@@ -35,7 +35,7 @@ use crate::format::{
 /// cheapest level wins.
 const ZSTD_LEVEL: i32 = 1;
 /// Re-base after this many deltas, so a restore never fetches more.
-const MAX_DELTAS: usize = 64;
+pub(super) const MAX_DELTAS: usize = 64;
 /// Re-base when the deltas since the base would exceed 1/REBASE_DIVISOR of
 /// the base's stored size: restore cost and storage stay within 25% of a
 /// fresh base.
@@ -61,7 +61,7 @@ pub(crate) enum Outcome {
 /// complete except for the upload statistics.
 pub(crate) struct Changed {
     pub manifest: Manifest,
-    pub base_chunks: Arc<Vec<ChunkRef>>,
+    pub base: Arc<Base>,
     pub effective: Vec<[u8; 32]>,
     pub full_scan: bool,
     pub delta_pages: u64,
@@ -484,23 +484,14 @@ pub(crate) fn pack_target() -> usize {
 impl<'b> ChunkSink<'_, 'b> {
     fn new<'a>(
         out: &'a mut Out<'b>,
-        prev: Option<&State>,
         enc: Option<&'a Key>,
         id: String,
         pack_target: usize,
     ) -> Result<ChunkSink<'a, 'b>, Error> {
-        let mut known = HashMap::new();
-        if let Some(s) = prev {
-            for c in s.base_chunks.iter() {
-                if let Some(h) = format::parse_sha256(&c.sha256) {
-                    known.insert(h, c.clone());
-                }
-            }
-        }
         let compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL)
             .map_err(|e| Error::Other(format!("zstd: {e}")))?;
         Ok(ChunkSink {
-            known,
+            known: HashMap::new(),
             compressor,
             out,
             enc,
@@ -510,6 +501,18 @@ impl<'b> ChunkSink<'_, 'b> {
             pack_sizes: HashMap::new(),
             pack_target,
         })
+    }
+
+    /// Makes the chunks `base` stores known, so that [`ChunkSink::put`]
+    /// references them instead of uploading them again. Only a new base
+    /// needs this (an incremental snapshot stores no chunks): building the
+    /// map costs a clone of every chunk reference.
+    fn know(&mut self, base: &Base) {
+        for (c, h) in base.chunks.iter().zip(&base.digests) {
+            if let Some(h) = h {
+                self.known.insert(*h, c.clone());
+            }
+        }
     }
 
     /// The digest naming chunk content `data` ([`crypto::content_digest`]).
@@ -761,7 +764,7 @@ fn in_txn(
     }
 
     let id = next_id(prev, created);
-    let mut sink = ChunkSink::new(out, prev, enc, id.clone(), pack_bytes)?;
+    let mut sink = ChunkSink::new(out, enc, id.clone(), pack_bytes)?;
     let ctx = Ctx {
         page_size,
         page_count,
@@ -829,7 +832,7 @@ fn in_txn(
     }
 
     // Delta or re-base?
-    let base_stored = unique_stored(&s.base_chunks);
+    let base_stored = s.base.stored;
     let prior_deltas: &[ObjectRef] = if s.last.is_base() {
         &[]
     } else {
@@ -845,6 +848,7 @@ fn in_txn(
         delta = Some(z);
     }
     if rebase {
+        sink.know(&s.base);
         sink.forget_sparse_packs(&effective);
         let mut refs = Vec::with_capacity(n_chunks as usize);
         for (i, h) in effective.iter().enumerate() {
@@ -860,7 +864,7 @@ fn in_txn(
         sink.finish(&mut refs)?;
         let m = base_manifest(id, Some(s), ctx, refs, image_sha256);
         return Ok(Outcome::Changed(Box::new(Changed {
-            base_chunks: Arc::new(m.chunks.clone()),
+            base: Arc::new(Base::new(m.chunks.clone())),
             manifest: m,
             effective,
             full_scan,
@@ -884,11 +888,7 @@ fn in_txn(
     deltas.push(dref);
     let mut chunk_overrides = std::collections::BTreeMap::new();
     for (i, h) in effective.iter().enumerate() {
-        let base = s
-            .base_chunks
-            .get(i)
-            .and_then(|c| format::parse_sha256(&c.sha256));
-        if base.as_ref() != Some(h) {
+        if s.base.digests.get(i).copied().flatten().as_ref() != Some(h) {
             chunk_overrides.insert(i as u32, hex::encode(h));
         }
     }
@@ -919,7 +919,7 @@ fn in_txn(
     };
     Ok(Outcome::Changed(Box::new(Changed {
         manifest,
-        base_chunks: s.base_chunks.clone(),
+        base: s.base.clone(),
         effective,
         full_scan,
         delta_pages: delta_pages.len() as u64,
@@ -948,6 +948,11 @@ fn first_base(
     ctx: Ctx,
     id: String,
 ) -> Result<Outcome, Error> {
+    if let Some(s) = prev {
+        // Chunks are 256 KiB whatever the page size: identical ones stay
+        // where they are.
+        sink.know(&s.base);
+    }
     let mut refs = Vec::with_capacity(ctx.n_chunks as usize);
     let mut effective = Vec::with_capacity(ctx.n_chunks as usize);
     scan_all(
@@ -973,7 +978,7 @@ fn first_base(
     sink.finish(&mut refs)?;
     let m = base_manifest(id, prev, ctx, refs, image_sha256);
     Ok(Outcome::Changed(Box::new(Changed {
-        base_chunks: Arc::new(m.chunks.clone()),
+        base: Arc::new(Base::new(m.chunks.clone())),
         manifest: m,
         effective,
         full_scan: true,
@@ -1019,7 +1024,7 @@ fn base_manifest(
 /// Stored bytes of the distinct objects `chunks` need: each pack whole (dead
 /// space included, it is stored until GC drops the pack), each v1 chunk
 /// object once.
-fn unique_stored(chunks: &[ChunkRef]) -> u64 {
+pub(super) fn unique_stored(chunks: &[ChunkRef]) -> u64 {
     let mut seen = HashSet::new();
     chunks
         .iter()
