@@ -1,8 +1,10 @@
 //! The `mailsafe` binary: parse the command line, run, map the outcome to an
 //! exit code. `cli` holds the flags, dispatch and output; `serve` joins the
-//! catcher and the engine; `shutdown` bounds how the long-lived modes stop.
+//! catcher and the engine; `shutdown` bounds how the long-lived modes stop;
+//! `exec` runs `watch --exec`'s app.
 
 mod cli;
+mod exec;
 mod serve;
 mod shutdown;
 

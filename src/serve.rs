@@ -106,13 +106,7 @@ struct Started {
 /// replica has a snapshot, then bind the catcher.
 async fn start(config: Config, replica: Replica) -> anyhow::Result<Started> {
     let db = config.database.clone();
-    let mut opts = mailsafe::restore::RestoreOptions::new(&db);
-    opts.if_db_not_exists = true;
-    opts.if_replica_exists = true;
-    opts.key = replica.key.clone();
-    mailsafe::restore::restore(&*replica.store, &opts)
-        .await
-        .with_context(|| format!("restore on start of {} from {}", db.display(), replica.url))?;
+    restore_on_start(&replica.store, &db, replica.key.clone(), &replica.url).await?;
     let catcher = bind(config, Some(&replica.store.describe())).await?;
     Ok(Started {
         catcher,
@@ -120,6 +114,25 @@ async fn start(config: Config, replica: Replica) -> anyhow::Result<Started> {
         metrics: replica.metrics,
         key: replica.key,
     })
+}
+
+/// The restore on start of `serve --replica` and `watch
+/// --restore-if-db-not-exists`: the newest snapshot of `store` (the replica
+/// `url`) to `db` if `db` does not exist and the replica has one.
+pub async fn restore_on_start(
+    store: &DynStore,
+    db: &std::path::Path,
+    key: Option<Arc<Key>>,
+    url: &str,
+) -> anyhow::Result<()> {
+    let mut opts = mailsafe::restore::RestoreOptions::new(db);
+    opts.if_db_not_exists = true;
+    opts.if_replica_exists = true;
+    opts.key = key;
+    mailsafe::restore::restore(&**store, &opts)
+        .await
+        .with_context(|| format!("restore on start of {} from {url}", db.display()))?;
+    Ok(())
 }
 
 /// The catcher and the watch loop of `serve --replica`, until the shutdown

@@ -286,6 +286,17 @@ pub struct WatchArgs {
     pub retention_interval: std::time::Duration,
     #[command(flatten)]
     pub writer: WriterArgs,
+    /// Run this app as a child (split like a shell word list, no shell):
+    /// SIGTERM/SIGINT are passed on to it, the final snapshot is taken
+    /// after it exits, and mailsafe exits with its code. The shutdown
+    /// timeout counts from the app's exit.
+    #[arg(long, env = "MAILSAFE_EXEC", value_name = "COMMAND")]
+    pub exec: Option<String>,
+    /// Before watching (and before `--exec` starts the app), restore the
+    /// newest snapshot if the database does not exist; an empty replica is
+    /// not an error (as `restore --if-db-not-exists --if-replica-exists`).
+    #[arg(long, env = "MAILSAFE_RESTORE_IF_DB_NOT_EXISTS")]
+    pub restore_if_db_not_exists: bool,
 }
 
 /// `mailsafe cron`.

@@ -247,46 +247,155 @@ fn retention_policy(r: &RetentionArgs) -> mailsafe::retention::Policy {
     }
 }
 
+/// The watch loop's settings from `watch`'s flags.
+fn watch_config(args: &WatchArgs) -> anyhow::Result<mailsafe::watch::WatchConfig> {
+    let mut config = mailsafe::watch::WatchConfig::new(&args.db);
+    config.encryption = args.replica.encryption_key()?;
+    config.debounce = args.debounce;
+    config.max_delay = args.max_delay;
+    config.lease_ttl = args.lease_ttl;
+    config.retention = (!args.retention_interval.is_zero()).then(|| {
+        let policy = retention_policy(&args.retention);
+        mailsafe::watch::Retention {
+            policy: if policy.is_empty() {
+                mailsafe::retention::Policy::default_thinning()
+            } else {
+                policy
+            },
+            gc_grace: args.retention.gc_grace,
+            interval: args.retention_interval,
+        }
+    });
+    config.unsafe_no_conditional_writes = args.writer.unsafe_no_conditional_writes;
+    if let Some(p) = args.poll_interval {
+        config.poll_interval = p;
+        config.force_poll = true;
+    }
+    Ok(config)
+}
+
+/// `watch`: the sidecar, or with `--exec` the app's parent ([`watch_exec`]).
 fn watch(args: WatchArgs) -> anyhow::Result<()> {
-    use mailsafe::watch::{self, WatchConfig, metrics};
+    let config = watch_config(&args)?;
+    if let Some(command) = &args.exec {
+        // A bad command line is a usage error before anything starts.
+        crate::exec::split(command)?;
+    }
     run_until_shutdown(async move {
-        let signal = termination_signal()?;
-        let m = metrics::Metrics::new();
-        let shutdown = shutdown_deadline(
-            signal,
-            args.shutdown_timeout,
-            "taking the final snapshot",
-            replica_undone(m.clone()),
-        );
-        let store = metrics::MeteredStore::wrap(open_replica(&args.replica).await?, m.clone());
-        if let Some(listen) = &args.listen {
-            watch::serve_http(listen, m.clone(), args.health_max_lag).await?;
+        match args.exec.clone() {
+            Some(command) => watch_exec(args, config, &command).await,
+            None => watch_alone(args, config).await,
         }
-        let mut config = WatchConfig::new(&args.db);
-        config.encryption = args.replica.encryption_key()?;
-        config.debounce = args.debounce;
-        config.max_delay = args.max_delay;
-        config.lease_ttl = args.lease_ttl;
-        config.retention = (!args.retention_interval.is_zero()).then(|| {
-            let policy = retention_policy(&args.retention);
-            mailsafe::watch::Retention {
-                policy: if policy.is_empty() {
-                    mailsafe::retention::Policy::default_thinning()
-                } else {
-                    policy
-                },
-                gc_grace: args.retention.gc_grace,
-                interval: args.retention_interval,
-            }
-        });
-        config.unsafe_no_conditional_writes = args.writer.unsafe_no_conditional_writes;
-        if let Some(p) = args.poll_interval {
-            config.poll_interval = p;
-            config.force_poll = true;
-        }
-        watch::run(config, store, m, shutdown).await?;
-        anyhow::Ok(())
     })?
+}
+
+/// The replica `watch` writes, metered into `m`, with `/metrics` served
+/// when asked.
+async fn watch_store(
+    args: &WatchArgs,
+    m: &std::sync::Arc<mailsafe::watch::metrics::Metrics>,
+) -> anyhow::Result<mailsafe::store::DynStore> {
+    use mailsafe::watch::{self, metrics};
+    let store = metrics::MeteredStore::wrap(open_replica(&args.replica).await?, m.clone());
+    if let Some(listen) = &args.listen {
+        watch::serve_http(listen, m.clone(), args.health_max_lag).await?;
+    }
+    Ok(store)
+}
+
+/// `watch` without `--exec`: until SIGTERM/SIGINT.
+async fn watch_alone(
+    args: WatchArgs,
+    config: mailsafe::watch::WatchConfig,
+) -> anyhow::Result<()> {
+    use mailsafe::watch::{self, metrics};
+    let signal = termination_signal()?;
+    let m = metrics::Metrics::new();
+    let shutdown = shutdown_deadline(
+        signal,
+        args.shutdown_timeout,
+        "taking the final snapshot",
+        replica_undone(m.clone()),
+    );
+    tokio::pin!(shutdown);
+    let store = watch_store(&args, &m).await?;
+    if args.restore_if_db_not_exists {
+        let key = config.encryption.clone();
+        tokio::select! {
+            r = crate::serve::restore_on_start(&store, &args.db, key, &args.replica.replica) => r?,
+            _ = &mut shutdown => {
+                tracing::info!("stopped during the restore on start");
+                return Ok(());
+            }
+        }
+    }
+    watch::run(config, store, m, shutdown).await?;
+    Ok(())
+}
+
+/// `watch --exec`: restore if asked, start the app, pass SIGTERM/SIGINT on
+/// to it, and once it exits take the final snapshot (the shutdown timeout
+/// counts from there) and exit with its code. If the watch loop fails first
+/// (its lease was taken over, its store refused), the app is stopped and
+/// mailsafe exits with the loop's error.
+async fn watch_exec(
+    args: WatchArgs,
+    config: mailsafe::watch::WatchConfig,
+    command: &str,
+) -> anyhow::Result<()> {
+    use mailsafe::watch::{self, metrics};
+    let mut signals = crate::exec::Forward::install()?;
+    let m = metrics::Metrics::new();
+    let store = watch_store(&args, &m).await?;
+    if args.restore_if_db_not_exists {
+        let key = config.encryption.clone();
+        tokio::select! {
+            r = crate::serve::restore_on_start(&store, &args.db, key, &args.replica.replica) => r?,
+            name = signals.before_start() => {
+                tracing::info!("{name} received during the restore on start; the app was not started");
+                return Ok(());
+            }
+        }
+    }
+    let mut app = crate::exec::App::spawn(command)?;
+    let (exited_tx, exited_rx) = tokio::sync::oneshot::channel::<()>();
+    let exited = async move {
+        // Dropped unsent (mailsafe is failing): never a shutdown.
+        if exited_rx.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let shutdown = shutdown_deadline(
+        exited,
+        args.shutdown_timeout,
+        "taking the final snapshot after the app exited",
+        replica_undone(m.clone()),
+    );
+    let run = watch::run(config, store, m, shutdown);
+    tokio::pin!(run);
+    let first = {
+        let waited = app.wait_forwarding(&mut signals);
+        tokio::pin!(waited);
+        tokio::select! {
+            status = &mut waited => Ok(status),
+            ended = &mut run => Err(ended),
+        }
+    };
+    let status = match first {
+        Ok(status) => status?,
+        Err(ended) => {
+            tracing::error!(command = %app.command, "the watch loop ended before the app; stopping the app");
+            app.stop(args.shutdown_timeout).await;
+            ended?;
+            anyhow::bail!("the watch loop of {} ended before the app", args.db.display());
+        }
+    };
+    let _ = exited_tx.send(());
+    run.await?;
+    match crate::exec::AppExit::from_status(&app.command, status) {
+        None => Ok(()),
+        Some(exit) => Err(exit.into()),
+    }
 }
 
 fn cron(args: CronArgs) -> anyhow::Result<()> {
@@ -354,10 +463,14 @@ fn prune(args: PruneArgs) -> anyhow::Result<()> {
 }
 
 /// Maps an error to the documented exit code (README, "Exit codes"): usage
-/// errors exit 2 through clap before we get here.
+/// errors exit 2 through clap before we get here; `watch --exec` exits with
+/// its app's code.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     err.chain()
         .find_map(|e| {
+            if let Some(e) = e.downcast_ref::<crate::exec::AppExit>() {
+                return Some(e.code);
+            }
             if let Some(e) = e.downcast_ref::<mailsafe::Error>() {
                 return Some(e.exit_code());
             }
