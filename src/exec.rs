@@ -103,7 +103,9 @@ pub fn split(command: &str) -> Result<Vec<String>, mailsafe::Error> {
         ))
     })?;
     if words.is_empty() {
-        return Err(mailsafe::Error::Usage("--exec: the command is empty".into()));
+        return Err(mailsafe::Error::Usage(
+            "--exec: the command is empty".into(),
+        ));
     }
     Ok(words)
 }
@@ -156,7 +158,10 @@ impl App {
     /// SIGTERM, then SIGKILL if it has not exited within `grace`.
     pub async fn stop(&mut self, grace: std::time::Duration) {
         self.kill(libc::SIGTERM);
-        if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(command = %self.command, "the app did not exit within {grace:?} of SIGTERM; killing it");
             let _ = self.child.kill().await;
         }

@@ -22,7 +22,12 @@ use std::time::Duration;
 use serde_json::Value;
 
 /// The manifests users apply directly.
-const MANIFESTS: [&str; 3] = ["deployment.yaml", "single-container.yaml", "cronjob.yaml"];
+const MANIFESTS: [&str; 4] = [
+    "deployment.yaml",
+    "single-container.yaml",
+    "cronjob.yaml",
+    "config-file.yaml",
+];
 
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("k8s-examples")
@@ -281,6 +286,10 @@ fn every_kustomize_variant_renders_and_validates() {
         let dir = tempfile::tempdir().unwrap();
         for entry in std::fs::read_dir(examples_dir()).unwrap() {
             let p = entry.unwrap().path();
+            // monitoring/ is no resource of the kustomization.
+            if !p.is_file() {
+                continue;
+            }
             std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
         }
         std::fs::write(dir.path().join("kustomization.yaml"), &k).unwrap();
@@ -328,7 +337,17 @@ fn container_args_and_env_match_the_cli() {
         // ConfigMap keys the file defines, and those some container uses.
         let mut defined = BTreeSet::new();
         let mut used = BTreeSet::new();
+        // A ConfigMap mounted as files (a config file) is no environment.
+        let mounted: BTreeSet<&str> = docs
+            .iter()
+            .filter_map(pod_spec)
+            .flat_map(|spec| list(&spec["volumes"]))
+            .filter_map(|v| v["configMap"]["name"].as_str())
+            .collect();
         for d in docs.iter().filter(|d| d["kind"] == "ConfigMap") {
+            if mounted.contains(d["metadata"]["name"].as_str().unwrap()) {
+                continue;
+            }
             defined.extend(d["data"].as_object().unwrap().keys().cloned());
         }
         for d in &docs {
@@ -493,6 +512,107 @@ fn sidecar_deployment_shuts_down_in_the_order_that_loses_no_mail() {
     );
     assert_non_root(spec);
     assert_service_reaches(&docs, catcher, &["smtp", "http"]);
+}
+
+/// config-file.yaml: one `watch --config` sidecar for two catchers' dbs,
+/// two replicas each. The file the ConfigMap mounts is checked by the real
+/// binary (`watch --check-config`, with the container's variables); its dbs
+/// are exactly the catchers' and each is restored first.
+#[test]
+fn config_file_pod_backs_up_two_dbs_to_two_replicas_each() {
+    let docs = load_yaml(&examples_dir().join("config-file.yaml"));
+    let deploy = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    assert_eq!(deploy["spec"]["strategy"]["type"], "Recreate");
+    let spec = pod_spec(deploy).unwrap();
+    let watch = container(spec, "watch");
+    assert_eq!(str_list(&watch["args"]), ["watch"]);
+    assert_eq!(watch["restartPolicy"], "Always", "a native sidecar");
+
+    // The config file as the sidecar sees it.
+    let path = env_value(watch, &docs, "MAILSAFE_CONFIG").expect("MAILSAFE_CONFIG");
+    let (dir, name) = path.rsplit_once('/').unwrap();
+    let mount = list(&watch["volumeMounts"])
+        .iter()
+        .find(|m| m["mountPath"] == dir)
+        .unwrap_or_else(|| panic!("watch does not mount {dir}"));
+    let volume = list(&spec["volumes"])
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    let cm = volume["configMap"]["name"].as_str().unwrap();
+    let text = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == cm)
+        .and_then(|d| d["data"][name].as_str())
+        .unwrap_or_else(|| panic!("ConfigMap {cm} has no {name}"));
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join(name);
+    std::fs::write(&file, text).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailsafe"));
+    cmd.args(["watch", "--check-config", "--config"]).arg(&file);
+    for e in list(&watch["env"]) {
+        if let Some(v) = e["value"].as_str() {
+            cmd.env(e["name"].as_str().unwrap(), v);
+        }
+    }
+    let out = cmd.output().unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pairs: Vec<Vec<&str>> = listed.lines().map(|l| l.split('\t').collect()).collect();
+    let dbs: BTreeSet<&str> = pairs.iter().map(|p| p[0]).collect();
+    assert_eq!(pairs.len(), 4, "two dbs x two replicas:\n{listed}");
+    assert_eq!(dbs.len(), 2, "{listed}");
+    for db in &dbs {
+        let urls: BTreeSet<&str> = pairs.iter().filter(|p| p[0] == *db).map(|p| p[2]).collect();
+        assert_eq!(urls.len(), 2, "{db}: two distinct replicas:\n{listed}");
+    }
+
+    // The dbs are the catchers', each restored by an init container first.
+    let catchers: BTreeSet<String> = list(&spec["containers"])
+        .iter()
+        .map(|c| env_value(c, &docs, "MP_DATABASE").expect("catcher db"))
+        .collect();
+    assert_eq!(
+        catchers.iter().map(String::as_str).collect::<BTreeSet<_>>(),
+        dbs
+    );
+    let init = list(&spec["initContainers"]);
+    let restored: BTreeSet<String> = init
+        .iter()
+        .filter(|c| str_list(&c["args"])[0] == "restore")
+        .map(|c| {
+            let args = str_list(&c["args"]);
+            assert!(args.contains(&"--if-db-not-exists".to_owned()));
+            assert!(args.contains(&"--if-replica-exists".to_owned()));
+            assert_eq!(
+                env_value(c, &docs, "MAILSAFE_CONFIG").as_deref(),
+                Some(path.as_str())
+            );
+            flag_value(&args, "--db").expect("restore --db")
+        })
+        .collect();
+    assert_eq!(restored, catchers);
+    assert_eq!(
+        str_list(&init.last().unwrap()["args"])[0],
+        "watch",
+        "restores run before the sidecar starts"
+    );
+
+    let grace = Duration::from_secs(spec["terminationGracePeriodSeconds"].as_u64().unwrap());
+    let watch_timeout = duration_env(watch, &docs, "MAILSAFE_SHUTDOWN_TIMEOUT", "25s");
+    for c in list(&spec["containers"]) {
+        let serve_timeout = duration_env(c, &docs, "MAILSAFE_SHUTDOWN_TIMEOUT", "25s");
+        assert!(grace > serve_timeout + watch_timeout);
+    }
+    let (path, port) = http_probe(watch, "livenessProbe");
+    assert_eq!(path, "/healthz");
+    assert_eq!(port_number(watch, &port), 9090);
+    assert!(text.contains("listen: 0.0.0.0:9090"), "{text}");
+    assert_non_root(spec);
 }
 
 #[test]

@@ -61,8 +61,10 @@ pub enum Command {
 #[derive(Debug, Clone, ClapArgs)]
 pub struct ReplicaArgs {
     /// Replica URL: `s3://bucket/prefix` or `file:///path`.
-    #[arg(long, env = "MAILSAFE_REPLICA")]
-    pub replica: String,
+    // An `Option` only so that a config file can stand in for it (`watch
+    // --config`); every command that has no file requires it.
+    #[arg(long, env = "MAILSAFE_REPLICA", required = true)]
+    pub replica: Option<String>,
     /// S3 endpoint for S3-compatible stores (path-style addressing is used
     /// with a custom endpoint). Defaults to `AWS_ENDPOINT_URL_S3` /
     /// `AWS_ENDPOINT_URL`.
@@ -76,6 +78,21 @@ pub struct ReplicaArgs {
 }
 
 impl ReplicaArgs {
+    /// These flags as defaults for a config file's replicas: the endpoint
+    /// and key, without the URL.
+    pub fn defaults(&self) -> Self {
+        Self {
+            replica: None,
+            ..self.clone()
+        }
+    }
+
+    /// The replica URL (`--replica`; empty only where a config file gives
+    /// the replicas instead, which then never reads this).
+    pub fn url(&self) -> &str {
+        self.replica.as_deref().unwrap_or_default()
+    }
+
     /// The configured encryption key, if any. Errors never contain the key.
     pub fn encryption_key(&self) -> anyhow::Result<Option<std::sync::Arc<mailsafe::crypto::Key>>> {
         Ok(
@@ -160,6 +177,9 @@ pub struct SnapshotArgs {
 
 /// `mailsafe restore`.
 #[derive(Debug, ClapArgs)]
+// With `--config`, `--replica` is optional and names one of the db's
+// replicas.
+#[command(mut_arg("replica", |a| a.required(false).required_unless_present("config")))]
 pub struct RestoreArgs {
     /// The database path the backup belongs to; also the restore target
     /// unless `--output` is given.
@@ -167,6 +187,11 @@ pub struct RestoreArgs {
     pub db: PathBuf,
     #[command(flatten)]
     pub replica: ReplicaArgs,
+    /// The `watch` config file: restore `--db` from its replicas, the one
+    /// `--replica NAME` names or else the first that has the newest
+    /// snapshot.
+    #[arg(long, env = "MAILSAFE_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Restore this snapshot id instead of the newest.
     #[arg(long, conflicts_with = "at")]
     pub snapshot: Option<String>,
@@ -240,22 +265,26 @@ pub struct VerifyArgs {
 
 /// `mailsafe watch`.
 #[derive(Debug, ClapArgs)]
+// `--replica` may come from a config file instead (with --config it is
+// refused: the file names the replicas).
+#[command(mut_arg("replica", |a| a
+    .required(false)
+    .required_unless_present("config")
+    .conflicts_with("config")))]
 pub struct WatchArgs {
+    /// YAML file listing the databases to watch, each with its replicas and
+    /// settings (README, "Config file"); the flags below are the defaults
+    /// of its entries.
+    #[arg(long, env = "MAILSAFE_CONFIG", conflicts_with = "db")]
+    pub config: Option<PathBuf>,
     /// The SQLite database to watch (it may not exist yet).
-    #[arg(long, env = "MAILSAFE_DB")]
-    pub db: PathBuf,
+    #[arg(long, env = "MAILSAFE_DB", required_unless_present = "config")]
+    pub db: Option<PathBuf>,
     #[command(flatten)]
     pub replica: ReplicaArgs,
     /// Serve `/metrics` and `/healthz` on this address.
     #[arg(long, env = "MAILSAFE_LISTEN")]
     pub listen: Option<String>,
-    /// Quiet time after the last change before a snapshot is taken.
-    #[arg(long, env = "MAILSAFE_DEBOUNCE", default_value = "250ms", value_parser = humantime::parse_duration)]
-    pub debounce: std::time::Duration,
-    /// Longest delay between a change and its snapshot, however busy the db.
-    /// (750 ms leaves room for the upload itself within a one-second RPO.)
-    #[arg(long, env = "MAILSAFE_MAX_DELAY", default_value = "750ms", value_parser = humantime::parse_duration)]
-    pub max_delay: std::time::Duration,
     /// How long shutdown may take after SIGTERM, final snapshot and lease
     /// release included. Past it the process exits 1 anyway, saying what is
     /// not in the replica.
@@ -264,6 +293,36 @@ pub struct WatchArgs {
     /// `/healthz` fails when a change has waited longer than this.
     #[arg(long, env = "MAILSAFE_HEALTH_MAX_LAG", default_value = "60s", value_parser = humantime::parse_duration)]
     pub health_max_lag: std::time::Duration,
+    #[command(flatten)]
+    pub settings: WatchDbArgs,
+    /// Run this app as a child (split like a shell word list, no shell):
+    /// SIGTERM/SIGINT are passed on to it, the final snapshot is taken
+    /// after it exits, and mailsafe exits with its code. The shutdown
+    /// timeout counts from the app's exit.
+    #[arg(long, env = "MAILSAFE_EXEC", value_name = "COMMAND")]
+    pub exec: Option<String>,
+    /// Before watching (and before `--exec` starts the app), restore the
+    /// newest snapshot if the database does not exist; an empty replica is
+    /// not an error (as `restore --if-db-not-exists --if-replica-exists`).
+    #[arg(long, env = "MAILSAFE_RESTORE_IF_DB_NOT_EXISTS")]
+    pub restore_if_db_not_exists: bool,
+    /// Read the config file (or the flags), print each database and its
+    /// replicas, and exit: nothing is contacted or started.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// `watch`'s settings of each database (a config file's entries may set
+/// their own).
+#[derive(Debug, Clone, ClapArgs)]
+pub struct WatchDbArgs {
+    /// Quiet time after the last change before a snapshot is taken.
+    #[arg(long, env = "MAILSAFE_DEBOUNCE", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub debounce: std::time::Duration,
+    /// Longest delay between a change and its snapshot, however busy the db.
+    /// (750 ms leaves room for the upload itself within a one-second RPO.)
+    #[arg(long, env = "MAILSAFE_MAX_DELAY", default_value = "750ms", value_parser = humantime::parse_duration)]
+    pub max_delay: std::time::Duration,
     /// Lifetime of the replica's single-writer lease. It is renewed only
     /// before a write, so an idle watcher makes no request for it; a second
     /// writer waits until the lease is released or this long after its last
@@ -286,17 +345,18 @@ pub struct WatchArgs {
     pub retention_interval: std::time::Duration,
     #[command(flatten)]
     pub writer: WriterArgs,
-    /// Run this app as a child (split like a shell word list, no shell):
-    /// SIGTERM/SIGINT are passed on to it, the final snapshot is taken
-    /// after it exits, and mailsafe exits with its code. The shutdown
-    /// timeout counts from the app's exit.
-    #[arg(long, env = "MAILSAFE_EXEC", value_name = "COMMAND")]
-    pub exec: Option<String>,
-    /// Before watching (and before `--exec` starts the app), restore the
-    /// newest snapshot if the database does not exist; an empty replica is
-    /// not an error (as `restore --if-db-not-exists --if-replica-exists`).
-    #[arg(long, env = "MAILSAFE_RESTORE_IF_DB_NOT_EXISTS")]
-    pub restore_if_db_not_exists: bool,
+}
+
+impl WatchDbArgs {
+    /// The documented defaults (and `MAILSAFE_*` values) of these flags, for
+    /// commands that read a config file without taking them (`restore`).
+    pub fn defaults() -> anyhow::Result<Self> {
+        use clap::{Args as _, FromArgMatches as _};
+        let cmd = Self::augment_args(clap::Command::new("mailsafe"));
+        Ok(Self::from_arg_matches(
+            &cmd.try_get_matches_from(["mailsafe"])?,
+        )?)
+    }
 }
 
 /// `mailsafe cron`.
@@ -371,7 +431,7 @@ mod tests {
         ])
         .replica
         .expect("a replica");
-        assert_eq!(r.replica, "file:///tmp/r");
+        assert_eq!(r.url(), "file:///tmp/r");
         assert_eq!(r.endpoint.as_deref(), Some("http://127.0.0.1:1"));
     }
 

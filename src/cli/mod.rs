@@ -6,7 +6,9 @@
 //! modules it calls return typed errors (see `mailsafe::Error`).
 
 pub mod args;
+mod config;
 mod render;
+mod watch;
 
 use anyhow::Context;
 
@@ -16,7 +18,7 @@ use crate::shutdown::{
 };
 use args::{
     Args, Command, CronArgs, LogFormat, PruneArgs, ReplicaArgs, RestoreArgs, RetentionArgs,
-    ServeArgs, SnapshotArgs, SnapshotsArgs, VerifyArgs, WatchArgs,
+    ServeArgs, SnapshotArgs, SnapshotsArgs, VerifyArgs,
 };
 
 /// Runs the parsed command.
@@ -28,7 +30,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Restore(a) => restore(a),
         Command::Snapshots(a) => snapshots(a),
         Command::Verify(a) => verify(a),
-        Command::Watch(a) => watch(a),
+        Command::Watch(a) => watch::run(a),
         Command::Cron(a) => cron(a),
         Command::Prune(a) => prune(a),
     }
@@ -66,7 +68,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             metrics,
             key: r.encryption_key()?,
             unsafe_no_conditional_writes: args.writer.unsafe_no_conditional_writes,
-            url: r.replica,
+            url: r.url().to_string(),
         };
         crate::serve::run(config, Some(replica), shutdown).await
     })?
@@ -115,16 +117,69 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
 /// Opens the replica of every command. Its errors keep their exit code
 /// (a malformed URL is a usage error, 2) through [`exit_code`].
 async fn open_replica(r: &ReplicaArgs) -> anyhow::Result<mailsafe::store::DynStore> {
-    mailsafe::store::open(&r.replica, r.endpoint.as_deref())
+    mailsafe::store::open(r.url(), r.endpoint.as_deref())
         .await
         .map_err(mailsafe::Error::from)
-        .with_context(|| format!("cannot open replica {}", r.replica))
+        .with_context(|| format!("cannot open replica {}", r.url()))
 }
 
 fn restore(args: RestoreArgs) -> anyhow::Result<()> {
-    use mailsafe::restore::{Pick, RestoreOptions};
+    use mailsafe::restore::Pick;
     let pick = Pick::from_flags(args.snapshot.as_deref(), args.at.as_deref())?;
     let target = args.output.clone().unwrap_or_else(|| args.db.clone());
+    let Some(file) = &args.config else {
+        return restore_from(&args, &args.replica, pick, target);
+    };
+    // The config file's replicas of `--db`: the named one, else the first
+    // with the newest snapshot.
+    let plan = config::load(
+        file,
+        &args::WatchDbArgs::defaults()?,
+        &args.replica.defaults(),
+    )?;
+    let db = plan.db(&args.db, file)?;
+    let replica = match &args.replica.replica {
+        Some(name) => db
+            .replicas
+            .iter()
+            .find(|r| r.name == *name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = db.replicas.iter().map(|r| r.name.as_str()).collect();
+                mailsafe::Error::Usage(format!(
+                    "config file {}: {} has no replica named {name} (it has {})",
+                    file.display(),
+                    args.db.display(),
+                    names.join(", ")
+                ))
+            })?,
+        None => {
+            let mut candidates = Vec::new();
+            let rt = runtime()?;
+            for r in &db.replicas {
+                let store = rt.block_on(open_replica(&r.args))?;
+                candidates.push((r.name.clone(), store, r.args.encryption_key()?));
+            }
+            match rt.block_on(newest_replica(&candidates))? {
+                Some(i) => &db.replicas[i],
+                // Each is empty: the first says so (or exits 0 with
+                // --if-replica-exists).
+                None => &db.replicas[0],
+            }
+        }
+    };
+    tracing::info!(replica = %replica.name, "restoring from the config file's replica");
+    restore_from(&args, &replica.args, pick, target)
+}
+
+/// Restores `args.db`'s snapshot `pick` from `replica` to `target` (or
+/// follows it with `--follow`).
+fn restore_from(
+    args: &RestoreArgs,
+    replica: &ReplicaArgs,
+    pick: mailsafe::restore::Pick,
+    target: std::path::PathBuf,
+) -> anyhow::Result<()> {
+    use mailsafe::restore::RestoreOptions;
     let opts = RestoreOptions {
         pick,
         target: target.clone(),
@@ -138,20 +193,20 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         } else {
             render::download_bar()
         },
-        key: args.replica.encryption_key()?,
+        key: replica.encryption_key()?,
         dry_run: args.dry_run,
     };
     if args.follow {
-        return follow(&args, opts);
+        return follow(args, replica, opts);
     }
     runtime()?.block_on(async {
-        let store = open_replica(&args.replica).await?;
+        let store = open_replica(replica).await?;
         let outcome = mailsafe::restore::restore(&*store, &opts)
             .await
             .with_context(|| {
                 format!(
                     "restore from {} to {} failed",
-                    args.replica.replica,
+                    replica.url(),
                     target.display()
                 )
             })?;
@@ -160,7 +215,11 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
 }
 
 /// `restore --follow`: restores each new snapshot until SIGTERM/SIGINT.
-fn follow(args: &RestoreArgs, restore: mailsafe::restore::RestoreOptions) -> anyhow::Result<()> {
+fn follow(
+    args: &RestoreArgs,
+    replica: &ReplicaArgs,
+    restore: mailsafe::restore::RestoreOptions,
+) -> anyhow::Result<()> {
     use mailsafe::restore::follow::{FollowOptions, follow};
     let opts = FollowOptions {
         restore: mailsafe::restore::RestoreOptions {
@@ -172,18 +231,64 @@ fn follow(args: &RestoreArgs, restore: mailsafe::restore::RestoreOptions) -> any
     };
     run_until_shutdown(async move {
         let signal = termination_signal()?;
-        let store = open_replica(&args.replica).await?;
+        let store = open_replica(replica).await?;
         follow(&*store, &opts, |_| {}, signal)
             .await
             .with_context(|| {
                 format!(
                     "following {} into {} failed",
-                    args.replica.replica,
+                    replica.url(),
                     opts.restore.target.display()
                 )
             })?;
         Ok(())
     })?
+}
+
+/// Of `candidates` (name, store, key), the index of the first that has the
+/// newest snapshot, read concurrently; `None` when every one is empty. A
+/// replica that cannot be read is skipped with a warning while another
+/// answers (one dead store must not stop a restore from the others); if
+/// none answers, the first error is returned.
+pub(crate) async fn newest_replica(
+    candidates: &[(
+        String,
+        mailsafe::store::DynStore,
+        Option<std::sync::Arc<mailsafe::crypto::Key>>,
+    )],
+) -> anyhow::Result<Option<usize>> {
+    // Read together, in this task (the engine's future is not provably
+    // `Send` for every lifetime, so it is not spawned).
+    let reads = candidates.iter().map(|(_, store, key)| async move {
+        mailsafe::history::newest_unfenced(&**store, key.as_deref())
+            .await
+            .map(|m| m.map(|m| m.id))
+    });
+    let mut ids: Vec<Option<String>> = vec![None; candidates.len()];
+    let mut errors = Vec::new();
+    for (i, read) in futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        match read {
+            Ok(id) => ids[i] = id,
+            Err(e) => {
+                tracing::warn!(replica = %candidates[i].0, "cannot read the replica's newest snapshot: {e}");
+                errors.push((i, e));
+            }
+        }
+    }
+    if errors.len() == candidates.len() {
+        if let Some((i, e)) = errors.into_iter().next() {
+            return Err(anyhow::Error::new(e).context(format!(
+                "no replica could be read (replica {})",
+                candidates[i].0
+            )));
+        }
+    }
+    let newest = ids.iter().flatten().max();
+    Ok(newest.and_then(|n| ids.iter().position(|id| id.as_ref() == Some(n))))
 }
 
 fn snapshots(args: SnapshotsArgs) -> anyhow::Result<()> {
@@ -192,7 +297,7 @@ fn snapshots(args: SnapshotsArgs) -> anyhow::Result<()> {
         let key = args.replica.encryption_key()?;
         let list = mailsafe::restore::list_snapshots(&*store, 16, key.as_deref())
             .await
-            .with_context(|| format!("cannot list snapshots of {}", args.replica.replica))?;
+            .with_context(|| format!("cannot list snapshots of {}", args.replica.url()))?;
         render::snapshots(&list, args.json)
     })
 }
@@ -206,7 +311,7 @@ fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     };
     runtime()?.block_on(async {
         let store = open_replica(&args.replica).await?;
-        let what = &args.replica.replica;
+        let what = &args.replica.url();
         if !args.all {
             let pick = Pick::from_flags(args.snapshot.as_deref(), None)?;
             let report = mailsafe::restore::verify(&*store, &pick, &opts)
@@ -244,157 +349,6 @@ fn retention_policy(r: &RetentionArgs) -> mailsafe::retention::Policy {
         keep_hourly: r.keep_hourly,
         keep_daily: r.keep_daily,
         keep_weekly: r.keep_weekly,
-    }
-}
-
-/// The watch loop's settings from `watch`'s flags.
-fn watch_config(args: &WatchArgs) -> anyhow::Result<mailsafe::watch::WatchConfig> {
-    let mut config = mailsafe::watch::WatchConfig::new(&args.db);
-    config.encryption = args.replica.encryption_key()?;
-    config.debounce = args.debounce;
-    config.max_delay = args.max_delay;
-    config.lease_ttl = args.lease_ttl;
-    config.retention = (!args.retention_interval.is_zero()).then(|| {
-        let policy = retention_policy(&args.retention);
-        mailsafe::watch::Retention {
-            policy: if policy.is_empty() {
-                mailsafe::retention::Policy::default_thinning()
-            } else {
-                policy
-            },
-            gc_grace: args.retention.gc_grace,
-            interval: args.retention_interval,
-        }
-    });
-    config.unsafe_no_conditional_writes = args.writer.unsafe_no_conditional_writes;
-    if let Some(p) = args.poll_interval {
-        config.poll_interval = p;
-        config.force_poll = true;
-    }
-    Ok(config)
-}
-
-/// `watch`: the sidecar, or with `--exec` the app's parent ([`watch_exec`]).
-fn watch(args: WatchArgs) -> anyhow::Result<()> {
-    let config = watch_config(&args)?;
-    if let Some(command) = &args.exec {
-        // A bad command line is a usage error before anything starts.
-        crate::exec::split(command)?;
-    }
-    run_until_shutdown(async move {
-        match args.exec.clone() {
-            Some(command) => watch_exec(args, config, &command).await,
-            None => watch_alone(args, config).await,
-        }
-    })?
-}
-
-/// The replica `watch` writes, metered into `m`, with `/metrics` served
-/// when asked.
-async fn watch_store(
-    args: &WatchArgs,
-    m: &std::sync::Arc<mailsafe::watch::metrics::Metrics>,
-) -> anyhow::Result<mailsafe::store::DynStore> {
-    use mailsafe::watch::{self, metrics};
-    let store = metrics::MeteredStore::wrap(open_replica(&args.replica).await?, m.clone());
-    if let Some(listen) = &args.listen {
-        watch::serve_http(listen, m.clone(), args.health_max_lag).await?;
-    }
-    Ok(store)
-}
-
-/// `watch` without `--exec`: until SIGTERM/SIGINT.
-async fn watch_alone(
-    args: WatchArgs,
-    config: mailsafe::watch::WatchConfig,
-) -> anyhow::Result<()> {
-    use mailsafe::watch::{self, metrics};
-    let signal = termination_signal()?;
-    let m = metrics::Metrics::new();
-    let shutdown = shutdown_deadline(
-        signal,
-        args.shutdown_timeout,
-        "taking the final snapshot",
-        replica_undone(m.clone()),
-    );
-    tokio::pin!(shutdown);
-    let store = watch_store(&args, &m).await?;
-    if args.restore_if_db_not_exists {
-        let key = config.encryption.clone();
-        tokio::select! {
-            r = crate::serve::restore_on_start(&store, &args.db, key, &args.replica.replica) => r?,
-            _ = &mut shutdown => {
-                tracing::info!("stopped during the restore on start");
-                return Ok(());
-            }
-        }
-    }
-    watch::run(config, store, m, shutdown).await?;
-    Ok(())
-}
-
-/// `watch --exec`: restore if asked, start the app, pass SIGTERM/SIGINT on
-/// to it, and once it exits take the final snapshot (the shutdown timeout
-/// counts from there) and exit with its code. If the watch loop fails first
-/// (its lease was taken over, its store refused), the app is stopped and
-/// mailsafe exits with the loop's error.
-async fn watch_exec(
-    args: WatchArgs,
-    config: mailsafe::watch::WatchConfig,
-    command: &str,
-) -> anyhow::Result<()> {
-    use mailsafe::watch::{self, metrics};
-    let mut signals = crate::exec::Forward::install()?;
-    let m = metrics::Metrics::new();
-    let store = watch_store(&args, &m).await?;
-    if args.restore_if_db_not_exists {
-        let key = config.encryption.clone();
-        tokio::select! {
-            r = crate::serve::restore_on_start(&store, &args.db, key, &args.replica.replica) => r?,
-            name = signals.before_start() => {
-                tracing::info!("{name} received during the restore on start; the app was not started");
-                return Ok(());
-            }
-        }
-    }
-    let mut app = crate::exec::App::spawn(command)?;
-    let (exited_tx, exited_rx) = tokio::sync::oneshot::channel::<()>();
-    let exited = async move {
-        // Dropped unsent (mailsafe is failing): never a shutdown.
-        if exited_rx.await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    let shutdown = shutdown_deadline(
-        exited,
-        args.shutdown_timeout,
-        "taking the final snapshot after the app exited",
-        replica_undone(m.clone()),
-    );
-    let run = watch::run(config, store, m, shutdown);
-    tokio::pin!(run);
-    let first = {
-        let waited = app.wait_forwarding(&mut signals);
-        tokio::pin!(waited);
-        tokio::select! {
-            status = &mut waited => Ok(status),
-            ended = &mut run => Err(ended),
-        }
-    };
-    let status = match first {
-        Ok(status) => status?,
-        Err(ended) => {
-            tracing::error!(command = %app.command, "the watch loop ended before the app; stopping the app");
-            app.stop(args.shutdown_timeout).await;
-            ended?;
-            anyhow::bail!("the watch loop of {} ended before the app", args.db.display());
-        }
-    };
-    let _ = exited_tx.send(());
-    run.await?;
-    match crate::exec::AppExit::from_status(&app.command, status) {
-        None => Ok(()),
-        Some(exit) => Err(exit.into()),
     }
 }
 

@@ -184,14 +184,27 @@ impl LeaseRecord {
 /// A writer's lifetime hold on the volume its database lives on: an
 /// exclusive `flock` on `<db>-mailsafe.lock`, a file that also keeps the
 /// volume's random id (see the module doc). Dropping it (or the process
-/// dying) releases the lock; the file and its id stay.
+/// dying) releases the lock; the file and its id stay. Clones share the
+/// one lock: the loops of one process that write one db to several
+/// replicas hold it together (see [`VolumeLock::try_hold`]).
+#[derive(Debug, Clone)]
+pub struct VolumeLock(std::sync::Arc<Held>);
+
+/// The open, locked file behind a [`VolumeLock`].
 #[derive(Debug)]
-pub struct VolumeLock {
+struct Held {
     /// Kept open: closing it would drop the lock.
     _file: std::fs::File,
     id: String,
     path: PathBuf,
 }
+
+/// The volume locks this process holds, by lock-file path, so that a
+/// second loop on the same db shares the first one's lock instead of
+/// failing to take it (an `flock` is per open file, so the process would
+/// otherwise lock itself out).
+static HELD: std::sync::Mutex<Vec<(PathBuf, std::sync::Weak<Held>)>> =
+    std::sync::Mutex::new(Vec::new());
 
 impl VolumeLock {
     /// The lock file of `db`: `<db>-mailsafe.lock`, beside it (SQLite's own
@@ -231,11 +244,11 @@ impl VolumeLock {
             file.sync_all()?;
             id
         };
-        Ok(Some(Self {
+        Ok(Some(Self(std::sync::Arc::new(Held {
             _file: file,
             id,
             path,
-        }))
+        }))))
     }
 
     /// Fills `slot` with the lock of `db` if it is empty and the lock is
@@ -245,9 +258,21 @@ impl VolumeLock {
         if slot.is_some() {
             return;
         }
+        let path = Self::path_for(db);
+        let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+        held.retain(|(_, h)| h.strong_count() > 0);
+        if let Some(h) = held
+            .iter()
+            .find(|(p, _)| *p == path)
+            .and_then(|(_, h)| h.upgrade())
+        {
+            *slot = Some(VolumeLock(h));
+            return;
+        }
         match Self::try_acquire(db) {
             Ok(Some(lock)) => {
-                tracing::debug!(path = %lock.path.display(), volume = %lock.id, "holding the volume lock");
+                tracing::debug!(path = %lock.0.path.display(), volume = %lock.0.id, "holding the volume lock");
+                held.push((path, std::sync::Arc::downgrade(&lock.0)));
                 *slot = Some(lock);
             }
             Ok(None) => tracing::debug!(
@@ -263,7 +288,7 @@ impl VolumeLock {
 
     /// The volume's id.
     pub fn id(&self) -> &str {
-        &self.id
+        &self.0.id
     }
 }
 
@@ -834,6 +859,23 @@ mod tests {
     fn memory() -> (crate::store::memory::MemoryStore, DynStore) {
         let m = crate::store::memory::MemoryStore::new("lease");
         (m.clone(), std::sync::Arc::new(m))
+    }
+
+    /// Two loops of one process on one db (two replicas) share the lock:
+    /// the second is not locked out by the first; once both are gone it is
+    /// free again.
+    #[test]
+    fn loops_of_one_process_share_the_volume_lock() {
+        let vol = tempfile::tempdir().unwrap();
+        let db = vol.path().join("app.db");
+        let (mut a, mut b) = (None, None);
+        VolumeLock::try_hold(&mut a, &db);
+        VolumeLock::try_hold(&mut b, &db);
+        let (a, b) = (a.expect("first loop"), b.expect("second loop shares it"));
+        assert_eq!(a.id(), b.id());
+        assert!(VolumeLock::try_acquire(&db).unwrap().is_none());
+        drop((a, b));
+        assert!(VolumeLock::try_acquire(&db).unwrap().is_some());
     }
 
     #[tokio::test]

@@ -228,14 +228,9 @@ pub async fn probe_conditional_writes(
 /// `file://`. Nothing is contacted yet: a wrong endpoint, credentials or
 /// bucket show up as errors of the first operation.
 pub async fn open(url: &str, endpoint: Option<&str>) -> Result<DynStore, StoreError> {
+    check_url(url)?;
     if let Some(rest) = url.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            return Err(StoreError::InvalidUrl {
-                url: url.into(),
-                reason: "no bucket name after s3://".into(),
-            });
-        }
         #[cfg(feature = "s3")]
         {
             let store = s3::S3Store::new(bucket, prefix, endpoint).await?;
@@ -249,20 +244,33 @@ pub async fn open(url: &str, endpoint: Option<&str>) -> Result<DynStore, StoreEr
                 reason: "this build has no S3 support (the engine's `s3` feature is off)".into(),
             })
         }
-    } else if let Some(path) = url.strip_prefix("file://") {
-        if path.is_empty() {
-            return Err(StoreError::InvalidUrl {
-                url: url.into(),
-                reason: "no path after file://".into(),
-            });
-        }
-        Ok(Arc::new(fs::FsStore::new(path)))
     } else {
-        Err(StoreError::InvalidUrl {
-            url: url.into(),
-            reason: "expected s3://bucket/prefix or file:///path".into(),
-        })
+        let path = url.strip_prefix("file://").unwrap_or_default();
+        Ok(Arc::new(fs::FsStore::new(path)))
     }
+}
+
+/// Checks that `url` is one [`open`] can open (`s3://bucket[/prefix]` with
+/// a bucket, `file:///path` with a path), without contacting anything: a
+/// config file's replicas are checked before anything starts.
+pub fn check_url(url: &str) -> Result<(), StoreError> {
+    let reason = if let Some(rest) = url.strip_prefix("s3://") {
+        if !rest.split('/').next().unwrap_or_default().is_empty() {
+            return Ok(());
+        }
+        "no bucket name after s3://"
+    } else if let Some(path) = url.strip_prefix("file://") {
+        if !path.is_empty() {
+            return Ok(());
+        }
+        "no path after file://"
+    } else {
+        "expected s3://bucket/prefix or file:///path"
+    };
+    Err(StoreError::InvalidUrl {
+        url: url.into(),
+        reason: reason.into(),
+    })
 }
 
 /// Checks that a key is safe to map onto a path or an S3 key under a

@@ -272,14 +272,24 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        render_families(&[("", self.families())])
+    }
+
+    /// Every metric as families of samples (labels, value), in exposition
+    /// order; [`Registry::render`] merges those of several loops.
+    fn families(&self) -> Vec<Family> {
         let now = chrono::Utc::now();
-        let mut out = String::with_capacity(2048);
-        let mut metric = |name: &str, kind: &str, help: &str, lines: Vec<(String, String)>| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for (labels, value) in lines {
-                let _ = writeln!(out, "{name}{labels} {value}");
-            }
+        let mut out = Vec::with_capacity(16);
+        let mut metric = |name: &'static str,
+                          kind: &'static str,
+                          help: &'static str,
+                          samples: Vec<(String, String)>| {
+            out.push(Family {
+                name,
+                kind,
+                help,
+                samples,
+            })
         };
         let (last_success, lease_held) = {
             let s = self.state();
@@ -425,6 +435,113 @@ impl Metrics {
     }
 }
 
+/// One metric: its name, type, help and samples (`{labels}` or empty, and
+/// the value).
+#[derive(Debug)]
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    samples: Vec<(String, String)>,
+}
+
+/// The metrics of every watch loop of a process (one per database and
+/// replica), served on one `/metrics` and `/healthz`. Each loop's samples
+/// carry its labels (`db="/data/a.db",replica="offsite"`); a registry of one
+/// loop without labels is what a single `watch --db --replica` serves.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    loops: Vec<(String, Arc<Metrics>)>,
+}
+
+impl Registry {
+    /// One loop, unlabelled.
+    pub fn single(metrics: Arc<Metrics>) -> Self {
+        Self {
+            loops: vec![(String::new(), metrics)],
+        }
+    }
+
+    /// Adds the loop of `db` and the replica `replica`.
+    pub fn add(&mut self, db: &str, replica: &str, metrics: Arc<Metrics>) {
+        let labels = format!(
+            "db=\"{}\",replica=\"{}\"",
+            escape_label(db),
+            escape_label(replica)
+        );
+        self.loops.push((labels, metrics));
+    }
+
+    /// The loops' metrics (for what a cut-off shutdown leaves undone).
+    pub fn loops(&self) -> impl Iterator<Item = (&str, &Arc<Metrics>)> {
+        self.loops.iter().map(|(l, m)| (l.as_str(), m))
+    }
+
+    /// The Prometheus text of every loop: each metric's HELP and TYPE once,
+    /// then its samples from every loop (the format wants a family's
+    /// samples together).
+    pub fn render(&self) -> String {
+        let all: Vec<(&str, Vec<Family>)> = self
+            .loops
+            .iter()
+            .map(|(labels, m)| (labels.as_str(), m.families()))
+            .collect();
+        render_families(&all)
+    }
+
+    /// Health of every loop: failing when any loop fails. One unlabelled
+    /// loop answers as it always did; several answer a line each.
+    pub fn health(&self, max_lag: Duration) -> Result<String, String> {
+        if let [(labels, m)] = &self.loops[..] {
+            if labels.is_empty() {
+                return m.health(max_lag);
+            }
+        }
+        let mut ok = true;
+        let mut body = String::new();
+        for (labels, m) in &self.loops {
+            let verdict = m.health(max_lag);
+            ok &= verdict.is_ok();
+            let text = verdict.unwrap_or_else(|e| e);
+            let _ = write!(body, "{labels}: {text}");
+        }
+        if ok { Ok(body) } else { Err(body) }
+    }
+}
+
+/// The text exposition of the families of several loops, each loop's
+/// labels (`db="..",replica=".."`, or empty) put first in its samples.
+/// Every loop has the same families in the same order.
+fn render_families(all: &[(&str, Vec<Family>)]) -> String {
+    let mut out = String::with_capacity(2048 * all.len().max(1));
+    let Some((_, first)) = all.first() else {
+        return out;
+    };
+    for (i, family) in first.iter().enumerate() {
+        let name = family.name;
+        let _ = writeln!(out, "# HELP {name} {}", family.help);
+        let _ = writeln!(out, "# TYPE {name} {}", family.kind);
+        for (extra, families) in all {
+            for (labels, value) in &families[i].samples {
+                let labels = match (extra.is_empty(), labels.is_empty()) {
+                    (true, _) => labels.clone(),
+                    (false, true) => format!("{{{extra}}}"),
+                    (false, false) => format!("{{{extra},{}", &labels[1..]),
+                };
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        }
+    }
+    out
+}
+
+/// A label value as the text format wants it.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// An [`ObjectStore`] that counts every request into [`Metrics`] and
 /// otherwise passes it through unchanged.
 #[derive(Debug)]
@@ -523,8 +640,8 @@ impl ObjectStore for MeteredStore {
     }
 }
 
-/// The `/metrics` + `/healthz` router.
-pub fn router(metrics: Arc<Metrics>, health_max_lag: Duration) -> axum::Router {
+/// The `/metrics` + `/healthz` router of every loop in `metrics`.
+pub fn router(metrics: Registry, health_max_lag: Duration) -> axum::Router {
     use axum::http::{StatusCode, header};
     use axum::routing::get;
     let m1 = metrics.clone();
@@ -558,6 +675,56 @@ pub fn router(metrics: Arc<Metrics>, health_max_lag: Duration) -> axum::Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Several loops: each metric's HELP/TYPE once, every loop's samples
+    /// under it with its db and replica first among the labels (escaped);
+    /// health fails when one loop does and names it.
+    #[test]
+    fn registry_labels_each_loop_and_groups_families() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        a.record_request(Op::Put, 10, true);
+        b.record_change(chrono::Utc::now() - chrono::Duration::seconds(100));
+        b.record_error("connection refused");
+        let mut reg = Registry::default();
+        reg.add("/data/a.db", "replica1", a);
+        reg.add("/data/\"b\".db", "offsite", b);
+        let text = reg.render();
+        assert_eq!(
+            text.matches("# TYPE mailsafe_store_requests_total counter")
+                .count(),
+            1,
+            "{text}"
+        );
+        assert!(text.contains(
+            "mailsafe_store_requests_total{db=\"/data/a.db\",replica=\"replica1\",op=\"put\"} 1\n"
+        ));
+        assert!(
+            text.contains("mailsafe_lease_held{db=\"/data/\\\"b\\\".db\",replica=\"offsite\"} 0\n")
+        );
+        let lag = text
+            .find("mailsafe_replication_lag_seconds{db=\"/data/a.db\"")
+            .unwrap();
+        let snaps = text.find("# HELP mailsafe_snapshots_total").unwrap();
+        let lag_b = text
+            .find("mailsafe_replication_lag_seconds{db=\"/data/\\\"b")
+            .unwrap();
+        assert!(lag < lag_b && lag_b < snaps, "{text}");
+        let err = reg.health(Duration::from_secs(60)).unwrap_err();
+        assert!(
+            err.contains("replica=\"offsite\": changes waiting"),
+            "{err}"
+        );
+        assert!(err.contains("replica=\"replica1\": ok"), "{err}");
+        // One loop without labels: as before.
+        let single = Registry::single(Metrics::new());
+        assert!(single.render().contains("mailsafe_lease_held 0\n"));
+        assert!(
+            single
+                .health(Duration::from_secs(1))
+                .unwrap()
+                .starts_with("ok lag=")
+        );
+    }
 
     #[test]
     fn lag_clears_only_for_changes_before_the_snapshot_started() {

@@ -720,11 +720,11 @@ impl From<LeaseError> for Failure {
     }
 }
 
-/// Serves `/metrics` and `/healthz` on `listen` in the background. Returns
-/// the bound address (useful with port 0).
+/// Serves `/metrics` and `/healthz` of every loop in `metrics` on `listen`
+/// in the background. Returns the bound address (useful with port 0).
 pub async fn serve_http(
     listen: &str,
-    metrics: Arc<Metrics>,
+    metrics: metrics::Registry,
     health_max_lag: Duration,
 ) -> Result<std::net::SocketAddr, crate::Error> {
     let listener = tokio::net::TcpListener::bind(listen)
