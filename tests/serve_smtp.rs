@@ -222,14 +222,14 @@ fn an_unimplemented_mailpit_option_stops_the_start_naming_it() {
         .env("MP_DATABASE", dir.path().join("mail.db"))
         .env("MP_SMTP_BIND_ADDR", "127.0.0.1:0")
         .env("MP_UI_BIND_ADDR", "127.0.0.1:0")
-        .env("MP_ENABLE_CHAOS", "true")
-        .env("MP_TAGS_CONFIG", "/tmp/tags.yml")
+        .env("MP_ENABLE_PROMETHEUS", "true")
+        .env("MP_WEBROOT", "/mail/")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("MP_ENABLE_CHAOS") && err.contains("MP_TAGS_CONFIG"),
+        err.contains("MP_ENABLE_PROMETHEUS") && err.contains("MP_WEBROOT"),
         "{err}"
     );
     assert!(
