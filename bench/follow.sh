@@ -12,7 +12,6 @@
 # section of bench/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
 BENCH_MIB=${BENCH_MIB:-20}
 ROUNDS=${ROUNDS:-10}
 log() { echo "[follow-bench] $*" >&2; }
@@ -21,10 +20,8 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/mailsafe-follow-bench.XXXXXX")"
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
 trap bench_cleanup EXIT
-MAILSAFE_BIN=${MAILSAFE_BIN:-$ROOT/target/release/mailsafe}
-[ -x "$MAILSAFE_BIN" ] || cargo build -q --release -p mailsafe --bin mailsafe >&2
-profile=dev
-case "$MAILSAFE_BIN" in */release/*) profile=release ;; esac
+bench_binary
+profile=$BENCH_BUILD
 
 bench_s3_start bench-follow
 export AWS_ENDPOINT_URL="$S3"

@@ -19,7 +19,6 @@
 # bench/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
 SIZES=${SIZES:-0 1000 100000}
 RUNS=${RUNS:-3}
 log() { echo "[history-bench] $*" >&2; }
@@ -28,10 +27,8 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/mailsafe-history-bench.XXXXXX")"
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
 trap bench_cleanup EXIT
-MAILSAFE_BIN=${MAILSAFE_BIN:-$ROOT/target/release/mailsafe}
-[ -x "$MAILSAFE_BIN" ] || cargo build -q --release -p mailsafe --bin mailsafe >&2
-profile=dev
-case "$MAILSAFE_BIN" in */release/*) profile=release ;; esac
+bench_binary
+profile=$BENCH_BUILD
 
 bench_s3_start bench-history
 start_proxy meter

@@ -7,7 +7,7 @@
 #
 # Provides: PIDS (processes to stop at exit), bench_cleanup, bench_s3_start
 # (sets S3 and the AWS_* credentials), s3_curl, start_proxy (sets
-# PROXY_PORT), stats, reset_stats, ensure_litestream, bench_context and
+# PROXY_PORT), stats, reset_stats, ensure_litestream, bench_binary, bench_context and
 # write_results_section (every bench writes RESULTS.md through it).
 
 # Loopback S3 over plain HTTP: CA bundles are not wanted (Litestream 0.5
@@ -61,6 +61,15 @@ start_proxy() {
 }
 stats() { curl -sf "http://127.0.0.1:$1/__proxy/stats"; }
 reset_stats() { curl -sf -X POST "http://127.0.0.1:$1/__proxy/reset" >/dev/null; }
+
+# bench_binary : MAILSAFE_BIN (default: the release build, built if
+# missing) and BENCH_BUILD, its profile (dev or release) for bench_context.
+bench_binary() {
+  MAILSAFE_BIN=${MAILSAFE_BIN:-$PWD/target/release/mailsafe}
+  [ -x "$MAILSAFE_BIN" ] || cargo build -q --release -p mailsafe --bin mailsafe >&2
+  BENCH_BUILD=dev
+  case "$MAILSAFE_BIN" in */release/*) BENCH_BUILD=release ;; esac
+}
 
 # bench_context PROFILE : one line saying when, at which commit, with which
 # build and on how loaded a machine a figure was measured; every section
