@@ -197,6 +197,13 @@ pub struct DbInfo {
     pub image_sha256: String,
 }
 
+impl DbInfo {
+    /// Size of the database image in bytes (`page_size * page_count`).
+    pub fn image_size(&self) -> u64 {
+        u64::from(self.page_size) * u64::from(self.page_count)
+    }
+}
+
 /// One chunk of a base manifest.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ChunkRef {

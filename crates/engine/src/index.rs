@@ -82,7 +82,7 @@ impl Summary {
             base: m.base.clone(),
             epoch: m.writer.as_ref().map(|w| w.epoch),
             host: m.writer.as_ref().map(|w| w.host.clone()),
-            db_size: u64::from(m.db.page_size) * u64::from(m.db.page_count),
+            db_size: m.db.image_size(),
             stored_bytes: m.stats.stored_bytes,
             new_bytes: m.stats.new_bytes,
         }

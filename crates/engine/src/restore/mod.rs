@@ -196,7 +196,7 @@ pub async fn restore(
             replaces: state == TargetState::Database,
             objects: plan.objects(),
             download_bytes: plan.download_bytes(),
-            db_size: u64::from(plan.manifest.db.page_size) * u64::from(plan.manifest.db.page_count),
+            db_size: plan.manifest.db.image_size(),
         }));
     }
     let tmp = install::temp_next_to(target)?;

@@ -326,9 +326,7 @@ impl Snapshotter {
 
         let mut m = match outcome {
             reader::Outcome::Unchanged { source } => {
-                let db_size = self.state.as_ref().map_or(0, |s| {
-                    u64::from(s.last.db.page_size) * u64::from(s.last.db.page_count)
-                });
+                let db_size = self.state.as_ref().map_or(0, |s| s.last.db.image_size());
                 if let Some(s) = &mut self.state {
                     // Not persisted: a new process re-reads from the stored
                     // (older) position, which is merely more work.
@@ -398,7 +396,7 @@ impl Snapshotter {
             id: Some(m.manifest.id.clone()),
             uploaded_objects: objects,
             uploaded_bytes: bytes,
-            db_size: u64::from(m.manifest.db.page_size) * u64::from(m.manifest.db.page_count),
+            db_size: m.manifest.db.image_size(),
             full_scan: m.full_scan,
             base: m.manifest.is_base(),
             delta_pages: m.delta_pages,
