@@ -11,6 +11,8 @@
 #   PROFILE=dev|release (default dev)   bench/hostile_http.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 PROFILE="${PROFILE:-dev}"
 flag=()
 [ "$PROFILE" = release ] && flag=(--release)
@@ -21,7 +23,6 @@ fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 
 smtp="$(free_port)"; http="$(free_port)"
 MAILSAFE_LOG=warn "$BIN" serve --db "$work/mail.db" --smtp "127.0.0.1:$smtp" --listen "127.0.0.1:$http" \
@@ -36,8 +37,6 @@ result="$(python3 bench/hostile_http.py "$pid" "$http" "$smtp")"
 kill "$pid"; wait "$pid" || true
 echo "$result"
 
-# shellcheck source=bench/lib.sh
-source bench/lib.sh
 section=$(python3 - "$result" "$(bench_context "$PROFILE")" "${BEFORE:-}" "${BEFORE_LABEL:-before}" <<'PY'
 import collections, json, sys
 r = json.loads(sys.argv[1])

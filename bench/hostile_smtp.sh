@@ -10,6 +10,8 @@
 #   PROFILE=dev|release (default dev)   bench/hostile_smtp.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 PROFILE="${PROFILE:-dev}"
 flag=()
 [ "$PROFILE" = release ] && flag=(--release)
@@ -18,7 +20,6 @@ bin="target/$([ "$PROFILE" = release ] && echo release || echo debug)/mailsafe"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 
 run() { # $1 = global cap (MB), $2 = extra env (or -), rest = driver args
   local cap="$1" env="$2"; shift 2
@@ -47,8 +48,6 @@ echo "$nocap"
 tuned="$(run 256 "MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072")"
 echo "$tuned"
 
-# shellcheck source=bench/lib.sh
-source bench/lib.sh
 section=$(python3 - "$full" "$nocap" "$tuned" "$(bench_context "$PROFILE")" <<'PY'
 import json, sys
 full, nocap, tuned = (json.loads(a) for a in sys.argv[1:4])

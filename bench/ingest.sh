@@ -40,7 +40,6 @@ if [ -n "$(git status --porcelain -- crates src Cargo.toml Cargo.lock 2>/dev/nul
 log() { echo "[ingest] $*" >&2; }
 
 command -v smtp-source >/dev/null 2>&1 || bash scripts/setup.sh
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 work=$(mktemp -d)
 pids=()

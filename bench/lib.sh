@@ -7,8 +7,9 @@
 #
 # Provides: PIDS (processes to stop at exit), bench_cleanup, bench_s3_start
 # (sets S3 and the AWS_* credentials), s3_curl, start_proxy (sets
-# PROXY_PORT), stats, reset_stats, ensure_litestream, bench_binary, bench_context and
-# write_results_section (every bench writes RESULTS.md through it).
+# PROXY_PORT), stats, reset_stats, ensure_litestream, bench_binary, free_port,
+# bench_context and write_results_section (every bench writes RESULTS.md
+# through it).
 
 # Loopback S3 over plain HTTP: CA bundles are not wanted (Litestream 0.5
 # refuses to start while AWS_CA_BUNDLE is set), nor any ambient AWS target.
@@ -59,6 +60,10 @@ start_proxy() {
   for _ in $(seq 1 100); do [ -s "$WORK/$name.port" ] && break; sleep 0.1; done
   PROXY_PORT=$(cat "$WORK/$name.port")
 }
+# free_port : a free TCP port on 127.0.0.1 (the kernel's pick, released at
+# once: a bench starts its servers right after, on a quiet loopback).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
 stats() { curl -sf "http://127.0.0.1:$1/__proxy/stats"; }
 reset_stats() { curl -sf -X POST "http://127.0.0.1:$1/__proxy/reset" >/dev/null; }
 
