@@ -153,6 +153,56 @@ pub async fn tls_accept<S: AsyncRead + AsyncWrite + Unpin>(
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
 }
 
+/// A protocol's listener between `bind` and `run`: the socket, the state
+/// every session shares and how connections are admitted. SMTP and POP3
+/// each wrap one, so the accept-and-serve glue exists once.
+pub(crate) struct Bound<P> {
+    listener: TcpListener,
+    shared: Arc<P>,
+    admission: Admission,
+    /// Size of each connection's fixed read buffer (the protocol's choice:
+    /// SMTP reads DATA in large chunks, POP3 only reads short commands).
+    read_chunk: usize,
+}
+
+impl<P: Protocol + Send + 'static> Bound<P> {
+    /// A bound `listener` serving `shared`'s protocol.
+    pub(crate) fn new(
+        listener: TcpListener,
+        shared: P,
+        admission: Admission,
+        read_chunk: usize,
+    ) -> Self {
+        Self {
+            listener,
+            shared: Arc::new(shared),
+            admission,
+            read_chunk,
+        }
+    }
+
+    /// The address actually bound.
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves every admitted connection with [`serve_connection`] until
+    /// `shutdown` completes, then drains as [`serve`] does.
+    pub(crate) async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (shared, read_chunk) = (self.shared, self.read_chunk);
+        serve(
+            self.listener,
+            self.admission,
+            shutdown,
+            |stream, _, stop| {
+                let shared = shared.clone();
+                async move { serve_connection(stream, &*shared, stop, read_chunk).await }
+            },
+        )
+        .await;
+    }
+}
+
 /// A line protocol served over connections that may switch to TLS midway
 /// (SMTP STARTTLS, POP3 STLS): what [`serve_connection`] needs of it. The
 /// server's shared state implements it.

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
@@ -57,11 +56,7 @@ pub struct Pop3Options {
 }
 
 /// A bound POP3 server, ready to [`run`](Pop3Server::run).
-pub struct Pop3Server {
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    admission: Admission,
-}
+pub struct Pop3Server(listen::Bound<Shared>);
 
 struct Shared {
     limits: Arc<Limits>,
@@ -94,38 +89,29 @@ impl Pop3Server {
             data_budget: options.data_budget,
             store,
         };
-        Ok(Self {
+        Ok(Self(listen::Bound::new(
             listener,
-            shared: Arc::new(shared),
-            admission: Admission {
+            shared,
+            Admission {
                 protocol: "POP3",
                 max_connections: options.max_connections,
                 refusal: b"-ERR [SYS/TEMP] too many connections, try again later\r\n".to_vec(),
                 drain_timeout: options.drain_timeout,
             },
-        })
+            READ_CHUNK,
+        )))
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.0.local_addr()
     }
 
     /// Serves until `shutdown` completes; then stops accepting and ends
     /// every session without applying its deletions (as a dropped
     /// connection would), each after the response it is sending.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let shared = self.shared;
-        listen::serve(
-            self.listener,
-            self.admission,
-            shutdown,
-            |stream, _, stop| {
-                let shared = shared.clone();
-                async move { listen::serve_connection(stream, &*shared, stop, READ_CHUNK).await }
-            },
-        )
-        .await;
+        self.0.run(shutdown).await;
     }
 }
 

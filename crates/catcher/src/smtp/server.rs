@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
@@ -75,11 +74,7 @@ impl Default for ServerOptions {
 }
 
 /// A bound SMTP server, ready to [`run`](SmtpServer::run).
-pub struct SmtpServer {
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    admission: Admission,
-}
+pub struct SmtpServer(listen::Bound<Shared>);
 
 /// What every session task needs.
 struct Shared {
@@ -113,21 +108,22 @@ impl SmtpServer {
             code: 421,
             lines: vec!["4.7.0 Too many connections, try again later".into()],
         };
-        Ok(Self {
+        Ok(Self(listen::Bound::new(
             listener,
-            shared: Arc::new(shared),
-            admission: Admission {
+            shared,
+            Admission {
                 protocol: "SMTP",
                 max_connections: options.max_connections,
                 refusal: refusal.to_bytes(),
                 drain_timeout: options.drain_timeout,
             },
-        })
+            READ_CHUNK,
+        )))
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.0.local_addr()
     }
 
     /// Serves until `shutdown` completes; then stops accepting, tells idle
@@ -135,17 +131,7 @@ impl SmtpServer {
     /// (up to the drain timeout), and returns. Every message answered 250
     /// was committed before its answer, so nothing acknowledged is lost.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let shared = self.shared;
-        listen::serve(
-            self.listener,
-            self.admission,
-            shutdown,
-            |stream, _, stop| {
-                let shared = shared.clone();
-                async move { listen::serve_connection(stream, &*shared, stop, READ_CHUNK).await }
-            },
-        )
-        .await;
+        self.0.run(shutdown).await;
     }
 }
 
