@@ -249,3 +249,94 @@ async fn a_writer_taken_over_stops_and_names_the_other() {
         .unwrap();
     assert!(row.ends_with(&format!("{host}#{epoch}")), "{table}");
 }
+
+/// Commits row `row` and snapshots it with `w`, in a strictly later
+/// millisecond than the replica's newest snapshot (ids of one millisecond
+/// sort by their random suffix). The new id.
+async fn snap_after_newest(
+    store: &mailsafe::store::DynStore,
+    db: &rusqlite::Connection,
+    w: &mut mailsafe::snapshot::Snapshotter,
+    row: i64,
+) -> String {
+    insert(db, row);
+    let newest = mailsafe::history::newest_id(store.as_ref()).await.unwrap();
+    if let Some(t) = newest
+        .as_deref()
+        .and_then(mailsafe::format::snapshot_id_time)
+    {
+        while chrono::Utc::now() < t + chrono::Duration::milliseconds(1) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    w.snapshot().await.unwrap().id.unwrap()
+}
+
+/// A fenced writer's late manifest on SeaweedFS, through the real binary:
+/// A (epoch 1) snapshots, B takes the lease (epoch 2) and snapshots, then A
+/// finishes a late snapshot that sorts after B's. `restore` and `restore
+/// --at` never pick it; `restore --snapshot` of it is the user's explicit
+/// choice, restored with a warning and a `--json` field naming B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_writers_late_snapshot_is_restored_only_by_id_with_a_warning() {
+    let s3 = common::s3();
+    let prefix = "fenced-late";
+    let url = s3.url(prefix);
+    let store = s3.store(prefix).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("app.db");
+    let db = create_db(&db_path);
+    let writer = |epoch: u64, host: &str| {
+        let mut w = mailsafe::snapshot::Snapshotter::new(&db_path, store.clone());
+        w.set_writer(Some(mailsafe::format::Writer {
+            epoch,
+            host: host.into(),
+            owner: format!("owner-{epoch}"),
+        }));
+        w
+    };
+    let (mut a, mut b) = (writer(1, "host-a"), writer(2, "host-b"));
+    snap_after_newest(&store, &db, &mut a, 1).await;
+    let by_b = snap_after_newest(&store, &db, &mut b, 2).await;
+    // B's lease record, as a taker that has written leaves it.
+    let record = serde_json::json!({
+        "epoch": 2, "owner": "owner-2", "host": "host-b", "pid": 1,
+        "acquired": "2026-12-06T00:00:00Z", "expires": "2026-12-06T00:02:00Z",
+        "wrote": true, "written_below": 1,
+    });
+    store
+        .put(
+            "lease/00000000000000000002.json",
+            bytes::Bytes::from(record.to_string()),
+        )
+        .await
+        .unwrap();
+    let late = snap_after_newest(&store, &db, &mut a, 3).await;
+    assert!(late > by_b);
+
+    let restore = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut cmd = s3.mailsafe();
+        cmd.args(["restore", "--json", "--replica", &url, "--db"])
+            .arg(&out)
+            .args(extra);
+        let o = common::run_ok(&mut cmd);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (v, String::from_utf8_lossy(&o.stderr).to_string())
+    };
+    let (newest, _) = restore("newest.db", &[]);
+    assert_eq!(newest["snapshot"], by_b.as_str(), "{newest}");
+    assert!(newest.get("fenced_by").is_none(), "{newest}");
+    let now = chrono::Utc::now().to_rfc3339();
+    let (at, _) = restore("at.db", &["--at", &now]);
+    assert_eq!(at["snapshot"], by_b.as_str(), "--at {now}: {at}");
+    let (by_id, log) = restore("late.db", &["--snapshot", &late]);
+    assert_eq!(by_id["snapshot"], late.as_str(), "{by_id}");
+    assert_eq!(by_id["fenced_by"], "host-b#2", "{by_id}");
+    assert!(
+        log.contains("fenced writer") && log.contains("host-b#2"),
+        "the warning names B: {log}"
+    );
+    let (b_by_id, _) = restore("b.db", &["--snapshot", &by_b]);
+    assert!(b_by_id.get("fenced_by").is_none(), "{b_by_id}");
+}

@@ -88,6 +88,12 @@ pub fn restored(outcome: &RestoreOutcome, json: bool) -> anyhow::Result<()> {
         }
         RestoreOutcome::Planned(p) => {
             if !json {
+                if let Some(by) = &p.fenced_by {
+                    println!(
+                        "snapshot {} was written by a fenced writer ({by} had taken the lease over)",
+                        p.snapshot
+                    );
+                }
                 println!(
                     "would restore snapshot {} ({}, {} on base {}) to {}{}: {} objects, {} to download, db {}",
                     p.snapshot,

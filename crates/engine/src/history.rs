@@ -369,6 +369,42 @@ pub async fn unfenced_at(
     unfenced_by_reading_all(store, &ids, key).await
 }
 
+/// Who took the lease over from the writer of snapshot `m`, when a fenced
+/// writer wrote it (see [`format::fenced`]): `host#epoch` (or `epoch N`
+/// when the host is not recorded) of the nearest earlier snapshot written
+/// under a higher epoch; `None` when `m` is not fenced.
+///
+/// For `restore --snapshot ID`, where the user's explicit choice is
+/// restored anyway but with a warning naming that writer. Costs the lease
+/// bound's two requests when `m`'s epoch may be the newest that wrote (or
+/// it has no writer); otherwise the epochs of every snapshot before it,
+/// from the day indexes where they are current and from the manifests
+/// elsewhere ([`crate::index::summaries`]). Snapshots that fail their checks
+/// are left out: their epochs are not evidence.
+pub async fn fenced_by(
+    store: &dyn ObjectStore,
+    m: &Manifest,
+    key: Option<&Key>,
+) -> Result<Option<String>, Error> {
+    let Some(epoch) = epoch_of(m) else {
+        return Ok(None);
+    };
+    if epoch >= lease::written_epoch_bound(store).await? {
+        return Ok(None);
+    }
+    let all = crate::index::summaries(store, key, 16).await?;
+    Ok(all
+        .entries
+        .range(..m.id.clone())
+        .rev()
+        .filter_map(|(_, s)| s.as_ref().ok())
+        .find(|s| s.epoch.is_some_and(|e| e > epoch))
+        .map(|s| match (&s.host, s.epoch) {
+            (Some(host), Some(e)) => format!("{host}#{e}"),
+            (_, e) => format!("epoch {}", e.unwrap_or_default()),
+        }))
+}
+
 /// Moves the anchor forward to base snapshot `base` (called after its
 /// manifest is stored). Replaces it only if it names an older base, with a
 /// conditional write, so a writer that lost the race (or a late, fenced one)
@@ -567,6 +603,49 @@ mod tests {
             newest_unfenced(&s.mem, None).await.unwrap().unwrap().id,
             by_c
         );
+    }
+
+    #[tokio::test]
+    async fn fenced_by_names_the_writer_that_took_over() {
+        let (s, by_b, late) = fenced_history().await;
+        let read = |id: String| {
+            let mem = s.mem.clone();
+            async move {
+                crate::manifest::read(&mem, &format::manifest_key(&id), None)
+                    .await
+                    .unwrap()
+            }
+        };
+        let first = all_ids(&s.mem).await.unwrap()[0].clone();
+        assert_eq!(
+            fenced_by(&s.mem, &read(late.clone()).await, None)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("h#2"),
+            "A's late {late} was fenced by B's {by_b}"
+        );
+        assert_eq!(
+            fenced_by(&s.mem, &read(by_b).await, None).await.unwrap(),
+            None
+        );
+        // A's snapshot before the takeover: an older epoch than the bound,
+        // but nothing of a higher epoch precedes it.
+        assert_eq!(
+            fenced_by(&s.mem, &read(first).await, None).await.unwrap(),
+            None
+        );
+        // `restore --snapshot` of the late one restores it (the user's
+        // explicit choice) and reports who fenced it.
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = crate::restore::RestoreOptions::new(dir.path().join("out.db"));
+        opts.pick = crate::restore::Pick::Id(late.clone());
+        match crate::restore::restore(&s.mem, &opts).await.unwrap() {
+            crate::restore::RestoreOutcome::Restored(r) => {
+                assert_eq!((r.snapshot, r.fenced_by.as_deref()), (late, Some("h#2")));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -103,6 +103,11 @@ pub struct RestoreReport {
     pub integrity_check: IntegrityCheck,
     /// Wall time in seconds.
     pub seconds: f64,
+    /// Set when the snapshot, asked for by id, was written by a fenced
+    /// writer: `host#epoch` of the writer that had taken the lease over
+    /// (see [`crate::history::fenced_by`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fenced_by: Option<String>,
 }
 
 /// What a restore would do: `restore --dry-run`'s answer.
@@ -126,6 +131,9 @@ pub struct PlanReport {
     pub download_bytes: u64,
     /// Size of the restored database, in bytes.
     pub db_size: u64,
+    /// As [`RestoreReport::fenced_by`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fenced_by: Option<String>,
 }
 
 /// How a restore ended.
@@ -179,6 +187,7 @@ pub async fn restore(
         Err(e) => return Err(e),
     };
     let plan = plan::plan(store, &id, opts.key.as_deref()).await?;
+    let fenced_by = fenced_pick(store, &opts.pick, &plan, opts.key.as_deref()).await?;
     tracing::info!(
         snapshot = %id,
         objects = plan.objects(),
@@ -197,6 +206,7 @@ pub async fn restore(
             objects: plan.objects(),
             download_bytes: plan.download_bytes(),
             db_size: plan.manifest.db.image_size(),
+            fenced_by,
         }));
     }
     let tmp = install::temp_next_to(target)?;
@@ -248,6 +258,7 @@ pub async fn restore(
         stats,
         integrity_check: opts.integrity_check,
         seconds: started.elapsed().as_secs_f64(),
+        fenced_by,
     };
     tracing::info!(
         snapshot = %report.snapshot,
@@ -258,6 +269,30 @@ pub async fn restore(
         "restored"
     );
     Ok(RestoreOutcome::Restored(report))
+}
+
+/// For a snapshot asked for by id (`--snapshot`), the writer that fenced
+/// its writer, if one did, with a warning: the user's explicit choice is
+/// restored, but it is not history that any later snapshot builds on.
+/// "Latest" and `--at` never pick such a snapshot ([`crate::history`]).
+async fn fenced_pick(
+    store: &dyn ObjectStore,
+    pick: &Pick,
+    plan: &RestorePlan,
+    key: Option<&Key>,
+) -> Result<Option<String>, Error> {
+    if !matches!(pick, Pick::Id(_)) {
+        return Ok(None);
+    }
+    let by = crate::history::fenced_by(store, &plan.manifest, key).await?;
+    if let Some(by) = &by {
+        tracing::warn!(
+            snapshot = %plan.manifest.id,
+            fenced_by = %by,
+            "restoring a snapshot written by a fenced writer (a late write after {by} took the lease over); no later snapshot builds on it"
+        );
+    }
+    Ok(by)
 }
 
 async fn run_check(path: &Path, check: IntegrityCheck, id: &str) -> Result<(), Error> {
@@ -319,6 +354,7 @@ pub async fn verify_id(
         stats,
         integrity_check: opts.integrity_check,
         seconds: started.elapsed().as_secs_f64(),
+        fenced_by: None,
     })
 }
 
