@@ -11,6 +11,10 @@
 #                         ports and keys (an outage, for tests);
 #   scripts/s3.sh up      start it again after `down`: same ports, same data.
 #
+# MAILSAFE_S3_WEED_ARGS adds flags to `weed mini` (bench/history.sh keeps
+# small objects in the filer store with -filer.saveToFilerLimit, 3x faster
+# to synthesise a long history).
+#
 # The server's state (pid, data dir, log) lives in a temp dir named in the env
 # file, so several servers can run at once with different MAILSAFE_S3_ENV.
 # The access keys are throwaway test keys for a loopback-only server.
@@ -91,7 +95,7 @@ launch() {
     -s3.port="$1" -master.port="$2" -volume.port="$3" -filer.port="$4" \
     -webdav.port="$5" -admin.port="$6" -s3.port.iceberg=0 -s3.port.lance=0 -s3.autoCreateBucket=false \
     -volume.max=3000 -master.volumeSizeLimitMB=64 -master.telemetry=false \
-    -s3.config="$dir/identities.json" >>"$dir/weed.log" 2>&1 </dev/null &
+    -s3.config="$dir/identities.json" ${MAILSAFE_S3_WEED_ARGS:-} >>"$dir/weed.log" 2>&1 </dev/null &
   local pid=$!
   local i
   for i in $(seq 1 150); do
