@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests and benchmarks need on a fresh machine:
-# SeaweedFS (S3), faketime (clock steps), Litestream (benchmark peer), Postfix's smtp-source and swaks
-# (SMTP clients), fetchmail (POP3 client), promtool (alert rules), perf (profiles), Debian chromium (UI tests), kubernetes-validate (manifest
+# SeaweedFS (S3), faketime (clock steps), Litestream (benchmark peer), Postfix (a relay target, with
+# Cyrus SASL's tools) and its smtp-source and swaks (SMTP clients), fetchmail (POP3 client), promtool (alert rules), perf (profiles), Debian chromium (UI tests), kubernetes-validate (manifest
 # checks), moto 4 in a venv (an S3 server without conditional writes), and
 # the npm packages used by the browser and client tests.
 # Idempotent: each step is skipped when its tool is already present.
@@ -12,6 +12,10 @@ log() { echo "[setup] $*" >&2; }
 
 need_apt=()
 command -v smtp-source >/dev/null 2>&1 || need_apt+=(postfix)
+# saslpasswd2 and Cyrus's PLAIN/LOGIN/CRAM-MD5 modules: the throwaway Postfix
+# that relay tests authenticate to (crates/catcher/tests/relay_postfix.rs).
+command -v saslpasswd2 >/dev/null 2>&1 || need_apt+=(sasl2-bin)
+dpkg -s libsasl2-modules >/dev/null 2>&1 || need_apt+=(libsasl2-modules)
 command -v swaks >/dev/null 2>&1 || need_apt+=(swaks)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)

@@ -363,6 +363,9 @@ pub async fn send(
         .await?;
     let mut sent = Sent::default();
     let mut accepted = 0;
+    // When every recipient is refused, the answer says why (the server's
+    // last refusal), not only that none was accepted.
+    let mut last_refusal = None;
     for rcpt in to {
         match c
             .cmd("RCPT", &format!("RCPT TO:<{rcpt}>"), &[250, 251])
@@ -372,6 +375,7 @@ pub async fn send(
             Err(e) if !rcpt_errors_fail && e.code.is_some() => {
                 tracing::warn!(server = %server, rcpt = %rcpt, reply = %e.reply, "relay server refused a recipient");
                 sent.refused.push(rcpt.clone());
+                last_refusal = Some((rcpt.clone(), e.reply, e.code));
             }
             Err(mut e) => {
                 e.stage = format!("RCPT to {rcpt}");
@@ -380,7 +384,14 @@ pub async fn send(
         }
     }
     if accepted == 0 {
-        return Err(c.fail("RCPT", "no recipient accepted", None));
+        return Err(match last_refusal {
+            Some((rcpt, reply, code)) => c.fail(
+                "RCPT",
+                format!("no recipient accepted (last, {rcpt}: {reply})"),
+                code,
+            ),
+            None => c.fail("RCPT", "no recipient accepted", None),
+        });
     }
     c.cmd("DATA", "DATA", &[354]).await?;
     let mut data = Vec::with_capacity(message.len() + message.len() / 64 + 5);
