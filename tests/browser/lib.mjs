@@ -1,8 +1,10 @@
 // Shared helpers of the browser tests: the server under test (started by
-// run.sh, addresses in the environment), a headless Debian Chromium, mail
-// sent over real SMTP, and screenshots written to artifacts/.
-import { execFile } from 'node:child_process';
+// run.sh, addresses in the environment), servers a test runs itself
+// (MAILSAFE_BIN), a headless Debian Chromium, mail sent over real SMTP, and
+// screenshots written to artifacts/.
+import { execFile, spawn } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -93,3 +95,45 @@ export async function shot(page, name) {
 /** A 16x16 red PNG, for inline-image tests. */
 export const RED_PNG_B64 =
   'iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAIAAACQkWg2AAAAF0lEQVR4nGP4z8BAEiJN9aiGUQ1DSgMAkPn/Afnh+ngAAAAASUVORK5CYII=';
+
+/** The `mailsafe` binary run.sh built, for tests that run their own servers. */
+export const BIN = process.env.MAILSAFE_BIN;
+
+/** A free TCP port on 127.0.0.1, chosen by the kernel. */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => resolve(port)); });
+  });
+}
+
+/** Waits (bounded) until `url` answers 2xx. */
+export async function waitHttp(url, timeoutMs = 20000) {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    try { const r = await fetch(url); if (r.ok) return; } catch (e) { /* not up yet */ }
+    if (Date.now() > until) throw new Error(`${url} did not answer`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/**
+ * Starts `mailsafe serve` with database `db` on the given loopback ports and
+ * extra environment (e.g. MP_* options); its log goes to the test's stderr.
+ */
+export function spawnServe(db, httpPort, smtpPort, env = {}) {
+  return spawn(BIN, [
+    'serve', '--db', db, '--smtp', `127.0.0.1:${smtpPort}`, '--listen', `127.0.0.1:${httpPort}`,
+  ], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, ...env } });
+}
+
+/** Stops a server from spawnServe: SIGTERM, SIGKILL after 10 s. */
+export async function stopServe(child) {
+  if (!child || child.exitCode !== null) return;
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  const t = setTimeout(() => child.kill('SIGKILL'), 10000);
+  await exited;
+  clearTimeout(t);
+}

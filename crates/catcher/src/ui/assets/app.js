@@ -31,6 +31,7 @@
     statsSeen: false,    // the server sends "stats" events: trust them for counts
     listSeq: 0,          // guards against out-of-order list responses
     label: '',           // MP_LABEL, to tell several catchers apart
+    relay: null,         // /api/v1/webui MessageRelay when a relay server is set
   };
 
   // ---------- helpers ----------
@@ -519,6 +520,7 @@
     const dl = $('msg-download');
     dl.href = `/api/v1/message/${encodeURIComponent(m.ID)}/raw`;
     dl.setAttribute('download', `${m.ID}.eml`);
+    $('msg-release').hidden = !state.relay;
     $('tab-html').disabled = !m.HTML;
     $('tab-text').disabled = !m.Text && !!m.HTML;
     const i = state.messages.findIndex((x) => x.ID === m.ID);
@@ -875,9 +877,59 @@
       const cur = state.message.Tags || [];
       if (!cur.includes(t)) setTags(state.message.ID, [...cur, t]).catch(fail);
     });
+    $('msg-release').addEventListener('click', openRelease);
+    $('release-form').addEventListener('submit', (e) => { e.preventDefault(); sendRelease().catch(fail); });
+    $('release-cancel').addEventListener('click', () => $('release').close());
     $('help-link').addEventListener('click', (e) => { e.preventDefault(); $('help').showModal(); });
     window.addEventListener('popstate', () => route().catch(fail));
     document.addEventListener('keydown', onKey);
+  }
+
+  // ---------- release (relay the open message on) ----------
+
+  // Opens the release dialog for the open message, its recipients filled in
+  // (To, Cc and Bcc, as Mailpit's dialog does); the relay server's own
+  // rules are shown so a refusal is no surprise.
+  function openRelease() {
+    const m = state.message;
+    if (!m || !state.relay) return;
+    const r = state.relay;
+    const addrs = [...(m.To || []), ...(m.Cc || []), ...(m.Bcc || [])].map((a) => a.Address).filter(Boolean);
+    $('release-to').value = [...new Set(addrs)].join(', ');
+    $('release-server').textContent = r.SMTPServer || 'the relay server';
+    $('release-ids').hidden = !!r.PreserveMessageIDs;
+    $('release-return').textContent = r.ReturnPath ? `, Return-Path <${r.ReturnPath}>` : '';
+    const rules = [];
+    if (r.AllowedRecipients) rules.push(`Only recipients matching ${r.AllowedRecipients} are allowed.`);
+    if (r.BlockedRecipients) rules.push(`Recipients matching ${r.BlockedRecipients} are blocked.`);
+    if (r.OverrideFrom) rules.push(`From is replaced by ${r.OverrideFrom}.`);
+    $('release-rules').textContent = rules.join(' ');
+    $('release-rules').hidden = !rules.length;
+    $('release-error').hidden = true;
+    $('release-send').disabled = false;
+    $('release').showModal();
+    $('release-to').focus();
+  }
+
+  // Sends the release; the dialog stays open with the server's answer when
+  // it fails (a refused recipient, the relay server down), so the user can
+  // correct the list. The stored message is never changed.
+  async function sendRelease() {
+    const m = state.message;
+    const to = $('release-to').value.split(',').map((a) => a.trim()).filter(Boolean);
+    if (!m || !to.length) return;
+    $('release-send').disabled = true;
+    $('release-error').hidden = true;
+    try {
+      await api('POST', `/api/v1/message/${encodeURIComponent(m.ID)}/release`, { To: to });
+      $('release').close();
+      toast(`Released to ${to.length} recipient${to.length === 1 ? '' : 's'}`);
+    } catch (e) {
+      $('release-error').textContent = e.message.replace(/^POST \S+: /, '');
+      $('release-error').hidden = false;
+    } finally {
+      $('release-send').disabled = false;
+    }
   }
 
   async function deleteOpen() {
@@ -899,7 +951,7 @@
       if (e.key === 'Escape') t.blur();
       return;
     }
-    if ($('help').open) return;
+    if ($('help').open || $('release').open) return;
     const inMessage = !$('message-view').hidden;
     const k = e.key;
     let handled = true;
@@ -934,8 +986,8 @@
     if (handled) e.preventDefault();
   }
 
-  // Server-side UI settings (Mailpit's /api/v1/webui): a label, and whether
-  // "Delete all" is hidden. Optional: the UI works the same without them.
+  // Server-side UI settings (Mailpit's /api/v1/webui): a label, whether
+  // "Delete all" is hidden, and the relay server (the Release button). Optional: the UI works the same without them.
   async function loadSettings() {
     try {
       const w = await api('GET', '/api/v1/webui');
@@ -946,6 +998,10 @@
         updateTitle();
       }
       if (w && w.HideDeleteAllButton) $('btn-delete-all').hidden = true;
+      if (w && w.MessageRelay && w.MessageRelay.Enabled) {
+        state.relay = w.MessageRelay;
+        if (state.message) $('msg-release').hidden = false;
+      }
     } catch (e) { /* older servers: defaults */ }
   }
 
