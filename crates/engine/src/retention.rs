@@ -372,6 +372,20 @@ pub async fn prune(
     dry_run: bool,
     key: Option<&Key>,
 ) -> Result<PruneReport, Error> {
+    prune_at(store, policy, grace, dry_run, key, Utc::now()).await
+}
+
+/// [`prune`] as if the time were `now` (the grace period, the head's date
+/// check and which days are over count from it): for simulations with a
+/// scripted clock.
+pub async fn prune_at(
+    store: &dyn ObjectStore,
+    policy: &Policy,
+    grace: Duration,
+    dry_run: bool,
+    key: Option<&Key>,
+    now: DateTime<Utc>,
+) -> Result<PruneReport, Error> {
     // What to keep is decided from summaries (day indexes where current,
     // manifests elsewhere: see crate::index), not by reading every manifest.
     let sums = crate::index::summaries(store, key, 16).await?;
@@ -388,7 +402,7 @@ pub async fn prune(
         store,
         summaries.keys().next_back().map(String::as_str),
         key,
-        Utc::now(),
+        now,
     )?;
     // A fenced writer's late manifests are never the head: they get no
     // decision, so they are forgotten unless a kept snapshot builds on them.
@@ -512,7 +526,6 @@ pub async fn prune(
         again.get(id).or_else(|| manifests.get(id))
     }));
 
-    let now = Utc::now();
     let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
     for meta in candidates {
         if refs.contains(&meta.key) {
@@ -537,7 +550,7 @@ pub async fn prune(
     if !dry_run {
         // The next prune reads one index per past day instead of its
         // manifests; failing to write one only costs that.
-        match crate::index::write_closed_days(store, key, &sums, &forgotten, Utc::now()).await {
+        match crate::index::write_closed_days(store, key, &sums, &forgotten, now).await {
             Ok(days) => report.indexed_days = days,
             Err(e) => {
                 tracing::warn!(error = %e, "could not write the day indexes; the next prune reads manifests")

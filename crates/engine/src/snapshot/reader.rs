@@ -643,6 +643,7 @@ pub(crate) fn read(
     pack_bytes: usize,
     tx: Sender<Upload>,
     pinned: Option<&Guarantee>,
+    clock: Option<&super::Clock>,
 ) -> Result<Outcome, Error> {
     check_sqlite_file(db)?;
     let conn = open(db)?;
@@ -684,7 +685,7 @@ pub(crate) fn read(
             r.get::<_, i64>(0)
         })
         .map_err(&err);
-    let created = chrono::Utc::now();
+    let created = clock.map_or_else(chrono::Utc::now, super::Clock::now);
     let result = first.and_then(|_| {
         let (wal_pos, wal_pages) = if wal_mode {
             wal_post(&wal_file, pre, pinned).map_err(|e| Error::io(&wal_file, e))?
