@@ -31,6 +31,9 @@
 //! says which epochs may have written ([`lease::written_epoch_bound`]), so a
 //! manifest of that epoch (or of no lease) is unfenced, and walking back from
 //! the newest skips only the late manifests after it ([`newest_unfenced`]).
+//! A bound whose epoch wrote no manifest after the anchor (killed before its
+//! first one landed) costs the manifests since that epoch took the lease,
+//! not the whole history ([`after_a_stale_bound`]).
 //! In an encrypted replica, manifests that fail authentication on the way
 //! (planted by someone without the key, or damaged) are skipped with a
 //! warning, unless none is usable: then the newest one's error is the
@@ -329,16 +332,67 @@ pub async fn newest_unfenced(
     if ids.is_empty() {
         return Ok(None);
     }
-    let bound = lease::written_epoch_bound(store).await?;
-    match walk_back(store, &ids, key, bound).await? {
-        Walk::Found(m) => Ok(Some(*m)),
-        Walk::Nothing(Some(e)) => Err(e),
-        // A stale bound, or manifests pruned since the listing: the whole
-        // history decides.
-        Walk::Stale | Walk::Nothing(None) => {
-            unfenced_by_reading_all(store, &all_ids(store).await?, key).await
+    let bounds = lease::written_bounds(store).await?;
+    let bound = bounds.map_or(0, |b| b.epoch);
+    let found = match walk_back(store, &ids, key, bound).await? {
+        Walk::Found(m) => Some(m),
+        Walk::Nothing(Some(e)) => return Err(e),
+        Walk::Stale => match bounds.and_then(|b| b.marked) {
+            Some(marked) => after_a_stale_bound(store, &ids, key, bound, marked).await?,
+            None => None,
+        },
+        Walk::Nothing(None) => None,
+    };
+    match found {
+        Some(m) => Ok(Some(*m)),
+        // A stale bound that its record cannot settle, or manifests pruned
+        // since the listing: the whole history decides.
+        None => unfenced_by_reading_all(store, &all_ids(store).await?, key).await,
+    }
+}
+
+/// How far before its lease record's `acquired` a writer's first manifest
+/// may sort. Both come from the writer's own clock, so its manifests sort
+/// after that time; this covers that clock stepping back by up to this much
+/// between taking the lease and the first snapshot.
+const STALE_SLACK: chrono::Duration = chrono::Duration::minutes(5);
+
+/// The newest unfenced snapshot when the walk from the anchor met no
+/// manifest of the bound's epoch (`bound`, which marked itself as writing:
+/// it was killed before its first manifest landed, or that one sorts
+/// before the anchor). `marked` is its record's `acquired` and the highest
+/// earlier epoch that may have written. Reads only the manifests from the
+/// bound's start ([`STALE_SLACK`] before `acquired`) on: if one is of the
+/// bound's epoch, the walk over them decides as usual; if none is, that
+/// epoch wrote nothing, so the earlier epoch bounds every manifest and a
+/// walk from the anchor with it decides. `None` when neither settles it
+/// (the earlier epoch's manifest is not after the anchor either): then
+/// only the whole history does.
+async fn after_a_stale_bound(
+    store: &dyn ObjectStore,
+    recent: &[String],
+    key: Option<&Key>,
+    bound: u64,
+    (acquired, below): (DateTime<Utc>, u64),
+) -> Result<Option<Box<Manifest>>, Error> {
+    let since = acquired - STALE_SLACK;
+    let reaches_before_anchor = recent
+        .first()
+        .and_then(|id| format::snapshot_id_time(id))
+        .is_some_and(|first| since < first);
+    if reaches_before_anchor {
+        let start = format::manifest_key(&since.format("%Y%m%dT%H%M%S%.3fZ").to_string());
+        let ids = ids_of(store.list_after(format::MANIFESTS, &start).await?);
+        if let Walk::Found(m) = walk_back(store, &ids, key, bound).await? {
+            return Ok(Some(m));
         }
     }
+    // No manifest of `bound` since it started (the walk from the anchor
+    // covered that span when it started after the anchor's base).
+    Ok(match walk_back(store, recent, key, below).await? {
+        Walk::Found(m) => Some(m),
+        _ => None,
+    })
 }
 
 /// The newest snapshot taken at or before `at` (by the time its id encodes)
@@ -713,6 +767,67 @@ mod tests {
         s.mem.delete(&format::manifest_key(planted)).await.unwrap();
         let err = newest_unfenced(&s.mem, None).await.unwrap_err();
         assert!(err.to_string().contains("encrypted"), "{err}");
+    }
+
+    /// Epoch 2 marked itself as writing 30 minutes into a history of 200
+    /// snapshots (10 s apart) and was killed before its first manifest;
+    /// epoch 1 went on writing. Its bound is stale, but deciding that reads
+    /// only the manifests since epoch 2 took the lease (less the slack),
+    /// not the whole history.
+    #[tokio::test]
+    async fn a_stale_bound_reads_only_the_manifests_since_its_epoch_started() {
+        use std::sync::atomic::{AtomicI64, Ordering};
+        let s = Scene::new();
+        let t0 = Utc::now() - chrono::Duration::hours(2);
+        let secs = std::sync::Arc::new(AtomicI64::new(0));
+        let clock = {
+            let secs = secs.clone();
+            crate::snapshot::Clock::new(move || {
+                t0 + chrono::Duration::seconds(secs.load(Ordering::SeqCst))
+            })
+        };
+        let mut a = s.writer(1).with_clock(clock);
+        let mut newest = String::new();
+        for i in 0..200 {
+            secs.store(i * 10, Ordering::SeqCst);
+            newest = s.snap(&mut a, i).await;
+        }
+        let acquired = t0 + chrono::Duration::seconds(1800);
+        let record = serde_json::json!({
+            "epoch": 2, "owner": "o", "host": "h", "pid": 1,
+            "acquired": acquired, "expires": acquired + chrono::Duration::minutes(2),
+            "wrote": true, "written_below": 1,
+        });
+        s.mem
+            .put(
+                "lease/00000000000000000002.json",
+                Bytes::from(record.to_string()),
+            )
+            .await
+            .unwrap();
+        let since_start = all_ids(&s.mem)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|id| format::snapshot_id_time(id).unwrap() > acquired - STALE_SLACK)
+            .count() as u64;
+        let gets = s.mem.requests(Op::Get);
+        let m = newest_unfenced(&s.mem, None).await.unwrap().unwrap();
+        let read = s.mem.requests(Op::Get) - gets;
+        assert_eq!(m.id, newest, "epoch 2 wrote nothing: epoch 1's newest");
+        println!(
+            "FIGURE stale bound: {read} GETs for 200 snapshots, {since_start} since the epoch started"
+        );
+        assert!(
+            read <= since_start + 64 + 3,
+            "{read} GETs: at most the span since the epoch started ({since_start}), the walk from the anchor and the anchor, lease and answer"
+        );
+        // The exact rule over the whole history agrees.
+        let all = unfenced_by_reading_all(&s.mem, &all_ids(&s.mem).await.unwrap(), None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(all.id, newest);
     }
 
     /// Epoch 2 marked itself as writing and died before its manifest landed

@@ -313,16 +313,51 @@ pub async fn newest_epoch(store: &dyn crate::store::ObjectStore) -> Result<u64, 
 /// reading older manifests (see [`crate::history::newest_unfenced`]): a
 /// writer that took over but has not written yet fences nothing.
 pub async fn written_epoch_bound(store: &dyn crate::store::ObjectStore) -> Result<u64, StoreError> {
+    Ok(written_bounds(store).await?.map_or(0, |b| b.epoch))
+}
+
+/// What the newest lease record says about which epochs wrote (see
+/// [`written_epoch_bound`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WrittenBounds {
+    /// The highest writer epoch any manifest may have.
+    pub epoch: u64,
+    /// When `epoch` is the newest record's own (it marked itself as
+    /// writing): when it took the lease, by its own clock, and the highest
+    /// earlier epoch that may have written. If no manifest of `epoch`
+    /// exists, that earlier epoch bounds every manifest instead.
+    pub marked: Option<(chrono::DateTime<chrono::Utc>, u64)>,
+}
+
+/// [`written_epoch_bound`] with what the record says beyond the bound
+/// (`None` when no lease was ever taken). Two requests (LIST, GET).
+pub async fn written_bounds(
+    store: &dyn crate::store::ObjectStore,
+) -> Result<Option<WrittenBounds>, StoreError> {
     let epoch = newest_epoch(store).await?;
     if epoch == 0 {
-        return Ok(0);
+        return Ok(None);
     }
+    let unknown = WrittenBounds {
+        epoch,
+        marked: None,
+    };
     match store.get(&epoch_key(epoch)).await {
-        Ok(body) => Ok(serde_json::from_slice::<LeaseRecord>(&body)
-            .map_or(epoch, |rec| rec.written_bound().min(epoch))),
+        Ok(body) => Ok(Some(serde_json::from_slice::<LeaseRecord>(&body).map_or(
+            unknown,
+            |rec| {
+                let bound = rec.written_bound().min(epoch);
+                WrittenBounds {
+                    epoch: bound,
+                    marked: (rec.wrote == Some(true) && bound == epoch)
+                        .then(|| rec.written_below.map(|below| (rec.acquired, below)))
+                        .flatten(),
+                }
+            },
+        ))),
         // Deleted meanwhile (a newer epoch cleans up) or unreadable: the
         // epoch itself is the safe bound.
-        Err(StoreError::NotFound { .. }) => Ok(epoch),
+        Err(StoreError::NotFound { .. }) => Ok(Some(unknown)),
         Err(e) => Err(e),
     }
 }
