@@ -1,10 +1,11 @@
 //! The `mailsafe` binary: parse the command line, run, map the outcome to an
 //! exit code. `cli` holds the flags, dispatch and output; `serve` joins the
 //! catcher and the engine; `shutdown` bounds how the long-lived modes stop;
-//! `exec` runs `watch --exec`'s app.
+//! `exec` runs `watch --exec`'s app; `heartbeat` pings after snapshots.
 
 mod cli;
 mod exec;
+mod heartbeat;
 mod serve;
 mod shutdown;
 

@@ -114,6 +114,32 @@ pub struct WriterArgs {
     pub unsafe_no_conditional_writes: bool,
 }
 
+/// Observability of the commands that back up (`watch`, `cron`, `serve
+/// --replica`): the same `/metrics` and `/healthz` and the same heartbeat in
+/// each. (`serve` calls `--listen` `--metrics-listen`: the catcher's
+/// `--listen` is its web UI.)
+// `Default` only for a config file's part (listen, heartbeat URL), which
+// the flags then complete.
+#[derive(Debug, Clone, Default, ClapArgs)]
+pub struct MonitorArgs {
+    /// Serve `/metrics` and `/healthz` on this address.
+    #[arg(id = "metrics_listen", long = "listen", env = "MAILSAFE_LISTEN")]
+    pub listen: Option<String>,
+    /// `/healthz` fails when a change has waited longer than this.
+    #[arg(long, env = "MAILSAFE_HEALTH_MAX_LAG", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub health_max_lag: std::time::Duration,
+    /// URL requested (GET) after each successful snapshot, for a dead man's
+    /// switch (healthchecks.io, Uptime Kuma push, Better Stack). It never
+    /// delays a snapshot; failures are logged (by host only: the path and
+    /// query often hold the check's token) and counted in
+    /// `mailsafe_heartbeats_total{result="failed"}`.
+    #[arg(long, env = "MAILSAFE_HEARTBEAT_URL", value_name = "URL", value_parser = crate::heartbeat::ParseHeartbeatUrl)]
+    pub heartbeat_url: Option<crate::heartbeat::HeartbeatUrl>,
+    /// How long one heartbeat request may take before it counts as failed.
+    #[arg(long, env = "MAILSAFE_HEARTBEAT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub heartbeat_timeout: std::time::Duration,
+}
+
 /// Retention policy flags, shared by `cron` and `prune` (like restic's
 /// `forget`).
 #[derive(Debug, Clone, Default, ClapArgs)]
@@ -144,7 +170,11 @@ pub struct RetentionArgs {
 #[derive(Debug, ClapArgs)]
 // `--replica` is required in `ReplicaArgs`; here the whole group is
 // optional, and clap still requires it once any replica flag is given.
-#[command(mut_arg("replica", |a| a.required(false)))]
+#[command(
+    mut_arg("replica", |a| a.required(false)),
+    mut_arg("metrics_listen", |a| a.long("metrics-listen").requires("replica")),
+    mut_arg("heartbeat_url", |a| a.requires("replica")),
+)]
 pub struct ServeArgs {
     /// The catcher's own options (`MP_*` and `MAILSAFE_*`).
     #[command(flatten)]
@@ -160,6 +190,10 @@ pub struct ServeArgs {
     pub shutdown_timeout: std::time::Duration,
     #[command(flatten)]
     pub writer: WriterArgs,
+    /// With `--replica`: the backup's `/metrics` and `/healthz` (on
+    /// `--metrics-listen`) and heartbeat, as `watch` has them.
+    #[command(flatten)]
+    pub monitor: MonitorArgs,
 }
 
 /// `mailsafe snapshot`.
@@ -282,17 +316,13 @@ pub struct WatchArgs {
     pub db: Option<PathBuf>,
     #[command(flatten)]
     pub replica: ReplicaArgs,
-    /// Serve `/metrics` and `/healthz` on this address.
-    #[arg(long, env = "MAILSAFE_LISTEN")]
-    pub listen: Option<String>,
+    #[command(flatten)]
+    pub monitor: MonitorArgs,
     /// How long shutdown may take after SIGTERM, final snapshot and lease
     /// release included. Past it the process exits 1 anyway, saying what is
     /// not in the replica.
     #[arg(long, env = "MAILSAFE_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: std::time::Duration,
-    /// `/healthz` fails when a change has waited longer than this.
-    #[arg(long, env = "MAILSAFE_HEALTH_MAX_LAG", default_value = "60s", value_parser = humantime::parse_duration)]
-    pub health_max_lag: std::time::Duration,
     #[command(flatten)]
     pub settings: WatchDbArgs,
     /// Run this app as a child (split like a shell word list, no shell):
@@ -385,6 +415,8 @@ pub struct CronArgs {
     pub retention: RetentionArgs,
     #[command(flatten)]
     pub writer: WriterArgs,
+    #[command(flatten)]
+    pub monitor: MonitorArgs,
 }
 
 /// `mailsafe prune`.

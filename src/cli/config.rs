@@ -22,15 +22,17 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::args::{ReplicaArgs, WatchArgs, WatchDbArgs};
+use super::args::{MonitorArgs, ReplicaArgs, WatchArgs, WatchDbArgs};
+use crate::heartbeat::HeartbeatUrl;
 
 /// Everything `watch` runs.
 #[derive(Debug, Clone)]
 pub struct Plan {
     /// The dbs, each watched by its own loops.
     pub dbs: Vec<DbPlan>,
-    /// `--listen`, or the file's `listen`.
-    pub listen: Option<String>,
+    /// `/metrics`, `/healthz` and the heartbeat: the flags, where the file
+    /// does not say (`listen`, `heartbeat-url`; a flag given wins).
+    pub monitor: MonitorArgs,
     /// `--exec`, or the file's `exec`.
     pub exec: Option<String>,
 }
@@ -80,12 +82,17 @@ impl Plan {
                         args: args.replica.clone(),
                     }],
                 }],
-                listen: args.listen.clone(),
+                monitor: args.monitor.clone(),
                 exec: args.exec.clone(),
             });
         };
         let mut plan = load(file, &args.settings, &args.replica)?;
-        plan.listen = args.listen.clone().or(plan.listen);
+        let (flags, file) = (&args.monitor, plan.monitor);
+        plan.monitor = MonitorArgs {
+            listen: flags.listen.clone().or(file.listen),
+            heartbeat_url: flags.heartbeat_url.clone().or(file.heartbeat_url),
+            ..flags.clone()
+        };
         plan.exec = args.exec.clone().or(plan.exec);
         Ok(plan)
     }
@@ -147,7 +154,11 @@ pub fn parse(
     }
     Ok(Plan {
         dbs,
-        listen: doc.listen,
+        monitor: MonitorArgs {
+            listen: doc.listen,
+            heartbeat_url: doc.heartbeat_url,
+            ..MonitorArgs::default()
+        },
         exec: doc.exec,
     })
 }
@@ -215,6 +226,10 @@ struct FileDoc {
     /// Address of `/metrics` and `/healthz` (unless `--listen` is given).
     #[serde(default)]
     listen: Option<String>,
+    /// Requested after each successful snapshot (unless `--heartbeat-url`
+    /// is given).
+    #[serde(default, deserialize_with = "heartbeat_url")]
+    heartbeat_url: Option<HeartbeatUrl>,
     /// The app to run (unless `--exec` is given).
     #[serde(default)]
     exec: Option<String>,
@@ -410,6 +425,11 @@ fn url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     })
 }
 
+/// A heartbeat URL (the error does not repeat it: it may hold a token).
+fn heartbeat_url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<HeartbeatUrl>, D::Error> {
+    parsed(d, |s| s.parse().map(Some))
+}
+
 /// A duration written as `250ms`, `10s`, `2m`, `1h` (humantime).
 fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     parsed(d, |s| {
@@ -444,6 +464,7 @@ mod tests {
 
     const TWO: &str = "\
 listen: 127.0.0.1:9090
+heartbeat-url: https://hc.example:8443/ping/uuid?token=t
 dbs:
   - path: /data/a.db
     debounce: 1s
@@ -467,7 +488,11 @@ dbs:
     #[test]
     fn reads_dbs_replicas_and_per_db_settings() {
         let plan = parse_str(TWO).unwrap();
-        assert_eq!(plan.listen.as_deref(), Some("127.0.0.1:9090"));
+        assert_eq!(plan.monitor.listen.as_deref(), Some("127.0.0.1:9090"));
+        assert_eq!(
+            plan.monitor.heartbeat_url.unwrap().to_string(),
+            "https://hc.example:8443/…"
+        );
         let [a, b] = &plan.dbs[..] else { panic!() };
         assert_eq!(a.path, Path::new("/data/a.db"));
         assert_eq!(a.settings.debounce, Duration::from_secs(1));
@@ -570,6 +595,12 @@ dbs:
             ),
             // No db.
             ("listen: :9090\n", &["missing field `dbs`"]),
+            // A heartbeat URL that is no http(s) URL (not echoed: it may
+            // hold a token).
+            (
+                "heartbeat-url: ftp://u:secret@h/x\ndbs:\n  - path: /a.db\n    replicas:\n      - url: s3://b/a\n",
+                &["heartbeat-url", "http or https", "line 1"],
+            ),
             // Not YAML.
             ("dbs: [\n", &["line"]),
         ];
@@ -580,6 +611,8 @@ dbs:
                 assert!(e.contains(want), "{text}\n-> {e}\n(wanted {want:?})");
             }
         }
+        let e = parse_str("heartbeat-url: ftp://u:secret@h/x\ndbs: []\n").unwrap_err();
+        assert!(!e.contains("secret"), "{e}");
         // The same db twice.
         let e = parse_str(
             "dbs:\n  - {path: /a.db, replicas: [{url: s3://b/a}]}\n  - {path: /a.db, replicas: [{url: s3://b/c}]}\n",

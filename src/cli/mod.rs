@@ -41,7 +41,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// the final snapshot what is left; without, the drain ends just before the
 /// watchdog.
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    use mailsafe::watch::metrics::{MeteredStore, Metrics};
+    use mailsafe::watch::metrics::{MeteredStore, Metrics, Registry};
     let mut config = args.catcher.into_config()?;
     let timeout = args.shutdown_timeout;
     run_until_shutdown(async move {
@@ -56,6 +56,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             return crate::serve::run(config, None, shutdown).await;
         };
         let metrics = Metrics::new();
+        serve_monitor(&args.monitor, Registry::single(metrics.clone()), true).await?;
         let shutdown = shutdown_deadline(
             signal,
             timeout,
@@ -72,6 +73,38 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         };
         crate::serve::run(config, Some(replica), shutdown).await
     })?
+}
+
+/// `/metrics` and `/healthz` of `registry` on `--listen` (in the
+/// background) and the heartbeat: the one way every backing-up mode
+/// (`watch`, `cron`, `serve --replica`) is observed. With `background`,
+/// each loop of `registry` pings after each of its successful snapshots
+/// (one sender per loop, counted in its own metrics); without, the caller
+/// pings with the returned sender itself (`cron --once`, before it exits).
+async fn serve_monitor(
+    monitor: &args::MonitorArgs,
+    registry: mailsafe::watch::metrics::Registry,
+    background: bool,
+) -> anyhow::Result<Option<std::sync::Arc<crate::heartbeat::Heartbeat>>> {
+    if let Some(listen) = &monitor.listen {
+        mailsafe::watch::serve_http(listen, registry.clone(), monitor.health_max_lag).await?;
+    }
+    let heartbeat = match &monitor.heartbeat_url {
+        Some(url) => {
+            tracing::info!(heartbeat = %url, "heartbeat after each successful snapshot");
+            Some(crate::heartbeat::Heartbeat::new(
+                url.clone(),
+                monitor.heartbeat_timeout,
+            )?)
+        }
+        None => None,
+    };
+    if let (Some(h), true) = (&heartbeat, background) {
+        for (_, m) in registry.loops() {
+            h.spawn(m.clone());
+        }
+    }
+    Ok(heartbeat)
 }
 
 /// Logs go to stderr so that `--json` output on stdout stays parseable.
@@ -355,16 +388,23 @@ fn retention_policy(r: &RetentionArgs) -> mailsafe::retention::Policy {
 fn cron(args: CronArgs) -> anyhow::Result<()> {
     use mailsafe::cron::{self, RoundConfig, Schedule};
     let schedule = args.schedule.as_deref().map(Schedule::parse).transpose()?;
+    use mailsafe::watch::metrics::{MeteredStore, Metrics, Registry};
+    let metrics = Metrics::new();
     let config = RoundConfig {
         policy: retention_policy(&args.retention),
         gc_grace: args.retention.gc_grace,
         lease_ttl: std::time::Duration::from_secs(120),
         encryption: args.replica.encryption_key()?,
         unsafe_no_conditional_writes: args.writer.unsafe_no_conditional_writes,
+        metrics: metrics.clone(),
     };
     run_until_shutdown(async move {
         let signal = termination_signal()?;
-        let store = open_replica(&args.replica).await?;
+        let store = MeteredStore::wrap(open_replica(&args.replica).await?, metrics.clone());
+        // `--once` pings itself before it exits; a scheduled run pings in
+        // the background like `watch`.
+        let registry = Registry::single(metrics.clone());
+        let heartbeat = serve_monitor(&args.monitor, registry, schedule.is_some()).await?;
         let progress = cron::Progress::new(&args.db, &store);
         let shutdown = shutdown_deadline(
             signal,
@@ -384,6 +424,9 @@ fn cron(args: CronArgs) -> anyhow::Result<()> {
                 let round = cron::once(&args.db, store, &config, &progress, shutdown)
                     .await
                     .with_context(|| format!("cron round for {}", args.db.display()))?;
+                if let Some(h) = heartbeat {
+                    h.beat(&metrics).await;
+                }
                 if args.json {
                     println!("{}", serde_json::to_string(&round)?);
                 }

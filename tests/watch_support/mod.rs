@@ -106,16 +106,17 @@ impl Watcher {
     }
 
     /// Starts `mailsafe cron` on `db` into `url`, S3 reached at `endpoint`
-    /// (`extra` says `--once` or `--schedule`). It serves no HTTP: `http`
-    /// is empty.
+    /// (`extra` says `--once` or `--schedule`), serving `/metrics` and
+    /// `/healthz` on `http` as `watch` does.
     pub fn cron(s3: &S3, endpoint: &str, db: &Path, url: &str, extra: &[&str]) -> Watcher {
-        let log = db.with_extension(format!("cron-{}.log", free_port()));
+        let port = free_port();
+        let log = db.with_extension(format!("cron-{port}.log"));
         let mut cmd = s3.mailsafe();
         cmd.env("AWS_ENDPOINT_URL", endpoint)
             .env("MAILSAFE_LOG", "mailsafe=debug,info")
             .args(["cron", "--db"])
             .arg(db)
-            .args(["--replica", url])
+            .args(["--replica", url, "--listen", &format!("127.0.0.1:{port}")])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
@@ -123,7 +124,7 @@ impl Watcher {
         Watcher {
             child,
             log,
-            http: String::new(),
+            http: format!("http://127.0.0.1:{port}"),
         }
     }
 

@@ -30,6 +30,7 @@ use crate::lease::{Lease, VolumeLock};
 use crate::retention::{self, Policy, PruneReport};
 use crate::snapshot::{SnapshotReport, Snapshotter};
 use crate::store::DynStore;
+use crate::watch::metrics::Metrics;
 
 /// A parsed schedule: standard 5-field cron, evaluated in UTC.
 #[derive(Debug, Clone)]
@@ -90,6 +91,11 @@ pub struct RoundConfig {
     /// Writes even if the store ignores conditional writes (see
     /// [`crate::store::probe_conditional_writes`]).
     pub unsafe_no_conditional_writes: bool,
+    /// Where rounds are reported: the same [`Metrics`] `watch` fills (its
+    /// snapshot, error and lease series; the store's traffic is counted when
+    /// the store is a [`crate::watch::metrics::MeteredStore`] of them), so
+    /// `/metrics`, alerts and the heartbeat work alike in every mode.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The step a round is at.
@@ -304,6 +310,7 @@ async fn round<F: Future<Output = Instant>>(
         .await
         .ok_or(RoundError::Cut)?
         .map_err(|e| Error::Other(e.to_string()))?;
+    config.metrics.set_lease_held(true);
     // Before the epoch's first manifest (see `lease::written_epoch_bound`).
     stop.bound(lease.mark_writing(), before_release)
         .await
@@ -311,6 +318,7 @@ async fn round<F: Future<Output = Instant>>(
         .map_err(|e| Error::Other(e.to_string()))?;
     progress.set(Stage::Snapshot);
     snapshotter.set_writer(Some(lease.writer()));
+    let (started_wall, started) = (chrono::Utc::now(), Instant::now());
     let snap = stop.bound(snapshotter.snapshot(), before_release).await;
     progress.set(Stage::Release);
     if let Some(Ok(s)) = &snap {
@@ -332,6 +340,7 @@ async fn round<F: Future<Output = Instant>>(
             "could not release the writer lease before the shutdown deadline (it expires by itself)"
         ),
     }
+    config.metrics.set_lease_held(false);
     let snapshot = match snap {
         None => {
             progress.set(Stage::Snapshot);
@@ -339,6 +348,13 @@ async fn round<F: Future<Output = Instant>>(
         }
         Some(s) => s?,
     };
+    config.metrics.record_success(
+        started_wall,
+        snapshot.id.as_deref(),
+        snapshot.uploaded_bytes,
+        started.elapsed(),
+    );
+    config.metrics.record_engine(&snapshot);
     match &snapshot.id {
         Some(id) => tracing::info!(
             id,
@@ -385,6 +401,10 @@ async fn round<F: Future<Output = Instant>>(
     })
 }
 
+/// What `/healthz` says of a failed round: keys, bucket and endpoint only
+/// go to the log (as in `watch`).
+const ROUND_FAILED: &str = "the cron round failed (details in the log)";
+
 /// The error a round cut off by the shutdown deadline ends the run with.
 fn cut_off(progress: &Progress) -> Error {
     Error::Other(format!(
@@ -408,7 +428,10 @@ pub async fn once(
     let mut writer = Writer::new(db, &store, config);
     match round(&mut writer, &store, config, progress, &mut stop).await {
         Ok(r) => Ok(r),
-        Err(RoundError::Failed(e)) => Err(e),
+        Err(RoundError::Failed(e)) => {
+            config.metrics.record_error(ROUND_FAILED);
+            Err(e)
+        }
         Err(RoundError::Cut) => Err(cut_off(progress)),
     }
 }
@@ -446,8 +469,14 @@ pub async fn scheduled(
             // No round can ever write to such a store: stop.
             Err(RoundError::Failed(
                 e @ Error::Store(crate::store::StoreError::NoConditionalWrites { .. }),
-            )) => return Err(e),
-            Err(RoundError::Failed(e)) => tracing::error!("round failed: {e}"),
+            )) => {
+                config.metrics.record_error(ROUND_FAILED);
+                return Err(e);
+            }
+            Err(RoundError::Failed(e)) => {
+                config.metrics.record_error(ROUND_FAILED);
+                tracing::error!("round failed: {e}")
+            }
             Err(RoundError::Cut) => return Err(cut_off(progress)),
         }
         if stop.deadline.is_some() {

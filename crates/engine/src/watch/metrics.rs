@@ -1,6 +1,8 @@
 //! What the watcher exposes on `--listen`: `/metrics` (Prometheus text format,
 //! written by hand: a dozen counters do not justify a metrics framework) and
-//! `/healthz`.
+//! `/healthz`. `cron` rounds and `serve --replica` fill the same [`Metrics`],
+//! so every mode that backs up serves the same names, and a heartbeat
+//! sender waits on [`Metrics::next_success`].
 //!
 //! Object-store traffic is counted by [`MeteredStore`], a decorator around any
 //! [`ObjectStore`], so that "idle means zero requests" is something the
@@ -96,6 +98,15 @@ pub struct Metrics {
     wal_reset_max_lock_us: AtomicU64,
     /// Microseconds the last snapshot took.
     last_duration_us: AtomicU64,
+    /// Heartbeat requests that got a 2xx answer.
+    heartbeats_sent: AtomicU64,
+    /// Heartbeat requests that failed (no answer in time, refused, non-2xx).
+    heartbeats_failed: AtomicU64,
+    /// Woken by every successful snapshot; a heartbeat sender waits on it.
+    /// `notify_one` keeps one permit, so snapshots faster than the pings
+    /// coalesce into one ping instead of queueing, and a snapshot never
+    /// waits for a ping.
+    success: tokio::sync::Notify,
     state: Mutex<State>,
 }
 
@@ -183,6 +194,22 @@ impl Metrics {
         if s.pending_since.is_some_and(|p| p <= started) {
             s.pending_since = None;
         }
+        drop(s);
+        self.success.notify_one();
+    }
+
+    /// Resolves after the next successful snapshot (at once if one happened
+    /// since the last call): what a heartbeat sender waits on.
+    pub async fn next_success(&self) {
+        self.success.notified().await;
+    }
+
+    /// Counts one heartbeat request, answered with a 2xx (`ok`) or not.
+    pub fn record_heartbeat(&self, ok: bool) {
+        match ok {
+            true => self.heartbeats_sent.fetch_add(1, Ordering::Relaxed),
+            false => self.heartbeats_failed.fetch_add(1, Ordering::Relaxed),
+        };
     }
 
     /// Records how the engine did a successful snapshot: whether it read
@@ -424,6 +451,21 @@ impl Metrics {
             "counter",
             "Object-store requests that failed, by operation.",
             per_op(|c| c.errors.load(Ordering::Relaxed)),
+        );
+        metric(
+            "mailsafe_heartbeats_total",
+            "counter",
+            "Heartbeat URL requests after successful snapshots, by result (failed: refused, timed out or not 2xx).",
+            vec![
+                (
+                    "{result=\"sent\"}".into(),
+                    self.heartbeats_sent.load(Ordering::Relaxed).to_string(),
+                ),
+                (
+                    "{result=\"failed\"}".into(),
+                    self.heartbeats_failed.load(Ordering::Relaxed).to_string(),
+                ),
+            ],
         );
         metric(
             "mailsafe_lease_held",
