@@ -12,8 +12,16 @@ mod shutdown;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args = <cli::args::Args as clap::Parser>::parse();
-    match cli::run(args) {
+    // Installed as (or linked to) `sendmail`, it is Mailpit's sendmail, as
+    // PHP's `sendmail_path` and cron expect: its arguments are sendmail's.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let outcome = if std::path::Path::new(&argv0).file_name() == Some("sendmail".as_ref()) {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        cli::mailtools::sendmail(&args)
+    } else {
+        cli::run(<cli::args::Args as clap::Parser>::parse())
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("mailsafe: error: {err:#}");

@@ -55,6 +55,53 @@ pub enum Command {
     Cron(CronArgs),
     /// Apply retention and garbage-collect unreferenced objects.
     Prune(PruneArgs),
+    /// Mailpit's sendmail: read a message on stdin and send it to the
+    /// catcher over SMTP (`-S host:port`, `-f from`, `-bs` for SMTP on
+    /// stdin/stdout; recipients as arguments or from the headers). Also
+    /// what the binary does when called as `sendmail`.
+    #[command(disable_help_flag = true)]
+    Sendmail {
+        /// sendmail's own flags and the recipients.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Send .eml files, maildir folders or mbox files to a catcher over SMTP
+    /// (Mailpit's `ingest`, which also reads mbox here).
+    Ingest(IngestArgs),
+    /// Write every message of a catcher database to `<ID>.eml` files
+    /// (Mailpit's `dump`); read-only, safe beside a running catcher.
+    Dump(DumpArgs),
+}
+
+/// `ingest`'s flags.
+#[derive(Debug, ClapArgs)]
+pub struct IngestArgs {
+    /// Files or folders (walked; hidden files skipped) of messages.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// The catcher's SMTP address.
+    #[arg(
+        short = 'S',
+        long,
+        env = "MP_SENDMAIL_SMTP_ADDR",
+        default_value = "localhost:1025"
+    )]
+    pub smtp_addr: String,
+    /// Only files modified in the last DAYS days (0: all).
+    #[arg(short, long, value_name = "DAYS")]
+    pub recent: Option<u64>,
+}
+
+/// `dump`'s flags.
+#[derive(Debug, ClapArgs)]
+pub struct DumpArgs {
+    /// The catcher's database file.
+    pub database: PathBuf,
+    /// Folder for the `.eml` files (created if missing).
+    pub output: PathBuf,
+    /// The tenant whose messages to dump (Mailpit's `MP_TENANT_ID`).
+    #[arg(long, env = "MP_TENANT_ID", default_value = "")]
+    pub tenant_id: String,
 }
 
 /// Where the replica lives.

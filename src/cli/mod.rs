@@ -7,6 +7,7 @@
 
 pub mod args;
 mod config;
+pub mod mailtools;
 mod render;
 mod watch;
 
@@ -33,6 +34,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Watch(a) => watch::run(a),
         Command::Cron(a) => cron(a),
         Command::Prune(a) => prune(a),
+        Command::Sendmail { args } => mailtools::sendmail(&args),
+        Command::Ingest(a) => mailtools::ingest(a),
+        Command::Dump(a) => mailtools::dump(a),
     }
 }
 
@@ -470,6 +474,14 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             }
             if let Some(e) = e.downcast_ref::<mailsafe::Error>() {
                 return Some(e.exit_code());
+            }
+            // The mail tools: a bad command line is a usage error.
+            if let Some(e) = e.downcast_ref::<mailsafe_catcher::mailtools::MailToolError>() {
+                use mailsafe_catcher::mailtools::MailToolError as M;
+                return Some(match e {
+                    M::Usage(_) | M::Address(_) | M::NoRecipients => 2,
+                    M::Smtp(_) => 1,
+                });
             }
             // A store error reached us without being wrapped: a malformed
             // replica URL is a usage error like any other bad flag value.

@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 mod lines;
 pub mod listen;
+pub mod mailtools;
 pub mod options;
 pub mod pop3;
 pub mod relay;

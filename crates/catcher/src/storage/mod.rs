@@ -22,6 +22,7 @@
 //! - `read`: the API's queries; `mutate`: the API's changes.
 
 mod error;
+mod export;
 mod index;
 mod insert;
 mod model;
@@ -37,6 +38,7 @@ mod tagging;
 mod writer;
 
 pub use error::StorageError;
+pub use export::each_raw;
 pub use model::{
     Event, Head, ListUnsubscribe, MessageDetail, MessageSummary, MessagesPage, NewMessage,
     PartBody, PartData, RuntimeStats, SPOOL_MEMORY, SpooledMessage, StoreOptions, new_boundary,
@@ -44,7 +46,8 @@ pub use model::{
 };
 pub use outline::RawReader;
 pub use parse::{
-    Address, Attachment, Checksums, canonical_header_key, clean_tag, fuzz_mime, html_to_text,
+    Address, Attachment, Checksums, canonical_header_key, clean_tag, fuzz_mime, header_envelope,
+    html_to_text,
 };
 pub use schema::tenant_prefix;
 pub use store::Store;

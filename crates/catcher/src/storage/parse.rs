@@ -224,6 +224,30 @@ fn parse_message(raw: &[u8]) -> Option<mail_parser::Message<'_>> {
     guarded(|| MessageParser::default().parse(raw))
 }
 
+/// The sender (`From`) and the recipients (`To`, `Cc`, `Bcc`, each address
+/// once, in that order) that a message's headers name: the envelope that
+/// `sendmail -t` and `ingest` use when none is given.
+pub fn header_envelope(raw: &[u8]) -> (Option<String>, Vec<String>) {
+    let Some(m) = parse_headers_only(raw) else {
+        return (None, Vec::new());
+    };
+    let from = addr_list(m.from())
+        .into_iter()
+        .map(|a| a.address)
+        .find(|a| !a.is_empty());
+    let mut to: Vec<String> = Vec::new();
+    for a in [m.to(), m.cc(), m.bcc()]
+        .into_iter()
+        .flat_map(addr_list)
+        .map(|a| a.address)
+    {
+        if !a.is_empty() && !to.contains(&a) {
+            to.push(a);
+        }
+    }
+    (from, to)
+}
+
 /// [`parse_message`] for the headers only.
 fn parse_headers_only(raw: &[u8]) -> Option<mail_parser::Message<'_>> {
     guarded(|| MessageParser::default().parse_headers(raw))
