@@ -309,6 +309,7 @@ async fn s3_unreachable_endpoint_is_named_after_retries() {
         endpoint: Some(endpoint.clone()),
         max_attempts: Some(2),
         credentials: Some(("id".into(), "secret".into())),
+        ..S3Options::default()
     };
     let store = S3Store::with_options("some-bucket", "p", opts)
         .await

@@ -5,80 +5,15 @@
 //! `--unsafe-no-conditional-writes` says to go on.
 //!
 //! The store is a real second S3 server started by the test on 127.0.0.1:
-//! moto 4 (`moto[server]==4.2.14`, which predates conditional writes; moto 5
-//! honours them), installed into its own venv by scripts/setup.sh.
+//! moto 4 (`common::moto`).
 
 mod common;
 mod watch_support;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{S3, Server, free_port};
+use common::moto::Moto;
 use watch_support::{Watcher, create_db, insert};
-
-/// The Python of the venv scripts/setup.sh installs old moto into
-/// (`MAILSAFE_TEST_MOTO_PYTHON` overrides it).
-fn moto_python() -> PathBuf {
-    let p = std::env::var_os("MAILSAFE_TEST_MOTO_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/mailsafe-moto4/bin/python"));
-    assert!(
-        p.exists(),
-        "{} missing: run scripts/setup.sh (it installs moto[server]==4.2.14 there)",
-        p.display()
-    );
-    p
-}
-
-/// A moto S3 server on 127.0.0.1, stopped on drop.
-struct Moto {
-    child: Child,
-    server: Server,
-}
-
-impl Moto {
-    fn start() -> Moto {
-        let port = free_port();
-        let child = Command::new(moto_python())
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start moto");
-        let server = Server {
-            endpoint: format!("http://127.0.0.1:{port}"),
-            access_key: "moto-test".into(),
-            secret_key: "moto-test-secret".into(),
-        };
-        Moto { child, server }
-    }
-
-    /// A new bucket (waits, through create_bucket's retries, for the
-    /// server to answer).
-    fn bucket(&self, name: &str) -> S3 {
-        self.server.create_bucket(name);
-        S3 {
-            server: self.server.clone(),
-            bucket: name.into(),
-        }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_refuse_a_store_that_ignores_conditional_writes() {

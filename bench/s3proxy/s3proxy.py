@@ -22,7 +22,8 @@ Usage:
 The chosen port is printed on stdout as "PORT <n>" (and written to
 --port-file). Control endpoints on the same port (bucket names cannot contain
 "_", so they never shadow S3 paths):
-  GET  /__proxy/stats              counters as JSON
+  GET  /__proxy/stats              counters as JSON (with "headers": the
+                                   SSE / storage-class values PUTs carried)
   POST /__proxy/reset              zero the counters
   GET  /__proxy/faults             current fault settings
   POST /__proxy/faults?error_rate=0.3&reset_rate=0.1&latency_ms=2000&outage_s=30
@@ -41,6 +42,10 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 MAX_HEAD = 64 * 1024
+# Write options whose values the stats count (tests check they reach the
+# server: server-side encryption, storage class).
+WRITE_HEADERS = ("x-amz-server-side-encryption", "x-amz-server-side-encryption-aws-kms-key-id",
+                 "x-amz-storage-class")
 
 
 class Stats:
@@ -52,6 +57,8 @@ class Stats:
         self.ops = {}
         self.status = {}
         self.faults = {"error_503": 0, "reset_request": 0, "reset_response": 0, "outage_refused": 0}
+        # "name: value" of the write options each PUT/POST carried.
+        self.headers = {}
 
     def record(self, op, req_wire, req_body, resp_wire, resp_body, status):
         o = self.ops.setdefault(op, {"requests": 0, "bytes_in": 0, "body_bytes_in": 0,
@@ -70,7 +77,8 @@ class Stats:
             for k in total:
                 total[k] += o[k]
         return {"seconds": round(time.time() - self.started, 3), "total": total,
-                "ops": self.ops, "status": self.status, "faults": dict(self.faults)}
+                "ops": self.ops, "status": self.status, "faults": dict(self.faults),
+                "headers": dict(self.headers)}
 
 
 class Schedule:
@@ -303,6 +311,12 @@ async def handle(reader, writer, upstream):
                 body = await reader.readexactly(cl) if cl else b""
                 payload = len(body)
             op = classify(method, target)
+            if method in ("PUT", "POST"):
+                for name in WRITE_HEADERS:
+                    value = header(lines, name)
+                    if value is not None:
+                        k = f"{name}: {value}"
+                        STATS.headers[k] = STATS.headers.get(k, 0) + 1
             if FAULTS.latency_ms:
                 await asyncio.sleep(FAULTS.latency_ms / 1000)
             if FAULTS.errors.fire():

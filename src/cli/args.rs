@@ -122,6 +122,43 @@ pub struct ReplicaArgs {
     /// itself; with neither, backups are not encrypted.
     #[arg(long, env = "MAILSAFE_ENCRYPTION_KEY_FILE")]
     pub encryption_key_file: Option<PathBuf>,
+    /// S3 addressing: `true` path-style (`endpoint/bucket/key`), `false`
+    /// virtual-hosted (`bucket.endpoint/key`). Default: path-style with a
+    /// custom endpoint, virtual-hosted on AWS.
+    #[arg(long, env = "MAILSAFE_S3_PATH_STYLE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub s3_path_style: Option<bool>,
+    /// Server-side encryption the S3 store applies to every object mailsafe
+    /// writes: `AES256` (SSE-S3) or `aws:kms` (SSE-KMS). At rest on the
+    /// store, besides (not instead of) `--encryption-key-file`.
+    #[arg(long, env = "MAILSAFE_S3_SSE", value_name = "AES256|aws:kms")]
+    pub s3_sse: Option<mailsafe::store::s3::Sse>,
+    /// The KMS key (id or ARN) for `--s3-sse aws:kms` (which it implies);
+    /// without it, the account's default key.
+    #[arg(long, env = "MAILSAFE_S3_SSE_KMS_KEY_ID", value_name = "KEY")]
+    pub s3_sse_kms_key_id: Option<String>,
+    /// Storage class of every object written (`STANDARD_IA`, `GLACIER_IR`,
+    /// ...; restores read every object, so keep to classes read directly).
+    #[arg(long, env = "MAILSAFE_S3_STORAGE_CLASS", value_name = "CLASS")]
+    pub s3_storage_class: Option<String>,
+    /// The replica's own S3 keys (a config file's replica only; the flags
+    /// use the AWS credential chain).
+    #[arg(skip)]
+    pub credentials: Option<S3Keys>,
+}
+
+/// An S3 access key id and secret; `Debug` never shows the secret.
+#[derive(Clone)]
+pub struct S3Keys {
+    /// The access key id.
+    pub id: String,
+    /// The secret access key.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for S3Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "S3Keys({}, <redacted>)", self.id)
+    }
 }
 
 impl ReplicaArgs {
@@ -138,6 +175,29 @@ impl ReplicaArgs {
     /// the replicas instead, which then never reads this).
     pub fn url(&self) -> &str {
         self.replica.as_deref().unwrap_or_default()
+    }
+
+    /// The S3 settings of this replica (whatever they leave unset comes
+    /// from the AWS chain). A KMS key id with SSE-S3 is a usage error.
+    pub fn s3_options(&self) -> Result<mailsafe::store::s3::S3Options, mailsafe::Error> {
+        use mailsafe::store::s3::Sse;
+        let sse = match (&self.s3_sse, &self.s3_sse_kms_key_id) {
+            (Some(Sse::S3), Some(_)) => {
+                return Err(mailsafe::Error::Usage(
+                    "--s3-sse-kms-key-id needs --s3-sse aws:kms, not AES256".into(),
+                ));
+            }
+            (None | Some(Sse::Kms(_)), Some(id)) => Some(Sse::Kms(Some(id.clone()))),
+            (sse, None) => sse.clone(),
+        };
+        Ok(mailsafe::store::s3::S3Options {
+            endpoint: self.endpoint.clone(),
+            credentials: self.credentials.clone().map(|k| (k.id, k.secret)),
+            path_style: self.s3_path_style,
+            sse,
+            storage_class: self.s3_storage_class.clone(),
+            ..Default::default()
+        })
     }
 
     /// The configured encryption key, if any. Errors never contain the key.

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::args::{MonitorArgs, ReplicaArgs, WatchArgs, WatchDbArgs};
+use super::args::{MonitorArgs, ReplicaArgs, S3Keys, WatchArgs, WatchDbArgs};
 use crate::heartbeat::HeartbeatUrl;
 
 /// Everything `watch` runs.
@@ -281,10 +281,12 @@ struct FileRetention {
     interval: Option<Duration>,
 }
 
-/// One entry of a db's `replicas`.
+/// One entry of a db's `replicas`, as written; checked into a
+/// [`FileReplica`] (the keys read from their variables) while the file is
+/// read, so a mistake carries its key and line.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileReplica {
+struct RawReplica {
     #[serde(default, deserialize_with = "name")]
     name: Option<String>,
     #[serde(deserialize_with = "url")]
@@ -294,6 +296,96 @@ struct FileReplica {
     /// Overrides the db's key for this replica.
     #[serde(default)]
     encryption_key_file: Option<PathBuf>,
+    #[serde(default)]
+    path_style: Option<bool>,
+    #[serde(default)]
+    sse: Option<String>,
+    #[serde(default)]
+    sse_kms_key_id: Option<String>,
+    #[serde(default)]
+    storage_class: Option<String>,
+    /// This replica's own keys, written in the file (usually as `$VAR`)...
+    #[serde(default)]
+    access_key_id: Option<String>,
+    #[serde(default)]
+    secret_access_key: Option<String>,
+    /// ... or named by the variables that hold them, read at start (the
+    /// values never pass through the YAML text or its error messages).
+    #[serde(default)]
+    access_key_id_env: Option<String>,
+    #[serde(default)]
+    secret_access_key_env: Option<String>,
+}
+
+/// One entry of a db's `replicas`.
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "RawReplica")]
+struct FileReplica {
+    name: Option<String>,
+    url: String,
+    endpoint: Option<String>,
+    encryption_key_file: Option<PathBuf>,
+    path_style: Option<bool>,
+    sse: Option<mailsafe::store::s3::Sse>,
+    sse_kms_key_id: Option<String>,
+    storage_class: Option<String>,
+    keys: Option<S3Keys>,
+}
+
+impl TryFrom<RawReplica> for FileReplica {
+    type Error = String;
+
+    /// Keys come as a pair, written or from variables (not both); a
+    /// variable must be set. Messages name keys and variables, never values.
+    fn try_from(r: RawReplica) -> Result<Self, String> {
+        let from_env = |key: &str, var: Option<String>| match var {
+            None => Ok(None),
+            Some(v) => std::env::var(&v)
+                .map(Some)
+                .map_err(|_| format!("`{key}`: environment variable {v} is not set")),
+        };
+        let id = match (r.access_key_id, r.access_key_id_env) {
+            (Some(_), Some(_)) => {
+                Err("give `access-key-id` or `access-key-id-env`, not both".to_string())
+            }
+            (lit, var) => from_env("access-key-id-env", var).map(|v| v.or(lit)),
+        }?;
+        let secret = match (r.secret_access_key, r.secret_access_key_env) {
+            (Some(_), Some(_)) => {
+                Err("give `secret-access-key` or `secret-access-key-env`, not both".to_string())
+            }
+            (lit, var) => from_env("secret-access-key-env", var).map(|v| v.or(lit)),
+        }?;
+        let keys = match (id, secret) {
+            (Some(id), Some(secret)) => Some(S3Keys { id, secret }),
+            (None, None) => None,
+            _ => {
+                return Err(
+                    "an access key id needs its secret access key and the other way round".into(),
+                );
+            }
+        };
+        let sse = r.sse.as_deref().map(str::parse).transpose()?;
+        if r.url.starts_with("file://")
+            && (keys.is_some()
+                || sse.is_some()
+                || r.storage_class.is_some()
+                || r.path_style.is_some())
+        {
+            return Err(format!("{}: S3 settings on a file:// replica", r.url));
+        }
+        Ok(FileReplica {
+            name: r.name,
+            url: r.url,
+            endpoint: r.endpoint,
+            encryption_key_file: r.encryption_key_file,
+            path_style: r.path_style,
+            sse,
+            sse_kms_key_id: r.sse_kms_key_id,
+            storage_class: r.storage_class,
+            keys,
+        })
+    }
 }
 
 impl FileDb {
@@ -333,6 +425,11 @@ impl FileDb {
                     replica: Some(r.url),
                     endpoint: r.endpoint.or(replica.endpoint.clone()),
                     encryption_key_file: r.encryption_key_file.or(key.clone()),
+                    s3_path_style: r.path_style.or(replica.s3_path_style),
+                    s3_sse: r.sse.or(replica.s3_sse.clone()),
+                    s3_sse_kms_key_id: r.sse_kms_key_id.or(replica.s3_sse_kms_key_id.clone()),
+                    s3_storage_class: r.storage_class.or(replica.s3_storage_class.clone()),
+                    credentials: r.keys,
                 },
             })
             .collect();
@@ -513,6 +610,39 @@ dbs:
         assert!(b.replicas[0].args.encryption_key_file.is_none());
     }
 
+    /// A replica's own keys (written, or from a named variable), SSE and
+    /// storage class; the flags' S3 settings for the others; `Debug` of the
+    /// plan never shows a secret.
+    #[test]
+    fn replicas_carry_their_own_keys_and_s3_settings() {
+        let a = watch_args(&[
+            "mailsafe",
+            "watch",
+            "--config",
+            "/m.yml",
+            "--s3-storage-class",
+            "STANDARD_IA",
+        ]);
+        let text = "dbs:\n  - path: /a.db\n    replicas:\n      - url: s3://b/a\n        access-key-id-env: HOME\n        secret-access-key: s3cr3t\n        sse: aws:kms\n        sse-kms-key-id: k1\n        path-style: false\n      - url: s3://c/a\n";
+        let plan = parse(text, Path::new("/m.yml"), &a.settings, &a.replica).unwrap();
+        let [own, other] = &plan.dbs[0].replicas[..] else {
+            panic!()
+        };
+        let o = own.args.s3_options().unwrap();
+        let home = std::env::var("HOME").unwrap();
+        assert_eq!(o.credentials, Some((home, "s3cr3t".to_string())));
+        assert_eq!(
+            o.sse,
+            Some(mailsafe::store::s3::Sse::Kms(Some("k1".into())))
+        );
+        assert_eq!(o.path_style, Some(false));
+        assert_eq!(o.storage_class.as_deref(), Some("STANDARD_IA"));
+        let o = other.args.s3_options().unwrap();
+        assert_eq!((o.credentials, o.sse, o.path_style), (None, None, None));
+        assert_eq!(o.storage_class.as_deref(), Some("STANDARD_IA"));
+        assert!(!format!("{plan:?}").contains("s3cr3t"));
+    }
+
     /// Flags given beside the file are the entries' defaults.
     #[test]
     fn flags_are_the_defaults_of_the_files_entries() {
@@ -582,6 +712,23 @@ dbs:
             (
                 "dbs:\n  - path: /a.db\n    replicas:\n      - {name: x, url: s3://b/a}\n      - {name: x, url: s3://b/c}\n",
                 &["dbs[0]", "`replicas`: two are named `x`", "line 2"],
+            ),
+            // Half a key pair; a key variable that is not set.
+            (
+                "dbs:\n  - path: /a.db\n    replicas:\n      - url: s3://b/a\n        access-key-id: AKIA\n",
+                &["dbs[0].replicas", "needs its secret", "line 4"],
+            ),
+            (
+                "dbs:\n  - path: /a.db\n    replicas:\n      - url: s3://b/a\n        access-key-id-env: MAILSAFE_TEST_UNSET_VAR\n        secret-access-key: x\n",
+                &[
+                    "dbs[0].replicas",
+                    "MAILSAFE_TEST_UNSET_VAR is not set",
+                    "line 4",
+                ],
+            ),
+            (
+                "dbs:\n  - path: /a.db\n    replicas:\n      - url: s3://b/a\n        sse: rot13\n",
+                &["dbs[0].replicas", "AES256", "line 4"],
             ),
             // A name that cannot be a label.
             (

@@ -154,7 +154,7 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
 /// Opens the replica of every command. Its errors keep their exit code
 /// (a malformed URL is a usage error, 2) through [`exit_code`].
 async fn open_replica(r: &ReplicaArgs) -> anyhow::Result<mailsafe::store::DynStore> {
-    mailsafe::store::open(r.url(), r.endpoint.as_deref())
+    mailsafe::store::open_with(r.url(), r.s3_options()?)
         .await
         .map_err(mailsafe::Error::from)
         .with_context(|| format!("cannot open replica {}", r.url()))

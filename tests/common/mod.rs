@@ -9,6 +9,7 @@
 //! test file stay in that file.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod moto;
 pub mod proxy;
 
 use std::path::Path;
@@ -124,6 +125,7 @@ impl Server {
             endpoint: Some(self.endpoint.clone()),
             max_attempts: Some(3),
             credentials: Some((self.access_key.clone(), self.secret_key.clone())),
+            ..S3Options::default()
         }
     }
 

@@ -250,6 +250,23 @@ pub async fn open(url: &str, endpoint: Option<&str>) -> Result<DynStore, StoreEr
     }
 }
 
+/// Opens `url` as [`open`] does, an S3 replica with `options` (its own
+/// keys, addressing style, server-side encryption, storage class; what they
+/// leave unset comes from the AWS chain).
+#[cfg(feature = "s3")]
+pub async fn open_with(url: &str, options: s3::S3Options) -> Result<DynStore, StoreError> {
+    check_url(url)?;
+    match url.strip_prefix("s3://") {
+        Some(rest) => {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            Ok(Arc::new(
+                s3::S3Store::with_options(bucket, prefix, options).await?,
+            ))
+        }
+        None => open(url, None).await,
+    }
+}
+
 /// Checks that `url` is one [`open`] can open (`s3://bucket[/prefix]` with
 /// a bucket, `file:///path` with a path), without contacting anything: a
 /// config file's replicas are checked before anything starts.

@@ -2,9 +2,12 @@
 //!
 //! Endpoint from `--endpoint`, else `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`
 //! (path-style addressing with any custom endpoint, which is what MinIO,
-//! SeaweedFS and most S3-compatible stores expect); region from the AWS chain,
+//! SeaweedFS and most S3-compatible stores expect, virtual-hosted on AWS;
+//! [`S3Options::path_style`] forces either); region from the AWS chain,
 //! `us-east-1` when none is set; credentials from the standard AWS chain (env,
-//! profile, web identity/IRSA, ECS, IMDS).
+//! profile, web identity/IRSA, ECS, IMDS) unless a replica has its own keys.
+//! Every object written carries the replica's server-side encryption and
+//! storage class, if it asks for them ([`Sse`], [`S3Options::storage_class`]).
 //!
 //! Requests are retried with exponential backoff on throttling, 5xx and
 //! connection errors (SDK standard mode, more attempts, no retry quota so a
@@ -55,6 +58,38 @@ pub struct S3Store {
     prefix: String,
     /// The endpoint, for messages.
     endpoint: String,
+    /// Server-side encryption asked of every write.
+    sse: Option<Sse>,
+    /// Storage class of every write.
+    storage_class: Option<aws_sdk_s3::types::StorageClass>,
+}
+
+/// Server-side encryption asked of the store on every PUT (and multipart
+/// upload). This is the store's encryption at rest, on top of (not instead
+/// of) mailsafe's own client-side encryption with `--encryption-key-file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sse {
+    /// `x-amz-server-side-encryption: AES256` (SSE-S3: keys the store holds).
+    S3,
+    /// `x-amz-server-side-encryption: aws:kms`, with this key id or ARN
+    /// (`None`: the account's default KMS key).
+    Kms(Option<String>),
+}
+
+impl std::str::FromStr for Sse {
+    type Err = String;
+
+    /// `AES256` (or `sse-s3`), `aws:kms` (or `sse-kms`); a KMS key id is
+    /// given separately.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "aes256" | "sse-s3" => Ok(Sse::S3),
+            "aws:kms" | "sse-kms" | "kms" => Ok(Sse::Kms(None)),
+            _ => Err(format!(
+                "server-side encryption {s:?}: expected AES256 (sse-s3) or aws:kms (sse-kms)"
+            )),
+        }
+    }
 }
 
 /// Settings of an [`S3Store`] beyond the AWS chain. The default reads
@@ -67,8 +102,18 @@ pub struct S3Options {
     /// `AWS_MAX_ATTEMPTS` (default 8).
     pub max_attempts: Option<u32>,
     /// Static access key id and secret, instead of the credential chain
-    /// (tests and tools that hold keys themselves).
+    /// (a replica's own keys, tests and tools that hold keys themselves).
     pub credentials: Option<(String, String)>,
+    /// `Some(true)`: path-style requests (`endpoint/bucket/key`);
+    /// `Some(false)`: virtual-hosted (`bucket.endpoint/key`); `None`:
+    /// path-style with a custom endpoint, virtual-hosted on AWS. (The SDK
+    /// uses path-style with an IP-address endpoint whatever this says.)
+    pub path_style: Option<bool>,
+    /// Server-side encryption of every write.
+    pub sse: Option<Sse>,
+    /// Storage class of every write (`STANDARD_IA`, `GLACIER_IR`, ...; the
+    /// store refuses a class it does not know).
+    pub storage_class: Option<String>,
 }
 
 impl std::fmt::Debug for S3Options {
@@ -81,6 +126,9 @@ impl std::fmt::Debug for S3Options {
                 "credentials",
                 &self.credentials.as_ref().map(|_| "<redacted>"),
             )
+            .field("path_style", &self.path_style)
+            .field("sse", &self.sse)
+            .field("storage_class", &self.storage_class)
             .finish()
     }
 }
@@ -205,7 +253,7 @@ impl S3Store {
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
         let endpoint_desc = match &endpoint {
             Some(ep) => {
-                conf = conf.endpoint_url(ep).force_path_style(true);
+                conf = conf.endpoint_url(ep);
                 ep.clone()
             }
             None => {
@@ -213,12 +261,32 @@ impl S3Store {
                 format!("https://s3.{region}.amazonaws.com")
             }
         };
+        conf = conf.force_path_style(options.path_style.unwrap_or(endpoint.is_some()));
         Ok(Self {
             client: Client::from_conf(conf.build()),
             bucket: bucket.to_string(),
             prefix: prefix.trim_matches('/').to_string(),
             endpoint: endpoint_desc,
+            sse: options.sse,
+            storage_class: options.storage_class.as_deref().map(Into::into),
         })
+    }
+
+    /// The `x-amz-server-side-encryption` value of every write.
+    fn sse_header(&self) -> Option<aws_sdk_s3::types::ServerSideEncryption> {
+        use aws_sdk_s3::types::ServerSideEncryption as E;
+        self.sse.as_ref().map(|s| match s {
+            Sse::S3 => E::Aes256,
+            Sse::Kms(_) => E::AwsKms,
+        })
+    }
+
+    /// The `x-amz-server-side-encryption-aws-kms-key-id` of every write.
+    fn sse_kms_key_id(&self) -> Option<String> {
+        match &self.sse {
+            Some(Sse::Kms(id)) => id.clone(),
+            _ => None,
+        }
     }
 
     /// The bucket name.
@@ -306,6 +374,9 @@ impl S3Store {
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(full)
+            .set_server_side_encryption(self.sse_header())
+            .set_ssekms_key_id(self.sse_kms_key_id())
+            .set_storage_class(self.storage_class.clone())
             .send()
             .await
             .map_err(|e| self.map_err(e, full))?;
@@ -452,6 +523,9 @@ impl ObjectStore for S3Store {
             .put_object()
             .bucket(&self.bucket)
             .key(&full)
+            .set_server_side_encryption(self.sse_header())
+            .set_ssekms_key_id(self.sse_kms_key_id())
+            .set_storage_class(self.storage_class.clone())
             .body(ByteStream::from(body))
             .send()
             .await
@@ -468,6 +542,9 @@ impl ObjectStore for S3Store {
             .bucket(&self.bucket)
             .key(&full)
             .if_none_match("*")
+            .set_server_side_encryption(self.sse_header())
+            .set_ssekms_key_id(self.sse_kms_key_id())
+            .set_storage_class(self.storage_class.clone())
             .body(ByteStream::from(body))
             .send()
             .await
@@ -545,6 +622,9 @@ impl ObjectStore for S3Store {
             .bucket(&self.bucket)
             .key(&full)
             .if_match(etag)
+            .set_server_side_encryption(self.sse_header())
+            .set_ssekms_key_id(self.sse_kms_key_id())
+            .set_storage_class(self.storage_class.clone())
             .body(ByteStream::from(body))
             .send()
             .await
