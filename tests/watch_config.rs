@@ -264,3 +264,60 @@ fn bad_config_is_refused_before_anything_starts() {
         "{err}"
     );
 }
+
+/// `restore --config --snapshot ID` / `--at T` without `--replica` search
+/// the replicas in the file's order for that snapshot: the first replica
+/// has only a newer snapshot (taken after the second replica's), so
+/// picking by newest would look in the wrong one.
+#[test]
+fn restore_at_or_snapshot_searches_the_replicas_in_order() {
+    let s3 = common::s3();
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("s.db");
+    let db = create_db(&db_path);
+    let (first, second) = (s3.url("first"), s3.url("second"));
+    let config = dir.path().join("mailsafe.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "dbs:\n  - path: {}\n    replicas:\n      - {{name: first, url: {first}}}\n      - {{name: second, url: {second}}}\n",
+            db_path.display()
+        ),
+    )
+    .unwrap();
+    let snapshot = |url: &str| -> String {
+        let out = common::run_ok(
+            s3.mailsafe()
+                .args(["snapshot", "--json", "--db"])
+                .arg(&db_path)
+                .args(["--replica", url]),
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["id"].as_str().unwrap().to_string()
+    };
+    insert(&db, 1);
+    let old = snapshot(&second);
+    // Strictly after the old snapshot's time, before the new one's.
+    std::thread::sleep(Duration::from_millis(20));
+    let between = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    std::thread::sleep(Duration::from_millis(20));
+    insert(&db, 2);
+    snapshot(&first);
+    for pick in [["--snapshot", old.as_str()], ["--at", between.as_str()]] {
+        let out_db = dir.path().join(format!("{}.db", &pick[0][2..]));
+        let out = s3
+            .mailsafe()
+            .args(["restore", "--config"])
+            .arg(&config)
+            .arg("--db")
+            .arg(&db_path)
+            .args(pick)
+            .arg("-o")
+            .arg(&out_db)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{pick:?}: {err}");
+        assert_eq!(row_ids(&out_db), 1, "{pick:?}");
+    }
+}

@@ -168,7 +168,8 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         return restore_from(&args, &args.replica, pick, target);
     };
     // The config file's replicas of `--db`: the named one, else the first
-    // with the newest snapshot.
+    // that has the snapshot asked for (the newest: the first with the
+    // newest of all).
     let plan = config::load(
         file,
         &args::WatchDbArgs::defaults()?,
@@ -189,6 +190,29 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
                     names.join(", ")
                 ))
             })?,
+        // `--snapshot` / `--at`: the first replica, in the file's order,
+        // that has that snapshot (or one at or before that time); the
+        // newest replica may not (a second replica added later, or one
+        // that was down for a while).
+        None if !matches!(pick, Pick::Latest) => {
+            let rt = runtime()?;
+            let mut found = None;
+            for r in &db.replicas {
+                let store = rt.block_on(open_replica(&r.args))?;
+                let key = r.args.encryption_key()?;
+                let has = mailsafe::restore::plan::pick_id(&*store, &pick, key.as_deref());
+                match rt.block_on(has) {
+                    Ok(_) => {
+                        found = Some(r);
+                        break;
+                    }
+                    Err(e) => tracing::info!(replica = %r.name, "not in this replica: {e}"),
+                }
+            }
+            // None has it: the first says why (or exits 0 with
+            // --if-replica-exists).
+            found.unwrap_or(&db.replicas[0])
+        }
         None => {
             let mut candidates = Vec::new();
             let rt = runtime()?;
