@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests and benchmarks need on a fresh machine:
 # SeaweedFS (S3), faketime (clock steps), Litestream (benchmark peer), Postfix (a relay target, with
-# Cyrus SASL's tools) and its smtp-source and swaks (SMTP clients), fetchmail (POP3 client), promtool (alert rules), perf (profiles), Debian chromium (UI tests), kubernetes-validate (manifest
+# Cyrus SASL's tools) and its smtp-source and swaks (SMTP clients), fetchmail (POP3 client), promtool (alert rules), spamd (spam check), perf (profiles), Debian chromium (UI tests), kubernetes-validate (manifest
 # checks), moto 4 in a venv (an S3 server without conditional writes), and
 # the npm packages used by the browser and client tests.
 # Idempotent: each step is skipped when its tool is already present.
@@ -26,6 +26,9 @@ command -v fetchmail >/dev/null 2>&1 || need_apt+=(fetchmail)
 # promtool (Debian's prometheus): checks and unit-tests the alert rules and
 # dashboard queries in k8s-examples/monitoring (tests/monitoring.rs).
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+# spamd (Debian's SpamAssassin daemon, with its rules): the catcher's spam
+# check speaks its protocol (crates/catcher/tests/spam_check.rs starts one).
+command -v spamd >/dev/null 2>&1 || [ -x /usr/sbin/spamd ] || need_apt+=(spamd spamassassin)
 # perf: profiles of the sidecar's steady window (BENCH_PERF=1 bench/engine.sh).
 command -v perf >/dev/null 2>&1 || need_apt+=(linux-perf)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -34,7 +37,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   # postfix asks questions at install time; answer "No configuration".
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   apt-get update -qq >/dev/null
-  # Packages with a daemon (postfix, prometheus) must not start one: only
+  # Packages with a daemon (postfix, prometheus, spamd) must not start one: only
   # their tools are wanted, and a test machine's servers are the tests' own.
   # policy-rc.d is Debian's switch for that; it is removed again after.
   made_policy=""

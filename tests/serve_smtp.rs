@@ -222,14 +222,14 @@ fn an_unimplemented_mailpit_option_stops_the_start_naming_it() {
         .env("MP_DATABASE", dir.path().join("mail.db"))
         .env("MP_SMTP_BIND_ADDR", "127.0.0.1:0")
         .env("MP_UI_BIND_ADDR", "127.0.0.1:0")
-        .env("MP_ENABLE_PROMETHEUS", "true")
-        .env("MP_WEBROOT", "/mail/")
+        .env("MP_DEMO_MODE", "true")
+        .env("MP_LOG_FILE", dir.path().join("mailpit.log"))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("MP_ENABLE_PROMETHEUS") && err.contains("MP_WEBROOT"),
+        err.contains("MP_DEMO_MODE") && err.contains("MP_LOG_FILE"),
         "{err}"
     );
     assert!(

@@ -137,6 +137,18 @@ pub struct Config {
     /// Chaos enabled, with these triggers (`MP_ENABLE_CHAOS`,
     /// `MP_CHAOS_TRIGGERS`); `None` = off.
     pub chaos: Option<crate::smtp::chaos::Triggers>,
+    /// Path prefix of the UI, API and websocket (`MP_WEBROOT`): `/` or
+    /// `/a/b/` (normalised by `options::value::webroot`).
+    pub webroot: String,
+    /// Who may use the send API (`MP_SEND_API_AUTH*`).
+    pub send_auth: crate::api::SendAuth,
+    /// The link check's settings (`MP_ALLOW_INTERNAL_HTTP_REQUESTS`,
+    /// `MP_DISABLE_LINK_CHECK_RATE_LIMIT`, `MP_ALLOW_UNTRUSTED_TLS`).
+    pub link_check: crate::checks::link::LinkChecker,
+    /// spamd for the spam check (`MP_ENABLE_SPAMASSASSIN`).
+    pub spamassassin: Option<crate::checks::spam::SpamAssassin>,
+    /// Mailpit's Prometheus metrics (`MP_ENABLE_PROMETHEUS`).
+    pub prometheus: crate::api::metrics::Prometheus,
 }
 
 impl Default for Config {
@@ -189,6 +201,11 @@ impl Default for Config {
             ignore_duplicate_ids: false,
             use_message_dates: false,
             chaos: None,
+            webroot: "/".into(),
+            prometheus: crate::api::metrics::Prometheus::Off,
+            send_auth: crate::api::SendAuth::Ui,
+            link_check: Default::default(),
+            spamassassin: None,
         }
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod checks;
 pub mod config;
 pub mod error;
 mod lines;
@@ -69,6 +70,18 @@ pub struct Catcher {
     max_event_subscribers: usize,
     /// Chaos triggers, shared by SMTP sessions and `/api/v1/chaos`.
     chaos: smtp::chaos::Chaos,
+    /// Path prefix of everything HTTP serves (`MP_WEBROOT`).
+    webroot: String,
+    /// Who may use the send API (`MP_SEND_API_AUTH*`).
+    send_auth: api::SendAuth,
+    /// The link check's settings.
+    link_check: checks::link::LinkChecker,
+    /// spamd for the spam check.
+    spamassassin: Option<checks::spam::SpamAssassin>,
+    /// `/metrics` on the UI listener (`MP_ENABLE_PROMETHEUS=true`).
+    metrics_on_ui: bool,
+    /// The metrics' own listener (`MP_ENABLE_PROMETHEUS=ip:port`).
+    metrics: Option<tokio::net::TcpListener>,
 }
 
 impl Catcher {
@@ -166,6 +179,17 @@ impl Catcher {
                 addr: config.http_bind.clone(),
                 source,
             })?;
+        let metrics = match &config.prometheus {
+            api::metrics::Prometheus::Listen(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| Error::Bind {
+                        addr: format!("{addr} (MP_ENABLE_PROMETHEUS)"),
+                        source,
+                    })?,
+            ),
+            _ => None,
+        };
         Ok(Self {
             relay: config.relay.clone(),
             webhook: config.webhook.clone().map(|mut w| {
@@ -190,6 +214,12 @@ impl Catcher {
             send_budget_wait: config.send_budget_wait,
             max_event_subscribers: config.max_event_subscribers,
             chaos,
+            webroot: config.webroot,
+            send_auth: config.send_auth,
+            link_check: config.link_check,
+            spamassassin: config.spamassassin,
+            metrics_on_ui: config.prometheus == api::metrics::Prometheus::Ui,
+            metrics,
         })
     }
 
@@ -224,6 +254,14 @@ impl Catcher {
             .expect("a bound listener has an address")
     }
 
+    /// The address of the metrics' own listener
+    /// (`MP_ENABLE_PROMETHEUS=ip:port`).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+            .as_ref()
+            .map(|l| l.local_addr().expect("a bound listener has an address"))
+    }
+
     /// The memory cap over message content held by SMTP sessions, if any
     /// (lets callers watch how much is in use).
     pub fn data_budget(&self) -> Option<&std::sync::Arc<smtp::DataBudget>> {
@@ -256,9 +294,14 @@ impl Catcher {
             send_budget_wait: self.send_budget_wait,
             max_event_subscribers: self.max_event_subscribers,
             chaos: self.chaos,
+            webroot: self.webroot.clone(),
+            metrics: self.metrics_on_ui,
+            send_auth: self.send_auth,
+            link_check: self.link_check,
+            spamassassin: self.spamassassin,
             ..api::ApiOptions::default()
         };
-        let router = http_router(&self.store, options);
+        let router = api::webroot::mount(&self.webroot, http_router(&self.store, options));
         let router = match host_check {
             Some(check) => {
                 router.layer(axum::middleware::from_fn_with_state(check, api::check_host))
@@ -273,6 +316,16 @@ impl Catcher {
             self.http_limits,
             http_stop,
         ));
+        // Mailpit's separate metrics server: `/metrics` only, no auth.
+        let metrics = self.metrics.map(|listener| {
+            tokio::spawn(api::serve(
+                listener,
+                api::metrics::router(self.store.clone()),
+                None,
+                api::HttpLimits::default(),
+                stopped(stop_rx.clone()),
+            ))
+        });
         if let Some((config, stats)) = self.webhook {
             webhook::spawn(&self.store, config, stats, stopped(stop_rx.clone()))
                 .map_err(|e| Error::Config(format!("webhook client: {e}")))?;
@@ -298,6 +351,12 @@ impl Catcher {
             if tokio::time::timeout_at(deadline, pop3).await.is_err() {
                 tracing::warn!("POP3 sessions still open at the shutdown deadline; closing them");
                 pop3_abort.abort();
+            }
+        }
+        if let Some(metrics) = metrics {
+            let abort = metrics.abort_handle();
+            if tokio::time::timeout_at(deadline, metrics).await.is_err() {
+                abort.abort();
             }
         }
         let http_abort = http.abort_handle();
@@ -344,12 +403,13 @@ fn pop3_name(label: &str) -> String {
 /// The HTTP side: Mailpit's `/api/v1` and the web UI on one router, both
 /// behind basic auth when it is configured (the API keeps its probes open).
 fn http_router(store: &Store, options: api::ApiOptions) -> axum::Router {
+    let ui = ui::router(&options.webroot);
     let ui = match options.auth.clone() {
-        Some(auth) => ui::router().layer(axum::middleware::from_fn_with_state(
+        Some(auth) => ui.layer(axum::middleware::from_fn_with_state(
             auth,
             api::require_basic_auth,
         )),
-        None => ui::router(),
+        None => ui,
     };
     api::router(store.clone(), options)
         .merge(ui)

@@ -129,3 +129,80 @@ async fn implicit_tls_handshake_that_never_comes_is_dropped() {
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     server.stop().await;
 }
+
+/// Sends one message with the npm `mailpit-api` client as `user:pass`
+/// (`-` = no credentials) and exits 0 if the outcome is `argv[4]`: `sent`
+/// or the HTTP status it failed with.
+const NPM_SEND: &str = r#"
+import { MailpitClient } from "mailpit-api";
+const [base, user, pass, expect] = process.argv.slice(1);
+const mp = new MailpitClient(base, user === "-" ? {} : { auth: { username: user, password: pass } });
+let got;
+try {
+  await mp.sendMessage({ From: { Email: "a@example.com" }, To: [{ Email: "b@example.com" }], Subject: "via send api", Text: "x" });
+  got = "sent";
+} catch (e) {
+  got = String(e?.status ?? e?.response?.status ?? e?.message ?? e);
+}
+if (!got.includes(expect)) { console.error(`expected ${expect}, got ${got}`); process.exit(1); }
+"#;
+
+async fn npm_send(base: &str, user: &str, pass: &str, expect: &str) {
+    run_client(
+        "node",
+        &[
+            "--input-type=module",
+            "-e",
+            NPM_SEND,
+            base,
+            user,
+            pass,
+            expect,
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_send_api_has_its_own_credentials_or_takes_anyone() {
+    use mailsafe_catcher::api::SendAuth;
+    let ui = || {
+        Credentials::from_pairs("ops:ui-pw", "MP_UI_AUTH")
+            .unwrap()
+            .into_basic_auth()
+    };
+    let sender = Credentials::from_pairs("app:send-pw", "MP_SEND_API_AUTH")
+        .unwrap()
+        .into_basic_auth();
+    let mut server = Server::start(move |c, _| {
+        c.ui_auth = Some(ui());
+        c.send_auth = SendAuth::Users(sender);
+    })
+    .await;
+    let base = format!("http://{}", server.http);
+    npm_send(&base, "app", "send-pw", "sent").await;
+    // The UI's users may not send, the sender may not read.
+    npm_send(&base, "ops", "ui-pw", "401").await;
+    npm_send(&base, "-", "", "401").await;
+    let list = format!("{base}/api/v1/messages");
+    let http = http_client();
+    let as_sender = http.get(&list).basic_auth("app", Some("send-pw"));
+    assert_eq!(as_sender.send().await.unwrap().status(), 401);
+    let listed = json_of(http.get(&list).basic_auth("ops", Some("ui-pw"))).await;
+    assert_eq!(listed["total"], 1);
+    server.stop().await;
+
+    // Accept any: no credentials needed to send, the UI keeps its auth.
+    let mut server = Server::start(move |c, _| {
+        c.ui_auth = Some(ui());
+        c.send_auth = SendAuth::AcceptAny;
+    })
+    .await;
+    let base = format!("http://{}", server.http);
+    npm_send(&base, "-", "", "sent").await;
+    npm_send(&base, "anyone", "anything", "sent").await;
+    let list = format!("{base}/api/v1/messages");
+    assert_eq!(http.get(&list).send().await.unwrap().status(), 401);
+    assert_eq!(server.count().await, 2);
+    server.stop().await;
+}

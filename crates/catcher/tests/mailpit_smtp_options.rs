@@ -9,37 +9,6 @@ mod support;
 use serde_json::{Value, json};
 use support::*;
 
-/// Sends one message per `argv[2:]` item (`to|raw` with `\n` for CR LF)
-/// from a@example.com; prints one JSON list of outcomes: `"ok"` or the
-/// refusal's `[code, text]`.
-const SEND: &str = r#"
-import json, smtplib, sys
-out = []
-for item in sys.argv[2:]:
-    to, raw = item.split("|", 1)
-    raw = raw.replace("\\r", "\r").replace("\\n", "\r\n")
-    try:
-        with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=30) as s:
-            refused = s.sendmail("a@example.com", to.split(","), raw.encode())
-            out.append("ok" if not refused else [[c, t.decode()] for c, t in refused.values()][0])
-    except smtplib.SMTPRecipientsRefused as e:
-        code, text = list(e.recipients.values())[0]
-        out.append([code, text.decode()])
-    except smtplib.SMTPResponseException as e:
-        out.append([e.smtp_code, e.smtp_error.decode()])
-print(json.dumps(out))
-"#;
-
-async fn send(server: &Server, items: &[&str]) -> Vec<Value> {
-    let out = python_async(
-        SEND,
-        server.smtp.port(),
-        items.iter().map(|s| s.to_string()).collect(),
-    )
-    .await;
-    serde_json::from_str(&out).unwrap()
-}
-
 async fn api(server: &Server, path: &str) -> Value {
     json_of(http_client().get(format!("http://{}{path}", server.http))).await
 }
@@ -62,6 +31,10 @@ async fn tag_rules_from_mp_tag_and_the_yaml_file_tag_matching_mail() {
         c.tagging.rules = rules;
     })
     .await;
+    // The UI's websocket sees each message with its rule tags (the `new`
+    // event waits for the rules).
+    let ws_url = format!("ws://{}/api/events", server.http);
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
     let out = send(
         &server,
         &[
@@ -95,6 +68,27 @@ async fn tag_rules_from_mp_tag_and_the_yaml_file_tag_matching_mail() {
     // The tags are searchable like any other.
     let found = api(&server, "/api/v1/search?query=tag:signup").await;
     assert_eq!(found["messages_count"], 1);
+    let mut live = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    while live.len() < 3 {
+        use futures::StreamExt;
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("three `new` events in time")
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+        if v["Type"] == "new" {
+            live.push((
+                v["Data"]["Subject"].as_str().unwrap().to_string(),
+                v["Data"]["Tags"].clone(),
+            ));
+        }
+    }
+    live.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut listed = tags;
+    listed.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(live, listed, "the `new` events carry the rule tags");
     server.stop().await;
 }
 

@@ -12,6 +12,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
+use mailsafe_catcher::api::SendAuth;
+use mailsafe_catcher::api::metrics::Prometheus;
 use mailsafe_catcher::auth::AuthPolicy;
 use mailsafe_catcher::options::Options;
 use mailsafe_catcher::{Config, Error};
@@ -111,8 +113,12 @@ fn rows(dir: &std::path::Path) -> Vec<(Vec<(&'static str, String)>, Expect)> {
             one("MP_UI_BIND_ADDR", "127.0.0.1:18025"),
             Parsed(|c| c.http_bind == "127.0.0.1:18025"),
         ),
-        (one("MP_WEBROOT", "/"), Parsed(|_| true)),
-        (one("MP_WEBROOT", "mail"), Refused("MP_WEBROOT")),
+        (one("MP_WEBROOT", "/"), Parsed(|c| c.webroot == "/")),
+        (one("MP_WEBROOT", "mail"), Parsed(|c| c.webroot == "/mail/")),
+        (
+            one("MP_WEBROOT", "/a//b/"),
+            Parsed(|c| c.webroot == "/a/b/"),
+        ),
         (one("MP_WEBROOT", "/a b"), Invalid("webroot")),
         (
             one("MP_UI_AUTH", "alice:pw bob:pw2"),
@@ -147,19 +153,27 @@ fn rows(dir: &std::path::Path) -> Vec<(Vec<(&'static str, String)>, Expect)> {
         ),
         (
             one("MP_ALLOW_INTERNAL_HTTP_REQUESTS", "1"),
-            Refused("MP_ALLOW_INTERNAL_HTTP_REQUESTS"),
+            Parsed(|c| c.link_check.allow_internal && !c.link_check.no_rate_limit),
         ),
         (
             one("MP_DISABLE_LINK_CHECK_RATE_LIMIT", "1"),
-            Refused("MP_DISABLE_LINK_CHECK_RATE_LIMIT"),
+            Parsed(|c| c.link_check.no_rate_limit && !c.link_check.allow_internal),
         ),
         (
             one("MP_ENABLE_SPAMASSASSIN", "127.0.0.1:783"),
-            Refused("MP_ENABLE_SPAMASSASSIN"),
+            Parsed(|c| {
+                c.spamassassin
+                    .as_ref()
+                    .is_some_and(|s| s.addr == "127.0.0.1:783")
+            }),
+        ),
+        (
+            one("MP_ENABLE_SPAMASSASSIN", "postmark"),
+            Refused("MP_ENABLE_SPAMASSASSIN=postmark"),
         ),
         (
             one("MP_ALLOW_UNTRUSTED_TLS", "1"),
-            Refused("MP_ALLOW_UNTRUSTED_TLS"),
+            Parsed(|c| c.link_check.allow_untrusted_tls),
         ),
         (one("MP_DISABLE_HTTP_COMPRESSION", "1"), Parsed(|_| true)),
         (
@@ -171,20 +185,41 @@ fn rows(dir: &std::path::Path) -> Vec<(Vec<(&'static str, String)>, Expect)> {
             Parsed(|c| !c.hide_delete_all_button),
         ),
         (one("MP_DISABLE_HTML_CHECK", "1"), Parsed(|_| true)),
-        (one("MP_ENABLE_PROMETHEUS", "false"), Parsed(|_| true)),
         (
-            one("MP_ENABLE_PROMETHEUS", "true"),
-            Refused("MP_ENABLE_PROMETHEUS"),
+            one("MP_ENABLE_PROMETHEUS", "false"),
+            Parsed(|c| c.prometheus == Prometheus::Off),
+        ),
+        (
+            one("MP_ENABLE_PROMETHEUS", "TRUE"),
+            Parsed(|c| c.prometheus == Prometheus::Ui),
+        ),
+        (
+            one("MP_ENABLE_PROMETHEUS", "127.0.0.1:9090"),
+            Parsed(|c| c.prometheus == Prometheus::Listen("127.0.0.1:9090".into())),
+        ),
+        (
+            one("MP_ENABLE_PROMETHEUS", "1"),
+            Invalid("MP_ENABLE_PROMETHEUS"),
         ),
         // Send API
-        (one("MP_SEND_API_AUTH", "a:b"), Refused("MP_SEND_API_AUTH")),
         (
-            one("MP_SEND_API_AUTH_FILE", "/tmp/x"),
-            Refused("MP_SEND_API_AUTH"),
+            one("MP_SEND_API_AUTH", "a:b"),
+            Parsed(|c| matches!(c.send_auth, SendAuth::Users(_))),
+        ),
+        (
+            one("MP_SEND_API_AUTH_FILE", &users.display().to_string()),
+            Parsed(|c| matches!(c.send_auth, SendAuth::Users(_))),
         ),
         (
             one("MP_SEND_API_AUTH_ACCEPT_ANY", "1"),
-            Refused("MP_SEND_API_AUTH"),
+            Parsed(|c| matches!(c.send_auth, SendAuth::AcceptAny)),
+        ),
+        (
+            vec![
+                ("MP_SEND_API_AUTH", "a:b".into()),
+                ("MP_SEND_API_AUTH_ACCEPT_ANY", "true".into()),
+            ],
+            Invalid("MP_SEND_API_AUTH_ACCEPT_ANY"),
         ),
         // SMTP
         (

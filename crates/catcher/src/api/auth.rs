@@ -12,6 +12,20 @@ use base64::Engine;
 
 use crate::auth::{BasicAuth, Verdict};
 
+/// Who may use the send API (`POST /api/v1/send`), as Mailpit decides it.
+#[derive(Debug, Clone, Default)]
+pub enum SendAuth {
+    /// The UI's basic auth, if any (neither `MP_SEND_API_AUTH*` set).
+    #[default]
+    Ui,
+    /// Only these users (`MP_SEND_API_AUTH`, `MP_SEND_API_AUTH_FILE`); the
+    /// UI's users are not accepted there, nor are these on the UI.
+    Users(BasicAuth),
+    /// Anyone, with any credentials or none, even when the UI has auth
+    /// (`MP_SEND_API_AUTH_ACCEPT_ANY`).
+    AcceptAny,
+}
+
 /// Decodes the `Authorization: Basic` header into (user, password).
 fn credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;

@@ -433,6 +433,36 @@ pub async fn release(
     }
 }
 
+/// `GET /api/v1/message/{ID}/link-check[?follow=true]`: Mailpit's
+/// `LinkCheckResponse` for the message's links (see `checks::link`).
+pub async fn link_check(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Params,
+) -> Result<Response, ApiError> {
+    let id = message_id(&s, id, &q).await?;
+    let m = s.store.message(&id).await?;
+    let follow = matches!(q.get("follow").map(String::as_str), Some("true" | "1"));
+    let report = s.opts.link_check.check(&m.html, &m.text, follow).await;
+    Ok(Json(report).into_response())
+}
+
+/// `GET /api/v1/message/{ID}/sa-check`: Mailpit's `SpamAssassinResponse`
+/// from spamd (`MP_ENABLE_SPAMASSASSIN`; without it the route does not
+/// exist, as in Mailpit).
+pub async fn sa_check(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Params,
+) -> Result<Response, ApiError> {
+    let Some(spamd) = &s.opts.spamassassin else {
+        return Err(ApiError::NotFound);
+    };
+    let id = message_id(&s, id, &q).await?;
+    let raw = s.store.raw(&id).await?;
+    Ok(Json(spamd.check(&raw).await).into_response())
+}
+
 /// HTML/link/SpamAssassin checks are not provided.
 pub async fn not_enabled() -> Result<Response, ApiError> {
     Err(ApiError::Bad(
@@ -516,7 +546,7 @@ pub async fn delete_tag(
 }
 
 /// Resident memory of this process in bytes (Linux), 0 if unknown.
-fn memory() -> u64 {
+pub(super) fn memory() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
         .and_then(|s| {
@@ -578,7 +608,7 @@ pub async fn webui(State(s): State<AppState>) -> Response {
                 "PreserveMessageIDs": r.preserve_message_ids,
             }),
         },
-        "SpamAssassin": false,
+        "SpamAssassin": s.opts.spamassassin.is_some(),
         "ChaosEnabled": false,
         "DuplicatesIgnored": false,
         "HideDeleteAllButton": s.opts.hide_delete_all_button,

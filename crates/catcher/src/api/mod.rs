@@ -9,12 +9,14 @@
 mod auth;
 mod events;
 mod handlers;
+pub mod metrics;
 mod origin;
 mod request;
 mod send;
 mod serve;
 mod swagger;
 mod thumb;
+pub mod webroot;
 
 use std::sync::Arc;
 
@@ -27,7 +29,7 @@ use axum::routing::{get, post, put};
 use crate::auth::BasicAuth;
 use crate::storage::{StorageError, Store};
 
-pub use auth::require_basic_auth;
+pub use auth::{SendAuth, require_basic_auth};
 pub use origin::{HostCheck, OriginPolicy, check_host};
 pub use serve::{HttpLimits, serve};
 
@@ -66,6 +68,22 @@ pub struct ApiOptions {
     /// Chaos triggers shared with the SMTP sessions (`MP_ENABLE_CHAOS`);
     /// `None` answers `/api/v1/chaos` 400, as Mailpit does.
     pub chaos: crate::smtp::chaos::Chaos,
+    /// The path prefix everything is served under (`MP_WEBROOT`, `/` or
+    /// `/a/b/`); the swagger document carries it as its `basePath`.
+    pub webroot: String,
+    /// Who may use the send API (`MP_SEND_API_AUTH*`); by default the
+    /// UI's auth.
+    pub send_auth: SendAuth,
+    /// The link check's settings and per-host state
+    /// (`MP_ALLOW_INTERNAL_HTTP_REQUESTS`, `MP_DISABLE_LINK_CHECK_RATE_LIMIT`,
+    /// `MP_ALLOW_UNTRUSTED_TLS`).
+    pub link_check: crate::checks::link::LinkChecker,
+    /// spamd for the spam check (`MP_ENABLE_SPAMASSASSIN`); `None`: the
+    /// check's route answers 404, as in Mailpit.
+    pub spamassassin: Option<crate::checks::spam::SpamAssassin>,
+    /// Serve Mailpit's Prometheus metrics on `/metrics` here
+    /// (`MP_ENABLE_PROMETHEUS=true`).
+    pub metrics: bool,
 }
 
 impl Default for ApiOptions {
@@ -82,6 +100,11 @@ impl Default for ApiOptions {
             send_budget_wait: std::time::Duration::from_secs(10),
             relay: None,
             chaos: None,
+            webroot: "/".into(),
+            metrics: false,
+            send_auth: SendAuth::Ui,
+            link_check: Default::default(),
+            spamassassin: None,
         }
     }
 }
@@ -105,6 +128,12 @@ pub fn router(store: Store, opts: ApiOptions) -> Router {
         auth: auth.is_some(),
     };
     let max_body = opts.max_body;
+    let metrics = opts.metrics.then(|| metrics::router(store.clone()));
+    let send_auth = match &opts.send_auth {
+        SendAuth::Ui => auth.clone(),
+        SendAuth::Users(users) => Some(users.clone()),
+        SendAuth::AcceptAny => None,
+    };
     let state = AppState {
         subscribers: events::subscriber_slots(opts.max_event_subscribers),
         store,
@@ -124,8 +153,8 @@ pub fn router(store: Store, opts: ApiOptions) -> Router {
         .route("/api/v1/message/{id}/part/{part}/thumb", get(h::part_thumb))
         .route("/api/v1/message/{id}/release", post(h::release))
         .route("/api/v1/message/{id}/html-check", get(h::not_enabled))
-        .route("/api/v1/message/{id}/link-check", get(h::not_enabled))
-        .route("/api/v1/message/{id}/sa-check", get(h::not_enabled))
+        .route("/api/v1/message/{id}/link-check", get(h::link_check))
+        .route("/api/v1/message/{id}/sa-check", get(h::sa_check))
         .route("/api/v1/tags", get(h::tags).put(h::set_tags))
         .route(
             "/api/v1/tags/{tag}",
@@ -134,20 +163,24 @@ pub fn router(store: Store, opts: ApiOptions) -> Router {
         .route("/api/v1/info", get(h::info))
         .route("/api/v1/webui", get(h::webui))
         .route("/api/v1/chaos", get(h::chaos).put(h::set_chaos))
-        .route("/api/v1/send", post(send::send))
         .route("/api/v1/swagger.json", get(swagger::swagger))
         .route("/view/{file}", get(h::view))
         .route("/api/events", get(events::websocket))
         .fallback(unmatched)
+        .with_state(state.clone());
+    // Behind the UI's auth, as Mailpit's integrated `/metrics`.
+    let r = match metrics {
+        Some(m) => r.merge(m),
+        None => r,
+    }
+    .layer(DefaultBodyLimit::max(max_body));
+    // The send API has its own credentials when `MP_SEND_API_AUTH*` is set,
+    // as in Mailpit, so it sits outside the UI's auth layer.
+    let send = Router::new()
+        .route("/api/v1/send", post(send::send))
         .with_state(state.clone())
         .layer(DefaultBodyLimit::max(max_body));
-    let r = match auth {
-        Some(a) => r.layer(axum::middleware::from_fn_with_state(
-            a,
-            auth::require_basic_auth,
-        )),
-        None => r,
-    };
+    let r = with_auth(r, auth).merge(with_auth(send, send_auth));
     // Outside basic auth: a foreign origin is refused before credentials are
     // looked at, and preflights (sent without credentials) are answered.
     let r = r.layer(axum::middleware::from_fn_with_state(cors, origin::cors));
@@ -156,6 +189,17 @@ pub fn router(store: Store, opts: ApiOptions) -> Router {
         .route("/readyz", get(h::ready))
         .with_state(state);
     r.merge(probes)
+}
+
+/// `router` behind basic auth, when there is any.
+fn with_auth(router: Router, auth: Option<BasicAuth>) -> Router {
+    match auth {
+        Some(a) => router.layer(axum::middleware::from_fn_with_state(
+            a,
+            auth::require_basic_auth,
+        )),
+        None => router,
+    }
 }
 
 /// Requests no route matched. Mailpit's Go router answers a path with

@@ -174,7 +174,11 @@ fn document() -> Value {
     })
 }
 
-/// Serves the document.
-pub async fn swagger() -> Response {
-    Json(document()).into_response()
+/// Serves the document; under a webroot it gets a `basePath`, as Mailpit's.
+pub async fn swagger(axum::extract::State(s): axum::extract::State<super::AppState>) -> Response {
+    let mut doc = document();
+    if s.opts.webroot != "/" {
+        doc["basePath"] = json!(s.opts.webroot.trim_end_matches('/'));
+    }
+    Json(doc).into_response()
 }

@@ -123,7 +123,8 @@ pub struct Options {
         )
     )]
     pub listen: String,
-    /// Not implemented yet unless `/`: serve UI and API under this path.
+    /// Serve the web UI, API and websocket under this path (`mail` and
+    /// `/mail/` are both `/mail/`); `GET /mail` redirects to `/mail/`.
     #[cfg_attr(feature = "cli", arg(long, env = "MP_WEBROOT", default_value = "/", value_parser = value::webroot))]
     pub webroot: String,
     /// Basic auth for the web UI and API: space-separated `user:password`
@@ -153,16 +154,17 @@ pub struct Options {
     /// Not implemented yet: block remote CSS and fonts in previews.
     #[cfg_attr(feature = "cli", arg(long, env = "MP_BLOCK_REMOTE_CSS_AND_FONTS", value_parser = mailpit_bool))]
     pub block_remote_css_and_fonts: bool,
-    /// Not implemented (there is no link check or screenshot proxy yet).
+    /// Let the link check request internal addresses (loopback, private,
+    /// link-local), refused by default.
     #[cfg_attr(feature = "cli", arg(long, env = "MP_ALLOW_INTERNAL_HTTP_REQUESTS", value_parser = mailpit_bool))]
     pub allow_internal_http_requests: bool,
-    /// Not implemented (there is no link check yet).
+    /// No per-host rate limit on the link check's requests.
     #[cfg_attr(feature = "cli", arg(long, env = "MP_DISABLE_LINK_CHECK_RATE_LIMIT", value_parser = mailpit_bool))]
     pub disable_link_check_rate_limit: bool,
-    /// Not implemented yet: `host:port` of spamd for the spam check.
+    /// spamd for the spam check: `host:port` or `unix:/path/to/socket`.
     #[cfg_attr(feature = "cli", arg(long, env = "MP_ENABLE_SPAMASSASSIN"))]
     pub enable_spamassassin: Option<String>,
-    /// Not implemented (there is no link check or screenshot proxy yet).
+    /// Accept untrusted TLS certificates in the link check.
     #[cfg_attr(feature = "cli", arg(long, env = "MP_ALLOW_UNTRUSTED_TLS", value_parser = mailpit_bool))]
     pub allow_untrusted_tls: bool,
     /// No-op: responses are never compressed.
@@ -174,21 +176,24 @@ pub struct Options {
     /// Deprecated and unused in Mailpit too (a warning says so).
     #[cfg_attr(feature = "cli", arg(long, env = "MP_DISABLE_HTML_CHECK", value_parser = mailpit_bool, hide = true))]
     pub disable_html_check: bool,
-    /// Not implemented yet: Prometheus metrics (`true` or `ip:port`).
+    /// Prometheus metrics: `true` (on `/metrics` of the UI listener) or an
+    /// `ip:port` to serve them on by themselves.
     #[cfg_attr(feature = "cli", arg(long, env = "MP_ENABLE_PROMETHEUS"))]
     pub enable_prometheus: Option<String>,
 
     // ---- Send API (Mailpit) ----
-    /// Not implemented yet: Send API users, `user:password` pairs.
+    /// Send API users, space-separated `user:password` pairs (bcrypt
+    /// allowed): only they may send, the UI's users may not.
     #[cfg_attr(
         feature = "cli",
         arg(long, env = "MP_SEND_API_AUTH", hide_env_values = true)
     )]
     pub send_api_auth: Option<String>,
-    /// Not implemented yet: Send API users from a file.
+    /// Send API users from an htpasswd file.
     #[cfg_attr(feature = "cli", arg(long, env = "MP_SEND_API_AUTH_FILE"))]
     pub send_api_auth_file: Option<PathBuf>,
-    /// Not implemented yet: the Send API accepts any credentials.
+    /// The Send API accepts any credentials, or none, even when the UI has
+    /// basic auth.
     #[cfg_attr(feature = "cli", arg(long, env = "MP_SEND_API_AUTH_ACCEPT_ANY", value_parser = mailpit_bool))]
     pub send_api_auth_accept_any: bool,
 
@@ -386,6 +391,18 @@ impl Options {
     /// default: the caller sets it from its own shutdown budget.
     pub fn into_config(self) -> Result<Config, Error> {
         self.refuse_unimplemented()?;
+        // HTTP basic auth over some users, with the failure throttle of
+        // `MAILSAFE_HTTP_AUTH_*`.
+        let (max_failures, window) = (self.http_auth_max_failures, self.http_auth_window);
+        let throttled = move |users: Credentials| {
+            users
+                .into_basic_auth()
+                .with_throttle(crate::auth::Throttle::new(
+                    max_failures,
+                    window,
+                    crate::auth::THROTTLE_CLIENTS,
+                ))
+        };
         let deprecated = |old: &str, new: &str| {
             tracing::warn!("{old} is deprecated (as in Mailpit); use {new}");
         };
@@ -466,6 +483,24 @@ impl Options {
             self.ui_auth.as_deref(),
             self.ui_auth_file.as_deref(),
         )?;
+        let send_auth = match (
+            users_of(
+                "MP_SEND_API_AUTH",
+                self.send_api_auth.as_deref(),
+                self.send_api_auth_file.as_deref(),
+            )?,
+            self.send_api_auth_accept_any,
+        ) {
+            (Some(_), true) => {
+                return Err(Error::Config(
+                    "MP_SEND_API_AUTH* users and MP_SEND_API_AUTH_ACCEPT_ANY cannot be used together"
+                        .into(),
+                ));
+            }
+            (Some(users), false) => crate::api::SendAuth::Users(throttled(users)),
+            (None, true) => crate::api::SendAuth::AcceptAny,
+            (None, false) => crate::api::SendAuth::Ui,
+        };
         let too_large = |name: &str, e: String| Error::Config(format!("{name}: {e}"));
         let max_message_size = value::megabytes(self.max_message_size)
             .map_err(|e| too_large("MP_MAX_MESSAGE_SIZE", e))?;
@@ -536,6 +571,7 @@ impl Options {
                 }
             }
         }
+        let ui_auth = ui_auth.map(throttled);
         let mut config = Config {
             tagging,
             database: db,
@@ -560,14 +596,19 @@ impl Options {
             ui_tls_key,
             label: self.label,
             hide_delete_all_button: self.hide_delete_all_button,
-            ui_auth: ui_auth.map(|c| {
-                c.into_basic_auth()
-                    .with_throttle(crate::auth::Throttle::new(
-                        self.http_auth_max_failures,
-                        self.http_auth_window,
-                        crate::auth::THROTTLE_CLIENTS,
-                    ))
-            }),
+            ui_auth,
+            send_auth,
+            spamassassin: self
+                .enable_spamassassin
+                .as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| crate::checks::spam::SpamAssassin { addr: s.into() }),
+            link_check: crate::checks::link::LinkChecker::new(
+                self.allow_internal_http_requests,
+                self.disable_link_check_rate_limit,
+                self.allow_untrusted_tls,
+            ),
             http_limits: crate::api::HttpLimits {
                 header_read_timeout: self.http_header_timeout,
                 max_connections: self.http_max_connections,
@@ -587,6 +628,11 @@ impl Options {
             ignore_duplicate_ids: self.ignore_duplicate_ids,
             use_message_dates: self.use_message_dates,
             chaos,
+            webroot: self.webroot,
+            prometheus: crate::api::metrics::Prometheus::parse(
+                self.enable_prometheus.as_deref().unwrap_or_default(),
+            )
+            .map_err(Error::Config)?,
             ..Config::default()
         };
         self.integrations.apply(&mut config)?;
@@ -611,37 +657,15 @@ impl Options {
         refuse(self.quiet, "MP_QUIET (-q; set MAILSAFE_LOG=warn)");
         refuse(self.verbose, "MP_VERBOSE (-v; set MAILSAFE_LOG=debug)");
         refuse(self.demo_mode, "MP_DEMO_MODE (--demo-mode)");
-        refuse(self.webroot != "/", "MP_WEBROOT (--webroot)");
         refuse(
             self.block_remote_css_and_fonts,
             "MP_BLOCK_REMOTE_CSS_AND_FONTS (--block-remote-css-and-fonts)",
         );
         refuse(
-            self.allow_internal_http_requests,
-            "MP_ALLOW_INTERNAL_HTTP_REQUESTS (--allow-internal-http-requests)",
-        );
-        refuse(
-            self.disable_link_check_rate_limit,
-            "MP_DISABLE_LINK_CHECK_RATE_LIMIT (--disable-link-check-rate-limit)",
-        );
-        refuse(
-            self.enable_spamassassin.is_some(),
-            "MP_ENABLE_SPAMASSASSIN (--enable-spamassassin)",
-        );
-        refuse(
-            self.allow_untrusted_tls,
-            "MP_ALLOW_UNTRUSTED_TLS (--allow-untrusted-tls)",
-        );
-        let prometheus = self.enable_prometheus.as_deref().map(str::trim);
-        refuse(
-            prometheus.is_some_and(|p| !p.is_empty() && !p.eq_ignore_ascii_case("false")),
-            "MP_ENABLE_PROMETHEUS (--enable-prometheus)",
-        );
-        refuse(
-            self.send_api_auth.is_some()
-                || self.send_api_auth_file.is_some()
-                || self.send_api_auth_accept_any,
-            "MP_SEND_API_AUTH* (--send-api-auth-*)",
+            self.enable_spamassassin
+                .as_deref()
+                .is_some_and(|s| s.trim().eq_ignore_ascii_case("postmark")),
+            "MP_ENABLE_SPAMASSASSIN=postmark (Postmark's web API; run spamd and give host:port)",
         );
         if out.is_empty() {
             return Ok(());

@@ -68,14 +68,38 @@ impl Store {
             prepared.created = date;
         }
         prepared.skip_duplicate = opts.ignore_duplicate_ids;
-        let id = self
-            .write(move |conn, ctx| insert(conn, ctx, prepared))
+        // With tag rules the `new` event waits for them, so the websocket
+        // (the UI, webhooks) sees the message with its rule tags: the rules'
+        // searches need the message committed, and the writer publishes its
+        // events at commit.
+        let hold_event = !opts.tagging.rules.is_empty();
+        let (id, held) = self
+            .write(move |conn, ctx| {
+                let id = insert(conn, ctx, prepared)?;
+                let held = match ctx.events.last() {
+                    Some(Event::New(m)) if hold_event && m.head.id == id => ctx.events.pop(),
+                    _ => None,
+                };
+                Ok((id, held))
+            })
             .await?;
         if id.is_empty() {
             self.note_ignored();
             return Ok(id);
         }
-        self.apply_tag_rules(&id).await?;
+        let tagged = self.apply_tag_rules(&id).await;
+        if let Some(Event::New(mut m)) = held {
+            if let Ok(tags) = &tagged {
+                for t in tags {
+                    if !m.head.tags.iter().any(|x| x.eq_ignore_ascii_case(t)) {
+                        m.head.tags.push(t.clone());
+                    }
+                }
+                m.head.tags.sort_by_key(|t| t.to_lowercase());
+            }
+            self.publish(Event::New(m));
+        }
+        tagged?;
         Ok(id)
     }
 
@@ -83,10 +107,11 @@ impl Store {
     /// whose search matches it. Runs once the message is committed, so
     /// the search sees it exactly as the API would (its words are indexed
     /// at commit).
-    async fn apply_tag_rules(&self, id: &str) -> Result<(), StorageError> {
+    /// Returns the rules' tags as stored.
+    async fn apply_tag_rules(&self, id: &str) -> Result<Vec<String>, StorageError> {
         let rules = self.options().tagging.rules.clone();
         if rules.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let vocab = self.vocab();
         let id = id.to_string();
@@ -102,14 +127,11 @@ impl Store {
                 Ok((rowid, tags))
             })
             .await?;
-        if !tags.is_empty() {
-            self.write(move |c, ctx| {
-                add_tags(c, &ctx.prefix, rowid, &tags)?;
-                Ok(())
-            })
-            .await?;
+        if tags.is_empty() {
+            return Ok(tags);
         }
-        Ok(())
+        self.write(move |c, ctx| add_tags(c, &ctx.prefix, rowid, &tags))
+            .await
     }
 }
 

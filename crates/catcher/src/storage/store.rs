@@ -169,6 +169,13 @@ impl Store {
         self.inner.events.subscribe()
     }
 
+    /// Publishes an event the writer did not (a `new` held back until the
+    /// tag rules ran).
+    pub(super) fn publish(&self, e: Event) {
+        // No subscribers is normal (no browser open).
+        let _ = self.inner.events.send(e);
+    }
+
     /// Runs `f` inside the writer's next batch transaction and returns its
     /// result after the batch commits. If `f` fails, only its own changes are
     /// rolled back.

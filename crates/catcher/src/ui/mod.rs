@@ -92,6 +92,7 @@ pub async fn protect_message_content(
 }
 
 /// One embedded file: URL name, media type, content.
+#[derive(Clone, Copy)]
 struct Asset {
     name: &'static str,
     content_type: &'static str,
@@ -123,25 +124,47 @@ const ASSETS: &[Asset] = &[
     },
 ];
 
-/// The routes of the web UI: `/` (the page) and `/ui/{file}` (its assets).
+/// The routes of the web UI: the page at `/` and `/ui/{file}` (its
+/// assets), for a catcher served under `webroot` (`/` or `/a/b/`,
+/// `MP_WEBROOT`).
 ///
 /// Merge it with the API router; it needs no state because everything it
-/// shows comes from the API at run time.
-pub fn router() -> Router {
+/// shows comes from the API at run time. Under a webroot the page's own
+/// links and asset paths carry the prefix, and `data-webroot` on `<html>`
+/// tells the script where the API and the websocket are (the prefix itself
+/// is taken off by `api::webroot::mount` before routing).
+pub fn router(webroot: &str) -> Router {
+    let index = &*Box::leak(Box::new(index_page(webroot)));
+    let tag = &*Box::leak(body_etag(index.body).into_boxed_str());
     Router::new()
-        .route("/", get(index))
+        .route(
+            "/",
+            get(move |headers: HeaderMap| async move { serve(index, tag, &headers) }),
+        )
         .route("/ui/{file}", get(asset))
 }
 
-/// `GET /`: the single page.
-async fn index(headers: HeaderMap) -> Response {
-    serve(&ASSETS[0], &headers)
+/// `index.html` with its absolute paths under `webroot`.
+fn index_page(webroot: &str) -> Asset {
+    let page = &ASSETS[0];
+    let body = page
+        .body
+        .replace("=\"/", &format!("=\"{webroot}"))
+        .replacen(
+            "<html lang=\"en\">",
+            &format!("<html lang=\"en\" data-webroot=\"{webroot}\">"),
+            1,
+        );
+    Asset {
+        body: Box::leak(body.into_boxed_str()),
+        ..*page
+    }
 }
 
 /// `GET /ui/{file}`: an embedded asset, 404 for anything else.
 async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Response {
-    match ASSETS.iter().find(|a| a.name == file) {
-        Some(a) => serve(a, &headers),
+    match ASSETS.iter().position(|a| a.name == file) {
+        Some(i) => serve(&ASSETS[i], etag(i), &headers),
         None => (StatusCode::NOT_FOUND, "not found").into_response(),
     }
 }
@@ -149,8 +172,7 @@ async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Response {
 /// Answers with the asset, or `304 Not Modified` when the browser already has
 /// this version. `no-cache` makes the browser revalidate each time, so a new
 /// binary's UI shows up on the next load while unchanged files cost a 304.
-fn serve(asset: &Asset, headers: &HeaderMap) -> Response {
-    let etag = etag(asset);
+fn serve(asset: &Asset, etag: &str, headers: &HeaderMap) -> Response {
     let fresh = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -187,23 +209,16 @@ fn serve(asset: &Asset, headers: &HeaderMap) -> Response {
     res
 }
 
-/// A strong ETag per asset: a hash of its content, computed once.
-fn etag(asset: &Asset) -> &'static str {
+/// A strong ETag of the embedded asset `i`, computed once.
+fn etag(i: usize) -> &'static str {
     static TAGS: OnceLock<Vec<String>> = OnceLock::new();
-    let tags = TAGS.get_or_init(|| {
-        ASSETS
-            .iter()
-            .map(|a| {
-                let digest = Sha256::digest(a.body.as_bytes());
-                format!("\"{}\"", hex::encode(&digest[..8]))
-            })
-            .collect()
-    });
-    let i = ASSETS
-        .iter()
-        .position(|a| a.name == asset.name)
-        .unwrap_or(0);
-    &tags[i]
+    &TAGS.get_or_init(|| ASSETS.iter().map(|a| body_etag(a.body)).collect())[i]
+}
+
+/// A strong ETag: a hash of the content.
+fn body_etag(body: &str) -> String {
+    let digest = Sha256::digest(body.as_bytes());
+    format!("\"{}\"", hex::encode(&digest[..8]))
 }
 
 #[cfg(test)]
@@ -214,7 +229,7 @@ mod tests {
     async fn start() -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router()).await.unwrap() });
+        tokio::spawn(async move { axum::serve(listener, router("/")).await.unwrap() });
         format!("http://{addr}")
     }
 
@@ -297,7 +312,7 @@ mod tests {
                 get(|| async { "<script>alert(1)</script>" }),
             )
             .route("/api/v1/messages", get(|| async { "{}" }))
-            .merge(router())
+            .merge(router("/"))
             .layer(axum::middleware::from_fn(protect_message_content));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

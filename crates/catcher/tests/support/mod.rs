@@ -125,6 +125,8 @@ pub struct Server {
     pub http: SocketAddr,
     /// The POP3 address, when POP3 users are configured.
     pub pop3: Option<SocketAddr>,
+    /// The metrics' own listener (`MP_ENABLE_PROMETHEUS=ip:port`).
+    pub metrics: Option<SocketAddr>,
     /// The webhook task's counters, when webhooks are configured.
     pub webhook: Option<std::sync::Arc<mailsafe_catcher::webhook::WebhookStats>>,
     pub store: Store,
@@ -154,6 +156,7 @@ impl Server {
         let budget = catcher.data_budget().cloned();
         let pop3 = catcher.pop3_addr();
         let webhook = catcher.webhook_stats();
+        let metrics = catcher.metrics_addr();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(catcher.run(async {
             let _ = rx.await;
@@ -162,6 +165,7 @@ impl Server {
             smtp,
             http,
             pop3,
+            metrics,
             webhook,
             store,
             db,
@@ -398,4 +402,71 @@ pub fn logs() -> &'static std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
         tracing::subscriber::set_global_default(subscriber).unwrap();
         buf
     })
+}
+
+/// tests/clients: the Mailpit client scripts and their node_modules.
+pub fn clients_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/clients")
+}
+
+/// Runs a client script of [`clients_dir`] (`node x.mjs BASE`, `python3 x.py
+/// BASE`) without proxies; panics with its output unless it exits 0.
+pub async fn run_client(cmd: &str, args: &[&str]) {
+    let dir = clients_dir();
+    let mut c = Command::new(cmd);
+    c.args(args).current_dir(&dir);
+    // The clients talk to loopback: no proxy, no custom CA.
+    for v in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
+        c.env_remove(v);
+    }
+    let out = tokio::task::spawn_blocking(move || c.output())
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("cannot run {cmd} (run scripts/setup.sh): {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Sends one message per `argv[2:]` item (`to|raw` with `\n` for CR LF)
+/// from a@example.com; prints one JSON list of outcomes: `"ok"` or the
+/// refusal's `[code, text]`.
+pub const SEND: &str = r#"
+import json, smtplib, sys
+out = []
+for item in sys.argv[2:]:
+    to, raw = item.split("|", 1)
+    raw = raw.replace("\\r", "\r").replace("\\n", "\r\n")
+    try:
+        with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=30) as s:
+            refused = s.sendmail("a@example.com", to.split(","), raw.encode())
+            out.append("ok" if not refused else [[c, t.decode()] for c, t in refused.values()][0])
+    except smtplib.SMTPRecipientsRefused as e:
+        code, text = list(e.recipients.values())[0]
+        out.append([code, text.decode()])
+    except smtplib.SMTPResponseException as e:
+        out.append([e.smtp_code, e.smtp_error.decode()])
+print(json.dumps(out))
+"#;
+
+/// Sends `items` (see [`SEND`]) to `server` over SMTP with smtplib; one
+/// outcome per item.
+pub async fn send(server: &Server, items: &[&str]) -> Vec<serde_json::Value> {
+    let out = python_async(
+        SEND,
+        server.smtp.port(),
+        items.iter().map(|s| s.to_string()).collect(),
+    )
+    .await;
+    serde_json::from_str(&out).unwrap()
 }

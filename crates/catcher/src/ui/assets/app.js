@@ -14,6 +14,11 @@
 (() => {
   const PAGE = 50;
   const $ = (id) => document.getElementById(id);
+  // The path everything is served under (MP_WEBROOT: '/' or '/mail/'), set
+  // by the server on <html data-webroot>. Paths below are written from '/'
+  // and go through at() on their way out.
+  const ROOT = document.documentElement.dataset.webroot || '/';
+  const at = (path) => ROOT + path.replace(/^\//, '');
 
   const state = {
     q: '',
@@ -64,7 +69,7 @@
       opts.headers['Content-Type'] = 'application/json';
       opts.body = JSON.stringify(body);
     }
-    const res = await fetch(path, opts);
+    const res = await fetch(at(path), opts);
     const type = res.headers.get('Content-Type') || '';
     if (!res.ok) {
       const text = await res.text().catch(() => '');
@@ -124,7 +129,7 @@
   }
 
   function partURL(id, part) {
-    return `/api/v1/message/${encodeURIComponent(id)}/part/${encodeURIComponent(part)}`;
+    return at(`/api/v1/message/${encodeURIComponent(id)}/part/${encodeURIComponent(part)}`);
   }
 
   // ---------- URL state ----------
@@ -142,7 +147,7 @@
     if (start) p.set('start', String(start));
     if (open) p.set('m', open);
     const s = p.toString();
-    return s ? `/?${s}` : '/';
+    return at(s ? `/?${s}` : '/');
   }
 
   function go(q, start, open, replace) {
@@ -254,7 +259,7 @@
     info.replaceChildren(
       `${state.total} result${state.total === 1 ? '' : 's'} for `,
       el('strong', { text: state.q }), ' ',
-      el('a', { href: '/', onclick: (e) => { e.preventDefault(); go('', 0, null); } }, 'clear'),
+      el('a', { href: at('/'), onclick: (e) => { e.preventDefault(); go('', 0, null); } }, 'clear'),
     );
   }
 
@@ -518,7 +523,7 @@
       }, el('span', { class: 'clip' }), `${a.FileName || `part ${a.PartID}`} (${fmtSize(a.Size)})`),
     )));
     const dl = $('msg-download');
-    dl.href = `/api/v1/message/${encodeURIComponent(m.ID)}/raw`;
+    dl.href = at(`/api/v1/message/${encodeURIComponent(m.ID)}/raw`);
     dl.setAttribute('download', `${m.ID}.eml`);
     $('msg-release').hidden = !state.relay;
     $('tab-html').disabled = !m.HTML;
@@ -796,7 +801,7 @@
   let retry = 0;
   function connect() {
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    const sock = new WebSocket(`${proto}//${location.host}/api/events`);
+    const sock = new WebSocket(`${proto}//${location.host}${at('/api/events')}`);
     ws = sock;
     sock.onopen = () => {
       const wasDown = retry > 0;
