@@ -39,8 +39,8 @@ use crate::store::ObjectStore;
 /// (format v1) a restore was bound by GET latency: on the 200 MiB bench db
 /// (~830 chunks, SeaweedFS on loopback, 2 busy cores) 8 in flight took 4.5 s
 /// to build the image, 32 took 2.4-2.6 s, 64 was no faster. With packs
-/// (v2) it is ~140 ranged GETs of at most 1 MiB; memory stays at
-/// `parallelism` downloads (~32 MiB) plus the delta packs fetched ahead.
+/// (v2) it is ~140 ranged GETs of at most 1 MiB; memory stays at the
+/// download budget (16 MiB, `build`) plus the delta packs fetched ahead.
 pub const DEFAULT_PARALLELISM: usize = 32;
 
 /// What `restore` should do.
@@ -463,4 +463,20 @@ pub async fn list_snapshots(
             },
         })
         .collect())
+}
+
+/// Caps glibc's malloc arenas at two; for a process about to restore (the
+/// binary calls it before starting its runtime). glibc gives threads
+/// that contend for malloc arenas of their own and keeps the freed ~1 MiB
+/// download buffers in them, so with 32 downloads on the blocking pool a
+/// 1 GiB restore peaked at 87-104 MB RSS; with two arenas
+/// 65 MB for the same CPU (bench/RESULTS.md, issue 18). Must run before the
+/// runtime starts its threads.
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before the
+    // runtime's threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }

@@ -34,6 +34,27 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::{ObjectMeta, ObjectStore, StoreError, check_key};
 
+/// Most bytes reserved up front for a body of a whole object from its
+/// Content-Length (a ranged read reserves its range's length): a larger
+/// body grows as it arrives, so a lying header cannot make us allocate.
+const BODY_HINT: u64 = 16 << 20;
+
+/// Reads a response body into one buffer of `capacity` (its length, when
+/// known). `ByteStream::collect` kept the body as the transport's pieces and
+/// `into_bytes` then copied them into a second buffer: two copies of every
+/// ranged read alive at once, which made 2.2 MiB of a restore's peak RSS per
+/// 1 MiB download in flight (issue 18).
+async fn read_body(
+    mut body: ByteStream,
+    capacity: u64,
+) -> Result<Bytes, aws_sdk_s3::primitives::ByteStreamError> {
+    let mut buf = Vec::with_capacity(capacity as usize);
+    while let Some(piece) = body.try_next().await? {
+        buf.extend_from_slice(&piece);
+    }
+    Ok(Bytes::from(buf))
+}
+
 /// Objects larger than this are uploaded in parts.
 pub const MULTIPART_THRESHOLD: usize = 32 << 20;
 /// Size of each part of a multipart upload (S3's minimum is 5 MiB).
@@ -469,9 +490,9 @@ impl S3Store {
                 Err(e) => return Err(self.map_err(e, &full)),
             };
             let expected = out.content_length().and_then(|n| u64::try_from(n).ok());
-            match out.body.collect().await {
+            let hint = range.as_ref().map_or(BODY_HINT, |r| r.end - r.start);
+            match read_body(out.body, expected.unwrap_or(0).min(hint)).await {
                 Ok(data) => {
-                    let data = data.into_bytes();
                     if expected.is_none_or(|n| n == data.len() as u64) {
                         return Ok(data);
                     }
