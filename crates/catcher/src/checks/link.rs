@@ -364,10 +364,9 @@ fn internal_v4(ip: Ipv4Addr) -> bool {
 fn embedded_v4(v6: Ipv6Addr, b: &[u8; 16]) -> Option<Ipv4Addr> {
     let s = v6.segments();
     let last = Ipv4Addr::new(b[12], b[13], b[14], b[15]);
-    if (s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0])
-        || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
-        || s[..6] == [0, 0, 0, 0, 0, 0]
-    {
+    // NAT64 64:ff9b::/96 and 64:ff9b:1::/48, IPv4-compatible ::/96.
+    let nat64 = s[0] == 0x64 && s[1] == 0xff9b && (s[2..6] == [0, 0, 0, 0] || s[2] == 1);
+    if nat64 || s[..6] == [0, 0, 0, 0, 0, 0] {
         return Some(last);
     }
     if s[0] == 0x2002 {
