@@ -21,6 +21,10 @@
 #        is a rate, so a smaller count still measures it)
 #        MAILSAFE_BIN=path/to/mailsafe PROFILE_LABEL="dev build" bench/ingest.sh
 #                                           (skip the build; say which profile)
+#        BASELINE_BIN=/tmp/old-mailsafe BASELINE_LABEL="main abc123" bench/ingest.sh
+#                                           (the same run with another binary first:
+#                                           before/after; RESULTS_SECTION=name writes
+#                                           to another section of RESULTS.md)
 #        WEBHOOK_BENCH=1 MESSAGES=5000 bench/ingest.sh   (ingest without and with
 #                                           a webhook receiver answering in 2 s)
 set -euo pipefail
@@ -156,26 +160,37 @@ EOF
   exit 0
 fi
 
-smtp_port=$(free_port); http_port=$(free_port)
-MP_MAX_MESSAGES="$MAX_MESSAGES" MAILSAFE_LOG="info,mailsafe_catcher::storage::writer=debug" \
-  "$bin" serve --db "$work/bench.db" \
-  --smtp "127.0.0.1:$smtp_port" --listen "127.0.0.1:$http_port" 2>"$work/mailsafe.log" &
-pids+=($!)
-wait_port "$smtp_port"
-log "mailsafe: $MESSAGES messages, $SESSIONS sessions, $SIZE bytes"
-mailsafe_rate=$(blast "$smtp_port" "$MESSAGES")
-# Accepted (committed) since start, and how many the mailbox holds after pruning.
-accepted=$(curl -s "http://127.0.0.1:$http_port/api/v1/info" | python3 -c 'import json,sys; print(json.load(sys.stdin)["RuntimeStats"]["SMTPAccepted"])' 2>/dev/null || echo "?")
-stored=$(curl -s "http://127.0.0.1:$http_port/api/v1/messages?limit=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"])' 2>/dev/null || echo "?")
-if [ "$stored" = "?" ]; then
-  stored=$(sqlite3 "$work/bench.db" "select count(*) from mailbox" 2>/dev/null || echo "?")
-fi
-log "mailsafe: $mailsafe_rate msgs/s, $accepted accepted, $stored kept"
-rss_kb=$(awk '/VmHWM/{print $2}' "/proc/${pids[0]}/status" 2>/dev/null || echo "?")
-# Stop mailsafe so the writer logs its last stage timers, then sum them.
-kill "${pids[0]}" 2>/dev/null || true
-wait "${pids[0]}" 2>/dev/null || true
-stages=$(python3 - "$work/mailsafe.log" <<'PY'
+# ingest_run BIN NAME : one mailsafe run of $MESSAGES messages on a fresh
+# db; prints one table row (rate, committed, kept, peak RSS, bytes the
+# process wrote per message: WAL frames and checkpoints, from /proc's wchar)
+# and logs the writer's summed stage timers.
+ingest_run() {
+  local run_bin=$1 name=$2 smtp_port http_port pid rate accepted stored rss_kb w0 w1 wkib stages
+  smtp_port=$(free_port); http_port=$(free_port)
+  rm -f "$work/bench.db"*
+  MP_MAX_MESSAGES="$MAX_MESSAGES" MAILSAFE_LOG="info,mailsafe_catcher::storage::writer=debug" \
+    "$run_bin" serve --db "$work/bench.db" \
+    --smtp "127.0.0.1:$smtp_port" --listen "127.0.0.1:$http_port" 2>"$work/mailsafe.log" &
+  pid=$!
+  pids+=("$pid")
+  wait_port "$smtp_port"
+  log "$name: $MESSAGES messages, $SESSIONS sessions, $SIZE bytes"
+  w0=$(awk '/^wchar/{print $2}' "/proc/$pid/io")
+  rate=$(blast "$smtp_port" "$MESSAGES")
+  w1=$(awk '/^wchar/{print $2}' "/proc/$pid/io")
+  wkib=$(python3 -c "print(f'{($w1-$w0)/$MESSAGES/1024:.1f}')")
+  # Accepted (committed) since start, and how many the mailbox holds after pruning.
+  accepted=$(curl -s "http://127.0.0.1:$http_port/api/v1/info" | python3 -c 'import json,sys; print(json.load(sys.stdin)["RuntimeStats"]["SMTPAccepted"])' 2>/dev/null || echo "?")
+  stored=$(curl -s "http://127.0.0.1:$http_port/api/v1/messages?limit=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"])' 2>/dev/null || echo "?")
+  if [ "$stored" = "?" ]; then
+    stored=$(sqlite3 "$work/bench.db" "select count(*) from mailbox" 2>/dev/null || echo "?")
+  fi
+  log "$name: $rate msgs/s, $accepted accepted, $stored kept, $wkib KiB written per message"
+  rss_kb=$(awk '/VmHWM/{print $2}' "/proc/$pid/status" 2>/dev/null || echo "?")
+  # Stop mailsafe so the writer logs its last stage timers, then sum them.
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  stages=$(python3 - "$work/mailsafe.log" <<'PY'
 import re, sys
 tot = {}
 for line in open(sys.argv[1], errors="replace"):
@@ -194,7 +209,20 @@ else:
           f"{tot.get('short_waits', 0):.0f} batches waited for jobs that did not come")
 PY
 )
-log "writer: $stages"
+  log "$name writer: $stages"
+  echo "| $name | $MESSAGES ($accepted committed, $stored kept, peak RSS ${rss_kb} KiB) | $wkib | $rate |"
+  echo "$name's writer: $stages." >>"$work/stages"
+  echo "$rate" >"$work/rate"
+}
+
+# BASELINE_BIN=path: the same run with another binary first (before/after).
+rows=""
+if [ -n "${BASELINE_BIN:-}" ]; then
+  rows=$(ingest_run "$BASELINE_BIN" "mailsafe, baseline (${BASELINE_LABEL:-$BASELINE_BIN})")$'\n'
+fi
+rows+=$(ingest_run "$bin" "mailsafe")
+mailsafe_rate=$(cat "$work/rate")
+stages=$(cat "$work/stages")
 
 log "installing maildev under bench/node_modules"
 if [ ! -x bench/node_modules/.bin/maildev ]; then
@@ -212,21 +240,21 @@ maildev_version=$(node -p 'require("./bench/node_modules/maildev/package.json").
 ratio=$(python3 -c "print(f'{$mailsafe_rate/max($maildev_rate,1):.1f}')")
 cores=$(nproc)
 section=$(cat <<EOF
-## SMTP ingest
+## SMTP ingest${BASELINE_BIN:+, before and after}
 
 \`bench/ingest.sh\`, $(bench_context "$label") (load average $load_before at the start),
 \`MP_MAX_MESSAGES=$MAX_MESSAGES\` (500 is the default: pruning runs in every batch):
 Postfix \`smtp-source -s $SESSIONS -l $SIZE\` (a new connection per message) on the same machine,
 messages acknowledged with 250 per second (mailsafe: each one committed to SQLite, synchronous=FULL, WAL, group commit).
-mailsafe's writer: $stages.
+$stages
 
-| server | messages | msgs/s |
-|---|---|---|
-| mailsafe | $MESSAGES ($accepted committed, $stored kept, peak RSS ${rss_kb} KiB) | $mailsafe_rate |
-| maildev $maildev_version (npm) | $MAILDEV_MESSAGES | $maildev_rate |
+| server | messages | KiB written per message | msgs/s |
+|---|---|---|---|
+$rows
+| maildev $maildev_version (npm) | $MAILDEV_MESSAGES | | $maildev_rate |
 
 mailsafe / maildev: **${ratio}x** (targets: ≥ 20x and ≥ 2,000 msgs/s).
 EOF
 )
-write_results_section smtp-ingest "$section"
+write_results_section "${RESULTS_SECTION:-smtp-ingest}" "$section"
 echo "$section"

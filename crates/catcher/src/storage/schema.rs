@@ -138,6 +138,16 @@ CREATE TABLE {p}vocab (term TEXT PRIMARY KEY) WITHOUT ROWID;
 "#,
         post: Some(super::index::rebuild),
     },
+    // The everything-text of `search_text` (read only by the LIKE fallback)
+    // is stored zstd-compressed in `BodyZst`; `Body` stays for rows written
+    // before, and `search_body(Body, BodyZst)` reads either (index.rs). Plain,
+    // it was two of the ~13 pages each 4 KiB message wrote (bench/RESULTS.md,
+    // smtp-ingest). Adding a column rewrites no row, so upgrading is instant.
+    Migration {
+        version: "1.3.0",
+        sql: "ALTER TABLE {p}search_text ADD COLUMN BodyZst BLOB;",
+        post: None,
+    },
 ];
 
 /// Turns `MP_TENANT_ID` into a table-name prefix: characters outside
@@ -248,5 +258,112 @@ mod tests {
         assert!(body.ends_with("databases"));
         // Running it again changes nothing.
         migrate(&mut conn, pre).unwrap();
+    }
+
+    /// A db written by schema 1.2.0 (everything-text plain in `Body`) opens
+    /// without rewriting its rows, and the LIKE fallback finds its old
+    /// messages and new ones (stored compressed in `BodyZst`) alike.
+    #[tokio::test]
+    async fn plain_search_text_of_a_1_2_0_db_is_still_scanned() {
+        use super::super::index;
+        use super::super::model::{NewMessage, StoreOptions};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        // More than MAX_EXPANSION (40) words contain "zq", so a search for it
+        // scans `search_text` instead of expanding into the word index.
+        let old_words: Vec<String> = (0..45).map(|i| format!("zq{i:02}")).collect();
+        let old_body = format!("oldmarker {}", old_words.join(" "));
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schemas (Version TEXT PRIMARY KEY, Created INTEGER NOT NULL)",
+            )
+            .unwrap();
+            for m in &MIGRATIONS[..3] {
+                conn.execute_batch(
+                    &m.sql
+                        .replace("{p}", "")
+                        .replace("{tokenize}", index::TOKENIZE),
+                )
+                .unwrap();
+                if let Some(post) = m.post {
+                    post(&conn, "").unwrap();
+                }
+                conn.execute("INSERT INTO schemas VALUES (?1, 0)", params![m.version])
+                    .unwrap();
+            }
+            conn.execute(
+                "INSERT INTO mailbox (Seq, ID, Created) VALUES (1, 'old1', 1)",
+                [],
+            )
+            .unwrap();
+            conn.execute("INSERT INTO mailbox_data (id, Raw) VALUES (1, x'')", [])
+                .unwrap();
+            // What 1.2.0 wrote: the everything-text plain in Body.
+            conn.execute(
+                "INSERT INTO search_text (id, Body) VALUES (1, ?1)",
+                params![old_body],
+            )
+            .unwrap();
+            let mut cols: [String; 8] = Default::default();
+            cols[7] = old_body.clone();
+            index::index_words(
+                &conn,
+                "",
+                1,
+                &index::prepare(cols),
+                &index::Vocab::default(),
+                &mut index::Fresh::default(),
+            )
+            .unwrap();
+        }
+        let store = crate::storage::Store::open(
+            &path,
+            StoreOptions {
+                max_messages: 0,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let new_id = store
+            .insert(NewMessage {
+                raw: b"Subject: new\r\n\r\nnewmarker zq99\r\n".to_vec(),
+                mail_from: String::new(),
+                rcpt_to: vec![],
+                username: None,
+            })
+            .await
+            .unwrap();
+        let found = |q: &'static str| {
+            let store = store.clone();
+            async move {
+                let mut ids: Vec<String> = store
+                    .search(q, "", 0, 50)
+                    .await
+                    .unwrap()
+                    .messages
+                    .into_iter()
+                    .map(|m| m.head.id)
+                    .collect();
+                ids.sort();
+                ids
+            }
+        };
+        let mut both = vec!["old1".to_string(), new_id.clone()];
+        both.sort();
+        assert_eq!(found("zq").await, both, "the LIKE fallback over both rows");
+        assert_eq!(found("q9").await, vec![new_id.clone()]);
+        assert_eq!(found("q4").await, vec!["old1".to_string()]);
+        assert_eq!(found("newmarker").await, vec![new_id]);
+        // The old row was not rewritten; the new one is stored compressed.
+        let conn = Connection::open(&path).unwrap();
+        let rows: Vec<(String, bool)> = conn
+            .prepare("SELECT Body, BodyZst IS NOT NULL FROM search_text ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, vec![(old_body, false), (String::new(), true)]);
     }
 }

@@ -531,7 +531,13 @@ fn text_cond(c: &mut Compiled, pre: &str, vocab: &Vocab, cols: &[&str], term: &s
         TextPlan::Scan => {
             let ors = cols
                 .iter()
-                .map(|col| format!("st.{col} LIKE ? ESCAPE '\\'"))
+                .map(|&col| {
+                    if col == "Body" {
+                        format!("{} LIKE ? ESCAPE '\\'", index::SEARCH_BODY_SQL)
+                    } else {
+                        format!("st.{col} LIKE ? ESCAPE '\\'")
+                    }
+                })
                 .collect::<Vec<_>>()
                 .join(" OR ");
             c.scans.push((
