@@ -210,7 +210,7 @@ async fn candidate(
 }
 
 /// The writer epoch a manifest records, if it was written under a lease.
-fn epoch_of(m: &Manifest) -> Option<u64> {
+pub(crate) fn epoch_of(m: &Manifest) -> Option<u64> {
     m.writer.as_ref().map(|w| w.epoch)
 }
 
@@ -421,42 +421,6 @@ pub async fn unfenced_at(
         .filter(|id| id.as_str() <= newest.as_str())
         .collect();
     unfenced_by_reading_all(store, &ids, key).await
-}
-
-/// Who took the lease over from the writer of snapshot `m`, when a fenced
-/// writer wrote it (see [`format::fenced`]): `host#epoch` (or `epoch N`
-/// when the host is not recorded) of the nearest earlier snapshot written
-/// under a higher epoch; `None` when `m` is not fenced.
-///
-/// For `restore --snapshot ID`, where the user's explicit choice is
-/// restored anyway but with a warning naming that writer. Costs the lease
-/// bound's two requests when `m`'s epoch may be the newest that wrote (or
-/// it has no writer); otherwise the epochs of every snapshot before it,
-/// from the day indexes where they are current and from the manifests
-/// elsewhere ([`crate::index::summaries`]). Snapshots that fail their checks
-/// are left out: their epochs are not evidence.
-pub async fn fenced_by(
-    store: &dyn ObjectStore,
-    m: &Manifest,
-    key: Option<&Key>,
-) -> Result<Option<String>, Error> {
-    let Some(epoch) = epoch_of(m) else {
-        return Ok(None);
-    };
-    if epoch >= lease::written_epoch_bound(store).await? {
-        return Ok(None);
-    }
-    let all = crate::index::summaries(store, key, 16).await?;
-    Ok(all
-        .entries
-        .range(..m.id.clone())
-        .rev()
-        .filter_map(|(_, s)| s.as_ref().ok())
-        .find(|s| s.epoch.is_some_and(|e| e > epoch))
-        .map(|s| match (&s.host, s.epoch) {
-            (Some(host), Some(e)) => format!("{host}#{e}"),
-            (_, e) => format!("epoch {}", e.unwrap_or_default()),
-        }))
 }
 
 /// Moves the anchor forward to base snapshot `base` (called after its
@@ -672,7 +636,7 @@ mod tests {
         };
         let first = all_ids(&s.mem).await.unwrap()[0].clone();
         assert_eq!(
-            fenced_by(&s.mem, &read(late.clone()).await, None)
+            crate::index::fenced_by(&s.mem, &read(late.clone()).await, None)
                 .await
                 .unwrap()
                 .as_deref(),
@@ -680,13 +644,17 @@ mod tests {
             "A's late {late} was fenced by B's {by_b}"
         );
         assert_eq!(
-            fenced_by(&s.mem, &read(by_b).await, None).await.unwrap(),
+            crate::index::fenced_by(&s.mem, &read(by_b).await, None)
+                .await
+                .unwrap(),
             None
         );
         // A's snapshot before the takeover: an older epoch than the bound,
         // but nothing of a higher epoch precedes it.
         assert_eq!(
-            fenced_by(&s.mem, &read(first).await, None).await.unwrap(),
+            crate::index::fenced_by(&s.mem, &read(first).await, None)
+                .await
+                .unwrap(),
             None
         );
         // `restore --snapshot` of the late one restores it (the user's

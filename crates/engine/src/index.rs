@@ -307,6 +307,43 @@ fn closed(day: &str, now: DateTime<Utc>) -> bool {
         .is_some_and(|end| end.and_utc() + CLOSED_AFTER < now)
 }
 
+/// Who took the lease over from the writer of snapshot `m`, when a fenced
+/// writer wrote it (see [`crate::format::fenced`]): `host#epoch` (or `epoch N`
+/// when the host is not recorded) of the nearest earlier snapshot written
+/// under a higher epoch; `None` when `m` is not fenced.
+///
+/// For `restore --snapshot ID`, where the user's explicit choice is
+/// restored anyway but with a warning naming that writer. Costs the lease
+/// bound's two requests when `m`'s epoch may be the newest that wrote (or
+/// it has no writer); otherwise the epochs of every snapshot before it,
+/// from the day indexes where they are current and from the manifests
+/// elsewhere ([`summaries`]). Snapshots that fail their checks
+/// are left out: their epochs are not evidence. (It lives here, not in
+/// `history`, because it reads the summaries, and `index` is above `history`.)
+pub async fn fenced_by(
+    store: &dyn ObjectStore,
+    m: &Manifest,
+    key: Option<&Key>,
+) -> Result<Option<String>, Error> {
+    let Some(epoch) = crate::history::epoch_of(m) else {
+        return Ok(None);
+    };
+    if epoch >= crate::lease::written_epoch_bound(store).await? {
+        return Ok(None);
+    }
+    let all = summaries(store, key, 16).await?;
+    Ok(all
+        .entries
+        .range(..m.id.clone())
+        .rev()
+        .filter_map(|(_, s)| s.as_ref().ok())
+        .find(|s| s.epoch.is_some_and(|e| e > epoch))
+        .map(|s| match (&s.host, s.epoch) {
+            (Some(host), Some(e)) => format!("{host}#{e}"),
+            (_, e) => format!("epoch {}", e.unwrap_or_default()),
+        }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

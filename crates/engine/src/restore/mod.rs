@@ -105,7 +105,7 @@ pub struct RestoreReport {
     pub seconds: f64,
     /// Set when the snapshot, asked for by id, was written by a fenced
     /// writer: `host#epoch` of the writer that had taken the lease over
-    /// (see [`crate::history::fenced_by`]).
+    /// (see [`crate::index::fenced_by`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fenced_by: Option<String>,
 }
@@ -284,7 +284,7 @@ async fn fenced_pick(
     if !matches!(pick, Pick::Id(_)) {
         return Ok(None);
     }
-    let by = crate::history::fenced_by(store, &plan.manifest, key).await?;
+    let by = crate::index::fenced_by(store, &plan.manifest, key).await?;
     if let Some(by) = &by {
         tracing::warn!(
             snapshot = %plan.manifest.id,
