@@ -348,13 +348,9 @@ async fn round<F: Future<Output = Instant>>(
         }
         Some(s) => s?,
     };
-    config.metrics.record_success(
-        started_wall,
-        snapshot.id.as_deref(),
-        snapshot.uploaded_bytes,
-        started.elapsed(),
-    );
-    config.metrics.record_engine(&snapshot);
+    config
+        .metrics
+        .record_snapshot(started_wall, &snapshot, started.elapsed());
     match &snapshot.id {
         Some(id) => tracing::info!(
             id,

@@ -214,6 +214,19 @@ impl Metrics {
 
     /// Records how the engine did a successful snapshot: whether it read
     /// every page, and the WAL reset after it (see `snapshot::pin`).
+    /// Records a successful snapshot from its report: the one call `watch`
+    /// and `cron` make, so both count the same things
+    /// ([`Metrics::record_success`] and [`Metrics::record_engine`]).
+    pub fn record_snapshot(
+        &self,
+        started: chrono::DateTime<chrono::Utc>,
+        report: &crate::snapshot::SnapshotReport,
+        took: Duration,
+    ) {
+        self.record_success(started, report.id.as_deref(), report.uploaded_bytes, took);
+        self.record_engine(report);
+    }
+
     pub fn record_engine(&self, report: &crate::snapshot::SnapshotReport) {
         if report.full_scan {
             self.full_scans.fetch_add(1, Ordering::Relaxed);

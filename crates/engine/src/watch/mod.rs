@@ -403,13 +403,8 @@ impl Loop {
         }
         match result {
             Ok(report) => {
-                self.metrics.record_success(
-                    started_wall,
-                    report.id.as_deref(),
-                    report.uploaded_bytes,
-                    started.elapsed(),
-                );
-                self.metrics.record_engine(&report);
+                self.metrics
+                    .record_snapshot(started_wall, &report, started.elapsed());
                 if let Some(id) = &report.id {
                     self.outcome.snapshots += 1;
                     self.outcome.last_snapshot = Some(id.clone());
