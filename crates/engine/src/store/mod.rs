@@ -238,7 +238,7 @@ pub async fn open(url: &str, endpoint: Option<&str>) -> Result<DynStore, StoreEr
         }
         #[cfg(not(feature = "s3"))]
         {
-            let _ = (prefix, endpoint);
+            let _ = (bucket, prefix, endpoint);
             Err(StoreError::InvalidUrl {
                 url: url.into(),
                 reason: "this build has no S3 support (the engine's `s3` feature is off)".into(),
