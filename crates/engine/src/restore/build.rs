@@ -9,7 +9,7 @@
 //! one chunk per core being checked: the image itself only ever lives in
 //! the file.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
@@ -20,10 +20,10 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
-use super::plan::{RestorePlan, missing_is_broken};
+use super::plan::{Placements, PlanChunk, RestorePlan, decode_hex32, missing_is_broken};
 use crate::Error;
 use crate::crypto::Key;
-use crate::format::{self, ChunkRef, ObjectRef};
+use crate::format::{self, ObjectRef};
 use crate::store::ObjectStore;
 
 /// How the image is built.
@@ -121,10 +121,7 @@ pub async fn build_image(
     opts.progress.set_length(plan.download_bytes());
 
     // Where each distinct chunk goes.
-    let mut placements: HashMap<&str, Vec<u64>> = HashMap::new();
-    for (i, c) in plan.chunks.iter().enumerate() {
-        placements.entry(&c.sha256).or_default().push(i as u64);
-    }
+    let placements = Placements::of(&plan.chunks);
     let chunk_len =
         |pages: u64, i: u64| pages.saturating_sub(i * chunk_pages).min(chunk_pages) * page_size;
 
@@ -134,7 +131,7 @@ pub async fn build_image(
     let budget = Arc::new(tokio::sync::Semaphore::new(DOWNLOAD_BUDGET_KIB as usize));
     let started = std::time::Instant::now();
     let snapshot = m.id.as_str();
-    let fetches = plan_fetches(&plan.unique_chunks(), run_bytes());
+    let fetches = plan_fetches(plan, &placements, run_bytes());
     // Delta packs are downloaded while the chunks are (they are applied only
     // after them): the first ones, up to DELTA_PREFETCH bytes, are held in
     // memory until then; the rest stream in afterwards.
@@ -172,15 +169,16 @@ pub async fn build_image(
                 .map_err(|e| missing_is_broken(e, snapshot))?;
                 let n = stored.len() as u64;
                 // (chunk, image indices with their lengths) for the worker.
-                let work: Vec<(ChunkRef, Vec<(u64, u64)>)> = f
-                    .chunks
+                let work: Vec<(PlanChunk, Vec<(u64, u64)>)> = f
+                    .groups
                     .iter()
-                    .map(|c| {
-                        let lens = placements[c.sha256.as_str()]
+                    .map(|&g| {
+                        let lens = placements
+                            .positions(g)
                             .iter()
-                            .map(|&i| (i, chunk_len(base_pages, i)))
+                            .map(|&i| (u64::from(i), chunk_len(base_pages, u64::from(i))))
                             .collect();
-                        ((*c).clone(), lens)
+                        (plan.chunks[placements.first(g)], lens)
                     })
                     .collect();
                 let start = f.range.start;
@@ -191,9 +189,9 @@ pub async fn build_image(
                     .map_err(|e| Error::Other(format!("restore workers closed: {e}")))?;
                 tokio::task::spawn_blocking(move || {
                     for (c, lens) in work {
-                        let (_, range) = c.location();
+                        let range = c.range();
                         let first = lens[0].0;
-                        let label = if c.pack.is_some() {
+                        let label = if c.is_packed() {
                             format!(
                                 "{key} (chunk {first} of the image, bytes {}..{})",
                                 range.start, range.end
@@ -352,14 +350,15 @@ fn run_bytes() -> u64 {
 }
 
 /// One download: the whole of a v1 chunk object, or one byte range of a
-/// pack, with the chunks whose stored bytes it holds.
+/// pack, with the distinct chunks (groups of [`Placements`]) whose stored
+/// bytes it holds.
 #[derive(Debug)]
-struct Fetch<'a> {
+struct Fetch {
     key: String,
     range: std::ops::Range<u64>,
     /// A v1 chunk object, read with a plain GET.
     whole: bool,
-    chunks: Vec<&'a ChunkRef>,
+    groups: Vec<usize>,
 }
 
 /// Groups the distinct chunks into downloads: each v1 chunk alone, pack
@@ -367,41 +366,44 @@ struct Fetch<'a> {
 /// bytes (a single chunk may exceed it) with gaps of at most [`MAX_GAP`].
 /// A pack needed whole is thus read in `pack_size / max_run` requests, one
 /// mostly dead is read only where it is live.
-fn plan_fetches<'a>(chunks: &[&'a ChunkRef], max_run: u64) -> Vec<Fetch<'a>> {
+fn plan_fetches(plan: &RestorePlan, placements: &Placements, max_run: u64) -> Vec<Fetch> {
     let mut out = Vec::new();
-    let mut by_pack: std::collections::BTreeMap<&str, Vec<&'a ChunkRef>> = Default::default();
-    for c in chunks {
-        match (&c.pack, c.offset) {
-            (Some(p), Some(_)) => by_pack.entry(p.as_str()).or_default().push(c),
-            _ => out.push(Fetch {
-                key: format::chunk_key(&c.sha256),
-                range: 0..c.stored_size,
+    let mut by_pack: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+    for g in 0..placements.len() {
+        let c = &plan.chunks[placements.first(g)];
+        if c.is_packed() {
+            by_pack.entry(c.pack).or_default().push(g);
+        } else {
+            out.push(Fetch {
+                key: c.logical_key(),
+                range: c.range(),
                 whole: true,
-                chunks: vec![c],
-            }),
+                groups: vec![g],
+            });
         }
     }
-    for (pack, mut cs) in by_pack {
-        cs.sort_by_key(|c| c.offset);
-        let mut cur: Option<Fetch<'a>> = None;
-        for c in cs {
-            let (_, r) = c.location();
+    let chunk = |g: usize| &plan.chunks[placements.first(g)];
+    for (pack, mut gs) in by_pack {
+        gs.sort_by_key(|&g| chunk(g).offset);
+        let mut cur: Option<Fetch> = None;
+        for g in gs {
+            let r = chunk(g).range();
             if let Some(f) = &mut cur {
                 if r.start >= f.range.end
                     && r.start - f.range.end <= MAX_GAP
                     && r.end - f.range.start <= max_run
                 {
                     f.range.end = r.end;
-                    f.chunks.push(c);
+                    f.groups.push(g);
                     continue;
                 }
                 out.extend(cur.take());
             }
             cur = Some(Fetch {
-                key: pack.to_string(),
+                key: plan.packs[pack as usize].clone(),
                 range: r,
                 whole: false,
-                chunks: vec![c],
+                groups: vec![g],
             });
         }
         out.extend(cur);
@@ -425,7 +427,7 @@ fn plan_fetches<'a>(chunks: &[&'a ChunkRef], max_run: u64) -> Vec<Fetch<'a>> {
 /// 1 GiB restore (sha256 was 29% of its profile, ~0.4 CPU s of it this).
 fn open_chunk(
     stored: &[u8],
-    c: &ChunkRef,
+    c: &PlanChunk,
     label: &str,
     len: u64,
     enc: Option<&Key>,
@@ -435,11 +437,11 @@ fn open_chunk(
     let plain;
     let packed = match enc {
         Some(k) => {
-            plain = match c.pack {
-                None => k.open(key, stored)?,
-                Some(_) => k
-                    .open(&format::chunk_key(&c.sha256), stored)
-                    .map_err(|e| Error::Verification(format!("{label}: {e}")))?,
+            plain = if c.is_packed() {
+                k.open(&c.logical_key(), stored)
+                    .map_err(|e| Error::Verification(format!("{label}: {e}")))?
+            } else {
+                k.open(key, stored)?
             };
             &plain[..]
         }
@@ -453,10 +455,11 @@ fn open_chunk(
             content.len()
         )));
     }
-    let got = hex::encode(crate::crypto::content_digest(enc, &content));
+    let got = crate::crypto::content_digest(enc, &content);
     if got != c.sha256 {
         return Err(Error::Verification(format!(
-            "{key}: content sha256 is {got}, not the one it is named by"
+            "{key}: content sha256 is {}, not the one it is named by",
+            hex::encode(got)
         )));
     }
     Ok(content)
@@ -632,11 +635,7 @@ impl ImageCheck {
             base_page_count: plan.base_page_count,
             image_sha256: m.db.image_sha256.clone(),
             overrides: m.chunk_overrides.clone(),
-            base: plan
-                .chunks
-                .iter()
-                .map(|c| decode_hex32(&c.sha256))
-                .collect(),
+            base: plan.chunks.iter().map(|c| c.sha256).collect(),
         }
     }
 
@@ -703,11 +702,6 @@ impl ImageCheck {
             self.image_sha256
         )))
     }
-}
-
-fn decode_hex32(s: &str) -> [u8; 32] {
-    // Hashes were validated as 64 hex digits when the manifest was parsed.
-    format::parse_sha256(s).unwrap_or_default()
 }
 
 /// Which SQLite check runs on a rebuilt image. With the `cli` feature it is
@@ -934,13 +928,11 @@ mod tests {
     #[test]
     fn chunk_decompression_is_capped_at_the_chunk_size() {
         let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 3).unwrap();
-        let c = ChunkRef {
-            sha256: "00".repeat(32),
-            stored_sha256: format::sha256_hex(&bomb),
+        let c = PlanChunk {
+            sha256: [0; 32],
             stored_size: bomb.len() as u64,
-            pack: None,
-            offset: None,
-            pack_size: None,
+            offset: 0,
+            pack: super::super::plan::NO_PACK,
         };
         let err = open_chunk(&bomb, &c, "chunks/bomb", 256 * 1024, None).unwrap_err();
         assert_eq!(err.exit_code(), 4);

@@ -44,47 +44,178 @@ impl Pick {
 /// it against.
 #[derive(Debug, Clone)]
 pub struct RestorePlan {
-    /// The snapshot being restored; a base's `chunks` are moved to
-    /// [`RestorePlan::chunks`] (one copy, not two: ~5 MB at 4 GiB).
+    /// The snapshot being restored (a base's `chunks` are left empty: the
+    /// plan holds them in [`RestorePlan::chunks`], compacted).
     pub manifest: Manifest,
     /// The base snapshot's chunks, in page order (the manifest's own when it
     /// is a base).
-    pub chunks: Vec<ChunkRef>,
+    pub chunks: Vec<PlanChunk>,
+    /// The pack keys the chunks name (each once; a chunk holds an index).
+    pub packs: Vec<String>,
     /// Page count of the base image the chunks describe.
     pub base_page_count: u32,
     /// Delta packs to apply on top of the chunks, in order.
     pub deltas: Vec<ObjectRef>,
 }
 
+/// One chunk of the base image, as much of its manifest entry as a restore
+/// uses: 56 bytes, where a parsed [`ChunkRef`] takes ~320 (three heap
+/// strings: two hex digests and its pack's key). A 4 GiB db has 16,400
+/// chunks, so the plan held ~5 MB that grew with the db; peak RSS of a
+/// 4 GiB restore was 71.8 MiB against 57.8 at 1 GiB (issue 18: flat,
+/// <= 64 MiB). The stored bytes' sha256 is not kept: restore proves a
+/// chunk by its content digest (see `build::open_chunk`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanChunk {
+    /// sha256 of the uncompressed chunk: its name and its check.
+    pub sha256: [u8; 32],
+    /// Size of its stored bytes.
+    pub stored_size: u64,
+    /// Where its stored bytes start in its pack (0 for a v1 chunk object).
+    pub offset: u64,
+    /// Index of its pack in [`RestorePlan::packs`]; [`NO_PACK`] for a v1
+    /// `chunks/<sha256>` object.
+    pub pack: u32,
+}
+
+/// [`PlanChunk::pack`] of a v1 chunk stored as its own object.
+pub const NO_PACK: u32 = u32::MAX;
+
+impl PlanChunk {
+    /// Whether the chunk lives in a pack (format v2) rather than its own object.
+    pub fn is_packed(&self) -> bool {
+        self.pack != NO_PACK
+    }
+
+    /// The byte range of its stored bytes in its object.
+    pub fn range(&self) -> std::ops::Range<u64> {
+        self.offset..self.offset + self.stored_size
+    }
+
+    /// The chunk's logical name, `chunks/<sha256>`: its object key in
+    /// format v1 and the associated data of its encryption in both.
+    pub fn logical_key(&self) -> String {
+        format::chunk_key(&hex::encode(self.sha256))
+    }
+}
+
 impl RestorePlan {
+    /// The key of the object holding chunk `c`: its pack, or `chunks/…`.
+    pub fn object_key(&self, c: &PlanChunk) -> String {
+        match self.packs.get(c.pack as usize) {
+            Some(p) => p.clone(),
+            None => c.logical_key(),
+        }
+    }
+
     /// Distinct objects to download from (identical chunks are fetched
     /// once; a pack counts once however many of its chunks are needed).
     pub fn objects(&self) -> usize {
-        let keys: std::collections::HashSet<String> = self
-            .unique_chunks()
-            .iter()
-            .map(|c| c.object_key())
-            .collect();
-        keys.len() + self.deltas.len()
+        let mut packs = std::collections::HashSet::new();
+        let mut v1 = 0;
+        let groups = Placements::of(&self.chunks);
+        for g in 0..groups.len() {
+            let c = &self.chunks[groups.first(g)];
+            if c.is_packed() {
+                packs.insert(c.pack);
+            } else {
+                v1 += 1;
+            }
+        }
+        packs.len() + v1 + self.deltas.len()
     }
 
     /// Stored bytes to download.
     pub fn download_bytes(&self) -> u64 {
-        self.unique_chunks()
-            .iter()
-            .map(|c| c.stored_size)
+        let groups = Placements::of(&self.chunks);
+        (0..groups.len())
+            .map(|g| self.chunks[groups.first(g)].stored_size)
             .chain(self.deltas.iter().map(|d| d.size))
             .sum()
     }
+}
 
-    /// The distinct chunks, each once, in first-use order.
-    pub(crate) fn unique_chunks(&self) -> Vec<&ChunkRef> {
-        let mut seen = std::collections::HashSet::new();
-        self.chunks
-            .iter()
-            .filter(|c| seen.insert(c.sha256.as_str()))
-            .collect()
+/// Where each distinct chunk goes in the image: chunk indices sorted by
+/// content, so that each run of equal digests is one chunk to download and
+/// the positions to write it at. 4 bytes a chunk (a map from digest to a
+/// list of positions took ~80).
+pub(crate) struct Placements {
+    order: Vec<u32>,
+    /// Where each group starts in `order`, and `order.len()` last.
+    starts: Vec<u32>,
+}
+
+impl Placements {
+    /// The groups of `chunks`.
+    pub(crate) fn of(chunks: &[PlanChunk]) -> Self {
+        let mut order: Vec<u32> = (0..chunks.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| {
+            chunks[a as usize]
+                .sha256
+                .cmp(&chunks[b as usize].sha256)
+                .then(a.cmp(&b))
+        });
+        let mut starts = Vec::new();
+        for (i, w) in order.iter().enumerate() {
+            if i == 0 || chunks[order[i - 1] as usize].sha256 != chunks[*w as usize].sha256 {
+                starts.push(i as u32);
+            }
+        }
+        starts.push(order.len() as u32);
+        Placements { order, starts }
     }
+
+    /// Number of distinct chunks.
+    pub(crate) fn len(&self) -> usize {
+        self.starts.len() - 1
+    }
+
+    /// The image positions (chunk indices) of distinct chunk `g`, ascending.
+    pub(crate) fn positions(&self, g: usize) -> &[u32] {
+        &self.order[self.starts[g] as usize..self.starts[g + 1] as usize]
+    }
+
+    /// The first image position of distinct chunk `g`: the index of its
+    /// entry in the plan's chunks.
+    pub(crate) fn first(&self, g: usize) -> usize {
+        self.order[self.starts[g] as usize] as usize
+    }
+}
+
+/// A manifest's chunk list as the plan holds it (see [`PlanChunk`]),
+/// consumed so the parsed entries are freed as soon as this returns.
+fn compact(chunks: Vec<ChunkRef>) -> (Vec<PlanChunk>, Vec<String>) {
+    let mut packs: Vec<String> = Vec::new();
+    let mut index: std::collections::HashMap<String, u32> = Default::default();
+    let out = chunks
+        .into_iter()
+        .map(|c| {
+            let (pack, offset) = match (c.pack, c.offset) {
+                (Some(p), Some(o)) => {
+                    let i = *index.entry(p).or_insert_with_key(|p| {
+                        packs.push(p.clone());
+                        (packs.len() - 1) as u32
+                    });
+                    (i, o)
+                }
+                _ => (NO_PACK, 0),
+            };
+            PlanChunk {
+                // Validated as 64 hex digits when the manifest was parsed.
+                sha256: decode_hex32(&c.sha256),
+                stored_size: c.stored_size,
+                offset,
+                pack,
+            }
+        })
+        .collect();
+    (out, packs)
+}
+
+/// A sha256 in hex, as bytes; hashes were validated as 64 hex digits when
+/// their manifest was parsed.
+pub(crate) fn decode_hex32(s: &str) -> [u8; 32] {
+    format::parse_sha256(s).unwrap_or_default()
 }
 
 /// The time encoded in a snapshot id, or `None` for a key that is not a
@@ -190,8 +321,10 @@ pub async fn plan(
 ) -> Result<RestorePlan, Error> {
     let mut manifest = load_authentic(store, id, key).await?;
     if manifest.base == manifest.id {
+        let (chunks, packs) = compact(std::mem::take(&mut manifest.chunks));
         return Ok(RestorePlan {
-            chunks: std::mem::take(&mut manifest.chunks),
+            chunks,
+            packs,
             base_page_count: manifest.db.page_count,
             deltas: Vec::new(),
             manifest,
@@ -209,9 +342,12 @@ pub async fn plan(
             "{base_key}: page size or chunk size differs from snapshot {id}"
         )));
     }
+    let base_page_count = base.db.page_count;
+    let (chunks, packs) = compact(base.chunks);
     Ok(RestorePlan {
-        chunks: base.chunks,
-        base_page_count: base.db.page_count,
+        chunks,
+        packs,
+        base_page_count,
         deltas: manifest.deltas.clone(),
         manifest,
     })
@@ -285,6 +421,55 @@ mod tests {
         .unwrap();
         assert!(report.forgotten.contains(&late), "{report:?}");
         assert!(!report.forgotten.contains(&by_b), "{report:?}");
+    }
+
+    /// Identical chunks (a sparse db's zero chunks, repeated content) are
+    /// one download written at each of their positions; packs are named
+    /// once however many chunks they hold.
+    #[test]
+    fn compacted_chunks_group_by_content_and_share_pack_keys() {
+        let sha = |b: u8| hex::encode([b; 32]);
+        let chunk = |b: u8, pack: Option<&str>, offset: u64| ChunkRef {
+            sha256: sha(b),
+            stored_sha256: sha(0xee),
+            stored_size: 10 + u64::from(b),
+            pack: pack.map(String::from),
+            offset: pack.map(|_| offset),
+            pack_size: pack.map(|_| 100),
+        };
+        let (chunks, packs) = compact(vec![
+            chunk(1, Some("packs/a"), 0),
+            chunk(2, Some("packs/b"), 0),
+            chunk(1, Some("packs/a"), 0),
+            chunk(3, None, 0),
+            chunk(2, Some("packs/b"), 0),
+            chunk(4, Some("packs/a"), 11),
+        ]);
+        assert_eq!(packs, ["packs/a", "packs/b"]);
+        assert_eq!(chunks[5].pack, 0);
+        assert_eq!(chunks[5].range(), 11..25);
+        assert!(!chunks[3].is_packed());
+        let g = Placements::of(&chunks);
+        let groups: Vec<Vec<u32>> = (0..g.len()).map(|i| g.positions(i).to_vec()).collect();
+        assert_eq!(groups, [vec![0, 2], vec![1, 4], vec![3], vec![5]]);
+        let plan = RestorePlan {
+            manifest: serde_json::from_value(serde_json::json!({
+                "format": "mailsafe-manifest", "version": 2, "id": "x", "created": "2026-11-29T10:00:00Z",
+                "parent": null, "db": {"page_size": 4096, "page_count": 1, "image_sha256": sha(0)},
+                "chunk_pages": 64, "base": "x", "chunks": [], "deltas": [],
+                "source": {"change_counter": 0},
+                "stats": {"new_objects": 1, "new_bytes": 1, "stored_bytes": 1}
+            }))
+            .unwrap(),
+            chunks,
+            packs,
+            base_page_count: 1,
+            deltas: Vec::new(),
+        };
+        assert_eq!(plan.objects(), 3, "packs/a, packs/b and chunks/0303…");
+        assert_eq!(plan.download_bytes(), 11 + 12 + 13 + 14);
+        assert_eq!(plan.object_key(&plan.chunks[3]), format::chunk_key(&sha(3)));
+        assert_eq!(plan.object_key(&plan.chunks[1]), "packs/b");
     }
 
     #[test]
