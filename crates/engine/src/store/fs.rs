@@ -211,8 +211,15 @@ impl ObjectStore for FsStore {
                 }
                 Err(e) => return Err(this.io_err("cannot read", &path, e)),
             };
-            let len = range.end.saturating_sub(range.start);
-            let mut buf = Vec::with_capacity(len.min(64 << 20) as usize);
+            // The buffer is sized by what the file has, not by the range
+            // asked for: a manifest is read as `0..cap + 1` (64 MiB), which
+            // reserved 64 MiB for a 5 MB file.
+            let size = file
+                .metadata()
+                .map_err(|e| this.io_err("cannot read", &path, e))?
+                .len();
+            let len = range.end.min(size).saturating_sub(range.start);
+            let mut buf = Vec::with_capacity(len as usize);
             file.seek(SeekFrom::Start(range.start))
                 .and_then(|_| file.take(len).read_to_end(&mut buf))
                 .map_err(|e| this.io_err("cannot read", &path, e))?;
