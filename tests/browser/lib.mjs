@@ -85,6 +85,20 @@ export async function waitForCount(n, timeoutMs = 10000) {
   }
 }
 
+/**
+ * Waits until `fn()` (sync or async) returns a truthy value, polling every
+ * 50 ms, and returns it; throws naming `what` after `timeoutMs`.
+ */
+export async function eventually(fn, what, timeoutMs = 15000) {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 /** Saves a full-page screenshot as artifacts/NAME.png. */
 export async function shot(page, name) {
   const file = path.join(ARTIFACTS, `${name}.png`);
@@ -126,6 +140,24 @@ export function spawnServe(db, httpPort, smtpPort, env = {}) {
   return spawn(BIN, [
     'serve', '--db', db, '--smtp', `127.0.0.1:${smtpPort}`, '--listen', `127.0.0.1:${httpPort}`,
   ], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, ...env } });
+}
+
+/**
+ * Starts a catcher of the test's own (database `name`.db in `dir`, free
+ * loopback ports, extra environment `env`) and waits until it answers.
+ * Returns its base URL, SMTP port and process (for stopServe).
+ */
+export async function startServe(dir, name, env = {}) {
+  const [http, smtp] = [await freePort(), await freePort()];
+  const child = spawnServe(path.join(dir, `${name}.db`), http, smtp, env);
+  const base = `http://127.0.0.1:${http}`;
+  try {
+    await waitHttp(`${base}/api/v1/messages`);
+  } catch (e) {
+    await stopServe(child);
+    throw e;
+  }
+  return { base, smtp, child };
 }
 
 /** Stops a server from spawnServe: SIGTERM, SIGKILL after 10 s. */

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import {
-  BIN, freePort, launch, sendMailVia, shot, spawnServe, stopServe, waitHttp,
+  BIN, launch, sendMailVia, shot, startServe, stopServe,
 } from './lib.mjs';
 
 let dir;
@@ -28,11 +28,9 @@ after(async () => {
 
 /** Starts a catcher; returns its base URL and SMTP port. */
 async function start(name, env) {
-  const [http, smtp] = [await freePort(), await freePort()];
-  servers.push(spawnServe(path.join(dir, `${name}.db`), http, smtp, env));
-  const base = `http://127.0.0.1:${http}`;
-  await waitHttp(`${base}/api/v1/messages`);
-  return { base, smtp };
+  const server = await startServe(dir, name, env);
+  servers.push(server.child);
+  return server;
 }
 
 async function messages(base) {

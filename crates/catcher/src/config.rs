@@ -88,6 +88,10 @@ pub struct Config {
     /// Hide the UI's "Delete all" button (`MP_HIDE_DELETE_ALL_BUTTON`,
     /// served by `/api/v1/webui`).
     pub hide_delete_all_button: bool,
+    /// Keep remote stylesheets and fonts out of the message preview, even
+    /// when the user loads remote images (`MP_BLOCK_REMOTE_CSS_AND_FONTS`;
+    /// see `ui::csp`).
+    pub block_remote_css_and_fonts: bool,
     /// HTTP basic auth guarding the API and UI (`MP_UI_AUTH`,
     /// `MP_UI_AUTH_FILE`); the health probes stay open.
     pub ui_auth: Option<crate::auth::BasicAuth>,
@@ -182,6 +186,7 @@ impl Default for Config {
             ui_tls_key: None,
             label: String::new(),
             hide_delete_all_button: false,
+            block_remote_css_and_fonts: false,
             ui_auth: None,
             http_limits: crate::api::HttpLimits::default(),
             origins: crate::api::OriginPolicy::default(),

@@ -61,6 +61,7 @@ pub struct Catcher {
     shutdown_timeout: Duration,
     label: String,
     hide_delete_all_button: bool,
+    block_remote_css_and_fonts: bool,
     ui_auth: Option<auth::BasicAuth>,
     data_budget: Option<std::sync::Arc<smtp::DataBudget>>,
     http_limits: api::HttpLimits,
@@ -206,6 +207,7 @@ impl Catcher {
             shutdown_timeout: config.shutdown_timeout,
             label: config.label,
             hide_delete_all_button: config.hide_delete_all_button,
+            block_remote_css_and_fonts: config.block_remote_css_and_fonts,
             ui_auth: config.ui_auth,
             data_budget,
             http_limits: config.http_limits,
@@ -286,6 +288,7 @@ impl Catcher {
         let options = api::ApiOptions {
             label: self.label,
             hide_delete_all_button: self.hide_delete_all_button,
+            block_remote_css_and_fonts: self.block_remote_css_and_fonts,
             relay: self.relay.map(std::sync::Arc::new),
             auth: self.ui_auth,
             cors: self.origins.cors,
@@ -403,7 +406,7 @@ fn pop3_name(label: &str) -> String {
 /// The HTTP side: Mailpit's `/api/v1` and the web UI on one router, both
 /// behind basic auth when it is configured (the API keeps its probes open).
 fn http_router(store: &Store, options: api::ApiOptions) -> axum::Router {
-    let ui = ui::router(&options.webroot);
+    let ui = ui::router(&options.webroot, options.block_remote_css_and_fonts);
     let ui = match options.auth.clone() {
         Some(auth) => ui.layer(axum::middleware::from_fn_with_state(
             auth,

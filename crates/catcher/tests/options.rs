@@ -149,7 +149,7 @@ fn rows(dir: &std::path::Path) -> Vec<(Vec<(&'static str, String)>, Expect)> {
         (one("MP_API_CORS", "*"), Parsed(|c| c.origins.cors == "*")),
         (
             one("MP_BLOCK_REMOTE_CSS_AND_FONTS", "1"),
-            Refused("MP_BLOCK_REMOTE_CSS_AND_FONTS"),
+            Parsed(|c| c.block_remote_css_and_fonts),
         ),
         (
             one("MP_ALLOW_INTERNAL_HTTP_REQUESTS", "1"),

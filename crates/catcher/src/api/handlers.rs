@@ -609,8 +609,8 @@ pub async fn webui(State(s): State<AppState>) -> Response {
             }),
         },
         "SpamAssassin": s.opts.spamassassin.is_some(),
-        "ChaosEnabled": false,
-        "DuplicatesIgnored": false,
+        "ChaosEnabled": s.opts.chaos.is_some(),
+        "DuplicatesIgnored": s.store.options().ignore_duplicate_ids,
         "HideDeleteAllButton": s.opts.hide_delete_all_button,
     }))
     .into_response()

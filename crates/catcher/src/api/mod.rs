@@ -49,6 +49,9 @@ pub struct ApiOptions {
     pub label: String,
     /// Hide the UI's "Delete all" button (`MP_HIDE_DELETE_ALL_BUTTON`).
     pub hide_delete_all_button: bool,
+    /// No remote stylesheets or fonts in the UI's message preview
+    /// (`MP_BLOCK_REMOTE_CSS_AND_FONTS`): the UI router's page policy.
+    pub block_remote_css_and_fonts: bool,
     /// Basic auth for the API (`MP_UI_AUTH` / `MP_UI_AUTH_FILE`); `/livez`
     /// and `/readyz` stay open for Kubernetes probes. Layer the same value
     /// over the UI router with [`require_basic_auth`].
@@ -94,6 +97,7 @@ impl Default for ApiOptions {
             memory_budget: None,
             label: String::new(),
             hide_delete_all_button: false,
+            block_remote_css_and_fonts: false,
             auth: None,
             cors: String::new(),
             max_event_subscribers: 256,

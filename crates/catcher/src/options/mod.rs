@@ -151,7 +151,8 @@ pub struct Options {
     /// comma-separated (`*` for any), as Mailpit's `MP_API_CORS`.
     #[cfg_attr(feature = "cli", arg(long, env = "MP_API_CORS", default_value = ""))]
     pub api_cors: String,
-    /// Not implemented yet: block remote CSS and fonts in previews.
+    /// Block remote CSS and fonts in the message preview (the UI page's
+    /// Content-Security-Policy allows neither from other origins).
     #[cfg_attr(feature = "cli", arg(long, env = "MP_BLOCK_REMOTE_CSS_AND_FONTS", value_parser = mailpit_bool))]
     pub block_remote_css_and_fonts: bool,
     /// Let the link check request internal addresses (loopback, private,
@@ -596,6 +597,7 @@ impl Options {
             ui_tls_key,
             label: self.label,
             hide_delete_all_button: self.hide_delete_all_button,
+            block_remote_css_and_fonts: self.block_remote_css_and_fonts,
             ui_auth,
             send_auth,
             spamassassin: self
@@ -657,10 +659,6 @@ impl Options {
         refuse(self.quiet, "MP_QUIET (-q; set MAILSAFE_LOG=warn)");
         refuse(self.verbose, "MP_VERBOSE (-v; set MAILSAFE_LOG=debug)");
         refuse(self.demo_mode, "MP_DEMO_MODE (--demo-mode)");
-        refuse(
-            self.block_remote_css_and_fonts,
-            "MP_BLOCK_REMOTE_CSS_AND_FONTS (--block-remote-css-and-fonts)",
-        );
         refuse(
             self.enable_spamassassin
                 .as_deref()

@@ -30,13 +30,27 @@ use sha2::{Digest, Sha256};
 ///   policy (srcdoc frames do) and the user may opt in to remote images there;
 ///   the preview's own, stricter policy blocks them by default.
 /// - `style-src 'unsafe-inline'` for the same reason: mail HTML is styled
-///   inline, and the preview inherits this policy.
+///   inline, and the preview inherits this policy. Remote stylesheets and
+///   fonts likewise, unless `block_remote_css_and_fonts`
+///   (`MP_BLOCK_REMOTE_CSS_AND_FONTS`): then only our own origin, as Mailpit
+///   restricts its page policy, and since both policies apply to the
+///   preview, no remote stylesheet or font loads even after the user opts
+///   in to remote content.
 /// - `frame-ancestors 'none'`: the UI cannot be framed (clickjacking).
-pub const CSP: &str = "default-src 'self'; script-src 'self'; \
-    style-src 'self' 'unsafe-inline' http: https:; \
-    img-src 'self' data: blob: http: https:; font-src 'self' data: http: https:; \
-    connect-src 'self' ws: wss:; frame-src 'self'; object-src 'none'; \
-    base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+pub fn csp(block_remote_css_and_fonts: bool) -> String {
+    let remote = if block_remote_css_and_fonts {
+        ""
+    } else {
+        " http: https:"
+    };
+    format!(
+        "default-src 'self'; script-src 'self'; \
+         style-src 'self' 'unsafe-inline'{remote}; \
+         img-src 'self' data: blob: http: https:; font-src 'self' data:{remote}; \
+         connect-src 'self' ws: wss:; frame-src 'self'; object-src 'none'; \
+         base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+}
 
 /// The policy put on every response that carries a message's own content
 /// (`/view/{ID}.html`, `/view/{ID}.txt`, `/api/v1/message/{ID}/part/…`,
@@ -113,6 +127,11 @@ const ASSETS: &[Asset] = &[
         body: include_str!("assets/app.js"),
     },
     Asset {
+        name: "theme.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("assets/theme.js"),
+    },
+    Asset {
         name: "app.css",
         content_type: "text/css; charset=utf-8",
         body: include_str!("assets/app.css"),
@@ -126,33 +145,44 @@ const ASSETS: &[Asset] = &[
 
 /// The routes of the web UI: the page at `/` and `/ui/{file}` (its
 /// assets), for a catcher served under `webroot` (`/` or `/a/b/`,
-/// `MP_WEBROOT`).
+/// `MP_WEBROOT`), the page under [`csp`]`(block_remote_css_and_fonts)`.
 ///
 /// Merge it with the API router; it needs no state because everything it
 /// shows comes from the API at run time. Under a webroot the page's own
 /// links and asset paths carry the prefix, and `data-webroot` on `<html>`
 /// tells the script where the API and the websocket are (the prefix itself
 /// is taken off by `api::webroot::mount` before routing).
-pub fn router(webroot: &str) -> Router {
-    let index = &*Box::leak(Box::new(index_page(webroot)));
+pub fn router(webroot: &str, block_remote_css_and_fonts: bool) -> Router {
+    let index = &*Box::leak(Box::new(index_page(webroot, block_remote_css_and_fonts)));
     let tag = &*Box::leak(body_etag(index.body).into_boxed_str());
+    let policy = &*Box::leak(csp(block_remote_css_and_fonts).into_boxed_str());
     Router::new()
         .route(
             "/",
-            get(move |headers: HeaderMap| async move { serve(index, tag, &headers) }),
+            get(move |headers: HeaderMap| async move { serve(index, tag, &headers, policy) }),
         )
-        .route("/ui/{file}", get(asset))
+        .route(
+            "/ui/{file}",
+            get(move |file: Path<String>, headers: HeaderMap| asset(file, headers, policy)),
+        )
 }
 
-/// `index.html` with its absolute paths under `webroot`.
-fn index_page(webroot: &str) -> Asset {
+/// `index.html` with its absolute paths under `webroot`; with
+/// `block_remote_css_and_fonts`, `data-block-remote-css` on `<html>` tells
+/// the script (which says so next to the remote-content toggle).
+fn index_page(webroot: &str, block_remote_css_and_fonts: bool) -> Asset {
     let page = &ASSETS[0];
+    let block = if block_remote_css_and_fonts {
+        " data-block-remote-css=\"1\""
+    } else {
+        ""
+    };
     let body = page
         .body
         .replace("=\"/", &format!("=\"{webroot}"))
         .replacen(
             "<html lang=\"en\">",
-            &format!("<html lang=\"en\" data-webroot=\"{webroot}\">"),
+            &format!("<html lang=\"en\" data-webroot=\"{webroot}\"{block}>"),
             1,
         );
     Asset {
@@ -162,9 +192,9 @@ fn index_page(webroot: &str) -> Asset {
 }
 
 /// `GET /ui/{file}`: an embedded asset, 404 for anything else.
-async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Response {
+async fn asset(Path(file): Path<String>, headers: HeaderMap, policy: &'static str) -> Response {
     match ASSETS.iter().position(|a| a.name == file) {
-        Some(i) => serve(&ASSETS[i], etag(i), &headers),
+        Some(i) => serve(&ASSETS[i], etag(i), &headers, policy),
         None => (StatusCode::NOT_FOUND, "not found").into_response(),
     }
 }
@@ -172,7 +202,8 @@ async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Response {
 /// Answers with the asset, or `304 Not Modified` when the browser already has
 /// this version. `no-cache` makes the browser revalidate each time, so a new
 /// binary's UI shows up on the next load while unchanged files cost a 304.
-fn serve(asset: &Asset, etag: &str, headers: &HeaderMap) -> Response {
+/// The page gets `policy` (see [`csp`]).
+fn serve(asset: &Asset, etag: &str, headers: &HeaderMap, policy: &'static str) -> Response {
     let fresh = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -202,7 +233,7 @@ fn serve(asset: &Asset, etag: &str, headers: &HeaderMap) -> Response {
     if asset.name == "index.html" {
         h.insert(
             header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(CSP),
+            HeaderValue::from_static(policy),
         );
         h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     }
@@ -227,9 +258,13 @@ mod tests {
 
     /// Serves the UI router on a free loopback port, as the catcher does.
     async fn start() -> String {
+        start_with(router("/", false)).await
+    }
+
+    async fn start_with(app: Router) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router("/")).await.unwrap() });
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         format!("http://{addr}")
     }
 
@@ -256,10 +291,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn blocking_remote_css_and_fonts_narrows_the_page_policy() {
+        let base = start_with(router("/", true)).await;
+        let res = client().get(format!("{base}/")).send().await.unwrap();
+        let policy = res.headers()[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            policy.contains("style-src 'self' 'unsafe-inline';"),
+            "{policy}"
+        );
+        assert!(policy.contains("font-src 'self' data:;"), "{policy}");
+        // Remote images stay possible (the user opts in per message).
+        assert!(
+            policy.contains("img-src 'self' data: blob: http: https:;"),
+            "{policy}"
+        );
+        let body = res.text().await.unwrap();
+        assert!(
+            body.contains("data-block-remote-css=\"1\""),
+            "the page is not told"
+        );
+        // The default lets the user load remote stylesheets and fonts too.
+        let open = csp(false);
+        assert!(
+            open.contains("style-src 'self' 'unsafe-inline' http: https:;"),
+            "{open}"
+        );
+        assert!(
+            open.contains("font-src 'self' data: http: https:;"),
+            "{open}"
+        );
+    }
+
+    #[tokio::test]
     async fn assets_have_their_media_types() {
         let base = start().await;
         for (path, ty) in [
             ("/ui/app.js", "text/javascript; charset=utf-8"),
+            ("/ui/theme.js", "text/javascript; charset=utf-8"),
             ("/ui/app.css", "text/css; charset=utf-8"),
             ("/ui/favicon.svg", "image/svg+xml"),
         ] {
@@ -312,7 +383,7 @@ mod tests {
                 get(|| async { "<script>alert(1)</script>" }),
             )
             .route("/api/v1/messages", get(|| async { "{}" }))
-            .merge(router("/"))
+            .merge(router("/", false))
             .layer(axum::middleware::from_fn(protect_message_content));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -338,7 +409,10 @@ mod tests {
         assert!(api.headers().get(header::CONTENT_SECURITY_POLICY).is_none());
         // The page keeps its own policy, not the sandbox.
         let page = client().get(format!("{base}/")).send().await.unwrap();
-        assert_eq!(page.headers()[header::CONTENT_SECURITY_POLICY], CSP);
+        assert_eq!(
+            page.headers()[header::CONTENT_SECURITY_POLICY],
+            super::csp(false)
+        );
     }
 
     #[tokio::test]

@@ -18,6 +18,9 @@
   // by the server on <html data-webroot>. Paths below are written from '/'
   // and go through at() on their way out.
   const ROOT = document.documentElement.dataset.webroot || '/';
+  // MP_BLOCK_REMOTE_CSS_AND_FONTS: the page's policy lets no remote
+  // stylesheet or font into the preview, whatever the user opts in to.
+  const BLOCK_REMOTE_CSS = document.documentElement.dataset.blockRemoteCss === '1';
   const at = (path) => ROOT + path.replace(/^\//, '');
 
   const state = {
@@ -37,6 +40,10 @@
     listSeq: 0,          // guards against out-of-order list responses
     label: '',           // MP_LABEL, to tell several catchers apart
     relay: null,         // /api/v1/webui MessageRelay when a relay server is set
+    spam: false,         // /api/v1/webui SpamAssassin: the spam check is enabled
+    htmlCheck: true,     // false once the server says the HTML check is not enabled
+    checks: {},          // the open message's check results: { links, spam, html }
+    width: storedWidth(),// HTML preview width: desktop, tablet or phone
   };
 
   // ---------- helpers ----------
@@ -60,7 +67,8 @@
   }
 
   class ApiError extends Error {
-    constructor(status, msg) { super(msg); this.status = status; }
+    // text: the server's own answer, for showing to the user.
+    constructor(status, msg, text) { super(msg); this.status = status; this.text = text; }
   }
 
   async function api(method, path, body) {
@@ -73,7 +81,7 @@
     const type = res.headers.get('Content-Type') || '';
     if (!res.ok) {
       const text = await res.text().catch(() => '');
-      throw new ApiError(res.status, `${method} ${path}: ${res.status} ${text.slice(0, 200)}`);
+      throw new ApiError(res.status, `${method} ${path}: ${res.status} ${text.slice(0, 200)}`, text.slice(0, 500));
     }
     if (type.includes('application/json')) return res.json();
     return res.text();
@@ -130,6 +138,23 @@
 
   function partURL(id, part) {
     return at(`/api/v1/message/${encodeURIComponent(id)}/part/${encodeURIComponent(part)}`);
+  }
+
+  // Settings kept in the browser. Where Mailpit keeps the same setting, the
+  // key is Mailpit's, so a browser that used Mailpit at this address keeps it.
+  function stored(key) {
+    try { return localStorage.getItem(key); } catch (e) { return null; }
+  }
+  function store(key, value) {
+    try {
+      if (value === null) localStorage.removeItem(key); else localStorage.setItem(key, value);
+    } catch (e) { /* storage disabled: the setting lasts this page only */ }
+  }
+
+  // (A function declaration, not a const: state's initialiser calls it.)
+  function storedWidth() {
+    const w = stored('mailsafe-preview-width');
+    return ['desktop', 'tablet', 'phone'].includes(w) ? w : 'desktop';
   }
 
   // ---------- URL state ----------
@@ -480,8 +505,10 @@
     }
     state.remote = false;
     $('remote').checked = false;
+    state.checks = {};
     renderMessage();
     selectTab(m.HTML ? 'html' : 'text');
+    startChecks(m);
   }
 
   function showGone() {
@@ -527,7 +554,12 @@
     dl.setAttribute('download', `${m.ID}.eml`);
     $('msg-release').hidden = !state.relay;
     $('tab-html').disabled = !m.HTML;
+    $('tab-source').disabled = !m.HTML;
     $('tab-text').disabled = !m.Text && !!m.HTML;
+    // Shown once the server has answered the check (it may not be enabled).
+    $('tab-htmlcheck').hidden = !(m.HTML && state.htmlCheck === true);
+    $('tab-spam').hidden = !state.spam;
+    for (const id of ['htmlcheck-score', 'links-score', 'spam-score']) setScore(id, '', '');
     const i = state.messages.findIndex((x) => x.ID === m.ID);
     $('msg-newer').disabled = i <= 0;
     $('msg-older').disabled = i < 0 || i >= state.messages.length - 1;
@@ -546,12 +578,38 @@
     )));
   }
 
+  // Tabs follow the ARIA tabs pattern: the selected tab is the one in the
+  // Tab order, arrow keys (and Home/End) move between tabs and select.
   function selectTab(tab) {
     state.tab = tab;
     for (const b of document.querySelectorAll('.tabs [role=tab]')) {
-      b.setAttribute('aria-selected', b.dataset.tab === tab ? 'true' : 'false');
+      const on = b.dataset.tab === tab;
+      b.setAttribute('aria-selected', on ? 'true' : 'false');
+      b.tabIndex = on ? 0 : -1;
+      if (on) $('pane').setAttribute('aria-labelledby', b.id);
     }
     renderPane().catch(fail);
+  }
+
+  function onTabKey(e) {
+    const tabs = [...document.querySelectorAll('.tabs [role=tab]')].filter((b) => !b.hidden && !b.disabled);
+    const i = tabs.indexOf(document.activeElement);
+    if (i < 0) return;
+    let j;
+    if (e.key === 'ArrowRight') j = (i + 1) % tabs.length;
+    else if (e.key === 'ArrowLeft') j = (i - 1 + tabs.length) % tabs.length;
+    else if (e.key === 'Home') j = 0;
+    else if (e.key === 'End') j = tabs.length - 1;
+    else return;
+    e.preventDefault();
+    tabs[j].focus();
+    selectTab(tabs[j].dataset.tab);
+  }
+
+  function setScore(id, text, level) {
+    const b = $(id);
+    b.textContent = text;
+    b.className = `score ${level}`.trim();
   }
 
   // Remote references in mail HTML: http(s) or protocol-relative URLs in
@@ -564,12 +622,13 @@
   function previewDoc(m, remote) {
     const origin = location.origin;
     const ext = remote ? ' http: https:' : '';
+    const cssExt = BLOCK_REMOTE_CSS ? '' : ext;
     const csp = [
       "default-src 'none'",
       "script-src 'none'",
       `img-src ${origin} data: cid:${ext}`,
-      `style-src 'unsafe-inline'${ext}`,
-      `font-src data:${ext}`,
+      `style-src 'unsafe-inline'${cssExt}`,
+      `font-src data:${cssExt}`,
       `media-src ${origin} data:${ext}`,
       "form-action 'none'",
       "base-uri 'none'",
@@ -619,6 +678,7 @@
     const hasRemote = !!m.HTML && REMOTE_RE.test(m.HTML);
     $('remote-toggle').hidden = !(tab === 'html' && hasRemote);
     $('remote-note').hidden = !(tab === 'html' && hasRemote && !state.remote);
+    $('widths').hidden = tab !== 'html';
     if (tab === 'html') {
       const frame = el('iframe', {
         id: 'preview',
@@ -630,7 +690,16 @@
         referrerpolicy: 'no-referrer',
       });
       frame.srcdoc = previewDoc(m, state.remote);
-      pane.replaceChildren(frame);
+      pane.replaceChildren(el('div', { id: 'preview-box', class: `preview-box ${state.width}` }, frame));
+    } else if (tab === 'source') {
+      // The HTML as sent (not the preview's rewritten copy), as text.
+      pane.replaceChildren(el('pre', { id: 'source-body' }, el('code', null, m.HTML || '')));
+    } else if (tab === 'links') {
+      renderLinkCheck(pane, m);
+    } else if (tab === 'spam') {
+      renderSpamCheck(pane);
+    } else if (tab === 'htmlcheck') {
+      renderHTMLCheck(pane);
     } else if (tab === 'text') {
       pane.replaceChildren(el('pre', { id: 'text-body' }, ...linkify(m.Text || '')));
     } else if (tab === 'headers') {
@@ -652,6 +721,284 @@
       pane.replaceChildren(pre);
       if (text.length > LIMIT) pane.append(el('p', { class: 'muted', text: 'Showing the first 1 MiB; download the .eml for the rest.' }));
     }
+  }
+
+  // ---------- checks: Link Check, Spam Analysis, HTML Check (Mailpit's) ----------
+
+  // What an API error says, for the user: the server's own answer.
+  function errorText(e) {
+    if (e instanceof ApiError) return (e.text || '').trim() || `HTTP ${e.status}`;
+    return e && e.message ? e.message : String(e);
+  }
+
+  // The checks that run when a message opens, as Mailpit's do (their scores
+  // show on the tabs): spam when the server has spamd, the HTML check when
+  // the message has HTML. The link check sends requests to the mail's links,
+  // so it runs only when asked.
+  function startChecks(m) {
+    if (state.spam) runSpamCheck(m);
+    if (m.HTML && state.htmlCheck !== false) runCheck(m, 'html', `/api/v1/message/${encodeURIComponent(m.ID)}/html-check`);
+  }
+
+  function runSpamCheck(m) {
+    runCheck(m, 'spam', `/api/v1/message/${encodeURIComponent(m.ID)}/sa-check`);
+  }
+
+  function runLinkCheck(m) {
+    const follow = stored('mp-link-check-follow-redirects') === 'true';
+    runCheck(m, 'links', `/api/v1/message/${encodeURIComponent(m.ID)}/link-check${follow ? '?follow=true' : ''}`);
+  }
+
+  const CHECK_TAB = { links: 'links', spam: 'spam', html: 'htmlcheck' };
+
+  async function runCheck(m, kind, path) {
+    const c = { loading: true };
+    state.checks[kind] = c;
+    showCheck(kind);
+    try {
+      c.result = await api('GET', path);
+    } catch (e) {
+      c.error = e;
+    }
+    c.loading = false;
+    // The user moved to another message, or ran the check again.
+    if (state.message !== m || state.checks[kind] !== c) return;
+    showCheck(kind);
+  }
+
+  // Puts a check's state on its tab's badge, and in the pane if shown.
+  function showCheck(kind) {
+    const c = state.checks[kind];
+    if (kind === 'links') linkScore(c);
+    else if (kind === 'spam') spamScore(c);
+    else htmlScore(c);
+    if (state.tab === CHECK_TAB[kind]) renderPane().catch(fail);
+  }
+
+  function linkScore(c) {
+    if (c.loading) setScore('links-score', '', '');
+    else if (c.error) setScore('links-score', '!', 'warn');
+    else setScore('links-score', String(c.result.Errors || 0), c.result.Errors ? 'bad' : 'good');
+  }
+
+  function spamScore(c) {
+    if (c.loading) setScore('spam-score', '', '');
+    else if (c.error || c.result.Error) setScore('spam-score', '!', 'warn');
+    else setScore('spam-score', String(c.result.Score), spamLevel(c.result));
+  }
+
+  // Mailpit's colours: spam red, 4 points or more amber, less green.
+  function spamLevel(r) {
+    if (r.IsSpam) return 'bad';
+    return r.Score >= 4 ? 'warn' : 'good';
+  }
+
+  function htmlScore(c) {
+    const tab = $('tab-htmlcheck');
+    if (c.loading) {
+      tab.hidden = state.htmlCheck !== true;
+      setScore('htmlcheck-score', '', '');
+      return;
+    }
+    if (c.error) {
+      const off = c.error instanceof ApiError && /not enabled|disabled/i.test(c.error.text || '');
+      if (off) state.htmlCheck = false;
+      if (off || (c.error instanceof ApiError && c.error.status === 404)) {
+        tab.hidden = true;
+        if (state.tab === 'htmlcheck') selectTab('html');
+        return;
+      }
+      tab.hidden = false;
+      setScore('htmlcheck-score', '!', 'warn');
+      return;
+    }
+    state.htmlCheck = true;
+    tab.hidden = false;
+    const t = c.result.Total || {};
+    setScore('htmlcheck-score', `${Math.floor(t.Supported || 0)}%`, htmlLevel(t));
+  }
+
+  // Mailpit's colours, from both the unsupported and the partial share.
+  function htmlLevel(t) {
+    if (t.Unsupported < 5 && t.Partial < 10) return 'good';
+    if (t.Unsupported < 10 && t.Partial < 15) return 'warn';
+    return 'bad';
+  }
+
+  function checkFailed(text) {
+    return el('div', { class: 'notice bad-text', role: 'alert' }, text);
+  }
+
+  // A URL from a message as a link, when it is an http(s) one; text otherwise.
+  function urlNode(u) {
+    return /^https?:\/\//i.test(u) ? el('a', { href: u, target: '_blank', rel: 'noopener noreferrer' }, u) : u;
+  }
+
+  function renderLinkCheck(pane, m) {
+    const c = state.checks.links;
+    const done = c && !c.loading;
+    const follow = el('input', { type: 'checkbox', id: 'link-follow', checked: stored('mp-link-check-follow-redirects') === 'true' });
+    follow.addEventListener('change', () => {
+      store('mp-link-check-follow-redirects', follow.checked ? 'true' : null);
+      // As in Mailpit: results on screen are redone with the new setting.
+      if (done && c.result) runLinkCheck(m);
+    });
+    let heading = 'Link check';
+    if (done && c.result) {
+      const n = (c.result.Links || []).length;
+      heading = n ? `Scanned ${n} link${n === 1 ? '' : 's'}` : 'No links detected';
+    }
+    const out = [el('div', { class: 'check-bar' },
+      el('h3', { id: 'link-heading' }, heading),
+      el('button', { type: 'button', id: 'link-run', class: 'primary', disabled: c && c.loading, onclick: () => runLinkCheck(m) },
+        c && c.loading ? 'Checking links…' : done ? 'Check again' : 'Check message links'),
+      el('label', { class: 'small' }, follow, ' Follow HTTP redirects'),
+    )];
+    if (!done) {
+      out.push(el('p', { class: 'muted check-intro' },
+        'Link check finds the unique links of this message (text and HTML, images and stylesheets included) and ' +
+        'requests each one from the server (HEAD) to test its status. Tracking and unsubscribe links are requested ' +
+        'too, so run it on mail you know.'));
+    } else if (c.error) {
+      out.push(checkFailed(`Link check failed: ${errorText(c.error)}`));
+    } else {
+      for (const g of linkGroups(c.result.Links || [])) {
+        const cls = g.code === 0 || g.code >= 400 ? 'bad' : g.code >= 300 ? 'redirect' : '';
+        out.push(el('section', { class: 'status-group', 'data-status': String(g.code) },
+          el('h4', { class: cls }, `Status ${g.code}`, g.status ? el('span', { class: 'muted small' }, ` (${g.status})`) : null),
+          el('ul', null, ...g.urls.map((u) => el('li', null, urlNode(u)))),
+        ));
+      }
+    }
+    pane.setAttribute('aria-busy', c && c.loading ? 'true' : 'false');
+    pane.replaceChildren(...out);
+  }
+
+  // Links grouped by status: failures first, then redirects, then the rest.
+  function linkGroups(links) {
+    const groups = new Map();
+    for (const l of links) {
+      let g = groups.get(l.StatusCode);
+      if (!g) {
+        g = { code: l.StatusCode, status: l.Status || (l.StatusCode === 0 ? 'Cannot connect to server' : ''), urls: [] };
+        groups.set(l.StatusCode, g);
+      }
+      g.urls.push(l.URL);
+    }
+    const rank = (code) => (code === 0 || code >= 400 ? 0 : code >= 300 ? 1 : 2);
+    return [...groups.values()].sort((a, b) => rank(a.code) - rank(b.code) || a.code - b.code);
+  }
+
+  function renderSpamCheck(pane) {
+    const c = state.checks.spam;
+    const out = [el('div', { class: 'check-bar' }, el('h3', null, 'Spam Analysis'))];
+    if (!c || c.loading) {
+      out.push(el('p', { class: 'muted' }, 'Asking SpamAssassin…'));
+    } else if (c.error) {
+      out.push(checkFailed(`Your message could not be checked: ${errorText(c.error)}`));
+    } else if (c.result.Error) {
+      out.push(checkFailed(`There was an error contacting the configured SpamAssassin server: ${c.result.Error}`));
+    } else {
+      const r = c.result;
+      const level = spamLevel(r);
+      out.push(el('div', { class: 'check-bar' },
+        el('p', { class: `big-score ${level}-text`, id: 'spam-total' }, `${r.Score} / 5`),
+        el('span', { class: `score ${level}`, id: 'spam-verdict' }, r.IsSpam ? 'Spam' : 'Not spam'),
+      ));
+      const table = el('table', { class: 'rules', id: 'spam-rules' },
+        el('thead', null, el('tr', null, el('th', null, 'Score'), el('th', null, 'Rule'), el('th', null, 'Description'))));
+      const body = el('tbody');
+      for (const rule of r.Rules || []) {
+        body.append(el('tr', null, el('td', null, String(rule.Score)), el('td', null, rule.Name), el('td', null, rule.Description)));
+      }
+      table.append(body);
+      out.push(table);
+    }
+    pane.replaceChildren(...out);
+  }
+
+  // caniemail's descriptions and notes carry a little HTML: shown as text.
+  // A DOMParser document is inert (no script runs, nothing loads).
+  function plain(html) {
+    return new DOMParser().parseFromString(String(html || ''), 'text/html').body.textContent;
+  }
+
+  const round2 = (v) => Math.round((v || 0) * 100) / 100;
+
+  // A warning's weight in the ordering, as Mailpit's UI weighs it: by how
+  // often it occurs among the message's nodes, pseudo-classes and at-rules
+  // (whose use cannot be counted) at 5%.
+  function warningWeight(w, nodes) {
+    if (/^[:@]/.test(w.Title || '')) return 0.05;
+    const found = (w.Score && w.Score.Found) || 0;
+    return nodes && found < nodes ? found / nodes : 1;
+  }
+
+  function renderHTMLCheck(pane) {
+    const c = state.checks.html;
+    if (!c || c.loading) {
+      pane.replaceChildren(el('p', { class: 'muted' }, 'Checking the HTML…'));
+      return;
+    }
+    if (c.error) {
+      pane.replaceChildren(checkFailed(`HTML check failed: ${errorText(c.error)}`));
+      return;
+    }
+    const r = c.result;
+    const t = r.Total || {};
+    const out = [
+      el('div', { class: 'check-bar' },
+        el('p', { class: `big-score ${htmlLevel(t)}-text`, id: 'html-total' }, `${round2(t.Supported)}% supported`),
+        el('span', { class: 'muted' }, `${round2(t.Partial)}% partially supported, ${round2(t.Unsupported)}% not supported`)),
+      el('p', { class: 'muted small' }, `From ${t.Tests || 0} tests of HTML and CSS features against email-client support data from caniemail.com; the message has ${t.Nodes || 0} HTML nodes.`),
+    ];
+    const warnings = (r.Warnings || []).slice().sort((a, b) => {
+      const score = (w) => ((w.Score.Unsupported || 0) + (w.Score.Partial || 0)) * warningWeight(w, t.Nodes);
+      return score(b) - score(a);
+    });
+    out.push(el('h3', { id: 'html-warnings' }, `${warnings.length} warning${warnings.length === 1 ? '' : 's'}`));
+    for (const w of warnings) {
+      const sc = w.Score || {};
+      const pct = (v) => `${Math.round(v || 0)}%`;
+      const bar = el('span', {
+        class: 'support',
+        role: 'img',
+        'aria-label': `${pct(sc.Supported)} supported, ${pct(sc.Partial)} partial, ${pct(sc.Unsupported)} not supported`,
+        title: `${pct(sc.Supported)} supported, ${pct(sc.Partial)} partial, ${pct(sc.Unsupported)} not supported`,
+      },
+        el('span', { class: 'yes', style: `width:${sc.Supported || 0}%` }),
+        el('span', { class: 'partial', style: `width:${sc.Partial || 0}%` }),
+        el('span', { class: 'no', style: `width:${sc.Unsupported || 0}%` }));
+      const clients = (w.Results || []).filter((x) => x.Support !== 'yes');
+      const body = el('div', { class: 'body' });
+      if (w.Description) body.append(el('p', null, plain(w.Description)));
+      if (/^[:@]/.test(w.Title || '')) {
+        body.append(el('p', { class: 'muted' }, `Found ${sc.Found} times in the CSS; whether it is used cannot be told, so it weighs less.`));
+      }
+      if (clients.length) {
+        body.append(el('p', null, el('strong', null, 'Clients with partial or no support:')),
+          el('ul', { class: 'clients' }, ...clients.map((x) => el('li', {
+            class: x.Support === 'no' ? 'no' : 'partial',
+            title: x.Support === 'no' ? 'Not supported' : 'Partially supported',
+          }, x.Name, x.NoteNumber ? ` [${x.NoteNumber}]` : ''))));
+      }
+      const notes = Object.entries(w.NotesByNumber || {});
+      if (notes.length) {
+        body.append(el('p', null, el('strong', null, 'Notes:')),
+          el('ul', { class: 'notes' }, ...notes.map(([n, text]) => el('li', null, `[${n}] ${plain(text)}`))));
+      }
+      if (w.URL && /^https?:\/\//i.test(w.URL)) {
+        body.append(el('p', { class: 'small' }, el('a', { href: w.URL, target: '_blank', rel: 'noopener noreferrer' }, 'Online reference')));
+      }
+      out.push(el('details', { class: 'warning', 'data-slug': w.Slug || '' },
+        el('summary', null,
+          el('span', { class: 'title' }, w.Title || w.Slug || ''),
+          el('span', { class: 'tag' }, w.Category || ''),
+          el('span', { class: 'muted small', title: 'Times found' }, `× ${sc.Found || 0}`),
+          bar),
+        body));
+    }
+    pane.replaceChildren(...out);
   }
 
   // Plain text with http(s) links made clickable, as DOM nodes.
@@ -701,6 +1048,7 @@
   let refreshTimer = 0;
 
   function onNew(summary) {
+    notifyNew(summary);
     if (!state.statsSeen) {
       state.mailboxTotal++;
       if (!summary.Read) state.unread++;
@@ -873,7 +1221,21 @@
     for (const b of document.querySelectorAll('.tabs [role=tab]')) {
       b.addEventListener('click', () => selectTab(b.dataset.tab));
     }
+    document.querySelector('.tablist').addEventListener('keydown', onTabKey);
+    for (const b of document.querySelectorAll('#widths button')) {
+      b.addEventListener('click', () => setWidth(b.dataset.width));
+    }
+    setWidth(state.width);
+    $('settings-btn').addEventListener('click', openSettings);
+    for (const r of document.querySelectorAll('input[name=theme]')) {
+      r.addEventListener('change', () => { if (r.checked) setTheme(r.value); });
+    }
+    $('notify').addEventListener('change', (e) => setNotify(e.target.checked).catch(fail));
     $('remote').addEventListener('change', (e) => { state.remote = e.target.checked; renderPane().catch(fail); });
+    if (BLOCK_REMOTE_CSS) {
+      $('remote-label').textContent = 'Load remote images';
+      $('remote-note').textContent = 'Remote images are blocked to protect your privacy; this server never loads remote stylesheets or fonts.';
+    }
     $('msg-tag-input').addEventListener('keydown', (e) => {
       if (e.key !== 'Enter' || !state.message) return;
       const t = e.target.value.trim();
@@ -888,6 +1250,99 @@
     $('help-link').addEventListener('click', (e) => { e.preventDefault(); $('help').showModal(); });
     window.addEventListener('popstate', () => route().catch(fail));
     document.addEventListener('keydown', onKey);
+  }
+
+  // ---------- settings: preview width, theme, notifications ----------
+
+  // The HTML preview's width (Mailpit's sizes; CSS .preview-box), kept
+  // across reloads.
+  function setWidth(w) {
+    state.width = w;
+    store('mailsafe-preview-width', w === 'desktop' ? null : w);
+    for (const b of document.querySelectorAll('#widths button')) {
+      b.setAttribute('aria-pressed', b.dataset.width === w ? 'true' : 'false');
+    }
+    const box = $('preview-box');
+    if (box) box.className = `preview-box ${w}`;
+  }
+
+  function openSettings() {
+    const theme = document.documentElement.dataset.theme || 'auto';
+    $(`theme-${theme}`).checked = true;
+    renderNotify();
+    $('settings').showModal();
+  }
+
+  // light, dark or auto (prefers-color-scheme); theme.js applies the stored
+  // one before the first paint. Mailpit's key, Mailpit's values.
+  function setTheme(theme) {
+    if (theme === 'light' || theme === 'dark') {
+      document.documentElement.dataset.theme = theme;
+      store('mp-theme', theme);
+    } else {
+      delete document.documentElement.dataset.theme;
+      store('mp-theme', null);
+    }
+  }
+
+  // Browser notifications for new mail are opt-in: nothing touches the
+  // Notification API until the user turns them on here (which asks the
+  // browser's permission); the choice is kept in this browser.
+  const notifySupported = () => window.isSecureContext && 'Notification' in window;
+  const notifyWanted = () => stored('mailsafe-notify') === 'on';
+  let notifyPaused = false;
+
+  function renderNotify() {
+    const box = $('notify');
+    const note = $('notify-note');
+    note.hidden = true;
+    if (!notifySupported()) {
+      box.checked = false;
+      box.disabled = true;
+      note.textContent = 'This browser cannot show notifications for this page (they need HTTPS or localhost).';
+      note.hidden = false;
+      return;
+    }
+    box.disabled = false;
+    box.checked = notifyWanted() && Notification.permission === 'granted';
+    if (notifyWanted() && Notification.permission === 'denied') {
+      note.textContent = 'Notifications are blocked in the browser\'s site settings.';
+      note.hidden = false;
+    }
+  }
+
+  async function setNotify(on) {
+    if (!on) {
+      store('mailsafe-notify', null);
+      renderNotify();
+      return;
+    }
+    if (!notifySupported()) { renderNotify(); return; }
+    const permission = await Notification.requestPermission();
+    store('mailsafe-notify', 'on');
+    renderNotify();
+    if (permission !== 'granted') {
+      $('notify-note').textContent = 'The browser did not allow notifications for this page.';
+      $('notify-note').hidden = false;
+    }
+  }
+
+  // One notification per burst of mail (then none for 2 s), as Mailpit.
+  function notifyNew(m) {
+    if (notifyPaused || !notifyWanted() || !notifySupported() || Notification.permission !== 'granted') return;
+    notifyPaused = true;
+    setTimeout(() => { notifyPaused = false; }, 2000);
+    const from = m.From && m.From.Address ? m.From.Address : '[unknown]';
+    const n = new Notification(`New mail from: ${from}`, {
+      body: String(m.Subject || '').slice(0, 100),
+      icon: at('/ui/favicon.svg'),
+      tag: 'mailsafe-new',
+    });
+    n.onclick = () => {
+      window.focus();
+      go(state.q, state.start, m.ID);
+      n.close();
+    };
   }
 
   // ---------- release (relay the open message on) ----------
@@ -956,7 +1411,7 @@
       if (e.key === 'Escape') t.blur();
       return;
     }
-    if ($('help').open || $('release').open) return;
+    if ($('help').open || $('release').open || $('settings').open) return;
     const inMessage = !$('message-view').hidden;
     const k = e.key;
     let handled = true;
@@ -992,7 +1447,9 @@
   }
 
   // Server-side UI settings (Mailpit's /api/v1/webui): a label, whether
-  // "Delete all" is hidden, and the relay server (the Release button). Optional: the UI works the same without them.
+  // "Delete all" is hidden, the relay server (the Release button) and
+  // whether spamd is there (the Spam Analysis tab). Optional: the UI works
+  // the same without them.
   async function loadSettings() {
     try {
       const w = await api('GET', '/api/v1/webui');
@@ -1006,6 +1463,14 @@
       if (w && w.MessageRelay && w.MessageRelay.Enabled) {
         state.relay = w.MessageRelay;
         if (state.message) $('msg-release').hidden = false;
+      }
+      if (w && w.SpamAssassin) {
+        state.spam = true;
+        // A message opened before the settings arrived gets its check now.
+        if (state.message) {
+          $('tab-spam').hidden = false;
+          if (!state.checks.spam) runSpamCheck(state.message);
+        }
       }
     } catch (e) { /* older servers: defaults */ }
   }
