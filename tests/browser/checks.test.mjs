@@ -1,20 +1,18 @@
 // The message view's source and check tabs, against catchers of this file's
 // own (MAILSAFE_BIN): HTML Source (the HTML as sent, as text), Link Check
 // (run on request against an HTTP server on 127.0.0.1, with
-// MP_ALLOW_INTERNAL_HTTP_REQUESTS; the follow option kept), Spam Analysis
-// (only with MP_ENABLE_SPAMASSASSIN, against a real Debian spamd) and
-// HTML Check (shown only when the server's check answers; Mailpit's
-// HTMLCheckResponse rendered with the clients each warning affects).
+// MP_ALLOW_INTERNAL_HTTP_REQUESTS; the follow option kept), no Spam
+// Analysis without spamd (spam.test.mjs has it with one) and HTML Check
+// (shown only when the server's check answers; Mailpit's HTMLCheckResponse
+// rendered with the clients each warning affects).
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import http from 'node:http';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import {
-  BIN, eventually, freePort, launch, sendMailVia, shot, startServe, stopServe,
+  BIN, eventually, launch, openMessage, shot, startServe, stopServe,
 } from './lib.mjs';
 
 let dir;
@@ -36,25 +34,9 @@ after(async () => {
 
 const skip = !BIN && 'MAILSAFE_BIN not set';
 
-async function messages(base) {
-  return (await (await fetch(`${base}/api/v1/messages`)).json()).messages;
-}
-
-/** Sends one message to `server` and opens it in a new page. */
-async function openMail(server, spec) {
-  await sendMailVia(server.smtp, spec);
-  await eventually(async () => (await messages(server.base)).some((m) => m.Subject === spec.subject), `"${spec.subject}" stored`);
-  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-  page.on('pageerror', (e) => console.error('page error:', e.message));
-  await page.goto(server.base + '/');
-  await page.locator('#messages li', { hasText: spec.subject }).click();
-  await page.waitForSelector(`#msg-subject:text("${spec.subject}")`);
-  return page;
-}
-
 test('HTML Source shows the HTML as sent, as text; tabs work from the keyboard', { skip }, async () => {
   const html = '<html><body><b id="bold">bold &amp; <i>more</i></b><script>window.__ran = 1</script></body></html>';
-  const page = await openMail(catcher, { subject: 'Source view', html });
+  const page = await openMessage(browser, catcher, { subject: 'Source view', html });
   try {
     // The tab order: HTML (selected), HTML Source, Text, Headers, Raw, …
     await page.focus('#tab-html');
@@ -91,7 +73,7 @@ test('Link Check runs on request, shows each link\'s status, follows redirects w
   const url = `http://127.0.0.1:${site.address().port}`;
   let page;
   try {
-    page = await openMail(catcher, {
+    page = await openMessage(browser, catcher, {
       subject: 'Links to check',
       html: `<html><body><a href="${url}/ok">ok</a> <a href="${url}/moved">moved</a> <img src="${url}/missing.png"></body></html>`,
     });
@@ -163,7 +145,7 @@ async function assertHTMLCheckHidden(page) {
 test('HTML Check: Mailpit\'s response shape rendered; hidden when the server\'s check is not enabled', { skip }, async () => {
   const html = '<html><body><div style="display:flex">flex</div></body></html>';
   // Against the real endpoint: the tab agrees with what the server answers.
-  const page = await openMail(catcher, { subject: 'HTML to check', html });
+  const page = await openMessage(browser, catcher, { subject: 'HTML to check', html });
   try {
     const id = new URL(page.url()).searchParams.get('m');
     const res = await fetch(`${catcher.base}/api/v1/message/${id}/html-check`);
@@ -223,65 +205,5 @@ test('HTML Check: Mailpit\'s response shape rendered; hidden when the server\'s 
     await assertHTMLCheckHidden(fixture);
   } finally {
     await fixture.close();
-  }
-});
-
-/** Whether spamd on 127.0.0.1:`port` answers PING. */
-function spamdPing(port) {
-  return new Promise((resolve) => {
-    let answer = '';
-    const s = net.connect(port, '127.0.0.1', () => s.end('PING SPAMC/1.5\r\n\r\n'));
-    s.setTimeout(5000, () => s.destroy());
-    s.on('data', (d) => { answer += d; });
-    s.on('error', () => {});
-    s.on('close', () => resolve(answer.includes('PONG')));
-  });
-}
-
-/**
- * Starts Debian's spamd on a free loopback port, as
- * crates/catcher/tests/spam_check.rs does, and waits (at most 180 s: it
- * compiles its rules first, slow on a loaded machine) until it answers.
- */
-async function startSpamd() {
-  const port = await freePort();
-  const bin = ['/usr/sbin/spamd', '/usr/bin/spamd'].find((p) => existsSync(p)) || 'spamd';
-  const child = spawn(bin, [
-    `--listen=127.0.0.1:${port}`, '--allowed-ips=127.0.0.1', '--min-children=1', '--max-children=1',
-    '--nouser-config', '--syslog=stderr', '--username=nobody',
-    `--pidfile=${path.join(dir, 'spamd.pid')}`, `--helper-home-dir=${dir}`,
-  ], { stdio: 'ignore' });
-  servers.push(child);
-  const until = Date.now() + 180000;
-  while (!(await spamdPing(port))) {
-    assert.equal(child.exitCode, null, 'spamd exited at start (scripts/setup.sh installs it)');
-    assert.ok(Date.now() < until, 'spamd did not answer PING within 180 s');
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  return `127.0.0.1:${port}`;
-}
-
-/** GTUBE: SpamAssassin scores it 1000. */
-const GTUBE = 'XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X';
-
-test('Spam Analysis: score and rules from a real spamd', { skip, timeout: 400000 }, async () => {
-  const spamd = await startSpamd();
-  const server = await startServe(dir, 'spam', { MP_ENABLE_SPAMASSASSIN: spamd });
-  servers.push(server.child);
-  const page = await openMail(server, { subject: 'Buy now', text: `Cheap offer\n${GTUBE}\n` });
-  try {
-    // Run on opening, as Mailpit's: the score shows on the tab.
-    await page.waitForSelector('#tab-spam:not([hidden])');
-    const score = page.locator('#spam-score');
-    await eventually(async () => (await score.innerText()) !== '', 'the spam score on the tab', 120000);
-    assert.ok(Number(await score.innerText()) >= 1000, `score ${await score.innerText()}`);
-    assert.match(await score.getAttribute('class'), /\bbad\b/);
-    await page.click('#tab-spam');
-    assert.equal(await page.locator('#spam-verdict').innerText(), 'Spam');
-    assert.match(await page.locator('#spam-total').innerText(), /^\d+(\.\d+)? \/ 5$/);
-    assert.match(await page.locator('#spam-rules').innerText(), /GTUBE/);
-    await shot(page, 'spam-check');
-  } finally {
-    await page.close();
   }
 });

@@ -160,6 +160,26 @@ export async function startServe(dir, name, env = {}) {
   return { base, smtp, child };
 }
 
+/** The messages of the catcher at `base`, newest first. */
+export async function messagesOf(base) {
+  return (await (await fetch(`${base}/api/v1/messages`)).json()).messages;
+}
+
+/**
+ * Sends one message (a send_mail.py spec) to `server` (from startServe),
+ * waits until it is stored, and opens it in a new page of `browser`.
+ */
+export async function openMessage(browser, server, spec) {
+  await sendMailVia(server.smtp, spec);
+  await eventually(async () => (await messagesOf(server.base)).some((m) => m.Subject === spec.subject), `"${spec.subject}" stored`);
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  page.on('pageerror', (e) => console.error('page error:', e.message));
+  await page.goto(server.base + '/');
+  await page.locator('#messages li', { hasText: spec.subject }).click();
+  await page.waitForSelector(`#msg-subject:text("${spec.subject}")`);
+  return page;
+}
+
 /** Stops a server from spawnServe: SIGTERM, SIGKILL after 10 s. */
 export async function stopServe(child) {
   if (!child || child.exitCode !== null) return;

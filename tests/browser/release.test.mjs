@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import {
-  BIN, launch, sendMailVia, shot, startServe, stopServe,
+  BIN, launch, messagesOf, sendMailVia, shot, startServe, stopServe,
 } from './lib.mjs';
 
 let dir;
@@ -31,10 +31,6 @@ async function start(name, env) {
   const server = await startServe(dir, name, env);
   servers.push(server.child);
   return server;
-}
-
-async function messages(base) {
-  return (await (await fetch(`${base}/api/v1/messages`)).json()).messages;
 }
 
 test('release a message from the UI through the relay server', { skip: !BIN && 'MAILSAFE_BIN not set' }, async () => {
@@ -85,12 +81,12 @@ test('release a message from the UI through the relay server', { skip: !BIN && '
   await page.waitForSelector('#toast:text("Released to 2 recipients")');
   const until = Date.now() + 15000;
   let got;
-  while (!(got = (await messages(relay.base)).find((m) => m.Subject === 'Release me'))) {
+  while (!(got = (await messagesOf(relay.base)).find((m) => m.Subject === 'Release me'))) {
     assert.ok(Date.now() < until, 'the released message reaches the relay server');
     await new Promise((r) => setTimeout(r, 100));
   }
   // The envelope recipients (not in the headers) are recorded as Bcc.
   assert.deepEqual(got.Bcc.map((a) => a.Address).sort(), ['dest@ok.test', 'second@ok.test']);
   // The original stays in the catcher.
-  assert.equal((await messages(catcher.base)).length, 1);
+  assert.equal((await messagesOf(catcher.base)).length, 1);
 });
