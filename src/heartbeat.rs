@@ -2,14 +2,22 @@
 //! config file's `heartbeat-url`): a GET of the URL after each successful
 //! snapshot, in `watch`, `cron` and `serve --replica` alike, for a dead
 //! man's switch such as healthchecks.io that alerts when the pings stop.
+//! An idle db takes no snapshot, so in `watch` and `serve --replica` (whose
+//! loops see every change) a loop also pings every `--heartbeat-interval`
+//! while it is current: it has checked the db, every change is in the
+//! replica and its last attempt did not fail ([`Metrics::is_current`]). A
+//! loop that fails, or has changes waiting, does not ping until a snapshot
+//! succeeds, which is what makes the switch fire. `cron` does not look at
+//! the db between rounds, so it pings after rounds only.
 //!
 //! It is fed by [`Metrics::next_success`], so it never sits in the
 //! snapshot's path: a slow or dead receiver delays no snapshot, and pings
-//! that cannot keep up coalesce into one. Each request is bounded by its
-//! timeout; a failure (refused, timed out, not 2xx) is logged and counted
-//! in `mailsafe_heartbeats_total{result="failed"}`, never retried (the
-//! next snapshot pings again). The URL is shown by its scheme, host and
-//! port only: its path and query usually hold the check's token.
+//! that cannot keep up coalesce into one (one request in flight per loop).
+//! Each request is bounded by its timeout; a failure (refused, timed out,
+//! not 2xx) is logged and counted in
+//! `mailsafe_heartbeats_total{result="failed"}`, never retried (the next
+//! snapshot or interval pings again). The URL is shown by its scheme, host
+//! and port only: its path and query usually hold the check's token.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,16 +91,26 @@ impl std::fmt::Debug for HeartbeatUrl {
 pub struct Heartbeat {
     client: reqwest::Client,
     url: HeartbeatUrl,
+    /// Longest time without a ping while a loop is current (`None`: only
+    /// after snapshots).
+    idle: Option<Duration>,
 }
 
 impl Heartbeat {
-    /// A sender to `url` whose requests give up after `timeout`.
-    pub fn new(url: HeartbeatUrl, timeout: Duration) -> anyhow::Result<Arc<Self>> {
+    /// A sender to `url` whose requests give up after `timeout`; with
+    /// `idle` (not zero), a loop spawned with idle pings also pings that
+    /// long after its last ping while it is current.
+    pub fn new(
+        url: HeartbeatUrl,
+        timeout: Duration,
+        idle: Option<Duration>,
+    ) -> anyhow::Result<Arc<Self>> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .build()?;
-        Ok(Arc::new(Self { client, url }))
+        let idle = idle.filter(|d| !d.is_zero());
+        Ok(Arc::new(Self { client, url, idle }))
     }
 
     /// One request; counted into `metrics`, a failure logged. Returns
@@ -117,16 +135,32 @@ impl Heartbeat {
         }
     }
 
-    /// Pings after every successful snapshot recorded in `metrics`, in the
-    /// background, for the rest of the process.
-    pub fn spawn(self: &Arc<Self>, metrics: Arc<Metrics>) {
+    /// Pings after every successful snapshot recorded in `metrics`, and
+    /// with `idle` every idle interval while the loop is current, in the
+    /// background until the returned handle aborts it (a loop that
+    /// stopped).
+    pub fn spawn(self: &Arc<Self>, metrics: Arc<Metrics>, idle: bool) -> tokio::task::AbortHandle {
         let me = self.clone();
+        let idle = me.idle.filter(|_| idle);
         tokio::spawn(async move {
+            let mut last = tokio::time::Instant::now();
             loop {
-                metrics.next_success().await;
+                let due = idle.map(|i| last + i);
+                tokio::select! {
+                    _ = metrics.next_success() => {}
+                    _ = tokio::time::sleep_until(due.unwrap_or(last)), if due.is_some() => {
+                        if !metrics.is_current() {
+                            // Failing or behind: silence is the alarm.
+                            last = tokio::time::Instant::now();
+                            continue;
+                        }
+                    }
+                }
                 me.beat(&metrics).await;
+                last = tokio::time::Instant::now();
             }
-        });
+        })
+        .abort_handle()
     }
 }
 

@@ -8,7 +8,9 @@
 //!   `watch`, `cron` (scheduled and `--once`) and `serve --replica`, with
 //!   its path and query intact; its failures (an error status, no answer
 //!   within the timeout) are counted and logged without the URL's token,
-//!   and a receiver that never answers delays no snapshot.
+//!   and a receiver that never answers delays no snapshot;
+//! - an idle `watch` also pings every `--heartbeat-interval` while its
+//!   replica is current, and a loop that fails does not.
 
 mod common;
 mod watch_support;
@@ -253,6 +255,48 @@ async fn failing_heartbeats_are_counted_and_never_delay_a_snapshot() {
     // The first ping is still waiting for its answer.
     assert_eq!(w.metric(SENT).await + w.metric(FAILED).await, 0.0);
     assert_no_secret(&w.logs());
+}
+
+/// An idle db: after its first snapshot nothing is written, yet `watch`
+/// pings every `--heartbeat-interval` (three idle pings after the
+/// snapshot's, still one snapshot uploaded); a `watch` whose store is down
+/// never pings, however many intervals its failures span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_watch_pings_on_an_interval_only_while_current() {
+    let s3 = common::s3();
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(Answer::Ok);
+    let every = ["--heartbeat-interval", "300ms"];
+    let (w, _db) = watch_pinging(&s3, dir.path(), "idle", &receiver.url(), &every);
+    wait_metric(&w, UPLOADED, 1.0, Duration::from_secs(60)).await;
+    let got = receiver.wait_for(4, Duration::from_secs(60), &|| w.logs());
+    assert!(got.iter().all(|r| *r == expected_request()), "{got:?}");
+    assert_eq!(w.metric(UPLOADED).await, 1.0, "no write, no snapshot");
+    wait_metric(&w, SENT, 4.0, Duration::from_secs(30)).await;
+    assert_no_secret(&w.logs());
+
+    // Down from the start: failing attempts over many intervals, no ping.
+    let silent = Receiver::start(Answer::Ok);
+    let db_path = dir.path().join("down.db");
+    insert(&create_db(&db_path), 1);
+    let dead = format!("http://127.0.0.1:{}", common::free_port());
+    let url = silent.url();
+    let args = [&["--heartbeat-url", url.as_str()][..], &every].concat();
+    let started = Instant::now();
+    let down = Watcher::start(&s3, &dead, &db_path, &s3.url("obs-down"), &args);
+    // Failures and five intervals: both conditions, waited for.
+    wait_metric(
+        &down,
+        "mailsafe_snapshot_errors_total",
+        3.0,
+        Duration::from_secs(120),
+    )
+    .await;
+    while started.elapsed() < Duration::from_millis(1500) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(down.metric(SENT).await + down.metric(FAILED).await, 0.0);
+    assert!(silent.requests().is_empty(), "{:?}", silent.requests());
 }
 
 /// `cron --schedule`: `/metrics` with `watch`'s names and `/healthz` from

@@ -245,6 +245,12 @@ pub struct MonitorArgs {
     /// How long one heartbeat request may take before it counts as failed.
     #[arg(long, env = "MAILSAFE_HEARTBEAT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub heartbeat_timeout: std::time::Duration,
+    /// `watch` and `serve --replica`: also send the heartbeat this long
+    /// after the last one while the db is idle and its replica current
+    /// (nothing waiting, last attempt good), so an idle db does not look
+    /// dead; a failing or lagging loop stays silent. 0 turns it off.
+    #[arg(long, env = "MAILSAFE_HEARTBEAT_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: std::time::Duration,
 }
 
 /// Retention policy flags, shared by `cron` and `prune` (like restic's

@@ -60,7 +60,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             return crate::serve::run(config, None, shutdown).await;
         };
         let metrics = Metrics::new();
-        serve_monitor(&args.monitor, Registry::single(metrics.clone()), true).await?;
+        let registry = Registry::single(metrics.clone());
+        serve_monitor(&args.monitor, registry, Beats::AlsoIdle).await?;
         let shutdown = shutdown_deadline(
             signal,
             timeout,
@@ -79,16 +80,28 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })?
 }
 
+/// Which heartbeats [`serve_monitor`] sends itself.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Beats {
+    /// None: the caller pings with the returned sender (`cron --once`,
+    /// before it exits; `watch`, whose loops come and go).
+    Caller,
+    /// After each successful snapshot of each loop (`cron --schedule`).
+    AfterSnapshots,
+    /// Those, and every `--heartbeat-interval` while a loop is current
+    /// (`serve --replica`, whose loop sees every change).
+    AlsoIdle,
+}
+
 /// `/metrics` and `/healthz` of `registry` on `--listen` (in the
 /// background) and the heartbeat: the one way every backing-up mode
-/// (`watch`, `cron`, `serve --replica`) is observed. With `background`,
-/// each loop of `registry` pings after each of its successful snapshots
-/// (one sender per loop, counted in its own metrics); without, the caller
-/// pings with the returned sender itself (`cron --once`, before it exits).
+/// (`watch`, `cron`, `serve --replica`) is observed. Unless `beats` is
+/// [`Beats::Caller`], each loop of `registry` pings in the background (one
+/// sender per loop, counted in its own metrics).
 async fn serve_monitor(
     monitor: &args::MonitorArgs,
     registry: mailsafe::watch::metrics::Registry,
-    background: bool,
+    beats: Beats,
 ) -> anyhow::Result<Option<std::sync::Arc<crate::heartbeat::Heartbeat>>> {
     if let Some(listen) = &monitor.listen {
         mailsafe::watch::serve_http(listen, registry.clone(), monitor.health_max_lag).await?;
@@ -99,13 +112,14 @@ async fn serve_monitor(
             Some(crate::heartbeat::Heartbeat::new(
                 url.clone(),
                 monitor.heartbeat_timeout,
+                Some(monitor.heartbeat_interval),
             )?)
         }
         None => None,
     };
-    if let (Some(h), true) = (&heartbeat, background) {
+    if let (Some(h), false) = (&heartbeat, beats == Beats::Caller) {
         for (_, m) in registry.loops() {
-            h.spawn(m.clone());
+            h.spawn(m.clone(), beats == Beats::AlsoIdle);
         }
     }
     Ok(heartbeat)
@@ -434,7 +448,11 @@ fn cron(args: CronArgs) -> anyhow::Result<()> {
         // `--once` pings itself before it exits; a scheduled run pings in
         // the background like `watch`.
         let registry = Registry::single(metrics.clone());
-        let heartbeat = serve_monitor(&args.monitor, registry, schedule.is_some()).await?;
+        let beats = match schedule {
+            Some(_) => Beats::AfterSnapshots,
+            None => Beats::Caller,
+        };
+        let heartbeat = serve_monitor(&args.monitor, registry, beats).await?;
         let progress = cron::Progress::new(&args.db, &store);
         let shutdown = shutdown_deadline(
             signal,

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use super::args::{WatchArgs, WatchDbArgs};
 use super::config::{DbPlan, Plan};
-use super::{newest_replica, open_replica, retention_policy, serve_monitor};
+use super::{Beats, newest_replica, open_replica, retention_policy, serve_monitor};
 use crate::exec::{App, AppExit, Forward};
 use crate::shutdown::{
     Undone, inner_deadline, replica_undone, shutdown_deadline, termination_signal,
@@ -167,7 +167,7 @@ async fn run_loops(
             });
         }
     }
-    serve_monitor(&plan.monitor, registry.clone(), true).await?;
+    serve_monitor(&plan.monitor, registry.clone(), Beats::AlsoIdle).await?;
     if args.restore_if_db_not_exists {
         tokio::select! {
             r = restore_missing(&plan.dbs, &pairs) => r?,

@@ -204,6 +204,18 @@ impl Metrics {
         self.success.notified().await;
     }
 
+    /// Whether the loop is healthy with nothing to do: it has checked the
+    /// db at least once, every change seen is in the replica, the last
+    /// attempt did not fail and no other writer's lease blocks it. What an
+    /// idle heartbeat is sent on.
+    pub fn is_current(&self) -> bool {
+        let s = self.state();
+        s.last_success.is_some()
+            && s.pending_since.is_none()
+            && s.last_error.is_none()
+            && s.lease_wait.is_none()
+    }
+
     /// Counts one heartbeat request, answered with a 2xx (`ok`) or not.
     pub fn record_heartbeat(&self, ok: bool) {
         match ok {
@@ -779,6 +791,31 @@ mod tests {
                 .unwrap()
                 .starts_with("ok lag=")
         );
+    }
+
+    /// Current (what an idle heartbeat needs): checked once, nothing
+    /// waiting, no failure since the last success, no lease wait.
+    #[test]
+    fn current_only_after_a_success_with_nothing_waiting() {
+        let m = Metrics::new();
+        assert!(!m.is_current(), "never checked");
+        let t0 = chrono::Utc::now();
+        m.record_success(t0, None, 0, Duration::ZERO);
+        assert!(m.is_current());
+        m.record_change(t0 + chrono::Duration::seconds(1));
+        assert!(!m.is_current(), "a change waits");
+        m.record_success(
+            t0 + chrono::Duration::seconds(2),
+            Some("id"),
+            1,
+            Duration::ZERO,
+        );
+        assert!(m.is_current());
+        m.record_error("down");
+        assert!(!m.is_current(), "failing");
+        m.record_success(t0 + chrono::Duration::seconds(3), None, 0, Duration::ZERO);
+        m.set_lease_wait(Some("held by another".into()));
+        assert!(!m.is_current(), "blocked by another writer");
     }
 
     #[test]
