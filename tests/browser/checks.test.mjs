@@ -103,6 +103,20 @@ test('Link Check runs on request, shows each link\'s status, follows redirects w
     await page.waitForSelector('#msg-subject:text("Links to check")');
     await page.click('#tab-links');
     assert.equal(await page.isChecked('#link-follow'), true);
+    assert.equal(await page.locator('#link-heading').innerText(), 'Link check', 'not run on opening by default');
+
+    // Automatic checking (Mailpit's option): turned on, it runs at once and
+    // then on every message opened.
+    await page.check('#link-auto');
+    await page.waitForSelector('#link-heading:text("Scanned 3 links")', { timeout: 60000 });
+    seen.length = 0;
+    await page.reload();
+    await page.waitForSelector('#msg-subject:text("Links to check")');
+    // (A request per link at least; /moved is followed to /ok too.)
+    await eventually(() => seen.length >= 3, 'the links requested on opening', 60000);
+    await page.click('#tab-links');
+    await page.waitForSelector('#link-heading:text("Scanned 3 links")', { timeout: 60000 });
+    await page.uncheck('#link-auto');
   } finally {
     await page?.close();
     site.close();

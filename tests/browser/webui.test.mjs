@@ -3,7 +3,8 @@
 // reports ChaosEnabled, DuplicatesIgnored and HideDeleteAllButton from the
 // real options, the UI hides "Delete all", and MP_BLOCK_REMOTE_CSS_AND_FONTS
 // keeps remote stylesheets and fonts out of the preview even after the user
-// loads remote content (which still loads remote images).
+// loads remote content (which still loads remote images); with chaos on,
+// Settings sets its triggers (and SMTP then answers with them).
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import http from 'node:http';
@@ -11,7 +12,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import {
-  BASE, BIN, RED_PNG_B64, api, clearMailbox, eventually, launch, sendMail, sendMailVia, startServe, stopServe,
+  BASE, BIN, RED_PNG_B64, api, clearMailbox, eventually, launch, messagesOf, sendMail, sendMailVia, shot, startServe, stopServe,
 } from './lib.mjs';
 
 let dir;
@@ -124,5 +125,52 @@ test('MP_BLOCK_REMOTE_CSS_AND_FONTS: remote images load on request, stylesheets 
     }
   } finally {
     remote.close();
+  }
+});
+
+test('chaos triggers set from Settings when chaos is on', { skip }, async () => {
+  const page = await browser.newPage();
+  try {
+    // Not offered by a server without chaos.
+    await page.goto(BASE + '/');
+    await page.waitForSelector('#conn.live');
+    await page.click('#settings-btn');
+    assert.equal(await page.locator('#chaos').isVisible(), false);
+
+    const settings = page.waitForResponse((r) => r.url().endsWith('/api/v1/webui'));
+    await page.goto(strict.base + '/');
+    await settings;
+    await page.click('#settings-btn');
+    await page.waitForSelector('#chaos:not([hidden])');
+    const now = await (await fetch(`${strict.base}/api/v1/chaos`)).json();
+    await eventually(async () => (await page.inputValue('#chaos-Recipient-code')) === String(now.Recipient.ErrorCode), 'the triggers loaded');
+
+    // Every recipient refused with 452: SMTP says so.
+    await page.fill('#chaos-Recipient-code', '452');
+    await page.fill('#chaos-Recipient-prob', '100');
+    await page.click('#chaos-save');
+    await page.waitForSelector('#chaos-note:text("Updated")');
+    await shot(page, 'settings-chaos');
+    const set = await (await fetch(`${strict.base}/api/v1/chaos`)).json();
+    assert.deepEqual(set.Recipient, { ErrorCode: 452, Probability: 100 });
+    await assert.rejects(sendMailVia(strict.smtp, { subject: 'Refused by chaos' }), /452/);
+
+    // A code the server refuses: its answer shown, nothing changed.
+    await page.fill('#chaos-Recipient-code', '200');
+    await page.press('#chaos-Recipient-code', 'Enter');
+    await eventually(async () => /\S/.test(await page.locator('#chaos-note').innerText()) &&
+      (await page.locator('#chaos-note').innerText()) !== 'Updated', 'the refusal shown');
+    assert.equal(await page.locator('#settings').evaluate((d) => d.open), true, 'Enter kept the dialog open');
+    assert.deepEqual((await (await fetch(`${strict.base}/api/v1/chaos`)).json()).Recipient, { ErrorCode: 452, Probability: 100 });
+
+    // Off again: mail goes through.
+    await page.fill('#chaos-Recipient-code', '451');
+    await page.fill('#chaos-Recipient-prob', '0');
+    await page.click('#chaos-save');
+    await page.waitForSelector('#chaos-note:text("Updated")');
+    await sendMailVia(strict.smtp, { subject: 'After chaos' });
+    await eventually(async () => (await messagesOf(strict.base)).some((m) => m.Subject === 'After chaos'), 'mail accepted again');
+  } finally {
+    await page.close();
   }
 });

@@ -40,6 +40,7 @@
     listSeq: 0,          // guards against out-of-order list responses
     label: '',           // MP_LABEL, to tell several catchers apart
     relay: null,         // /api/v1/webui MessageRelay when a relay server is set
+    chaos: false,        // /api/v1/webui ChaosEnabled: Settings shows the triggers
     spam: false,         // /api/v1/webui SpamAssassin: the spam check is enabled
     htmlCheck: true,     // false once the server says the HTML check is not enabled
     checks: {},          // the open message's check results: { links, spam, html }
@@ -737,6 +738,8 @@
   // so it runs only when asked.
   function startChecks(m) {
     if (state.spam) runSpamCheck(m);
+    // Mailpit's "automatic link checking", off unless the user turns it on.
+    if (stored('mp-link-check-auto-scan') === 'true') runLinkCheck(m);
     if (m.HTML && state.htmlCheck !== false) runCheck(m, 'html', `/api/v1/message/${encodeURIComponent(m.ID)}/html-check`);
   }
 
@@ -843,6 +846,11 @@
       // As in Mailpit: results on screen are redone with the new setting.
       if (done && c.result) runLinkCheck(m);
     });
+    const auto = el('input', { type: 'checkbox', id: 'link-auto', checked: stored('mp-link-check-auto-scan') === 'true' });
+    auto.addEventListener('change', () => {
+      store('mp-link-check-auto-scan', auto.checked ? 'true' : null);
+      if (auto.checked && !c) runLinkCheck(m);
+    });
     let heading = 'Link check';
     if (done && c.result) {
       const n = (c.result.Links || []).length;
@@ -853,6 +861,7 @@
       el('button', { type: 'button', id: 'link-run', class: 'primary', disabled: c && c.loading, onclick: () => runLinkCheck(m) },
         c && c.loading ? 'Checking links…' : done ? 'Check again' : 'Check message links'),
       el('label', { class: 'small' }, follow, ' Follow HTTP redirects'),
+      el('label', { class: 'small' }, auto, ' Check every message when it opens'),
     )];
     if (!done) {
       out.push(el('p', { class: 'muted check-intro' },
@@ -1231,6 +1240,11 @@
       r.addEventListener('change', () => { if (r.checked) setTheme(r.value); });
     }
     $('notify').addEventListener('change', (e) => setNotify(e.target.checked).catch(fail));
+    $('chaos-save').addEventListener('click', () => saveChaos().catch(fail));
+    // Enter in a trigger saves it, rather than submitting (closing) the dialog.
+    $('chaos').addEventListener('keydown', (e) => {
+      if (e.key === 'Enter' && e.target.tagName === 'INPUT') { e.preventDefault(); saveChaos().catch(fail); }
+    });
     $('remote').addEventListener('change', (e) => { state.remote = e.target.checked; renderPane().catch(fail); });
     if (BLOCK_REMOTE_CSS) {
       $('remote-label').textContent = 'Load remote images';
@@ -1270,7 +1284,38 @@
     const theme = document.documentElement.dataset.theme || 'auto';
     $(`theme-${theme}`).checked = true;
     renderNotify();
+    $('chaos').hidden = !state.chaos;
+    if (state.chaos) loadChaos().catch((e) => { $('chaos-note').textContent = errorText(e); });
     $('settings').showModal();
+  }
+
+  // Chaos (MP_ENABLE_CHAOS): the triggers as /api/v1/chaos has them.
+  const CHAOS = ['Sender', 'Recipient', 'Authentication'];
+  async function loadChaos() {
+    $('chaos-note').textContent = '';
+    showChaos(await api('GET', '/api/v1/chaos'));
+  }
+
+  function showChaos(t) {
+    for (const k of CHAOS) {
+      $(`chaos-${k}-code`).value = t[k] ? t[k].ErrorCode : '';
+      $(`chaos-${k}-prob`).value = t[k] ? t[k].Probability : '';
+    }
+  }
+
+  // Sends every trigger (the server takes them all at once, as Mailpit's);
+  // its refusal of a bad value is shown as it words it.
+  async function saveChaos() {
+    const body = {};
+    for (const k of CHAOS) {
+      body[k] = { ErrorCode: Number($(`chaos-${k}-code`).value), Probability: Number($(`chaos-${k}-prob`).value) };
+    }
+    try {
+      showChaos(await api('PUT', '/api/v1/chaos', body));
+      $('chaos-note').textContent = 'Updated';
+    } catch (e) {
+      $('chaos-note').textContent = errorText(e);
+    }
   }
 
   // light, dark or auto (prefers-color-scheme); theme.js applies the stored
@@ -1447,9 +1492,9 @@
   }
 
   // Server-side UI settings (Mailpit's /api/v1/webui): a label, whether
-  // "Delete all" is hidden, the relay server (the Release button) and
-  // whether spamd is there (the Spam Analysis tab). Optional: the UI works
-  // the same without them.
+  // "Delete all" is hidden, the relay server (the Release button), whether
+  // spamd is there (the Spam Analysis tab) and whether chaos is on (its
+  // triggers in Settings). Optional: the UI works the same without them.
   async function loadSettings() {
     try {
       const w = await api('GET', '/api/v1/webui');
@@ -1464,6 +1509,7 @@
         state.relay = w.MessageRelay;
         if (state.message) $('msg-release').hidden = false;
       }
+      if (w && w.ChaosEnabled) state.chaos = true;
       if (w && w.SpamAssassin) {
         state.spam = true;
         // A message opened before the settings arrived gets its check now.
