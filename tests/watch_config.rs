@@ -44,24 +44,56 @@ fn labels(db: &Path, replica: &str) -> String {
 /// after a success that came after `since` (unix seconds).
 async fn wait_pair_caught_up(w: &Watcher, db: &Path, replica: &str, since: f64) {
     let l = labels(db, replica);
+    let lag = format!("mailsafe_replication_lag_seconds{l}");
+    let ok = format!("mailsafe_last_success_timestamp_seconds{l}");
+    wait_metrics(w, &format!("{l} caught up"), |m| {
+        m.get(&lag) == Some(&0.0) && m.get(&ok).is_some_and(|t| *t >= since)
+    })
+    .await;
+}
+
+/// Waits (bounded by 60 s) until `cond` holds of `/metrics`; `what` says
+/// what for in the failure.
+async fn wait_metrics(
+    w: &Watcher,
+    what: &str,
+    cond: impl Fn(&std::collections::BTreeMap<String, f64>) -> bool,
+) {
     let start = Instant::now();
     loop {
-        let lag = w
-            .metric(&format!("mailsafe_replication_lag_seconds{l}"))
-            .await;
-        let ok = w
-            .metric(&format!("mailsafe_last_success_timestamp_seconds{l}"))
-            .await;
-        if lag == 0.0 && ok >= since {
+        if w.metrics().await.is_some_and(|m| cond(&m)) {
             return;
         }
         assert!(
             start.elapsed() < Duration::from_secs(60),
-            "{l} not caught up within 60 s (lag {lag}); log:\n{}",
+            "{what}: not within 60 s; log:\n{}",
             w.logs()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `restore --config FILE --db DB -o OUT [--replica NAME]` with the
+/// file's `$BUCKET`; must succeed.
+fn restore_through(
+    s3: &common::S3,
+    config: &Path,
+    db: &Path,
+    out: &Path,
+    replica: Option<&str>,
+) -> std::process::Output {
+    let mut cmd = s3.mailsafe();
+    cmd.env("BUCKET", &s3.bucket)
+        .args(["restore", "--config"])
+        .arg(config)
+        .arg("--db")
+        .arg(db)
+        .arg("-o")
+        .arg(out);
+    if let Some(r) = replica {
+        cmd.args(["--replica", r]);
+    }
+    common::run_ok(&mut cmd)
 }
 
 /// Two dbs, three replicas, one of them dead: the live ones keep taking
@@ -155,18 +187,7 @@ async fn two_dbs_three_replicas_one_dead_store_delays_no_other() {
 
     // Restores through the same file.
     let restore = |db: &Path, out: &Path, replica: Option<&str>| {
-        let mut cmd = s3.mailsafe();
-        cmd.env("BUCKET", &s3.bucket)
-            .args(["restore", "--config"])
-            .arg(&config)
-            .arg("--db")
-            .arg(db)
-            .arg("-o")
-            .arg(out);
-        if let Some(r) = replica {
-            cmd.args(["--replica", r]);
-        }
-        common::run_ok(&mut cmd)
+        restore_through(&s3, &config, db, out, replica)
     };
     let out = dir.path().join("a-primary.db");
     restore(&a, &out, Some("primary"));
@@ -320,4 +341,129 @@ fn restore_at_or_snapshot_searches_the_replicas_in_order() {
         assert!(out.status.success(), "{pick:?}: {err}");
         assert_eq!(row_ids(&out_db), 1, "{pick:?}");
     }
+}
+
+/// Waits (bounded by 60 s) until the log has a line with every one of
+/// `words`.
+fn wait_log(w: &Watcher, words: &[&str]) {
+    let start = Instant::now();
+    while !w
+        .logs()
+        .lines()
+        .any(|l| words.iter().all(|word| l.contains(word)))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no log line with {words:?} within 60 s; log:\n{}",
+            w.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A recursive `dir` entry: the dbs there at start and one created while
+/// `watch` runs each get their own loop, label and replica (the entry's
+/// URL plus the db's path below the dir); files that are not dbs are
+/// skipped with a debug line; a db deleted while watched is reported and
+/// its loop stopped (its series leave `/metrics`) while the others go on;
+/// `restore --config --db` finds a found db (even one that is gone) by the
+/// same rule, and the derived URL restores it directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dir_entry_finds_new_dbs_and_stops_removed_ones() {
+    let s3 = common::s3();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("t1")).unwrap();
+    let (a, b, c) = (
+        data.join("a.db"),
+        data.join("t1/b.db"),
+        data.join("t2/c.db"),
+    );
+    let (db_a, db_b) = (create_db(&a), create_db(&b));
+    std::fs::write(data.join("notes.db"), "not a database").unwrap();
+    let config = dir.path().join("mailsafe.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "dbs:
+  - dir: {data}
+    pattern: \"*.db\"
+    recursive: true
+    rescan-interval: 200ms
+    debounce: 100ms
+    replicas:
+      - url: s3://$BUCKET/tenants/
+",
+            data = data.display(),
+        ),
+    )
+    .unwrap();
+    let mut w = start(
+        &s3,
+        &config,
+        &[("BUCKET", &s3.bucket)],
+        &["--shutdown-timeout", "5s"],
+    );
+    let since = unix_now();
+    for id in 1..=5 {
+        insert(&db_a, id);
+        insert(&db_b, id);
+    }
+    wait_pair_caught_up(&w, &a, "replica1", since).await;
+    wait_pair_caught_up(&w, &b, "replica1", since).await;
+    wait_log(&w, &["not backed up", "notes.db", "not a SQLite database"]);
+
+    // A new tenant: picked up by a rescan, with its own label.
+    std::fs::create_dir_all(data.join("t2")).unwrap();
+    let db_c = create_db(&c);
+    let since = unix_now();
+    for id in 1..=3 {
+        insert(&db_c, id);
+    }
+    let c_success = format!(
+        "mailsafe_last_success_timestamp_seconds{}",
+        labels(&c, "replica1")
+    );
+    wait_metrics(&w, "the new db's loop", |m| m.contains_key(&c_success)).await;
+    wait_pair_caught_up(&w, &c, "replica1", since).await;
+
+    // b is deleted: reported, its loop stopped, its series gone; a and c
+    // go on.
+    drop(db_b);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", b.display()));
+    }
+    wait_log(&w, &["database is gone", &b.display().to_string()]);
+    wait_log(&w, &["stopped (the database is gone)"]);
+    let b_labels = labels(&b, "replica1");
+    wait_metrics(&w, "b's series removed", |m| {
+        !m.keys().any(|k| k.contains(&b_labels))
+    })
+    .await;
+    let since = unix_now();
+    for id in 6..=8 {
+        insert(&db_a, id);
+    }
+    insert(&db_c, 4);
+    wait_pair_caught_up(&w, &a, "replica1", since).await;
+    wait_pair_caught_up(&w, &c, "replica1", since).await;
+    let logs = w.stop(Duration::from_secs(60));
+    assert!(
+        !logs
+            .lines()
+            .any(|l| l.contains("found a database") && l.contains("notes.db")),
+        "{logs}"
+    );
+
+    // Restores: through the file by db path (b is gone, found by the same
+    // rule), and straight from the derived URL.
+    let restore = |db: &Path, out: &Path| restore_through(&s3, &config, db, out, None);
+    let out = dir.path().join("a.restored");
+    restore(&a, &out);
+    assert_eq!(row_ids(&out), 8);
+    let out = dir.path().join("b.restored");
+    restore(&b, &out);
+    assert_eq!(row_ids(&out), 5);
+    let out = dir.path().join("c.restored");
+    assert_eq!(restored_rows(&s3, &s3.url("tenants/t2/c.db"), &out), 4);
 }

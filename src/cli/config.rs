@@ -16,6 +16,13 @@
 //! bucket or key path would only fail later and less clearly. Every error
 //! names the file, the key (`dbs[1].replicas[0].url`) and the line, and comes
 //! before anything starts (exit 2).
+//!
+//! An entry may also find its dbs itself ([`Discover`]): `dir` with a
+//! `pattern` (and `recursive`), or a `path` with wildcards. Each db it finds
+//! gets its own loops, with the entry's settings and replicas, each
+//! replica's URL extended by the db's path below the entry's directory
+//! (`s3://b/tenants` + `/acme/mail.db`); `watch` scans again every
+//! `rescan-interval`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,13 +30,16 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::args::{MonitorArgs, ReplicaArgs, S3Keys, WatchArgs, WatchDbArgs};
+use super::discover::{Pattern, has_wildcard};
 use crate::heartbeat::HeartbeatUrl;
 
 /// Everything `watch` runs.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// The dbs, each watched by its own loops.
+    /// The dbs listed by path, each watched by its own loops.
     pub dbs: Vec<DbPlan>,
+    /// The `dir` and glob entries, in the file's order.
+    pub discover: Vec<Discover>,
     /// `/metrics`, `/healthz` and the heartbeat: the flags, where the file
     /// does not say (`listen`, `heartbeat-url`; a flag given wins).
     pub monitor: MonitorArgs,
@@ -47,6 +57,59 @@ pub struct DbPlan {
     /// Its replicas, in the file's order; each gets its own snapshotter,
     /// lease and history.
     pub replicas: Vec<NamedReplica>,
+}
+
+/// A `dir` or glob entry: the dbs it finds now and later.
+#[derive(Debug, Clone)]
+pub struct Discover {
+    /// Which files are its dbs.
+    pub pattern: Pattern,
+    /// How often `watch` looks for new and removed dbs.
+    pub rescan_interval: Duration,
+    /// The entry's settings and replicas (their URLs are the bases each
+    /// db's path is appended to); `path` is the root.
+    template: DbPlan,
+}
+
+/// How often a `dir` or glob entry is scanned again unless it says
+/// (`rescan-interval`): a new tenant's db is backed up within this (plus
+/// the debounce) of its first commit, at the cost of one directory walk.
+pub const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(10);
+
+impl Discover {
+    /// The entry's settings and replicas (`path` its directory, each URL
+    /// the base of its dbs').
+    pub fn template(&self) -> DbPlan {
+        self.template.clone()
+    }
+
+    /// The plan of `db` if this entry's pattern names it (whether or not it
+    /// exists: `restore` asks about lost dbs): the entry's settings, each
+    /// replica's URL with `/` and the db's path below the root appended.
+    pub fn db(&self, db: &Path) -> Option<DbPlan> {
+        let rel = self.pattern.relative(db)?;
+        let mut plan = self.template.clone();
+        plan.path = db.to_path_buf();
+        for r in &mut plan.replicas {
+            r.args.replica = Some(join_url(r.args.url(), &rel));
+        }
+        Some(plan)
+    }
+}
+
+/// `base` (a replica URL) with `/rel` appended, whatever slashes `base`
+/// ends with.
+fn join_url(base: &str, rel: &str) -> String {
+    format!("{}/{rel}", base.trim_end_matches('/'))
+}
+
+/// Whether one replica URL is the other or below it (by `/`-separated
+/// components): two such replicas would share objects, or one's
+/// retention would see the other's.
+fn nested(a: &str, b: &str) -> bool {
+    let (a, b) = (a.trim_end_matches('/'), b.trim_end_matches('/'));
+    let below = |x: &str, y: &str| x.strip_prefix(y).is_some_and(|r| r.starts_with('/'));
+    a == b || below(a, b) || below(b, a)
 }
 
 /// A replica with the name metrics, logs and `restore --replica` use.
@@ -74,6 +137,7 @@ impl Plan {
                 ));
             };
             return Ok(Plan {
+                discover: Vec::new(),
                 dbs: vec![DbPlan {
                     path: db.clone(),
                     settings: args.settings.clone(),
@@ -97,22 +161,49 @@ impl Plan {
         Ok(plan)
     }
 
-    /// The entry of `db` (as the file writes its path), or a usage error
-    /// listing the file's dbs.
-    pub fn db(&self, db: &Path, file: &Path) -> Result<&DbPlan, mailsafe::Error> {
-        self.dbs.iter().find(|d| d.path == db).ok_or_else(|| {
-            let listed: Vec<String> = self
-                .dbs
-                .iter()
-                .map(|d| d.path.display().to_string())
-                .collect();
-            mailsafe::Error::Usage(format!(
-                "config file {}: no db {} (it lists {})",
-                file.display(),
-                db.display(),
-                listed.join(", ")
-            ))
-        })
+    /// The entry of `db`: listed (as the file writes its path), else the
+    /// first `dir` or glob entry whose pattern names it; or a usage error
+    /// listing the file's entries.
+    pub fn db(&self, db: &Path, file: &Path) -> Result<DbPlan, mailsafe::Error> {
+        if let Some(d) = self.dbs.iter().find(|d| d.path == db) {
+            return Ok(d.clone());
+        }
+        if let Some(d) = self.discover.iter().find_map(|e| e.db(db)) {
+            return Ok(d);
+        }
+        let listed: Vec<String> = self
+            .dbs
+            .iter()
+            .map(|d| d.path.display().to_string())
+            .chain(self.discover.iter().map(|e| e.pattern.to_string()))
+            .collect();
+        Err(mailsafe::Error::Usage(format!(
+            "config file {}: no db {} (it lists {})",
+            file.display(),
+            db.display(),
+            listed.join(", ")
+        )))
+    }
+
+    /// The dbs the `dir` and glob entries find now, each once: a db listed
+    /// by path, or found by an earlier entry, is not found again. Files
+    /// that match but are no dbs are passed to `skipped`.
+    pub fn scan(&self, skipped: &mut dyn FnMut(&Path, &str)) -> Vec<DbPlan> {
+        let mut seen: std::collections::BTreeSet<PathBuf> =
+            self.dbs.iter().map(|d| d.path.clone()).collect();
+        let mut found = Vec::new();
+        for entry in &self.discover {
+            let scan = entry.pattern.scan();
+            for (path, why) in &scan.skipped {
+                skipped(path, why);
+            }
+            for path in scan.dbs {
+                if seen.insert(path.clone()) {
+                    found.extend(entry.db(&path));
+                }
+            }
+        }
+        found
     }
 }
 
@@ -141,19 +232,24 @@ pub fn parse(
         |msg: String| mailsafe::Error::Usage(format!("config file {}: {msg}", file.display()));
     let text = expand(text, &|name| std::env::var(name).ok()).map_err(bad)?;
     let doc: FileDoc = serde_yaml::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    let mut seen = std::collections::BTreeSet::new();
     let mut dbs = Vec::new();
-    for (i, db) in doc.dbs.into_iter().enumerate() {
-        if !seen.insert(db.path.clone()) {
-            return Err(bad(format!(
-                "dbs[{i}].path: {} is listed twice (each db is watched once; give it several replicas instead)",
-                db.path.display()
-            )));
+    let mut discover = Vec::new();
+    for db in doc.dbs {
+        let source = db.source.clone();
+        let rescan_interval = db.raw.rescan_interval;
+        let plan = db.into_plan(base, replica);
+        match source {
+            Source::Path(_) => dbs.push(plan),
+            Source::Found(pattern) => discover.push(Discover {
+                pattern,
+                rescan_interval: rescan_interval.unwrap_or(DEFAULT_RESCAN_INTERVAL),
+                template: plan,
+            }),
         }
-        dbs.push(db.into_plan(base, replica));
     }
     Ok(Plan {
         dbs,
+        discover,
         monitor: MonitorArgs {
             listen: doc.listen,
             heartbeat_url: doc.heartbeat_url,
@@ -237,11 +333,24 @@ struct FileDoc {
     dbs: Vec<FileDb>,
 }
 
-/// One entry of `dbs`.
+/// One entry of `dbs`, as written: a db by `path`, or the dbs found by a
+/// `dir` and `pattern` or a `path` with wildcards; checked into a
+/// [`FileDb`] while the file is read, so a mistake carries its key and line.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileDb {
-    path: PathBuf,
+struct RawDb {
+    #[serde(default)]
+    path: Option<PathBuf>,
+    #[serde(default)]
+    dir: Option<PathBuf>,
+    /// A file name pattern (`*`, `?`) for `dir`; `*.db` if not given.
+    #[serde(default)]
+    pattern: Option<String>,
+    /// With `dir`: match files in every directory below it too.
+    #[serde(default)]
+    recursive: Option<bool>,
+    #[serde(default, deserialize_with = "duration")]
+    rescan_interval: Option<Duration>,
     #[serde(deserialize_with = "replicas")]
     replicas: Vec<FileReplica>,
     #[serde(default)]
@@ -258,6 +367,62 @@ struct FileDb {
     retention: Option<FileRetention>,
     #[serde(default)]
     unsafe_no_conditional_writes: Option<bool>,
+}
+
+/// Where an entry's dbs are.
+#[derive(Debug, Clone)]
+enum Source {
+    /// One db.
+    Path(PathBuf),
+    /// Every db a pattern finds.
+    Found(Pattern),
+}
+
+/// One entry of `dbs`.
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "RawDb")]
+struct FileDb {
+    source: Source,
+    raw: RawDb,
+}
+
+impl TryFrom<RawDb> for FileDb {
+    type Error = String;
+
+    /// `path` or `dir`, not both; `pattern` and `recursive` only with
+    /// `dir`; `rescan-interval` only where there is something to scan.
+    fn try_from(r: RawDb) -> Result<Self, String> {
+        let source = match (&r.path, &r.dir) {
+            (Some(_), Some(_)) => return Err("give `path` or `dir`, not both".into()),
+            (None, None) => {
+                return Err(
+                    "give `path` (a db, or a glob such as /data/*/mail.db) or `dir` (with `pattern`)"
+                        .into(),
+                );
+            }
+            (Some(path), None) => {
+                if r.pattern.is_some() || r.recursive.is_some() {
+                    return Err("`pattern` and `recursive` go with `dir`, not `path`".into());
+                }
+                match has_wildcard(&path.to_string_lossy()) {
+                    true => Source::Found(Pattern::glob(path)?),
+                    false => Source::Path(path.clone()),
+                }
+            }
+            (None, Some(dir)) => Source::Found(Pattern::dir(
+                dir,
+                r.pattern.as_deref().unwrap_or("*.db"),
+                r.recursive.unwrap_or(false),
+            )?),
+        };
+        if matches!(source, Source::Path(_)) && r.rescan_interval.is_some() {
+            return Err("`rescan-interval` goes with `dir` or a glob `path`".into());
+        }
+        if r.rescan_interval.is_some_and(|d| d.is_zero()) {
+            return Err("`rescan-interval` must be more than 0s".into());
+        }
+        Ok(FileDb { source, raw: r })
+    }
 }
 
 /// A db's `retention`: keep rules (which, when any is given, replace the
@@ -392,15 +557,20 @@ impl FileDb {
     /// The plan of this entry, on top of the flags' `base` settings and
     /// `replica` endpoint and key.
     fn into_plan(self, base: &WatchDbArgs, replica: &ReplicaArgs) -> DbPlan {
+        let path = match &self.source {
+            Source::Path(p) => p.clone(),
+            Source::Found(pattern) => pattern.root().to_path_buf(),
+        };
+        let me = self.raw;
         let mut s = base.clone();
-        s.debounce = self.debounce.unwrap_or(s.debounce);
-        s.max_delay = self.max_delay.unwrap_or(s.max_delay);
-        s.lease_ttl = self.lease_ttl.unwrap_or(s.lease_ttl);
-        s.poll_interval = self.poll_interval.or(s.poll_interval);
-        s.writer.unsafe_no_conditional_writes = self
+        s.debounce = me.debounce.unwrap_or(s.debounce);
+        s.max_delay = me.max_delay.unwrap_or(s.max_delay);
+        s.lease_ttl = me.lease_ttl.unwrap_or(s.lease_ttl);
+        s.poll_interval = me.poll_interval.or(s.poll_interval);
+        s.writer.unsafe_no_conditional_writes = me
             .unsafe_no_conditional_writes
             .unwrap_or(s.writer.unsafe_no_conditional_writes);
-        if let Some(r) = self.retention {
+        if let Some(r) = me.retention {
             let rules = [r.keep_last, r.keep_hourly, r.keep_daily, r.keep_weekly];
             if r.keep_within.is_some() || rules.iter().any(Option::is_some) {
                 s.retention.keep_within = r.keep_within;
@@ -412,10 +582,10 @@ impl FileDb {
             s.retention.gc_grace = r.gc_grace.unwrap_or(s.retention.gc_grace);
             s.retention_interval = r.interval.unwrap_or(s.retention_interval);
         }
-        let key = self
+        let key = me
             .encryption_key_file
             .or(replica.encryption_key_file.clone());
-        let replicas = self
+        let replicas = me
             .replicas
             .into_iter()
             .enumerate()
@@ -434,7 +604,7 @@ impl FileDb {
             })
             .collect();
         DbPlan {
-            path: self.path,
+            path,
             settings: s,
             replicas,
         }
@@ -455,9 +625,44 @@ fn non_empty<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
     Ok(v)
 }
 
-/// The file's `dbs`: at least one.
+/// The file's `dbs`: at least one; each db path listed once; a `dir` or
+/// glob entry's replica URLs neither the same as nor inside or around any
+/// other replica's (its dbs' replicas are below it, so two entries could
+/// otherwise derive one URL for two dbs). These errors are about two
+/// entries: the message names both keys (serde_yaml gives no line here).
 fn dbs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<FileDb>, D::Error> {
-    non_empty(d, "dbs")
+    let v: Vec<FileDb> = non_empty(d, "dbs")?;
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, db) in v.iter().enumerate() {
+        if let Source::Path(p) = &db.source {
+            if !seen.insert(p.clone()) {
+                return Err(serde::de::Error::custom(format!(
+                    "dbs[{i}].path: {} is listed twice (each db is watched once; give it several replicas instead)",
+                    p.display()
+                )));
+            }
+        }
+    }
+    let urls: Vec<(String, bool, &str)> =
+        v.iter()
+            .enumerate()
+            .flat_map(|(i, db)| {
+                let found = matches!(db.source, Source::Found(_));
+                db.raw.replicas.iter().enumerate().map(move |(j, r)| {
+                    (format!("dbs[{i}].replicas[{j}].url"), found, r.url.as_str())
+                })
+            })
+            .collect();
+    for (key, found, url) in &urls {
+        for (other, _, other_url) in urls.iter().filter(|_| *found) {
+            if other != key && nested(url, other_url) {
+                return Err(serde::de::Error::custom(format!(
+                    "{key}: {url} and {other} ({other_url}) overlap; the dbs of a `dir` or glob entry are stored below its URL, so give it a URL of its own"
+                )));
+            }
+        }
+    }
+    Ok(v)
 }
 
 /// A db's replicas: at least one, names unique (default names included).
@@ -766,6 +971,149 @@ dbs:
         )
         .unwrap_err();
         assert!(e.contains("dbs[1].path") && e.contains("twice"), "{e}");
+    }
+
+    /// A `dir` entry and a glob entry: each found db's replicas are the
+    /// entry's with its path below the root appended (same names and
+    /// settings); `Plan::db` finds listed dbs, then found ones (existing or
+    /// not), and names the entries otherwise; a scan finds each db once.
+    #[test]
+    fn dir_and_glob_entries_derive_a_replica_per_db() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let text = format!(
+            "dbs:
+  - path: {root}/t/listed.db
+    replicas: [{{url: s3://b/listed}}]
+  - dir: {root}/t
+    recursive: true
+    debounce: 2s
+    replicas:
+      - url: s3://b/tenants/
+      - {{name: offsite, url: 'file:///backup/tenants'}}
+  - path: {root}/shards/*/mail.db
+    rescan-interval: 1s
+    replicas: [{{url: s3://b/shards}}]
+",
+            root = root.display()
+        );
+        let plan = parse_str(&text).unwrap();
+        let [dir, glob] = &plan.discover[..] else {
+            panic!("{:?}", plan.discover)
+        };
+        assert_eq!(dir.rescan_interval, DEFAULT_RESCAN_INTERVAL);
+        assert_eq!(glob.rescan_interval, Duration::from_secs(1));
+        let acme = root.join("t/acme/x.db");
+        let found = dir.db(&acme).unwrap();
+        let urls: Vec<(&str, &str)> = found
+            .replicas
+            .iter()
+            .map(|r| (r.name.as_str(), r.args.url()))
+            .collect();
+        assert_eq!(
+            urls,
+            [
+                ("replica1", "s3://b/tenants/acme/x.db"),
+                ("offsite", "file:///backup/tenants/acme/x.db")
+            ]
+        );
+        assert_eq!(found.settings.debounce, Duration::from_secs(2));
+        assert_eq!(
+            glob.db(&root.join("shards/s1/mail.db")).unwrap().replicas[0]
+                .args
+                .url(),
+            "s3://b/shards/s1/mail.db"
+        );
+        assert!(glob.db(&root.join("shards/s1/other.db")).is_none());
+        let file = Path::new("/etc/m.yml");
+        assert_eq!(
+            plan.db(&root.join("t/listed.db"), file).unwrap().replicas[0]
+                .args
+                .url(),
+            "s3://b/listed"
+        );
+        assert_eq!(plan.db(&acme, file).unwrap().path, acme);
+        let e = plan.db(Path::new("/elsewhere.db"), file).unwrap_err();
+        assert!(e.to_string().contains("/t/**/*.db"), "{e}");
+        // On disk: the listed db is not found again by the dir entry.
+        std::fs::create_dir_all(root.join("t/acme")).unwrap();
+        for db in ["t/listed.db", "t/acme/x.db"] {
+            rusqlite::Connection::open(root.join(db))
+                .unwrap()
+                .execute_batch("CREATE TABLE t(x)")
+                .unwrap();
+        }
+        let found: Vec<PathBuf> = plan
+            .scan(&mut |_, _| {})
+            .into_iter()
+            .map(|d| d.path)
+            .collect();
+        assert_eq!(found, [acme]);
+    }
+
+    /// Mistakes in `dir` and glob entries, with file, key and line.
+    #[test]
+    fn bad_dir_entries_name_file_key_and_line() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "dbs:\n  - path: /a.db\n    dir: /data\n    replicas: [{url: s3://b/a}]\n",
+                &["dbs: ", "`path` or `dir`, not both", "line 2"],
+            ),
+            (
+                "dbs:\n  - pattern: '*.db'\n    replicas: [{url: s3://b/a}]\n",
+                &["dbs: ", "give `path`", "line 2"],
+            ),
+            (
+                "dbs:\n  - path: /a.db\n    recursive: true\n    replicas: [{url: s3://b/a}]\n",
+                &["dbs: ", "go with `dir`", "line 2"],
+            ),
+            (
+                "dbs:\n  - dir: data\n    replicas: [{url: s3://b/a}]\n",
+                &["dbs: ", "absolute path", "line 2"],
+            ),
+            (
+                "dbs:\n  - dir: /data\n    pattern: 'x/*.db'\n    replicas: [{url: s3://b/a}]\n",
+                &["dbs: ", "no `/`", "line 2"],
+            ),
+            (
+                "dbs:\n  - path: /a.db\n    rescan-interval: 1s\n    replicas: [{url: s3://b/a}]\n",
+                &["dbs: ", "`rescan-interval` goes with", "line 2"],
+            ),
+            (
+                "dbs:\n  - dir: /data\n    rescan-interval: soon\n    replicas: [{url: s3://b/a}]\n",
+                &["dbs[0].rescan-interval", "invalid duration", "line 3"],
+            ),
+            // Two entries whose dbs could get one URL; a listed db's
+            // replica inside a dir entry's.
+            (
+                "dbs:\n  - dir: /d1\n    replicas: [{url: s3://b/t}]\n  - dir: /d2\n    replicas: [{url: s3://b/t/}]\n",
+                &[
+                    "dbs[0].replicas[0].url",
+                    "dbs[1].replicas[0].url",
+                    "overlap",
+                ],
+            ),
+            (
+                "dbs:\n  - path: /a.db\n    replicas: [{url: s3://b/t/a.db}]\n  - dir: /d\n    replicas: [{url: s3://b/t}]\n",
+                &[
+                    "dbs[0].replicas[0].url",
+                    "dbs[1].replicas[0].url",
+                    "overlap",
+                ],
+            ),
+        ];
+        for (text, wants) in cases {
+            let e = parse_str(text).expect_err(text);
+            assert!(e.contains("config file /etc/m.yml"), "{e}");
+            for want in *wants {
+                assert!(e.contains(want), "{text}\n-> {e}\n(wanted {want:?})");
+            }
+        }
+        // Not overlapping: a sibling whose name starts the same.
+        parse_str(
+            "dbs:\n  - dir: /d1\n    replicas: [{url: s3://b/t}]\n  - dir: /d2\n    replicas: [{url: s3://b/t2}]\n",
+        )
+        .unwrap();
     }
 
     /// Without a file, the flags are one db with one replica; with neither,

@@ -7,6 +7,7 @@
 
 pub mod args;
 mod config;
+mod discover;
 pub mod mailtools;
 mod render;
 mod watch;
@@ -119,7 +120,7 @@ async fn serve_monitor(
     };
     if let (Some(h), false) = (&heartbeat, beats == Beats::Caller) {
         for (_, m) in registry.loops() {
-            h.spawn(m.clone(), beats == Beats::AlsoIdle);
+            h.spawn(m, beats == Beats::AlsoIdle);
         }
     }
     Ok(heartbeat)

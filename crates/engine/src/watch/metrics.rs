@@ -516,40 +516,56 @@ struct Family {
 /// replica), served on one `/metrics` and `/healthz`. Each loop's samples
 /// carry its labels (`db="/data/a.db",replica="offsite"`); a registry of one
 /// loop without labels is what a single `watch --db --replica` serves.
+/// Clones share the list: `watch` adds the loops of dbs a config file's
+/// `dir` entry finds while it runs, and removes those of dbs that are gone.
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
-    loops: Vec<(String, Arc<Metrics>)>,
+    loops: Arc<Mutex<Vec<Labelled>>>,
 }
+
+/// A loop's labels (`db="..",replica=".."`, or empty) and metrics.
+pub type Labelled = (String, Arc<Metrics>);
 
 impl Registry {
     /// One loop, unlabelled.
     pub fn single(metrics: Arc<Metrics>) -> Self {
         Self {
-            loops: vec![(String::new(), metrics)],
+            loops: Arc::new(Mutex::new(vec![(String::new(), metrics)])),
         }
     }
 
+    fn list(&self) -> std::sync::MutexGuard<'_, Vec<Labelled>> {
+        // Plain data: a panic elsewhere cannot leave it half-updated.
+        self.loops.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Adds the loop of `db` and the replica `replica`.
-    pub fn add(&mut self, db: &str, replica: &str, metrics: Arc<Metrics>) {
+    pub fn add(&self, db: &str, replica: &str, metrics: Arc<Metrics>) {
         let labels = format!(
             "db=\"{}\",replica=\"{}\"",
             escape_label(db),
             escape_label(replica)
         );
-        self.loops.push((labels, metrics));
+        self.list().push((labels, metrics));
     }
 
-    /// The loops' metrics (for what a cut-off shutdown leaves undone).
-    pub fn loops(&self) -> impl Iterator<Item = (&str, &Arc<Metrics>)> {
-        self.loops.iter().map(|(l, m)| (l.as_str(), m))
+    /// Removes the loop whose metrics are `metrics` (its series leave
+    /// `/metrics`, its verdict `/healthz`).
+    pub fn remove(&self, metrics: &Arc<Metrics>) {
+        self.list().retain(|(_, m)| !Arc::ptr_eq(m, metrics));
+    }
+
+    /// The loops' labels and metrics, now.
+    pub fn loops(&self) -> Vec<Labelled> {
+        self.list().clone()
     }
 
     /// The Prometheus text of every loop: each metric's HELP and TYPE once,
     /// then its samples from every loop (the format wants a family's
     /// samples together).
     pub fn render(&self) -> String {
-        let all: Vec<(&str, Vec<Family>)> = self
-            .loops
+        let loops = self.loops();
+        let all: Vec<(&str, Vec<Family>)> = loops
             .iter()
             .map(|(labels, m)| (labels.as_str(), m.families()))
             .collect();
@@ -559,14 +575,15 @@ impl Registry {
     /// Health of every loop: failing when any loop fails. One unlabelled
     /// loop answers as it always did; several answer a line each.
     pub fn health(&self, max_lag: Duration) -> Result<String, String> {
-        if let [(labels, m)] = &self.loops[..] {
+        let loops = self.loops();
+        if let [(labels, m)] = &loops[..] {
             if labels.is_empty() {
                 return m.health(max_lag);
             }
         }
         let mut ok = true;
         let mut body = String::new();
-        for (labels, m) in &self.loops {
+        for (labels, m) in &loops {
             let verdict = m.health(max_lag);
             ok &= verdict.is_ok();
             let text = verdict.unwrap_or_else(|e| e);
@@ -752,9 +769,9 @@ mod tests {
         a.record_request(Op::Put, 10, true);
         b.record_change(chrono::Utc::now() - chrono::Duration::seconds(100));
         b.record_error("connection refused");
-        let mut reg = Registry::default();
+        let reg = Registry::default();
         reg.add("/data/a.db", "replica1", a);
-        reg.add("/data/\"b\".db", "offsite", b);
+        reg.add("/data/\"b\".db", "offsite", b.clone());
         let text = reg.render();
         assert_eq!(
             text.matches("# TYPE mailsafe_store_requests_total counter")
@@ -782,6 +799,10 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("replica=\"replica1\": ok"), "{err}");
+        // A loop removed (its db is gone) leaves both, in every clone.
+        reg.clone().remove(&b);
+        assert!(reg.health(Duration::from_secs(60)).is_ok());
+        assert!(!reg.render().contains("offsite"));
         // One loop without labels: as before.
         let single = Registry::single(Metrics::new());
         assert!(single.render().contains("mailsafe_lease_held 0\n"));
