@@ -4,8 +4,10 @@
 //!
 //! - `--s3-sse` / `--s3-sse-kms-key-id` / `--s3-storage-class` reach the
 //!   server on every PUT, and what was written restores;
-//! - `--s3-path-style` picks the addressing (virtual-hosted asks for
-//!   `BUCKET.localhost`, which no resolver here knows);
+//! - virtual-hosted-style requests (`--s3-path-style=false`) work end to
+//!   end against moto, which takes the bucket from a `BUCKET.localhost`
+//!   Host header, and `--s3-path-style` forces path style (the recording
+//!   proxy, as the client's HTTP proxy, sees every request's Host);
 //! - a config file's replicas each use their own keys (the process's AWS
 //!   keys are wrong), in `watch` and in `restore --config`, never logged.
 //!
@@ -127,38 +129,73 @@ async fn sse_and_storage_class_reach_both_servers() {
     );
 }
 
-/// With the endpoint named `localhost`, path-style (the default with an
-/// endpoint, and forced) works; `--s3-path-style=false` sends the bucket in
-/// the host name, `BUCKET.localhost`, which does not resolve here: the
-/// DNS failure is the proof that the addressing changed.
-#[test]
-fn path_style_option_picks_the_addressing() {
-    let s3 = common::s3();
+/// Virtual-hosted style end to end against moto, which takes the bucket
+/// from the Host header `BUCKET.localhost:PORT`. No resolver here knows
+/// that name, so the recording proxy is the client's HTTP proxy
+/// (`HTTP_PROXY`, which the AWS SDK honours): it hands each request to moto
+/// on 127.0.0.1 with its Host header untouched, and counts the Host
+/// headers. With the endpoint `http://localhost:PORT`, a snapshot and a
+/// restore with `--s3-path-style=false` address every request to
+/// `BUCKET.localhost:PORT` (object keys in the path without the bucket);
+/// with `--s3-path-style`, and by default with an endpoint, every request
+/// goes to `localhost:PORT` with the bucket in the path. Each restores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtual_hosted_and_path_style_end_to_end() {
+    let moto = Moto::start();
+    let m = moto.bucket("vhost");
+    let proxy = Proxy::start(&m.server.endpoint, &[]);
+    let port = m.server.endpoint.rsplit(':').next().unwrap().to_string();
+    let endpoint = format!("http://localhost:{port}");
     let dir = tempfile::tempdir().unwrap();
-    let db_path = dir.path().join("p.db");
+    let db_path = dir.path().join("v.db");
     let db = create_db(&db_path);
     insert(&db, 1);
-    let endpoint = s3.server.endpoint.replace("127.0.0.1", "localhost");
-    let ep = ["--endpoint", endpoint.as_str()];
-    snapshot(&s3, &db_path, &s3.url("path"), &ep);
-    snapshot(
-        &s3,
-        &db_path,
-        &s3.url("forced"),
-        &[&ep[..], &["--s3-path-style"]].concat(),
-    );
-    let out = s3
-        .mailsafe()
-        .env("AWS_MAX_ATTEMPTS", "1")
-        .args(["snapshot", "--db"])
-        .arg(&db_path)
-        .args(["--replica", &s3.url("virtual"), "--s3-path-style=false"])
-        .args(ep)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
-    assert!(err.contains("dns error"), "{err}");
+    // Every command through the proxy, whatever the environment says.
+    let cmd = || {
+        let mut c = m.mailsafe();
+        c.env("HTTP_PROXY", &proxy.endpoint)
+            .env("http_proxy", &proxy.endpoint)
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy");
+        c
+    };
+    let cases: [(&[&str], String); 3] = [
+        (
+            &["--s3-path-style=false"],
+            format!("vhost.localhost:{port}"),
+        ),
+        (&["--s3-path-style"], format!("localhost:{port}")),
+        (&[], format!("localhost:{port}")),
+    ];
+    for (i, (style, host)) in cases.iter().enumerate() {
+        proxy.reset().await;
+        let url = m.url(&format!("style{i}"));
+        common::run_ok(
+            cmd()
+                .args(["snapshot", "--endpoint", &endpoint, "--db"])
+                .arg(&db_path)
+                .args(["--replica", &url])
+                .args(*style),
+        );
+        let out = dir.path().join(format!("r{i}.db"));
+        common::run_ok(
+            cmd()
+                .args(["restore", "--endpoint", &endpoint, "--db"])
+                .arg(&out)
+                .args(["--replica", &url])
+                .args(*style),
+        );
+        assert_eq!(row_ids(&out), 1, "{style:?}");
+        let stats = proxy.stats().await;
+        let hosts = stats["hosts"].as_object().unwrap();
+        let total: u64 = hosts.values().map(|n| n.as_u64().unwrap()).sum();
+        assert!(total >= 4, "{style:?}: {stats:#}");
+        assert_eq!(
+            hosts.keys().collect::<Vec<_>>(),
+            [host],
+            "{style:?}: every request addressed alike: {stats:#}"
+        );
+    }
 }
 
 /// A config file whose two replicas, on SeaweedFS and on moto, each bring

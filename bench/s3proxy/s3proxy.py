@@ -19,11 +19,19 @@ Usage:
              [--port-file F] [--stats-file F] [--error-rate 0.3]
              [--reset-rate 0.1] [--latency-ms 2000]
 
+It also works as a client's HTTP proxy (`HTTP_PROXY=http://127.0.0.1:PORT`):
+a request in absolute form (`GET http://BUCKET.localhost:9000/key`) is sent
+on to the upstream in origin form with its Host header untouched, whatever
+host it names. That is how a test reaches a server on 127.0.0.1 with
+virtual-hosted-style requests (`BUCKET.localhost`) that no resolver here
+knows. The stats count the Host header of every request ("hosts").
+
 The chosen port is printed on stdout as "PORT <n>" (and written to
 --port-file). Control endpoints on the same port (bucket names cannot contain
 "_", so they never shadow S3 paths):
   GET  /__proxy/stats              counters as JSON (with "headers": the
-                                   SSE / storage-class values PUTs carried)
+                                   SSE / storage-class values PUTs carried;
+                                   "hosts": requests by Host header)
   POST /__proxy/reset              zero the counters
   GET  /__proxy/faults             current fault settings
   POST /__proxy/faults?error_rate=0.3&reset_rate=0.1&latency_ms=2000&outage_s=30
@@ -59,6 +67,8 @@ class Stats:
         self.faults = {"error_503": 0, "reset_request": 0, "reset_response": 0, "outage_refused": 0}
         # "name: value" of the write options each PUT/POST carried.
         self.headers = {}
+        # Requests by Host header (the addressing style a client used).
+        self.hosts = {}
 
     def record(self, op, req_wire, req_body, resp_wire, resp_body, status):
         o = self.ops.setdefault(op, {"requests": 0, "bytes_in": 0, "body_bytes_in": 0,
@@ -77,7 +87,7 @@ class Stats:
             for k in total:
                 total[k] += o[k]
         return {"seconds": round(time.time() - self.started, 3), "total": total,
-                "ops": self.ops, "status": self.status, "faults": dict(self.faults),
+                "ops": self.ops, "status": self.status, "faults": dict(self.faults), "hosts": dict(self.hosts),
                 "headers": dict(self.headers)}
 
 
@@ -283,11 +293,19 @@ async def handle(reader, writer, upstream):
                 raw_head, lines = await read_head(reader)
             except (Closed, asyncio.IncompleteReadError, ConnectionError):
                 return
-            method, target = lines[0].split()[0], lines[0].split()[1]
+            method, target, version = lines[0].split(" ", 2)
+            if target.startswith("http://"):
+                # Used as an HTTP proxy: on to the upstream in origin form.
+                u = urlsplit(target)
+                target = (u.path or "/") + (f"?{u.query}" if u.query else "")
+                raw_head = f"{method} {target} {version}".encode("latin-1") + \
+                    raw_head[raw_head.index(b"\r\n"):]
             if target.startswith("/__proxy/"):
                 await control(method, target, writer)
                 await writer.drain()
                 continue
+            host = header(lines, "host") or ""
+            STATS.hosts[host] = STATS.hosts.get(host, 0) + 1
             if time.time() < FAULTS.outage_until:
                 STATS.faults["outage_refused"] += 1
                 abort(writer)
