@@ -540,28 +540,11 @@ fn config_file_pod_backs_up_two_dbs_to_two_replicas_each() {
         .find(|v| v["name"] == mount["name"])
         .unwrap();
     let cm = volume["configMap"]["name"].as_str().unwrap();
-    let text = docs
-        .iter()
-        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == cm)
-        .and_then(|d| d["data"][name].as_str())
-        .unwrap_or_else(|| panic!("ConfigMap {cm} has no {name}"));
+    let text = config_map_entry(&docs, cm, name);
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join(name);
-    std::fs::write(&file, text).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailsafe"));
-    cmd.args(["watch", "--check-config", "--config"]).arg(&file);
-    for e in list(&watch["env"]) {
-        if let Some(v) = e["value"].as_str() {
-            cmd.env(e["name"].as_str().unwrap(), v);
-        }
-    }
-    let out = cmd.output().unwrap();
-    let listed = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    std::fs::write(&file, &text).unwrap();
+    let listed = check_config(watch, &file);
     let pairs: Vec<Vec<&str>> = listed.lines().map(|l| l.split('\t').collect()).collect();
     let dbs: BTreeSet<&str> = pairs.iter().map(|p| p[0]).collect();
     assert_eq!(pairs.len(), 4, "two dbs x two replicas:\n{listed}");
@@ -613,6 +596,91 @@ fn config_file_pod_backs_up_two_dbs_to_two_replicas_each() {
     assert_eq!(port_number(watch, &port), 9090);
     assert!(text.contains("listen: 0.0.0.0:9090"), "{text}");
     assert_non_root(spec);
+}
+
+/// The text of `key` in the ConfigMap named `cm`.
+fn config_map_entry(docs: &[Value], cm: &str, key: &str) -> String {
+    docs.iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == cm)
+        .and_then(|d| d["data"][key].as_str())
+        .unwrap_or_else(|| panic!("ConfigMap {cm} has no {key}"))
+        .to_string()
+}
+
+/// `watch --check-config --config FILE` of the real binary with the
+/// variables `watch` (a container) sets; its stdout (it must succeed).
+fn check_config(watch: &Value, file: &Path) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailsafe"));
+    cmd.args(["watch", "--check-config", "--config"]).arg(file);
+    for e in list(&watch["env"]) {
+        if let Some(v) = e["value"].as_str() {
+            cmd.env(e["name"].as_str().unwrap(), v);
+        }
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// config-file.yaml's `mailsafe-dir.yml`: the same pod with one `dir`
+/// entry instead of the list. With `/data` a temp dir holding the
+/// catchers' two dbs (open in WAL mode, so their `-wal`/`-shm` files are
+/// there too), the real binary's `--check-config` finds exactly the
+/// catchers' dbs, each with the two replicas, every URL distinct and
+/// ending in the db's file name.
+#[test]
+fn config_file_dir_variant_finds_the_catchers_dbs() {
+    let docs = load_yaml(&examples_dir().join("config-file.yaml"));
+    let deploy = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let spec = pod_spec(deploy).unwrap();
+    let watch = container(spec, "watch");
+    let text = config_map_entry(&docs, "mailsafe-config", "mailsafe-dir.yml");
+    assert!(text.contains("- dir: /data\n"), "{text}");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let catchers: BTreeSet<PathBuf> = list(&spec["containers"])
+        .iter()
+        .map(|c| {
+            let db = env_value(c, &docs, "MP_DATABASE").expect("catcher db");
+            data.join(Path::new(&db).strip_prefix("/data").unwrap())
+        })
+        .collect();
+    assert_eq!(catchers.len(), 2);
+    let _open: Vec<rusqlite::Connection> = catchers
+        .iter()
+        .map(|p| {
+            let c = rusqlite::Connection::open(p).unwrap();
+            c.execute_batch(
+                "PRAGMA journal_mode = wal; CREATE TABLE t(x); INSERT INTO t VALUES (1);",
+            )
+            .unwrap();
+            c
+        })
+        .collect();
+    let file = tmp.path().join("mailsafe-dir.yml");
+    let here = text.replace("- dir: /data\n", &format!("- dir: {}\n", data.display()));
+    std::fs::write(&file, here).unwrap();
+    let listed = check_config(watch, &file);
+    // The entry's own lines name its pattern; the others are dbs found.
+    let pairs: Vec<Vec<&str>> = listed
+        .lines()
+        .map(|l| l.split('\t').collect())
+        .filter(|p: &Vec<&str>| !p[0].contains('*'))
+        .collect();
+    assert_eq!(pairs.len(), 4, "two dbs x two replicas:\n{listed}");
+    let dbs: BTreeSet<PathBuf> = pairs.iter().map(|p| PathBuf::from(p[0])).collect();
+    assert_eq!(dbs, catchers, "{listed}");
+    let urls: BTreeSet<&str> = pairs.iter().map(|p| p[2]).collect();
+    assert_eq!(urls.len(), 4, "every replica URL distinct:\n{listed}");
+    for p in &pairs {
+        let name = Path::new(p[0]).file_name().unwrap().to_str().unwrap();
+        assert!(p[2].ends_with(&format!("/{name}")), "{listed}");
+    }
 }
 
 #[test]
