@@ -265,15 +265,33 @@ impl Loops {
     /// those of dbs that are gone. A db whose replicas cannot be opened is
     /// logged and tried again at the next scan.
     async fn rescan(&mut self, plan: &Plan) {
-        let skipped = &mut self.skipped;
-        let dbs = plan.scan(&mut |path, why| {
-            if skipped.insert(path.to_path_buf()) {
-                tracing::debug!(file = %path.display(), "not backed up: {why}");
-            }
+        // On a blocking thread: a large tree must not hold up the loops
+        // polled in this task.
+        let mine = plan.clone();
+        let scan = tokio::task::spawn_blocking(move || {
+            let mut skipped = Vec::new();
+            let dbs =
+                mine.scan(&mut |path, why| skipped.push((path.to_path_buf(), why.to_string())));
+            (dbs, skipped)
         });
+        let (dbs, skipped) = match scan.await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!("scanning for databases failed: {e}");
+                return;
+            }
+        };
+        for (path, why) in skipped {
+            if !self.skipped.contains(&path) {
+                tracing::debug!(file = %path.display(), "not backed up: {why}");
+                self.skipped.insert(path);
+            }
+        }
         let now: BTreeSet<&Path> = dbs.iter().map(|d| d.path.as_path()).collect();
         for (path, f) in &mut self.found {
-            if !f.gone && !now.contains(path.as_path()) {
+            // Gone means the file is gone: a directory that could not be
+            // read this time (logged by the scan) stops nothing.
+            if !f.gone && !now.contains(path.as_path()) && !path.exists() {
                 tracing::warn!(
                     db = %path.display(),
                     "database is gone; stopping its backup after a last snapshot attempt"
