@@ -178,7 +178,7 @@ async fn open_replica(r: &ReplicaArgs) -> anyhow::Result<mailsafe::store::DynSto
 fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     use mailsafe::restore::Pick;
     // Before any runtime (the --config path starts one to pick a replica).
-    mailsafe::restore::limit_malloc_arenas();
+    mailsafe::restore::tune_malloc_for_restore();
     let pick = Pick::from_flags(args.snapshot.as_deref(), args.at.as_deref())?;
     let target = args.output.clone().unwrap_or_else(|| args.db.clone());
     let Some(file) = &args.config else {

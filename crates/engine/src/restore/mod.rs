@@ -176,8 +176,8 @@ pub async fn restore(
         }
         _ => {}
     }
-    let id = match plan::pick_id(store, &opts.pick, opts.key.as_deref()).await {
-        Ok(id) => id,
+    let picked = match plan::pick_manifest(store, &opts.pick, opts.key.as_deref()).await {
+        Ok(m) => m,
         Err(Error::NoBackup(why))
             if opts.if_replica_exists && crate::history::newest_id(store).await?.is_none() =>
         {
@@ -186,7 +186,8 @@ pub async fn restore(
         }
         Err(e) => return Err(e),
     };
-    let plan = plan::plan(store, &id, opts.key.as_deref()).await?;
+    let id = picked.id.clone();
+    let plan = plan::plan_of(store, picked, opts.key.as_deref()).await?;
     let fenced_by = fenced_pick(store, &opts.pick, &plan, opts.key.as_deref()).await?;
     tracing::info!(
         snapshot = %id,
@@ -465,18 +466,32 @@ pub async fn list_snapshots(
         .collect())
 }
 
-/// Caps glibc's malloc arenas at two; for a process about to restore (the
-/// binary calls it before starting its runtime). glibc gives threads
-/// that contend for malloc arenas of their own and keeps the freed ~1 MiB
-/// download buffers in them, so with 32 downloads on the blocking pool a
-/// 1 GiB restore peaked at 87-104 MB RSS; with two arenas
-/// 65 MB for the same CPU (bench/RESULTS.md, issue 18). Must run before the
-/// runtime starts its threads.
-pub fn limit_malloc_arenas() {
+/// Tunes glibc's malloc for a process about to restore (the binary calls
+/// it before starting its runtime; it must run before the runtime's threads
+/// exist):
+/// - at most two arenas: glibc gives threads that contend for malloc arenas
+///   of their own and keeps the freed ~1 MiB download buffers in them, so
+///   with 32 downloads on the blocking pool a 1 GiB restore peaked at
+///   87-104 MB RSS; with two arenas 65 MB for the same CPU;
+/// - blocks of 512 KiB and more (the downloads' buffers, up to 1 MiB) are
+///   mapped and unmapped each time: glibc's default threshold rises to the
+///   largest block freed (the manifest's 5 MB at 4 GiB), after which those
+///   buffers came from the heap and fragmented it as the restore went on. A
+///   4 GiB restore from SeaweedFS peaked at 67.5-74.6 MB RSS (dev build;
+///   anonymous memory grew 43 -> 49.5 MB over the run while ~24 MB was
+///   live), ~60 MB with this. The price is page faults: each download's
+///   buffer is faulted in afresh (~1 s more system CPU at 4 GiB on the
+///   loaded bench machine). A threshold of 260 KiB reached 50 MB, but also
+///   mapped the HTTP connections' read buffers (up to ~408 KiB, regrown
+///   often): 1.2 million more faults and 3-4.5 s more system CPU.
+///
+/// bench/RESULTS.md, issue 18.
+pub fn tune_malloc_for_restore() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; called before the
+    // SAFETY: mallopt only sets allocator parameters; called before the
     // runtime's threads exist.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 512 << 10);
     }
 }
