@@ -3,7 +3,8 @@
 # SeaweedFS (S3), faketime (clock steps), Litestream (benchmark peer), Postfix (a relay target, with
 # Cyrus SASL's tools) and its smtp-source and swaks (SMTP clients), fetchmail (POP3 client), promtool (alert rules), spamd (spam check), perf (profiles), Debian chromium (UI tests), kubernetes-validate (manifest
 # checks), moto 4 in a venv (an S3 server without conditional writes), and
-# the npm packages used by the browser and client tests.
+# the npm packages used by the browser and client tests, and Azurite (Azure
+# Blob Storage emulator).
 # Idempotent: each step is skipped when its tool is already present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -82,5 +83,12 @@ if [ -f tests/clients/package.json ] && { [ ! -d tests/clients/node_modules/mail
   [ ! -d tests/clients/node_modules/cypress-mailpit ]; }; then
   log "npm install (tests/clients: mailpit-api and cypress-mailpit client compatibility)"
   (cd tests/clients && npm install --no-audit --no-fund --silent)
+fi
+# Azurite, Microsoft's Azure Storage emulator: tests/azure.rs starts its blob
+# service on 127.0.0.1 (the Azure store's conformance, conditional writes and
+# the binary end to end). Pinned; global, so every worktree has it on PATH.
+if ! command -v azurite-blob >/dev/null 2>&1; then
+  log "npm install -g azurite@3.37.0"
+  npm install -g --no-audit --no-fund --silent azurite@3.37.0
 fi
 log "done"

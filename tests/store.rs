@@ -1,10 +1,10 @@
 //! The object stores against real servers: S3 on SeaweedFS (started by
-//! `common`), and `file://` through `store::open`.
+//! `common`; the conformance checks every store passes, and S3's own), and
+//! `file://` through `store::open`. Azure's are in tests/azure.rs.
 
 mod common;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use mailsafe::store::s3::{S3Options, S3Store};
 use mailsafe::store::{self, DynStore, ObjectStore, StoreError};
 use sha2::{Digest, Sha256};
@@ -18,6 +18,12 @@ async fn s3_store(s3: &common::S3, prefix: &str) -> S3Store {
 
 fn keys(list: &[store::ObjectMeta]) -> Vec<&str> {
     list.iter().map(|m| m.key.as_str()).collect()
+}
+
+#[tokio::test]
+async fn s3_passes_the_conformance_checks() {
+    let s3 = common::s3();
+    store::conformance::run(&s3_store(&s3, "conformance").await).await;
 }
 
 #[tokio::test]
@@ -119,40 +125,7 @@ async fn s3_round_trip_range_list_and_idempotent_delete() {
 #[tokio::test]
 async fn s3_list_paginates_past_1000_keys() {
     let s3 = common::s3();
-    let store = s3_store(&s3, "many").await;
-    let n = 1234;
-    let results: Vec<_> = futures::stream::iter(0..n)
-        .map(|i| {
-            let store = &store;
-            async move {
-                store
-                    .put(&format!("k/{i:05}"), Bytes::from(i.to_string()))
-                    .await
-            }
-        })
-        .buffer_unordered(32)
-        .collect()
-        .await;
-    assert!(results.iter().all(|r| r.is_ok()));
-    let listed = store.list("k/").await.unwrap();
-    assert_eq!(listed.len(), n);
-    let expected: Vec<String> = (0..n).map(|i| format!("k/{i:05}")).collect();
-    assert_eq!(
-        keys(&listed),
-        expected.iter().map(String::as_str).collect::<Vec<_>>()
-    );
-    assert_eq!(store.list("k/011").await.unwrap().len(), 100);
-    // StartAfter: only what follows, past the 1000-key page boundary too.
-    let after = store.list_after("k/", "k/01200").await.unwrap();
-    assert_eq!(
-        keys(&after),
-        expected[1201..]
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-    );
-    assert!(store.list_after("k/", "k/01233").await.unwrap().is_empty());
-    assert_eq!(store.list_after("k/", "a").await.unwrap().len(), n);
+    store::conformance::pagination(&s3_store(&s3, "many").await, 1234).await;
 }
 
 #[tokio::test]

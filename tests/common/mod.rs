@@ -9,6 +9,7 @@
 //! test file stay in that file.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod azurite;
 pub mod moto;
 pub mod proxy;
 
@@ -152,35 +153,47 @@ impl Server {
     /// up). Works from sync and async tests alike.
     pub fn create_bucket(&self, bucket: &str) {
         let (server, bucket) = (self.clone(), bucket.to_string());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let client = server.client();
-                let mut last = String::new();
-                for _ in 0..50 {
-                    match client.create_bucket().bucket(&bucket).send().await {
-                        Ok(_) => return,
-                        Err(e) => {
-                            last = aws_sdk_s3::error::DisplayErrorContext(&e).to_string();
-                            if last.contains("BucketAlreadyOwnedByYou") {
-                                return;
-                            }
+        on_own_runtime(move || async move {
+            let client = server.client();
+            let mut last = String::new();
+            for _ in 0..50 {
+                match client.create_bucket().bucket(&bucket).send().await {
+                    Ok(_) => return,
+                    Err(e) => {
+                        last = aws_sdk_s3::error::DisplayErrorContext(&e).to_string();
+                        if last.contains("BucketAlreadyOwnedByYou") {
+                            return;
                         }
                     }
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 }
-                panic!(
-                    "cannot create bucket {bucket} at {}: {last}",
-                    server.endpoint
-                );
-            })
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            panic!(
+                "cannot create bucket {bucket} at {}: {last}",
+                server.endpoint
+            );
         })
-        .join()
-        .expect("create_bucket thread");
     }
+}
+
+/// Runs the future `make` returns to its end on a runtime of its own, on a
+/// thread of its own, so that sync tests and tests already inside a tokio
+/// runtime can both call it (block_on inside a runtime panics).
+pub fn on_own_runtime<F, Fut, T>(make: F) -> T
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(make())
+    })
+    .join()
+    .expect("thread of on_own_runtime")
 }
 
 /// The test S3 server: `MAILSAFE_TEST_S3_*` from the environment, or one

@@ -86,11 +86,17 @@ pub struct Watcher {
 impl Watcher {
     /// Starts `mailsafe watch` on `db` into `url`, S3 reached at `endpoint`.
     pub fn start(s3: &S3, endpoint: &str, db: &Path, url: &str, extra: &[&str]) -> Watcher {
+        let mut cmd = s3.mailsafe();
+        cmd.env("AWS_ENDPOINT_URL", endpoint);
+        Self::start_with(cmd, db, url, extra)
+    }
+
+    /// Starts `cmd` (the `mailsafe` binary with the environment of some
+    /// store, e.g. Azurite's) as `watch` on `db` into `url`.
+    pub fn start_with(mut cmd: Command, db: &Path, url: &str, extra: &[&str]) -> Watcher {
         let port = free_port();
         let log = db.with_extension(format!("watch-{port}.log"));
-        let mut cmd = s3.mailsafe();
-        cmd.env("AWS_ENDPOINT_URL", endpoint)
-            .env("MAILSAFE_LOG", "mailsafe=debug,info")
+        cmd.env("MAILSAFE_LOG", "mailsafe=debug,info")
             .args(["watch", "--db"])
             .arg(db)
             .args(["--replica", url, "--listen", &format!("127.0.0.1:{port}")])

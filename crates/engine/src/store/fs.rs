@@ -375,7 +375,7 @@ mod tests {
     async fn round_trip_list_range_delete_and_conditionals() {
         let dir = tempfile::tempdir().unwrap();
         let store = FsStore::new(dir.path().join("replica"));
-        super::super::tests::conformance(&store).await;
+        super::super::conformance::run(&store).await;
         // No temp files are left behind or listed.
         let names: Vec<_> = fs::read_dir(dir.path().join("replica"))
             .unwrap()

@@ -346,7 +346,7 @@ mod tests {
 
     #[tokio::test]
     async fn behaves_as_an_object_store() {
-        super::super::tests::conformance(&MemoryStore::new("t")).await;
+        super::super::conformance::run(&MemoryStore::new("t")).await;
     }
 
     #[tokio::test]

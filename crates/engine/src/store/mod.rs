@@ -1,13 +1,18 @@
 //! Where backups live: the [`ObjectStore`] trait and its implementations,
 //! S3 (`s3://bucket/prefix`, on aws-sdk-s3, see `s3`; behind the default-on
-//! `s3` feature, so the rest builds without the SDK), a local directory
+//! `s3` feature, so the rest builds without the SDK), Azure Blob Storage
+//! (`az://[account@]container/prefix`, on `object_store`, see `azure`;
+//! behind the default-on `azure` feature), a local directory
 //! (`file:///path`, see [`fs`]) and, for engine tests, memory with scripted
 //! faults and a settable clock ([`memory`]). [`open`] picks one from a
-//! replica URL.
+//! replica URL; [`conformance`] is what each of them must do.
 //!
 //! Keys passed to a store are relative to the replica's prefix; the store adds
 //! the prefix. Stores never log or return credentials.
 
+#[cfg(feature = "azure")]
+pub mod azure;
+pub mod conformance;
 pub mod fs;
 pub mod memory;
 #[cfg(feature = "s3")]
@@ -222,11 +227,13 @@ pub async fn probe_conditional_writes(
     }
 }
 
-/// Opens the store a replica URL names: `s3://bucket[/prefix]` or
-/// `file:///path`. `endpoint` overrides the S3 endpoint (else
-/// `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`, else AWS); it is ignored for
-/// `file://`. Nothing is contacted yet: a wrong endpoint, credentials or
-/// bucket show up as errors of the first operation.
+/// Opens the store a replica URL names: `s3://bucket[/prefix]`,
+/// `az://[account@]container[/prefix]` (or `abs://`, Litestream's spelling)
+/// or `file:///path`. `endpoint` overrides the S3 endpoint (else
+/// `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`, else AWS) or the Azure Blob
+/// service URL (else `AZURE_STORAGE_ENDPOINT`, else the account's); it is
+/// ignored for `file://`. Nothing is contacted yet: a wrong endpoint,
+/// credentials or bucket show up as errors of the first operation.
 pub async fn open(url: &str, endpoint: Option<&str>) -> Result<DynStore, StoreError> {
     check_url(url)?;
     if let Some(rest) = url.strip_prefix("s3://") {
@@ -244,45 +251,111 @@ pub async fn open(url: &str, endpoint: Option<&str>) -> Result<DynStore, StoreEr
                 reason: "this build has no S3 support (the engine's `s3` feature is off)".into(),
             })
         }
+    } else if let Some(rest) = azure_url(url) {
+        open_azure(url, rest, endpoint, None)
     } else {
         let path = url.strip_prefix("file://").unwrap_or_default();
         Ok(Arc::new(fs::FsStore::new(path)))
     }
 }
 
+/// The part after the scheme of an Azure URL (`az://` or `abs://`).
+fn azure_url(url: &str) -> Option<&str> {
+    url.strip_prefix("az://")
+        .or_else(|| url.strip_prefix("abs://"))
+}
+
+/// Splits the part of an `az://` or `abs://` URL after the scheme into
+/// (account from the user part, container, prefix).
+pub(crate) fn parse_azure(rest: &str) -> (Option<&str>, &str, &str) {
+    let (account, rest) = match rest.split_once('@') {
+        Some((a, r)) if !a.contains('/') => (Some(a), r),
+        _ => (None, rest),
+    };
+    let (container, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    (account.filter(|a| !a.is_empty()), container, prefix)
+}
+
+/// Opens the Azure store of `url` (`rest`: what follows its scheme).
+fn open_azure(
+    url: &str,
+    rest: &str,
+    endpoint: Option<&str>,
+    max_attempts: Option<u32>,
+) -> Result<DynStore, StoreError> {
+    #[cfg(feature = "azure")]
+    {
+        let (account, container, prefix) = parse_azure(rest);
+        let options = azure::AzureOptions {
+            endpoint: endpoint.map(str::to_string),
+            max_attempts,
+            ..azure::AzureOptions::default()
+        };
+        let store =
+            azure::AzureStore::with_options(account, container, prefix, options).map_err(|e| {
+                match e {
+                    // Name the URL as the user wrote it.
+                    StoreError::InvalidUrl { reason, .. } => StoreError::InvalidUrl {
+                        url: url.into(),
+                        reason,
+                    },
+                    other => other,
+                }
+            })?;
+        Ok(Arc::new(store))
+    }
+    #[cfg(not(feature = "azure"))]
+    {
+        let _ = (rest, endpoint, max_attempts);
+        Err(StoreError::InvalidUrl {
+            url: url.into(),
+            reason: "this build has no Azure support (the engine's `azure` feature is off)".into(),
+        })
+    }
+}
+
 /// Opens `url` as [`open`] does, an S3 replica with `options` (its own
 /// keys, addressing style, server-side encryption, storage class; what they
-/// leave unset comes from the AWS chain).
+/// leave unset comes from the AWS chain). An Azure replica takes its
+/// endpoint and attempts from `options`.
 #[cfg(feature = "s3")]
 pub async fn open_with(url: &str, options: s3::S3Options) -> Result<DynStore, StoreError> {
     check_url(url)?;
-    match url.strip_prefix("s3://") {
-        Some(rest) => {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            Ok(Arc::new(
-                s3::S3Store::with_options(bucket, prefix, options).await?,
-            ))
-        }
-        None => open(url, None).await,
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        Ok(Arc::new(
+            s3::S3Store::with_options(bucket, prefix, options).await?,
+        ))
+    } else if let Some(rest) = azure_url(url) {
+        open_azure(url, rest, options.endpoint.as_deref(), options.max_attempts)
+    } else {
+        open(url, None).await
     }
 }
 
 /// Checks that `url` is one [`open`] can open (`s3://bucket[/prefix]` with
-/// a bucket, `file:///path` with a path), without contacting anything: a
-/// config file's replicas are checked before anything starts.
+/// a bucket, `az://[account@]container[/prefix]` with a container,
+/// `file:///path` with a path), without contacting anything: a config
+/// file's replicas are checked before anything starts.
 pub fn check_url(url: &str) -> Result<(), StoreError> {
     let reason = if let Some(rest) = url.strip_prefix("s3://") {
         if !rest.split('/').next().unwrap_or_default().is_empty() {
             return Ok(());
         }
         "no bucket name after s3://"
+    } else if let Some(rest) = azure_url(url) {
+        let (_, container, _) = parse_azure(rest);
+        if !container.is_empty() {
+            return Ok(());
+        }
+        "no container name after az:// (az://[account@]container/prefix)"
     } else if let Some(path) = url.strip_prefix("file://") {
         if !path.is_empty() {
             return Ok(());
         }
         "no path after file://"
     } else {
-        "expected s3://bucket/prefix or file:///path"
+        "expected s3://bucket/prefix, az://[account@]container/prefix or file:///path"
     };
     Err(StoreError::InvalidUrl {
         url: url.into(),
@@ -312,105 +385,6 @@ pub(crate) fn check_key(key: &str) -> Result<(), StoreError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-
-    /// What every [`ObjectStore`] must do, run against each local
-    /// implementation (the S3 store has the same checks in tests/store.rs,
-    /// against a real server).
-    pub(crate) async fn conformance(store: &dyn ObjectStore) {
-        assert!(
-            store.list("").await.unwrap().is_empty(),
-            "missing root lists empty"
-        );
-
-        store
-            .put("a/b/one", Bytes::from_static(b"hello world"))
-            .await
-            .unwrap();
-        store.put("a/two", Bytes::from_static(b"2")).await.unwrap();
-        store.put("z", Bytes::from_static(b"zz")).await.unwrap();
-        assert_eq!(&store.get("a/b/one").await.unwrap()[..], b"hello world");
-        assert_eq!(
-            &store.get_range("a/b/one", 6..11).await.unwrap()[..],
-            b"world"
-        );
-        assert_eq!(
-            &store.get_range("a/b/one", 6..100).await.unwrap()[..],
-            b"world"
-        );
-
-        let keys: Vec<_> = store
-            .list("")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|m| m.key)
-            .collect();
-        assert_eq!(keys, ["a/b/one", "a/two", "z"]);
-        let keys: Vec<_> = store
-            .list("a/")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|m| m.key)
-            .collect();
-        assert_eq!(keys, ["a/b/one", "a/two"]);
-        let after: Vec<_> = store
-            .list_after("a/", "a/b/one")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|m| m.key)
-            .collect();
-        assert_eq!(after, ["a/two"], "strictly after, within the prefix");
-        assert!(store.list_after("a/", "a/two").await.unwrap().is_empty());
-        let keys: Vec<_> = store
-            .list("a/t")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|m| m.key)
-            .collect();
-        assert_eq!(keys, ["a/two"]);
-
-        let err = store
-            .put_if_absent("z", Bytes::from_static(b"x"))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err}");
-        assert_eq!(&store.get("z").await.unwrap()[..], b"zz");
-        store
-            .put_if_absent("new", Bytes::from_static(b"n"))
-            .await
-            .unwrap();
-
-        let tag = store.head("z").await.unwrap().etag.unwrap();
-        let tag2 = store
-            .put_if_match("z", Bytes::from_static(b"v2"), &tag)
-            .await
-            .unwrap();
-        assert_ne!(tag, tag2);
-        let err = store
-            .put_if_match("z", Bytes::from_static(b"v3"), &tag)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, StoreError::PreconditionFailed { .. }),
-            "{err}"
-        );
-        assert_eq!(&store.get("z").await.unwrap()[..], b"v2");
-
-        store.delete("z").await.unwrap();
-        store.delete("z").await.unwrap();
-        assert!(matches!(
-            store.get("z").await,
-            Err(StoreError::NotFound { .. })
-        ));
-        assert!(matches!(
-            store.head("z").await,
-            Err(StoreError::NotFound { .. })
-        ));
-        assert!(store.get("../escape").await.is_err());
-    }
 
     #[tokio::test]
     async fn the_probe_refuses_a_store_that_ignores_conditional_writes() {
@@ -443,9 +417,27 @@ pub(crate) mod tests {
         }
     }
 
+    #[test]
+    fn urls_name_account_container_and_prefix() {
+        assert_eq!(parse_azure("acct@box/a/b"), (Some("acct"), "box", "a/b"));
+        assert_eq!(parse_azure("box/a"), (None, "box", "a"));
+        assert_eq!(parse_azure("box"), (None, "box", ""));
+        // An `@` in the prefix is not an account.
+        assert_eq!(parse_azure("box/a@b"), (None, "box", "a@b"));
+    }
+
     #[tokio::test]
     async fn open_rejects_unknown_schemes_and_empty_parts() {
-        for url in ["/tmp/x", "s3://", "s3:///prefix", "file://", "gs://b/p"] {
+        for url in [
+            "/tmp/x",
+            "s3://",
+            "s3:///prefix",
+            "file://",
+            "gs://b/p",
+            "az://",
+            "abs:///prefix",
+            "az://acct@/prefix",
+        ] {
             let err = open(url, None).await.unwrap_err();
             assert!(matches!(err, StoreError::InvalidUrl { .. }), "{url}: {err}");
             assert!(err.to_string().contains(url), "{err}");
