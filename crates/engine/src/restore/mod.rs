@@ -477,11 +477,12 @@ pub async fn list_snapshots(
 ///   mapped and unmapped each time: glibc's default threshold rises to the
 ///   largest block freed (the manifest's 5 MB at 4 GiB), after which those
 ///   buffers came from the heap and fragmented it as the restore went on. A
-///   4 GiB restore from SeaweedFS peaked at 67.5-74.6 MB RSS (dev build;
+///   4 GiB restore from SeaweedFS peaked at 65.9-72.9 MiB RSS (dev build;
 ///   anonymous memory grew 43 -> 49.5 MB over the run while ~24 MB was
-///   live), ~60 MB with this. The price is page faults: each download's
-///   buffer is faulted in afresh (~1 s more system CPU at 4 GiB on the
-///   loaded bench machine). A threshold of 260 KiB reached 50 MB, but also
+///   live), 59.4-61.1 MiB with this. The price is page faults (~0.5
+///   million at 4 GiB: each download's buffer is faulted in afresh), within
+///   the noise of system CPU on the loaded bench machine. A threshold of
+///   260 KiB reached 49 MiB, but also
 ///   mapped the HTTP connections' read buffers (up to ~408 KiB, regrown
 ///   often): 1.2 million more faults and 3-4.5 s more system CPU.
 ///
