@@ -62,14 +62,30 @@ wait_port() {
   log "nothing listens on port $1"; return 1
 }
 
-# Runs smtp-source against port $1 with $2 messages; prints msgs/s.
+# Runs smtp-source against port $1 with $2 messages; prints msgs/s and
+# leaves smtp-source's own CPU seconds (user + system, from bash's `times`
+# for the subshell's children) in $work/client_cpu.
 blast() {
-  local port=$1 count=$2 start end
+  local port=$1 count=$2 start end cpu
   start=$(date +%s.%N)
-  smtp-source -s "$SESSIONS" -l "$SIZE" -m "$count" -c \
-    -f sender@example.com -t rcpt@example.com "127.0.0.1:$port" >/dev/null
+  cpu=$(
+    smtp-source -s "$SESSIONS" -l "$SIZE" -m "$count" -c \
+      -f sender@example.com -t rcpt@example.com "127.0.0.1:$port" >/dev/null
+    times
+  )
   end=$(date +%s.%N)
+  python3 - "$cpu" >"$work/client_cpu" <<'PY'
+import re, sys
+# `times` prints the shell's own CPU, then its children's (smtp-source).
+children = sys.argv[1].strip().splitlines()[-1]
+print(sum(int(m) * 60 + float(s) for m, s in re.findall(r"(\d+)m([0-9.]+)s", children)))
+PY
   python3 -c "print(f'{$count/($end-$start):.0f}')"
+}
+
+# cpu_seconds PID : the process's user + system CPU so far (/proc/PID/stat).
+cpu_seconds() {
+  awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"
 }
 
 bin="${MAILSAFE_BIN:-}"
@@ -162,10 +178,13 @@ fi
 
 # ingest_run BIN NAME : one mailsafe run of $MESSAGES messages on a fresh
 # db; prints one table row (rate, committed, kept, peak RSS, bytes the
-# process wrote per message: WAL frames and checkpoints, from /proc's wchar)
-# and logs the writer's summed stage timers.
+# process wrote per message: WAL frames and checkpoints, from /proc's wchar;
+# the server's and smtp-source's CPU per message, which unlike msgs/s do not
+# depend on what else the machine runs) and logs the writer's summed stage
+# timers, commits per message and bytes written per commit.
 ingest_run() {
   local run_bin=$1 name=$2 smtp_port http_port pid rate accepted stored rss_kb w0 w1 wkib stages
+  local c0 c1 server_ms client_ms ceiling
   smtp_port=$(free_port); http_port=$(free_port)
   rm -f "$work/bench.db"*
   MP_MAX_MESSAGES="$MAX_MESSAGES" MAILSAFE_LOG="info,mailsafe_catcher::storage::writer=debug" \
@@ -176,9 +195,17 @@ ingest_run() {
   wait_port "$smtp_port"
   log "$name: $MESSAGES messages, $SESSIONS sessions, $SIZE bytes"
   w0=$(awk '/^wchar/{print $2}' "/proc/$pid/io")
+  c0=$(cpu_seconds "$pid")
   rate=$(blast "$smtp_port" "$MESSAGES")
+  c1=$(cpu_seconds "$pid")
   w1=$(awk '/^wchar/{print $2}' "/proc/$pid/io")
   wkib=$(python3 -c "print(f'{($w1-$w0)/$MESSAGES/1024:.1f}')")
+  # CPU per message, and the rate the cores could sustain if the server and
+  # smtp-source had them to themselves: cores / (server + client CPU per message).
+  read -r server_ms client_ms ceiling < <(python3 -c "
+s = ($c1 - $c0) / $MESSAGES; c = $(cat "$work/client_cpu") / $MESSAGES
+print(f'{s*1000:.3f} {c*1000:.3f} {$(nproc) / (s + c):.0f}')")
+  log "$name: server CPU $server_ms ms/msg, smtp-source CPU $client_ms ms/msg: at most $ceiling msgs/s on $(nproc) cores"
   # Accepted (committed) since start, and how many the mailbox holds after pruning.
   accepted=$(curl -s "http://127.0.0.1:$http_port/api/v1/info" | python3 -c 'import json,sys; print(json.load(sys.stdin)["RuntimeStats"]["SMTPAccepted"])' 2>/dev/null || echo "?")
   stored=$(curl -s "http://127.0.0.1:$http_port/api/v1/messages?limit=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"])' 2>/dev/null || echo "?")
@@ -190,7 +217,7 @@ ingest_run() {
   # Stop mailsafe so the writer logs its last stage timers, then sum them.
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
-  stages=$(python3 - "$work/mailsafe.log" <<'PY'
+  stages=$(python3 - "$work/mailsafe.log" "$((w1 - w0))" <<'PY'
 import re, sys
 tot = {}
 for line in open(sys.argv[1], errors="replace"):
@@ -206,11 +233,13 @@ else:
     print(f"{tot['jobs']:.0f} jobs in {b:.0f} batches (mean {tot['jobs']/b:.1f}); per batch: "
           f"inserts {tot['apply_ms']/b:.2f} ms, pruning {tot['prune_ms']/b:.2f} ms, "
           f"commit incl. FTS5 flush and fsync {tot['commit_ms']/b:.2f} ms; "
-          f"{tot.get('short_waits', 0):.0f} batches waited for jobs that did not come")
+          f"{tot.get('short_waits', 0):.0f} batches waited for jobs that did not come; "
+          f"{b/tot['jobs']:.2f} commits (WAL fsyncs) per message, "
+          f"{int(sys.argv[2])/b/1024:.0f} KiB written per commit")
 PY
 )
   log "$name writer: $stages"
-  echo "| $name | $MESSAGES ($accepted committed, $stored kept, peak RSS ${rss_kb} KiB) | $wkib | $rate |"
+  echo "| $name | $MESSAGES ($accepted committed, $stored kept, peak RSS ${rss_kb} KiB) | $wkib | $server_ms | $client_ms | $ceiling | $rate |"
   echo "$name's writer: $stages." >>"$work/stages"
   echo "$rate" >"$work/rate"
 }
@@ -248,10 +277,14 @@ Postfix \`smtp-source -s $SESSIONS -l $SIZE\` (a new connection per message) on 
 messages acknowledged with 250 per second (mailsafe: each one committed to SQLite, synchronous=FULL, WAL, group commit).
 $stages
 
-| server | messages | KiB written per message | msgs/s |
-|---|---|---|---|
+CPU per message is the process's user + system time over the run (\`/proc/PID/stat\`); unlike msgs/s it does not
+depend on what else the machine runs. "Cores allow" is $(nproc) / (server + smtp-source CPU per message): the most
+msgs/s these two processes could reach with the cores to themselves.
+
+| server | messages | KiB written per message | server CPU ms/msg | smtp-source CPU ms/msg | cores allow msgs/s | msgs/s |
+|---|---|---|---|---|---|---|
 $rows
-| maildev $maildev_version (npm) | $MAILDEV_MESSAGES | | $maildev_rate |
+| maildev $maildev_version (npm) | $MAILDEV_MESSAGES | | | | | $maildev_rate |
 
 mailsafe / maildev: **${ratio}x** (targets: ≥ 20x and ≥ 2,000 msgs/s).
 EOF
