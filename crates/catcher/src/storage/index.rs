@@ -435,7 +435,7 @@ pub fn prepare(mut cols: [String; 8]) -> Prepped {
     }
     // Compressing bytes in memory into a Vec cannot fail.
     let all = std::mem::take(&mut cols[7]);
-    let body_zst = zstd::bulk::compress(all.as_bytes(), BODY_LEVEL).unwrap_or_default();
+    let body_zst = super::model::compress(all.as_bytes(), BODY_LEVEL).unwrap_or_default();
     Prepped {
         cols,
         enc,

@@ -170,7 +170,7 @@ impl Prepared {
             raw.extend_from_slice(&msg.raw);
             msg.raw = raw;
         }
-        let compressed = zstd::bulk::compress(&msg.raw, level)?;
+        let compressed = super::model::compress(&msg.raw, level)?;
         let search = search_texts(&parsed);
         Ok(Prepared {
             search,

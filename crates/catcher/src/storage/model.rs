@@ -203,6 +203,48 @@ impl Serialize for Event {
     }
 }
 
+/// Largest input [`compress`] runs through its thread's reused context:
+/// what the async runtime's threads compress (bigger messages go to the
+/// blocking pool, whose threads come and go, and get a context of their own).
+const REUSED_CONTEXT_MAX: usize = 256 * 1024;
+
+/// zstd-compresses `bytes` at `level` (the raw message, the search text).
+///
+/// Why not `zstd::bulk::compress`: it creates and frees a compression
+/// context per call, and setting one up (allocating and clearing its tables)
+/// cost more than compressing a 4 KiB message: `ZSTD_createCCtx` and its
+/// `memset` were ~5% of the server's CPU per message in the ingest benchmark
+/// (`perf record`, release build, bench/RESULTS.md smtp-ingest). Each thread
+/// keeps one context for inputs up to [`REUSED_CONTEXT_MAX`]; zstd sizes its
+/// tables for the input, and frees a context that stayed oversized for long.
+pub(crate) fn compress(bytes: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    use std::cell::RefCell;
+    thread_local! {
+        static CONTEXT: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { RefCell::new(None) };
+    }
+    if bytes.len() > REUSED_CONTEXT_MAX {
+        return zstd::bulk::compress(bytes, level);
+    }
+    CONTEXT.with(|c| {
+        let mut c = c.borrow_mut();
+        match c.as_mut() {
+            Some((l, z)) if *l == level => z.compress(bytes),
+            Some((l, z)) => {
+                z.set_compression_level(level)?;
+                *l = level;
+                z.compress(bytes)
+            }
+            None => {
+                let mut z = zstd::bulk::Compressor::new(level)?;
+                let out = z.compress(bytes);
+                *c = Some((level, z));
+                out
+            }
+        }
+    })
+}
+
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()

@@ -185,9 +185,24 @@ pub fn collapse_ws(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// The first 250 characters of `text` with whitespace collapsed: words are
+/// joined only until there are enough (a long body is not collapsed whole).
 fn snippet_of(text: &str) -> String {
-    let c = collapse_ws(text);
-    match c.char_indices().nth(250) {
+    const CHARS: usize = 250;
+    let mut c = String::new();
+    let mut n = 0;
+    for w in text.split_whitespace() {
+        if n >= CHARS {
+            break;
+        }
+        if n > 0 {
+            c.push(' ');
+            n += 1;
+        }
+        c.push_str(w);
+        n += w.chars().count();
+    }
+    match c.char_indices().nth(CHARS) {
         Some((i, _)) => c[..i].to_string(),
         None => c,
     }
@@ -286,8 +301,10 @@ pub fn parse(raw: &[u8]) -> Parsed {
     let (atts, inl) = classify_parts(&m);
     let mut body_text = text.clone();
     // Search matches the HTML's visible text too, when it differs from the text part.
-    if let Some(h) = m.body_html(0)
-        && m.html_body.first().is_some_and(|id| is_html_part(&m, *id))
+    // The part is checked first: for a text-only message `body_html` renders
+    // the text as HTML, only for it to be thrown away (~1% of ingest CPU).
+    if m.html_body.first().is_some_and(|id| is_html_part(&m, *id))
+        && let Some(h) = m.body_html(0)
     {
         let ht = html_to_text(&h);
         if ht != collapse_ws(&text) {

@@ -164,6 +164,37 @@ pub fn split_args(q: &str) -> Vec<String> {
 /// whitespace collapses, everything lower case. Applied to indexed text and
 /// to queries alike so that both sides agree.
 pub fn clean(s: &str) -> String {
+    if s.is_ascii() {
+        return clean_ascii(s);
+    }
+    clean_unicode(s)
+}
+
+/// [`clean`] in one pass over bytes, for ASCII text (most mail): the general
+/// path's three passes and their allocations were ~3% of ingest CPU.
+fn clean_ascii(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut space = false;
+    for &b in s.as_bytes() {
+        // `char::is_whitespace` in ASCII is 0x09..=0x0d and ' '.
+        if matches!(
+            b,
+            b'\t'..=b'\r' | b' ' | b'>' | b'<' | b'"' | b',' | b';' | b'(' | b')'
+        ) {
+            space = !out.is_empty();
+            continue;
+        }
+        if space {
+            out.push(' ');
+            space = false;
+        }
+        out.push(char::from(b.to_ascii_lowercase()));
+    }
+    out
+}
+
+/// [`clean`] for any text (Unicode whitespace, `str::to_lowercase`).
+fn clean_unicode(s: &str) -> String {
     let replaced: String = s
         .chars()
         .map(|c| match c {
@@ -555,6 +586,28 @@ fn text_cond(c: &mut Compiled, pre: &str, vocab: &Vocab, cols: &[&str], term: &s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The ASCII fast path cleans exactly as the general one: every
+    /// separator, each ASCII whitespace (vertical tab and form feed too),
+    /// runs, leading and trailing ones, capitals.
+    #[test]
+    fn ascii_cleaning_matches_the_general_path() {
+        let samples = [
+            "",
+            "   ",
+            "Hello, World (again);  <a@B.c>\r\n\t\"Quoted\"",
+            " lead\x0bvt\x0cff\rcr\nlf\ttab trail \t",
+            "a,,b;;c((d))e<<f>>g\"\"h",
+            "MiXeD CaSe 123 _-+=@./:?!#$%&'*[]^`{|}~",
+            "\x01ctrl\x7fdel",
+        ];
+        for s in samples {
+            assert!(s.is_ascii());
+            assert_eq!(clean(s), clean_unicode(s), "{s:?}");
+        }
+        // Non-ASCII text takes the general path (Unicode spaces, BOM).
+        assert_eq!(clean("A\u{a0}Straße\u{feff}X"), "a straße x");
+    }
 
     #[test]
     fn splits_quoted_phrases_and_keeps_exclusion() {
