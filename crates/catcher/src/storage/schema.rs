@@ -150,6 +150,28 @@ CREATE TABLE {p}vocab (term TEXT PRIMARY KEY) WITHOUT ROWID;
     },
 ];
 
+/// Creates or drops `{p}mailbox_messageid` so that it exists exactly while
+/// `MP_IGNORE_DUPLICATE_IDS` is on (`wanted`), at every open.
+///
+/// Why not always: its one reader is that option's duplicate check (the
+/// insert looks the new Message-ID up; no search or API query uses the index,
+/// `message-id:` searches go through the word index). Message-IDs are random,
+/// so each insert dirties a random leaf of it: ~2.8 of the ~38 pages a commit
+/// wrote in the ingest benchmark (4 KiB mail, 500 kept; WAL frames decoded,
+/// bench/RESULTS.md smtp-ingest). Without the option nothing reads it; with
+/// it, the check must not scan the mailbox per message, so it is built (once)
+/// when the option is turned on.
+pub fn duplicate_index(conn: &Connection, prefix: &str, wanted: bool) -> Result<(), StorageError> {
+    conn.execute_batch(&if wanted {
+        format!(
+            "CREATE INDEX IF NOT EXISTS {prefix}mailbox_messageid ON {prefix}mailbox (MessageID)"
+        )
+    } else {
+        format!("DROP INDEX IF EXISTS {prefix}mailbox_messageid")
+    })?;
+    Ok(())
+}
+
 /// Turns `MP_TENANT_ID` into a table-name prefix: characters outside
 /// `[A-Za-z0-9_]` become `_`, and a non-empty result gets a trailing `_`.
 pub fn tenant_prefix(tenant: &str) -> String {
@@ -258,6 +280,72 @@ mod tests {
         assert!(body.ends_with("databases"));
         // Running it again changes nothing.
         migrate(&mut conn, pre).unwrap();
+    }
+
+    /// The Message-ID index of a db made before it became optional is dropped
+    /// when the store opens without `MP_IGNORE_DUPLICATE_IDS`, and built again
+    /// (the duplicate check then looks it up instead of scanning) with it.
+    #[tokio::test]
+    async fn message_id_index_exists_only_while_duplicates_are_ignored() {
+        use super::super::model::StoreOptions;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let has_index = || {
+            Connection::open(&path)
+                .unwrap()
+                .query_row(
+                    "SELECT count(*) FROM sqlite_schema WHERE name = 'mailbox_messageid'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .unwrap()
+                == 1
+        };
+        {
+            // What every schema up to 1.3.0 made: the index, always.
+            let mut conn = Connection::open(&path).unwrap();
+            migrate(&mut conn, "").unwrap();
+            conn.execute(
+                "INSERT INTO mailbox (Seq, ID, MessageID, Created) VALUES (1, 'old1', 'a@x', 1)",
+                [],
+            )
+            .unwrap();
+        }
+        assert!(has_index());
+        let open = |ignore_duplicate_ids| {
+            crate::storage::Store::open(
+                &path,
+                StoreOptions {
+                    max_messages: 0,
+                    ignore_duplicate_ids,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
+        drop(open(false));
+        assert!(!has_index(), "nothing reads it without the option");
+        let store = open(true);
+        assert!(has_index());
+        let plan: String = Connection::open(&path)
+            .unwrap()
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT 1 FROM mailbox WHERE MessageID = ?1 LIMIT 1",
+                params!["a@x"],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("mailbox_messageid"), "{plan}");
+        let dup = store
+            .insert(crate::storage::NewMessage {
+                raw: b"Message-ID: <a@x>\r\nSubject: again\r\n\r\nx\r\n".to_vec(),
+                mail_from: String::new(),
+                rcpt_to: vec![],
+                username: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(dup, "", "the duplicate was dropped");
     }
 
     /// A db written by schema 1.2.0 (everything-text plain in `Body`) opens

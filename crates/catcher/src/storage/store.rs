@@ -97,6 +97,7 @@ impl Store {
         let prefix = schema::tenant_prefix(&opts.tenant);
         let mut wconn = open_conn(path)?;
         schema::migrate(&mut wconn, &prefix)?;
+        schema::duplicate_index(&wconn, &prefix, opts.ignore_duplicate_ids)?;
         // Read in the background: `/readyz` must not wait for millions of
         // words (see `index::Vocab`).
         let vocab = Arc::new(index::Vocab::default());
