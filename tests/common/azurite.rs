@@ -61,6 +61,9 @@ impl Azurite {
             .current_dir(dir.path())
             // object_store may speak a newer REST version than this Azurite.
             .arg("--skipApiVersionCheck")
+            // No telemetry: a test must not reach out, and Azurite would
+            // otherwise keep a cache in /tmp.
+            .arg("--disableTelemetry")
             .arg("--silent")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
