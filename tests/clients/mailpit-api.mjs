@@ -58,6 +58,14 @@ const source = await mp.getMessageSource(sent.ID);
 assert.match(source, /Subject: Hello from mailpit-api/);
 
 assert.match(await mp.renderMessageHTML(sent.ID), /<p>html body<\/p>/);
+
+// The HTML check answers Mailpit's HTMLCheckResponse: a <p> in a body.
+const htmlCheck = await mp.htmlCheck(sent.ID);
+assert.equal(htmlCheck.Total.Nodes, 1);
+assert.ok(htmlCheck.Total.Tests > 100);
+assert.ok(htmlCheck.Platforms.windows.includes("Outlook"));
+assert.ok(Array.isArray(htmlCheck.Warnings));
+assert.deepEqual(Object.keys(await mp.htmlCheck()).sort(), ["Platforms", "Total", "Warnings"]);
 assert.equal((await mp.renderMessageText(sent.ID)).trim(), "plain text body");
 
 const search = await mp.searchMessages({ query: "tag:compat", start: 0, limit: 10 });

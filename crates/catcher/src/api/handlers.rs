@@ -463,11 +463,26 @@ pub async fn sa_check(
     Ok(Json(spamd.check(&raw).await).into_response())
 }
 
-/// HTML/link/SpamAssassin checks are not provided.
-pub async fn not_enabled() -> Result<Response, ApiError> {
-    Err(ApiError::Bad(
-        "this check is not enabled on this server".into(),
-    ))
+/// `GET /api/v1/message/{ID}/html-check`: Mailpit's `HTMLCheckResponse`
+/// for the message's HTML (see `checks::html`); 400 "message does not
+/// contain HTML" without an HTML part, as in Mailpit.
+pub async fn html_check(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Params,
+) -> Result<Response, ApiError> {
+    use crate::checks::html;
+    let id = message_id(&s, id, &q).await?;
+    let m = s.store.message(&id).await?;
+    // Parsing a large HTML part is CPU work: off the async workers.
+    let report = tokio::task::spawn_blocking(move || html::check(&m.html))
+        .await
+        .map_err(|e| ApiError::internal("the HTML check failed", e))?;
+    match report {
+        Ok(r) => Ok(Json(r).into_response()),
+        Err(e @ html::Error::NoHtml) => Err(ApiError::Bad(e.to_string())),
+        Err(e) => Err(ApiError::internal("the HTML check failed", e)),
+    }
 }
 
 /// `GET /api/v1/chaos`: the chaos triggers (400 when chaos is not

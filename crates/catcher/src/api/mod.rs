@@ -156,7 +156,7 @@ pub fn router(store: Store, opts: ApiOptions) -> Router {
         .route("/api/v1/message/{id}/part/{part}", get(h::part))
         .route("/api/v1/message/{id}/part/{part}/thumb", get(h::part_thumb))
         .route("/api/v1/message/{id}/release", post(h::release))
-        .route("/api/v1/message/{id}/html-check", get(h::not_enabled))
+        .route("/api/v1/message/{id}/html-check", get(h::html_check))
         .route("/api/v1/message/{id}/link-check", get(h::link_check))
         .route("/api/v1/message/{id}/sa-check", get(h::sa_check))
         .route("/api/v1/tags", get(h::tags).put(h::set_tags))
