@@ -16,12 +16,14 @@
 //!   most 3 redirects (followed only with `?follow=true`), at most 8
 //!   requests of one check at once and 2 per host, and per host a token
 //!   bucket of 100 requests refilled at 1/s across all checks
-//!   (`MP_DISABLE_LINK_CHECK_RATE_LIMIT` turns the bucket off; a link past
-//!   an empty bucket is answered with status 0 instead of waiting as
-//!   Mailpit's does); at most 10,000 hosts are tracked.
+//!   (`MP_DISABLE_LINK_CHECK_RATE_LIMIT` turns the bucket off). A link past
+//!   an empty bucket waits its turn, as with Mailpit's `rate.Limiter.Wait`
+//!   (a 101st link to one host waits 1 s), unless its turn is more than
+//!   [`MAX_WAIT`] away: then it is answered with status 0 at once. At most
+//!   10,000 hosts are tracked.
 //!
-//! Links are found with regular expressions, not an HTML parser: enough for
-//! the attribute forms mail uses (quoted or bare values, `&amp;` decoded).
+//! Links are found with an HTML parser in the HTML body and with Mailpit's
+//! regular expressions in the text body (see [`extract`]).
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -48,6 +50,12 @@ const BURST: f64 = 100.0;
 const REFILL_PER_SEC: f64 = 1.0;
 /// Hosts tracked at most; the least recently used is forgotten.
 const MAX_HOSTS: usize = 10_000;
+/// Longest a link waits for its host's bucket. Mailpit waits without a
+/// bound (until the API client goes away); past this a link is answered
+/// with status 0 at once, so one check cannot queue minutes of requests
+/// behind another. A dropped API request stops its waits either way (its
+/// tasks are aborted).
+pub const MAX_WAIT: Duration = Duration::from_secs(120);
 
 /// Mailpit's `LinkCheckResponse`.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -77,7 +85,7 @@ pub struct Link {
 
 /// The link checker's settings and its per-host state, shared by all
 /// checks of one catcher.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct LinkChecker {
     /// Allow requests to internal addresses (`MP_ALLOW_INTERNAL_HTTP_REQUESTS`).
     pub allow_internal: bool,
@@ -86,6 +94,10 @@ pub struct LinkChecker {
     /// Accept any TLS certificate (`MP_ALLOW_UNTRUSTED_TLS`).
     pub allow_untrusted_tls: bool,
     hosts: Arc<Mutex<HashMap<String, HostState>>>,
+    /// The bucket's burst and refill per second ([`BURST`],
+    /// [`REFILL_PER_SEC`]; tests make them small).
+    burst: f64,
+    refill_per_sec: f64,
 }
 
 impl std::fmt::Debug for LinkChecker {
@@ -106,6 +118,12 @@ struct HostState {
     slots: Arc<Semaphore>,
 }
 
+impl Default for LinkChecker {
+    fn default() -> Self {
+        Self::new(false, false, false)
+    }
+}
+
 /// What refused a request before it was sent.
 const BLOCKED: &str = "Blocked private/reserved address";
 
@@ -117,6 +135,8 @@ impl LinkChecker {
             no_rate_limit,
             allow_untrusted_tls,
             hosts: Arc::default(),
+            burst: BURST,
+            refill_per_sec: REFILL_PER_SEC,
         }
     }
 
@@ -218,8 +238,12 @@ impl LinkChecker {
             return link(451, BLOCKED);
         }
         let slots = match self.admit(&host) {
-            Some(s) => s,
-            None => return link(0, "rate limit exceeded for this host"),
+            Admission::Now(s) => s,
+            Admission::After(wait, s) => {
+                tokio::time::sleep(wait).await;
+                s
+            }
+            Admission::Refused => return link(0, "rate limit exceeded for this host"),
         };
         let _slot = slots.acquire_owned().await;
         match client.head(parsed).send().await {
@@ -233,8 +257,11 @@ impl LinkChecker {
     }
 
     /// Takes a token of `host`'s bucket (unless rate limits are off) and
-    /// returns its request slots; `None` when the bucket is empty.
-    fn admit(&self, host: &str) -> Option<Arc<Semaphore>> {
+    /// returns its request slots, with how long to wait first when the
+    /// bucket is empty. The token is taken at once (the bucket goes below
+    /// zero, like a `rate.Limiter` reservation), so links queue in the
+    /// order they were admitted.
+    fn admit(&self, host: &str) -> Admission {
         let now = Instant::now();
         let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
         if !hosts.contains_key(host) && hosts.len() >= MAX_HOSTS {
@@ -247,23 +274,39 @@ impl LinkChecker {
             }
         }
         let st = hosts.entry(host.to_string()).or_insert_with(|| HostState {
-            tokens: BURST,
+            tokens: self.burst,
             refilled: now,
             used: now,
             slots: Arc::new(Semaphore::new(PER_HOST)),
         });
         st.used = now;
-        if !self.no_rate_limit {
-            let refill = now.duration_since(st.refilled).as_secs_f64() * REFILL_PER_SEC;
-            st.tokens = (st.tokens + refill).min(BURST);
-            st.refilled = now;
-            if st.tokens < 1.0 {
-                return None;
-            }
-            st.tokens -= 1.0;
+        if self.no_rate_limit {
+            return Admission::Now(st.slots.clone());
         }
-        Some(st.slots.clone())
+        let refill = now.duration_since(st.refilled).as_secs_f64() * self.refill_per_sec;
+        st.tokens = (st.tokens + refill).min(self.burst);
+        st.refilled = now;
+        if st.tokens >= 1.0 {
+            st.tokens -= 1.0;
+            return Admission::Now(st.slots.clone());
+        }
+        let wait = Duration::from_secs_f64((1.0 - st.tokens) / self.refill_per_sec);
+        if wait > MAX_WAIT {
+            return Admission::Refused;
+        }
+        st.tokens -= 1.0;
+        Admission::After(wait, st.slots.clone())
     }
+}
+
+/// What a link's host bucket said.
+enum Admission {
+    /// Go ahead (then take one of the host's request slots).
+    Now(Arc<Semaphore>),
+    /// Go ahead after this wait.
+    After(Duration, Arc<Semaphore>),
+    /// The turn is more than [`MAX_WAIT`] away.
+    Refused,
 }
 
 /// The last part of an error chain (`connection refused`, `dns error`),
@@ -381,22 +424,22 @@ fn embedded_v4(v6: Ipv6Addr, b: &[u8; 16]) -> Option<Ipv4Addr> {
     None
 }
 
-/// The unique links of a message, HTML first, at most [`MAX_LINKS`].
+/// The unique links of a message, at most [`MAX_LINKS`], in Mailpit's
+/// order: the HTML's `a[href]`, then stylesheet `link[href]`, then
+/// `img[src]` (each in document order, http/https only), then the text
+/// body's URLs and `<URL>`s.
+///
+/// The HTML is read with the HTML check's parser (html5ever through
+/// scraper): attribute values come entity-decoded and quoted or not, and
+/// markup inside comments, `<script>` or attribute values is not taken for
+/// a link, as it was by the regular expressions this replaced. The text
+/// body has no markup, so Mailpit's regular expressions find its URLs.
 pub fn extract(html: &str, text: &str) -> Vec<String> {
-    static ATTR: OnceLock<Regex> = OnceLock::new();
-    static STYLESHEET: OnceLock<Regex> = OnceLock::new();
     static HTTP: OnceLock<Regex> = OnceLock::new();
     static TEXT: OnceLock<Regex> = OnceLock::new();
     static BRACKETED: OnceLock<Regex> = OnceLock::new();
-    // `<a ... href=...>`, `<img ... src=...>`; stylesheet links below.
-    let attr = ATTR.get_or_init(|| {
-        Regex::new(r#"(?is)<(a|img)\b[^>]*?\s(href|src)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))"#)
-            .expect("valid regex")
-    });
-    let stylesheet =
-        STYLESHEET.get_or_init(|| Regex::new(r#"(?is)<link\b[^>]*>"#).expect("valid regex"));
     let http = HTTP.get_or_init(|| {
-        Regex::new(r#"(?i)\b(http|https)://([\-\w@:%_\+'!.~#?,&/=;]+)"#).expect("valid regex")
+        Regex::new(r#"(?i)^(http|https)://[\-\w@:%_\+'!.~#?,&/=;]+"#).expect("valid regex")
     });
     // Mailpit's text patterns.
     let text_re = TEXT.get_or_init(|| {
@@ -414,51 +457,20 @@ pub fn extract(html: &str, text: &str) -> Vec<String> {
             out.push(l);
         }
     };
-    let decode = |v: &str| {
-        v.trim()
-            .replace("&amp;", "&")
-            .replace("&#38;", "&")
-            .replace("&quot;", "\"")
-    };
-    let value_of = |c: &regex::Captures, from: usize| {
-        (from..from + 3)
-            .find_map(|i| c.get(i))
-            .map(|m| m.as_str())
-            .unwrap_or("")
-            .to_string()
-    };
-    // Mailpit's order: anchors, stylesheets, images, each in document order.
-    let (mut anchors, mut sheets, mut images) = (Vec::new(), Vec::new(), Vec::new());
-    for c in attr.captures_iter(html) {
-        let (tag, name) = (c[1].to_ascii_lowercase(), c[2].to_ascii_lowercase());
-        if tag == "a" && name == "href" {
-            anchors.push(decode(&value_of(&c, 3)));
-        } else if tag == "img" && name == "src" {
-            images.push(decode(&value_of(&c, 3)));
-        }
-    }
-    static HREF: OnceLock<Regex> = OnceLock::new();
-    let href = HREF.get_or_init(|| {
-        Regex::new(r#"(?is)\s(rel|href)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))"#)
-            .expect("valid regex")
-    });
-    for tag in stylesheet.find_iter(html) {
-        let (mut rel, mut target) = (String::new(), String::new());
-        for c in href.captures_iter(tag.as_str()) {
-            let v = value_of(&c, 2);
-            if c[1].eq_ignore_ascii_case("rel") {
-                rel = v.to_ascii_lowercase();
-            } else {
-                target = decode(&v);
+    if !html.is_empty() {
+        let doc = scraper::Html::parse_document(html);
+        for (sel, attr) in [
+            ("a[href]", "href"),
+            ("link[rel~=stylesheet][href]", "href"),
+            ("img[src]", "src"),
+        ] {
+            let sel = scraper::Selector::parse(sel).expect("valid selector");
+            for el in doc.select(&sel) {
+                let link = el.value().attr(attr).unwrap_or_default().trim();
+                if http.is_match(link) {
+                    add(link.to_string());
+                }
             }
-        }
-        if rel.split_whitespace().any(|r| r == "stylesheet") {
-            sheets.push(target);
-        }
-    }
-    for l in anchors.into_iter().chain(sheets).chain(images) {
-        if http.find(&l).is_some_and(|m| m.start() == 0) {
-            add(l);
         }
     }
     for c in text_re.captures_iter(text).take(MAX_LINKS * 3) {
@@ -518,6 +530,53 @@ mod tests {
         assert!(open.resolve(name()).await.is_ok());
     }
 
+    /// A link past an empty bucket waits for its token instead of getting
+    /// status 0 (Mailpit's `rate.Limiter.Wait`). Burst 1, refill 1/s: of
+    /// four links to one host the last waits about 3 s; all get answers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_link_past_an_empty_bucket_waits_its_turn() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        let app = axum::Router::new().route(
+            "/{n}",
+            axum::routing::any(move || {
+                h.fetch_add(1, Ordering::SeqCst);
+                async { "ok" }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let mut checker = LinkChecker::new(true, false, false);
+        checker.burst = 1.0;
+        checker.refill_per_sec = 1.0;
+        let html: String = (0..4)
+            .map(|i| format!("<a href=\"{base}/{i}\">l</a>"))
+            .collect();
+        let started = Instant::now();
+        let r = checker.check(&html, "", false).await;
+        let statuses: Vec<u16> = r.links.iter().map(|l| l.status_code).collect();
+        assert_eq!(statuses, [200; 4], "{r:?}");
+        assert_eq!(r.errors, 0);
+        assert_eq!(hits.load(Ordering::SeqCst), 4);
+        // The waits are sleeps of about 1, 2 and 3 s: the check cannot be
+        // quicker than the longest (a slow machine only makes it longer).
+        assert!(
+            started.elapsed() >= Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        // A turn further away than MAX_WAIT is refused at once.
+        checker.refill_per_sec = 1.0 / (MAX_WAIT.as_secs_f64() * 2.0);
+        let far = checker
+            .check(&format!("<a href=\"{base}/x\">x</a>"), "", false)
+            .await;
+        assert_eq!(far.links[0].status_code, 0, "{far:?}");
+        assert_eq!(far.links[0].status, "rate limit exceeded for this host");
+        assert_eq!(hits.load(Ordering::SeqCst), 4);
+    }
+
     #[test]
     fn links_come_from_anchors_images_stylesheets_and_text() {
         let html = r#"<a href="https://a.example/x?p=1&amp;q=2">a</a>
@@ -525,13 +584,18 @@ mod tests {
             <link rel="stylesheet" href="https://c.example/s.css">
             <link rel="icon" href="https://d.example/favicon.ico">
             <a href="mailto:x@example.com">m</a> <a href=/relative>r</a>
-            <a href="https://a.example/x?p=1&amp;q=2">again</a>"#;
+            <a href="https://a.example/x?p=1&amp;q=2">again</a>
+            <!-- <a href="https://hidden.example/comment">c</a> -->
+            <script>var s = '<a href="https://hidden.example/script">';</script>
+            <p title='<a href="https://hidden.example/attr">'>t</p>
+            <LINK HREF="https://g.example/upper.css" REL="alternate stylesheet">"#;
         let text = "see http://e.example/page and <https://f.example/long\npath>\n";
         assert_eq!(
             extract(html, text),
             [
                 "https://a.example/x?p=1&q=2",
                 "https://c.example/s.css",
+                "https://g.example/upper.css",
                 "http://b.example/i.png",
                 "http://e.example/page",
                 "https://f.example/longpath",
