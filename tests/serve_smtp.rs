@@ -223,17 +223,95 @@ fn an_unimplemented_mailpit_option_stops_the_start_naming_it() {
         .env("MP_SMTP_BIND_ADDR", "127.0.0.1:0")
         .env("MP_UI_BIND_ADDR", "127.0.0.1:0")
         .env("MP_DEMO_MODE", "true")
-        .env("MP_LOG_FILE", dir.path().join("mailpit.log"))
+        .env("MP_ENABLE_SPAMASSASSIN", "postmark")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("MP_DEMO_MODE") && err.contains("MP_LOG_FILE"),
+        err.contains("MP_DEMO_MODE") && err.contains("MP_ENABLE_SPAMASSASSIN=postmark"),
         "{err}"
     );
     assert!(
         !dir.path().join("mail.db").exists(),
+        "nothing may start: {err}"
+    );
+}
+
+/// Mailpit's log options: `MP_LOG_FILE` gets the logs (appended, nothing on
+/// stderr), `MP_VERBOSE` logs debug lines, `MP_QUIET` errors only; a log
+/// file that cannot be opened stops the start naming it; `MP_DISABLE_WAL`
+/// with `--replica` is refused (the backup follows the WAL).
+#[test]
+fn mailpit_log_options_and_disable_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_file = dir.path().join("mailpit.log");
+    let stderr_path = dir.path().join("stderr.log");
+    let run = |extra: &[(&str, &str)]| {
+        let (smtp, http) = (free_port(), free_port());
+        let mut cmd = common::mailsafe();
+        cmd.arg("serve")
+            .env_remove("MAILSAFE_LOG")
+            .env("MP_DATABASE", dir.path().join("mail.db"))
+            .env("MP_SMTP_BIND_ADDR", format!("127.0.0.1:{smtp}"))
+            .env("MP_UI_BIND_ADDR", format!("127.0.0.1:{http}"))
+            .env("MP_LOG_FILE", &log_file)
+            .env("MP_DISABLE_WAL", "1")
+            .stderr(std::fs::File::create(&stderr_path).unwrap());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        wait_listening(smtp, &mut child);
+        let (ok, out) = swaks(smtp, &[]);
+        assert!(ok, "{out}");
+        stop(&mut child, &stderr_path);
+        let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+        assert_eq!(stderr, "", "logs go to the file only");
+        std::fs::read_to_string(&log_file).unwrap()
+    };
+    let verbose = run(&[("MP_VERBOSE", "true")]);
+    assert!(verbose.contains("DEBUG"), "{verbose}");
+    assert!(verbose.contains("INFO"), "{verbose}");
+    assert!(!verbose.contains('\u{1b}'), "no colour codes in a file");
+    let quiet = run(&[("MP_QUIET", "1")]);
+    assert_eq!(quiet, verbose, "quiet: appended nothing (errors only)");
+    // The rollback journal: no -wal file beside the db.
+    let db = rusqlite::Connection::open(dir.path().join("mail.db")).unwrap();
+    let mode: String = db
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "delete");
+
+    let missing = dir.path().join("no-such-dir/mailpit.log");
+    let out = common::mailsafe()
+        .arg("serve")
+        .env("MP_DATABASE", dir.path().join("mail.db"))
+        .env("MP_LOG_FILE", &missing)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+
+    let out = common::mailsafe()
+        .arg("serve")
+        .env("MP_DATABASE", dir.path().join("other.db"))
+        .env("MP_DISABLE_WAL", "true")
+        .args([
+            "--replica",
+            &format!("file://{}", dir.path().join("r").display()),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("MP_DISABLE_WAL") && err.contains("--replica"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("other.db").exists(),
         "nothing may start: {err}"
     );
 }

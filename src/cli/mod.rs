@@ -25,7 +25,13 @@ use args::{
 
 /// Runs the parsed command.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    init_logging(args.log_format);
+    // `serve` takes Mailpit's -q/-v/--log-file; every other command logs
+    // at INFO to stderr.
+    let logging = match &args.command {
+        Command::Serve(a) => a.catcher.logging(),
+        _ => mailsafe_catcher::options::Logging::default(),
+    };
+    init_logging(args.log_format, &logging)?;
     match args.command {
         Command::Serve(a) => serve(*a),
         Command::Snapshot(a) => snapshot(a),
@@ -48,6 +54,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     use mailsafe::watch::metrics::{MeteredStore, Metrics, Registry};
     let mut config = args.catcher.into_config()?;
+    if config.disable_wal && args.replica.is_some() {
+        // The backup reads the pages a commit changed from the WAL.
+        anyhow::bail!(
+            "MP_DISABLE_WAL (--disable-wal) cannot be used with --replica: \
+             the backup follows the database's WAL"
+        );
+    }
     let timeout = args.shutdown_timeout;
     run_until_shutdown(async move {
         // Installed before anything starts, so an early SIGTERM is not fatal.
@@ -126,14 +139,35 @@ async fn serve_monitor(
     Ok(heartbeat)
 }
 
-/// Logs go to stderr so that `--json` output on stdout stays parseable.
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MAILSAFE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(
+/// Logs go to stderr so that `--json` output on stdout stays parseable, or
+/// to `serve`'s `MP_LOG_FILE` (appended; an error names a file that cannot
+/// be opened). `MAILSAFE_LOG`, when set, wins over `logging.level`.
+fn init_logging(
+    format: LogFormat,
+    logging: &mailsafe_catcher::options::Logging,
+) -> anyhow::Result<()> {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    let level = logging.level.as_str().to_ascii_lowercase();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MAILSAFE_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
             // The AWS SDK logs every retried connection at INFO; our own
             // retry loops already report each state change once.
-            "info,aws_smithy_runtime=warn,aws_smithy_runtime_api=warn,aws_config=warn,hyper_util=warn",
-        ));
+            "{level},aws_smithy_runtime=warn,aws_smithy_runtime_api=warn,aws_config=warn,hyper_util=warn"
+        ))
+    });
+    let writer = match &logging.file {
+        None => BoxMakeWriter::new(std::io::stderr),
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| {
+                    format!("MP_LOG_FILE {}: cannot open for appending", path.display())
+                })?;
+            BoxMakeWriter::new(std::sync::Mutex::new(file))
+        }
+    };
     // Never TRACE from other crates, whatever MAILSAFE_LOG says: at TRACE
     // the AWS SDK prints canonical requests and request headers, which
     // carry the session token (also when it comes from IRSA/STS, so it
@@ -146,11 +180,18 @@ fn init_logging(format: LogFormat) {
     use tracing_subscriber::util::SubscriberInitExt;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
+    // No colour codes in a file (stderr keeps tracing's default).
+    let builder = if logging.file.is_some() {
+        builder.with_ansi(false)
+    } else {
+        builder
+    };
     match format {
         LogFormat::Text => builder.finish().with(no_foreign_trace).init(),
         LogFormat::Json => builder.json().finish().with(no_foreign_trace).init(),
     }
+    Ok(())
 }
 
 fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {

@@ -33,8 +33,10 @@ pub struct Config {
     /// `MP_TAGS_TITLE_CASE`, `MP_TAGS_USERNAME`).
     pub tagging: crate::storage::Tagging,
     /// zstd level of stored raw messages (`MP_COMPRESSION` 1-3 maps onto
-    /// it).
+    /// it; 0 stores them uncompressed).
     pub compression_level: i32,
+    /// SQLite's rollback journal instead of WAL (`MP_DISABLE_WAL`).
+    pub disable_wal: bool,
     /// Most recipients per message (`MP_SMTP_MAX_RECIPIENTS`).
     pub smtp_max_recipients: usize,
     /// SMTP AUTH: off, accept anything, or a set of users (`MP_SMTP_AUTH`,
@@ -166,6 +168,7 @@ impl Default for Config {
             max_age: None,
             max_message_size: 50 * 1024 * 1024,
             compression_level: crate::storage::StoreOptions::default().compression_level,
+            disable_wal: false,
             tagging: crate::storage::Tagging::default(),
             smtp_max_recipients: 100,
             smtp_auth: AuthPolicy::None,

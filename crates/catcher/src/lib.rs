@@ -93,6 +93,7 @@ impl Catcher {
             max_messages: config.max_messages,
             max_age: config.max_age,
             compression_level: config.compression_level,
+            disable_wal: config.disable_wal,
             tagging: config.tagging.clone(),
             ignore_duplicate_ids: config.ignore_duplicate_ids,
             use_message_dates: config.use_message_dates,

@@ -223,3 +223,51 @@ async fn word_index_edge_cases_and_vocabulary_persistence() {
     let store = Store::open(&path, opts).unwrap();
     assert_eq!(ids(&store, "atabase").await, one(&d));
 }
+
+/// `MP_DISABLE_WAL` and `MP_COMPRESSION=0`: the db is in rollback-journal
+/// mode (no `-wal` file), and a message is stored as it came (its bytes
+/// readable in the `Raw` blob) yet read back like any other; a compressed
+/// one beside it in the same db too.
+#[tokio::test]
+async fn rollback_journal_and_uncompressed_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.db");
+    let open = |level: i32| {
+        Store::open(
+            &path,
+            StoreOptions {
+                disable_wal: true,
+                compression_level: level,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let store = open(0);
+    let body = "stored as it came ".repeat(1000);
+    let stored = store.insert(msg("plain", &body)).await.unwrap();
+    drop(store);
+    let store = open(3);
+    let zstd = store.insert(msg("small", &body)).await.unwrap();
+    for id in [&stored, &zstd] {
+        let raw = String::from_utf8(store.raw(id).await.unwrap()).unwrap();
+        assert!(raw.contains(&body), "{id}");
+    }
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let mode: String = db
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "delete");
+    assert!(!dir.path().join("m.db-wal").exists());
+    let sizes: Vec<(i64, bool)> = db
+        .prepare(
+            "SELECT length(Raw), instr(Raw, CAST(?1 AS BLOB)) > 0 FROM mailbox_data ORDER BY id",
+        )
+        .unwrap()
+        .query_map([&body], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(sizes[0].1 && sizes[0].0 > body.len() as i64, "{sizes:?}");
+    assert!(!sizes[1].1 && sizes[1].0 < 1000, "{sizes:?}");
+}

@@ -15,7 +15,7 @@ use clap::{CommandFactory, Parser};
 use mailsafe_catcher::api::SendAuth;
 use mailsafe_catcher::api::metrics::Prometheus;
 use mailsafe_catcher::auth::AuthPolicy;
-use mailsafe_catcher::options::Options;
+use mailsafe_catcher::options::{Logging, Options};
 use mailsafe_catcher::{Config, Error};
 
 #[derive(Parser)]
@@ -28,6 +28,9 @@ struct Serve {
 enum Expect {
     /// Starts, and the config passes this check.
     Parsed(fn(&Config) -> bool),
+    /// Starts, and the binary's logging (`Options::logging`) passes this
+    /// check.
+    Logs(fn(&Logging) -> bool),
     /// Refused at start, the message naming this text.
     Refused(&'static str),
     /// An invalid value or combination, the message naming this text.
@@ -59,8 +62,8 @@ fn rows(dir: &std::path::Path) -> Vec<(Vec<(&'static str, String)>, Expect)> {
             one("MP_DATA_FILE", "/tmp/old.db"),
             Parsed(|c| c.database.ends_with("old.db")),
         ),
-        (one("MP_DISABLE_WAL", "true"), Refused("MP_DISABLE_WAL")),
-        (one("MP_DISABLE_WAL", "off"), Parsed(|_| true)),
+        (one("MP_DISABLE_WAL", "true"), Parsed(|c| c.disable_wal)),
+        (one("MP_DISABLE_WAL", "off"), Parsed(|c| !c.disable_wal)),
         (one("MP_DISABLE_VERSION_CHECK", "1"), Parsed(|_| true)),
         (one("MP_DISABLE_AUTO_VACUUM", "yes"), Parsed(|_| true)),
         (
@@ -71,7 +74,10 @@ fn rows(dir: &std::path::Path) -> Vec<(Vec<(&'static str, String)>, Expect)> {
             one("MP_COMPRESSION", "2"),
             Parsed(|c| c.compression_level == 3),
         ),
-        (one("MP_COMPRESSION", "0"), Refused("MP_COMPRESSION=0")),
+        (
+            one("MP_COMPRESSION", "0"),
+            Parsed(|c| c.compression_level == 0),
+        ),
         (one("MP_COMPRESSION", "4"), Invalid("--compression")),
         (
             one("MP_TENANT_ID", "team1"),
@@ -104,9 +110,26 @@ fn rows(dir: &std::path::Path) -> Vec<(Vec<(&'static str, String)>, Expect)> {
             one("MP_IGNORE_DUPLICATE_IDS", "true"),
             Parsed(|c| c.ignore_duplicate_ids),
         ),
-        (one("MP_LOG_FILE", "/tmp/log"), Refused("MP_LOG_FILE")),
-        (one("MP_QUIET", "1"), Refused("MP_QUIET")),
-        (one("MP_VERBOSE", "1"), Refused("MP_VERBOSE")),
+        (
+            one("MP_LOG_FILE", "/tmp/log"),
+            Logs(|l| l.file.as_deref() == Some(std::path::Path::new("/tmp/log"))),
+        ),
+        (
+            one("MP_QUIET", "1"),
+            Logs(|l| l.level == tracing::Level::ERROR && l.file.is_none()),
+        ),
+        (
+            one("MP_VERBOSE", "1"),
+            Logs(|l| l.level == tracing::Level::DEBUG),
+        ),
+        (
+            vec![("MP_VERBOSE", "true".into()), ("MP_QUIET", "true".into())],
+            Logs(|l| l.level == tracing::Level::DEBUG),
+        ),
+        (
+            one("MP_QUIET", "no"),
+            Logs(|l| l.level == tracing::Level::INFO),
+        ),
         (one("MP_DEMO_MODE", "1"), Refused("MP_DEMO_MODE")),
         // Web UI and API
         (
@@ -658,8 +681,10 @@ fn every_variable_parses_like_mailpit_or_is_refused_by_name() {
         let outcome = Serve::try_parse_from(["serve"])
             .map_err(|e| e.to_string())
             .and_then(|s| {
+                let logging = s.options.logging();
                 s.options
                     .into_config()
+                    .map(|c| (c, logging))
                     .map_err(|e| (e.to_string(), e))
                     .map_err(|(m, e)| {
                         if matches!(e, Error::NotImplemented(_)) {
@@ -670,14 +695,15 @@ fn every_variable_parses_like_mailpit_or_is_refused_by_name() {
                     })
             });
         let ok = match (expect, &outcome) {
-            (Parsed(check), Ok(config)) => check(config),
+            (Parsed(check), Ok((config, _))) => check(config),
+            (Logs(check), Ok((_, logging))) => check(logging),
             (Refused(name), Err(m)) => m.starts_with("refused: ") && m.contains(name),
             (Invalid(name), Err(m)) => !m.starts_with("refused: ") && m.contains(name),
             _ => false,
         };
         if !ok {
             let got = match &outcome {
-                Ok(c) => format!("parsed {c:?}"),
+                Ok((c, l)) => format!("parsed {l:?} {c:?}"),
                 Err(m) => m.clone(),
             };
             failures.push(format!("{vars:?}: got {got}"));

@@ -49,8 +49,11 @@ pub struct Options {
         arg(long = "db-file", env = "MP_DATA_FILE", hide = true)
     )]
     pub db_file: Option<PathBuf>,
-    /// Not implemented: the catcher needs WAL (its readers run beside the
-    /// writer, and `serve --replica` backs the WAL up).
+    /// SQLite's rollback journal (`DELETE`) instead of WAL, for network file
+    /// systems whose locking WAL's shared memory cannot use (Mailpit's
+    /// reason). Readers then wait while the writer commits. `serve
+    /// --replica` (and `watch`) back the WAL up: the binary refuses it
+    /// there.
     #[cfg_attr(feature = "cli", arg(long, env = "MP_DISABLE_WAL", value_parser = mailpit_bool))]
     pub disable_wal: bool,
     /// No-op: there is no release check to disable.
@@ -59,8 +62,8 @@ pub struct Options {
     /// No-op: the catcher runs no periodic VACUUM to disable.
     #[cfg_attr(feature = "cli", arg(long, env = "MP_DISABLE_AUTO_VACUUM", value_parser = mailpit_bool))]
     pub disable_auto_vacuum: bool,
-    /// Raw-message compression: 0 off, 1 fastest (default), 2 standard,
-    /// 3 best.
+    /// Raw-message compression: 0 none (stored as they are), 1 fastest
+    /// (default), 2 standard, 3 best.
     #[cfg_attr(feature = "cli", arg(long, env = "MP_COMPRESSION", default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=3)))]
     pub compression: u8,
     /// Tenant ID: prefixes every table so several catchers can share a db.
@@ -98,13 +101,15 @@ pub struct Options {
     /// already stored.
     #[cfg_attr(feature = "cli", arg(long, env = "MP_IGNORE_DUPLICATE_IDS", value_parser = mailpit_bool))]
     pub ignore_duplicate_ids: bool,
-    /// Not implemented: logs go to stderr (`MAILSAFE_LOG_FORMAT`).
+    /// Append the logs to this file instead of writing them to stderr (see
+    /// [`Logging`]).
     #[cfg_attr(feature = "cli", arg(long, env = "MP_LOG_FILE"))]
     pub log_file: Option<PathBuf>,
-    /// Not implemented: set `MAILSAFE_LOG=warn` instead.
+    /// Log errors only (`MAILSAFE_LOG`, when set, wins).
     #[cfg_attr(feature = "cli", arg(long, short = 'q', env = "MP_QUIET", value_parser = mailpit_bool))]
     pub quiet: bool,
-    /// Not implemented: set `MAILSAFE_LOG=debug` instead.
+    /// Log at debug level (wins over `--quiet`, as in Mailpit;
+    /// `MAILSAFE_LOG`, when set, wins over both).
     #[cfg_attr(feature = "cli", arg(long, short = 'v', env = "MP_VERBOSE", value_parser = mailpit_bool))]
     pub verbose: bool,
     /// Not implemented: Mailpit's demo restrictions.
@@ -385,7 +390,43 @@ pub struct Options {
     pub http_allowed_hosts: Vec<String>,
 }
 
+/// How the binary sets up its logs for `serve` (Mailpit's `MP_QUIET`,
+/// `MP_VERBOSE`, `MP_LOG_FILE`); the library only logs through `tracing`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logging {
+    /// The level when `MAILSAFE_LOG` is unset: `DEBUG` with `--verbose`,
+    /// `ERROR` with `--quiet` (Mailpit's "errors only"), else `INFO`.
+    pub level: tracing::Level,
+    /// Append to this file (created if missing) instead of stderr, as
+    /// Mailpit writes to its log file instead of stdout.
+    pub file: Option<PathBuf>,
+}
+
+impl Default for Logging {
+    fn default() -> Self {
+        Self {
+            level: tracing::Level::INFO,
+            file: None,
+        }
+    }
+}
+
 impl Options {
+    /// The logging these options ask for.
+    pub fn logging(&self) -> Logging {
+        let level = if self.verbose {
+            tracing::Level::DEBUG
+        } else if self.quiet {
+            tracing::Level::ERROR
+        } else {
+            tracing::Level::INFO
+        };
+        Logging {
+            level,
+            file: self.log_file.clone().filter(|p| !p.as_os_str().is_empty()),
+        }
+    }
+
     /// Maps the options onto the catcher's config: refuses options that are
     /// not implemented, warns about deprecated names, reads credential
     /// files, converts MB to bytes. `shutdown_timeout` stays at its
@@ -583,6 +624,7 @@ impl Options {
             max_age: self.max_age,
             max_message_size: max_message_size.unwrap_or(crate::config::UNLIMITED),
             compression_level: compression_level(self.compression),
+            disable_wal: self.disable_wal,
             smtp_max_recipients: self.smtp_max_recipients,
             smtp_auth,
             smtp_auth_allow_insecure: self.smtp_auth_allow_insecure,
@@ -650,14 +692,6 @@ impl Options {
                 out.push(name);
             }
         };
-        refuse(self.disable_wal, "MP_DISABLE_WAL (--disable-wal)");
-        refuse(self.compression == 0, "MP_COMPRESSION=0 (--compression 0)");
-        refuse(
-            self.log_file.is_some(),
-            "MP_LOG_FILE (--log-file; logs go to stderr)",
-        );
-        refuse(self.quiet, "MP_QUIET (-q; set MAILSAFE_LOG=warn)");
-        refuse(self.verbose, "MP_VERBOSE (-v; set MAILSAFE_LOG=debug)");
         refuse(self.demo_mode, "MP_DEMO_MODE (--demo-mode)");
         refuse(
             self.enable_spamassassin
@@ -691,9 +725,11 @@ pub(crate) fn users_of(
 }
 
 /// Mailpit's compression levels 1-3 (fastest, standard, best) as zstd
-/// levels. Level 3 was the store's fixed level before the option existed.
+/// levels, 0 (none) as the store's 0. Level 3 was the store's fixed level
+/// before the option existed.
 fn compression_level(mailpit: u8) -> i32 {
     match mailpit {
+        0 => 0,
         1 => 1,
         2 => 3,
         _ => 9,

@@ -170,7 +170,7 @@ impl Prepared {
             raw.extend_from_slice(&msg.raw);
             msg.raw = raw;
         }
-        let compressed = super::model::compress(&msg.raw, level)?;
+        let compressed = super::compress::compress(&msg.raw, level)?;
         let search = search_texts(&parsed);
         Ok(Prepared {
             search,
@@ -195,7 +195,7 @@ impl Prepared {
         parsed.tags = tagging.tags(&parsed, msg.username.as_deref());
         drop(std::mem::take(&mut msg.summary));
         let bcc = envelope_bcc(&mut parsed, &msg.rcpt_to).unwrap_or_default();
-        let mut enc = zstd::stream::Encoder::new(spool(), level)?;
+        let mut enc = super::compress::Encoder::new(spool(), level)?;
         enc.write_all(&bcc)?;
         msg.raw.rewind()?;
         std::io::copy(&mut msg.raw, &mut enc)?;

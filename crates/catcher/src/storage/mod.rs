@@ -16,11 +16,14 @@
 //! - `error`, `model`: the error type and the types crossing the boundary.
 //! - `parse`, `index`, `search`, `schema`: MIME, the word index, the search
 //!   language, migrations.
+//! - `compress`: how raw messages are compressed (level 0: stored as they
+//!   are, still as zstd frames).
 //! - `rows`: row-level SQL shared by the writer and the API writes.
 //! - `writer`: the batching writer thread (jobs, batches, group commit).
 //! - `insert`: the one insert path; `store`: the [`Store`] handle.
 //! - `read`: the API's queries; `mutate`: the API's changes.
 
+mod compress;
 mod error;
 mod export;
 mod index;

@@ -23,8 +23,14 @@ pub struct StoreOptions {
     pub max_age: Option<Duration>,
     /// Number of read connections kept open.
     pub read_connections: usize,
-    /// zstd level for raw messages.
+    /// zstd level for raw messages; 0 stores them uncompressed (see
+    /// `storage::compress`).
     pub compression_level: i32,
+    /// SQLite's rollback journal (`DELETE`) instead of WAL
+    /// (`MP_DISABLE_WAL`): for file systems without the shared memory WAL
+    /// needs; readers then wait while the writer commits (the 10 s busy
+    /// timeout covers it).
+    pub disable_wal: bool,
     /// Which automatic tags new messages get.
     pub tagging: super::tagging::Tagging,
     /// Drop a new message whose Message-ID is already stored
@@ -43,6 +49,7 @@ impl Default for StoreOptions {
             max_age: None,
             read_connections: 4,
             compression_level: 3,
+            disable_wal: false,
             tagging: super::tagging::Tagging::default(),
             ignore_duplicate_ids: false,
             use_message_dates: false,

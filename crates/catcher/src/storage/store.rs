@@ -35,11 +35,12 @@ struct Inner {
     vocab: Arc<index::Vocab>,
 }
 
-fn configure(conn: &Connection) -> rusqlite::Result<()> {
+fn configure(conn: &Connection, wal: bool) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(10))?;
-    // WAL lets readers run while the writer commits; FULL makes every commit
-    // durable before we acknowledge it.
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // WAL lets readers run while the writer commits (`MP_DISABLE_WAL` trades
+    // that for file systems without its shared memory); FULL makes every
+    // commit durable before we acknowledge it.
+    conn.pragma_update(None, "journal_mode", if wal { "WAL" } else { "DELETE" })?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     conn.pragma_update(None, "cache_size", -16000)?;
@@ -47,7 +48,9 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-pub(crate) fn open_conn(path: &Path) -> Result<Connection, StorageError> {
+/// A connection to the store's db, in WAL mode unless `wal` is false
+/// (`StoreOptions::disable_wal`).
+pub(crate) fn open_conn(path: &Path, wal: bool) -> Result<Connection, StorageError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -59,7 +62,7 @@ pub(crate) fn open_conn(path: &Path) -> Result<Connection, StorageError> {
         path: path.to_path_buf(),
         source,
     })?;
-    configure(&conn).map_err(|source| StorageError::Open {
+    configure(&conn, wal).map_err(|source| StorageError::Open {
         path: path.to_path_buf(),
         source,
     })?;
@@ -95,18 +98,19 @@ impl Store {
     /// migrations for the tenant, and starts the writer thread.
     pub fn open(path: &Path, opts: StoreOptions) -> Result<Store, StorageError> {
         let prefix = schema::tenant_prefix(&opts.tenant);
-        let mut wconn = open_conn(path)?;
+        let wal = !opts.disable_wal;
+        let mut wconn = open_conn(path, wal)?;
         schema::migrate(&mut wconn, &prefix)?;
         schema::duplicate_index(&wconn, &prefix, opts.ignore_duplicate_ids)?;
         // Read in the background: `/readyz` must not wait for millions of
         // words (see `index::Vocab`).
         let vocab = Arc::new(index::Vocab::default());
-        let vconn = open_conn(path)?;
+        let vconn = open_conn(path, wal)?;
         vconn.pragma_update(None, "query_only", true)?;
         vocab.load_in_background(vconn, &prefix)?;
         let mut readers = Vec::new();
         for _ in 0..opts.read_connections.max(1) {
-            let c = open_conn(path)?;
+            let c = open_conn(path, wal)?;
             c.pragma_update(None, "query_only", true)?;
             readers.push(c);
         }
@@ -206,7 +210,7 @@ impl Store {
             let conn = match conn {
                 Some(c) => c,
                 None => {
-                    let c = open_conn(&inner.path)?;
+                    let c = open_conn(&inner.path, !inner.opts.disable_wal)?;
                     c.pragma_update(None, "query_only", true)?;
                     c
                 }

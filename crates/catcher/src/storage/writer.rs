@@ -519,7 +519,7 @@ mod tests {
 
     fn writer(dir: &std::path::Path) -> Writer {
         let path = dir.join("w.db");
-        let mut conn = crate::storage::store::open_conn(&path).unwrap();
+        let mut conn = crate::storage::store::open_conn(&path, true).unwrap();
         crate::storage::schema::migrate(&mut conn, "").unwrap();
         let (events, _) = broadcast::channel(16);
         Writer::new(
