@@ -121,7 +121,7 @@ pub async fn build_image(
     opts.progress.set_length(plan.download_bytes());
 
     // Where each distinct chunk goes.
-    let placements = Placements::of(&plan.chunks);
+    let placements = &plan.placements;
     let chunk_len =
         |pages: u64, i: u64| pages.saturating_sub(i * chunk_pages).min(chunk_pages) * page_size;
 
@@ -131,7 +131,7 @@ pub async fn build_image(
     let budget = Arc::new(tokio::sync::Semaphore::new(DOWNLOAD_BUDGET_KIB as usize));
     let started = std::time::Instant::now();
     let snapshot = m.id.as_str();
-    let fetches = plan_fetches(plan, &placements, run_bytes());
+    let fetches = plan_fetches(plan, placements, run_bytes());
     // Delta packs are downloaded while the chunks are (they are applied only
     // after them): the first ones, up to DELTA_PREFETCH bytes, are held in
     // memory until then; the rest stream in afterwards.
@@ -150,7 +150,6 @@ pub async fn build_image(
             let target = target.clone();
             let progress = opts.progress.clone();
             let enc = opts.key.clone();
-            let placements = &placements;
             let workers = workers.clone();
             let budget = budget.clone();
             async move {

@@ -52,6 +52,9 @@ pub struct RestorePlan {
     pub chunks: Vec<PlanChunk>,
     /// The pack keys the chunks name (each once; a chunk holds an index).
     pub packs: Vec<String>,
+    /// The distinct chunks and where each goes, grouped once when the plan
+    /// is made (the download count, the byte count and the build all use it).
+    pub(crate) placements: Placements,
     /// Page count of the base image the chunks describe.
     pub base_page_count: u32,
     /// Delta packs to apply on top of the chunks, in order.
@@ -100,6 +103,26 @@ impl PlanChunk {
 }
 
 impl RestorePlan {
+    /// The plan of `manifest` over a base's chunk list, compacted (see
+    /// [`PlanChunk`]) and grouped by content.
+    fn new(
+        manifest: Manifest,
+        chunks: Vec<ChunkRef>,
+        base_page_count: u32,
+        deltas: Vec<ObjectRef>,
+    ) -> Self {
+        let (chunks, packs) = compact(chunks);
+        let placements = Placements::of(&chunks);
+        RestorePlan {
+            manifest,
+            chunks,
+            packs,
+            placements,
+            base_page_count,
+            deltas,
+        }
+    }
+
     /// The key of the object holding chunk `c`: its pack, or `chunks/…`.
     pub fn object_key(&self, c: &PlanChunk) -> String {
         match self.packs.get(c.pack as usize) {
@@ -113,7 +136,7 @@ impl RestorePlan {
     pub fn objects(&self) -> usize {
         let mut packs = std::collections::HashSet::new();
         let mut v1 = 0;
-        let groups = Placements::of(&self.chunks);
+        let groups = &self.placements;
         for g in 0..groups.len() {
             let c = &self.chunks[groups.first(g)];
             if c.is_packed() {
@@ -127,7 +150,7 @@ impl RestorePlan {
 
     /// Stored bytes to download.
     pub fn download_bytes(&self) -> u64 {
-        let groups = Placements::of(&self.chunks);
+        let groups = &self.placements;
         (0..groups.len())
             .map(|g| self.chunks[groups.first(g)].stored_size)
             .chain(self.deltas.iter().map(|d| d.size))
@@ -139,6 +162,7 @@ impl RestorePlan {
 /// content, so that each run of equal digests is one chunk to download and
 /// the positions to write it at. 4 bytes a chunk (a map from digest to a
 /// list of positions took ~80).
+#[derive(Debug, Clone)]
 pub(crate) struct Placements {
     order: Vec<u32>,
     /// Where each group starts in `order`, and `order.len()` last.
@@ -355,14 +379,9 @@ pub async fn plan_of(
     let id = manifest.id.clone();
     let id = id.as_str();
     if manifest.base == manifest.id {
-        let (chunks, packs) = compact(std::mem::take(&mut manifest.chunks));
-        return Ok(RestorePlan {
-            chunks,
-            packs,
-            base_page_count: manifest.db.page_count,
-            deltas: Vec::new(),
-            manifest,
-        });
+        let chunks = std::mem::take(&mut manifest.chunks);
+        let pages = manifest.db.page_count;
+        return Ok(RestorePlan::new(manifest, chunks, pages, Vec::new()));
     }
     let base = load_authentic_base(store, &manifest.base, key).await?;
     let base_key = format::manifest_key(&base.id);
@@ -376,15 +395,13 @@ pub async fn plan_of(
             "{base_key}: page size or chunk size differs from snapshot {id}"
         )));
     }
-    let base_page_count = base.db.page_count;
-    let (chunks, packs) = compact(base.chunks);
-    Ok(RestorePlan {
-        chunks,
-        packs,
-        base_page_count,
-        deltas: manifest.deltas.clone(),
+    let deltas = manifest.deltas.clone();
+    Ok(RestorePlan::new(
         manifest,
-    })
+        base.chunks,
+        base.db.page_count,
+        deltas,
+    ))
 }
 
 #[cfg(test)]
@@ -471,23 +488,8 @@ mod tests {
             offset: pack.map(|_| offset),
             pack_size: pack.map(|_| 100),
         };
-        let (chunks, packs) = compact(vec![
-            chunk(1, Some("packs/a"), 0),
-            chunk(2, Some("packs/b"), 0),
-            chunk(1, Some("packs/a"), 0),
-            chunk(3, None, 0),
-            chunk(2, Some("packs/b"), 0),
-            chunk(4, Some("packs/a"), 11),
-        ]);
-        assert_eq!(packs, ["packs/a", "packs/b"]);
-        assert_eq!(chunks[5].pack, 0);
-        assert_eq!(chunks[5].range(), 11..25);
-        assert!(!chunks[3].is_packed());
-        let g = Placements::of(&chunks);
-        let groups: Vec<Vec<u32>> = (0..g.len()).map(|i| g.positions(i).to_vec()).collect();
-        assert_eq!(groups, [vec![0, 2], vec![1, 4], vec![3], vec![5]]);
-        let plan = RestorePlan {
-            manifest: serde_json::from_value(serde_json::json!({
+        let plan = RestorePlan::new(
+            serde_json::from_value(serde_json::json!({
                 "format": "mailsafe-manifest", "version": 2, "id": "x", "created": "2026-11-29T10:00:00Z",
                 "parent": null, "db": {"page_size": 4096, "page_count": 1, "image_sha256": sha(0)},
                 "chunk_pages": 64, "base": "x", "chunks": [], "deltas": [],
@@ -495,11 +497,25 @@ mod tests {
                 "stats": {"new_objects": 1, "new_bytes": 1, "stored_bytes": 1}
             }))
             .unwrap(),
-            chunks,
-            packs,
-            base_page_count: 1,
-            deltas: Vec::new(),
-        };
+            vec![
+                chunk(1, Some("packs/a"), 0),
+                chunk(2, Some("packs/b"), 0),
+                chunk(1, Some("packs/a"), 0),
+                chunk(3, None, 0),
+                chunk(2, Some("packs/b"), 0),
+                chunk(4, Some("packs/a"), 11),
+            ],
+            1,
+            Vec::new(),
+        );
+        let (chunks, packs) = (&plan.chunks, &plan.packs);
+        assert_eq!(packs, &["packs/a", "packs/b"]);
+        assert_eq!(chunks[5].pack, 0);
+        assert_eq!(chunks[5].range(), 11..25);
+        assert!(!chunks[3].is_packed());
+        let g = &plan.placements;
+        let groups: Vec<Vec<u32>> = (0..g.len()).map(|i| g.positions(i).to_vec()).collect();
+        assert_eq!(groups, [vec![0, 2], vec![1, 4], vec![3], vec![5]]);
         assert_eq!(plan.objects(), 3, "packs/a, packs/b and chunks/0303…");
         assert_eq!(plan.download_bytes(), 11 + 12 + 13 + 14);
         assert_eq!(plan.object_key(&plan.chunks[3]), format::chunk_key(&sha(3)));
