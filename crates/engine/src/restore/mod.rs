@@ -39,7 +39,7 @@ use crate::store::ObjectStore;
 /// (format v1) a restore was bound by GET latency: on the 200 MiB bench db
 /// (~830 chunks, SeaweedFS on loopback, 2 busy cores) 8 in flight took 4.5 s
 /// to build the image, 32 took 2.4-2.6 s, 64 was no faster. With packs
-/// (v2) it is ~140 ranged GETs of at most 1 MiB; memory stays at the
+/// (v2) it is one GET per pack (~140 at 200 MiB, `build::RUN_BYTES`); memory stays at the
 /// download budget (16 MiB, `build`) plus the delta packs fetched ahead.
 pub const DEFAULT_PARALLELISM: usize = 32;
 
@@ -473,15 +473,15 @@ pub async fn list_snapshots(
 ///   of their own and keeps the freed ~1 MiB download buffers in them, so
 ///   with 32 downloads on the blocking pool a 1 GiB restore peaked at
 ///   87-104 MB RSS; with two arenas 65 MB for the same CPU;
-/// - blocks of 512 KiB and more (the downloads' buffers, up to 1 MiB) are
-///   mapped and unmapped each time: glibc's default threshold rises to the
+/// - blocks of 512 KiB and more (the downloads' buffers, whole packs of
+///   2-4 MiB) are mapped: glibc's default threshold rises to the
 ///   largest block freed (the manifest's 5 MB at 4 GiB), after which those
 ///   buffers came from the heap and fragmented it as the restore went on. A
 ///   4 GiB restore from SeaweedFS peaked at 65.9-72.9 MiB RSS (dev build;
 ///   anonymous memory grew 43 -> 49.5 MB over the run while ~24 MB was
-///   live), 59.4-61.1 MiB with this. The price is page faults (~0.5
-///   million at 4 GiB: each download's buffer is faulted in afresh), within
-///   the noise of system CPU on the loaded bench machine. A threshold of
+///   live), 59.4-61.1 MiB with this. The price was page faults (~0.5
+///   million at 4 GiB: each download's buffer faulted in afresh), until the
+///   stores recycled their body buffers (`store::buffers`). A threshold of
 ///   260 KiB reached 49 MiB, but also
 ///   mapped the HTTP connections' read buffers (up to ~408 KiB, regrown
 ///   often): 1.2 million more faults and 3-4.5 s more system CPU.

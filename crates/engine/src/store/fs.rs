@@ -219,11 +219,11 @@ impl ObjectStore for FsStore {
                 .map_err(|e| this.io_err("cannot read", &path, e))?
                 .len();
             let len = range.end.min(size).saturating_sub(range.start);
-            let mut buf = Vec::with_capacity(len as usize);
+            let mut buf = super::buffers::buffer(len as usize);
             file.seek(SeekFrom::Start(range.start))
                 .and_then(|_| file.take(len).read_to_end(&mut buf))
                 .map_err(|e| this.io_err("cannot read", &path, e))?;
-            Ok(Bytes::from(buf))
+            Ok(super::buffers::freeze(buf))
         })
         .await
     }

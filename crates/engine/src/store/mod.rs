@@ -5,13 +5,15 @@
 //! behind the default-on `azure` feature), a local directory
 //! (`file:///path`, see [`fs`]) and, for engine tests, memory with scripted
 //! faults and a settable clock ([`memory`]). [`open`] picks one from a
-//! replica URL; [`conformance`] is what each of them must do.
+//! replica URL; [`conformance`] is what each of them must do; [`buffers`]
+//! recycles the buffers of the bodies they read.
 //!
 //! Keys passed to a store are relative to the replica's prefix; the store adds
 //! the prefix. Stores never log or return credentials.
 
 #[cfg(feature = "azure")]
 pub mod azure;
+pub mod buffers;
 pub mod conformance;
 pub mod fs;
 pub mod memory;

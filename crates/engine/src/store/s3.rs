@@ -43,16 +43,17 @@ const BODY_HINT: u64 = 16 << 20;
 /// known). `ByteStream::collect` kept the body as the transport's pieces and
 /// `into_bytes` then copied them into a second buffer: two copies of every
 /// ranged read alive at once, which made 2.2 MiB of a restore's peak RSS per
-/// 1 MiB download in flight (issue 18).
+/// 1 MiB download in flight (issue 18). The buffer is a recycled one
+/// (`buffers`).
 async fn read_body(
     mut body: ByteStream,
     capacity: u64,
 ) -> Result<Bytes, aws_sdk_s3::primitives::ByteStreamError> {
-    let mut buf = Vec::with_capacity(capacity as usize);
+    let mut buf = super::buffers::buffer(capacity as usize);
     while let Some(piece) = body.try_next().await? {
         buf.extend_from_slice(&piece);
     }
-    Ok(Bytes::from(buf))
+    Ok(super::buffers::freeze(buf))
 }
 
 /// Objects larger than this are uploaded in parts.
