@@ -90,15 +90,18 @@ BASE_ROWS=$(sqlite3 "$BASE" "select count(*) from mailbox")
 # Waits until the proxy has seen uploads and then none for $QUIET seconds;
 # fails after MAX seconds (default 600) so a tool that never goes quiet
 # cannot hold the run (and the disk its replica fills) forever.
+# Both bounds are clock time (counting polls overran a 600 s cap by 40%:
+# each poll also runs python).
 wait_quiet() {
-  local port=$1 max=${2:-600} last=-1 same=0 now
-  for _ in $(seq 1 $((max * 2))); do
+  local port=$1 max=${2:-600} last=-1 now since
+  local deadline=$(($(date +%s) + max))
+  since=$(date +%s)
+  while [ "$(date +%s)" -lt "$deadline" ]; do
     now=$(stats "$port" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"]["bytes_in"])')
     if [ "$now" = "$last" ] && [ "$now" -gt 100000 ]; then
-      same=$((same + 1))
-      [ $((same * 5)) -ge $((QUIET * 10)) ] && return 0
+      [ $(($(date +%s) - since)) -ge "$QUIET" ] && return 0
     else
-      same=0
+      since=$(date +%s)
     fi
     last=$now
     sleep 0.5
