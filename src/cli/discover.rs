@@ -239,10 +239,11 @@ fn is_sqlite(path: &Path) -> bool {
     use std::io::Read;
     let mut head = [0u8; 100];
     let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head));
-    let page = u16::from_be_bytes([head[16], head[17]]);
     read.is_ok()
-        && &head[..16] == b"SQLite format 3\0"
-        && (page == 1 || ((512..=32768).contains(&page) && page.is_power_of_two()))
+        && matches!(
+            mailsafe::format::sqlite_header(&head),
+            mailsafe::format::SqliteHeader::Database { page_size: Some(_) }
+        )
 }
 
 /// `*` (any run of characters) and `?` (one character) against `name`.

@@ -351,6 +351,46 @@ pub fn chunk_count(page_size: u32, page_count: u32) -> u32 {
     page_count.div_ceil(chunk_pages(page_size))
 }
 
+/// What a file's first bytes say it is. Discovery (which files in a
+/// directory to back up), the snapshot reader (refuse a file that is not a
+/// database) and restore (never overwrite a non-database) each read the
+/// bytes their own way (the reader must not open and close a second
+/// descriptor on a db whose POSIX locks its connection holds) and ask this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqliteHeader {
+    /// No bytes: SQLite treats an empty file as an empty database.
+    Empty,
+    /// SQLite's magic string. `page_size` is the header's page size when
+    /// it is a valid one (a power of two from 512 to 65536; stored as 1 for
+    /// 65536); `None` when too few bytes were given or it is invalid.
+    Database {
+        /// Page size in bytes.
+        page_size: Option<u32>,
+    },
+    /// Anything else, including a file shorter than the magic.
+    Other,
+}
+
+/// Classifies a file by its first bytes (`head`, 100 is the whole header;
+/// 16 suffice to tell a database).
+pub fn sqlite_header(head: &[u8]) -> SqliteHeader {
+    const MAGIC: &[u8; 16] = b"SQLite format 3\0";
+    if head.is_empty() {
+        return SqliteHeader::Empty;
+    }
+    if head.len() < 16 || &head[..16] != MAGIC {
+        return SqliteHeader::Other;
+    }
+    let page_size = head
+        .get(16..18)
+        .and_then(|b| match u16::from_be_bytes([b[0], b[1]]) {
+            1 => Some(65536),
+            n if (512..=32768).contains(&n) && n.is_power_of_two() => Some(u32::from(n)),
+            _ => None,
+        });
+    SqliteHeader::Database { page_size }
+}
+
 /// sha256 of `bytes`, as raw bytes.
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     use sha2::Digest;
@@ -646,6 +686,40 @@ pub fn decode_delta<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The three callers' cases: empty, a database with valid/invalid/missing
+    /// page size (1 means 65536), a short or foreign file.
+    #[test]
+    fn sqlite_header_tells_databases_from_other_files() {
+        let mut head = b"SQLite format 3\0".to_vec();
+        assert_eq!(
+            sqlite_header(&head),
+            SqliteHeader::Database { page_size: None }
+        );
+        for (raw, size) in [
+            (4096u16, Some(4096)),
+            (1, Some(65536)),
+            (512, Some(512)),
+            (1000, None),
+            (256, None),
+            (0, None),
+        ] {
+            head.truncate(16);
+            head.extend_from_slice(&raw.to_be_bytes());
+            assert_eq!(
+                sqlite_header(&head),
+                SqliteHeader::Database { page_size: size },
+                "{raw}"
+            );
+        }
+        assert_eq!(sqlite_header(b""), SqliteHeader::Empty);
+        assert_eq!(sqlite_header(b"SQLite format"), SqliteHeader::Other);
+        assert_eq!(
+            sqlite_header(b"SQLite format 4\0\x10\x00"),
+            SqliteHeader::Other
+        );
+        assert_eq!(sqlite_header(&[0u8; 100]), SqliteHeader::Other);
+    }
 
     #[test]
     fn a_lower_epoch_after_a_higher_one_is_fenced() {

@@ -70,10 +70,9 @@ pub fn inspect(target: &Path) -> Result<TargetState, Error> {
     let mut header = [0u8; 16];
     let mut f = File::open(target).map_err(|e| Error::io(target, e))?;
     let n = f.read(&mut header).map_err(|e| Error::io(target, e))?;
-    Ok(if n == 16 && &header == b"SQLite format 3\0" {
-        TargetState::Database
-    } else {
-        TargetState::NotSqlite
+    Ok(match crate::format::sqlite_header(&header[..n]) {
+        crate::format::SqliteHeader::Database { .. } => TargetState::Database,
+        _ => TargetState::NotSqlite,
     })
 }
 

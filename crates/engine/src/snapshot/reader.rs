@@ -80,7 +80,7 @@ fn check_sqlite_file(db: &Path) -> Result<(), Error> {
     let mut magic = [0u8; 16];
     let n = super::wal::read_prefix(db, &mut magic).map_err(|e| Error::io(db, e))?;
     // A zero-length file is a valid, empty SQLite database.
-    if n == 0 || &magic[..n] == b"SQLite format 3\0" {
+    if crate::format::sqlite_header(&magic[..n]) != crate::format::SqliteHeader::Other {
         return Ok(());
     }
     Err(Error::Other(format!(
