@@ -11,8 +11,8 @@
 # without fsync, so the comparison favours maildev.
 #
 # mailsafe runs with its defaults, like Mailpit's: MP_MAX_MESSAGES=500, so
-# count pruning runs in every batch once 500 are stored (set MP_MAX_MESSAGES=0
-# to measure without pruning; the section says which was used). The writer's
+# count pruning runs once 500 are stored (in bulk, every ~50 messages; set
+# MP_MAX_MESSAGES=0 to measure without pruning; the section says which was used). The writer's
 # stage timers (batches, mean batch, time in inserts/pruning/commit) are
 # logged at debug level and summed into the section.
 #
@@ -272,7 +272,7 @@ section=$(cat <<EOF
 ## SMTP ingest${BASELINE_BIN:+, before and after}
 
 \`bench/ingest.sh\`, $(bench_context "$label") (load average $load_before at the start),
-\`MP_MAX_MESSAGES=$MAX_MESSAGES\` (500 is the default: pruning runs in every batch):
+\`MP_MAX_MESSAGES=$MAX_MESSAGES\` (500 is the default: pruning runs once 500 are stored):
 Postfix \`smtp-source -s $SESSIONS -l $SIZE\` (a new connection per message) on the same machine,
 messages acknowledged with 250 per second (mailsafe: each one committed to SQLite, synchronous=FULL, WAL, group commit).
 $stages

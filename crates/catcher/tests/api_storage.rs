@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use mailsafe_catcher::storage::{NewMessage, Store, StoreOptions};
 
+mod support;
+
 fn msg(subject: &str, body: &str) -> NewMessage {
     let raw = format!(
         "From: Alice Example <alice@example.com>\r\nTo: Bob <bob@example.org>, carol@example.net\r\n\
@@ -82,6 +84,38 @@ async fn concurrent_inserts_are_all_durable_and_listed() {
         .unwrap();
     assert_eq!(e.kind(), "new");
     assert_eq!(serde_json::to_value(&e).unwrap()["Type"], "new");
+}
+
+/// Sequential inserts past `MP_MAX_MESSAGES` (each its own batch): the
+/// mailbox may pass the limit by the slack under load, but once the writer
+/// is idle it holds exactly the limit, the newest messages.
+#[tokio::test]
+async fn a_mailbox_over_its_limit_is_pruned_to_it_once_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        &dir.path().join("m.db"),
+        StoreOptions {
+            max_messages: 30,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..32 {
+        ids.push(store.insert(msg(&format!("p{i}"), "x")).await.unwrap());
+    }
+    // Never more than the limit and its slack (3 of 30).
+    assert!(store.counts().await.unwrap().0 <= 33);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while store.counts().await.unwrap().0 != 30 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not pruned to the limit once idle"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let newest: Vec<String> = ids[2..].iter().rev().cloned().collect();
+    assert_eq!(support::ids(&store).await, newest);
 }
 
 fn plain(body: &str) -> NewMessage {
