@@ -12,12 +12,44 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Runs a long-lived mode (`serve`, `watch`) to its end on a fresh runtime.
-/// Dropping a runtime waits for every blocking task, however long it takes
-/// (a snapshot reader in a SQLite busy wait, a slow query of the API): after
-/// a shutdown that must finish in time, give them a moment and go.
-pub fn run_until_shutdown<T>(fut: impl std::future::Future<Output = T>) -> anyhow::Result<T> {
-    let rt = runtime()?;
+/// Worker threads of `serve`'s runtime: one fewer than the cores (at least
+/// one), leaving a core to the catcher's single writer thread, which every
+/// message waits for (it commits them; see the catcher's storage/writer.rs).
+///
+/// Why: tokio's default (a worker per core) plus the writer oversubscribed
+/// the cores. In the ingest benchmark on 2 cores (bench/ingest.sh, Postfix's
+/// smtp-source with 10 sessions on the same machine) one worker instead of two
+/// cut the server's CPU from ~0.30 to ~0.27 ms a message (fewer cross-thread
+/// wake-ups and steals) and raised ingest from ~3,000 to ~3,300 msgs/s
+/// (bench/RESULTS.md, smtp-ingest). `TOKIO_WORKER_THREADS`, when set, wins.
+pub fn serve_workers() -> Option<usize> {
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_some() {
+        return None;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Some(cores.saturating_sub(1).max(1))
+}
+
+/// The runtime `serve` runs on (see [`serve_workers`]).
+pub fn serve_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = serve_workers() {
+        b.worker_threads(n);
+    }
+    b.enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Runs a long-lived mode (`serve`, `watch`) to its end on `rt`, a fresh
+/// runtime. Dropping a runtime waits for every blocking task, however long
+/// it takes (a snapshot reader in a SQLite busy wait, a slow query of the
+/// API): after a shutdown that must finish in time, give them a moment and go.
+pub fn run_until_shutdown<T>(
+    rt: tokio::runtime::Runtime,
+    fut: impl std::future::Future<Output = T>,
+) -> anyhow::Result<T> {
     let out = rt.block_on(fut);
     set_phase("stopping the runtime");
     rt.shutdown_timeout(std::time::Duration::from_millis(250));
@@ -147,4 +179,19 @@ pub fn cron_undone(progress: std::sync::Arc<mailsafe::cron::Progress>) -> Undone
             .unfinished()
             .unwrap_or_else(|| "no cron round was in progress".into())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// `serve` leaves a core to the catcher's writer thread: a worker per
+    /// core but one, never none.
+    #[test]
+    fn serve_runs_one_worker_fewer_than_the_cores() {
+        if std::env::var_os("TOKIO_WORKER_THREADS").is_some() {
+            return; // the operator's choice wins; nothing to check
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let rt = super::serve_runtime().unwrap();
+        assert_eq!(rt.metrics().num_workers(), cores.saturating_sub(1).max(1));
+    }
 }

@@ -15,8 +15,8 @@ mod watch;
 use anyhow::Context;
 
 use crate::shutdown::{
-    Undone, cron_undone, replica_undone, run_until_shutdown, runtime, shutdown_deadline,
-    shutdown_margin, termination_signal,
+    Undone, cron_undone, replica_undone, run_until_shutdown, runtime, serve_runtime,
+    shutdown_deadline, shutdown_margin, termination_signal,
 };
 use args::{
     Args, Command, CronArgs, LogFormat, PruneArgs, ReplicaArgs, RestoreArgs, RetentionArgs,
@@ -62,7 +62,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let timeout = args.shutdown_timeout;
-    run_until_shutdown(async move {
+    run_until_shutdown(serve_runtime()?, async move {
         // Installed before anything starts, so an early SIGTERM is not fatal.
         let signal = termination_signal()?;
         let Some(r) = args.replica else {
@@ -348,7 +348,7 @@ fn follow(
         },
         interval: args.follow_interval,
     };
-    run_until_shutdown(async move {
+    run_until_shutdown(runtime()?, async move {
         let signal = termination_signal()?;
         let store = open_replica(replica).await?;
         follow(&*store, &opts, |_| {}, signal)
@@ -484,7 +484,7 @@ fn cron(args: CronArgs) -> anyhow::Result<()> {
         unsafe_no_conditional_writes: args.writer.unsafe_no_conditional_writes,
         metrics: metrics.clone(),
     };
-    run_until_shutdown(async move {
+    run_until_shutdown(runtime()?, async move {
         let signal = termination_signal()?;
         let store = MeteredStore::wrap(open_replica(&args.replica).await?, metrics.clone());
         // `--once` pings itself before it exits; a scheduled run pings in

@@ -150,7 +150,7 @@ pub fn run(args: WatchArgs) -> anyhow::Result<()> {
         print_plan(&plan);
         return Ok(());
     }
-    crate::shutdown::run_until_shutdown(run_loops(args, plan, keys))?
+    crate::shutdown::run_until_shutdown(crate::shutdown::runtime()?, run_loops(args, plan, keys))?
 }
 
 /// `--check-config`: what would be watched, one line per (db, replica):
