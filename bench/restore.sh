@@ -12,8 +12,17 @@
 # and peak RSS (issue 18: >= 700 MB/s of db, RSS <= 64 MiB at 1 and 4 GiB).
 # The MB/s column is db bytes (10^6) per wall second of the best run.
 #
+# With BASELINE_BIN set, every timed restore is also run with that binary,
+# alternating with MAILSAFE_BIN on the same snapshot (before/after in one
+# run, same load). With FILE_REPLICA=1 each snapshot is also written to a
+# file:// replica and restored from it: the restore's own speed, without an
+# S3 server on the same cores. "server CPU s" is SeaweedFS's CPU over each
+# restore (/proc), the other half of what a loopback restore costs the cores.
+#
 # Env: PACKS ("4 8 16"), RUNS (3), BENCH_MIB (200), CATCHER_MIB (100; 0 skips),
 # MAILSAFE_BIN (default target/release/mailsafe, built if missing),
+# BASELINE_BIN and BASELINE_LABEL (a build to compare with), BENCH_BUILD_LABEL
+# (names MAILSAFE_BIN's rows), FILE_REPLICA,
 # BENCH_PROFILE (names a build copied out of target/), BENCH_LABEL (a
 # section of its own, e.g. before/after), BENCH_KEEP=1 keeps the work dir.
 # Results: the restore-bench section of bench/RESULTS.md (restore-bench-LABEL
@@ -59,40 +68,65 @@ if [ "$CATCHER_MIB" != 0 ] && [ ! -f "$CATCHERDB" ]; then
   rm -f "$CATCHERDB.tmp-wal" "$CATCHERDB.tmp-shm"
 fi
 
-# measure NAME DB PACK_BYTES : snapshot DB into prefix NAME, then RUNS timed
-# restores; appends a JSON line to $WORK/results.jsonl.
+# cpu_ticks PID : utime + stime of a process, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICKS=$(getconf CLK_TCK)
+BUILDS=("$MAILSAFE_BIN")
+[ -n "${BASELINE_BIN:-}" ] && BUILDS=("$BASELINE_BIN" "$MAILSAFE_BIN")
+label_of() {
+  if [ "$1" = "${BASELINE_BIN:-}" ]; then echo "${BASELINE_LABEL:-baseline}"; else echo "${BENCH_BUILD_LABEL:-this build}"; fi
+}
+
+# measure NAME DB PACK_BYTES : snapshot DB into prefix NAME (and a file://
+# replica with FILE_REPLICA=1), then RUNS timed restores per build and
+# replica, builds alternating; appends a JSON line per (build, replica) to
+# $WORK/results.jsonl.
 measure() {
   local name=$1 db=$2 pack=$3 src="$WORK/$1.db"
   cp "$db" "$src"
-  MAILSAFE_PACK_BYTES=$pack "$MAILSAFE_BIN" snapshot --db "$src" --replica "s3://bench-restore/$name" --json >"$WORK/$name.snap.json" 2>>"$WORK/log"
-  local times=() cpus=() rss=()
-  for i in $(seq 1 "$RUNS"); do
-    rm -f "$WORK/$name.out.db"
-    local t0 t1
-    t0=$(date +%s.%N)
-    /usr/bin/time -f "%U %S %M" -o "$WORK/$name.time" \
-      "$MAILSAFE_BIN" restore --db "$WORK/$name.out.db" --replica "s3://bench-restore/$name" 2>>"$WORK/log"
-    t1=$(date +%s.%N)
-    times+=("$(echo "$t1 - $t0" | bc)")
-    cpus+=("$(awk '{print $1 + $2}' "$WORK/$name.time")")
-    rss+=("$(awk '{print $3}' "$WORK/$name.time")")
+  local replicas=("s3://bench-restore/$name")
+  [ -n "${FILE_REPLICA:-}" ] && replicas+=("file://$WORK/$name.file")
+  for r in "${replicas[@]}"; do
+    MAILSAFE_PACK_BYTES=$pack "$MAILSAFE_BIN" snapshot --db "$src" --replica "$r" --json >"$WORK/$name.snap.json" 2>>"$WORK/log"
   done
-  cmp -s <(sqlite3 "$src" "select count(*) from sqlite_schema") <(sqlite3 "$WORK/$name.out.db" "select count(*) from sqlite_schema") ||
-    { log "$name: restored db differs"; exit 1; }
-  python3 - "$name" "$db" "$pack" "$WORK" "${times[*]}" "${cpus[*]}" "${rss[*]}" >>"$WORK/results.jsonl" <<'PY'
+  : >"$WORK/$name.runs"
+  for i in $(seq 1 "$RUNS"); do
+    for r in "${replicas[@]}"; do
+      for b in "${BUILDS[@]}"; do
+        rm -f "$WORK/$name.out.db"
+        local t0 t1 w0 w1
+        w0=$(cpu_ticks "$MAILSAFE_S3_PID")
+        t0=$(date +%s.%N)
+        /usr/bin/time -f "%U %S %M" -o "$WORK/$name.time" \
+          "$b" restore --db "$WORK/$name.out.db" --replica "$r" 2>>"$WORK/log"
+        t1=$(date +%s.%N)
+        w1=$(cpu_ticks "$MAILSAFE_S3_PID")
+        cmp -s <(sqlite3 "$src" "select count(*) from sqlite_schema") <(sqlite3 "$WORK/$name.out.db" "select count(*) from sqlite_schema") ||
+          { log "$name: restored db differs ($b, $r)"; exit 1; }
+        echo "$(label_of "$b")|${r%%:*}|$(echo "$t1 - $t0" | bc)|$(awk '{print $1 + $2}' "$WORK/$name.time")|$(awk '{print $3}' "$WORK/$name.time")|$(echo "scale=2; ($w1 - $w0) / $TICKS" | bc)" >>"$WORK/$name.runs"
+      done
+    done
+  done
+  python3 - "$name" "$db" "$pack" "$WORK" >>"$WORK/results.jsonl" <<'PY'
 import json, os, statistics, sys
-name, db, pack, work, times, cpus, rss = sys.argv[1:]
-times = sorted(float(t) for t in times.split())
-cpus = [float(c) for c in cpus.split()]
-rss = [int(r) for r in rss.split()]
+name, db, pack, work = sys.argv[1:]
 snap = json.load(open(f"{work}/{name}.snap.json"))
-print(json.dumps({"name": name, "db_mib": os.path.getsize(db) / 2**20, "pack_mib": int(pack) / 2**20,
-                  "objects": snap["uploaded_objects"], "stored_mib": snap["uploaded_bytes"] / 2**20,
-                  "best_s": times[0], "median_s": statistics.median(times),
-                  "mb_s": os.path.getsize(db) / 1e6 / times[0],
-                  "cpu_s": statistics.median(cpus), "rss_mib": max(rss) / 1024}))
+runs = {}
+for line in open(f"{work}/{name}.runs"):
+    build, replica, t, cpu, rss, server = line.strip().split("|")
+    runs.setdefault((build, replica), []).append((float(t), float(cpu), int(rss), float(server)))
+for (build, replica), rs in runs.items():
+    times = sorted(r[0] for r in rs)
+    print(json.dumps({"name": name, "build": build, "replica": replica,
+                      "db_mib": os.path.getsize(db) / 2**20, "pack_mib": int(pack) / 2**20,
+                      "objects": snap["uploaded_objects"], "stored_mib": snap["uploaded_bytes"] / 2**20,
+                      "best_s": times[0], "median_s": statistics.median(times),
+                      "mb_s": os.path.getsize(db) / 1e6 / times[0],
+                      "cpu_s": statistics.median(r[1] for r in rs),
+                      "server_cpu_s": statistics.median(r[3] for r in rs) if replica == "s3" else None,
+                      "rss_mib": max(r[2] for r in rs) / 1024}))
 PY
-  rm -f "$src" "$WORK/$name.out.db"
+  rm -rf "$src" "$WORK/$name.out.db" "$WORK/$name.file"
 }
 
 for p in $PACKS; do
@@ -115,14 +149,16 @@ runs, context = sys.argv[2], sys.argv[3]
 marker = sys.argv[4]
 out = [f"<!-- {marker}:begin -->", "## Restore time by pack size (bench/restore.sh)", "",
        f"{context}, SeaweedFS on loopback; "
-       f"one `snapshot`, then {runs} timed `restore`s (wall s, default `--parallelism` 32, quick check; "
-       "CPU s median, peak RSS the highest of the runs).", "",
-       "| db | db MiB | pack MiB | objects | stored MiB | restore best s | median s | MB/s (best) | CPU s | peak RSS MiB |",
-       "|---|---|---|---|---|---|---|---|---|---|"]
+       f"one `snapshot` per replica, then {runs} timed `restore`s per build and replica, builds alternating "
+       "(wall s, default `--parallelism` 32, quick check; CPU s and the S3 server's CPU s median, "
+       "peak RSS the highest of the runs).", "",
+       "| db | build | replica | db MiB | pack MiB | objects | stored MiB | restore best s | median s | MB/s (best) | CPU s | server CPU s | peak RSS MiB |",
+       "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 for r in rows:
-    out.append(f"| {r['name']} | {r['db_mib']:.0f} | {r['pack_mib']:g} | {r['objects']} | {r['stored_mib']:.1f} | "
-               f"{r['best_s']:.2f} | {r['median_s']:.2f} | {r.get('mb_s', 0):.0f} | {r.get('cpu_s', 0):.2f} | "
-               f"{r.get('rss_mib', 0):.1f} |")
+    server = "" if r.get("server_cpu_s") is None else f"{r['server_cpu_s']:.2f}"
+    out.append(f"| {r['name']} | {r['build']} | {r['replica']} | {r['db_mib']:.0f} | {r['pack_mib']:g} | {r['objects']} | "
+               f"{r['stored_mib']:.1f} | {r['best_s']:.2f} | {r['median_s']:.2f} | {r.get('mb_s', 0):.0f} | "
+               f"{r.get('cpu_s', 0):.2f} | {server} | {r.get('rss_mib', 0):.1f} |")
 out.append(f"<!-- {marker}:end -->")
 print("\n".join(out))
 PY
