@@ -7,7 +7,12 @@
 
 use bytes::Bytes;
 
-use super::{ObjectStore, StoreError};
+use super::{ObjectMeta, ObjectStore, StoreError};
+
+/// The keys of a listing, in its order: what the checks compare.
+pub fn keys(list: Vec<ObjectMeta>) -> Vec<String> {
+    list.into_iter().map(|m| m.key).collect()
+}
 
 /// Checks what every [`ObjectStore`] must do on `store`, which must be
 /// empty (a fresh prefix): round trips, ranged reads (past the end too),
@@ -42,39 +47,15 @@ pub async fn run(store: &dyn ObjectStore) {
     let missing = store.get_range("a/missing", 0..1).await.unwrap_err();
     assert!(matches!(missing, StoreError::NotFound { .. }), "{missing}");
 
-    let keys: Vec<_> = store
-        .list("")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.key)
-        .collect();
-    assert_eq!(keys, ["a/b/one", "a/two", "z"]);
-    let keys: Vec<_> = store
-        .list("a/")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.key)
-        .collect();
-    assert_eq!(keys, ["a/b/one", "a/two"]);
-    let after: Vec<_> = store
-        .list_after("a/", "a/b/one")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.key)
-        .collect();
+    assert_eq!(
+        keys(store.list("").await.unwrap()),
+        ["a/b/one", "a/two", "z"]
+    );
+    assert_eq!(keys(store.list("a/").await.unwrap()), ["a/b/one", "a/two"]);
+    let after = keys(store.list_after("a/", "a/b/one").await.unwrap());
     assert_eq!(after, ["a/two"], "strictly after, within the prefix");
     assert!(store.list_after("a/", "a/two").await.unwrap().is_empty());
-    let keys: Vec<_> = store
-        .list("a/t")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.key)
-        .collect();
-    assert_eq!(keys, ["a/two"]);
+    assert_eq!(keys(store.list("a/t").await.unwrap()), ["a/two"]);
 
     let err = store
         .put_if_absent("z", Bytes::from_static(b"x"))
@@ -129,7 +110,6 @@ pub async fn pagination(store: &dyn ObjectStore, n: usize) {
         .collect()
         .await;
     assert!(results.iter().all(|r| r.is_ok()), "every put succeeds");
-    let keys = |list: Vec<super::ObjectMeta>| list.into_iter().map(|m| m.key).collect::<Vec<_>>();
     assert_eq!(keys(store.list("k/").await.unwrap()), expected);
     // A sub-prefix that is not a whole path segment ("k/010").
     let sub = &expected[n.saturating_sub(150)][..5];

@@ -356,13 +356,7 @@ mod tests {
         let dead = sub.join(format!("{TMP_PREFIX}dead"));
         fs::write(&dead, b"half").unwrap();
         let live = write_temp(&sub.join("b.json"), b"being written").unwrap();
-        let keys: Vec<String> = store
-            .list("")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|m| m.key)
-            .collect();
+        let keys = super::super::conformance::keys(store.list("").await.unwrap());
         assert_eq!(keys, ["manifests/a.json"]);
         assert!(!dead.exists(), "the dead writer's temp file is swept");
         assert!(
